@@ -1,0 +1,41 @@
+# OneProtect contracts: common tasks. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+CODEGEN := $(CARGO) run --quiet -p oneprotect-codegen --
+TOOLS := .tools
+OPENAPI_SPEC_VALIDATOR_VERSION := 0.9.0
+ASYNCAPI_PARSER_VERSION := 3.6.3
+
+.PHONY: help generate validate-contracts validate-contracts-external test lint fmt ci
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
+
+generate: ## Regenerate generated/src from specs/
+	$(CODEGEN) generate
+
+validate-contracts: ## Validate specs/ and fail if generated/ is stale (Rust only; no Python or Node)
+	$(CODEGEN) check
+
+$(TOOLS)/venv/bin/openapi-spec-validator:
+	python3 -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check openapi-spec-validator==$(OPENAPI_SPEC_VALIDATOR_VERSION)
+
+$(TOOLS)/node/node_modules/@asyncapi/parser/package.json:
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS)/node @asyncapi/parser@$(ASYNCAPI_PARSER_VERSION)
+
+validate-contracts-external: $(TOOLS)/venv/bin/openapi-spec-validator $(TOOLS)/node/node_modules/@asyncapi/parser/package.json ## Cross-check specs with openapi-spec-validator (PyPI) and the AsyncAPI parser (npm)
+	$(TOOLS)/venv/bin/openapi-spec-validator specs/openapi.yaml
+	NODE_PATH=$(TOOLS)/node/node_modules node tools/validate-asyncapi.cjs specs/asyncapi.yaml
+
+test: ## Run every test (cargo nextest)
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
+
+fmt: ## Format the workspace
+	$(CARGO) fmt --all
+
+ci: validate-contracts validate-contracts-external lint test ## Everything CI runs

@@ -1,0 +1,44 @@
+//! Validates the OneProtect contracts in `specs/` and generates the Rust in
+//! `generated/src/` from them.
+//!
+//! The pipeline is `load` → rules (`openapi`, `events`, `examples`) →
+//! `generate`. Every rule reports a [`Diagnostic`] naming the file, the JSON
+//! pointer and the fix; nothing is generated from contracts that fail them.
+
+pub mod bundle;
+pub mod diagnostics;
+pub mod events;
+pub mod examples;
+pub mod gen_server;
+pub mod generate;
+pub mod load;
+pub mod openapi;
+
+use std::path::Path;
+
+pub use diagnostics::{Diagnostic, Diagnostics};
+
+/// Contracts that passed every rule, ready for generation.
+#[derive(Debug, Clone)]
+pub struct Contracts {
+    pub raw: load::RawContracts,
+    pub api: openapi::ApiModel,
+    pub events: Vec<events::EventModel>,
+    /// `components/schemas` as a JSON Schema bundle.
+    pub bundle: serde_json::Value,
+}
+
+/// Loads and checks every contract under `specs_dir`.
+pub fn validate(specs_dir: &Path, display_root: &str) -> Result<Contracts, Diagnostics> {
+    let raw = load::load(specs_dir, display_root)?;
+    let mut diags = Diagnostics::default();
+    let api = openapi::check(&raw, &mut diags);
+    let events = events::check(&raw, &mut diags);
+    let bundle = bundle::openapi_bundle(&raw.openapi);
+    if let Some(api) = &api {
+        examples::check(&raw, api, &events, &bundle, &mut diags);
+    }
+    diags.into_result()?;
+    let api = api.ok_or_else(Diagnostics::default)?;
+    Ok(Contracts { raw, api, events, bundle })
+}

@@ -1,0 +1,191 @@
+//! Reads the contract files from `specs/` without interpreting them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::diagnostics::{Diagnostic, Diagnostics};
+
+pub const OPENAPI_FILE: &str = "openapi.yaml";
+pub const ASYNCAPI_FILE: &str = "asyncapi.yaml";
+pub const EVENTS_DIR: &str = "events";
+pub const EXAMPLES_DIR: &str = "examples";
+pub const EVENT_SCHEMA_SUFFIX: &str = ".v1.schema.json";
+
+/// One example instance and what it is expected to do.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// Display path, e.g. `specs/examples/openapi/Problem/valid.json`.
+    pub file: String,
+    /// The schema (OpenAPI component name or event type) it targets.
+    pub target: String,
+    pub expect_valid: bool,
+    pub value: Value,
+}
+
+/// The raw contract documents.
+#[derive(Debug, Clone)]
+pub struct RawContracts {
+    /// Display prefix for file names (`specs`).
+    pub display_root: String,
+    pub openapi_text: String,
+    pub openapi: Value,
+    pub asyncapi: Value,
+    /// File name (e.g. `agent.enrolled.v1.schema.json`) → schema.
+    pub event_schemas: BTreeMap<String, Value>,
+    /// File name → exact bytes, so generated copies are faithful.
+    pub event_schema_texts: BTreeMap<String, String>,
+    pub openapi_examples: Vec<Example>,
+    pub event_examples: Vec<Example>,
+    /// SHA-256 over every input that influences generation.
+    pub spec_sha256: String,
+}
+
+impl RawContracts {
+    pub fn file(&self, name: &str) -> String {
+        format!("{}/{}", self.display_root, name)
+    }
+}
+
+fn read(path: &Path, display: &str, diags: &mut Diagnostics) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            diags.push(Diagnostic::new(display, "", format!("cannot read file: {e}")).hint("create the file or pass the right --specs directory"));
+            None
+        }
+    }
+}
+
+fn parse_yaml(text: &str, display: &str, diags: &mut Diagnostics) -> Option<Value> {
+    match serde_norway::from_str::<Value>(text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            diags.push(Diagnostic::new(display, "", format!("not valid YAML: {e}")).hint("fix the YAML syntax at the reported line"));
+            None
+        }
+    }
+}
+
+fn parse_json(text: &str, display: &str, diags: &mut Diagnostics) -> Option<Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            diags.push(Diagnostic::new(display, "", format!("not valid JSON: {e}")).hint("fix the JSON syntax at the reported line"));
+            None
+        }
+    }
+}
+
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>()?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Loads every contract file under `specs_dir`. `display_root` prefixes file
+/// names in diagnostics.
+pub fn load(specs_dir: &Path, display_root: &str) -> Result<RawContracts, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let disp = |name: &str| format!("{display_root}/{name}");
+
+    let openapi_text = read(&specs_dir.join(OPENAPI_FILE), &disp(OPENAPI_FILE), &mut diags).unwrap_or_default();
+    let openapi = parse_yaml(&openapi_text, &disp(OPENAPI_FILE), &mut diags).unwrap_or(Value::Null);
+    let asyncapi_text = read(&specs_dir.join(ASYNCAPI_FILE), &disp(ASYNCAPI_FILE), &mut diags).unwrap_or_default();
+    let asyncapi = parse_yaml(&asyncapi_text, &disp(ASYNCAPI_FILE), &mut diags).unwrap_or(Value::Null);
+
+    let mut hasher = Sha256::new();
+    let mut hash_input = |name: &str, text: &str| {
+        hasher.update(name.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(text.as_bytes());
+        hasher.update([0u8]);
+    };
+    hash_input(OPENAPI_FILE, &openapi_text);
+    hash_input(ASYNCAPI_FILE, &asyncapi_text);
+
+    let mut event_schemas = BTreeMap::new();
+    let mut event_schema_texts = BTreeMap::new();
+    let events_dir = specs_dir.join(EVENTS_DIR);
+    match sorted_entries(&events_dir) {
+        Ok(entries) => {
+            for path in entries {
+                let name = file_name(&path);
+                let display = disp(&format!("{EVENTS_DIR}/{name}"));
+                if !name.ends_with(EVENT_SCHEMA_SUFFIX) {
+                    diags.push(
+                        Diagnostic::new(display, "", "unexpected file in specs/events")
+                            .hint(format!("event schemas are named <event.type>{EVENT_SCHEMA_SUFFIX}")),
+                    );
+                    continue;
+                }
+                if let Some(text) = read(&path, &display, &mut diags)
+                    && let Some(value) = parse_json(&text, &display, &mut diags)
+                {
+                    hash_input(&format!("{EVENTS_DIR}/{name}"), &text);
+                    event_schemas.insert(name.clone(), value);
+                    event_schema_texts.insert(name, text);
+                }
+            }
+        }
+        Err(e) => diags.push(Diagnostic::new(disp(EVENTS_DIR), "", format!("cannot list directory: {e}"))),
+    }
+
+    let mut openapi_examples = Vec::new();
+    let mut event_examples = Vec::new();
+    for (kind, out) in [("openapi", &mut openapi_examples), ("events", &mut event_examples)] {
+        let dir = specs_dir.join(EXAMPLES_DIR).join(kind);
+        let Ok(targets) = sorted_entries(&dir) else {
+            diags.push(Diagnostic::new(disp(&format!("{EXAMPLES_DIR}/{kind}")), "", "missing examples directory"));
+            continue;
+        };
+        for target_dir in targets.into_iter().filter(|p| p.is_dir()) {
+            let target = file_name(&target_dir);
+            let Ok(files) = sorted_entries(&target_dir) else { continue };
+            for path in files {
+                let name = file_name(&path);
+                let display = disp(&format!("{EXAMPLES_DIR}/{kind}/{target}/{name}"));
+                let expect_valid = if name.starts_with("valid") && name.ends_with(".json") {
+                    true
+                } else if name.starts_with("invalid") && name.ends_with(".json") {
+                    false
+                } else {
+                    diags.push(
+                        Diagnostic::new(display, "", "example file name must start with `valid` or `invalid` and end in `.json`")
+                            .hint("rename it, e.g. valid-minimal.json or invalid-missing-nonce.json"),
+                    );
+                    continue;
+                };
+                if let Some(text) = read(&path, &display, &mut diags)
+                    && let Some(value) = parse_json(&text, &display, &mut diags)
+                {
+                    out.push(Example { file: display, target: target.clone(), expect_valid, value });
+                }
+            }
+        }
+    }
+
+    let spec_sha256 = hex(&hasher.finalize());
+    diags.into_result()?;
+    Ok(RawContracts {
+        display_root: display_root.to_string(),
+        openapi_text,
+        openapi,
+        asyncapi,
+        event_schemas,
+        event_schema_texts,
+        openapi_examples,
+        event_examples,
+        spec_sha256,
+    })
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

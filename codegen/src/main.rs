@@ -1,0 +1,97 @@
+//! `oneprotect-codegen`: validate the contracts, generate Rust from them, and
+//! check that the checked-in generated code is current.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code when the contracts break a rule.
+const EXIT_INVALID: u8 = 1;
+/// Exit code when generated/ is stale.
+const EXIT_DRIFT: u8 = 3;
+/// Exit code when the generator itself cannot run (I/O, rustfmt missing).
+const EXIT_TOOL: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "oneprotect-codegen", version, about = "Validate the OneProtect contracts and generate Rust from them")]
+#[command(after_help = "Exit codes: 0 ok, 1 contract errors, 2 tool failure, 3 generated code is stale (run `make generate`).")]
+struct Cli {
+    /// Directory holding openapi.yaml, asyncapi.yaml, events/ and examples/.
+    #[arg(long, global = true, default_value = "specs")]
+    specs: PathBuf,
+    /// Directory the generated sources live in.
+    #[arg(long, global = true, default_value = "generated/src")]
+    out: PathBuf,
+    /// rustfmt configuration used for generated code (the workspace's).
+    #[arg(long, global = true, default_value = "rustfmt.toml")]
+    rustfmt_config: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the contracts: OpenAPI 3.0.x, refs, operationIds, documented
+    /// statuses, generator constraints, AsyncAPI ↔ event schemas, examples.
+    Validate,
+    /// Validate, then write generated/src (deterministic, rustfmt'd).
+    Generate,
+    /// Validate, then fail if generated/src differs from a fresh generation.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let display = cli.specs.to_string_lossy().trim_end_matches('/').to_string();
+    let contracts = match oneprotect_codegen::validate(&cli.specs, &display) {
+        Ok(c) => c,
+        Err(diags) => {
+            eprintln!("{diags}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let summary = format!(
+        "{} operations, {} schemas, {} event types, {} examples",
+        contracts.api.operations.len(),
+        contracts.api.schema_names.len(),
+        contracts.events.len(),
+        contracts.raw.openapi_examples.len() + contracts.raw.event_examples.len()
+    );
+    if matches!(cli.command, Cmd::Validate) {
+        println!("contracts valid: {summary}");
+        return ExitCode::SUCCESS;
+    }
+    let files = match oneprotect_codegen::generate::generate(&contracts, &cli.rustfmt_config) {
+        Ok(f) => f,
+        Err(diags) => {
+            eprintln!("{diags}");
+            return ExitCode::from(EXIT_TOOL);
+        }
+    };
+    match cli.command {
+        Cmd::Generate => match oneprotect_codegen::generate::write(&cli.out, &files) {
+            Ok(changed) => {
+                println!("generated {} files into {} ({changed} changed): {summary}", files.len(), cli.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", cli.out.display());
+                ExitCode::from(EXIT_TOOL)
+            }
+        },
+        _ => {
+            let drift = oneprotect_codegen::generate::drift(&cli.out, &files);
+            if drift.is_empty() {
+                println!("contracts valid and {} is current: {summary}", cli.out.display());
+                ExitCode::SUCCESS
+            } else {
+                for d in &drift {
+                    eprintln!("drift: {}/{d}", cli.out.display());
+                }
+                eprintln!("error: generated code is stale relative to specs/; run `make generate` and commit the result");
+                ExitCode::from(EXIT_DRIFT)
+            }
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! Rules for `specs/openapi.yaml` and the operation model derived from it.
+//!
+//! Everything the generators cannot handle is reported here, with a JSON
+//! pointer, before any generator runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+use crate::diagnostics::{Diagnostic, Diagnostics, pointer};
+use crate::load::RawContracts;
+
+pub const PROBLEM_SCHEMA: &str = "Problem";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
+/// Extension on a component schema: property names a request may not carry.
+pub const FORBIDDEN_PROPERTIES_EXT: &str = "x-oneprotect-forbidden-properties";
+/// Extension on an operation: the request body size limit in bytes.
+pub const MAX_BODY_EXT: &str = "x-oneprotect-max-body-bytes";
+
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const UNSUPPORTED_KEYWORDS: [(&str, &str); 4] = [
+    ("anyOf", "typify cannot generate usable types for anyOf; use a single object schema"),
+    ("oneOf", "keep bodies to one concrete object schema"),
+    ("not", "typify cannot generate types for `not`; document the constraint instead"),
+    ("discriminator", "polymorphic bodies are not supported by the generators"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamType {
+    Uuid,
+    String { max_length: Option<u64> },
+    Integer { min: Option<i64>, max: Option<i64> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub required: bool,
+    pub ty: ParamType,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// `application/json` with a named component schema.
+    Json(String),
+    /// `text/plain` string.
+    Text,
+    /// No content.
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseHeader {
+    pub name: String,
+    pub integer: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: ResponseBody,
+    pub headers: Vec<ResponseHeader>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: String,
+    pub method: String,
+    pub path: String,
+    pub summary: Option<String>,
+    /// Security scheme name required, if any.
+    pub security: Option<String>,
+    pub path_params: Vec<Param>,
+    pub query_params: Vec<Param>,
+    /// Component schema name of the JSON request body.
+    pub body: Option<String>,
+    pub max_body_bytes: u64,
+    pub responses: Vec<Response>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiModel {
+    pub operations: Vec<Operation>,
+    /// Bearer security scheme names, sorted.
+    pub security_schemes: Vec<String>,
+    /// Component schema name → forbidden request properties.
+    pub forbidden_properties: BTreeMap<String, Vec<String>>,
+    pub schema_names: BTreeSet<String>,
+}
+
+impl ApiModel {
+    /// Schemas used as a JSON request or response body.
+    pub fn body_schemas(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for op in &self.operations {
+            out.extend(op.body.iter().cloned());
+            for r in &op.responses {
+                if let ResponseBody::Json(name) = &r.body {
+                    out.insert(name.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+struct Ctx<'a> {
+    file: String,
+    doc: &'a Value,
+    diags: &'a mut Diagnostics,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, ptr: &str, message: impl Into<String>, hint: impl Into<String>) {
+        self.diags.push(Diagnostic::new(&self.file, ptr, message).hint(hint));
+    }
+
+    /// Follows a local `$ref` (one level at a time, at most 16 hops).
+    fn resolve(&self, value: &Value, mut ptr: String) -> Option<(Value, String)> {
+        let mut value = value.clone();
+        for _ in 0..16 {
+            match value.get("$ref").and_then(Value::as_str) {
+                Some(r) => {
+                    let target = r.strip_prefix('#')?.to_string();
+                    value = self.doc.pointer(&target)?.clone();
+                    ptr = target;
+                }
+                None => return Some((value, ptr)),
+            }
+        }
+        None
+    }
+}
+
+/// Checks the OpenAPI document and returns the operation model.
+pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
+    let file = raw.file(crate::load::OPENAPI_FILE);
+    let doc = &raw.openapi;
+    let mut ctx = Ctx { file, doc, diags };
+
+    match doc.get("openapi").and_then(Value::as_str) {
+        Some(v) if v.starts_with("3.0.") => {}
+        Some(v) => {
+            ctx.err("/openapi", format!("OpenAPI version `{v}` is not supported: progenitor and openapiv3 accept only 3.0.x"), "set `openapi: 3.0.3`");
+            return None;
+        }
+        None => {
+            ctx.err("/openapi", "missing `openapi` version field", "add `openapi: 3.0.3` at the top of the document");
+            return None;
+        }
+    }
+
+    let before = ctx.diags.len();
+    check_refs(&mut ctx, doc, String::new());
+    if ctx.diags.len() > before {
+        return None;
+    }
+    if let Err(e) = serde_path_to_error::deserialize::<_, openapiv3::OpenAPI>(doc) {
+        let path = e.path().to_string();
+        let ptr = if path == "." { String::new() } else { pointer(path.split('.')) };
+        ctx.err(&ptr, format!("not a valid OpenAPI 3.0 document: {}", e.inner()), "compare the object with the OpenAPI 3.0.3 specification");
+        return None;
+    }
+
+    let schemas = doc.pointer("/components/schemas").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut schema_names = BTreeSet::new();
+    let mut forbidden_properties = BTreeMap::new();
+    for (name, schema) in &schemas {
+        let ptr = pointer(["components", "schemas", name]);
+        if !is_pascal_ident(name) {
+            ctx.err(
+                &ptr,
+                format!("schema name `{name}` is not a PascalCase identifier"),
+                "rename it, e.g. `AgentIdentity`; generated Rust types take this name",
+            );
+        }
+        schema_names.insert(name.clone());
+        check_schema(&mut ctx, schema, &ptr);
+        if let Some(list) = schema.get(FORBIDDEN_PROPERTIES_EXT) {
+            let props = list.as_array().map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect::<Vec<_>>());
+            match props {
+                Some(p) if !p.is_empty() => {
+                    forbidden_properties.insert(name.clone(), p);
+                }
+                _ => ctx.err(
+                    &format!("{ptr}/{FORBIDDEN_PROPERTIES_EXT}"),
+                    "must be a non-empty array of property names",
+                    "list the identity fields a request may not carry",
+                ),
+            }
+        }
+    }
+    match schemas.get(PROBLEM_SCHEMA) {
+        None => ctx.err(
+            "/components/schemas",
+            "missing the `Problem` schema used by every 4xx/5xx response",
+            "add components/schemas/Problem (RFC 9457 fields plus `code` and `request_id`)",
+        ),
+        Some(p) => {
+            let required: BTreeSet<&str> =
+                p.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            for field in ["type", "title", "status", "code", "request_id"] {
+                if !required.contains(field) {
+                    ctx.err("/components/schemas/Problem/required", format!("Problem must require `{field}`"), format!("add `{field}` to Problem.required"));
+                }
+            }
+        }
+    }
+
+    let security_schemes = check_security_schemes(&mut ctx);
+    let operations = check_operations(&mut ctx, &security_schemes);
+    Some(ApiModel { operations, security_schemes, forbidden_properties, schema_names })
+}
+
+fn check_refs(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
+    match value {
+        Value::Object(map) => {
+            if let Some(r) = map.get("$ref") {
+                let here = format!("{ptr}/$ref");
+                match r.as_str() {
+                    Some(r) if r.starts_with("#/") => {
+                        if ctx.doc.pointer(&r[1..]).is_none() {
+                            ctx.err(&here, format!("dangling $ref `{r}`: nothing at that pointer"), "define the target or fix the reference");
+                        }
+                    }
+                    Some(r) => ctx.err(
+                        &here,
+                        format!("external $ref `{r}` is not supported by the generators"),
+                        "move the target into components and reference it as `#/components/...`",
+                    ),
+                    None => ctx.err(&here, "$ref must be a string", "write `$ref: '#/components/schemas/Name'`"),
+                }
+            }
+            for (k, v) in map {
+                check_refs(ctx, v, format!("{ptr}/{}", crate::diagnostics::escape_token(k)));
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_refs(ctx, v, format!("{ptr}/{i}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_schema(ctx: &mut Ctx<'_>, schema: &Value, ptr: &str) {
+    let Some(map) = schema.as_object() else {
+        ctx.err(ptr, "a schema must be an object", "OpenAPI 3.0 has no boolean schemas");
+        return;
+    };
+    for (kw, why) in UNSUPPORTED_KEYWORDS {
+        if map.contains_key(kw) {
+            ctx.err(&format!("{ptr}/{kw}"), format!("`{kw}` is not supported"), why);
+        }
+    }
+    if map.get("nullable").and_then(Value::as_bool) == Some(true) {
+        ctx.err(&format!("{ptr}/nullable"), "`nullable` is not supported", "make the property optional (leave it out of `required`) instead");
+    }
+    if let Some(all) = map.get("allOf").and_then(Value::as_array)
+        && all.len() > 1
+    {
+        ctx.err(&format!("{ptr}/allOf"), "`allOf` with more than one member is not supported by typify", "flatten the properties into one object schema");
+    }
+    if map.get("type").and_then(Value::as_str) == Some("object") && !map.contains_key("additionalProperties") && map.contains_key("properties") {
+        ctx.err(
+            ptr,
+            "object schema does not say whether extra properties are allowed",
+            "add `additionalProperties: false` (or `true` where extension is intended)",
+        );
+    }
+    if let Some(props) = map.get("properties").and_then(Value::as_object) {
+        for (name, p) in props {
+            check_schema(ctx, p, &format!("{ptr}/properties/{}", crate::diagnostics::escape_token(name)));
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(v @ Value::Object(_)) = map.get(key) {
+            check_schema(ctx, v, &format!("{ptr}/{key}"));
+        }
+    }
+}
+
+fn check_security_schemes(ctx: &mut Ctx<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let schemes = ctx.doc.pointer("/components/securitySchemes").and_then(Value::as_object).cloned().unwrap_or_default();
+    for (name, scheme) in &schemes {
+        let ptr = pointer(["components", "securitySchemes", name]);
+        let ok = scheme.get("type").and_then(Value::as_str) == Some("http")
+            && scheme.get("scheme").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() == Some("bearer");
+        if !ok {
+            ctx.err(&ptr, "only HTTP bearer security schemes are supported by the server stubs", "use `type: http` with `scheme: bearer`");
+            continue;
+        }
+        if !is_camel_ident(name) {
+            ctx.err(&ptr, format!("security scheme name `{name}` is not a lowerCamelCase identifier"), "rename it, e.g. `tenantAdminBearer`");
+            continue;
+        }
+        out.push(name.clone());
+    }
+    out
+}
+
+fn check_operations(ctx: &mut Ctx<'_>, schemes: &[String]) -> Vec<Operation> {
+    let paths = ctx.doc.get("paths").and_then(Value::as_object).cloned().unwrap_or_default();
+    let global_security = ctx.doc.get("security").cloned();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut ops = Vec::new();
+    for (path, item) in &paths {
+        let item_ptr = pointer(["paths", path]);
+        let Some(item) = item.as_object() else { continue };
+        if item.contains_key("$ref") {
+            ctx.err(&item_ptr, "path item $ref is not supported", "inline the path item");
+            continue;
+        }
+        let template_params: BTreeSet<String> = path_template_params(path);
+        for (method, op) in item {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            let ptr = format!("{item_ptr}/{method}");
+            if let Some(op) = check_operation(ctx, path, method, op, &ptr, &template_params, global_security.as_ref(), schemes, item.get("parameters")) {
+                if let Some(first) = seen.get(&op.id) {
+                    ctx.err(
+                        &format!("{ptr}/operationId"),
+                        format!("duplicate operationId `{}` (first used at {first})", op.id),
+                        "give every operation a unique operationId",
+                    );
+                } else {
+                    seen.insert(op.id.clone(), format!("{ptr}/operationId"));
+                    ops.push(op);
+                }
+            }
+        }
+    }
+    ops
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_operation(
+    ctx: &mut Ctx<'_>,
+    path: &str,
+    method: &str,
+    op: &Value,
+    ptr: &str,
+    template_params: &BTreeSet<String>,
+    global_security: Option<&Value>,
+    schemes: &[String],
+    item_params: Option<&Value>,
+) -> Option<Operation> {
+    let before = ctx.diags.len();
+    let id = match op.get("operationId").and_then(Value::as_str) {
+        Some(id) if is_camel_ident(id) => id.to_string(),
+        Some(id) => {
+            ctx.err(
+                &format!("{ptr}/operationId"),
+                format!("operationId `{id}` is not a lowerCamelCase identifier"),
+                "use e.g. `issueEnrollmentToken`; it names the generated method",
+            );
+            String::new()
+        }
+        None => {
+            ctx.err(ptr, format!("{} {path} has no operationId", method.to_uppercase()), "add a unique lowerCamelCase operationId");
+            String::new()
+        }
+    };
+
+    // Security: at most one requirement naming one bearer scheme.
+    let security_value = op.get("security").or(global_security);
+    let mut security = None;
+    if let Some(reqs) = security_value.and_then(Value::as_array) {
+        let non_empty: Vec<&Map<String, Value>> = reqs.iter().filter_map(Value::as_object).filter(|m| !m.is_empty()).collect();
+        if non_empty.len() > 1 || non_empty.iter().any(|m| m.len() > 1) || (non_empty.len() == 1 && reqs.len() > 1) {
+            ctx.err(
+                &format!("{ptr}/security"),
+                "alternative or combined security requirements are not supported",
+                "require exactly one bearer scheme, or `security: []` for public operations",
+            );
+        } else if let Some(req) = non_empty.first() {
+            let name = req.keys().next().cloned().unwrap_or_default();
+            if schemes.contains(&name) {
+                security = Some(name);
+            } else {
+                ctx.err(&format!("{ptr}/security/0"), format!("unknown security scheme `{name}`"), "define it under components/securitySchemes");
+            }
+        }
+    }
+
+    // Parameters.
+    let mut path_params = Vec::new();
+    let mut query_params = Vec::new();
+    let mut params: Vec<(Value, String)> = Vec::new();
+    for (src, base) in [(item_params, pointer(["paths", path, "parameters"])), (op.get("parameters"), format!("{ptr}/parameters"))] {
+        if let Some(list) = src.and_then(Value::as_array) {
+            for (i, p) in list.iter().enumerate() {
+                let p_ptr = format!("{base}/{i}");
+                if let Some((resolved, _)) = ctx.resolve(p, p_ptr.clone()) {
+                    params.push((resolved, p_ptr));
+                }
+            }
+        }
+    }
+    for (p, p_ptr) in params {
+        let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let location = p.get("in").and_then(Value::as_str).unwrap_or_default();
+        let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
+        let schema = p.get("schema").cloned().unwrap_or(Value::Null);
+        let ty = match (schema.get("type").and_then(Value::as_str), schema.get("format").and_then(Value::as_str)) {
+            (Some("string"), Some("uuid")) => ParamType::Uuid,
+            (Some("string"), _) => ParamType::String { max_length: schema.get("maxLength").and_then(Value::as_u64) },
+            (Some("integer"), _) => {
+                ParamType::Integer { min: schema.get("minimum").and_then(Value::as_i64), max: schema.get("maximum").and_then(Value::as_i64) }
+            }
+            _ => {
+                ctx.err(
+                    &format!("{p_ptr}/schema"),
+                    format!("parameter `{name}` must be a string or integer"),
+                    "use `type: string` (optionally `format: uuid`) or `type: integer`",
+                );
+                continue;
+            }
+        };
+        if !is_snake_ident(&name) {
+            ctx.err(&format!("{p_ptr}/name"), format!("parameter name `{name}` is not snake_case"), "use snake_case names such as `agent_id`");
+        }
+        let param = Param { name: name.clone(), required, ty, description: p.get("description").and_then(Value::as_str).map(String::from) };
+        match location {
+            "path" => {
+                if !required {
+                    ctx.err(&format!("{p_ptr}/required"), format!("path parameter `{name}` must be required"), "add `required: true`");
+                }
+                if !template_params.contains(&name) {
+                    ctx.err(&p_ptr, format!("path parameter `{name}` does not appear in `{path}`"), "fix the name or the path template");
+                }
+                path_params.push(param);
+            }
+            "query" => query_params.push(param),
+            other => ctx.err(
+                &format!("{p_ptr}/in"),
+                format!("`in: {other}` parameters are not supported"),
+                "use path or query parameters; credentials go in security schemes",
+            ),
+        }
+    }
+    for name in template_params {
+        if !path_params.iter().any(|p| &p.name == name) {
+            ctx.err(ptr, format!("path template parameter `{name}` is not declared"), format!("add a `{name}` path parameter"));
+        }
+    }
+
+    // Request body.
+    let mut body = None;
+    if let Some(rb) = op.get("requestBody") {
+        let rb_ptr = format!("{ptr}/requestBody");
+        if let Some((rb, rb_ptr)) = ctx.resolve(rb, rb_ptr) {
+            let content = rb.get("content").and_then(Value::as_object).cloned().unwrap_or_default();
+            if content.len() != 1 || !content.contains_key("application/json") {
+                ctx.err(
+                    &format!("{rb_ptr}/content"),
+                    "a request body must have exactly one media type, `application/json`",
+                    "progenitor and the stubs take one JSON body per operation",
+                );
+            } else if rb.get("required").and_then(Value::as_bool) != Some(true) {
+                ctx.err(
+                    &format!("{rb_ptr}/required"),
+                    "request bodies must be required",
+                    "add `required: true`; use a schema whose fields are optional instead",
+                );
+            } else {
+                match schema_ref_name(&content["application/json"]) {
+                    Some(name) => body = Some(name),
+                    None => ctx.err(
+                        &format!("{rb_ptr}/content/application~1json/schema"),
+                        "request body schema must be a $ref to components/schemas",
+                        "move the schema into components/schemas so both client and server share one named type",
+                    ),
+                }
+            }
+        }
+    }
+    let max_body_bytes = op.get(MAX_BODY_EXT).and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BODY_BYTES);
+
+    // Responses.
+    let mut responses = Vec::new();
+    let mut success_bodies = BTreeSet::new();
+    let res_map = op.get("responses").and_then(Value::as_object).cloned().unwrap_or_default();
+    for (code, resp) in &res_map {
+        let r_ptr = format!("{ptr}/responses/{code}");
+        let Ok(status) = code.parse::<u16>() else {
+            ctx.err(
+                &r_ptr,
+                format!("response `{code}` is not a numeric status"),
+                "document each status explicitly; `default` and ranges make progenitor merge success and error bodies",
+            );
+            continue;
+        };
+        let Some((resp, res_ptr)) = ctx.resolve(resp, r_ptr.clone()) else { continue };
+        let description = resp.get("description").and_then(Value::as_str).unwrap_or_default().to_string();
+        let content = resp.get("content").and_then(Value::as_object).cloned().unwrap_or_default();
+        let body = if content.is_empty() {
+            ResponseBody::Empty
+        } else if content.len() > 1 {
+            ctx.err(&format!("{res_ptr}/content"), "a response must have exactly one media type", "keep one of them");
+            continue;
+        } else if let Some(media) = content.get("application/json") {
+            match schema_ref_name(media) {
+                Some(n) => ResponseBody::Json(n),
+                None => {
+                    ctx.err(
+                        &format!("{res_ptr}/content/application~1json/schema"),
+                        "response schema must be a $ref to components/schemas",
+                        "move the schema into components/schemas",
+                    );
+                    continue;
+                }
+            }
+        } else if let Some(media) = content.get("text/plain") {
+            if media.pointer("/schema/type").and_then(Value::as_str) != Some("string") {
+                ctx.err(&format!("{res_ptr}/content/text~1plain/schema"), "text/plain responses must have `type: string`", "set the schema to `type: string`");
+            }
+            ResponseBody::Text
+        } else {
+            let media = content.keys().next().cloned().unwrap_or_default();
+            ctx.err(
+                &format!("{res_ptr}/content"),
+                format!("media type `{media}` is not supported"),
+                "progenitor types only exact `application/json` (and the stubs also serve `text/plain`)",
+            );
+            continue;
+        };
+        if status >= 400 && body != ResponseBody::Json(PROBLEM_SCHEMA.to_string()) {
+            ctx.err(
+                &res_ptr,
+                format!("{status} response must use the Problem schema as `application/json`"),
+                "reference one of components/responses (BadRequest, Unauthorized, …)",
+            );
+        }
+        if (200..300).contains(&status) {
+            success_bodies.insert(format!("{body:?}"));
+        }
+        let mut headers = Vec::new();
+        if let Some(hs) = resp.get("headers").and_then(Value::as_object) {
+            for (h_name, h) in hs {
+                let h_ptr = format!("{res_ptr}/headers/{}", crate::diagnostics::escape_token(h_name));
+                let Some((h, _)) = ctx.resolve(h, h_ptr.clone()) else { continue };
+                let ty = h.pointer("/schema/type").and_then(Value::as_str);
+                match ty {
+                    Some("integer") => headers.push(ResponseHeader { name: h_name.clone(), integer: true }),
+                    Some("string") => headers.push(ResponseHeader { name: h_name.clone(), integer: false }),
+                    _ => ctx.err(&h_ptr, "response headers must be integer or string", "give the header a `schema` with `type: integer` or `type: string`"),
+                }
+            }
+        }
+        responses.push(Response { status, body, headers, description });
+    }
+    if success_bodies.len() > 1 {
+        ctx.err(
+            &format!("{ptr}/responses"),
+            "success responses have different body types",
+            "progenitor needs one body type for every 2xx response of an operation",
+        );
+    }
+    if success_bodies.is_empty() {
+        ctx.err(&format!("{ptr}/responses"), "no 2xx response documented", "document the success response");
+    }
+
+    // Statuses every operation of a given shape must document.
+    let documented: BTreeSet<u16> = responses.iter().map(|r| r.status).collect();
+    let mut required: Vec<(u16, &str)> = vec![(500, "every operation can fail unexpectedly")];
+    if security.is_some() {
+        required.push((401, "the operation requires credentials"));
+    }
+    if security.as_deref().is_some_and(|s| s.contains("Admin")) {
+        required.push((403, "tenant admins can lack the role"));
+        if !path_params.is_empty() {
+            required.push((404, "the path names a tenant-scoped resource"));
+        }
+    }
+    if body.is_some() {
+        required.push((400, "the body can be malformed"));
+        required.push((413, "the body can be too large"));
+        required.push((415, "the body can have the wrong media type"));
+    }
+    if !path_params.is_empty() || !query_params.is_empty() {
+        required.push((400, "parameters can be malformed"));
+    }
+    for (status, why) in required {
+        if !documented.contains(&status) {
+            ctx.err(
+                &format!("{ptr}/responses"),
+                format!("{} {path} does not document {status} ({why})", method.to_uppercase()),
+                format!("add `'{status}'` referencing the matching components/responses entry"),
+            );
+        }
+    }
+
+    if ctx.diags.len() > before {
+        return None;
+    }
+    responses.sort_by_key(|r| r.status);
+    Some(Operation {
+        id,
+        method: method.to_string(),
+        path: path.to_string(),
+        summary: op.get("summary").and_then(Value::as_str).map(String::from),
+        security,
+        path_params,
+        query_params,
+        body,
+        max_body_bytes,
+        responses,
+    })
+}
+
+fn schema_ref_name(media: &Value) -> Option<String> {
+    media.pointer("/schema/$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/")).map(String::from)
+}
+
+fn path_template_params(path: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else { break };
+        out.insert(rest[start + 1..start + end].to_string());
+        rest = &rest[start + end + 1..];
+    }
+    out
+}
+
+pub fn is_pascal_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_uppercase()) && chars.all(|c| c.is_ascii_alphanumeric())
+}
+
+pub fn is_camel_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_alphanumeric())
+}
+
+fn is_snake_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `issueEnrollmentToken` → `issue_enrollment_token`.
+pub fn snake_case(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `issueEnrollmentToken` / `agent_enrolled` → `IssueEnrollmentToken` / `AgentEnrolled`.
+pub fn pascal_case(s: &str) -> String {
+    let mut out = String::new();
+    let mut upper = true;
+    for c in s.chars() {
+        if c == '_' || c == '.' || c == '-' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

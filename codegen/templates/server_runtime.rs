@@ -1,0 +1,214 @@
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::types;
+
+/// Header carrying the request id in both directions.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest bearer credential the stubs accept before answering 401.
+pub const MAX_BEARER_BYTES: usize = 8 * 1024;
+
+/// A bearer credential exactly as presented. `Debug` never prints it.
+#[derive(Clone)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The credential itself: compare it in constant time, never log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken([REDACTED])")
+    }
+}
+
+/// What the stubs know about a request besides its typed inputs.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The caller's `x-request-id` when well formed, otherwise a fresh UUID.
+    pub request_id: String,
+    /// The TCP peer, when the server was started with connect info.
+    pub remote_addr: Option<SocketAddr>,
+}
+
+impl RequestContext {
+    fn from_parts(parts: &Parts) -> Self {
+        let request_id = parts
+            .headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let remote_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        Self { request_id, remote_addr }
+    }
+}
+
+/// Builds a `Problem` with the stable `code` and the request id.
+pub fn problem(status: StatusCode, code: &str, title: &str, detail: Option<String>, request_id: &str) -> types::Problem {
+    types::Problem {
+        type_: format!("urn:oneprotect:problem:{code}"),
+        title: title.to_owned(),
+        status: status.as_u16(),
+        detail,
+        code: code.to_owned(),
+        request_id: request_id.to_owned(),
+    }
+}
+
+/// Serializes a JSON body with the request id header.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, request_id: &str) -> Response {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(_) => return problem_response(&problem(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error", None, request_id)),
+    };
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    set_request_id(response.headers_mut(), request_id);
+    response
+}
+
+/// A `Problem` as a response with its own status.
+pub fn problem_response(p: &types::Problem) -> Response {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, p, &p.request_id);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+}
+
+fn reject(status: StatusCode, code: &str, title: &str, detail: impl Into<String>, ctx: &RequestContext) -> Response {
+    problem_response(&problem(status, code, title, Some(detail.into()), &ctx.request_id))
+}
+
+/// Extracts `Authorization: Bearer <token>`; anything else is 401 `unauthenticated`.
+fn bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<BearerToken, Response> {
+    let unauthenticated = |detail: &str| reject(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", detail, ctx);
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthenticated("this operation requires a bearer token"))?;
+    let value = value.to_str().map_err(|_| unauthenticated("the Authorization header is not valid text"))?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(|| unauthenticated("use `Authorization: Bearer <token>`"))?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(unauthenticated("use `Authorization: Bearer <token>`"));
+    }
+    if token.len() > MAX_BEARER_BYTES {
+        return Err(unauthenticated("the bearer token is too long"));
+    }
+    Ok(BearerToken(token.to_owned()))
+}
+
+#[allow(dead_code)]
+fn path_params(params: &RawPathParams) -> std::collections::HashMap<String, String> {
+    params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+#[allow(dead_code)]
+fn path_uuid(params: &std::collections::HashMap<String, String>, name: &str, ctx: &RequestContext) -> Result<uuid::Uuid, Response> {
+    let raw = params.get(name).map(String::as_str).unwrap_or_default();
+    uuid::Uuid::parse_str(raw).map_err(|_| reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", format!("path parameter `{name}` must be a UUID"), ctx))
+}
+
+#[allow(dead_code)]
+fn path_string(params: &std::collections::HashMap<String, String>, name: &str) -> String {
+    params.get(name).cloned().unwrap_or_default()
+}
+
+#[allow(dead_code)]
+fn query_params<T: DeserializeOwned>(parts: &Parts, ctx: &RequestContext) -> Result<T, Response> {
+    let raw = parts.uri.query().unwrap_or_default();
+    serde_urlencoded::from_str::<T>(raw).map_err(|_| reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", "a query parameter is malformed", ctx))
+}
+
+#[allow(dead_code)]
+fn check_integer(value: Option<i64>, name: &str, min: Option<i64>, max: Option<i64>, ctx: &RequestContext) -> Result<(), Response> {
+    if let Some(v) = value
+        && (min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m))
+    {
+        let range = format!("{}..={}", min.map(|m| m.to_string()).unwrap_or_default(), max.map(|m| m.to_string()).unwrap_or_default());
+        return Err(reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", format!("query parameter `{name}` must be in {range}"), ctx));
+    }
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn check_length(value: Option<&str>, name: &str, max: usize, ctx: &RequestContext) -> Result<(), Response> {
+    if value.is_some_and(|v| v.chars().count() > max) {
+        return Err(reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", format!("query parameter `{name}` is longer than {max} characters"), ctx));
+    }
+    Ok(())
+}
+
+/// Reads, size-limits, parses and schema-validates a JSON body. Error
+/// details name the field, never echo its value.
+#[allow(dead_code)]
+async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, schema: &str, limit: usize, ctx: &RequestContext) -> Result<T, Response> {
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type", "send the body as `Content-Type: application/json`", ctx));
+    }
+    let too_large = || reject(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", format!("the body exceeds {limit} bytes"), ctx);
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        reject(StatusCode::BAD_REQUEST, "request_invalid", "Invalid request body", format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()), ctx)
+    })?;
+    if let Some(field) = crate::contract::forbidden_property(schema, &value) {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "identity_override_rejected",
+            "Identity fields may not be set",
+            format!("`{field}` comes from the stored identity and may not appear in the body"),
+            ctx,
+        ));
+    }
+    if let Err(violations) = crate::contract::validate_schema(schema, &value) {
+        let detail = violations.iter().take(5).map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message)).collect::<Vec<_>>().join("; ");
+        return Err(reject(StatusCode::BAD_REQUEST, "request_invalid", "Invalid request body", detail, ctx));
+    }
+    serde_json::from_value(value).map_err(|_| reject(StatusCode::BAD_REQUEST, "request_invalid", "Invalid request body", format!("the body does not match `{schema}`"), ctx))
+}
+
+#[allow(dead_code)]
+fn text_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+async fn not_found(req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let ctx = RequestContext::from_parts(&parts);
+    reject(StatusCode::NOT_FOUND, "not_found", "Not found", "no such route", &ctx)
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let ctx = RequestContext::from_parts(&parts);
+    reject(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", format!("{} is not allowed on this route", parts.method), &ctx)
+}

@@ -1,0 +1,188 @@
+//! Each contract rule fails on a small broken copy of the real specs, with a
+//! message naming the file and the JSON pointer.
+
+use std::path::{Path, PathBuf};
+
+use oneprotect_codegen::{Diagnostics, validate};
+use serde_json::{Value, json};
+
+fn real_specs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+/// A scratch copy of specs/ that a test may break.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(&real_specs(), dir.path());
+        Self { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn edit_openapi(&self, f: impl FnOnce(&mut Value)) {
+        let path = self.path("openapi.yaml");
+        let mut doc: Value = serde_norway::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
+        f(&mut doc);
+        std::fs::write(&path, serde_norway::to_string(&doc).expect("to yaml")).expect("write");
+    }
+
+    fn validate(&self) -> Result<(), Diagnostics> {
+        validate(self.dir.path(), "specs").map(|_| ())
+    }
+
+    fn errors(&self) -> Diagnostics {
+        self.validate().expect_err("the broken spec must fail validation")
+    }
+}
+
+fn assert_reports(diags: &Diagnostics, file: &str, pointer: &str, needle: &str) {
+    let hit = diags.iter().any(|d| d.file == file && d.pointer == pointer && d.message.contains(needle) && d.hint.is_some());
+    assert!(hit, "expected `{needle}` at {file}#{pointer}, got:\n{diags}");
+}
+
+#[test]
+fn the_real_contracts_are_valid() {
+    let contracts = validate(&real_specs(), "specs").unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(contracts.api.operations.len(), 14);
+    assert_eq!(contracts.events.len(), 8);
+}
+
+#[test]
+fn openapi_3_1_is_rejected_naming_the_version_field() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["openapi"] = json!("3.1.0"));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/openapi", "only 3.0.x");
+}
+
+#[test]
+fn a_dangling_ref_is_rejected_at_its_pointer() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["AgentList"]["properties"]["items"]["items"]["$ref"] = json!("#/components/schemas/NoSuchThing"));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/AgentList/properties/items/items/$ref", "dangling $ref");
+}
+
+#[test]
+fn a_duplicate_operation_id_is_rejected() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["paths"]["/api/v1/agents"]["get"]["operationId"] = json!("getAgent"));
+    let diags = f.errors();
+    assert!(
+        diags.iter().any(|d| d.file == "specs/openapi.yaml" && d.message.contains("duplicate operationId `getAgent`") && d.pointer.ends_with("/operationId")),
+        "{diags}"
+    );
+}
+
+#[test]
+fn an_event_schema_missing_from_asyncapi_is_rejected() {
+    let f = Fixture::new();
+    let schema = std::fs::read_to_string(f.path("events/agent.revoked.v1.schema.json")).expect("read");
+    std::fs::write(
+        f.path("events/agent.quarantined.v1.schema.json"),
+        schema.replace("agent.revoked", "agent.quarantined").replace("AgentRevokedData", "AgentQuarantinedData"),
+    )
+    .expect("write");
+    std::fs::create_dir_all(f.path("examples/events/agent.quarantined")).expect("mkdir");
+    let example = std::fs::read_to_string(f.path("examples/events/agent.revoked/valid.json")).expect("read");
+    std::fs::write(f.path("examples/events/agent.quarantined/valid.json"), example.replace("agent.revoked", "agent.quarantined")).expect("write");
+    assert_reports(&f.errors(), "specs/events/agent.quarantined.v1.schema.json", "", "not the payload of any AsyncAPI message");
+}
+
+#[test]
+fn an_example_that_does_not_match_its_schema_is_rejected_at_the_instance_pointer() {
+    let f = Fixture::new();
+    let path = f.path("examples/openapi/EnrollmentExchangeRequest/valid.json");
+    let mut example: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    example["hostname"] = json!(42);
+    std::fs::write(&path, example.to_string()).expect("write");
+    assert_reports(
+        &f.errors(),
+        "specs/examples/openapi/EnrollmentExchangeRequest/valid.json",
+        "/hostname",
+        "does not match schema `EnrollmentExchangeRequest`",
+    );
+}
+
+#[test]
+fn an_invalid_example_the_schema_accepts_is_rejected() {
+    let f = Fixture::new();
+    let ok = std::fs::read_to_string(f.path("examples/openapi/RevokeRequest/valid-empty.json")).expect("read");
+    std::fs::write(f.path("examples/openapi/RevokeRequest/invalid-but-accepted.json"), ok).expect("write");
+    assert_reports(&f.errors(), "specs/examples/openapi/RevokeRequest/invalid-but-accepted.json", "", "invalid example is accepted");
+}
+
+#[test]
+fn a_missing_documented_status_is_rejected() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| {
+        doc["paths"]["/api/v1/agent-enrollment/exchange"]["post"]["responses"].as_object_mut().expect("responses").remove("413");
+    });
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1exchange/post/responses", "does not document 413");
+}
+
+#[test]
+fn constructs_the_generators_cannot_handle_are_errors_before_generation() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["RevokeRequest"]["properties"]["reason"]["anyOf"] = json!([{"type": "string"}, {"type": "integer"}]);
+        doc["components"]["schemas"]["AgentList"]["properties"]["next_cursor"]["nullable"] = json!(true);
+        doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"] =
+            json!({"application/health+json": {"schema": {"$ref": "#/components/schemas/HealthStatus"}}});
+    });
+    let diags = f.errors();
+    assert_reports(&diags, "specs/openapi.yaml", "/components/schemas/RevokeRequest/properties/reason/anyOf", "`anyOf` is not supported");
+    assert_reports(&diags, "specs/openapi.yaml", "/components/schemas/AgentList/properties/next_cursor/nullable", "`nullable` is not supported");
+    assert_reports(&diags, "specs/openapi.yaml", "/paths/~1healthz/get/responses/200/content", "media type `application/health+json` is not supported");
+}
+
+#[test]
+fn an_event_payload_field_that_could_carry_a_secret_is_rejected() {
+    let f = Fixture::new();
+    let path = f.path("events/agent.enrolled.v1.schema.json");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    schema["$defs"]["AgentEnrolledData"]["properties"]["runtime_token"] = json!({"type": "string"});
+    std::fs::write(&path, serde_json::to_string_pretty(&schema).expect("json")).expect("write");
+    assert_reports(
+        &f.errors(),
+        "specs/events/agent.enrolled.v1.schema.json",
+        "/$defs/AgentEnrolledData/properties/runtime_token",
+        "looks like it carries a secret",
+    );
+}
+
+#[test]
+fn an_external_ref_in_an_event_schema_is_rejected() {
+    let f = Fixture::new();
+    let path = f.path("events/agent.revoked.v1.schema.json");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    schema["properties"]["data"]["$ref"] = json!("common.json#/$defs/AgentRevokedData");
+    std::fs::write(&path, serde_json::to_string_pretty(&schema).expect("json")).expect("write");
+    assert_reports(&f.errors(), "specs/events/agent.revoked.v1.schema.json", "/properties/data/$ref", "self-contained");
+}
+
+#[test]
+fn invalid_yaml_is_reported_with_the_file_not_a_panic() {
+    let f = Fixture::new();
+    std::fs::write(f.path("openapi.yaml"), "openapi: [unclosed\n").expect("write");
+    let diags = f.errors();
+    assert!(diags.iter().any(|d| d.file == "specs/openapi.yaml" && d.message.starts_with("not valid YAML")), "{diags}");
+}

@@ -1,0 +1,93 @@
+//! The schemas embedded in the generated crate accept every valid example
+//! under specs/examples/ and reject every invalid one.
+
+use std::path::{Path, PathBuf};
+
+use oneprotect_contracts::{contract, events};
+use serde_json::Value;
+
+fn examples(kind: &str) -> Vec<(String, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/examples").join(kind);
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(&root).expect("examples dir") {
+        let dir = dir.expect("entry").path();
+        let target = dir.file_name().expect("name").to_string_lossy().into_owned();
+        for file in std::fs::read_dir(&dir).expect("target dir") {
+            out.push((target.clone(), file.expect("file").path()));
+        }
+    }
+    out.sort();
+    assert!(!out.is_empty(), "no examples found under {}", root.display());
+    out
+}
+
+fn load(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
+}
+
+fn expects_valid(path: &Path) -> bool {
+    path.file_name().expect("name").to_string_lossy().starts_with("valid")
+}
+
+#[test]
+fn every_event_example_is_judged_correctly_by_events_validate() {
+    let (mut valid, mut invalid) = (0, 0);
+    for (event_type, path) in examples("events") {
+        let value = load(&path);
+        let outcome = events::validate(&value);
+        if expects_valid(&path) {
+            assert_eq!(outcome, Ok(()), "{} should be valid", path.display());
+            assert_eq!(value["type"], Value::String(event_type));
+            valid += 1;
+        } else {
+            assert!(outcome.is_err(), "{} should be rejected", path.display());
+            invalid += 1;
+        }
+    }
+    assert_eq!(valid, events::EVENT_TYPES.len(), "one valid example per event type");
+    assert!(invalid >= 4);
+}
+
+#[test]
+fn every_openapi_example_is_judged_correctly_by_contract_validate_schema() {
+    for (schema, path) in examples("openapi") {
+        let value = load(&path);
+        let outcome = contract::validate_schema(&schema, &value);
+        assert_eq!(outcome.is_ok(), expects_valid(&path), "{}: {outcome:?}", path.display());
+    }
+}
+
+#[test]
+fn an_unknown_schema_name_fails_closed() {
+    assert!(contract::validate_schema("NoSuchSchema", &serde_json::json!({})).is_err());
+}
+
+#[test]
+fn an_envelope_built_in_rust_validates_and_a_tampered_one_does_not() {
+    let data: events::AgentRevokedData = serde_json::from_value(serde_json::json!({
+        "agent_id": "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "revoked_by": "admin@fixture", "revoked_at": "2026-11-05T12:00:00Z"
+    }))
+    .expect("data");
+    let time = chrono::DateTime::parse_from_rfc3339("2026-11-05T12:00:00Z").expect("time").with_timezone(&chrono::Utc);
+    let envelope = events::Envelope::new("evt-1", "/oneprotect/test", time, "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "tenant-fixture", data);
+    let mut value = serde_json::to_value(&envelope).expect("serialize");
+    assert_eq!(value["type"], events::AGENT_REVOKED);
+    assert_eq!(events::validate(&value), Ok(()));
+    value["data"]["nonce"] = Value::String("fixture".into());
+    assert!(matches!(events::validate(&value), Err(events::EventValidationError::Invalid(_))), "a payload with an undeclared field is refused");
+    value["type"] = Value::String("agent.unknown".into());
+    assert_eq!(events::validate(&value), Err(events::EventValidationError::UnknownType("agent.unknown".into())));
+}
+
+#[test]
+fn the_operation_table_matches_the_contract() {
+    assert_eq!(contract::OPERATIONS.len(), 14);
+    let heartbeat = contract::operation("postAgentHeartbeat").expect("heartbeat operation");
+    assert_eq!(heartbeat.path, "/api/v1/agents/{agent_id}/telemetry/heartbeat");
+    assert_eq!(heartbeat.security, Some("agentRuntimeBearer"));
+    assert_eq!(heartbeat.response(200), Some(contract::ResponseSpec::Json("HeartbeatAccepted")));
+    assert_eq!(heartbeat.response(404), None);
+    for op in contract::OPERATIONS {
+        assert_eq!(op.response(500), Some(contract::ResponseSpec::Json("Problem")), "{} documents 500", op.operation_id);
+    }
+}
