@@ -1,0 +1,167 @@
+//! Tenant-admin bearer JWTs.
+//!
+//! The verification key decides the algorithm (HS256 for a shared secret,
+//! RS256/ES256/EdDSA for a public key or JWKS entry); the token header can
+//! never choose it, so `alg: none` and algorithm confusion are rejected.
+//! `exp` is checked against the injected clock.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+pub const ROLE_ADMIN: &str = "tenant_admin";
+pub const ROLE_VIEWER: &str = "tenant_viewer";
+const LEEWAY_SECONDS: i64 = 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminClaims {
+    pub sub: String,
+    pub tenant_id: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+}
+
+/// An authenticated tenant admin or viewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminPrincipal {
+    pub subject: String,
+    pub tenant_id: String,
+    pub can_write: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAuthFailure {
+    /// Bad signature, wrong algorithm, wrong audience/issuer, malformed.
+    Invalid,
+    Expired,
+    /// Valid token without a tenant role.
+    NoRole,
+}
+
+struct VerifyKey {
+    key: DecodingKey,
+    alg: Algorithm,
+}
+
+pub struct AdminVerifier {
+    /// kid (or "" for the single configured key) → key.
+    keys: BTreeMap<String, VerifyKey>,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for AdminVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminVerifier")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// A tenant id is a short identifier; anything else is refused so that no
+/// token can name the internal `_unattributed` bucket or inject text.
+pub fn tenant_id_is_valid(t: &str) -> bool {
+    let mut bytes = t.bytes();
+    (1..=64).contains(&t.len()) && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric()) && bytes.all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl AdminVerifier {
+    pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Result<Self, String> {
+        if secret.len() < crate::secrets::MIN_KEY_BYTES {
+            return Err(format!("the admin JWT secret must be at least {} bytes", crate::secrets::MIN_KEY_BYTES));
+        }
+        let mut keys = BTreeMap::new();
+        keys.insert(String::new(), VerifyKey { key: DecodingKey::from_secret(secret), alg: Algorithm::HS256 });
+        Ok(Self { keys, issuer: issuer.into(), audience: audience.into() })
+    }
+
+    /// A PEM public key: RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA.
+    pub fn public_key_pem(pem: &[u8], issuer: &str, audience: &str) -> Result<Self, String> {
+        // jsonwebtoken classifies the PEM by key OID, so each constructor
+        // only accepts its own key type.
+        let (key, alg) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+            (k, Algorithm::RS256)
+        } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+            (k, Algorithm::ES256)
+        } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+            (k, Algorithm::EdDSA)
+        } else {
+            return Err("the admin public key is not an RSA, EC P-256 or Ed25519 PEM public key".into());
+        };
+        let mut keys = BTreeMap::new();
+        keys.insert(String::new(), VerifyKey { key, alg });
+        Ok(Self { keys, issuer: issuer.into(), audience: audience.into() })
+    }
+
+    /// A JWKS document; every key needs a `kid`, and its algorithm comes
+    /// from the key type, never from the token.
+    pub fn jwks(json: &[u8], issuer: &str, audience: &str) -> Result<Self, String> {
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(json).map_err(|e| format!("the JWKS file is not valid: {e}"))?;
+        let mut keys = BTreeMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or("every JWKS key needs a `kid`")?;
+            let alg = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                _ => return Err(format!("JWKS key `{kid}` has an unsupported type")),
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key `{kid}`: {e}"))?;
+            keys.insert(kid, VerifyKey { key, alg });
+        }
+        if keys.is_empty() {
+            return Err("the JWKS file has no keys".into());
+        }
+        Ok(Self { keys, issuer: issuer.into(), audience: audience.into() })
+    }
+
+    /// Verifies signature, algorithm, issuer, audience, expiry and role.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AdminPrincipal, AdminAuthFailure> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AdminAuthFailure::Invalid)?;
+        let key = match header.kid.as_deref() {
+            Some(kid) if !self.keys.contains_key("") => self.keys.get(kid),
+            _ => self.keys.get(""),
+        }
+        .ok_or(AdminAuthFailure::Invalid)?;
+        if header.alg != key.alg {
+            return Err(AdminAuthFailure::Invalid);
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let data = jsonwebtoken::decode::<AdminClaims>(token, &key.key, &validation).map_err(|_| AdminAuthFailure::Invalid)?;
+        let claims = data.claims;
+        if now.timestamp() >= claims.exp + LEEWAY_SECONDS {
+            return Err(AdminAuthFailure::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| now.timestamp() + LEEWAY_SECONDS < nbf) {
+            return Err(AdminAuthFailure::Invalid);
+        }
+        if !tenant_id_is_valid(&claims.tenant_id) || claims.sub.is_empty() || claims.sub.len() > 256 {
+            return Err(AdminAuthFailure::Invalid);
+        }
+        let can_write = claims.roles.iter().any(|r| r == ROLE_ADMIN);
+        let can_read = can_write || claims.roles.iter().any(|r| r == ROLE_VIEWER);
+        if !can_read {
+            return Err(AdminAuthFailure::NoRole);
+        }
+        Ok(AdminPrincipal { subject: claims.sub, tenant_id: claims.tenant_id, can_write })
+    }
+}
+
+/// Mints an HS256 tenant-admin token (the `admin-token` subcommand and tests).
+pub fn mint_hs256(secret: &[u8], claims: &AdminClaims) -> Result<String, String> {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret)).map_err(|e| e.to_string())
+}

@@ -1,0 +1,111 @@
+//! Assembles the platform from configuration and serves it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::admin_auth::AdminVerifier;
+use crate::clock::Clock;
+use crate::config::{AdminKeySource, DatabaseUrl, SecretInputs};
+use crate::http::HttpApi;
+use crate::runtime_token::RuntimeKeyring;
+use crate::secrets::HashKey;
+use crate::service::{Platform, Policy};
+use crate::store::Store;
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
+
+/// Opens the configured store and applies migrations where this process
+/// may (always on SQLite; on PostgreSQL only with a migration URL).
+pub async fn open_store(url: &DatabaseUrl, migration_url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => {
+            let path = path.clone();
+            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await??)
+        }
+        DatabaseUrl::Postgres(url) => {
+            if let Some(owner) = migration_url {
+                crate::store::postgres::migrate(owner, None).await?;
+            }
+            let store = PgStore::connect(url).await?;
+            store.ensure_unprivileged().await?;
+            Arc::new(store)
+        }
+    })
+}
+
+pub fn admin_verifier(source: &AdminKeySource, issuer: &str, audience: &str) -> anyhow::Result<AdminVerifier> {
+    let v = match source {
+        AdminKeySource::Hs256Secret(s) => AdminVerifier::hs256(s, issuer, audience),
+        AdminKeySource::PublicKeyPem(p) => AdminVerifier::public_key_pem(&std::fs::read(p)?, issuer, audience),
+        AdminKeySource::Jwks(p) => AdminVerifier::jwks(&std::fs::read(p)?, issuer, audience),
+    };
+    v.map_err(anyhow::Error::msg)
+}
+
+/// Builds the platform from secrets. A missing runtime secret is allowed:
+/// exchange and heartbeat then fail closed with 503.
+pub fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, secrets: SecretInputs, issuer: &str, audience: &str, policy: Policy) -> anyhow::Result<Platform> {
+    let admin = secrets.admin_key.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("no admin JWT key: set ONEPROTECT_ADMIN_JWT_SECRET, ONEPROTECT_ADMIN_JWT_PUBLIC_KEY_FILE or ONEPROTECT_ADMIN_JWKS_FILE")
+    })?;
+    let admin = admin_verifier(admin, issuer, audience)?;
+    let hash_key = secrets.token_hash_key.ok_or_else(|| anyhow::anyhow!("ONEPROTECT_TOKEN_HASH_KEY is required (the key of the enrollment token hashes)"))?;
+    let hash_key = HashKey::new(hash_key).map_err(anyhow::Error::msg)?;
+    let runtime = RuntimeKeyring::new(secrets.runtime_secret, secrets.runtime_previous).map_err(anyhow::Error::msg)?;
+    if !runtime.is_available() {
+        tracing::warn!(
+            "ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET is not set: enrollment exchange and heartbeats will fail closed with 503 runtime_secret_unavailable"
+        );
+    }
+    Ok(Platform::new(store, clock, hash_key, runtime, admin, policy))
+}
+
+/// Logs one line per request: operation route, status, latency, request
+/// id. Never headers, bodies or query strings.
+async fn access_log(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    let request_id = response.headers().get(oneprotect_contracts::server::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    tracing::info!(%method, route, status = response.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1000.0, request_id, "request");
+    response
+}
+
+pub fn router(platform: Arc<Platform>) -> axum::Router {
+    oneprotect_contracts::server::router(Arc::new(HttpApi::new(platform))).layer(axum::middleware::from_fn(access_log))
+}
+
+/// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, platform: Arc<Platform>) -> anyhow::Result<()> {
+    let app = router(platform).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining requests");
+}

@@ -1,0 +1,293 @@
+//! `oneprotect-server`: serve the platform, run migrations, mint
+//! development admin tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oneprotect_server::admin_auth::{AdminClaims, ROLE_ADMIN, ROLE_VIEWER, mint_hs256};
+use oneprotect_server::clock::SystemClock;
+use oneprotect_server::config::{self, AdminKeySource, DatabaseUrl, DevSecrets, SecretInputs};
+use oneprotect_server::service::Policy;
+
+#[derive(Parser)]
+#[command(name = "oneprotect-server", version, about = "The OneProtect platform: agent enrollment, identity-bound heartbeat, audit and events")]
+#[command(after_help = "Secrets are read from the environment (or NAME_FILE), never from flags:\n  \
+  ONEPROTECT_ADMIN_JWT_SECRET | ONEPROTECT_ADMIN_JWT_PUBLIC_KEY_FILE | ONEPROTECT_ADMIN_JWKS_FILE\n  \
+  ONEPROTECT_TOKEN_HASH_KEY, ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET, ONEPROTECT_AGENT_RUNTIME_TOKEN_PREVIOUS_SECRETS\n\
+Exit codes: 0 clean shutdown, 1 runtime failure, 2 configuration error.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Apply database migrations (and grant the application role on PostgreSQL).
+    Migrate(MigrateArgs),
+    /// Print a tenant-admin JWT signed with the HS256 admin secret (development).
+    AdminToken(AdminTokenArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// `postgres://…` selects PostgreSQL; anything else is an SQLite file.
+    #[arg(long, env = "ONEPROTECT_DATABASE_URL", default_value = config::DEFAULT_SQLITE_FILE)]
+    database_url: String,
+    /// Expected `iss` of admin tokens.
+    #[arg(long, env = "ONEPROTECT_ADMIN_JWT_ISSUER", default_value = config::DEFAULT_ISSUER)]
+    admin_jwt_issuer: String,
+    /// Expected `aud` of admin tokens.
+    #[arg(long, env = "ONEPROTECT_ADMIN_JWT_AUDIENCE", default_value = config::DEFAULT_AUDIENCE)]
+    admin_jwt_audience: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address to listen on.
+    #[arg(long, env = "ONEPROTECT_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Owner connection used to apply PostgreSQL migrations at start.
+    #[arg(long, env = "ONEPROTECT_MIGRATION_DATABASE_URL")]
+    migration_database_url: Option<String>,
+    /// Development mode: generate and keep secrets in .oneprotect-dev/ and
+    /// print an admin token. Implied when no secret is configured and the
+    /// listen address is loopback. Never use it in production.
+    #[arg(long, env = "ONEPROTECT_DEV")]
+    dev: bool,
+    #[arg(long, env = "ONEPROTECT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Lifetime of runtime tokens, in seconds (300 to 604800).
+    #[arg(long, env = "ONEPROTECT_RUNTIME_TOKEN_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(300..=604_800))]
+    runtime_token_ttl_seconds: i64,
+    /// Silence after which an identity turns stale, in seconds.
+    #[arg(long, env = "ONEPROTECT_STALE_AFTER_SECONDS", default_value_t = 604_800, value_parser = clap::value_parser!(i64).range(60..))]
+    stale_after_seconds: i64,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// PostgreSQL: the (existing) unprivileged role the server connects as;
+    /// it is granted exactly what the application needs.
+    #[arg(long)]
+    app_role: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Admin,
+    Viewer,
+}
+
+#[derive(Args)]
+struct AdminTokenArgs {
+    #[arg(long, default_value = "tenant-dev")]
+    tenant: String,
+    #[arg(long, default_value = "admin@localhost")]
+    subject: String,
+    #[arg(long, value_enum, default_value = "admin")]
+    role: Role,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_seconds: i64,
+    #[arg(long, env = "ONEPROTECT_ADMIN_JWT_ISSUER", default_value = config::DEFAULT_ISSUER)]
+    admin_jwt_issuer: String,
+    #[arg(long, env = "ONEPROTECT_ADMIN_JWT_AUDIENCE", default_value = config::DEFAULT_AUDIENCE)]
+    admin_jwt_audience: String,
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ONEPROTECT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn mint(secret: &[u8], tenant: &str, subject: &str, role: Role, ttl: i64, issuer: &str, audience: &str) -> Result<String, String> {
+    let claims = AdminClaims {
+        sub: subject.to_owned(),
+        tenant_id: tenant.to_owned(),
+        roles: vec![
+            match role {
+                Role::Admin => ROLE_ADMIN,
+                Role::Viewer => ROLE_VIEWER,
+            }
+            .to_owned(),
+        ],
+        exp: chrono::Utc::now().timestamp() + ttl,
+        iss: issuer.to_owned(),
+        aud: audience.to_owned(),
+        nbf: None,
+    };
+    mint_hs256(secret, &claims)
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let mut secrets = match SecretInputs::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dev = args.dev || (secrets.is_empty() && config::is_loopback(&args.listen));
+    if secrets.is_empty() && !dev {
+        eprintln!("error: no secrets configured and {} is not a loopback address; set the ONEPROTECT_* secrets (see --help) or pass --dev", args.listen);
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut dev_admin_token = None;
+    if dev {
+        let dev_secrets = match DevSecrets::load_or_create(std::path::Path::new(config::DEV_SECRETS_FILE)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: development secrets: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        secrets.admin_key.get_or_insert(AdminKeySource::Hs256Secret(dev_secrets.admin_jwt_secret.clone().into_bytes()));
+        secrets.token_hash_key.get_or_insert(dev_secrets.token_hash_key.into_bytes());
+        secrets.runtime_secret.get_or_insert(dev_secrets.runtime_token_secret.into_bytes());
+        if let Some(AdminKeySource::Hs256Secret(s)) = &secrets.admin_key {
+            dev_admin_token =
+                mint(s, "tenant-dev", "admin@localhost", Role::Admin, 12 * 3600, &args.common.admin_jwt_issuer, &args.common.admin_jwt_audience).ok();
+        }
+    }
+    let url = match DatabaseUrl::parse(Some(&args.common.database_url)) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: ONEPROTECT_DATABASE_URL: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let store = match oneprotect_server::app::open_store(&url, args.migration_database_url.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot open the store: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let policy = Policy {
+        runtime_token_ttl: chrono::Duration::seconds(args.runtime_token_ttl_seconds),
+        stale_after: chrono::Duration::seconds(args.stale_after_seconds),
+        ..Policy::default()
+    };
+    let platform =
+        match oneprotect_server::app::platform(store, Arc::new(SystemClock), secrets, &args.common.admin_jwt_issuer, &args.common.admin_jwt_audience, policy) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    if dev {
+        eprintln!("\n*** DEVELOPMENT MODE — NOT FOR PRODUCTION ***");
+        eprintln!("Secrets were generated and are kept in {} (mode 0600).", config::DEV_SECRETS_FILE);
+        eprintln!("Store: {url:?}. Listening on http://{bound}");
+        if let Some(token) = dev_admin_token {
+            eprintln!("Tenant-admin token for tenant-dev (12 h):\n");
+            println!("{token}");
+            eprintln!();
+        }
+    }
+    tracing::info!(listen = %bound, "serving");
+    match oneprotect_server::app::serve(listener, platform).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+async fn migrate(args: MigrateArgs) -> ExitCode {
+    match DatabaseUrl::parse(Some(&args.common.database_url)) {
+        Ok(DatabaseUrl::Sqlite(path)) => match oneprotect_server::store::sqlite::SqliteStore::open(&path).and_then(|s| s.migrate()) {
+            Ok(n) => {
+                println!("{}: migrations current ({n} applied now)", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        Ok(DatabaseUrl::Postgres(url)) => match oneprotect_server::store::postgres::migrate(&url, args.app_role.as_deref()).await {
+            Ok(n) => {
+                println!("postgres: migrations current ({n} applied now){}", args.app_role.map(|r| format!("; granted {r}")).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn admin_token(args: AdminTokenArgs) -> ExitCode {
+    let secret = match config::env_secret("ONEPROTECT_ADMIN_JWT_SECRET") {
+        Ok(Some(s)) => s,
+        Ok(None) => match std::fs::read_to_string(PathBuf::from(config::DEV_SECRETS_FILE)).ok().and_then(|t| serde_json::from_str::<DevSecrets>(&t).ok()) {
+            Some(dev) => dev.admin_jwt_secret.into_bytes(),
+            None => {
+                eprintln!("error: set ONEPROTECT_ADMIN_JWT_SECRET (or run `serve --dev` once in this directory)");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match mint(&secret, &args.tenant, &args.subject, args.role, args.ttl_seconds, &args.admin_jwt_issuer, &args.admin_jwt_audience) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(a) => serve(a).await,
+        Command::Migrate(a) => migrate(a).await,
+        Command::AdminToken(a) => admin_token(a),
+    }
+}

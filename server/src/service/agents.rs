@@ -1,0 +1,349 @@
+//! Agent identities: identity-bound heartbeat, certificate rotation and the
+//! admin view (list, get, revoke).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use oneprotect_contracts::events;
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use super::{PageRequest, Platform, RequestMeta};
+use crate::admin_auth::AdminPrincipal;
+use crate::csr::verify_csr_pem;
+use crate::error::{Rejection, RuntimeTokenFailure};
+use crate::model::*;
+use crate::runtime_token::{IssuedRuntimeToken, RUNTIME_TOKEN_PREFIX, RuntimeClaims, SCOPE_AGENT_HEARTBEAT, SUBJECT_SERVICE_ACCOUNT, claims_for};
+use crate::secrets;
+
+/// An agent whose runtime token and stored identity agree.
+#[derive(Debug, Clone)]
+pub struct AgentCaller {
+    pub claims: RuntimeClaims,
+    pub identity: AgentIdentityRecord,
+}
+
+pub struct HeartbeatInput {
+    pub sequence: u64,
+    pub collected_at: DateTime<Utc>,
+    pub hostname: String,
+    pub agent_version: String,
+    pub os_family: Option<String>,
+    pub os_version: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub cpu_count: Option<u32>,
+    pub cpu_usage_percent: Option<f64>,
+    pub memory_total_bytes: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+    pub process_count: Option<u32>,
+}
+
+pub struct HeartbeatResult {
+    pub agent_id: Uuid,
+    pub status: AgentStatus,
+    pub accepted_at: DateTime<Utc>,
+    pub duplicate: bool,
+}
+
+pub struct RotationResult {
+    pub certificate: CertificateRecord,
+    pub runtime_token: IssuedRuntimeToken,
+}
+
+fn data<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
+    serde_json::from_value(value).map_err(|e| {
+        tracing::error!(error = %e, "event payload does not fit its generated type");
+        Rejection::Internal
+    })
+}
+
+impl Platform {
+    /// Every rule that binds a runtime token to a stored identity, in order;
+    /// the first that fails decides the answer, and every failure is audited.
+    pub async fn authenticate_agent(&self, bearer: &str, path_agent_id: Uuid, action: &str, meta: &RequestMeta) -> Result<AgentCaller, Rejection> {
+        let outcome = self.check_agent(bearer, path_agent_id, action, meta).await;
+        if let Err((rejection, tenant, actor)) = &outcome {
+            let record = self.audit(
+                tenant.as_deref().unwrap_or(UNATTRIBUTED_TENANT),
+                ("agent", actor.as_deref().unwrap_or("unknown")),
+                action,
+                ("agent", Some(path_agent_id.to_string())),
+                Some(rejection),
+                meta,
+                BTreeMap::new(),
+            );
+            self.audit_rejection(record, None).await;
+        }
+        outcome.map_err(|(r, _, _)| r)
+    }
+
+    async fn check_agent(
+        &self,
+        bearer: &str,
+        path_agent_id: Uuid,
+        action: &str,
+        meta: &RequestMeta,
+    ) -> Result<AgentCaller, (Rejection, Option<String>, Option<String>)> {
+        let now = self.clock.now();
+        if !self.runtime_keys.is_available() {
+            return Err((Rejection::RuntimeSecretUnavailable, None, None));
+        }
+        if !bearer.starts_with(RUNTIME_TOKEN_PREFIX) {
+            if let Ok(admin) = self.admin.verify(bearer, now) {
+                return Err((Rejection::NotServiceAccount, Some(admin.tenant_id), Some(admin.subject)));
+            }
+            return Err((Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Malformed), None, None));
+        }
+        let claims = self.runtime_keys.verify(bearer, now).map_err(|f| (Rejection::RuntimeTokenInvalid(f), None, None))?;
+        let tenant = Some(claims.tid.clone());
+        let actor = Some(claims.aid.to_string());
+        let fail = |r: Rejection| (r, tenant.clone(), actor.clone());
+        if claims.sub_type != SUBJECT_SERVICE_ACCOUNT {
+            return Err(fail(Rejection::NotServiceAccount));
+        }
+        if claims.scope != SCOPE_AGENT_HEARTBEAT {
+            return Err(fail(Rejection::ScopeForbidden));
+        }
+        if claims.aid != path_agent_id {
+            return Err(fail(Rejection::ActorMismatch));
+        }
+        let identity = self.store.get_identity(&claims.tid, claims.aid).await.map_err(|e| fail(e.into()))?.ok_or_else(|| fail(Rejection::IdentityUnknown))?;
+        if identity.collector_id != claims.cid || identity.asset_id != claims.asid {
+            return Err(fail(Rejection::CollectorMismatch));
+        }
+        match identity.effective_status(now, self.policy.stale_after) {
+            AgentStatus::Revoked => return Err(fail(Rejection::IdentityRevoked)),
+            AgentStatus::Stale => {
+                if identity.status != AgentStatus::Stale {
+                    let record = self.audit(
+                        &claims.tid,
+                        ("system", "staleness"),
+                        "agent.mark_stale",
+                        ("agent", Some(claims.aid.to_string())),
+                        None,
+                        meta,
+                        BTreeMap::new(),
+                    );
+                    if let Err(e) = self.store.mark_identity_stale(&claims.tid, claims.aid, &record).await {
+                        tracing::error!(error = %e, "could not persist a stale identity");
+                    }
+                }
+                return Err(fail(Rejection::IdentityStale));
+            }
+            AgentStatus::Enrolled | AgentStatus::Active => {}
+        }
+        let current = claims.crt == identity.certificate_id;
+        let in_grace = identity.previous_certificate_id == Some(claims.crt) && identity.rotated_at.is_some_and(|at| now < at + self.policy.rotation_grace);
+        if !(current || in_grace && action == "agent.heartbeat") {
+            return Err(fail(Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded)));
+        }
+        Ok(AgentCaller { claims, identity })
+    }
+
+    /// Accepts telemetry from an authenticated agent. Identity comes from
+    /// the stored record, never from the body.
+    pub async fn heartbeat(&self, bearer: &str, path_agent_id: Uuid, input: HeartbeatInput, meta: &RequestMeta) -> Result<HeartbeatResult, Rejection> {
+        let caller = self.authenticate_agent(bearer, path_agent_id, "agent.heartbeat", meta).await?;
+        let (tenant, identity) = (&caller.claims.tid, &caller.identity);
+        let now = self.clock.now();
+        let sequence = i64::try_from(input.sequence).map_err(|_| Rejection::RequestInvalid("sequence is too large".into()))?;
+        let discovered: events::AssetDiscoveredData = data(serde_json::json!({
+            "asset_id": identity.asset_id,
+            "agent_id": identity.agent_id,
+            "collector_id": identity.collector_id,
+            "hostname": input.hostname,
+            "os_family": input.os_family,
+            "os_version": input.os_version,
+            "discovered_at": now,
+        }))?;
+        let telemetry: events::AssetTelemetryReceivedData = data(serde_json::json!({
+            "asset_id": identity.asset_id,
+            "agent_id": identity.agent_id,
+            "sequence": input.sequence,
+            "received_at": now,
+            "hostname": input.hostname,
+            "uptime_seconds": input.uptime_seconds,
+            "cpu_count": input.cpu_count,
+            "cpu_usage_percent": input.cpu_usage_percent,
+            "memory_total_bytes": input.memory_total_bytes,
+            "memory_used_bytes": input.memory_used_bytes,
+            "process_count": input.process_count,
+        }))?;
+        let subject = identity.asset_id.to_string();
+        let commit = HeartbeatCommit {
+            tenant_id: tenant.clone(),
+            agent_id: identity.agent_id,
+            now,
+            sequence,
+            hostname: input.hostname,
+            agent_version: input.agent_version,
+            os_family: input.os_family,
+            os_version: input.os_version,
+            discovered_event: self.event(tenant, &subject, discovered)?,
+            telemetry_event: self.event(tenant, &subject, telemetry)?,
+            activation_audit: self.audit(
+                tenant,
+                ("agent", &identity.agent_id.to_string()),
+                "agent.activate",
+                ("agent", Some(identity.agent_id.to_string())),
+                None,
+                meta,
+                BTreeMap::new(),
+            ),
+        };
+        let duplicate = match self.store.commit_heartbeat(&commit).await? {
+            HeartbeatOutcome::Accepted => false,
+            HeartbeatOutcome::Duplicate => true,
+            HeartbeatOutcome::NotAllowed(status) => {
+                let rejection = match status {
+                    None => Rejection::IdentityUnknown,
+                    Some(AgentStatus::Stale) => Rejection::IdentityStale,
+                    Some(_) => Rejection::IdentityRevoked,
+                };
+                let record = self.audit(
+                    tenant,
+                    ("agent", &identity.agent_id.to_string()),
+                    "agent.heartbeat",
+                    ("agent", Some(identity.agent_id.to_string())),
+                    Some(&rejection),
+                    meta,
+                    BTreeMap::new(),
+                );
+                self.audit_rejection(record, None).await;
+                return Err(rejection);
+            }
+        };
+        self.metrics.inc("oneprotect_heartbeats_total", "outcome", if duplicate { "duplicate" } else { "accepted" });
+        Ok(HeartbeatResult { agent_id: identity.agent_id, status: AgentStatus::Active, accepted_at: now, duplicate })
+    }
+
+    /// New CSR in; new certificate record and runtime token out. Tokens
+    /// issued with the previous certificate keep working for heartbeats
+    /// during the rotation grace period only.
+    pub async fn rotate_certificate(
+        &self,
+        bearer: &str,
+        path_agent_id: Uuid,
+        csr_pem: &str,
+        nonce: &SecretString,
+        meta: &RequestMeta,
+    ) -> Result<RotationResult, Rejection> {
+        let caller = self.authenticate_agent(bearer, path_agent_id, "agent.rotate", meta).await?;
+        let (tenant, identity) = (caller.claims.tid.clone(), caller.identity);
+        let actor = identity.agent_id.to_string();
+        let reject = |r: Rejection| async {
+            let record = self.audit(&tenant, ("agent", &actor), "agent.rotate", ("agent", Some(actor.clone())), Some(&r), meta, BTreeMap::new());
+            self.audit_rejection(record, None).await;
+            r
+        };
+        if !secrets::nonce_is_well_formed(nonce.expose_secret()) {
+            return Err(reject(Rejection::NonceInvalid).await);
+        }
+        let csr = match verify_csr_pem(csr_pem) {
+            Ok(c) => c,
+            Err(detail) => return Err(reject(Rejection::CsrInvalid(detail)).await),
+        };
+        let now = self.clock.now();
+        let certificate = CertificateRecord {
+            certificate_id: Uuid::new_v4(),
+            tenant_id: tenant.clone(),
+            agent_id: identity.agent_id,
+            public_key_algorithm: csr.algorithm.as_str().to_owned(),
+            public_key_sha256: csr.public_key_sha256,
+            subject: csr.subject,
+            serial_number: secrets::hex(&secrets::random_bytes::<16>()),
+            not_before: now,
+            not_after: now + self.policy.certificate_validity,
+            status: "active".to_owned(),
+        };
+        let claims =
+            claims_for(&tenant, identity.agent_id, identity.collector_id, identity.asset_id, certificate.certificate_id, now, self.policy.runtime_token_ttl);
+        let runtime_token = self.runtime_keys.issue(&claims).ok_or(Rejection::RuntimeSecretUnavailable)?;
+        let mut details = BTreeMap::new();
+        details.insert("previous_certificate_id".to_owned(), identity.certificate_id.to_string());
+        details.insert("certificate_id".to_owned(), certificate.certificate_id.to_string());
+        details.insert("runtime_token_sha256".to_owned(), runtime_token.sha256.clone());
+        details.insert("runtime_token_key_id".to_owned(), runtime_token.key_id.clone());
+        let audit = self.audit(&tenant, ("agent", &actor), "agent.rotate", ("agent", Some(actor.clone())), None, meta, details);
+        let payload: events::AgentCertificateRotatedData = data(serde_json::json!({
+            "agent_id": identity.agent_id,
+            "previous_certificate_id": identity.certificate_id,
+            "certificate_id": certificate.certificate_id,
+            "public_key_sha256": certificate.public_key_sha256,
+            "not_after": certificate.not_after,
+            "rotated_at": now,
+        }))?;
+        let event = self.event(&tenant, &actor, payload)?;
+        let commit = RotationCommit {
+            tenant_id: tenant.clone(),
+            agent_id: identity.agent_id,
+            now,
+            nonce_hash: secrets::nonce_hash(&self.hash_key, &tenant, nonce.expose_secret()),
+            presented_certificate_id: caller.claims.crt,
+            certificate: certificate.clone(),
+            audit,
+            event,
+        };
+        match self.store.commit_rotation(&commit).await? {
+            RotationOutcome::Rotated => Ok(RotationResult { certificate, runtime_token }),
+            RotationOutcome::NonceReplayed => Err(reject(Rejection::NonceReplayed).await),
+            RotationOutcome::Superseded => Err(reject(Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded)).await),
+            RotationOutcome::NotAllowed(None) => Err(reject(Rejection::IdentityUnknown).await),
+            RotationOutcome::NotAllowed(Some(AgentStatus::Stale)) => Err(reject(Rejection::IdentityStale).await),
+            RotationOutcome::NotAllowed(Some(_)) => Err(reject(Rejection::IdentityRevoked).await),
+        }
+    }
+
+    /// The identity as the admin API shows it (staleness applied).
+    pub fn present(&self, mut identity: AgentIdentityRecord) -> AgentIdentityRecord {
+        identity.status = identity.effective_status(self.clock.now(), self.policy.stale_after);
+        identity
+    }
+
+    pub async fn list_agents(&self, admin: &AdminPrincipal, page: PageRequest) -> Result<Page<AgentIdentityRecord>, Rejection> {
+        let mut page = self.store.list_identities(&admin.tenant_id, page.after, page.limit).await?;
+        page.items = page.items.into_iter().map(|i| self.present(i)).collect();
+        Ok(page)
+    }
+
+    /// Another tenant's identity is `NotFound`, never forbidden.
+    pub async fn get_agent(&self, admin: &AdminPrincipal, agent_id: Uuid) -> Result<AgentIdentityRecord, Rejection> {
+        self.store.get_identity(&admin.tenant_id, agent_id).await?.map(|i| self.present(i)).ok_or(Rejection::NotFound)
+    }
+
+    /// Idempotent. Every runtime token of the identity stops working at once
+    /// because heartbeat and rotation read the stored status.
+    pub async fn revoke_agent(
+        &self,
+        admin: &AdminPrincipal,
+        agent_id: Uuid,
+        reason: Option<String>,
+        meta: &RequestMeta,
+    ) -> Result<AgentIdentityRecord, Rejection> {
+        let now = self.clock.now();
+        let actor = ("tenant_admin", admin.subject.as_str());
+        let target = ("agent", Some(agent_id.to_string()));
+        let mut details = BTreeMap::new();
+        if let Some(r) = &reason {
+            details.insert("reason".to_owned(), r.clone());
+        }
+        let audit = self.audit(&admin.tenant_id, actor, "agent.revoke", target.clone(), None, meta, details);
+        let payload: events::AgentRevokedData =
+            data(serde_json::json!({ "agent_id": agent_id, "revoked_by": admin.subject, "reason": reason, "revoked_at": now }))?;
+        let event = self.event(&admin.tenant_id, &agent_id.to_string(), payload)?;
+        match self.store.revoke_identity(&admin.tenant_id, agent_id, &admin.subject, reason.as_deref(), &audit, &event).await? {
+            RevokeOutcome::Revoked(mut i) => {
+                i.status = AgentStatus::Revoked;
+                i.revoked_at = Some(now);
+                Ok(i)
+            }
+            RevokeOutcome::AlreadyRevoked(i) => Ok(i),
+            RevokeOutcome::NotFound => {
+                let rejection = Rejection::NotFound;
+                let record = self.audit(&admin.tenant_id, actor, "agent.revoke", target, Some(&rejection), meta, BTreeMap::new());
+                self.audit_rejection(record, None).await;
+                Err(rejection)
+            }
+        }
+    }
+}

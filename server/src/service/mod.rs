@@ -1,0 +1,240 @@
+//! The rules. Each public method is one use case; it takes typed input,
+//! checks every rule (fail closed), and asks the store for one atomic write.
+//! Nothing here knows HTTP or SQL.
+
+mod agents;
+mod enrollment;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::Duration;
+use oneprotect_contracts::events::{self, EventData};
+use uuid::Uuid;
+
+pub use agents::{AgentCaller, HeartbeatInput, HeartbeatResult, RotationResult};
+pub use enrollment::{ExchangeInput, ExchangeResult, IssueInput, IssuedToken};
+
+use crate::admin_auth::{AdminAuthFailure, AdminPrincipal, AdminVerifier};
+use crate::clock::Clock;
+use crate::error::Rejection;
+use crate::metrics::Metrics;
+use crate::model::*;
+use crate::ratelimit::RateLimiter;
+use crate::runtime_token::RuntimeKeyring;
+use crate::secrets::HashKey;
+use crate::store::Store;
+
+pub const EVENT_SOURCE: &str = "/oneprotect/platform";
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 200;
+
+/// Bounds and durations of the rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_enrollment_token_ttl: Duration,
+    pub max_enrollment_token_uses: u32,
+    pub runtime_token_ttl: Duration,
+    /// How long a runtime token issued before a rotation keeps working.
+    pub rotation_grace: Duration,
+    /// Silence after which an identity is stale.
+    pub stale_after: Duration,
+    pub certificate_validity: Duration,
+    /// Failed exchanges allowed per source address and per token id in
+    /// `failure_window`.
+    pub failure_limit: u32,
+    pub failure_window: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_enrollment_token_ttl: Duration::days(30),
+            max_enrollment_token_uses: 10_000,
+            runtime_token_ttl: Duration::hours(24),
+            rotation_grace: Duration::minutes(5),
+            stale_after: Duration::days(7),
+            certificate_validity: Duration::days(365),
+            failure_limit: 20,
+            failure_window: Duration::minutes(1),
+        }
+    }
+}
+
+/// Who is asking and how to correlate the request.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub remote_addr: Option<SocketAddr>,
+}
+
+pub struct Platform {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    hash_key: HashKey,
+    runtime_keys: RuntimeKeyring,
+    admin: AdminVerifier,
+    policy: Policy,
+    limiter: RateLimiter,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform").field("store", &self.store.backend()).field("runtime_keys", &self.runtime_keys).field("policy", &self.policy).finish()
+    }
+}
+
+/// An opaque page cursor: the last sequence number seen.
+pub fn encode_cursor(seq: i64) -> String {
+    crate::secrets::b64(format!("v1:{seq}").as_bytes())
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<i64, Rejection> {
+    crate::secrets::unb64(cursor)
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("v1:").and_then(|n| n.parse::<i64>().ok()))
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Rejection::ParameterInvalid("the cursor is not one this server issued".into()))
+}
+
+/// A validated page request.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+impl PageRequest {
+    pub fn parse(cursor: Option<&str>, limit: Option<i64>) -> Result<Self, Rejection> {
+        let after = cursor.map(decode_cursor).transpose()?;
+        let limit = match limit {
+            None => DEFAULT_PAGE_SIZE,
+            Some(l) if (1..=i64::from(MAX_PAGE_SIZE)).contains(&l) => l as u32,
+            Some(_) => return Err(Rejection::ParameterInvalid(format!("limit must be 1..={MAX_PAGE_SIZE}"))),
+        };
+        Ok(Self { after, limit })
+    }
+}
+
+impl Platform {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, hash_key: HashKey, runtime_keys: RuntimeKeyring, admin: AdminVerifier, policy: Policy) -> Self {
+        let limiter = RateLimiter::new(policy.failure_limit, policy.failure_window);
+        Self { store, clock, hash_key, runtime_keys, admin, policy, limiter, metrics: Metrics::default() }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    pub async fn ready(&self) -> Result<(), Rejection> {
+        self.store.ready().await.map_err(|e| {
+            tracing::warn!(error = %e, "readiness check failed");
+            Rejection::StoreUnavailable
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        &self,
+        tenant_id: &str,
+        actor: (&str, &str),
+        action: &str,
+        target: (&str, Option<String>),
+        rejection: Option<&Rejection>,
+        meta: &RequestMeta,
+        details: BTreeMap<String, String>,
+    ) -> AuditRecord {
+        AuditRecord {
+            audit_id: Uuid::new_v4(),
+            tenant_id: tenant_id.to_owned(),
+            occurred_at: self.clock.now(),
+            actor_type: actor.0.to_owned(),
+            actor_id: actor.1.to_owned(),
+            action: action.to_owned(),
+            target_type: target.0.to_owned(),
+            target_id: target.1,
+            outcome: if rejection.is_some() { "failure" } else { "success" }.to_owned(),
+            reason_code: rejection.map(|r| r.reason().to_owned()),
+            request_id: meta.request_id.clone(),
+            details,
+        }
+    }
+
+    /// Builds an event and validates it against its schema; an event that
+    /// does not validate is never written (the request fails instead).
+    fn event<D: EventData>(&self, tenant_id: &str, subject: &str, data: D) -> Result<OutboxEvent, Rejection> {
+        let now = self.clock.now();
+        let id = Uuid::new_v4().to_string();
+        let envelope = events::Envelope::new(id.clone(), EVENT_SOURCE, now, subject, tenant_id, data);
+        let payload = serde_json::to_value(&envelope).map_err(|_| Rejection::Internal)?;
+        if let Err(e) = events::validate(&payload) {
+            tracing::error!(event_type = D::EVENT_TYPE, error = %e, "refusing to emit an event that does not match its schema");
+            return Err(Rejection::Internal);
+        }
+        Ok(OutboxEvent { event_id: id, tenant_id: tenant_id.to_owned(), event_type: D::EVENT_TYPE.to_owned(), occurred_at: now, payload })
+    }
+
+    /// Records a rejection in the audit trail; a failure to record is logged,
+    /// the caller's answer stays the rejection.
+    async fn audit_rejection(&self, record: AuditRecord, event: Option<OutboxEvent>) {
+        self.metrics.inc("oneprotect_rejections_total", "reason", record.reason_code.as_deref().unwrap_or("unknown"));
+        if let Err(e) = self.store.append_audit(&record, event.as_ref()).await {
+            tracing::error!(error = %e, action = %record.action, "could not write the audit record of a rejection");
+        }
+    }
+
+    /// Authenticates a tenant admin (or viewer, when `write` is false).
+    pub async fn authenticate_admin(&self, bearer: &str, write: bool, action: &str, meta: &RequestMeta) -> Result<AdminPrincipal, Rejection> {
+        match self.admin.verify(bearer, self.clock.now()) {
+            Ok(p) if write && !p.can_write => {
+                let rejection = Rejection::Forbidden("this operation requires the tenant_admin role");
+                let record = self.audit(
+                    &p.tenant_id,
+                    ("tenant_admin", &p.subject),
+                    action,
+                    ("tenant", Some(p.tenant_id.clone())),
+                    Some(&rejection),
+                    meta,
+                    BTreeMap::new(),
+                );
+                self.audit_rejection(record, None).await;
+                Err(rejection)
+            }
+            Ok(p) => Ok(p),
+            Err(failure) => {
+                let rejection = Rejection::Unauthenticated(match failure {
+                    AdminAuthFailure::Expired => "the admin token has expired",
+                    AdminAuthFailure::NoRole => "the admin token grants no tenant role",
+                    AdminAuthFailure::Invalid => "the admin token is not valid",
+                });
+                let mut details = BTreeMap::new();
+                details.insert("failure".to_owned(), format!("{failure:?}").to_ascii_lowercase());
+                let record = self.audit(UNATTRIBUTED_TENANT, ("anonymous", "anonymous"), action, ("tenant", None), Some(&rejection), meta, details);
+                self.audit_rejection(record, None).await;
+                Err(rejection)
+            }
+        }
+    }
+
+    pub async fn list_audit(&self, admin: &AdminPrincipal, page: PageRequest) -> Result<Page<AuditRecord>, Rejection> {
+        Ok(self.store.list_audit(&admin.tenant_id, page.after, page.limit).await?)
+    }
+
+    pub async fn list_events(&self, admin: &AdminPrincipal, page: PageRequest) -> Result<Page<OutboxEvent>, Rejection> {
+        Ok(self.store.list_events(&admin.tenant_id, page.after, page.limit).await?)
+    }
+}

@@ -1,0 +1,90 @@
+//! Storage behind one trait, with an embedded SQLite and a PostgreSQL
+//! (row-level security) implementation. Each method is one transaction;
+//! the store enforces atomicity and tenant scoping, the rules live in
+//! `service`.
+
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Reachable and migrated to the latest version.
+    async fn ready(&self) -> StoreResult<()>;
+
+    async fn insert_enrollment_token(&self, token: &EnrollmentTokenRecord, audit: &AuditRecord, event: &OutboxEvent) -> StoreResult<()>;
+    async fn list_enrollment_tokens(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>>;
+    /// Writes `audit` and `event` only when this call revokes the token.
+    async fn revoke_enrollment_token(
+        &self,
+        tenant_id: &str,
+        id: Uuid,
+        audit: &AuditRecord,
+        event: &OutboxEvent,
+    ) -> StoreResult<RevokeOutcome<EnrollmentTokenRecord>>;
+    /// Looks a token up by id alone, for the public exchange. On PostgreSQL
+    /// this goes through a narrow SECURITY DEFINER function that only maps
+    /// an id to its tenant.
+    async fn find_enrollment_token(&self, id: Uuid) -> StoreResult<Option<EnrollmentTokenRecord>>;
+    /// Redeems one use (conditionally, atomically), records the nonce and
+    /// writes identity, certificate, audit and event — or nothing.
+    async fn commit_enrollment(&self, commit: &EnrollmentCommit) -> StoreResult<EnrollmentOutcome>;
+
+    async fn get_identity(&self, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>>;
+    async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>>;
+    async fn revoke_identity(
+        &self,
+        tenant_id: &str,
+        agent_id: Uuid,
+        revoked_by: &str,
+        reason: Option<&str>,
+        audit: &AuditRecord,
+        event: &OutboxEvent,
+    ) -> StoreResult<RevokeOutcome<AgentIdentityRecord>>;
+    async fn mark_identity_stale(&self, tenant_id: &str, agent_id: Uuid, audit: &AuditRecord) -> StoreResult<()>;
+    async fn commit_heartbeat(&self, commit: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
+    async fn commit_rotation(&self, commit: &RotationCommit) -> StoreResult<RotationOutcome>;
+    async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>>;
+
+    /// An audit record, and optionally an event, in one transaction.
+    async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()>;
+    async fn list_audit(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>>;
+    async fn list_events(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>>;
+
+    /// Every stored row of every table, as text, across tenants (tests and
+    /// the conformance harness scan it for secrets). Needs an inspection
+    /// connection on PostgreSQL.
+    async fn dump_all_rows(&self) -> StoreResult<Vec<String>>;
+}
+
+/// The tables every backend has, in creation order.
+pub const TABLES: [&str; 9] = [
+    "agent_enrollment_tokens",
+    "agent_identities",
+    "agent_device_certificates",
+    "agent_revocations",
+    "agent_enrollment_nonces",
+    "audit_events",
+    "event_outbox",
+    "assets",
+    "schema_migrations",
+];

@@ -1,0 +1,697 @@
+//! The PostgreSQL store. Every method runs in one transaction that first
+//! sets `oneprotect.tenant_id` with `set_config(…, true)`; row-level
+//! security (ENABLE + FORCE) then confines every statement to that tenant.
+//! Statements still carry the tenant predicate, so a policy mistake is not
+//! the only line of defence.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::{Store, StoreError, StoreResult, TABLES};
+use crate::error::TokenFailure;
+use crate::model::*;
+
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// Serializes concurrent migrators.
+const MIGRATION_LOCK: i64 = 0x0AE0_11E5;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    /// A privileged connection used only to dump rows for inspection.
+    inspection: Option<PgPool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+fn u32_of(v: i32, what: &str) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(what.into()))
+}
+
+fn token_of(r: &PgRow) -> StoreResult<(i64, EnrollmentTokenRecord)> {
+    Ok((
+        r.try_get("seq").map_err(backend)?,
+        EnrollmentTokenRecord {
+            id: r.try_get("id").map_err(backend)?,
+            tenant_id: r.try_get("tenant_id").map_err(backend)?,
+            token_hash: r.try_get("token_hash").map_err(backend)?,
+            label: r.try_get("label").map_err(backend)?,
+            site_id: r.try_get("site_id").map_err(backend)?,
+            collector_id: r.try_get("collector_id").map_err(backend)?,
+            max_uses: u32_of(r.try_get("max_uses").map_err(backend)?, "max_uses")?,
+            use_count: u32_of(r.try_get("use_count").map_err(backend)?, "use_count")?,
+            created_at: r.try_get("created_at").map_err(backend)?,
+            expires_at: r.try_get("expires_at").map_err(backend)?,
+            last_used_at: r.try_get("last_used_at").map_err(backend)?,
+            revoked_at: r.try_get("revoked_at").map_err(backend)?,
+            created_by: r.try_get("created_by").map_err(backend)?,
+        },
+    ))
+}
+
+fn identity_of(r: &PgRow) -> StoreResult<(i64, AgentIdentityRecord)> {
+    let status: String = r.try_get("status").map_err(backend)?;
+    Ok((
+        r.try_get("seq").map_err(backend)?,
+        AgentIdentityRecord {
+            agent_id: r.try_get("agent_id").map_err(backend)?,
+            tenant_id: r.try_get("tenant_id").map_err(backend)?,
+            collector_id: r.try_get("collector_id").map_err(backend)?,
+            asset_id: r.try_get("asset_id").map_err(backend)?,
+            site_id: r.try_get("site_id").map_err(backend)?,
+            status: AgentStatus::parse(&status).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
+            hostname: r.try_get("hostname").map_err(backend)?,
+            agent_version: r.try_get("agent_version").map_err(backend)?,
+            os_family: r.try_get("os_family").map_err(backend)?,
+            enrollment_token_id: r.try_get("enrollment_token_id").map_err(backend)?,
+            certificate_id: r.try_get("certificate_id").map_err(backend)?,
+            previous_certificate_id: r.try_get("previous_certificate_id").map_err(backend)?,
+            rotated_at: r.try_get("rotated_at").map_err(backend)?,
+            fingerprint_hash: r.try_get("fingerprint_hash").map_err(backend)?,
+            enrolled_at: r.try_get("enrolled_at").map_err(backend)?,
+            last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
+            last_sequence: r.try_get("last_sequence").map_err(backend)?,
+            revoked_at: r.try_get("revoked_at").map_err(backend)?,
+        },
+    ))
+}
+
+fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_after = if more { rows.last().map(|(seq, _)| *seq) } else { None };
+    Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()> {
+    let details = serde_json::to_value(&a.details).map_err(|e| StoreError::Backend(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(a.audit_id)
+    .bind(&a.tenant_id)
+    .bind(a.occurred_at)
+    .bind(&a.actor_type)
+    .bind(&a.actor_id)
+    .bind(&a.action)
+    .bind(&a.target_type)
+    .bind(&a.target_id)
+    .bind(&a.outcome)
+    .bind(&a.reason_code)
+    .bind(&a.request_id)
+    .bind(details)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_event(tx: &mut Tx, e: &OutboxEvent) -> StoreResult<()> {
+    sqlx::query("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&e.event_id)
+        .bind(&e.tenant_id)
+        .bind(&e.event_type)
+        .bind(e.occurred_at)
+        .bind(&e.payload)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_certificate(tx: &mut Tx, c: &CertificateRecord) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(c.certificate_id)
+    .bind(&c.tenant_id)
+    .bind(c.agent_id)
+    .bind(&c.public_key_algorithm)
+    .bind(&c.public_key_sha256)
+    .bind(&c.subject)
+    .bind(&c.serial_number)
+    .bind(c.not_before)
+    .bind(c.not_after)
+    .bind(&c.status)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_nonce(tx: &mut Tx, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+    let r = sqlx::query("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(tenant_id)
+        .bind(nonce_hash)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn select_identity(tx: &mut Tx, tenant_id: &str, agent_id: Uuid, lock: bool) -> StoreResult<Option<AgentIdentityRecord>> {
+    let sql = if lock {
+        "SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = $2 FOR UPDATE"
+    } else {
+        "SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = $2"
+    };
+    let row = sqlx::query(sql).bind(tenant_id).bind(agent_id).fetch_optional(&mut **tx).await.map_err(backend)?;
+    row.map(|r| identity_of(&r).map(|(_, i)| i)).transpose()
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(std::time::Duration::from_secs(5)).connect(url).await.map_err(backend)?;
+        Ok(Self { pool, inspection: None })
+    }
+
+    /// Adds a privileged connection used only by `dump_all_rows`.
+    pub async fn with_inspection(mut self, url: &str) -> StoreResult<Self> {
+        self.inspection = Some(PgPoolOptions::new().max_connections(1).connect(url).await.map_err(backend)?);
+        Ok(self)
+    }
+
+    /// Refuses to run as a role that row-level security does not bind.
+    pub async fn ensure_unprivileged(&self) -> StoreResult<()> {
+        let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user").fetch_one(&self.pool).await.map_err(backend)?;
+        let (superuser, bypass): (bool, bool) = (row.try_get(0).map_err(backend)?, row.try_get(1).map_err(backend)?);
+        let owned: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tableowner = current_user AND tablename = ANY($1)")
+                .bind(TABLES.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        if superuser || bypass || owned > 0 {
+            return Err(StoreError::Unavailable(
+                "the database role is a superuser, has BYPASSRLS or owns the tables; connect as the application role created by `oneprotect-server migrate --app-role`".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn begin(&self, tenant_id: &str) -> StoreResult<Tx> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)").bind(tenant_id).execute(&mut *tx).await.map_err(backend)?;
+        Ok(tx)
+    }
+}
+
+/// Applies pending migrations as the owning role and, when `app_role` is
+/// given, grants it exactly what the application needs.
+pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usize> {
+    let pool = PgPoolOptions::new().max_connections(1).connect(owner_url).await.map_err(backend)?;
+    let mut applied = 0;
+    let mut tx = pool.begin().await.map_err(backend)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await.map_err(backend)?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    for (version, name, sql) in MIGRATIONS {
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1").bind(version).fetch_optional(&mut *tx).await.map_err(backend)?;
+        if done.is_none() {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)").bind(version).bind(name).execute(&mut *tx).await.map_err(backend)?;
+            applied += 1;
+        }
+    }
+    if let Some(role) = app_role {
+        if !role.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || role.is_empty() {
+            return Err(StoreError::Backend("the application role name must be [A-Za-z0-9_]+".into()));
+        }
+        let grants = format!(
+            "GRANT USAGE ON SCHEMA public TO {role};\
+             GRANT SELECT, INSERT, UPDATE ON agent_enrollment_tokens, agent_identities, agent_device_certificates, agent_revocations, \
+                agent_enrollment_nonces, audit_events, event_outbox, assets TO {role};\
+             GRANT SELECT ON schema_migrations TO {role};\
+             GRANT EXECUTE ON FUNCTION oneprotect_enrollment_token_tenant(UUID) TO {role};"
+        );
+        // The role name was checked to be an identifier above.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(grants)).execute(&mut *tx).await.map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)?;
+    pool.close().await;
+    Ok(applied)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ready(&self) -> StoreResult<()> {
+        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(&self.pool).await.map_err(backend)?;
+        if latest == MIGRATIONS.last().map(|m| m.0) { Ok(()) } else { Err(StoreError::Unavailable("migrations pending".into())) }
+    }
+
+    async fn insert_enrollment_token(&self, t: &EnrollmentTokenRecord, audit: &AuditRecord, event: &OutboxEvent) -> StoreResult<()> {
+        let mut tx = self.begin(&t.tenant_id).await?;
+        sqlx::query(
+            "INSERT INTO agent_enrollment_tokens (id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10)",
+        )
+        .bind(t.id)
+        .bind(&t.tenant_id)
+        .bind(&t.token_hash)
+        .bind(&t.label)
+        .bind(&t.site_id)
+        .bind(t.collector_id)
+        .bind(i32::try_from(t.max_uses).map_err(|_| StoreError::Backend("max_uses".into()))?)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(&t.created_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        insert_audit(&mut tx, audit).await?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_enrollment_tokens(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let rows = sqlx::query("SELECT * FROM agent_enrollment_tokens WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(tenant_id)
+            .bind(after.unwrap_or(0))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(page(rows.iter().map(token_of).collect::<StoreResult<_>>()?, limit))
+    }
+
+    async fn revoke_enrollment_token(
+        &self,
+        tenant_id: &str,
+        id: Uuid,
+        audit: &AuditRecord,
+        event: &OutboxEvent,
+    ) -> StoreResult<RevokeOutcome<EnrollmentTokenRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let changed = sqlx::query("UPDATE agent_enrollment_tokens SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL")
+            .bind(tenant_id)
+            .bind(id)
+            .bind(audit.occurred_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        let row = sqlx::query("SELECT * FROM agent_enrollment_tokens WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Ok(RevokeOutcome::NotFound) };
+        let (_, record) = token_of(&row)?;
+        if changed == 1 {
+            insert_audit(&mut tx, audit).await?;
+            insert_event(&mut tx, event).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(RevokeOutcome::Revoked(record))
+        } else {
+            Ok(RevokeOutcome::AlreadyRevoked(record))
+        }
+    }
+
+    async fn find_enrollment_token(&self, id: Uuid) -> StoreResult<Option<EnrollmentTokenRecord>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let tenant: Option<String> = sqlx::query_scalar("SELECT oneprotect_enrollment_token_tenant($1)").bind(id).fetch_one(&mut *tx).await.map_err(backend)?;
+        let Some(tenant) = tenant else { return Ok(None) };
+        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)").bind(&tenant).execute(&mut *tx).await.map_err(backend)?;
+        let row = sqlx::query("SELECT * FROM agent_enrollment_tokens WHERE tenant_id = $1 AND id = $2")
+            .bind(&tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        row.map(|r| token_of(&r).map(|(_, t)| t)).transpose()
+    }
+
+    async fn commit_enrollment(&self, c: &EnrollmentCommit) -> StoreResult<EnrollmentOutcome> {
+        let tenant = &c.identity.tenant_id;
+        let mut tx = self.begin(tenant).await?;
+        let redeemed = sqlx::query(
+            "UPDATE agent_enrollment_tokens SET use_count = use_count + 1, last_used_at = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3 AND use_count < max_uses",
+        )
+        .bind(tenant)
+        .bind(c.token_id)
+        .bind(c.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        if redeemed != 1 {
+            let row = sqlx::query("SELECT * FROM agent_enrollment_tokens WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant)
+                .bind(c.token_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let failure = match row {
+                Some(r) => token_of(&r)?.1.failure_at(c.now).unwrap_or(TokenFailure::Exhausted),
+                None => TokenFailure::Unknown,
+            };
+            return Ok(EnrollmentOutcome::TokenRejected(failure));
+        }
+        if !insert_nonce(&mut tx, tenant, &c.nonce_hash, c.now).await? {
+            return Ok(EnrollmentOutcome::NonceReplayed);
+        }
+        let i = &c.identity;
+        sqlx::query(
+            "INSERT INTO agent_identities (agent_id, tenant_id, collector_id, asset_id, site_id, status, hostname, agent_version, os_family, enrollment_token_id, certificate_id, fingerprint_hash, enrolled_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(i.agent_id)
+        .bind(&i.tenant_id)
+        .bind(i.collector_id)
+        .bind(i.asset_id)
+        .bind(&i.site_id)
+        .bind(i.status.as_str())
+        .bind(&i.hostname)
+        .bind(&i.agent_version)
+        .bind(&i.os_family)
+        .bind(i.enrollment_token_id)
+        .bind(i.certificate_id)
+        .bind(&i.fingerprint_hash)
+        .bind(i.enrolled_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        insert_certificate(&mut tx, &c.certificate).await?;
+        insert_audit(&mut tx, &c.audit).await?;
+        insert_event(&mut tx, &c.event).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(EnrollmentOutcome::Enrolled)
+    }
+
+    async fn get_identity(&self, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let out = select_identity(&mut tx, tenant_id, agent_id, false).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
+    }
+
+    async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let rows = sqlx::query("SELECT * FROM agent_identities WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(tenant_id)
+            .bind(after.unwrap_or(0))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(page(rows.iter().map(identity_of).collect::<StoreResult<_>>()?, limit))
+    }
+
+    async fn revoke_identity(
+        &self,
+        tenant_id: &str,
+        agent_id: Uuid,
+        revoked_by: &str,
+        reason: Option<&str>,
+        audit: &AuditRecord,
+        event: &OutboxEvent,
+    ) -> StoreResult<RevokeOutcome<AgentIdentityRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let changed =
+            sqlx::query("UPDATE agent_identities SET status = 'revoked', revoked_at = $3 WHERE tenant_id = $1 AND agent_id = $2 AND status <> 'revoked'")
+                .bind(tenant_id)
+                .bind(agent_id)
+                .bind(audit.occurred_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        let Some(record) = select_identity(&mut tx, tenant_id, agent_id, false).await? else { return Ok(RevokeOutcome::NotFound) };
+        if changed != 1 {
+            return Ok(RevokeOutcome::AlreadyRevoked(record));
+        }
+        sqlx::query("UPDATE agent_device_certificates SET status = 'revoked' WHERE tenant_id = $1 AND agent_id = $2 AND status = 'active'")
+            .bind(tenant_id)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO agent_revocations (revocation_id, tenant_id, agent_id, revoked_by, reason, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(Uuid::new_v4())
+            .bind(tenant_id)
+            .bind(agent_id)
+            .bind(revoked_by)
+            .bind(reason)
+            .bind(audit.occurred_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        insert_audit(&mut tx, audit).await?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(RevokeOutcome::Revoked(record))
+    }
+
+    async fn mark_identity_stale(&self, tenant_id: &str, agent_id: Uuid, audit: &AuditRecord) -> StoreResult<()> {
+        let mut tx = self.begin(tenant_id).await?;
+        let changed = sqlx::query("UPDATE agent_identities SET status = 'stale' WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('enrolled', 'active')")
+            .bind(tenant_id)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if changed == 1 {
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn commit_heartbeat(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+        let mut tx = self.begin(&c.tenant_id).await?;
+        let Some(identity) = select_identity(&mut tx, &c.tenant_id, c.agent_id, true).await? else { return Ok(HeartbeatOutcome::NotAllowed(None)) };
+        if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
+            return Ok(HeartbeatOutcome::NotAllowed(Some(identity.status)));
+        }
+        if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
+            return Ok(HeartbeatOutcome::Duplicate);
+        }
+        sqlx::query(
+            "UPDATE agent_identities SET status = 'active', last_seen_at = $3, last_sequence = $4, hostname = $5, agent_version = $6, os_family = COALESCE($7, os_family) \
+             WHERE tenant_id = $1 AND agent_id = $2",
+        )
+        .bind(&c.tenant_id)
+        .bind(c.agent_id)
+        .bind(c.now)
+        .bind(c.sequence)
+        .bind(&c.hostname)
+        .bind(&c.agent_version)
+        .bind(&c.os_family)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if identity.status == AgentStatus::Enrolled {
+            insert_audit(&mut tx, &c.activation_audit).await?;
+        }
+        let discovered = sqlx::query(
+            "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (asset_id) DO NOTHING",
+        )
+        .bind(identity.asset_id)
+        .bind(&c.tenant_id)
+        .bind(c.agent_id)
+        .bind(&c.hostname)
+        .bind(&c.os_family)
+        .bind(&c.os_version)
+        .bind(c.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if discovered {
+            insert_event(&mut tx, &c.discovered_event).await?;
+        } else {
+            sqlx::query("UPDATE assets SET hostname = $3, os_family = COALESCE($4, os_family), os_version = COALESCE($5, os_version), last_seen_at = $6 WHERE tenant_id = $1 AND asset_id = $2")
+                .bind(&c.tenant_id)
+                .bind(identity.asset_id)
+                .bind(&c.hostname)
+                .bind(&c.os_family)
+                .bind(&c.os_version)
+                .bind(c.now)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        insert_event(&mut tx, &c.telemetry_event).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(HeartbeatOutcome::Accepted)
+    }
+
+    async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
+        let mut tx = self.begin(&c.tenant_id).await?;
+        let Some(identity) = select_identity(&mut tx, &c.tenant_id, c.agent_id, true).await? else { return Ok(RotationOutcome::NotAllowed(None)) };
+        if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
+            return Ok(RotationOutcome::NotAllowed(Some(identity.status)));
+        }
+        if identity.certificate_id != c.presented_certificate_id {
+            return Ok(RotationOutcome::Superseded);
+        }
+        if !insert_nonce(&mut tx, &c.tenant_id, &c.nonce_hash, c.now).await? {
+            return Ok(RotationOutcome::NonceReplayed);
+        }
+        sqlx::query("UPDATE agent_device_certificates SET status = 'superseded' WHERE tenant_id = $1 AND certificate_id = $2")
+            .bind(&c.tenant_id)
+            .bind(identity.certificate_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        insert_certificate(&mut tx, &c.certificate).await?;
+        sqlx::query("UPDATE agent_identities SET certificate_id = $3, previous_certificate_id = $4, rotated_at = $5 WHERE tenant_id = $1 AND agent_id = $2")
+            .bind(&c.tenant_id)
+            .bind(c.agent_id)
+            .bind(c.certificate.certificate_id)
+            .bind(identity.certificate_id)
+            .bind(c.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        insert_audit(&mut tx, &c.audit).await?;
+        insert_event(&mut tx, &c.event).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(RotationOutcome::Rotated)
+    }
+
+    async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let row = sqlx::query("SELECT * FROM agent_device_certificates WHERE tenant_id = $1 AND certificate_id = $2")
+            .bind(tenant_id)
+            .bind(certificate_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        row.map(|r| {
+            Ok(CertificateRecord {
+                certificate_id: r.try_get("certificate_id").map_err(backend)?,
+                tenant_id: r.try_get("tenant_id").map_err(backend)?,
+                agent_id: r.try_get("agent_id").map_err(backend)?,
+                public_key_algorithm: r.try_get("public_key_algorithm").map_err(backend)?,
+                public_key_sha256: r.try_get("public_key_sha256").map_err(backend)?,
+                subject: r.try_get("subject").map_err(backend)?,
+                serial_number: r.try_get("serial_number").map_err(backend)?,
+                not_before: r.try_get("not_before").map_err(backend)?,
+                not_after: r.try_get("not_after").map_err(backend)?,
+                status: r.try_get("status").map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()> {
+        let mut tx = self.begin(&audit.tenant_id).await?;
+        insert_audit(&mut tx, audit).await?;
+        if let Some(e) = event {
+            insert_event(&mut tx, e).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_audit(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(tenant_id)
+            .bind(after.unwrap_or(0))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                let details: serde_json::Value = r.try_get("details").map_err(backend)?;
+                Ok((
+                    r.try_get::<i64, _>("seq").map_err(backend)?,
+                    AuditRecord {
+                        audit_id: r.try_get("audit_id").map_err(backend)?,
+                        tenant_id: r.try_get("tenant_id").map_err(backend)?,
+                        occurred_at: r.try_get("occurred_at").map_err(backend)?,
+                        actor_type: r.try_get("actor_type").map_err(backend)?,
+                        actor_id: r.try_get("actor_id").map_err(backend)?,
+                        action: r.try_get("action").map_err(backend)?,
+                        target_type: r.try_get("target_type").map_err(backend)?,
+                        target_id: r.try_get("target_id").map_err(backend)?,
+                        outcome: r.try_get("outcome").map_err(backend)?,
+                        reason_code: r.try_get("reason_code").map_err(backend)?,
+                        request_id: r.try_get("request_id").map_err(backend)?,
+                        details: serde_json::from_value(details).map_err(|_| StoreError::Corrupt("audit details".into()))?,
+                    },
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn list_events(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let rows = sqlx::query("SELECT * FROM event_outbox WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(tenant_id)
+            .bind(after.unwrap_or(0))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("seq").map_err(backend)?,
+                    OutboxEvent {
+                        event_id: r.try_get("event_id").map_err(backend)?,
+                        tenant_id: r.try_get("tenant_id").map_err(backend)?,
+                        event_type: r.try_get("event_type").map_err(backend)?,
+                        occurred_at: r.try_get("occurred_at").map_err(backend)?,
+                        payload: r.try_get("payload").map_err(backend)?,
+                    },
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn dump_all_rows(&self) -> StoreResult<Vec<String>> {
+        let pool = self.inspection.as_ref().ok_or_else(|| StoreError::Backend("no inspection connection configured".into()))?;
+        let mut out = Vec::new();
+        for table in TABLES {
+            let rows: Vec<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT row_to_json(t)::text FROM {table} t"))).fetch_all(pool).await.map_err(backend)?;
+            out.extend(rows.into_iter().map(|r| format!("{table}: {r}")));
+        }
+        Ok(out)
+    }
+}
