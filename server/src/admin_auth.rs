@@ -165,3 +165,52 @@ impl AdminVerifier {
 pub fn mint_hs256(secret: &[u8], claims: &AdminClaims) -> Result<String, String> {
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret)).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "iss-fixture";
+    const AUDIENCE: &str = "aud-fixture";
+
+    fn claims(now: DateTime<Utc>) -> AdminClaims {
+        AdminClaims {
+            sub: "admin@fixture".into(),
+            tenant_id: "tenant-a".into(),
+            roles: vec![ROLE_ADMIN.into()],
+            exp: now.timestamp() + 600,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            nbf: None,
+        }
+    }
+
+    #[test]
+    fn a_public_key_verifier_accepts_its_algorithm_and_refuses_hs256_signed_with_the_public_key() {
+        let now = Utc::now();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("fixture key");
+        let public_pem = key.public_key_pem();
+        let verifier = AdminVerifier::public_key_pem(public_pem.as_bytes(), ISSUER, AUDIENCE).expect("verifier");
+
+        let es256 = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(now), &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("encoding key"))
+            .expect("sign");
+        assert_eq!(verifier.verify(&es256, now).map(|p| p.tenant_id), Ok("tenant-a".to_owned()));
+
+        let confused = mint_hs256(public_pem.as_bytes(), &claims(now)).expect("sign");
+        assert_eq!(verifier.verify(&confused, now), Err(AdminAuthFailure::Invalid), "algorithm confusion is refused");
+    }
+
+    #[test]
+    fn viewers_read_admins_write_and_expiry_follows_the_injected_clock() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).expect("fixture time");
+        let secret = b"fixture-admin-secret-long-enough-000000000";
+        let verifier = AdminVerifier::hs256(secret, ISSUER, AUDIENCE).expect("verifier");
+        let mut viewer = claims(now);
+        viewer.roles = vec![ROLE_VIEWER.into()];
+        let p = verifier.verify(&mint_hs256(secret, &viewer).expect("sign"), now).expect("valid");
+        assert!(!p.can_write);
+        let admin = mint_hs256(secret, &claims(now)).expect("sign");
+        assert!(verifier.verify(&admin, now).expect("valid").can_write);
+        assert_eq!(verifier.verify(&admin, now + chrono::Duration::seconds(600 + LEEWAY_SECONDS)), Err(AdminAuthFailure::Expired));
+    }
+}

@@ -1,0 +1,154 @@
+//! Identity-bound heartbeat: every refusal has its code and an audit
+//! record; duplicates are idempotent; rotation supersedes old tokens.
+
+use chrono::Duration;
+use oneprotect_server::runtime_token::{RuntimeClaims, claims_for};
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::*;
+
+fn claims_of(enrolled: &serde_json::Value, now: chrono::DateTime<chrono::Utc>) -> RuntimeClaims {
+    let id = |p: &str| Uuid::parse_str(enrolled.pointer(p).and_then(|v| v.as_str()).expect("id")).expect("uuid");
+    claims_for(TENANT_A, id("/agent/agent_id"), id("/agent/collector_id"), id("/agent/asset_id"), id("/agent/certificate_id"), now, Duration::hours(1))
+}
+
+async fn audited_failures(h: &Harness, tenant: &str, reason: &str) -> usize {
+    h.audit(tenant).await.iter().filter(|a| a["action"] == "agent.heartbeat" && a["outcome"] == "failure" && a["reason_code"] == reason).count()
+}
+
+async fn accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second_event(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (agent, runtime, _) = h.enroll(TENANT_A).await;
+    let first = h.heartbeat(&agent, &runtime, 7).await;
+    assert_eq!((first.0, first.1["duplicate"].as_bool(), first.1["status"].as_str()), (StatusCode::OK, Some(false), Some("active")));
+    let dup = h.heartbeat(&agent, &runtime, 7).await;
+    assert_eq!((dup.0, dup.1["duplicate"].as_bool()), (StatusCode::OK, Some(true)));
+    let older = h.heartbeat(&agent, &runtime, 3).await;
+    assert_eq!(older.1["duplicate"], true, "an older sequence is a replay, acknowledged without effect");
+    assert_eq!(h.heartbeat(&agent, &runtime, 8).await.1["duplicate"], false);
+    let events = h.events(TENANT_A).await;
+    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(count("asset.discovered"), 1);
+    assert_eq!(count("asset.telemetry.received"), 2, "two distinct sequences, two events");
+    let (_, v) = h.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&h.admin(TENANT_A)), None).await;
+    assert_eq!((v["status"].as_str(), v["hostname"].as_str()), (Some("active"), Some("host-1.fixture")));
+    assert!(v["last_seen_at"].is_string());
+}
+
+async fn tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (agent, runtime, enrolled) = h.enroll(TENANT_A).await;
+    let parts: Vec<&str> = runtime.split('.').collect();
+    let mut forged = claims_of(&enrolled, h.clock_now());
+    forged.tid = TENANT_B.into();
+    let tampered_payload =
+        format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], oneprotect_server::secrets::b64(&serde_json::to_vec(&forged).expect("json")), parts[4]);
+    assert_problem(&h.heartbeat(&agent, &tampered_payload, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    let flipped = if parts[4].starts_with('A') { "B" } else { "A" };
+    let tampered_sig = format!("{}.{}.{}.{}.{flipped}{}", parts[0], parts[1], parts[2], parts[3], &parts[4][1..]);
+    assert_problem(&h.heartbeat(&agent, &tampered_sig, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    let unknown_kid = format!("{}.{}.kdeadbeef0000.{}.{}", parts[0], parts[1], parts[3], parts[4]);
+    assert_problem(&h.heartbeat(&agent, &unknown_kid, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    let mut scoped = claims_of(&enrolled, h.clock_now());
+    scoped.scope = "agent_admin".into();
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&scoped), 1).await, StatusCode::FORBIDDEN, "scope_forbidden");
+    let mut user = claims_of(&enrolled, h.clock_now());
+    user.sub_type = "user".into();
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&user), 1).await, StatusCode::FORBIDDEN, "not_service_account");
+    assert_problem(&h.heartbeat(&agent, &h.admin(TENANT_A), 1).await, StatusCode::FORBIDDEN, "not_service_account");
+    h.clock.advance(Duration::hours(25));
+    assert_problem(&h.heartbeat(&agent, &runtime, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    let reasons: Vec<String> =
+        h.audit(TENANT_A).await.iter().chain(h.audit(TENANT_B).await.iter()).filter_map(|a| a["reason_code"].as_str().map(str::to_owned)).collect();
+    for r in ["scope_forbidden", "not_service_account"] {
+        assert!(reasons.iter().any(|x| x == r), "{r} audited in the tenant: {reasons:?}");
+    }
+    let unattributed = h.store.list_audit(oneprotect_server::model::UNATTRIBUTED_TENANT, None, 200).await.expect("audit");
+    let reasons: Vec<&str> = unattributed.items.iter().filter_map(|a| a.reason_code.as_deref()).collect();
+    for r in ["runtime_token_bad_signature", "runtime_token_unknown_key", "runtime_token_expired"] {
+        assert!(reasons.contains(&r), "{r} audited (unattributed): {reasons:?}");
+    }
+}
+
+async fn unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_code_and_an_audit_record(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (agent, runtime, enrolled) = h.enroll(TENANT_A).await;
+    let (other_agent, _, _) = h.enroll(TENANT_A).await;
+
+    let r = h.heartbeat(&other_agent, &runtime, 1).await;
+    assert_problem(&r, StatusCode::FORBIDDEN, "actor_mismatch");
+    assert_eq!(audited_failures(&h, TENANT_A, "actor_mismatch").await, 1);
+
+    let mut wrong_collector = claims_of(&enrolled, h.clock_now());
+    wrong_collector.cid = Uuid::new_v4();
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&wrong_collector), 1).await, StatusCode::FORBIDDEN, "collector_mismatch");
+    assert_eq!(audited_failures(&h, TENANT_A, "collector_mismatch").await, 1);
+
+    let ghost_id = Uuid::new_v4();
+    let mut ghost = claims_of(&enrolled, h.clock_now());
+    ghost.aid = ghost_id;
+    assert_problem(&h.heartbeat(&ghost_id.to_string(), &h.runtime_token_for(&ghost), 1).await, StatusCode::UNAUTHORIZED, "identity_unknown");
+    assert_eq!(audited_failures(&h, TENANT_A, "identity_unknown").await, 1);
+
+    let mut cross = claims_of(&enrolled, h.clock_now());
+    cross.tid = TENANT_B.into();
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&cross), 1).await, StatusCode::UNAUTHORIZED, "identity_unknown");
+
+    assert_eq!(h.heartbeat(&agent, &runtime, 1).await.0, StatusCode::OK);
+    let r = h.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(&h.admin(TENANT_A)), Some(&json!({"reason": "lost laptop"}))).await;
+    assert_eq!((r.0, r.1["status"].as_str()), (StatusCode::OK, Some("revoked")));
+    assert_problem(&h.heartbeat(&agent, &runtime, 2).await, StatusCode::FORBIDDEN, "identity_revoked");
+    assert_eq!(audited_failures(&h, TENANT_A, "identity_revoked").await, 1);
+    assert!(h.events(TENANT_A).await.iter().any(|e| e["type"] == "agent.revoked"));
+    assert!(h.store.dump_all_rows().await.expect("dump").iter().any(|r| r.starts_with("agent_revocations:") && r.contains(&agent)));
+
+    let (stale_agent, _, _) = h.enroll(TENANT_A).await;
+    h.clock.advance(Duration::days(8));
+    // The enrollment token expired long ago; a fresh one reaches the staleness rule.
+    let identity = h.store.get_identity(TENANT_A, Uuid::parse_str(&stale_agent).expect("uuid")).await.expect("get").expect("exists");
+    let fresh = h.runtime_token_for(&claims_for(
+        TENANT_A,
+        identity.agent_id,
+        identity.collector_id,
+        identity.asset_id,
+        identity.certificate_id,
+        h.clock_now(),
+        Duration::hours(1),
+    ));
+    assert_problem(&h.heartbeat(&stale_agent, &fresh, 1).await, StatusCode::FORBIDDEN, "identity_stale");
+    assert_eq!(audited_failures(&h, TENANT_A, "identity_stale").await, 1);
+    let (_, v) = h.call("getAgent", "GET", &format!("/api/v1/agents/{stale_agent}"), Some(&h.admin(TENANT_A)), None).await;
+    assert_eq!(v["status"], "stale");
+}
+
+async fn rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_period(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (agent, old, enrolled) = h.enroll(TENANT_A).await;
+    let nonce = oneprotect_server::secrets::b64(&oneprotect_server::secrets::random_bytes::<24>());
+    h.remember(&nonce);
+    let csr = p256_csr();
+    h.remember(csr_body(&csr));
+    let body = json!({"csr_pem": csr, "nonce": nonce});
+    let (status, rotated) = h.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&old), Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["runtime_token"]["token"].as_str().expect("token").to_owned();
+    h.remember(&new);
+    assert_ne!(rotated["certificate"]["certificate_id"], enrolled["certificate"]["certificate_id"]);
+    assert_eq!(h.heartbeat(&agent, &new, 1).await.0, StatusCode::OK);
+    assert_eq!(h.heartbeat(&agent, &old, 2).await.0, StatusCode::OK, "the old token works during the grace period");
+    let replay = h.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&new), Some(&body)).await;
+    assert_problem(&replay, StatusCode::CONFLICT, "nonce_replayed");
+    h.clock.advance(Duration::minutes(6));
+    assert_problem(&h.heartbeat(&agent, &old, 3).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    assert_eq!(h.heartbeat(&agent, &new, 4).await.0, StatusCode::OK);
+    assert!(h.events(TENANT_A).await.iter().any(|e| e["type"] == "agent.certificate.rotated"));
+}
+
+crate::both_backends!(
+    accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second_event,
+    tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed,
+    unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_code_and_an_audit_record,
+    rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_period,
+);

@@ -1,0 +1,10 @@
+//! The platform's behaviour, proven over HTTP against the real server, once
+//! on SQLite and once on PostgreSQL (every test is generated for both).
+
+mod harness;
+
+mod exchange;
+mod heartbeat;
+mod isolation;
+mod redaction;
+mod tokens;

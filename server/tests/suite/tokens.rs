@@ -1,0 +1,181 @@
+//! Enrollment token lifecycle, expiry, exhaustion, replay, concurrency and
+//! admin authentication.
+
+use chrono::Duration;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::*;
+
+async fn token_lifecycle_is_visible_in_list_and_revocation_stops_exchange(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (secret, id) = h.issue_token(TENANT_A, 2).await;
+    let meta = h.token_metadata(TENANT_A, &id).await;
+    assert_eq!((meta["status"].as_str(), meta["use_count"].as_u64(), meta["max_uses"].as_u64()), (Some("active"), Some(0), Some(2)));
+
+    let (status, _) = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let meta = h.token_metadata(TENANT_A, &id).await;
+    assert_eq!(meta["use_count"], 1);
+    assert!(meta["last_used_at"].is_string(), "last_used_at is recorded: {meta}");
+
+    let (status, revoked) = h
+        .call(
+            "revokeEnrollmentToken",
+            "POST",
+            &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"),
+            Some(&h.admin(TENANT_A)),
+            Some(&json!({"reason": "rollout done"})),
+        )
+        .await;
+    assert_eq!((status, revoked["status"].as_str()), (StatusCode::OK, Some("revoked")));
+    let again =
+        h.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"), Some(&h.admin(TENANT_A)), Some(&json!({}))).await;
+    assert_eq!(again.0, StatusCode::OK, "revoking twice is idempotent");
+
+    let refused = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
+    assert_problem(&refused, StatusCode::UNAUTHORIZED, "enrollment_token_invalid");
+    assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 1, "a refused exchange consumes nothing");
+
+    let audit = h.audit(TENANT_A).await;
+    assert!(
+        audit.iter().any(|a| a["action"] == "agent.exchange" && a["outcome"] == "failure" && a["reason_code"] == "token_revoked"),
+        "the precise reason is audited"
+    );
+    let events = h.events(TENANT_A).await;
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    for expected in ["agent.enrollment_token.issued", "agent.enrolled", "agent.enrollment_token.revoked", "agent.enrollment.failed"] {
+        assert!(types.contains(&expected), "{expected} emitted: {types:?}");
+    }
+    assert_eq!(types.iter().filter(|t| **t == "agent.enrollment_token.revoked").count(), 1, "an idempotent revoke emits once");
+    let failed = events.iter().find(|e| e["type"] == "agent.enrollment.failed").expect("failed event");
+    assert_eq!(failed["data"]["reason"], "token_revoked");
+}
+
+async fn expired_exhausted_unknown_and_revoked_tokens_get_the_same_public_answer(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        v.as_object_mut().expect("object").remove("request_id");
+        v
+    };
+    // Exhausted.
+    let (once, _) = h.issue_token(TENANT_A, 1).await;
+    assert_eq!(h.exchange(&h.exchange_body(&once, &p256_csr())).await.0, StatusCode::CREATED);
+    let exhausted = h.exchange(&h.exchange_body(&once, &p256_csr())).await;
+    // Unknown but well formed.
+    let unknown_secret = oneprotect_server::secrets::mint_enrollment_token();
+    let unknown = h.exchange(&h.exchange_body(secrecy::ExposeSecret::expose_secret(&unknown_secret.secret), &p256_csr())).await;
+    // Right id, wrong secret.
+    let (real, _) = h.issue_token(TENANT_A, 5).await;
+    let forged = format!("{}{}", &real[..real.len() - 4], if real.ends_with("AAAA") { "BBBB" } else { "AAAA" });
+    let wrong_secret = h.exchange(&h.exchange_body(&forged, &p256_csr())).await;
+    // Expired.
+    let (soon, soon_id) = h.issue_token(TENANT_A, 5).await;
+    h.clock.advance(Duration::seconds(3600));
+    let expired = h.exchange(&h.exchange_body(&soon, &p256_csr())).await;
+    assert_eq!(h.token_metadata(TENANT_A, &soon_id).await["status"], "expired");
+
+    for r in [&exhausted, &unknown, &wrong_secret, &expired] {
+        assert_problem(r, StatusCode::UNAUTHORIZED, "enrollment_token_invalid");
+        assert_eq!(strip(&r.1), strip(&exhausted.1), "no oracle: every invalid token gets the same body");
+    }
+    let reasons: Vec<String> = h.audit(TENANT_A).await.iter().filter_map(|a| a["reason_code"].as_str().map(str::to_owned)).collect();
+    for reason in ["token_exhausted", "token_expired", "token_unknown"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason} audited: {reasons:?}");
+    }
+}
+
+async fn fifty_parallel_exchanges_against_a_three_use_token_create_exactly_three_identities(backend: Backend) {
+    let h = std::sync::Arc::new(Harness::start(backend).await);
+    let (secret, id) = h.issue_token(TENANT_A, 3).await;
+    let bodies: Vec<_> = (0..50).map(|_| h.exchange_body(&secret, &p256_csr())).collect();
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move { h.exchange(&body).await.0 }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            StatusCode::CREATED => created += 1,
+            StatusCode::UNAUTHORIZED => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(created, 3);
+    assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 3);
+    let (_, agents) = h.call("listAgents", "GET", "/api/v1/agents?limit=200", Some(&h.admin(TENANT_A)), None).await;
+    assert_eq!(agents["items"].as_array().map(Vec::len), Some(3));
+}
+
+async fn issue_bounds_are_enforced_and_viewers_cannot_write(backend: Backend) {
+    let h = Harness::start(backend).await;
+    for body in [
+        json!({"ttl_seconds": 59}),
+        json!({"ttl_seconds": 2_592_001}),
+        json!({"ttl_seconds": 3600, "max_uses": 0}),
+        json!({"ttl_seconds": 3600, "max_uses": 10_001}),
+        json!({"max_uses": 1}),
+    ] {
+        let r = h.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&h.admin(TENANT_A)), Some(&body)).await;
+        assert_problem(&r, StatusCode::BAD_REQUEST, "request_invalid");
+    }
+    let viewer = h.viewer(TENANT_A);
+    let r = h.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&viewer), Some(&json!({"ttl_seconds": 3600}))).await;
+    assert_problem(&r, StatusCode::FORBIDDEN, "forbidden");
+    let r = h.call("listEnrollmentTokens", "GET", "/api/v1/agent-enrollment/tokens", Some(&viewer), None).await;
+    assert_eq!(r.0, StatusCode::OK, "viewers may read");
+    let (_, v) = h.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&h.admin(TENANT_A)), Some(&json!({"ttl_seconds": 3600}))).await;
+    assert_eq!(v["token"]["max_uses"], 1, "max_uses defaults to 1");
+    h.remember(v["enrollment_token"].as_str().unwrap_or_default());
+}
+
+async fn a_token_bound_to_a_site_and_collector_binds_every_identity_it_enrolls(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let collector = uuid::Uuid::new_v4().to_string();
+    let v = h.issue(TENANT_A, json!({"ttl_seconds": 3600, "max_uses": 2, "site_id": "lon-1", "collector_id": collector})).await;
+    let secret = v["enrollment_token"].as_str().expect("secret").to_owned();
+    for _ in 0..2 {
+        let (status, enrolled) = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!((enrolled["agent"]["site_id"].as_str(), enrolled["agent"]["collector_id"].as_str()), (Some("lon-1"), Some(collector.as_str())));
+    }
+}
+
+async fn forged_expired_and_confused_admin_tokens_are_rejected(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let list = |t: String| {
+        let h = &h;
+        async move { h.call("listAgents", "GET", "/api/v1/agents", Some(&t), None).await }
+    };
+    let now = h.clock_now();
+    assert_problem(&list(h.admin_token(TENANT_A, &["tenant_admin"], now - Duration::minutes(5))).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_problem(&list(h.admin_token(TENANT_A, &["auditor"], now + Duration::hours(1))).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let b64 = |v: serde_json::Value| oneprotect_server::secrets::b64(v.to_string().as_bytes());
+    let claims =
+        json!({"sub": "x", "tenant_id": TENANT_A, "roles": ["tenant_admin"], "exp": (now + Duration::hours(1)).timestamp(), "iss": ISSUER, "aud": AUDIENCE});
+    let alg_none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims.clone()));
+    assert_problem(&list(alg_none).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let mut wrong_aud = claims.clone();
+    wrong_aud["aud"] = json!("someone-else");
+    let wrong_aud = oneprotect_server::admin_auth::mint_hs256(ADMIN_SECRET, &serde_json::from_value(wrong_aud).expect("claims")).expect("mint");
+    assert_problem(&list(wrong_aud).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let other_key =
+        oneprotect_server::admin_auth::mint_hs256(b"another-secret-that-is-long-enough-000000", &serde_json::from_value(claims.clone()).expect("claims"))
+            .expect("mint");
+    assert_problem(&list(other_key).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let mut bad_tenant = claims;
+    bad_tenant["tenant_id"] = json!("_unattributed");
+    let bad_tenant = oneprotect_server::admin_auth::mint_hs256(ADMIN_SECRET, &serde_json::from_value(bad_tenant).expect("claims")).expect("mint");
+    assert_problem(&list(bad_tenant).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+}
+
+crate::both_backends!(
+    token_lifecycle_is_visible_in_list_and_revocation_stops_exchange,
+    expired_exhausted_unknown_and_revoked_tokens_get_the_same_public_answer,
+    fifty_parallel_exchanges_against_a_three_use_token_create_exactly_three_identities,
+    issue_bounds_are_enforced_and_viewers_cannot_write,
+    a_token_bound_to_a_site_and_collector_binds_every_identity_it_enrolls,
+    forged_expired_and_confused_admin_tokens_are_rejected,
+);
