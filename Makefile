@@ -6,7 +6,7 @@ TOOLS := .tools
 OPENAPI_SPEC_VALIDATOR_VERSION := 0.9.0
 ASYNCAPI_PARSER_VERSION := 3.6.3
 
-.PHONY: help generate validate-contracts validate-contracts-external test lint fmt ci
+.PHONY: help generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -39,3 +39,12 @@ fmt: ## Format the workspace
 	$(CARGO) fmt --all
 
 ci: validate-contracts validate-contracts-external lint test ## Everything CI runs
+
+agent: ## Build the endpoint agent with the size-optimised profile (target/agent/)
+	$(CARGO) build --profile agent -p oneprotect-agent
+
+agent-footprint: ## Print the agent's stripped size, RSS after heartbeats and CPU per heartbeat
+	./tools/agent-footprint.sh
+
+agent-cross: ## Build the agent for Linux musl/aarch64, Windows and macOS (installs targets and cross tools)
+	./tools/agent-cross.sh

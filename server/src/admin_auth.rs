@@ -192,8 +192,12 @@ mod tests {
         let public_pem = key.public_key_pem();
         let verifier = AdminVerifier::public_key_pem(public_pem.as_bytes(), ISSUER, AUDIENCE).expect("verifier");
 
-        let es256 = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(now), &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("encoding key"))
-            .expect("sign");
+        let es256 = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims(now),
+            &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("encoding key"),
+        )
+        .expect("sign");
         assert_eq!(verifier.verify(&es256, now).map(|p| p.tenant_id), Ok("tenant-a".to_owned()));
 
         let confused = mint_hs256(public_pem.as_bytes(), &claims(now)).expect("sign");

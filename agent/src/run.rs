@@ -1,0 +1,203 @@
+//! `run`: heartbeat until told to stop, renew the runtime token before it
+//! expires, back off on transient failures, and stop with a distinct code
+//! when the platform rejects the identity (keeping every file).
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
+use oneprotect_contracts::client::Client;
+use oneprotect_contracts::types;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::backoff::{Backoff, splayed};
+use crate::config::Config;
+use crate::enroll::Outcome;
+use crate::exit::{self, Reaction, reaction_to_status};
+use crate::platform::{CallError, classify, client, new_key_and_csr, new_nonce};
+use crate::state::{AgentState, CERTIFICATE_FILE, IDENTITY_FILE, KEY_FILE, StateDir, StateError, TOKEN_FILE};
+use crate::telemetry::Collector;
+
+/// Renew when this fraction of the token's lifetime has passed.
+const RENEW_AT: f64 = 2.0 / 3.0;
+
+fn renewal_due(state: &AgentState) -> bool {
+    let issued = state.identity.runtime_token_issued_at;
+    let lifetime = (state.identity.runtime_token_expires_at - issued).num_milliseconds().max(0) as f64;
+    let at = issued + chrono::Duration::milliseconds((lifetime * RENEW_AT) as i64);
+    Utc::now() >= at
+}
+
+fn load(config: &Config) -> Result<AgentState, Outcome> {
+    let dir = StateDir::new(&config.state_dir);
+    if !dir.is_enrolled() {
+        return Err((exit::CONFIG, format!("not enrolled: no identity in {}; run `oneprotect-agent enroll` first", config.state_dir.display())));
+    }
+    dir.load().map_err(|e| match e {
+        StateError::TooOpen { .. } => (exit::CONFIG, format!("refusing to run: {e}")),
+        other => (exit::CONFIG, format!("cannot load the identity: {other}")),
+    })
+}
+
+/// Rotates the key, certificate record and runtime token.
+async fn rotate(api: &Client, dir: &StateDir, state: &mut AgentState) -> Result<(), CallError> {
+    let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into());
+    let keys = new_key_and_csr(&hostname).map_err(CallError::Transport)?;
+    let body: types::CertificateRotateRequest = serde_json::from_value(serde_json::json!({ "csr_pem": keys.csr_pem, "nonce": new_nonce().expose_secret() }))
+        .map_err(|e| CallError::Transport(format!("rotation request does not fit the contract: {e}")))?;
+    let rotated = api.rotate_agent_certificate(&state.identity.agent_id, &body).await.map_err(classify)?.into_inner();
+    let token = SecretString::from(rotated.runtime_token.token);
+    let mut identity = state.identity.clone();
+    identity.certificate_id = rotated.certificate.certificate_id;
+    identity.runtime_token_issued_at = Utc::now();
+    identity.runtime_token_expires_at = rotated.runtime_token.expires_at;
+    identity.runtime_token_key_id = rotated.runtime_token.key_id;
+    let persist = || -> Result<(), StateError> {
+        dir.write_private(KEY_FILE, keys.private_key_pem.expose_secret().as_bytes())?;
+        dir.write_private(TOKEN_FILE, token.expose_secret().as_bytes())?;
+        dir.write_private(CERTIFICATE_FILE, &serde_json::to_vec_pretty(&rotated.certificate).unwrap_or_default())?;
+        dir.write_private(IDENTITY_FILE, &serde_json::to_vec_pretty(&identity).unwrap_or_default())
+    };
+    persist().map_err(|e| CallError::Transport(format!("rotated, but could not save the new identity: {e}")))?;
+    *state = AgentState { identity, runtime_token: token, private_key_pem: keys.private_key_pem };
+    tracing::info!(certificate_id = %state.identity.certificate_id, "runtime token and certificate record rotated");
+    Ok(())
+}
+
+/// Runs until `shutdown` resolves (exit 0) or the platform rejects the
+/// identity (exit 3 or 4).
+pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome {
+    let mut state = match load(config) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let dir = StateDir::new(&config.state_dir);
+    let mut collector = match Collector::new() {
+        Ok(c) => c,
+        Err(e) => return (exit::RUNTIME, e),
+    };
+    let mut api = match client(config, Some(&state.runtime_token)) {
+        Ok(c) => c,
+        Err(e) => return (exit::CONFIG, e),
+    };
+    tracing::info!(agent_id = %state.identity.agent_id, interval_s = config.heartbeat_interval.as_secs(), "running");
+    let mut rng = StdRng::from_os_rng();
+    let mut backoff = Backoff::default();
+    let mut renew_backoff = Backoff::default();
+    let mut renew_not_before = Utc::now();
+    let mut pending_sequence: Option<u64> = None;
+    let mut delay = Duration::ZERO;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return (exit::OK, "stopped".into()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        if renewal_due(&state) && Utc::now() >= renew_not_before {
+            let outcome = tokio::select! {
+                () = &mut shutdown => return (exit::OK, "stopped".into()),
+                r = rotate(&api, &dir, &mut state) => r,
+            };
+            match outcome {
+                Ok(()) => {
+                    renew_backoff.reset();
+                    api = match client(config, Some(&state.runtime_token)) {
+                        Ok(c) => c,
+                        Err(e) => return (exit::CONFIG, e),
+                    };
+                }
+                Err(CallError::Status { status, code, retry_after }) => match reaction_to_status(status) {
+                    Reaction::Stop(code_out) => {
+                        return (code_out, format!("the platform rejected the identity during renewal: {status} {}", code.as_deref().unwrap_or("")));
+                    }
+                    _ => {
+                        let wait = renew_backoff.next_delay(retry_after, &mut rng);
+                        renew_not_before = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                        tracing::warn!(status, code = code.as_deref().unwrap_or(""), retry_in_ms = wait.as_millis() as u64, "runtime token renewal failed");
+                    }
+                },
+                Err(CallError::Transport(e)) => {
+                    let wait = renew_backoff.next_delay(None, &mut rng);
+                    renew_not_before = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "runtime token renewal failed");
+                }
+            }
+        }
+
+        let sequence = match pending_sequence {
+            Some(s) => s,
+            None => match dir.next_sequence() {
+                Ok(s) => s,
+                Err(e) => return (exit::RUNTIME, format!("cannot persist the heartbeat sequence: {e}")),
+            },
+        };
+        let body = match collector.heartbeat(sequence, env!("CARGO_PKG_VERSION")) {
+            Ok(b) => b,
+            Err(e) => return (exit::RUNTIME, e),
+        };
+        let result = tokio::select! {
+            () = &mut shutdown => return (exit::OK, "stopped".into()),
+            r = api.post_agent_heartbeat(&state.identity.agent_id, &body) => r.map_err(classify),
+        };
+        match result {
+            Ok(accepted) => {
+                let accepted = accepted.into_inner();
+                tracing::debug!(sequence, duplicate = accepted.duplicate, "heartbeat accepted");
+                backoff.reset();
+                pending_sequence = None;
+                delay = splayed(config.heartbeat_interval, &mut rng);
+            }
+            Err(CallError::Status { status, code, retry_after }) => match reaction_to_status(status) {
+                Reaction::Stop(exit_code) => {
+                    return (
+                        exit_code,
+                        format!(
+                            "the platform rejected this identity: {status} {}; files kept in {}",
+                            code.as_deref().unwrap_or(""),
+                            config.state_dir.display()
+                        ),
+                    );
+                }
+                Reaction::Retry => {
+                    pending_sequence = Some(sequence);
+                    delay = backoff.next_delay(retry_after, &mut rng);
+                    tracing::warn!(status, code = code.as_deref().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "heartbeat not accepted; backing off");
+                }
+                Reaction::Skip | Reaction::Accepted => {
+                    pending_sequence = None;
+                    delay = splayed(config.heartbeat_interval, &mut rng);
+                    tracing::error!(status, code = code.as_deref().unwrap_or(""), "heartbeat refused as malformed; skipping this sample");
+                }
+            },
+            Err(CallError::Transport(e)) => {
+                pending_sequence = Some(sequence);
+                delay = backoff.next_delay(None, &mut rng);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the platform; backing off");
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,329 @@
+//! The agent binary against the real server binary on SQLite, both started
+//! here on loopback. Every wait is bounded and polls for an observable
+//! event (an HTTP answer, a process exit), never for time to pass.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const ADMIN_SECRET: &str = "fixture-admin-jwt-secret-for-agent-e2e-000000";
+const HASH_KEY: &str = "fixture-token-hash-key-for-agent-e2e-00000000";
+const RUNTIME_SECRET: &str = "fixture-runtime-secret-for-agent-e2e-0000000";
+const TENANT: &str = "tenant-e2e";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// The server binary of this workspace, built if a partial build left it out.
+fn server_binary() -> PathBuf {
+    let bin = target_dir().join(format!("oneprotect-server{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "-p", "oneprotect-server", "--bin", "oneprotect-server"]).status().expect("cargo build");
+        assert!(status.success(), "building oneprotect-server failed");
+    }
+    bin
+}
+
+fn agent_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_oneprotect-agent"))
+}
+
+/// A child process killed (by its own pid) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut out = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = e.read_to_string(&mut out);
+        }
+        out
+    }
+
+    fn signal_term(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+}
+
+struct Server {
+    _process: Process,
+    base: String,
+    admin: String,
+    http: reqwest::blocking::Client,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn start_server(db: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(server_binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url"])
+        .arg(db)
+        .env("ONEPROTECT_ADMIN_JWT_SECRET", ADMIN_SECRET)
+        .env("ONEPROTECT_TOKEN_HASH_KEY", HASH_KEY)
+        .env("ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET", RUNTIME_SECRET)
+        .env("ONEPROTECT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let process = Process(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    let start = Instant::now();
+    while http.get(format!("{base}/readyz")).send().map(|r| !r.status().is_success()).unwrap_or(true) {
+        assert!(start.elapsed() < DEADLINE, "the server did not become ready");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let out =
+        Command::new(server_binary()).args(["admin-token", "--tenant", TENANT]).env("ONEPROTECT_ADMIN_JWT_SECRET", ADMIN_SECRET).output().expect("admin-token");
+    let admin = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    Server { _process: process, base, admin, http }
+}
+
+impl Server {
+    fn issue_token(&self) -> String {
+        let v: Value = self
+            .http
+            .post(format!("{}/api/v1/agent-enrollment/tokens", self.base))
+            .bearer_auth(&self.admin)
+            .json(&json!({"ttl_seconds": 600, "max_uses": 1, "label": "e2e"}))
+            .send()
+            .expect("issue")
+            .json()
+            .expect("json");
+        v["enrollment_token"].as_str().expect("secret").to_owned()
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.admin).send().expect("get").json().expect("json")
+    }
+
+    fn wait_for(&self, what: &str, mut check: impl FnMut(&Server) -> bool) {
+        let start = Instant::now();
+        while !check(self) {
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+struct AgentFiles {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+fn agent_files(base: &str, token: &str) -> AgentFiles {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!("# OneProtect agent (e2e fixture)\nplatform_url: {base}\nenrollment_token: {token}\nstate_dir: {}\nheartbeat_interval: 1\nlog_level: trace # everything\n", state.display()),
+    )
+    .expect("config");
+    AgentFiles { dir, config, state }
+}
+
+fn agent(files: &AgentFiles, command: &str) -> Command {
+    let mut c = Command::new(agent_binary());
+    c.arg("--config").arg(&files.config).arg(command).stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+fn enroll(files: &AgentFiles) -> String {
+    let out = agent(files, "enroll").output().expect("enroll");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "enroll failed: {stderr}");
+    stderr
+}
+
+fn secrets_of(files: &AgentFiles, token: &str) -> Vec<String> {
+    let mut secrets = vec![token.to_owned()];
+    secrets.push(std::fs::read_to_string(files.state.join("runtime.token")).expect("token").trim().to_owned());
+    let key = std::fs::read_to_string(files.state.join("agent.key")).expect("key");
+    secrets.extend(key.lines().filter(|l| !l.starts_with("-----") && l.len() > 16).map(str::to_owned));
+    secrets
+}
+
+fn assert_no_secret(logs: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(!logs.contains(s.as_str()), "a secret appeared in the agent's trace-level logs");
+    }
+    assert!(
+        !logs.contains("PRIVATE KEY") && !logs.contains("CERTIFICATE REQUEST") && !logs.to_ascii_lowercase().contains("bearer "),
+        "no key, CSR or bearer in logs"
+    );
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn enroll_heartbeat_list_active_then_revocation_stops_the_agent_with_the_403_code() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&tmp.path().join("platform.db"));
+    let token = server.issue_token();
+    let files = agent_files(&server.base, &token);
+    let enroll_logs = enroll(&files);
+
+    let config = std::fs::read_to_string(&files.config).expect("config");
+    assert!(!config.contains(&token) && !config.contains("enrollment_token"), "the token is removed from the config");
+    assert!(config.contains("# OneProtect agent (e2e fixture)") && config.contains("log_level: trace # everything"), "comments and other keys are kept");
+    #[cfg(unix)]
+    for f in ["identity.json", "agent.key", "runtime.token", "certificate.json", "sequence"] {
+        assert_eq!(mode(&files.state.join(f)), 0o600, "{f}");
+    }
+    let again = agent(&files, "enroll").output().expect("enroll");
+    assert_eq!(again.status.code(), Some(2), "enrolling twice without --force refuses");
+
+    let status = Command::new(agent_binary()).arg("--config").arg(&files.config).arg("status").output().expect("status");
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
+    let secrets = secrets_of(&files, &token);
+    assert_no_secret(&status_text, &secrets);
+    let identity: Value = serde_json::from_str(&status_text).expect("status json");
+    let agent_id = identity["identity"]["agent_id"].as_str().expect("agent id").to_owned();
+
+    let mut running = Process(agent(&files, "run").spawn().expect("run"));
+    server.wait_for("two heartbeats", |s| {
+        s.get("/api/v1/events?limit=200")["items"].as_array().is_some_and(|e| e.iter().filter(|e| e["type"] == "asset.telemetry.received").count() >= 2)
+    });
+    let listed = server.get(&format!("/api/v1/agents/{agent_id}"));
+    assert_eq!(listed["status"], "active");
+    assert_eq!(listed["hostname"].as_str(), sysinfo_hostname().as_deref());
+
+    let revoke = server
+        .http
+        .post(format!("{}/api/v1/agents/{agent_id}/revoke", server.base))
+        .bearer_auth(&server.admin)
+        .json(&json!({"reason": "e2e"}))
+        .send()
+        .expect("revoke");
+    assert!(revoke.status().is_success());
+    let exit = running.wait_exit(DEADLINE).expect("the agent stops after revocation");
+    assert_eq!(exit.code(), Some(4), "403 → exit code 4");
+    assert!(files.state.join("agent.key").exists() && files.state.join("identity.json").exists(), "files are kept");
+    let run_logs = running.stderr();
+    assert!(run_logs.contains("TRACE") || run_logs.contains("DEBUG"), "the agent logged at trace level");
+    assert_no_secret(&format!("{enroll_logs}{run_logs}"), &secrets);
+    drop(files.dir);
+}
+
+fn sysinfo_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned())
+}
+
+#[test]
+fn a_wiped_server_database_makes_the_running_agent_exit_with_the_401_code() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let token;
+    let files;
+    {
+        let server = start_server(&tmp.path().join("first.db"));
+        token = server.issue_token();
+        files = agent_files(&server.base, &token);
+        enroll(&files);
+    }
+    // Same secrets, empty database, same port is not needed: point the agent at the new server.
+    let server = start_server(&tmp.path().join("wiped.db"));
+    let config = std::fs::read_to_string(&files.config).expect("config");
+    let rewritten: String =
+        config.lines().map(|l| if l.starts_with("platform_url:") { format!("platform_url: {}\n", server.base) } else { format!("{l}\n") }).collect();
+    std::fs::write(&files.config, rewritten).expect("config");
+    let mut running = Process(agent(&files, "run").spawn().expect("run"));
+    let exit = running.wait_exit(DEADLINE).expect("the agent stops");
+    assert_eq!(exit.code(), Some(3), "401 identity unknown → exit code 3");
+    let logs = running.stderr();
+    assert_no_secret(&logs, &secrets_of(&files, &token));
+}
+
+#[test]
+fn sigterm_stops_the_agent_with_exit_0_within_two_seconds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&tmp.path().join("platform.db"));
+    let token = server.issue_token();
+    let files = agent_files(&server.base, &token);
+    enroll(&files);
+    let mut running = Process(agent(&files, "run").spawn().expect("run"));
+    server.wait_for("a heartbeat", |s| s.get("/api/v1/agents")["items"][0]["status"] == "active");
+    let sent = Instant::now();
+    running.signal_term();
+    let exit = running.wait_exit(Duration::from_secs(2)).expect("the agent exits within 2 s of SIGTERM");
+    assert_eq!(exit.code(), Some(0));
+    assert!(sent.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn collect_prints_one_sample_that_validates_against_the_contract() {
+    let out = Command::new(agent_binary()).arg("collect").output().expect("collect");
+    assert_eq!(out.status.code(), Some(0));
+    let sample: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(oneprotect_contracts::contract::validate_schema("AgentHeartbeatTelemetryRequest", &sample), Ok(()));
+    assert!(sample["cpu_count"].as_u64().unwrap_or(0) >= 1);
+    assert!(sample["memory_total_bytes"].as_u64().unwrap_or(0) > 0);
+    assert!(!sample["disks"].as_array().map(Vec::is_empty).unwrap_or(true));
+    assert!(!sample["network_interfaces"].as_array().map(Vec::is_empty).unwrap_or(true));
+}
+
+#[test]
+fn a_token_file_is_deleted_after_enrollment_and_a_bad_config_exits_with_the_config_code() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&tmp.path().join("platform.db"));
+    let token = server.issue_token();
+    let files = agent_files(&server.base, "");
+    let token_file = files.dir.path().join("token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let out = Command::new(agent_binary()).arg("--config").arg(&files.config).args(["enroll", "--token-file"]).arg(&token_file).output().expect("enroll");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!token_file.exists(), "the token file is deleted");
+    std::fs::write(&files.config, "platform_url: http://192.0.2.10:8080\n").expect("config");
+    let out = Command::new(agent_binary()).arg("--config").arg(&files.config).arg("run").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("platform_url"), "the error names the key");
+}
+
+#[test]
+fn a_refused_enrollment_exits_with_the_enrollment_code_and_keeps_the_token() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&tmp.path().join("platform.db"));
+    let fake = format!("opet_{}_{}", "0".repeat(32), "A".repeat(43));
+    let files = agent_files(&server.base, &fake);
+    let out = agent(&files, "enroll").output().expect("enroll");
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enrollment_token_invalid"));
+    assert!(std::fs::read_to_string(&files.config).expect("config").contains("enrollment_token"), "a failed enrollment keeps the token");
+    assert!(!files.state.join("identity.json").exists());
+}
