@@ -6,7 +6,12 @@ TOOLS := .tools
 OPENAPI_SPEC_VALIDATOR_VERSION := 0.9.0
 ASYNCAPI_PARSER_VERSION := 3.6.3
 
-.PHONY: help generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross
+conformance: ## The main job: the conformance suite on the embedded default (local target on SQLite, then the agent target)
+	$(CARGO) build --quiet -p oneprotect-conformance -p oneprotect-agent
+	./target/debug/oneprotect-conformance run --target local
+	./target/debug/oneprotect-conformance run --target agent --agent-bin target/debug/oneprotect-agent
+
+.PHONY: help conformance generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'

@@ -1,0 +1,170 @@
+//! The `agent` target: the agent binary against a scripted mock platform
+//! (`wiremock`) on loopback. Every request the agent sends is recorded with
+//! its arrival time; every wait is bounded.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub const AGENT_ID: &str = "5a1c0f6e-3b2d-4c8e-9f70-112233445566";
+pub const RUNTIME_TOKEN: &str = "oprt.v1.kmock.FIXTURE-mock-runtime-token-not-a-secret-0000";
+pub const ENROLLMENT_TOKEN: &str = "opet_00112233445566778899aabbccddeeff_FIXTURE-mock-enrollment-token-00000000";
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub type Recorded = Arc<Mutex<Vec<(Instant, Value)>>>;
+
+/// Answers from a script, then a fallback; records each request body.
+struct Scripted {
+    script: Mutex<VecDeque<ResponseTemplate>>,
+    fallback: ResponseTemplate,
+    log: Recorded,
+}
+
+impl Respond for Scripted {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), body));
+        self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front().unwrap_or_else(|| self.fallback.clone())
+    }
+}
+
+pub fn enrolled_response() -> ResponseTemplate {
+    let now = chrono::Utc::now();
+    let ids = |n: u128| uuid::Uuid::from_u128(n).to_string();
+    ResponseTemplate::new(201).set_body_json(json!({
+        "agent": {"agent_id": AGENT_ID, "tenant_id": "tenant-mock", "collector_id": ids(2), "asset_id": ids(3), "status": "enrolled",
+                  "enrollment_token_id": ids(4), "certificate_id": ids(5), "enrolled_at": now},
+        "certificate": {"certificate_id": ids(5), "agent_id": AGENT_ID, "public_key_algorithm": "ecdsa-p256", "public_key_sha256": "ab".repeat(32),
+                        "subject": "CN=mock", "not_before": now, "not_after": now + chrono::Duration::days(365), "status": "active"},
+        "runtime_token": {"token": RUNTIME_TOKEN, "token_type": "Bearer", "scope": "agent_heartbeat", "expires_at": now + chrono::Duration::hours(24), "key_id": "kmock"}
+    }))
+}
+
+pub fn accepted() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"agent_id": AGENT_ID, "status": "active", "accepted_at": chrono::Utc::now(), "duplicate": false}))
+}
+
+pub fn problem(status: u16, code: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "request_id": "mock"}))
+}
+
+pub struct MockPlatform {
+    pub server: MockServer,
+    pub exchanges: Recorded,
+    pub heartbeats: Recorded,
+}
+
+pub async fn mock_platform(exchange: Vec<ResponseTemplate>, heartbeat: Vec<ResponseTemplate>, heartbeat_fallback: ResponseTemplate) -> MockPlatform {
+    let server = MockServer::start().await;
+    let exchanges: Recorded = Arc::default();
+    let heartbeats: Recorded = Arc::default();
+    Mock::given(method("POST"))
+        .and(path("/api/v1/agent-enrollment/exchange"))
+        .respond_with(Scripted { script: Mutex::new(exchange.into()), fallback: enrolled_response(), log: exchanges.clone() })
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/api/v1/agents/[^/]+/telemetry/heartbeat$"))
+        .respond_with(Scripted { script: Mutex::new(heartbeat.into()), fallback: heartbeat_fallback, log: heartbeats.clone() })
+        .mount(&server)
+        .await;
+    MockPlatform { server, exchanges, heartbeats }
+}
+
+/// Waits (bounded) until `recorded` holds at least `n` requests.
+pub async fn wait_for(recorded: &Recorded, n: usize, within: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    while recorded.lock().unwrap_or_else(|p| p.into_inner()).len() < n {
+        if start.elapsed() > within {
+            return Err(format!("expected {n} requests within {within:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+pub struct AgentRun {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub state: PathBuf,
+    bin: PathBuf,
+}
+
+impl AgentRun {
+    pub fn new(bin: &Path, platform_url: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let state = dir.path().join("state");
+        let config = dir.path().join("agent.yaml");
+        let text = format!(
+            "# conformance fixture config\nplatform_url: {platform_url}\nenrollment_token: {ENROLLMENT_TOKEN}\nstate_dir: {}\nheartbeat_interval: 1\nlog_level: trace\n",
+            state.display()
+        );
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        Ok(Self { dir, config, state, bin: bin.to_path_buf() })
+    }
+
+    pub fn command(&self, sub: &str) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--config").arg(&self.config).arg(sub).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs a command to completion (bounded), returning exit status and output.
+    pub fn run_to_end(&self, sub: &str) -> Result<(Option<i32>, String), String> {
+        let child = self.command(sub).spawn().map_err(|e| format!("cannot start the agent: {e}"))?;
+        let mut p = Process(child);
+        let status = p.wait_exit(DEADLINE).ok_or("the agent did not finish in time")?;
+        Ok((status.code(), p.output()))
+    }
+
+    pub fn spawn(&self, sub: &str) -> Result<Process, String> {
+        self.command(sub).spawn().map(Process).map_err(|e| format!("cannot start the agent: {e}"))
+    }
+}
+
+/// A child process, killed by its own pid when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn output(&mut self) -> String {
+        let mut out = String::new();
+        if let Some(mut s) = self.0.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = self.0.stderr.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        out
+    }
+
+    pub fn terminate(&self) -> Result<(), String> {
+        let status = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().map_err(|e| e.to_string())?;
+        if status.success() { Ok(()) } else { Err("kill -TERM failed".into()) }
+    }
+}

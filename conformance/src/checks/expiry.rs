@@ -1,0 +1,116 @@
+use chrono::Duration;
+use oneprotect_server::runtime_token::claims_for;
+
+use crate::{CheckFuture, Ctx, ensure, expect_problem, outcome};
+
+pub fn enrollment_token(ctx: &Ctx) -> CheckFuture<'_> {
+    Box::pin(async move {
+        let clock = match ctx.needs("a controllable clock", &ctx.local.clock) {
+            Ok(c) => c,
+            Err(o) => return o,
+        };
+        outcome(
+            async {
+                let (secret, _) = ctx.issue_token(false, 5).await?;
+                clock.advance(Duration::seconds(601));
+                expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
+            }
+            .await,
+        )
+    })
+}
+
+pub fn runtime_token(ctx: &Ctx) -> CheckFuture<'_> {
+    Box::pin(async move {
+        let clock = match ctx.needs("a controllable clock", &ctx.local.clock) {
+            Ok(c) => c,
+            Err(o) => return o,
+        };
+        outcome(
+            async {
+                let (agent, runtime, enrolled) = ctx.enroll(false).await?;
+                ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "fresh token refused")?;
+                let expires = enrolled["runtime_token"]["expires_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).ok_or("no expiry")?;
+                let now = oneprotect_server::clock::Clock::now(clock.as_ref());
+                clock.advance(expires.with_timezone(&chrono::Utc) - now + Duration::seconds(1));
+                expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 401, "runtime_token_invalid")
+            }
+            .await,
+        )
+    })
+}
+
+pub fn rotation_grace(ctx: &Ctx) -> CheckFuture<'_> {
+    Box::pin(async move {
+        let clock = match ctx.needs("a controllable clock", &ctx.local.clock) {
+            Ok(c) => c,
+            Err(o) => return o,
+        };
+        outcome(
+            async {
+                let (agent, old, _) = ctx.enroll(false).await?;
+                let nonce = crate::random_nonce();
+                ctx.remember(&nonce);
+                let body = serde_json::json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
+                let rotated =
+                    ctx.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&old), Some(&body)).await?;
+                ensure(rotated.status == 200, "rotation refused")?;
+                let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
+                ctx.remember(&new);
+                ensure(ctx.heartbeat(&agent, &old, 1).await?.status == 200, "the old token is refused during the grace period")?;
+                clock.advance(Duration::minutes(6));
+                expect_problem(&ctx.heartbeat(&agent, &old, 2).await?, 401, "runtime_token_invalid")?;
+                ensure(ctx.heartbeat(&agent, &new, 3).await?.status == 200, "the new token is refused")
+            }
+            .await,
+        )
+    })
+}
+
+pub fn stale_identity(ctx: &Ctx) -> CheckFuture<'_> {
+    Box::pin(async move {
+        let (clock, secret) = match (ctx.needs("a controllable clock", &ctx.local.clock), ctx.needs("the runtime secret", &ctx.local.runtime_secret)) {
+            (Ok(c), Ok(s)) => (c, s),
+            (Err(o), _) | (_, Err(o)) => return o,
+        };
+        outcome(
+            async {
+                let (agent, _, enrolled) = ctx.enroll(false).await?;
+                clock.advance(Duration::days(8));
+                let id = |p: &str| uuid::Uuid::parse_str(enrolled.pointer(p).and_then(|v| v.as_str()).unwrap_or_default()).map_err(|e| e.to_string());
+                let tenant = enrolled["agent"]["tenant_id"].as_str().unwrap_or_default();
+                let now = oneprotect_server::clock::Clock::now(clock.as_ref());
+                let claims = claims_for(
+                    tenant,
+                    id("/agent/agent_id")?,
+                    id("/agent/collector_id")?,
+                    id("/agent/asset_id")?,
+                    id("/agent/certificate_id")?,
+                    now,
+                    Duration::hours(1),
+                );
+                let fresh = crate::faults::sign_runtime(&secret, &claims);
+                ctx.remember(&fresh);
+                expect_problem(&ctx.heartbeat(&agent, &fresh, 1).await?, 403, "identity_stale")
+            }
+            .await,
+        )
+    })
+}
+
+pub fn admin_token(ctx: &Ctx) -> CheckFuture<'_> {
+    Box::pin(async move {
+        let (clock, secret) = match (ctx.needs("a controllable clock", &ctx.local.clock), ctx.needs("the admin signing secret", &ctx.local.admin_secret)) {
+            (Ok(c), Ok(s)) => (c, s),
+            (Err(o), _) | (_, Err(o)) => return o,
+        };
+        outcome(
+            async {
+                let now = oneprotect_server::clock::Clock::now(clock.as_ref());
+                let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
+                expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
+            }
+            .await,
+        )
+    })
+}

@@ -1,0 +1,198 @@
+//! The `local` target: the real server in-process on loopback, on SQLite or
+//! a throwaway PostgreSQL database, with a manual clock, store inspection
+//! and captured logs — and, for the harness's own tests, a fault.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use oneprotect_server::admin_auth::{AdminVerifier, mint_hs256};
+use oneprotect_server::clock::{Clock, ManualClock};
+use oneprotect_server::runtime_token::RuntimeKeyring;
+use oneprotect_server::secrets::HashKey;
+use oneprotect_server::service::{Platform, Policy};
+use oneprotect_server::store::Store;
+use secrecy::SecretString;
+
+use crate::ctx::{Ctx, LocalPowers};
+use crate::faults::{Fault, FaultyStore, FrozenClock, HttpFaultState, http_fault};
+
+pub const TENANT_A: &str = "tenant-a";
+pub const TENANT_B: &str = "tenant-b";
+const ISSUER: &str = "oneprotect-conformance";
+const AUDIENCE: &str = "oneprotect-api";
+const FIXTURE_ADMIN_SECRET: &[u8] = b"conformance-fixture-admin-secret-0000000000";
+const FIXTURE_RUNTIME_SECRET: &[u8] = b"conformance-fixture-runtime-secret-00000000";
+const FIXTURE_HASH_KEY: &[u8] = b"conformance-fixture-hash-key-00000000000000";
+
+/// Where the server's logs go while the harness runs in-process.
+pub fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || LogWriter(writer.clone())).try_init();
+        buffer
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A throwaway PostgreSQL database with an owner and an unprivileged app role.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    owner: String,
+    app: String,
+}
+
+fn pg_url(base: &str, user: &str, db: &str) -> String {
+    let rest = base.split_once('@').map(|(_, r)| r).unwrap_or("127.0.0.1:5432/postgres");
+    let host = rest.split_once('/').map(|(h, _)| h).unwrap_or(rest);
+    format!("postgres://{user}@{host}/{db}")
+}
+
+impl PgDatabase {
+    pub async fn create(admin_url: &str) -> anyhow::Result<Self> {
+        use sqlx::{Connection, Executor};
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        let db = Self {
+            admin_url: admin_url.to_owned(),
+            name: format!("op_conf_{suffix}"),
+            owner: format!("op_conf_owner_{suffix}"),
+            app: format!("op_conf_app_{suffix}"),
+        };
+        let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+        for sql in [
+            format!("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS", db.owner),
+            format!("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS", db.app),
+            format!("CREATE DATABASE {} OWNER {}", db.name, db.owner),
+        ] {
+            conn.execute(sqlx::AssertSqlSafe(sql)).await?;
+        }
+        Ok(db)
+    }
+
+    fn superuser_url(&self) -> String {
+        let user = self.admin_url.strip_prefix("postgres://").and_then(|r| r.split_once('@')).map(|(u, _)| u.to_owned()).unwrap_or_else(|| "postgres".into());
+        pg_url(&self.admin_url, &user, &self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (url, name, owner, app) = (self.admin_url.clone(), self.name.clone(), self.owner.clone(), self.app.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                use sqlx::{Connection, Executor};
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                    for sql in
+                        [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("DROP ROLE IF EXISTS {app}"), format!("DROP ROLE IF EXISTS {owner}")]
+                    {
+                        let _ = conn.execute(sqlx::AssertSqlSafe(sql)).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running local platform and what it holds on to.
+pub struct LocalPlatform {
+    pub ctx: Ctx,
+    _tmp: tempfile::TempDir,
+    _pg: Option<PgDatabase>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for LocalPlatform {
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.abort();
+        }
+    }
+}
+
+async fn serve(platform: Arc<Platform>, fault: HttpFaultState) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let router = oneprotect_server::app::router(platform).layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    Ok((base, handle))
+}
+
+fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, runtime_secret: Option<&[u8]>) -> anyhow::Result<Platform> {
+    let runtime = RuntimeKeyring::new(runtime_secret.map(<[u8]>::to_vec), vec![]).map_err(anyhow::Error::msg)?;
+    let admin = AdminVerifier::hs256(FIXTURE_ADMIN_SECRET, ISSUER, AUDIENCE).map_err(anyhow::Error::msg)?;
+    let hash_key = HashKey::new(FIXTURE_HASH_KEY.to_vec()).map_err(anyhow::Error::msg)?;
+    Ok(Platform::new(store, clock, hash_key, runtime, admin, Policy { failure_limit: 100_000, ..Policy::default() }))
+}
+
+/// Starts the platform on SQLite (`database` = None) or PostgreSQL.
+pub async fn start(database: Option<&str>, fault: Option<Fault>) -> anyhow::Result<LocalPlatform> {
+    let logs = captured_logs();
+    let tmp = tempfile::tempdir()?;
+    let (store, pg): (Arc<dyn Store>, Option<PgDatabase>) = match database {
+        None => (Arc::new(oneprotect_server::store::sqlite::SqliteStore::open(&tmp.path().join("conformance.db"))?), None),
+        Some(url) => {
+            let db = PgDatabase::create(url).await?;
+            oneprotect_server::store::postgres::migrate(&pg_url(url, &db.owner, &db.name), Some(&db.app)).await?;
+            let store =
+                oneprotect_server::store::postgres::PgStore::connect(&pg_url(url, &db.app, &db.name)).await?.with_inspection(&db.superuser_url()).await?;
+            store.ensure_unprivileged().await?;
+            (Arc::new(store), Some(db))
+        }
+    };
+    let manual = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let platform_clock: Arc<dyn Clock> = if fault == Some(Fault::AcceptExpiredToken) { Arc::new(FrozenClock(manual.now())) } else { manual.clone() };
+    let platform_store: Arc<dyn Store> = match fault {
+        Some(f @ (Fault::SkipTenantPredicate | Fault::SkipNonceCheck)) => {
+            Arc::new(FaultyStore { inner: store.clone(), fault: f, tenants: vec![TENANT_A.into(), TENANT_B.into()] })
+        }
+        _ => store.clone(),
+    };
+    let http_state = HttpFaultState { fault, runtime_secret: FIXTURE_RUNTIME_SECRET.to_vec(), ..HttpFaultState::default() };
+    let (base, main) = serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), Some(FIXTURE_RUNTIME_SECRET))?), http_state).await?;
+    let (secretless, second) = serve(Arc::new(platform(platform_store, platform_clock, None)?), HttpFaultState::default()).await?;
+
+    let admin = |tenant: &str| {
+        let claims = oneprotect_server::admin_auth::AdminClaims {
+            sub: format!("admin@{tenant}"),
+            tenant_id: tenant.into(),
+            roles: vec!["tenant_admin".into()],
+            exp: manual.now().timestamp() + 30 * 86_400,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            nbf: None,
+        };
+        mint_hs256(FIXTURE_ADMIN_SECRET, &claims).map(SecretString::from).map_err(anyhow::Error::msg)
+    };
+    let powers = LocalPowers {
+        clock: Some(manual.clone()),
+        store: Some(store),
+        runtime_secret: Some(FIXTURE_RUNTIME_SECRET.to_vec()),
+        admin_secret: Some(FIXTURE_ADMIN_SECRET.to_vec()),
+        admin_issuer: ISSUER.into(),
+        admin_audience: AUDIENCE.into(),
+        logs: Some(logs),
+        secretless_base: Some(secretless),
+        agent_bin: None,
+    };
+    let ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers);
+    Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers: vec![main, second] })
+}

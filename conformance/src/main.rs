@@ -1,0 +1,203 @@
+//! `oneprotect-conformance`: run the catalogue against a deployment, the
+//! server in-process, or the agent binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oneprotect_conformance::checks::CATALOGUE;
+use oneprotect_conformance::ctx::{Ctx, LocalPowers};
+use oneprotect_conformance::report::Report;
+use oneprotect_conformance::{Target, local, runner};
+use secrecy::SecretString;
+
+#[derive(Parser)]
+#[command(name = "oneprotect-conformance", version, about = "Checks that a OneProtect deployment and agent keep the contract's security promises")]
+#[command(after_help = "Exit codes: 0 every applicable check passed, 1 a check failed (or cleanup failed), 2 usage error, 130 interrupted (after cleanup).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the catalogue: id, family, targets and promise.
+    List,
+    /// Run the applicable checks against a target.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum TargetArg {
+    Http,
+    Local,
+    Agent,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+    Junit,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, value_enum)]
+    target: TargetArg,
+    /// Run only these families or check ids (repeatable).
+    #[arg(long)]
+    only: Vec<String>,
+    /// Print the selected checks instead of running them.
+    #[arg(long)]
+    list: bool,
+    #[arg(long, value_enum, default_value = "human")]
+    format: Format,
+    /// Write the report here instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// http: the deployment's base URL.
+    #[arg(long, env = "ONEPROTECT_CONFORMANCE_BASE_URL")]
+    base_url: Option<String>,
+    /// http: tenant-admin bearer for tenant A (prefer the _FILE or env forms).
+    #[arg(long, env = "ONEPROTECT_CONFORMANCE_ADMIN_TOKEN_A", hide_env_values = true)]
+    admin_token_a: Option<String>,
+    #[arg(long)]
+    admin_token_a_file: Option<PathBuf>,
+    /// http: tenant-admin bearer for a second tenant B.
+    #[arg(long, env = "ONEPROTECT_CONFORMANCE_ADMIN_TOKEN_B", hide_env_values = true)]
+    admin_token_b: Option<String>,
+    #[arg(long)]
+    admin_token_b_file: Option<PathBuf>,
+    /// http: a PEM CA bundle to trust for the deployment.
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
+    /// local: `postgres://…` of a role that may create databases and roles;
+    /// the harness creates a throwaway database. Default: SQLite.
+    #[arg(long)]
+    database: Option<String>,
+    /// agent: the agent binary (default: oneprotect-agent next to this binary).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+}
+
+fn secret(value: Option<String>, file: Option<PathBuf>, name: &str) -> Result<SecretString, String> {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        return Ok(SecretString::from(v.trim().to_owned()));
+    }
+    if let Some(path) = file {
+        return std::fs::read_to_string(&path).map(|t| SecretString::from(t.trim().to_owned())).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    Err(format!("the http target needs --{name} (or --{name}-file, or the environment variable)"))
+}
+
+fn target(t: TargetArg) -> Target {
+    match t {
+        TargetArg::Http => Target::Http,
+        TargetArg::Local => Target::Local,
+        TargetArg::Agent => Target::Agent,
+    }
+}
+
+fn emit(report: &Report, format: Format, output: Option<&PathBuf>) -> Result<(), String> {
+    let text = match format {
+        Format::Human => report.human(),
+        Format::Json => report.json(),
+        Format::Junit => report.junit(),
+    };
+    match output {
+        Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+async fn build_ctx(args: &RunArgs) -> Result<(Ctx, Option<local::LocalPlatform>), String> {
+    match args.target {
+        TargetArg::Local => {
+            let platform = local::start(args.database.as_deref(), None).await.map_err(|e| format!("cannot start the local platform: {e}"))?;
+            let ctx =
+                Ctx::new(&platform.ctx.base, reqwest::Client::new(), platform.ctx.admin_a.clone(), platform.ctx.admin_b.clone(), platform.ctx.local.clone());
+            Ok((ctx, Some(platform)))
+        }
+        TargetArg::Http => {
+            let base = args.base_url.clone().ok_or("the http target needs --base-url")?;
+            let a = secret(args.admin_token_a.clone(), args.admin_token_a_file.clone(), "admin-token-a")?;
+            let b = secret(args.admin_token_b.clone(), args.admin_token_b_file.clone(), "admin-token-b")?;
+            let mut http = reqwest::Client::builder();
+            if let Some(ca) = &args.ca_bundle {
+                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+                http = http.tls_certs_only(certs);
+            }
+            let http = http.build().map_err(|e| e.to_string())?;
+            Ok((Ctx::new(&base, http, a, b, LocalPowers::default()), None))
+        }
+        TargetArg::Agent => {
+            let bin = args
+                .agent_bin
+                .clone()
+                .or_else(|| std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(format!("oneprotect-agent{}", std::env::consts::EXE_SUFFIX)))));
+            let bin = bin.filter(|b| b.exists()).ok_or("the agent target needs --agent-bin (no oneprotect-agent next to this binary)")?;
+            let powers = LocalPowers { agent_bin: Some(bin), ..LocalPowers::default() };
+            Ok((Ctx::new("http://127.0.0.1:9", reqwest::Client::new(), SecretString::from(String::new()), SecretString::from(String::new()), powers), None))
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let t = target(args.target);
+    let checks = runner::selected(CATALOGUE, t, &args.only);
+    if args.list {
+        for c in &checks {
+            println!("{:<55} {}", c.id, c.promise);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if checks.is_empty() {
+        eprintln!("error: no check matches --only {:?} for this target", args.only);
+        return ExitCode::from(2);
+    }
+    let (ctx, _platform) = match build_ctx(&args).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = tokio::select! {
+        r = runner::run(&ctx, t, &checks, true) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted; revoking what this run created");
+            for failure in ctx.cleanup().await {
+                eprintln!("cleanup failed: {failure}");
+            }
+            return ExitCode::from(130);
+        }
+    };
+    if let Err(e) = emit(&report, args.format, args.output.as_ref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if args.output.is_some() || !matches!(args.format, Format::Human) {
+        let total = report.total();
+        eprintln!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+    }
+    if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::List => {
+            for c in CATALOGUE {
+                let targets: Vec<String> = c.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+                println!("{:<55} {:<17} {:<12} {}", c.id, c.family.as_str(), targets.join(","), c.promise);
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => run(*args).await,
+    }
+}

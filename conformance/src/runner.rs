@@ -1,0 +1,56 @@
+//! Runs the applicable checks in catalogue order, with a progress line per
+//! check on a terminal, then cleans up.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use crate::report::{CheckResult, Report};
+use crate::{Check, Ctx, Outcome, Target};
+
+/// The checks a target reports on. A live deployment (`http`) also reports
+/// the platform checks that need the local target's powers, as skipped.
+/// `--only` accepts a family (`replay`) or a check id (`replay.nonce-reuse-rejected`).
+pub fn selected<'a>(checks: &'a [Check], target: Target, only: &[String]) -> Vec<&'a Check> {
+    checks
+        .iter()
+        .filter(|c| c.targets.contains(&target) || (target == Target::Http && c.targets.contains(&Target::Local)))
+        .filter(|c| only.is_empty() || only.iter().any(|o| o == c.id || o == c.family.as_str()))
+        .collect()
+}
+
+pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -> Report {
+    let tty = progress && std::io::stderr().is_terminal();
+    let mut results = Vec::with_capacity(checks.len());
+    for (i, check) in checks.iter().enumerate() {
+        if tty {
+            eprint!("\r[{}/{}] {:<60}", i + 1, checks.len(), check.id);
+        }
+        let started = Instant::now();
+        let outcome = if check.targets.contains(&target) {
+            (check.run)(ctx).await
+        } else {
+            Outcome::Skip("needs the local target (a controllable clock, the secrets or storage inspection)".into())
+        };
+        if progress {
+            let tag = match &outcome {
+                Outcome::Pass => "pass",
+                Outcome::Fail(_) => "FAIL",
+                Outcome::Skip(_) => "skip",
+            };
+            if tty {
+                eprintln!("\r[{}/{}] {tag} {:<60}", i + 1, checks.len(), check.id);
+            }
+        }
+        results.push(CheckResult {
+            id: check.id.to_owned(),
+            family: check.family,
+            promise: check.promise.to_owned(),
+            outcome,
+            duration_ms: started.elapsed().as_millis(),
+        });
+    }
+    // The agent target talks to its own mock platforms; only platform
+    // targets have objects to revoke.
+    let cleanup_failures = if target == Target::Agent { Vec::new() } else { ctx.cleanup().await };
+    Report { run_id: ctx.run_id.clone(), target, results, cleanup_failures }
+}
