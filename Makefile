@@ -11,7 +11,7 @@ conformance: ## The main job: the conformance suite on the embedded default (loc
 	./target/debug/oneprotect-conformance run --target local
 	./target/debug/oneprotect-conformance run --target agent --agent-bin target/debug/oneprotect-agent
 
-.PHONY: help conformance generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross
+.PHONY: help conformance bench generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -53,3 +53,8 @@ agent-footprint: ## Print the agent's stripped size, RSS after heartbeats and CP
 
 agent-cross: ## Build the agent for Linux musl/aarch64, Windows and macOS (installs targets and cross tools)
 	./tools/agent-cross.sh
+
+bench: ## Loopback benchmark on SQLite and PostgreSQL (10,000 agents); writes target/bench/results.{md,json}
+	$(CARGO) build --release --quiet -p oneprotect-conformance --bin oneprotect-loadgen
+	./target/release/oneprotect-loadgen --agents 10000 --concurrency 64 --seconds 10 \
+	  --backend sqlite --backend postgres://postgres@127.0.0.1:5432/postgres --output target/bench

@@ -137,6 +137,9 @@ impl Store for FaultyStore {
     async fn commit_heartbeat(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         self.inner.commit_heartbeat(c).await
     }
+    async fn commit_heartbeat_unbatched(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+        self.inner.commit_heartbeat_unbatched(c).await
+    }
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
         self.inner.commit_rotation(c).await
     }

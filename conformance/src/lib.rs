@@ -4,6 +4,7 @@
 //! inspection) or the agent binary against a mock platform (`agent`).
 
 pub mod agent_target;
+pub mod bench;
 pub mod checks;
 pub mod ctx;
 pub mod faults;

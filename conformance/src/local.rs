@@ -145,7 +145,12 @@ fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, runtime_secret: Option
 
 /// Starts the platform on SQLite (`database` = None) or PostgreSQL.
 pub async fn start(database: Option<&str>, fault: Option<Fault>) -> anyhow::Result<LocalPlatform> {
-    let logs = captured_logs();
+    start_with(database, fault, true).await
+}
+
+/// As `start`; `capture_logs: false` leaves logging off (benchmarks).
+pub async fn start_with(database: Option<&str>, fault: Option<Fault>, capture_logs: bool) -> anyhow::Result<LocalPlatform> {
+    let logs = capture_logs.then(captured_logs);
     let tmp = tempfile::tempdir()?;
     let (store, pg): (Arc<dyn Store>, Option<PgDatabase>) = match database {
         None => (Arc::new(oneprotect_server::store::sqlite::SqliteStore::open(&tmp.path().join("conformance.db"))?), None),
@@ -189,7 +194,7 @@ pub async fn start(database: Option<&str>, fault: Option<Fault>) -> anyhow::Resu
         admin_secret: Some(FIXTURE_ADMIN_SECRET.to_vec()),
         admin_issuer: ISSUER.into(),
         admin_audience: AUDIENCE.into(),
-        logs: Some(logs),
+        logs,
         secretless_base: Some(secretless),
         agent_bin: None,
     };

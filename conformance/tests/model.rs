@@ -162,9 +162,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::RevokeAgent { agent, as_tenant_b } => {
                 let Some(ag) = m.agents.get_mut(*agent) else { continue };
-                let a = ctx
-                    .call("revokeAgent", "POST", &format!("/api/v1/agents/{}/revoke", ag.id), Some(ctx.admin(*as_tenant_b)), Some(&json!({})))
-                    .await?;
+                let a = ctx.call("revokeAgent", "POST", &format!("/api/v1/agents/{}/revoke", ag.id), Some(ctx.admin(*as_tenant_b)), Some(&json!({}))).await?;
                 let expected = if *as_tenant_b == ag.tenant_b { 200 } else { 404 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));

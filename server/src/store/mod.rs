@@ -3,6 +3,7 @@
 //! the store enforces atomicity and tenant scoping, the rules live in
 //! `service`.
 
+pub mod batch;
 pub mod postgres;
 pub mod sqlite;
 
@@ -61,7 +62,12 @@ pub trait Store: Send + Sync + 'static {
         event: &OutboxEvent,
     ) -> StoreResult<RevokeOutcome<AgentIdentityRecord>>;
     async fn mark_identity_stale(&self, tenant_id: &str, agent_id: Uuid, audit: &AuditRecord) -> StoreResult<()>;
+    /// Group-committed: answered only after the batch holding this heartbeat
+    /// committed (see `batch`).
     async fn commit_heartbeat(&self, commit: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
+    /// The same write in a transaction of its own, no batching: the naive
+    /// rate that benchmarks compare group commit against.
+    async fn commit_heartbeat_unbatched(&self, commit: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
     async fn commit_rotation(&self, commit: &RotationCommit) -> StoreResult<RotationOutcome>;
     async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>>;
 

@@ -10,6 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use super::batch::HeartbeatBatcher;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
@@ -22,6 +23,7 @@ const MIGRATION_LOCK: i64 = 0x0AE0_11E5;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    batcher: std::sync::Arc<tokio::sync::OnceCell<HeartbeatBatcher>>,
     /// A privileged connection used only to dump rows for inspection.
     inspection: Option<PgPool>,
 }
@@ -179,10 +181,71 @@ async fn select_identity(tx: &mut Tx, tenant_id: &str, agent_id: Uuid, lock: boo
     row.map(|r| identity_of(&r).map(|(_, i)| i)).transpose()
 }
 
+/// One heartbeat inside an open transaction whose tenant is set. The
+/// identity is locked and re-read here, so a committed revocation is seen.
+async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+    let Some(identity) = select_identity(tx, &c.tenant_id, c.agent_id, true).await? else { return Ok(HeartbeatOutcome::NotAllowed(None)) };
+    if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
+        return Ok(HeartbeatOutcome::NotAllowed(Some(identity.status)));
+    }
+    if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
+        return Ok(HeartbeatOutcome::Duplicate);
+    }
+    sqlx::query(
+            "UPDATE agent_identities SET status = 'active', last_seen_at = $3, last_sequence = $4, hostname = $5, agent_version = $6, os_family = COALESCE($7, os_family) \
+             WHERE tenant_id = $1 AND agent_id = $2",
+        )
+        .bind(&c.tenant_id)
+        .bind(c.agent_id)
+        .bind(c.now)
+        .bind(c.sequence)
+        .bind(&c.hostname)
+        .bind(&c.agent_version)
+        .bind(&c.os_family)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    if identity.status == AgentStatus::Enrolled {
+        insert_audit(tx, &c.activation_audit).await?;
+    }
+    let discovered = sqlx::query(
+            "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (asset_id) DO NOTHING",
+        )
+        .bind(identity.asset_id)
+        .bind(&c.tenant_id)
+        .bind(c.agent_id)
+        .bind(&c.hostname)
+        .bind(&c.os_family)
+        .bind(&c.os_version)
+        .bind(c.now)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+    if discovered {
+        insert_event(tx, &c.discovered_event).await?;
+    } else {
+        sqlx::query("UPDATE assets SET hostname = $3, os_family = COALESCE($4, os_family), os_version = COALESCE($5, os_version), last_seen_at = $6 WHERE tenant_id = $1 AND asset_id = $2")
+                .bind(&c.tenant_id)
+                .bind(identity.asset_id)
+                .bind(&c.hostname)
+                .bind(&c.os_family)
+                .bind(&c.os_version)
+                .bind(c.now)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+    }
+    insert_event(tx, &c.telemetry_event).await?;
+    Ok(HeartbeatOutcome::Accepted)
+}
+
 impl PgStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(std::time::Duration::from_secs(5)).connect(url).await.map_err(backend)?;
-        Ok(Self { pool, inspection: None })
+        Ok(Self { pool, batcher: std::sync::Arc::default(), inspection: None })
     }
 
     /// Adds a privileged connection used only by `dump_all_rows`.
@@ -491,64 +554,45 @@ impl Store for PgStore {
     }
 
     async fn commit_heartbeat(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+        let pool = self.pool.clone();
+        let batcher = self
+            .batcher
+            .get_or_init(|| async move {
+                HeartbeatBatcher::spawn(move |commits: Vec<HeartbeatCommit>| {
+                    let pool = pool.clone();
+                    async move {
+                        let mut tx = pool.begin().await.map_err(backend)?;
+                        let mut outcomes = Vec::with_capacity(commits.len());
+                        for c in &commits {
+                            // Each heartbeat sets its own tenant: row-level security
+                            // still confines every statement to it.
+                            sqlx::query("SAVEPOINT heartbeat").execute(&mut *tx).await.map_err(backend)?;
+                            sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)").bind(&c.tenant_id).execute(&mut *tx).await.map_err(backend)?;
+                            match apply_heartbeat(&mut tx, c).await {
+                                Ok(o) => {
+                                    sqlx::query("RELEASE SAVEPOINT heartbeat").execute(&mut *tx).await.map_err(backend)?;
+                                    outcomes.push(Ok(o));
+                                }
+                                Err(e) => {
+                                    sqlx::query("ROLLBACK TO SAVEPOINT heartbeat").execute(&mut *tx).await.map_err(backend)?;
+                                    outcomes.push(Err(e));
+                                }
+                            }
+                        }
+                        tx.commit().await.map_err(backend)?;
+                        Ok(outcomes)
+                    }
+                })
+            })
+            .await;
+        batcher.submit(c.clone()).await
+    }
+
+    async fn commit_heartbeat_unbatched(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         let mut tx = self.begin(&c.tenant_id).await?;
-        let Some(identity) = select_identity(&mut tx, &c.tenant_id, c.agent_id, true).await? else { return Ok(HeartbeatOutcome::NotAllowed(None)) };
-        if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
-            return Ok(HeartbeatOutcome::NotAllowed(Some(identity.status)));
-        }
-        if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
-            return Ok(HeartbeatOutcome::Duplicate);
-        }
-        sqlx::query(
-            "UPDATE agent_identities SET status = 'active', last_seen_at = $3, last_sequence = $4, hostname = $5, agent_version = $6, os_family = COALESCE($7, os_family) \
-             WHERE tenant_id = $1 AND agent_id = $2",
-        )
-        .bind(&c.tenant_id)
-        .bind(c.agent_id)
-        .bind(c.now)
-        .bind(c.sequence)
-        .bind(&c.hostname)
-        .bind(&c.agent_version)
-        .bind(&c.os_family)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if identity.status == AgentStatus::Enrolled {
-            insert_audit(&mut tx, &c.activation_audit).await?;
-        }
-        let discovered = sqlx::query(
-            "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-             ON CONFLICT (asset_id) DO NOTHING",
-        )
-        .bind(identity.asset_id)
-        .bind(&c.tenant_id)
-        .bind(c.agent_id)
-        .bind(&c.hostname)
-        .bind(&c.os_family)
-        .bind(&c.os_version)
-        .bind(c.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-        if discovered {
-            insert_event(&mut tx, &c.discovered_event).await?;
-        } else {
-            sqlx::query("UPDATE assets SET hostname = $3, os_family = COALESCE($4, os_family), os_version = COALESCE($5, os_version), last_seen_at = $6 WHERE tenant_id = $1 AND asset_id = $2")
-                .bind(&c.tenant_id)
-                .bind(identity.asset_id)
-                .bind(&c.hostname)
-                .bind(&c.os_family)
-                .bind(&c.os_version)
-                .bind(c.now)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        insert_event(&mut tx, &c.telemetry_event).await?;
+        let outcome = apply_heartbeat(&mut tx, c).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(HeartbeatOutcome::Accepted)
+        Ok(outcome)
     }
 
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {

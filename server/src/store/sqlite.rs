@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
+use super::batch::HeartbeatBatcher;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
@@ -17,9 +18,15 @@ use crate::model::*;
 /// Versioned migrations, applied in order inside a transaction each.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
 
+/// Read-only connections next to the writer: WAL lets readers proceed while
+/// a batch is being committed.
+const READERS: usize = 4;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    batcher: Arc<tokio::sync::OnceCell<HeartbeatBatcher>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -193,7 +200,7 @@ impl RawIdentity {
     }
 }
 
-fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> rusqlite::Result<()> {
+fn insert_audit(tx: &Connection, a: &AuditRecord) -> rusqlite::Result<()> {
     let details = serde_json::to_string(&a.details).unwrap_or_else(|_| "{}".into());
     tx.prepare_cached(
         "INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
@@ -216,7 +223,7 @@ fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn insert_event(tx: &Transaction<'_>, e: &OutboxEvent) -> rusqlite::Result<()> {
+fn insert_event(tx: &Connection, e: &OutboxEvent) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
         e.event_id,
         e.tenant_id,
@@ -227,7 +234,7 @@ fn insert_event(tx: &Transaction<'_>, e: &OutboxEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn insert_certificate(tx: &Transaction<'_>, c: &CertificateRecord) -> rusqlite::Result<()> {
+fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -247,7 +254,7 @@ fn insert_certificate(tx: &Transaction<'_>, c: &CertificateRecord) -> rusqlite::
     Ok(())
 }
 
-fn insert_nonce(tx: &Transaction<'_>, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> rusqlite::Result<bool> {
+fn insert_nonce(tx: &Connection, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> rusqlite::Result<bool> {
     let n = tx
         .prepare_cached("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
         .execute(params![tenant_id, nonce_hash, micros(now)])?;
@@ -271,11 +278,58 @@ fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
     Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
 }
 
+/// One heartbeat inside an open transaction (or savepoint). The identity
+/// is re-read here, so a revocation committed before this batch is seen.
+fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+    let Some(identity) = select_identity(tx, &c.tenant_id, c.agent_id)? else { return Ok(HeartbeatOutcome::NotAllowed(None)) };
+    if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
+        return Ok(HeartbeatOutcome::NotAllowed(Some(identity.status)));
+    }
+    if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
+        return Ok(HeartbeatOutcome::Duplicate);
+    }
+    let now = micros(c.now);
+    tx.prepare_cached(
+        "UPDATE agent_identities SET status = 'active', last_seen_at = ?3, last_sequence = ?4, hostname = ?5, agent_version = ?6, os_family = COALESCE(?7, os_family) \
+         WHERE tenant_id = ?1 AND agent_id = ?2",
+    )
+    .and_then(|mut s| s.execute(params![c.tenant_id, c.agent_id.to_string(), now, c.sequence, c.hostname, c.agent_version, c.os_family]))
+    .map_err(backend)?;
+    if identity.status == AgentStatus::Enrolled {
+        insert_audit(tx, &c.activation_audit).map_err(backend)?;
+    }
+    let discovered = tx
+        .prepare_cached(
+            "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+             ON CONFLICT (asset_id) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![identity.asset_id.to_string(), c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
+        .map_err(backend)?
+        == 1;
+    if discovered {
+        insert_event(tx, &c.discovered_event).map_err(backend)?;
+    } else {
+        tx.prepare_cached("UPDATE assets SET hostname = ?3, os_family = COALESCE(?4, os_family), os_version = COALESCE(?5, os_version), last_seen_at = ?6 WHERE tenant_id = ?1 AND asset_id = ?2")
+            .and_then(|mut s| s.execute(params![c.tenant_id, identity.asset_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
+            .map_err(backend)?;
+    }
+    insert_event(tx, &c.telemetry_event).map_err(backend)?;
+    Ok(HeartbeatOutcome::Accepted)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(backend)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open(path).map_err(backend)?;
+            reader.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;").map_err(backend)?;
+            readers.push(Mutex::new(reader));
+        }
+        store.readers = Arc::new(readers);
+        Ok(store)
     }
 
     /// A private in-memory database (tests).
@@ -285,7 +339,7 @@ impl SqliteStore {
 
     fn init(conn: Connection) -> StoreResult<Self> {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;").map_err(backend)?;
-        let store = Self { conn: Arc::new(Mutex::new(conn)) };
+        let store = Self { conn: Arc::new(Mutex::new(conn)), readers: Arc::default(), batcher: Arc::default() };
         store.migrate()?;
         Ok(store)
     }
@@ -320,6 +374,29 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
             f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+    }
+
+    /// Runs a read on a free reader connection (the writer when there is
+    /// none, as for in-memory databases).
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if self.readers.is_empty() {
+            return self.with(move |conn| f(conn)).await;
+        }
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = readers.iter().find_map(|r| r.try_lock().ok());
+            let guard = match guard {
+                Some(g) => g,
+                None => readers[std::process::id() as usize % readers.len()].lock().map_err(|_| StoreError::Backend("reader mutex poisoned".into()))?,
+            };
+            f(&guard)
         })
         .await
         .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
@@ -431,7 +508,7 @@ impl Store for SqliteStore {
     }
 
     async fn find_enrollment_token(&self, id: Uuid) -> StoreResult<Option<EnrollmentTokenRecord>> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE id = ?1"))
                 .and_then(|mut s| s.query_row(params![id.to_string()], token_row).optional())
@@ -501,7 +578,7 @@ impl Store for SqliteStore {
 
     async fn get_identity(&self, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>> {
         let tenant_id = tenant_id.to_owned();
-        self.with(move |conn| select_identity(conn, &tenant_id, agent_id)).await
+        self.read(move |conn| select_identity(conn, &tenant_id, agent_id)).await
     }
 
     async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>> {
@@ -575,44 +652,45 @@ impl Store for SqliteStore {
     }
 
     async fn commit_heartbeat(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+        let conn = self.conn.clone();
+        let batcher = self
+            .batcher
+            .get_or_init(|| async move {
+                HeartbeatBatcher::spawn(move |commits: Vec<HeartbeatCommit>| {
+                    let conn = conn.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
+                            let mut tx = guard.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+                            let mut outcomes = Vec::with_capacity(commits.len());
+                            for c in &commits {
+                                let sp = tx.savepoint().map_err(backend)?;
+                                match apply_heartbeat(&sp, c) {
+                                    Ok(o) => {
+                                        sp.commit().map_err(backend)?;
+                                        outcomes.push(Ok(o));
+                                    }
+                                    Err(e) => {
+                                        drop(sp);
+                                        outcomes.push(Err(e));
+                                    }
+                                }
+                            }
+                            tx.commit().map_err(backend)?;
+                            Ok(outcomes)
+                        })
+                        .await
+                        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+                    }
+                })
+            })
+            .await;
+        batcher.submit(c.clone()).await
+    }
+
+    async fn commit_heartbeat_unbatched(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         let c = c.clone();
-        self.write(move |tx| {
-            let Some(identity) = select_identity(tx, &c.tenant_id, c.agent_id)? else { return Ok(HeartbeatOutcome::NotAllowed(None)) };
-            if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
-                return Ok(HeartbeatOutcome::NotAllowed(Some(identity.status)));
-            }
-            if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
-                return Ok(HeartbeatOutcome::Duplicate);
-            }
-            let now = micros(c.now);
-            tx.prepare_cached(
-                "UPDATE agent_identities SET status = 'active', last_seen_at = ?3, last_sequence = ?4, hostname = ?5, agent_version = ?6, os_family = COALESCE(?7, os_family) \
-                 WHERE tenant_id = ?1 AND agent_id = ?2",
-            )
-            .and_then(|mut s| s.execute(params![c.tenant_id, c.agent_id.to_string(), now, c.sequence, c.hostname, c.agent_version, c.os_family]))
-            .map_err(backend)?;
-            if identity.status == AgentStatus::Enrolled {
-                insert_audit(tx, &c.activation_audit).map_err(backend)?;
-            }
-            let discovered = tx
-                .prepare_cached(
-                    "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-                     ON CONFLICT (asset_id) DO NOTHING",
-                )
-                .and_then(|mut s| s.execute(params![identity.asset_id.to_string(), c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
-                .map_err(backend)?
-                == 1;
-            if discovered {
-                insert_event(tx, &c.discovered_event).map_err(backend)?;
-            } else {
-                tx.prepare_cached("UPDATE assets SET hostname = ?3, os_family = COALESCE(?4, os_family), os_version = COALESCE(?5, os_version), last_seen_at = ?6 WHERE tenant_id = ?1 AND asset_id = ?2")
-                    .and_then(|mut s| s.execute(params![c.tenant_id, identity.asset_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
-                    .map_err(backend)?;
-            }
-            insert_event(tx, &c.telemetry_event).map_err(backend)?;
-            Ok(HeartbeatOutcome::Accepted)
-        })
-        .await
+        self.write(move |tx| apply_heartbeat(tx, &c)).await
     }
 
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {

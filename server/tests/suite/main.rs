@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod batching;
 mod exchange;
 mod heartbeat;
 mod isolation;

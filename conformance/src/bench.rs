@@ -1,0 +1,290 @@
+//! The load generator behind `make bench`: loopback only, bounded in time
+//! and count. Every figure is measured in the same run as its baselines so
+//! that ratios hold on a noisy machine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use oneprotect_server::model::{AuditRecord, HeartbeatCommit, OutboxEvent};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::local::LocalPlatform;
+
+pub const MAX_AGENTS: usize = 100_000;
+pub const MAX_DURATION: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measure {
+    pub name: String,
+    pub operations: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// status/code → count, for everything that was not a success.
+    pub errors: std::collections::BTreeMap<String, usize>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn measure(name: &str, mut latencies_us: Vec<u64>, elapsed: Duration, errors: std::collections::BTreeMap<String, usize>) -> Measure {
+    latencies_us.sort_unstable();
+    let operations = latencies_us.len();
+    Measure {
+        name: name.to_owned(),
+        operations,
+        seconds: elapsed.as_secs_f64(),
+        per_second: operations as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies_us, 0.50),
+        p95_ms: percentile(&latencies_us, 0.95),
+        p99_ms: percentile(&latencies_us, 0.99),
+        max_ms: latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0,
+        errors,
+    }
+}
+
+type Outcomes = Arc<Mutex<(Vec<u64>, std::collections::BTreeMap<String, usize>)>>;
+
+/// Runs `concurrency` workers calling `op(worker, iteration)` until
+/// `duration` passes or `limit` operations are done.
+async fn drive<F, Fut>(name: &str, concurrency: usize, duration: Duration, limit: usize, op: F) -> Measure
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let outcomes: Outcomes = Arc::default();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (op, outcomes, counter) = (op.clone(), outcomes.clone(), counter.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local_lat = Vec::new();
+            let mut local_err: std::collections::BTreeMap<String, usize> = Default::default();
+            loop {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                if i >= limit || started.elapsed() >= duration {
+                    break;
+                }
+                let t = Instant::now();
+                match op(w, i).await {
+                    Ok(()) => local_lat.push(t.elapsed().as_micros() as u64),
+                    Err(e) => *local_err.entry(e).or_default() += 1,
+                }
+            }
+            let mut o = outcomes.lock().await;
+            o.0.extend(local_lat);
+            for (k, v) in local_err {
+                *o.1.entry(k).or_default() += v;
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = started.elapsed();
+    let o = std::mem::take(&mut *outcomes.lock().await);
+    measure(name, o.0, elapsed, o.1)
+}
+
+pub struct Agent {
+    pub id: String,
+    pub uuid: uuid::Uuid,
+    pub tenant: String,
+    pub token: String,
+    pub sequence: AtomicUsize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+    pub backend: String,
+    pub agents: usize,
+    pub concurrency: usize,
+    pub measures: Vec<Measure>,
+}
+
+fn http(concurrency: usize) -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(concurrency * 2).tcp_nodelay(true).build().unwrap_or_default()
+}
+
+async fn status_error(resp: reqwest::Response) -> String {
+    let status = resp.status().as_u16();
+    let code = resp.json::<Value>().await.ok().and_then(|v| v["code"].as_str().map(str::to_owned)).unwrap_or_default();
+    format!("{status} {code}")
+}
+
+/// Enrolls `n` agents (CSRs made before timing) and measures the exchange rate.
+pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> Result<(Measure, Arc<Vec<Agent>>), String> {
+    let ctx = &platform.ctx;
+    let mut secrets = Vec::new();
+    for _ in 0..n.div_ceil(10_000) {
+        secrets.push(ctx.issue_token(false, 10_000).await?.0);
+    }
+    let bodies: Arc<Vec<Value>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                json!({"enrollment_token": secrets[i / 10_000], "csr_pem": crate::ctx::p256_csr(), "nonce": crate::random_nonce(),
+                       "hostname": format!("bench-{i}.loopback"), "agent_version": "bench"})
+            })
+            .collect(),
+    );
+    let client = http(concurrency);
+    let url = format!("{}/api/v1/agent-enrollment/exchange", ctx.base);
+    let enrolled: Arc<Mutex<Vec<Agent>>> = Arc::default();
+    let (b, e) = (bodies.clone(), enrolled.clone());
+    let m = drive("enrollment exchange", concurrency, MAX_DURATION, n, move |_, i| {
+        let (client, url, body, enrolled) = (client.clone(), url.clone(), b[i].clone(), e.clone());
+        async move {
+            let resp = client.post(&url).json(&body).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
+            if resp.status().as_u16() != 201 {
+                return Err(status_error(resp).await);
+            }
+            let v: Value = resp.json().await.map_err(|_| "unreadable".to_string())?;
+            let id = v["agent"]["agent_id"].as_str().unwrap_or_default().to_owned();
+            enrolled.lock().await.push(Agent {
+                uuid: uuid::Uuid::parse_str(&id).unwrap_or_default(),
+                id,
+                tenant: v["agent"]["tenant_id"].as_str().unwrap_or_default().to_owned(),
+                token: v["runtime_token"]["token"].as_str().unwrap_or_default().to_owned(),
+                sequence: AtomicUsize::new(0),
+            });
+            Ok(())
+        }
+    })
+    .await;
+    let agents = std::mem::take(&mut *enrolled.lock().await);
+    Ok((m, Arc::new(agents)))
+}
+
+pub async fn healthz(platform: &LocalPlatform, concurrency: usize, duration: Duration) -> Measure {
+    let client = http(concurrency);
+    let url = format!("{}/healthz", platform.ctx.base);
+    drive("GET /healthz (HTTP ceiling)", concurrency, duration, usize::MAX, move |_, _| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let resp = client.get(&url).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
+            if resp.status().is_success() { Ok(()) } else { Err(status_error(resp).await) }
+        }
+    })
+    .await
+}
+
+fn heartbeat_body(sequence: usize, i: usize) -> Value {
+    json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": format!("bench-{i}.loopback"), "agent_version": "bench",
+           "cpu_count": 2, "cpu_usage_percent": 12.5, "memory_total_bytes": 8_000_000_000u64, "memory_used_bytes": 2_000_000_000u64, "process_count": 120})
+}
+
+pub async fn heartbeats(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, concurrency: usize, duration: Duration) -> Measure {
+    let client = http(concurrency);
+    let base = platform.ctx.base.clone();
+    let n = agents.len().max(1);
+    drive("POST heartbeat (HTTP)", concurrency, duration, usize::MAX, move |_, i| {
+        let (client, agents, base) = (client.clone(), agents.clone(), base.clone());
+        async move {
+            let agent = &agents[i % n];
+            let seq = agent.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+            let resp = client
+                .post(format!("{base}/api/v1/agents/{}/telemetry/heartbeat", agent.id))
+                .bearer_auth(&agent.token)
+                .json(&heartbeat_body(seq, i % n))
+                .send()
+                .await
+                .map_err(|e| format!("transport {}", e.without_url()))?;
+            if resp.status().is_success() { Ok(()) } else { Err(status_error(resp).await) }
+        }
+    })
+    .await
+}
+
+/// The naive database rate: the store's heartbeat write, called directly,
+/// one transaction per heartbeat, no HTTP and no rules.
+pub async fn store_direct(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, concurrency: usize, duration: Duration) -> Result<Measure, String> {
+    let store = platform.ctx.local.store.clone().ok_or("no store")?;
+    let n = agents.len().max(1);
+    Ok(drive("store.commit_heartbeat direct (1 tx/heartbeat)", concurrency, duration, usize::MAX, move |_, i| {
+        let (store, agents) = (store.clone(), agents.clone());
+        async move {
+            let agent = &agents[i % n];
+            let seq = agent.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = chrono::Utc::now();
+            let event = |t: &str| OutboxEvent {
+                event_id: uuid::Uuid::new_v4().to_string(),
+                tenant_id: agent.tenant.clone(),
+                event_type: t.into(),
+                occurred_at: now,
+                payload: json!({"bench": true}),
+            };
+            let commit = HeartbeatCommit {
+                tenant_id: agent.tenant.clone(),
+                agent_id: agent.uuid,
+                now,
+                sequence: seq as i64,
+                hostname: format!("bench-{}.loopback", i % n),
+                agent_version: "bench".into(),
+                os_family: None,
+                os_version: None,
+                discovered_event: event("asset.discovered"),
+                telemetry_event: event("asset.telemetry.received"),
+                activation_audit: AuditRecord {
+                    audit_id: uuid::Uuid::new_v4(),
+                    tenant_id: agent.tenant.clone(),
+                    occurred_at: now,
+                    actor_type: "agent".into(),
+                    actor_id: agent.id.clone(),
+                    action: "agent.activate".into(),
+                    target_type: "agent".into(),
+                    target_id: None,
+                    outcome: "success".into(),
+                    reason_code: None,
+                    request_id: "bench".into(),
+                    details: Default::default(),
+                },
+            };
+            match store.commit_heartbeat_unbatched(&commit).await {
+                Ok(oneprotect_server::model::HeartbeatOutcome::Accepted) => Ok(()),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await)
+}
+
+/// Markdown rows of one backend's results, with the ratios the targets use.
+pub fn markdown(r: &BenchResult) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "### {} — {} agents, concurrency {}\n", r.backend, r.agents, r.concurrency);
+    let _ = writeln!(out, "| measure | ops | ops/s | p50 ms | p95 ms | p99 ms | max ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for m in &r.measures {
+        let errors = if m.errors.is_empty() { "none".to_owned() } else { m.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ") };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} |",
+            m.name, m.operations, m.per_second, m.p50_ms, m.p95_ms, m.p99_ms, m.max_ms
+        );
+    }
+    let rate = |prefix: &str| r.measures.iter().find(|m| m.name.starts_with(prefix)).map(|m| m.per_second).unwrap_or(0.0);
+    let (hb, hz, direct) = (rate("POST heartbeat"), rate("GET /healthz"), rate("store.commit"));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let _ = writeln!(out, "\n- heartbeat / healthz ceiling: **{:.2}** (target ≥ 0.50)", hb / hz.max(1.0));
+    let _ = writeln!(out, "- heartbeat / naive store write: **{:.2}** (target ≥ 2.0)", hb / direct.max(1.0));
+    let _ = writeln!(
+        out,
+        "- agents at a 60 s interval: **{:.0}** per server ({:.0} per core); target 1,000,000 per server + database pair\n",
+        hb * 60.0,
+        hb * 60.0 / cores
+    );
+    out
+}

@@ -1,0 +1,79 @@
+//! Group commit for heartbeats: callers queue their write on a bounded
+//! channel (a full queue makes them wait: back-pressure) and one writer task
+//! applies whatever is queued in one transaction, then answers every caller.
+//! A caller is answered only after the transaction committed, so an
+//! acknowledged heartbeat is durable; a crash before the commit loses only
+//! heartbeats nobody was told about.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{StoreError, StoreResult};
+use crate::model::{HeartbeatCommit, HeartbeatOutcome};
+
+/// Queued heartbeats before callers wait.
+pub const QUEUE_CAPACITY: usize = 8192;
+/// Heartbeats applied in one transaction at most.
+pub const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<StoreResult<HeartbeatOutcome>>;
+
+#[derive(Debug, Clone)]
+pub struct HeartbeatBatcher {
+    queue: mpsc::Sender<(HeartbeatCommit, Reply)>,
+}
+
+impl HeartbeatBatcher {
+    /// Starts the writer task. `apply` runs one transaction for a batch and
+    /// returns one outcome per commit, in order; an `Err` means nothing of
+    /// the batch was committed.
+    pub fn spawn<F, Fut>(apply: F) -> Self
+    where
+        F: Fn(Vec<HeartbeatCommit>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = StoreResult<Vec<StoreResult<HeartbeatOutcome>>>> + Send,
+    {
+        let (queue, mut rx) = mpsc::channel::<(HeartbeatCommit, Reply)>(QUEUE_CAPACITY);
+        let apply = Arc::new(apply);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let n = commits.len();
+                match apply(commits).await {
+                    Ok(outcomes) if outcomes.len() == n => {
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Ok(_) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Backend("batch outcome count mismatch".into())));
+                        }
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Backend(text.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues one heartbeat and waits until its batch has committed.
+    pub async fn submit(&self, commit: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send((commit, reply)).await.map_err(|_| StoreError::Unavailable("the heartbeat writer stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the heartbeat writer stopped before committing".into()))?
+    }
+}

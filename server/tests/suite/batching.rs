@@ -1,0 +1,157 @@
+//! Group commit keeps the rules: an acknowledged heartbeat is durable, a
+//! revocation refuses every later heartbeat, and duplicates inside one
+//! batch emit one event.
+
+use std::sync::Arc;
+
+use oneprotect_server::model::{AuditRecord, HeartbeatCommit, HeartbeatOutcome, OutboxEvent};
+use oneprotect_server::store::Store;
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use crate::harness::*;
+
+fn commit(tenant: &str, agent: Uuid, sequence: i64) -> HeartbeatCommit {
+    let now = chrono::Utc::now();
+    let event = |t: &str| OutboxEvent {
+        event_id: Uuid::new_v4().to_string(),
+        tenant_id: tenant.into(),
+        event_type: t.into(),
+        occurred_at: now,
+        payload: serde_json::json!({"fixture": true}),
+    };
+    HeartbeatCommit {
+        tenant_id: tenant.into(),
+        agent_id: agent,
+        now,
+        sequence,
+        hostname: "batch.fixture".into(),
+        agent_version: "0.1.0".into(),
+        os_family: None,
+        os_version: None,
+        discovered_event: event("asset.discovered"),
+        telemetry_event: event("asset.telemetry.received"),
+        activation_audit: AuditRecord {
+            audit_id: Uuid::new_v4(),
+            tenant_id: tenant.into(),
+            occurred_at: now,
+            actor_type: "agent".into(),
+            actor_id: agent.to_string(),
+            action: "agent.activate".into(),
+            target_type: "agent".into(),
+            target_id: None,
+            outcome: "success".into(),
+            reason_code: None,
+            request_id: "fixture".into(),
+            details: Default::default(),
+        },
+    }
+}
+
+async fn telemetry_events(store: &Arc<dyn Store>, tenant: &str) -> usize {
+    store.list_events(tenant, None, 200).await.map(|p| p.items.iter().filter(|e| e.event_type == "asset.telemetry.received").count()).unwrap_or(0)
+}
+
+async fn acknowledged_heartbeats_survive_a_crash_before_the_next_flush(backend: Backend) {
+    let mut h = Harness::start(backend).await;
+    let mut agents = Vec::new();
+    for _ in 0..8 {
+        agents.push(Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid"));
+    }
+    let store = h.store.clone();
+    let acknowledged: Arc<std::sync::Mutex<Vec<(Uuid, i64)>>> = Arc::default();
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for agent in &agents {
+        let (store, agent, acknowledged, enough) = (store.clone(), *agent, acknowledged.clone(), enough.clone());
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=1_000i64 {
+                if let Ok(HeartbeatOutcome::Accepted) = store.commit_heartbeat(&commit(TENANT_A, agent, seq)).await {
+                    let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
+                    acked.push((agent, seq));
+                    if acked.len() >= 60 {
+                        enough.notify_one();
+                    }
+                }
+            }
+        }));
+    }
+    // "Crash" while batches are in flight: abandon every writer mid-stream.
+    tokio::time::timeout(std::time::Duration::from_secs(30), enough.notified()).await.expect("60 heartbeats acknowledged");
+    for t in &tasks {
+        t.abort();
+    }
+    let acknowledged = acknowledged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(acknowledged.len() >= 60);
+    drop(store);
+    let (clock, pg, sqlite_path, tmp) = h.take_for_restart();
+    drop(h);
+    let reopened = open_store(backend, pg.as_ref(), sqlite_path.as_deref()).await;
+    for (agent, seq) in &acknowledged {
+        let identity = reopened.get_identity(TENANT_A, *agent).await.expect("read").expect("identity");
+        assert!(identity.last_sequence.unwrap_or(0) >= *seq, "acknowledged heartbeat {seq} of {agent} was lost");
+    }
+    let events = reopened.list_events(TENANT_A, None, 200).await.expect("events").items;
+    let stored = events.iter().filter(|e| e.event_type == "asset.telemetry.received").count();
+    assert!(stored >= acknowledged.len().min(150), "every acknowledged heartbeat's event is durable ({stored} < {})", acknowledged.len());
+    let _ = (clock, tmp);
+}
+
+async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (agent, runtime, _) = h.enroll(TENANT_A).await;
+    let agent_id = Uuid::parse_str(&agent).expect("uuid");
+    let store = h.store.clone();
+    let stream = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for seq in 1..=300i64 {
+                outcomes.push((seq, store.commit_heartbeat(&commit(TENANT_A, agent_id, seq)).await.expect("commit")));
+            }
+            outcomes
+        })
+    };
+    let revoked = h.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(&h.admin(TENANT_A)), Some(&serde_json::json!({}))).await;
+    assert_eq!(revoked.0, StatusCode::OK);
+    // The very next request after the revocation is refused.
+    assert_problem(&h.heartbeat(&agent, &runtime, 10_000).await, StatusCode::FORBIDDEN, "identity_revoked");
+    assert!(matches!(store.commit_heartbeat(&commit(TENANT_A, agent_id, 20_000)).await, Ok(HeartbeatOutcome::NotAllowed(Some(_)))));
+    let outcomes = stream.await.expect("stream");
+    // Acceptances stop at the revocation and never resume.
+    let first_refused = outcomes.iter().position(|(_, o)| matches!(o, HeartbeatOutcome::NotAllowed(_))).unwrap_or(outcomes.len());
+    assert!(outcomes[first_refused..].iter().all(|(_, o)| matches!(o, HeartbeatOutcome::NotAllowed(_))), "no heartbeat was accepted after the revocation");
+    let identity = store.get_identity(TENANT_A, agent_id).await.expect("read").expect("identity");
+    let last_accepted = outcomes[..first_refused].last().map(|(s, _)| *s);
+    assert_eq!(identity.last_sequence, last_accepted, "the stored sequence is the last accepted one");
+}
+
+async fn duplicates_inside_one_batch_emit_a_single_event(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let agent = Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid");
+    let store = h.store.clone();
+    let before = telemetry_events(&store, TENANT_A).await;
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit_heartbeat(&commit(TENANT_A, agent, 1)).await.expect("commit") })
+        })
+        .collect();
+    let mut accepted = 0;
+    let mut duplicates = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            HeartbeatOutcome::Accepted => accepted += 1,
+            HeartbeatOutcome::Duplicate => duplicates += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((accepted, duplicates), (1, 5));
+    assert_eq!(telemetry_events(&store, TENANT_A).await, before + 1, "one event for one sequence");
+}
+
+crate::both_backends!(
+    acknowledged_heartbeats_survive_a_crash_before_the_next_flush,
+    a_revocation_during_a_batch_refuses_every_later_heartbeat,
+    duplicates_inside_one_batch_emit_a_single_event,
+);
