@@ -46,6 +46,10 @@ if python3 -m pip install --quiet ziglang >/dev/null 2>&1 && { command -v cargo-
   log=$(mktemp)
   if cargo zigbuild --profile agent -p oneprotect-agent --target aarch64-apple-darwin >"$log" 2>&1; then
     results+=("| aarch64-apple-darwin | linked (zig) | $(stat -c %s target/aarch64-apple-darwin/agent/oneprotect-agent | awk '{printf "%.2f MB", $1/1e6}') |")
+  elif grep -q "error: linking with" "$log"; then
+    # Everything compiled for the target; only the final link needs Apple's
+    # SDK frameworks, which cannot be installed here.
+    results+=("| aarch64-apple-darwin | compiled, not linked | the link needs the Apple SDK frameworks (build on macOS) |")
   else
     results+=("| aarch64-apple-darwin | failed (zig) | $(grep -m1 -E '^error' "$log" | cut -c1-100) |")
   fi

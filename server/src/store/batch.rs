@@ -70,10 +70,35 @@ impl HeartbeatBatcher {
         Self { queue }
     }
 
+    /// Starts `shards` writers; a heartbeat always goes to the shard of its
+    /// agent, so one agent's heartbeats stay in order while different
+    /// agents' batches commit in parallel (useful where the database has
+    /// more than one writer, as PostgreSQL does).
+    pub fn spawn_sharded<F, Fut>(shards: usize, apply: F) -> ShardedBatcher
+    where
+        F: Fn(Vec<HeartbeatCommit>) -> Fut + Send + Sync + 'static + Clone,
+        Fut: Future<Output = StoreResult<Vec<StoreResult<HeartbeatOutcome>>>> + Send,
+    {
+        ShardedBatcher { shards: (0..shards.max(1)).map(|_| Self::spawn(apply.clone())).collect() }
+    }
+
     /// Queues one heartbeat and waits until its batch has committed.
     pub async fn submit(&self, commit: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         let (reply, answer) = oneshot::channel();
         self.queue.send((commit, reply)).await.map_err(|_| StoreError::Unavailable("the heartbeat writer stopped".into()))?;
         answer.await.map_err(|_| StoreError::Unavailable("the heartbeat writer stopped before committing".into()))?
+    }
+}
+
+/// Several batchers, one per shard of agent ids.
+#[derive(Debug, Clone)]
+pub struct ShardedBatcher {
+    shards: Vec<HeartbeatBatcher>,
+}
+
+impl ShardedBatcher {
+    pub async fn submit(&self, commit: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+        let shard = (commit.agent_id.as_u128() % self.shards.len() as u128) as usize;
+        self.shards[shard].submit(commit).await
     }
 }

@@ -10,7 +10,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::batch::HeartbeatBatcher;
+use super::batch::{HeartbeatBatcher, ShardedBatcher};
+
+/// Parallel heartbeat writers (each holds one pooled connection per batch).
+const HEARTBEAT_SHARDS: usize = 8;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
@@ -23,7 +26,7 @@ const MIGRATION_LOCK: i64 = 0x0AE0_11E5;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    batcher: std::sync::Arc<tokio::sync::OnceCell<HeartbeatBatcher>>,
+    batcher: std::sync::Arc<tokio::sync::OnceCell<ShardedBatcher>>,
     /// A privileged connection used only to dump rows for inspection.
     inspection: Option<PgPool>,
 }
@@ -558,7 +561,7 @@ impl Store for PgStore {
         let batcher = self
             .batcher
             .get_or_init(|| async move {
-                HeartbeatBatcher::spawn(move |commits: Vec<HeartbeatCommit>| {
+                HeartbeatBatcher::spawn_sharded(HEARTBEAT_SHARDS, move |commits: Vec<HeartbeatCommit>| {
                     let pool = pool.clone();
                     async move {
                         let mut tx = pool.begin().await.map_err(backend)?;
