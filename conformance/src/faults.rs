@@ -41,6 +41,22 @@ pub fn sign_runtime(secret: &[u8], claims: &RuntimeClaims) -> String {
     RuntimeKeyring::new(Some(secret.to_vec()), vec![]).ok().and_then(|r| r.issue(claims)).map(|t| t.token.expose_secret().to_owned()).unwrap_or_default()
 }
 
+/// Runtime claims for the identity an exchange answer describes, issued at
+/// `now` for one hour (to forge tokens only an insider with the secret could make).
+pub fn claims_from_enrollment(enrolled: &serde_json::Value, now: DateTime<Utc>) -> Result<RuntimeClaims, String> {
+    let id = |p: &str| Uuid::parse_str(enrolled.pointer(p).and_then(|v| v.as_str()).unwrap_or_default()).map_err(|e| format!("{p}: {e}"));
+    let tenant = enrolled.pointer("/agent/tenant_id").and_then(|v| v.as_str()).unwrap_or_default();
+    Ok(oneprotect_server::runtime_token::claims_for(
+        tenant,
+        id("/agent/agent_id")?,
+        id("/agent/collector_id")?,
+        id("/agent/asset_id")?,
+        id("/agent/certificate_id")?,
+        now,
+        chrono::Duration::hours(1),
+    ))
+}
+
 pub fn mint_admin(ctx: &Ctx, secret: &[u8], tenant: &str, role: &str, exp: DateTime<Utc>) -> String {
     let claims = oneprotect_server::admin_auth::AdminClaims {
         sub: format!("{}@conformance", ctx.run_id),

@@ -1,5 +1,4 @@
 use chrono::Duration;
-use oneprotect_server::runtime_token::claims_for;
 
 use crate::{CheckFuture, Ctx, ensure, expect_problem, outcome};
 
@@ -77,18 +76,8 @@ pub fn stale_identity(ctx: &Ctx) -> CheckFuture<'_> {
             async {
                 let (agent, _, enrolled) = ctx.enroll(false).await?;
                 clock.advance(Duration::days(8));
-                let id = |p: &str| uuid::Uuid::parse_str(enrolled.pointer(p).and_then(|v| v.as_str()).unwrap_or_default()).map_err(|e| e.to_string());
-                let tenant = enrolled["agent"]["tenant_id"].as_str().unwrap_or_default();
                 let now = oneprotect_server::clock::Clock::now(clock.as_ref());
-                let claims = claims_for(
-                    tenant,
-                    id("/agent/agent_id")?,
-                    id("/agent/collector_id")?,
-                    id("/agent/asset_id")?,
-                    id("/agent/certificate_id")?,
-                    now,
-                    Duration::hours(1),
-                );
+                let claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
                 let fresh = crate::faults::sign_runtime(&secret, &claims);
                 ctx.remember(&fresh);
                 expect_problem(&ctx.heartbeat(&agent, &fresh, 1).await?, 403, "identity_stale")

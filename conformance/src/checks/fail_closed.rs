@@ -1,5 +1,4 @@
 use chrono::Duration;
-use oneprotect_server::runtime_token::claims_for;
 use serde_json::json;
 
 use crate::{CheckFuture, Ctx, ensure, expect_problem, outcome};
@@ -111,18 +110,8 @@ pub fn wrong_scope(ctx: &Ctx) -> CheckFuture<'_> {
         outcome(
             async {
                 let (agent, _, enrolled) = ctx.enroll(false).await?;
-                let id = |p: &str| uuid::Uuid::parse_str(enrolled.pointer(p).and_then(|v| v.as_str()).unwrap_or_default()).map_err(|e| e.to_string());
                 let now = ctx.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now);
-                let tenant = enrolled["agent"]["tenant_id"].as_str().unwrap_or_default();
-                let mut claims = claims_for(
-                    tenant,
-                    id("/agent/agent_id")?,
-                    id("/agent/collector_id")?,
-                    id("/agent/asset_id")?,
-                    id("/agent/certificate_id")?,
-                    now,
-                    Duration::hours(1),
-                );
+                let mut claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
                 claims.scope = "agent_admin".into();
                 let token = crate::faults::sign_runtime(&secret, &claims);
                 ctx.remember(&token);

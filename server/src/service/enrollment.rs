@@ -7,7 +7,7 @@ use oneprotect_contracts::events;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::{PageRequest, Platform, RequestMeta};
+use super::{PageRequest, Platform, RequestMeta, data};
 use crate::admin_auth::AdminPrincipal;
 use crate::csr::{VerifiedCsr, verify_csr_pem};
 use crate::error::{Rejection, TokenFailure};
@@ -43,13 +43,6 @@ pub struct ExchangeResult {
     pub identity: AgentIdentityRecord,
     pub certificate: CertificateRecord,
     pub runtime_token: IssuedRuntimeToken,
-}
-
-fn data<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
-    serde_json::from_value(value).map_err(|e| {
-        tracing::error!(error = %e, "event payload does not fit its generated type");
-        Rejection::Internal
-    })
 }
 
 impl Platform {

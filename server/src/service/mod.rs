@@ -86,6 +86,15 @@ impl std::fmt::Debug for Platform {
     }
 }
 
+/// An event payload as its generated type; a mismatch is our bug, so the
+/// request fails closed rather than emitting a malformed event.
+pub(super) fn data<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
+    serde_json::from_value(value).map_err(|e| {
+        tracing::error!(error = %e, "event payload does not fit its generated type");
+        Rejection::Internal
+    })
+}
+
 /// An opaque page cursor: the last sequence number seen.
 pub fn encode_cursor(seq: i64) -> String {
     crate::secrets::b64(format!("v1:{seq}").as_bytes())
