@@ -275,6 +275,23 @@ impl PgStore {
         Ok(())
     }
 
+    /// One page of a tenant table in `seq` order (one row more than asked,
+    /// so `page` can tell whether another page follows).
+    async fn page_rows(&self, table: &'static str, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Vec<PgRow>> {
+        let mut tx = self.begin(tenant_id).await?;
+        // `table` is one of this module's table names, never input.
+        let sql = format!("SELECT * FROM {table} WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(after.unwrap_or(0))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rows)
+    }
+
     async fn begin(&self, tenant_id: &str) -> StoreResult<Tx> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)").bind(tenant_id).execute(&mut *tx).await.map_err(backend)?;
@@ -357,15 +374,7 @@ impl Store for PgStore {
     }
 
     async fn list_enrollment_tokens(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>> {
-        let mut tx = self.begin(tenant_id).await?;
-        let rows = sqlx::query("SELECT * FROM agent_enrollment_tokens WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-            .bind(tenant_id)
-            .bind(after.unwrap_or(0))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let rows = self.page_rows("agent_enrollment_tokens", tenant_id, after, limit).await?;
         Ok(page(rows.iter().map(token_of).collect::<StoreResult<_>>()?, limit))
     }
 
@@ -484,15 +493,7 @@ impl Store for PgStore {
     }
 
     async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>> {
-        let mut tx = self.begin(tenant_id).await?;
-        let rows = sqlx::query("SELECT * FROM agent_identities WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-            .bind(tenant_id)
-            .bind(after.unwrap_or(0))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let rows = self.page_rows("agent_identities", tenant_id, after, limit).await?;
         Ok(page(rows.iter().map(identity_of).collect::<StoreResult<_>>()?, limit))
     }
 
@@ -668,15 +669,7 @@ impl Store for PgStore {
     }
 
     async fn list_audit(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>> {
-        let mut tx = self.begin(tenant_id).await?;
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-            .bind(tenant_id)
-            .bind(after.unwrap_or(0))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let rows = self.page_rows("audit_events", tenant_id, after, limit).await?;
         let items = rows
             .iter()
             .map(|r| {
@@ -704,15 +697,7 @@ impl Store for PgStore {
     }
 
     async fn list_events(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>> {
-        let mut tx = self.begin(tenant_id).await?;
-        let rows = sqlx::query("SELECT * FROM event_outbox WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-            .bind(tenant_id)
-            .bind(after.unwrap_or(0))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let rows = self.page_rows("event_outbox", tenant_id, after, limit).await?;
         let items = rows
             .iter()
             .map(|r| {
