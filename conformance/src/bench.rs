@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use oneprotect_server::model::{AuditRecord, HeartbeatCommit, OutboxEvent};
+use oneprotect_server::model::{AgentBinding, AuditRecord, HeartbeatCommit, OutboxEvent};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -103,6 +103,8 @@ pub struct Agent {
     pub uuid: uuid::Uuid,
     pub tenant: String,
     pub token: String,
+    /// The collector, asset and certificate the runtime token is bound to.
+    pub binding: [uuid::Uuid; 3],
     pub sequence: AtomicUsize,
 }
 
@@ -152,7 +154,10 @@ pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> R
             }
             let v: Value = resp.json().await.map_err(|_| "unreadable".to_string())?;
             let id = v["agent"]["agent_id"].as_str().unwrap_or_default().to_owned();
+            let uuid_at = |p: &str| v.pointer(p).and_then(Value::as_str).and_then(|s| uuid::Uuid::parse_str(s).ok()).unwrap_or_default();
+            let binding = [uuid_at("/agent/collector_id"), uuid_at("/agent/asset_id"), uuid_at("/agent/certificate_id")];
             enrolled.lock().await.push(Agent {
+                binding,
                 uuid: uuid::Uuid::parse_str(&id).unwrap_or_default(),
                 id,
                 tenant: v["agent"]["tenant_id"].as_str().unwrap_or_default().to_owned(),
@@ -228,6 +233,13 @@ pub async fn store_direct(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, con
             let commit = HeartbeatCommit {
                 tenant_id: agent.tenant.clone(),
                 agent_id: agent.uuid,
+                binding: AgentBinding {
+                    collector_id: agent.binding[0],
+                    asset_id: agent.binding[1],
+                    certificate_id: agent.binding[2],
+                    stale_after: chrono::Duration::days(7),
+                    rotation_grace: None,
+                },
                 now,
                 sequence: seq as i64,
                 hostname: format!("bench-{}.loopback", i % n),

@@ -12,6 +12,12 @@ use oneprotect_server::clock::SystemClock;
 use oneprotect_server::config::{self, AdminKeySource, DatabaseUrl, DevSecrets, SecretInputs};
 use oneprotect_server::service::Policy;
 
+/// Many small, short-lived allocations per request (JSON values, events,
+/// audit records) across worker and writer threads: mimalloc's per-thread
+/// free lists keep them off a shared lock (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "oneprotect-server", version, about = "The OneProtect platform: agent enrollment, identity-bound heartbeat, audit and events")]
 #[command(after_help = "Secrets are read from the environment (or NAME_FILE), never from flags:\n  \

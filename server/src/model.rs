@@ -188,11 +188,63 @@ pub enum EnrollmentOutcome {
     NonceReplayed,
 }
 
+/// What a runtime token claims about the identity presenting it, and the
+/// policy its stored record is judged by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBinding {
+    pub collector_id: Uuid,
+    pub asset_id: Uuid,
+    /// The certificate the token was issued with.
+    pub certificate_id: Uuid,
+    pub stale_after: Duration,
+    /// How long a token issued before a rotation keeps working; `None`
+    /// accepts only the current certificate.
+    pub rotation_grace: Option<Duration>,
+}
+
+/// Why a stored identity refuses a caller, in the order the rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityRefusal {
+    Unknown,
+    CollectorMismatch,
+    Revoked,
+    /// Silent past `stale_after`; `marked` says the stored status already
+    /// records it.
+    Stale {
+        marked: bool,
+    },
+    /// The token's certificate was replaced (and any grace has ended).
+    Superseded,
+}
+
+/// The identity rules every agent request passes, judged on the stored
+/// record: the service applies them before a rotation, and the store
+/// applies them inside the heartbeat's write transaction, on the row it
+/// locks, so the answer reflects every change committed before it.
+pub fn admit(identity: Option<&AgentIdentityRecord>, binding: &AgentBinding, now: DateTime<Utc>) -> Result<(), IdentityRefusal> {
+    let identity = identity.ok_or(IdentityRefusal::Unknown)?;
+    if identity.collector_id != binding.collector_id || identity.asset_id != binding.asset_id {
+        return Err(IdentityRefusal::CollectorMismatch);
+    }
+    match identity.effective_status(now, binding.stale_after) {
+        AgentStatus::Revoked => return Err(IdentityRefusal::Revoked),
+        AgentStatus::Stale => return Err(IdentityRefusal::Stale { marked: identity.status == AgentStatus::Stale }),
+        AgentStatus::Enrolled | AgentStatus::Active => {}
+    }
+    let current = binding.certificate_id == identity.certificate_id;
+    let in_grace = binding
+        .rotation_grace
+        .is_some_and(|grace| identity.previous_certificate_id == Some(binding.certificate_id) && identity.rotated_at.is_some_and(|at| now < at + grace));
+    if current || in_grace { Ok(()) } else { Err(IdentityRefusal::Superseded) }
+}
+
 /// What an accepted heartbeat writes; the store decides which events apply.
 #[derive(Debug, Clone)]
 pub struct HeartbeatCommit {
     pub tenant_id: String,
     pub agent_id: Uuid,
+    /// Checked against the identity row inside the write transaction.
+    pub binding: AgentBinding,
     pub now: DateTime<Utc>,
     pub sequence: i64,
     pub hostname: String,
@@ -211,8 +263,8 @@ pub struct HeartbeatCommit {
 pub enum HeartbeatOutcome {
     Accepted,
     Duplicate,
-    /// The identity changed between the check and the write (revoked, gone).
-    NotAllowed(Option<AgentStatus>),
+    /// The stored identity refuses this heartbeat; nothing was written.
+    Refused(IdentityRefusal),
 }
 
 #[derive(Debug, Clone)]
@@ -242,4 +294,108 @@ pub enum RevokeOutcome<T> {
     Revoked(T),
     AlreadyRevoked(T),
     NotFound,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(now: DateTime<Utc>) -> AgentIdentityRecord {
+        AgentIdentityRecord {
+            agent_id: Uuid::new_v4(),
+            tenant_id: "tenant-fixture".into(),
+            collector_id: Uuid::new_v4(),
+            asset_id: Uuid::new_v4(),
+            site_id: None,
+            status: AgentStatus::Active,
+            hostname: None,
+            agent_version: None,
+            os_family: None,
+            enrollment_token_id: Uuid::new_v4(),
+            certificate_id: Uuid::new_v4(),
+            previous_certificate_id: None,
+            rotated_at: None,
+            fingerprint_hash: None,
+            enrolled_at: now - Duration::hours(1),
+            last_seen_at: Some(now - Duration::minutes(1)),
+            last_sequence: Some(1),
+            revoked_at: None,
+        }
+    }
+
+    fn binding(i: &AgentIdentityRecord, grace: Option<Duration>) -> AgentBinding {
+        AgentBinding {
+            collector_id: i.collector_id,
+            asset_id: i.asset_id,
+            certificate_id: i.certificate_id,
+            stale_after: Duration::hours(24),
+            rotation_grace: grace,
+        }
+    }
+
+    #[test]
+    fn a_matching_current_identity_is_admitted() {
+        let now = Utc::now();
+        let i = identity(now);
+        assert_eq!(admit(Some(&i), &binding(&i, None), now), Ok(()));
+    }
+
+    #[test]
+    fn rules_apply_in_order_unknown_collector_revoked_stale_superseded() {
+        let now = Utc::now();
+        let i = identity(now);
+        let b = binding(&i, None);
+        assert_eq!(admit(None, &b, now), Err(IdentityRefusal::Unknown));
+        // A revoked, silent identity presenting another collector and an old
+        // certificate: the collector rule is judged first.
+        let mut worst = i.clone();
+        worst.status = AgentStatus::Revoked;
+        worst.last_seen_at = Some(now - Duration::days(30));
+        worst.certificate_id = Uuid::new_v4();
+        let other_collector = AgentBinding { collector_id: Uuid::new_v4(), ..b.clone() };
+        assert_eq!(admit(Some(&worst), &other_collector, now), Err(IdentityRefusal::CollectorMismatch));
+        let other_asset = AgentBinding { asset_id: Uuid::new_v4(), ..b.clone() };
+        assert_eq!(admit(Some(&worst), &other_asset, now), Err(IdentityRefusal::CollectorMismatch));
+        assert_eq!(admit(Some(&worst), &b, now), Err(IdentityRefusal::Revoked));
+        worst.status = AgentStatus::Active;
+        assert_eq!(admit(Some(&worst), &b, now), Err(IdentityRefusal::Stale { marked: false }));
+        worst.status = AgentStatus::Stale;
+        assert_eq!(admit(Some(&worst), &b, now), Err(IdentityRefusal::Stale { marked: true }));
+        worst.status = AgentStatus::Active;
+        worst.last_seen_at = Some(now);
+        assert_eq!(admit(Some(&worst), &b, now), Err(IdentityRefusal::Superseded));
+    }
+
+    #[test]
+    fn staleness_starts_exactly_at_the_limit() {
+        let now = Utc::now();
+        let mut i = identity(now);
+        let b = binding(&i, None);
+        i.last_seen_at = Some(now - b.stale_after + Duration::microseconds(1));
+        assert_eq!(admit(Some(&i), &b, now), Ok(()));
+        i.last_seen_at = Some(now - b.stale_after);
+        assert_eq!(admit(Some(&i), &b, now), Err(IdentityRefusal::Stale { marked: false }));
+        // Never seen: silence counts from enrollment.
+        i.last_seen_at = None;
+        i.enrolled_at = now - b.stale_after;
+        assert_eq!(admit(Some(&i), &b, now), Err(IdentityRefusal::Stale { marked: false }));
+    }
+
+    #[test]
+    fn a_previous_certificate_is_admitted_only_with_a_grace_and_only_within_it() {
+        let now = Utc::now();
+        let mut i = identity(now);
+        let old = binding(&i, Some(Duration::minutes(5)));
+        i.previous_certificate_id = Some(i.certificate_id);
+        i.certificate_id = Uuid::new_v4();
+        i.rotated_at = Some(now - Duration::minutes(5) + Duration::seconds(1));
+        assert_eq!(admit(Some(&i), &old, now), Ok(()));
+        assert_eq!(admit(Some(&i), &AgentBinding { rotation_grace: None, ..old.clone() }, now), Err(IdentityRefusal::Superseded));
+        i.rotated_at = Some(now - Duration::minutes(5));
+        assert_eq!(admit(Some(&i), &old, now), Err(IdentityRefusal::Superseded));
+        // A certificate older than the previous one never comes back.
+        i.rotated_at = Some(now);
+        i.previous_certificate_id = Some(Uuid::new_v4());
+        assert_eq!(admit(Some(&i), &old, now), Err(IdentityRefusal::Superseded));
+    }
 }

@@ -8,6 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 use oneprotect_conformance::bench::{self, BenchResult, MAX_AGENTS, MAX_DURATION};
 
+/// The same allocator as the server binary, so the in-process platform
+/// is measured as it is shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "oneprotect-loadgen", version, about = "Loopback load generator: enrollment storm, heartbeat ingest and their baselines")]
 struct Cli {

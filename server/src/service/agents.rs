@@ -50,33 +50,44 @@ pub struct RotationResult {
     pub runtime_token: IssuedRuntimeToken,
 }
 
+type AgentFailure = (Rejection, Option<String>, Option<String>);
+
 impl Platform {
     /// Every rule that binds a runtime token to a stored identity, in order;
     /// the first that fails decides the answer, and every failure is audited.
     pub async fn authenticate_agent(&self, bearer: &str, path_agent_id: Uuid, action: &str, meta: &RequestMeta) -> Result<AgentCaller, Rejection> {
-        let outcome = self.check_agent(bearer, path_agent_id, action, meta).await;
+        let outcome = async {
+            let claims = self.verify_agent_token(bearer, path_agent_id)?;
+            let fail = |r: Rejection| (r, Some(claims.tid.clone()), Some(claims.aid.to_string()));
+            let identity = self.store.get_identity(&claims.tid, claims.aid).await.map_err(|e| fail(e.into()))?;
+            match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
+                Ok(()) => Ok(AgentCaller { identity: identity.ok_or_else(|| fail(Rejection::IdentityUnknown))?, claims }),
+                Err(refusal) => Err(fail(self.refusal(refusal, &claims, meta).await)),
+            }
+        }
+        .await;
         if let Err((rejection, tenant, actor)) = &outcome {
-            let record = self.audit(
-                tenant.as_deref().unwrap_or(UNATTRIBUTED_TENANT),
-                ("agent", actor.as_deref().unwrap_or("unknown")),
-                action,
-                ("agent", Some(path_agent_id.to_string())),
-                Some(rejection),
-                meta,
-                BTreeMap::new(),
-            );
-            self.audit_rejection(record, None).await;
+            self.audit_agent_failure(rejection, tenant.as_deref(), actor.as_deref(), path_agent_id, action, meta).await;
         }
         outcome.map_err(|(r, _, _)| r)
     }
 
-    async fn check_agent(
-        &self,
-        bearer: &str,
-        path_agent_id: Uuid,
-        action: &str,
-        meta: &RequestMeta,
-    ) -> Result<AgentCaller, (Rejection, Option<String>, Option<String>)> {
+    async fn audit_agent_failure(&self, rejection: &Rejection, tenant: Option<&str>, actor: Option<&str>, agent_id: Uuid, action: &str, meta: &RequestMeta) {
+        let record = self.audit(
+            tenant.unwrap_or(UNATTRIBUTED_TENANT),
+            ("agent", actor.unwrap_or("unknown")),
+            action,
+            ("agent", Some(agent_id.to_string())),
+            Some(rejection),
+            meta,
+            BTreeMap::new(),
+        );
+        self.audit_rejection(record, None).await;
+    }
+
+    /// The stateless rules: a signed, unexpired runtime token of a service
+    /// account, with the heartbeat scope, for the agent in the path.
+    fn verify_agent_token(&self, bearer: &str, path_agent_id: Uuid) -> Result<RuntimeClaims, AgentFailure> {
         let now = self.clock.now();
         if !self.runtime_keys.is_available() {
             return Err((Rejection::RuntimeSecretUnavailable, None, None));
@@ -88,26 +99,42 @@ impl Platform {
             return Err((Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Malformed), None, None));
         }
         let claims = self.runtime_keys.verify(bearer, now).map_err(|f| (Rejection::RuntimeTokenInvalid(f), None, None))?;
-        let tenant = Some(claims.tid.clone());
-        let actor = Some(claims.aid.to_string());
-        let fail = |r: Rejection| (r, tenant.clone(), actor.clone());
+        let fail = |r: Rejection| Err((r, Some(claims.tid.clone()), Some(claims.aid.to_string())));
         if claims.sub_type != SUBJECT_SERVICE_ACCOUNT {
-            return Err(fail(Rejection::NotServiceAccount));
+            return fail(Rejection::NotServiceAccount);
         }
         if claims.scope != SCOPE_AGENT_HEARTBEAT {
-            return Err(fail(Rejection::ScopeForbidden));
+            return fail(Rejection::ScopeForbidden);
         }
         if claims.aid != path_agent_id {
-            return Err(fail(Rejection::ActorMismatch));
+            return fail(Rejection::ActorMismatch);
         }
-        let identity = self.store.get_identity(&claims.tid, claims.aid).await.map_err(|e| fail(e.into()))?.ok_or_else(|| fail(Rejection::IdentityUnknown))?;
-        if identity.collector_id != claims.cid || identity.asset_id != claims.asid {
-            return Err(fail(Rejection::CollectorMismatch));
+        Ok(claims)
+    }
+
+    /// What the token claims, judged against the stored identity by
+    /// `model::admit`. Only heartbeats may use a token from before a
+    /// rotation, and only during the grace period.
+    fn binding(&self, claims: &RuntimeClaims, action: &str) -> AgentBinding {
+        AgentBinding {
+            collector_id: claims.cid,
+            asset_id: claims.asid,
+            certificate_id: claims.crt,
+            stale_after: self.policy.stale_after,
+            rotation_grace: (action == "agent.heartbeat").then_some(self.policy.rotation_grace),
         }
-        match identity.effective_status(now, self.policy.stale_after) {
-            AgentStatus::Revoked => return Err(fail(Rejection::IdentityRevoked)),
-            AgentStatus::Stale => {
-                if identity.status != AgentStatus::Stale {
+    }
+
+    /// The answer to a refusal; an identity found silent past the staleness
+    /// limit is recorded as stale (once, audited) before it is refused.
+    async fn refusal(&self, refusal: IdentityRefusal, claims: &RuntimeClaims, meta: &RequestMeta) -> Rejection {
+        match refusal {
+            IdentityRefusal::Unknown => Rejection::IdentityUnknown,
+            IdentityRefusal::CollectorMismatch => Rejection::CollectorMismatch,
+            IdentityRefusal::Revoked => Rejection::IdentityRevoked,
+            IdentityRefusal::Superseded => Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded),
+            IdentityRefusal::Stale { marked } => {
+                if !marked {
                     let record = self.audit(
                         &claims.tid,
                         ("system", "staleness"),
@@ -121,37 +148,40 @@ impl Platform {
                         tracing::error!(error = %e, "could not persist a stale identity");
                     }
                 }
-                return Err(fail(Rejection::IdentityStale));
+                Rejection::IdentityStale
             }
-            AgentStatus::Enrolled | AgentStatus::Active => {}
         }
-        let current = claims.crt == identity.certificate_id;
-        let in_grace = identity.previous_certificate_id == Some(claims.crt) && identity.rotated_at.is_some_and(|at| now < at + self.policy.rotation_grace);
-        if !(current || in_grace && action == "agent.heartbeat") {
-            return Err(fail(Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded)));
-        }
-        Ok(AgentCaller { claims, identity })
     }
 
     /// Accepts telemetry from an authenticated agent. Identity comes from
-    /// the stored record, never from the body.
+    /// the stored record, never from the body. The token is checked here;
+    /// the identity rules (`model::admit`) are applied by the store inside
+    /// the write transaction, on the locked row, so no separate read
+    /// precedes the write and a revocation committed before it is seen.
     pub async fn heartbeat(&self, bearer: &str, path_agent_id: Uuid, input: HeartbeatInput, meta: &RequestMeta) -> Result<HeartbeatResult, Rejection> {
-        let caller = self.authenticate_agent(bearer, path_agent_id, "agent.heartbeat", meta).await?;
-        let (tenant, identity) = (&caller.claims.tid, &caller.identity);
+        const ACTION: &str = "agent.heartbeat";
+        let claims = match self.verify_agent_token(bearer, path_agent_id) {
+            Ok(claims) => claims,
+            Err((rejection, tenant, actor)) => {
+                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), path_agent_id, ACTION, meta).await;
+                return Err(rejection);
+            }
+        };
+        let tenant = &claims.tid;
         let now = self.clock.now();
         let sequence = i64::try_from(input.sequence).map_err(|_| Rejection::RequestInvalid("sequence is too large".into()))?;
         let discovered: events::AssetDiscoveredData = data(serde_json::json!({
-            "asset_id": identity.asset_id,
-            "agent_id": identity.agent_id,
-            "collector_id": identity.collector_id,
+            "asset_id": claims.asid,
+            "agent_id": claims.aid,
+            "collector_id": claims.cid,
             "hostname": input.hostname,
             "os_family": input.os_family,
             "os_version": input.os_version,
             "discovered_at": now,
         }))?;
         let telemetry: events::AssetTelemetryReceivedData = data(serde_json::json!({
-            "asset_id": identity.asset_id,
-            "agent_id": identity.agent_id,
+            "asset_id": claims.asid,
+            "agent_id": claims.aid,
             "sequence": input.sequence,
             "received_at": now,
             "hostname": input.hostname,
@@ -162,10 +192,12 @@ impl Platform {
             "memory_used_bytes": input.memory_used_bytes,
             "process_count": input.process_count,
         }))?;
-        let subject = identity.asset_id.to_string();
+        let subject = claims.asid.to_string();
+        let actor = claims.aid.to_string();
         let commit = HeartbeatCommit {
             tenant_id: tenant.clone(),
-            agent_id: identity.agent_id,
+            agent_id: claims.aid,
+            binding: self.binding(&claims, ACTION),
             now,
             sequence,
             hostname: input.hostname,
@@ -174,40 +206,19 @@ impl Platform {
             os_version: input.os_version,
             discovered_event: self.event(tenant, &subject, discovered)?,
             telemetry_event: self.event(tenant, &subject, telemetry)?,
-            activation_audit: self.audit(
-                tenant,
-                ("agent", &identity.agent_id.to_string()),
-                "agent.activate",
-                ("agent", Some(identity.agent_id.to_string())),
-                None,
-                meta,
-                BTreeMap::new(),
-            ),
+            activation_audit: self.audit(tenant, ("agent", &actor), "agent.activate", ("agent", Some(actor.clone())), None, meta, BTreeMap::new()),
         };
         let duplicate = match self.store.commit_heartbeat(&commit).await? {
             HeartbeatOutcome::Accepted => false,
             HeartbeatOutcome::Duplicate => true,
-            HeartbeatOutcome::NotAllowed(status) => {
-                let rejection = match status {
-                    None => Rejection::IdentityUnknown,
-                    Some(AgentStatus::Stale) => Rejection::IdentityStale,
-                    Some(_) => Rejection::IdentityRevoked,
-                };
-                let record = self.audit(
-                    tenant,
-                    ("agent", &identity.agent_id.to_string()),
-                    "agent.heartbeat",
-                    ("agent", Some(identity.agent_id.to_string())),
-                    Some(&rejection),
-                    meta,
-                    BTreeMap::new(),
-                );
-                self.audit_rejection(record, None).await;
+            HeartbeatOutcome::Refused(refusal) => {
+                let rejection = self.refusal(refusal, &claims, meta).await;
+                self.audit_agent_failure(&rejection, Some(tenant), Some(&actor), path_agent_id, ACTION, meta).await;
                 return Err(rejection);
             }
         };
         self.metrics.inc("oneprotect_heartbeats_total", "outcome", if duplicate { "duplicate" } else { "accepted" });
-        Ok(HeartbeatResult { agent_id: identity.agent_id, status: AgentStatus::Active, accepted_at: now, duplicate })
+        Ok(HeartbeatResult { agent_id: claims.aid, status: AgentStatus::Active, accepted_at: now, duplicate })
     }
 
     /// New CSR in; new certificate record and runtime token out. Tokens

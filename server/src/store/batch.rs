@@ -6,7 +6,6 @@
 //! heartbeats nobody was told about.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,39 +34,31 @@ impl HeartbeatBatcher {
         Fut: Future<Output = StoreResult<Vec<StoreResult<HeartbeatOutcome>>>> + Send,
     {
         let (queue, mut rx) = mpsc::channel::<(HeartbeatCommit, Reply)>(QUEUE_CAPACITY);
-        let apply = Arc::new(apply);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let n = commits.len();
-                match apply(commits).await {
-                    Ok(outcomes) if outcomes.len() == n => {
-                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(outcome);
-                        }
-                    }
-                    Ok(_) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(StoreError::Backend("batch outcome count mismatch".into())));
-                        }
-                    }
-                    Err(e) => {
-                        let text = e.to_string();
-                        for reply in replies {
-                            let _ = reply.send(Err(StoreError::Backend(text.clone())));
-                        }
-                    }
-                }
+                let (commits, replies) = drain(first, &mut rx);
+                answer(replies, apply(commits).await);
             }
         });
         Self { queue }
+    }
+
+    /// Starts the writer on a dedicated thread, for a blocking database
+    /// API: the thread waits for the queue, applies a batch and answers,
+    /// with no hand-off to a thread pool per batch. It ends when the last
+    /// handle to the batcher is dropped.
+    pub fn spawn_thread<F>(name: &str, mut apply: F) -> std::io::Result<Self>
+    where
+        F: FnMut(Vec<HeartbeatCommit>) -> StoreResult<Vec<StoreResult<HeartbeatOutcome>>> + Send + 'static,
+    {
+        let (queue, mut rx) = mpsc::channel::<(HeartbeatCommit, Reply)>(QUEUE_CAPACITY);
+        std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let (commits, replies) = drain(first, &mut rx);
+                answer(replies, apply(commits));
+            }
+        })?;
+        Ok(Self { queue })
     }
 
     /// Starts `shards` writers; a heartbeat always goes to the shard of its
@@ -87,6 +78,42 @@ impl HeartbeatBatcher {
         let (reply, answer) = oneshot::channel();
         self.queue.send((commit, reply)).await.map_err(|_| StoreError::Unavailable("the heartbeat writer stopped".into()))?;
         answer.await.map_err(|_| StoreError::Unavailable("the heartbeat writer stopped before committing".into()))?
+    }
+}
+
+/// The first queued heartbeat and whatever else is already waiting, up to
+/// `MAX_BATCH`.
+fn drain(first: (HeartbeatCommit, Reply), rx: &mut mpsc::Receiver<(HeartbeatCommit, Reply)>) -> (Vec<HeartbeatCommit>, Vec<Reply>) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch.into_iter().unzip()
+}
+
+/// Answers every caller of a batch: its own outcome after a commit, or the
+/// batch's error when nothing was committed.
+fn answer(replies: Vec<Reply>, result: StoreResult<Vec<StoreResult<HeartbeatOutcome>>>) {
+    match result {
+        Ok(outcomes) if outcomes.len() == replies.len() => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Ok(_) => {
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Backend("batch outcome count mismatch".into())));
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Backend(text.clone())));
+            }
+        }
     }
 }
 

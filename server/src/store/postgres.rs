@@ -185,12 +185,14 @@ async fn select_identity(tx: &mut Tx, tenant_id: &str, agent_id: Uuid, lock: boo
 }
 
 /// One heartbeat inside an open transaction whose tenant is set. The
-/// identity is locked and re-read here, so a committed revocation is seen.
+/// identity row is locked and the identity rules judged on it here, so a
+/// committed revocation or rotation is seen.
 async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-    let Some(identity) = select_identity(tx, &c.tenant_id, c.agent_id, true).await? else { return Ok(HeartbeatOutcome::NotAllowed(None)) };
-    if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
-        return Ok(HeartbeatOutcome::NotAllowed(Some(identity.status)));
+    let identity = select_identity(tx, &c.tenant_id, c.agent_id, true).await?;
+    if let Err(refusal) = admit(identity.as_ref(), &c.binding, c.now) {
+        return Ok(HeartbeatOutcome::Refused(refusal));
     }
+    let Some(identity) = identity else { return Ok(HeartbeatOutcome::Refused(IdentityRefusal::Unknown)) };
     if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
         return Ok(HeartbeatOutcome::Duplicate);
     }

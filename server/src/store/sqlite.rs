@@ -278,13 +278,15 @@ fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
     Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
 }
 
-/// One heartbeat inside an open transaction (or savepoint). The identity
-/// is re-read here, so a revocation committed before this batch is seen.
+/// One heartbeat inside an open write transaction (or savepoint). The
+/// identity rules are judged here on the row as this transaction sees it,
+/// so a revocation or rotation committed before this batch is seen.
 fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-    let Some(identity) = select_identity(tx, &c.tenant_id, c.agent_id)? else { return Ok(HeartbeatOutcome::NotAllowed(None)) };
-    if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
-        return Ok(HeartbeatOutcome::NotAllowed(Some(identity.status)));
+    let identity = select_identity(tx, &c.tenant_id, c.agent_id)?;
+    if let Err(refusal) = admit(identity.as_ref(), &c.binding, c.now) {
+        return Ok(HeartbeatOutcome::Refused(refusal));
     }
+    let Some(identity) = identity else { return Ok(HeartbeatOutcome::Refused(IdentityRefusal::Unknown)) };
     if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
         return Ok(HeartbeatOutcome::Duplicate);
     }
@@ -298,20 +300,27 @@ fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<Heartbea
     if identity.status == AgentStatus::Enrolled {
         insert_audit(tx, &c.activation_audit).map_err(backend)?;
     }
-    let discovered = tx
-        .prepare_cached(
-            "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-             ON CONFLICT (asset_id) DO NOTHING",
-        )
-        .and_then(|mut s| s.execute(params![identity.asset_id.to_string(), c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
-        .map_err(backend)?
-        == 1;
-    if discovered {
-        insert_event(tx, &c.discovered_event).map_err(backend)?;
-    } else {
+    let asset_id = identity.asset_id.to_string();
+    let update_asset = || {
         tx.prepare_cached("UPDATE assets SET hostname = ?3, os_family = COALESCE(?4, os_family), os_version = COALESCE(?5, os_version), last_seen_at = ?6 WHERE tenant_id = ?1 AND asset_id = ?2")
-            .and_then(|mut s| s.execute(params![c.tenant_id, identity.asset_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
+            .and_then(|mut s| s.execute(params![c.tenant_id, asset_id, c.hostname, c.os_family, c.os_version, now]))
+            .map_err(backend)
+    };
+    // The asset row is written with the identity's first heartbeat, so an
+    // identity that has been heard from only needs the update.
+    if identity.last_sequence.is_none() || update_asset()? == 0 {
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+                 ON CONFLICT (asset_id) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![asset_id, c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
             .map_err(backend)?;
+        if inserted == 1 {
+            insert_event(tx, &c.discovered_event).map_err(backend)?;
+        } else {
+            update_asset()?;
+        }
     }
     insert_event(tx, &c.telemetry_event).map_err(backend)?;
     Ok(HeartbeatOutcome::Accepted)
@@ -655,36 +664,30 @@ impl Store for SqliteStore {
         let conn = self.conn.clone();
         let batcher = self
             .batcher
-            .get_or_init(|| async move {
-                HeartbeatBatcher::spawn(move |commits: Vec<HeartbeatCommit>| {
-                    let conn = conn.clone();
-                    async move {
-                        tokio::task::spawn_blocking(move || {
-                            let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
-                            let mut tx = guard.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-                            let mut outcomes = Vec::with_capacity(commits.len());
-                            for c in &commits {
-                                let sp = tx.savepoint().map_err(backend)?;
-                                match apply_heartbeat(&sp, c) {
-                                    Ok(o) => {
-                                        sp.commit().map_err(backend)?;
-                                        outcomes.push(Ok(o));
-                                    }
-                                    Err(e) => {
-                                        drop(sp);
-                                        outcomes.push(Err(e));
-                                    }
-                                }
+            .get_or_try_init(|| async move {
+                HeartbeatBatcher::spawn_thread("oneprotect-heartbeat-writer", move |commits: Vec<HeartbeatCommit>| {
+                    let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
+                    let mut tx = guard.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+                    let mut outcomes = Vec::with_capacity(commits.len());
+                    for c in &commits {
+                        let sp = tx.savepoint().map_err(backend)?;
+                        match apply_heartbeat(&sp, c) {
+                            Ok(o) => {
+                                sp.commit().map_err(backend)?;
+                                outcomes.push(Ok(o));
                             }
-                            tx.commit().map_err(backend)?;
-                            Ok(outcomes)
-                        })
-                        .await
-                        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+                            Err(e) => {
+                                drop(sp);
+                                outcomes.push(Err(e));
+                            }
+                        }
                     }
+                    tx.commit().map_err(backend)?;
+                    Ok(outcomes)
                 })
+                .map_err(|e| StoreError::Unavailable(format!("could not start the heartbeat writer: {e}")))
             })
-            .await;
+            .await?;
         batcher.submit(c.clone()).await
     }
 

@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
-use oneprotect_server::model::{AuditRecord, HeartbeatCommit, HeartbeatOutcome, OutboxEvent};
+use oneprotect_server::model::{AgentBinding, AgentIdentityRecord, AuditRecord, HeartbeatCommit, HeartbeatOutcome, IdentityRefusal, OutboxEvent};
 use oneprotect_server::store::Store;
 use reqwest::StatusCode;
 use uuid::Uuid;
 
 use crate::harness::*;
 
-fn commit(tenant: &str, agent: Uuid, sequence: i64) -> HeartbeatCommit {
-    let now = chrono::Utc::now();
+/// A heartbeat write for `identity`, presenting its current certificate.
+fn commit(identity: &AgentIdentityRecord, now: chrono::DateTime<chrono::Utc>, sequence: i64) -> HeartbeatCommit {
+    let (tenant, agent) = (identity.tenant_id.as_str(), identity.agent_id);
     let event = |t: &str| OutboxEvent {
         event_id: Uuid::new_v4().to_string(),
         tenant_id: tenant.into(),
@@ -23,6 +24,13 @@ fn commit(tenant: &str, agent: Uuid, sequence: i64) -> HeartbeatCommit {
     HeartbeatCommit {
         tenant_id: tenant.into(),
         agent_id: agent,
+        binding: AgentBinding {
+            collector_id: identity.collector_id,
+            asset_id: identity.asset_id,
+            certificate_id: identity.certificate_id,
+            stale_after: chrono::Duration::days(7),
+            rotation_grace: None,
+        },
         now,
         sequence,
         hostname: "batch.fixture".into(),
@@ -48,6 +56,10 @@ fn commit(tenant: &str, agent: Uuid, sequence: i64) -> HeartbeatCommit {
     }
 }
 
+async fn stored_identity(store: &Arc<dyn Store>, agent: Uuid) -> AgentIdentityRecord {
+    store.get_identity(TENANT_A, agent).await.expect("read").expect("identity")
+}
+
 async fn telemetry_events(store: &Arc<dyn Store>, tenant: &str) -> usize {
     store.list_events(tenant, None, 200).await.map(|p| p.items.iter().filter(|e| e.event_type == "asset.telemetry.received").count()).unwrap_or(0)
 }
@@ -63,10 +75,11 @@ async fn acknowledged_heartbeats_survive_a_crash_before_the_next_flush(backend: 
     let enough = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
     for agent in &agents {
+        let (identity, now) = (stored_identity(&store, *agent).await, h.clock_now());
         let (store, agent, acknowledged, enough) = (store.clone(), *agent, acknowledged.clone(), enough.clone());
         tasks.push(tokio::spawn(async move {
             for seq in 1..=1_000i64 {
-                if let Ok(HeartbeatOutcome::Accepted) = store.commit_heartbeat(&commit(TENANT_A, agent, seq)).await {
+                if let Ok(HeartbeatOutcome::Accepted) = store.commit_heartbeat(&commit(&identity, now, seq)).await {
                     let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
                     acked.push((agent, seq));
                     if acked.len() >= 60 {
@@ -102,12 +115,13 @@ async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Back
     let (agent, runtime, _) = h.enroll(TENANT_A).await;
     let agent_id = Uuid::parse_str(&agent).expect("uuid");
     let store = h.store.clone();
+    let (identity, now) = (stored_identity(&store, agent_id).await, h.clock_now());
     let stream = {
-        let store = store.clone();
+        let (store, identity) = (store.clone(), identity.clone());
         tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for seq in 1..=300i64 {
-                outcomes.push((seq, store.commit_heartbeat(&commit(TENANT_A, agent_id, seq)).await.expect("commit")));
+                outcomes.push((seq, store.commit_heartbeat(&commit(&identity, now, seq)).await.expect("commit")));
             }
             outcomes
         })
@@ -116,11 +130,14 @@ async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Back
     assert_eq!(revoked.0, StatusCode::OK);
     // The very next request after the revocation is refused.
     assert_problem(&h.heartbeat(&agent, &runtime, 10_000).await, StatusCode::FORBIDDEN, "identity_revoked");
-    assert!(matches!(store.commit_heartbeat(&commit(TENANT_A, agent_id, 20_000)).await, Ok(HeartbeatOutcome::NotAllowed(Some(_)))));
+    assert_eq!(store.commit_heartbeat(&commit(&identity, now, 20_000)).await.expect("commit"), HeartbeatOutcome::Refused(IdentityRefusal::Revoked));
     let outcomes = stream.await.expect("stream");
     // Acceptances stop at the revocation and never resume.
-    let first_refused = outcomes.iter().position(|(_, o)| matches!(o, HeartbeatOutcome::NotAllowed(_))).unwrap_or(outcomes.len());
-    assert!(outcomes[first_refused..].iter().all(|(_, o)| matches!(o, HeartbeatOutcome::NotAllowed(_))), "no heartbeat was accepted after the revocation");
+    let first_refused = outcomes.iter().position(|(_, o)| *o == HeartbeatOutcome::Refused(IdentityRefusal::Revoked)).unwrap_or(outcomes.len());
+    assert!(
+        outcomes[first_refused..].iter().all(|(_, o)| *o == HeartbeatOutcome::Refused(IdentityRefusal::Revoked)),
+        "no heartbeat was accepted after the revocation"
+    );
     let identity = store.get_identity(TENANT_A, agent_id).await.expect("read").expect("identity");
     let last_accepted = outcomes[..first_refused].last().map(|(s, _)| *s);
     assert_eq!(identity.last_sequence, last_accepted, "the stored sequence is the last accepted one");
@@ -130,11 +147,12 @@ async fn duplicates_inside_one_batch_emit_a_single_event(backend: Backend) {
     let h = Harness::start(backend).await;
     let agent = Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid");
     let store = h.store.clone();
+    let (identity, now) = (stored_identity(&store, agent).await, h.clock_now());
     let before = telemetry_events(&store, TENANT_A).await;
     let tasks: Vec<_> = (0..6)
         .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.commit_heartbeat(&commit(TENANT_A, agent, 1)).await.expect("commit") })
+            let (store, identity) = (store.clone(), identity.clone());
+            tokio::spawn(async move { store.commit_heartbeat(&commit(&identity, now, 1)).await.expect("commit") })
         })
         .collect();
     let mut accepted = 0;
