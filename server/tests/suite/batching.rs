@@ -168,7 +168,72 @@ async fn duplicates_inside_one_batch_emit_a_single_event(backend: Backend) {
     assert_eq!(telemetry_events(&store, TENANT_A).await, before + 1, "one event for one sequence");
 }
 
+async fn one_failing_heartbeat_does_not_fail_the_rest_of_its_batch(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let store = h.store.clone();
+    let now = h.clock_now();
+    let mut commits = Vec::new();
+    for _ in 0..6 {
+        let agent = Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid");
+        commits.push(commit(&stored_identity(&store, agent).await, now, 1));
+    }
+    // Two heartbeats carry the same event id: whichever is written second
+    // violates the outbox's primary key.
+    let clash = commits[0].telemetry_event.event_id.clone();
+    commits[3].telemetry_event.event_id = clash;
+    let before = telemetry_events(&store, TENANT_A).await;
+    let tasks: Vec<_> = commits
+        .into_iter()
+        .map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit_heartbeat(&c).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.expect("task"));
+    }
+    let accepted = outcomes.iter().filter(|o| matches!(o, Ok(HeartbeatOutcome::Accepted))).count();
+    let failed = outcomes.iter().filter(|o| o.is_err()).count();
+    assert_eq!((accepted, failed), (5, 1), "only the clashing heartbeat fails: {outcomes:?}");
+    assert_eq!(telemetry_events(&store, TENANT_A).await, before + 5, "every acknowledged heartbeat is stored");
+}
+
+async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let store = h.store.clone();
+    let now = h.clock_now();
+    let mut commits = Vec::new();
+    for tenant in [TENANT_A, TENANT_B, TENANT_A, TENANT_B, TENANT_B] {
+        let agent = Uuid::parse_str(&h.enroll(tenant).await.0).expect("uuid");
+        let identity = store.get_identity(tenant, agent).await.expect("read").expect("identity");
+        commits.push(commit(&identity, now, 1));
+    }
+    let before = (telemetry_events(&store, TENANT_A).await, telemetry_events(&store, TENANT_B).await);
+    let tasks: Vec<_> = commits
+        .iter()
+        .cloned()
+        .map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit_heartbeat(&c).await.expect("commit") })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), HeartbeatOutcome::Accepted);
+    }
+    assert_eq!(telemetry_events(&store, TENANT_A).await, before.0 + 2);
+    assert_eq!(telemetry_events(&store, TENANT_B).await, before.1 + 3);
+    for c in &commits {
+        let identity = store.get_identity(&c.tenant_id, c.agent_id).await.expect("read").expect("identity");
+        assert_eq!(identity.last_sequence, Some(1), "each identity is updated in its own tenant");
+        let other = if c.tenant_id == TENANT_A { TENANT_B } else { TENANT_A };
+        assert!(store.get_identity(other, c.agent_id).await.expect("read").is_none());
+    }
+}
+
 crate::both_backends!(
+    a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant,
+    one_failing_heartbeat_does_not_fail_the_rest_of_its_batch,
     acknowledged_heartbeats_survive_a_crash_before_the_next_flush,
     a_revocation_during_a_batch_refuses_every_later_heartbeat,
     duplicates_inside_one_batch_emit_a_single_event,
