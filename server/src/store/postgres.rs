@@ -13,7 +13,9 @@ use uuid::Uuid;
 use super::batch::{HeartbeatBatcher, ShardedBatcher};
 
 /// Parallel heartbeat writers (each holds one pooled connection per batch).
-const HEARTBEAT_SHARDS: usize = 8;
+/// 2, 4 and 8 measured within 7% of each other on two cores; 4 leaves a
+/// larger database server room to commit batches in parallel.
+const HEARTBEAT_SHARDS: usize = 4;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
@@ -301,10 +303,13 @@ async fn apply_heartbeat_batch(pool: &PgPool, commits: &[HeartbeatCommit]) -> St
     let mut outcomes: Vec<Option<HeartbeatOutcome>> = vec![None; commits.len()];
     let mut tx = pool.begin().await.map_err(backend)?;
     for tenant in tenants {
-        // Batched statements take arrays of ids: a generic plan cannot see
-        // how few there are and may scan the whole tenant, so this
-        // transaction plans for the actual parameters.
-        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true), set_config('plan_cache_mode', 'force_custom_plan', true)")
+        // Batched statements take arrays of ids. Planning them for every
+        // execution costs more than running them, and the planner's
+        // generic guess for an array of unknown length may scan the whole
+        // tenant; so this transaction uses one cached generic plan and
+        // rules out sequential scans and hash/merge joins: the plan is
+        // then index lookups for exactly the ids given, at any table size.
+        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true), set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)")
             .bind(tenant)
             .execute(&mut *tx)
             .await
