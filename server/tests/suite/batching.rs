@@ -171,32 +171,27 @@ async fn duplicates_inside_one_batch_emit_a_single_event(backend: Backend) {
 async fn one_failing_heartbeat_does_not_fail_the_rest_of_its_batch(backend: Backend) {
     let h = Harness::start(backend).await;
     let store = h.store.clone();
-    let now = h.clock_now();
-    let mut commits = Vec::new();
-    for _ in 0..6 {
-        let agent = Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid");
-        commits.push(commit(&stored_identity(&store, agent).await, now, 1));
-    }
-    // Two heartbeats carry the same event id: whichever is written second
-    // violates the outbox's primary key.
-    let clash = commits[0].telemetry_event.event_id.clone();
-    commits[3].telemetry_event.event_id = clash;
+    let agent = Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid");
+    let (identity, now) = (stored_identity(&store, agent).await, h.clock_now());
+    let commits: Vec<HeartbeatCommit> = (1..=4).map(|seq| commit(&identity, now, seq)).collect();
+    // Heartbeat 3 reuses heartbeat 1's event id: writing it violates the
+    // outbox's primary key. One agent's heartbeats share a writer, and
+    // `join!` queues them in order, so they travel in one batch.
+    let mut clashing = commits[2].clone();
+    clashing.telemetry_event.event_id = commits[0].telemetry_event.event_id.clone();
     let before = telemetry_events(&store, TENANT_A).await;
-    let tasks: Vec<_> = commits
-        .into_iter()
-        .map(|c| {
-            let store = store.clone();
-            tokio::spawn(async move { store.commit_heartbeat(&c).await })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for t in tasks {
-        outcomes.push(t.await.expect("task"));
-    }
-    let accepted = outcomes.iter().filter(|o| matches!(o, Ok(HeartbeatOutcome::Accepted))).count();
-    let failed = outcomes.iter().filter(|o| o.is_err()).count();
-    assert_eq!((accepted, failed), (5, 1), "only the clashing heartbeat fails: {outcomes:?}");
-    assert_eq!(telemetry_events(&store, TENANT_A).await, before + 5, "every acknowledged heartbeat is stored");
+    let outcomes = tokio::join!(
+        store.commit_heartbeat(&commits[0]),
+        store.commit_heartbeat(&commits[1]),
+        store.commit_heartbeat(&clashing),
+        store.commit_heartbeat(&commits[3]),
+    );
+    assert!(matches!(outcomes.0, Ok(HeartbeatOutcome::Accepted)), "{:?}", outcomes.0);
+    assert!(matches!(outcomes.1, Ok(HeartbeatOutcome::Accepted)), "{:?}", outcomes.1);
+    assert!(outcomes.2.is_err(), "the clashing heartbeat fails: {:?}", outcomes.2);
+    assert!(matches!(outcomes.3, Ok(HeartbeatOutcome::Accepted)), "{:?}", outcomes.3);
+    assert_eq!(telemetry_events(&store, TENANT_A).await, before + 3, "every acknowledged heartbeat is stored");
+    assert_eq!(stored_identity(&store, agent).await.last_sequence, Some(4));
 }
 
 async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backend: Backend) {
@@ -204,7 +199,8 @@ async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backe
     let store = h.store.clone();
     let now = h.clock_now();
     let mut commits = Vec::new();
-    for tenant in [TENANT_A, TENANT_B, TENANT_A, TENANT_B, TENANT_B] {
+    // Twelve agents over the writers' shards: each batch carries both tenants.
+    for tenant in [TENANT_A, TENANT_B].repeat(5).into_iter().chain([TENANT_B, TENANT_B]) {
         let agent = Uuid::parse_str(&h.enroll(tenant).await.0).expect("uuid");
         let identity = store.get_identity(tenant, agent).await.expect("read").expect("identity");
         commits.push(commit(&identity, now, 1));
@@ -221,8 +217,8 @@ async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backe
     for t in tasks {
         assert_eq!(t.await.expect("task"), HeartbeatOutcome::Accepted);
     }
-    assert_eq!(telemetry_events(&store, TENANT_A).await, before.0 + 2);
-    assert_eq!(telemetry_events(&store, TENANT_B).await, before.1 + 3);
+    assert_eq!(telemetry_events(&store, TENANT_A).await, before.0 + 5);
+    assert_eq!(telemetry_events(&store, TENANT_B).await, before.1 + 7);
     for c in &commits {
         let identity = store.get_identity(&c.tenant_id, c.agent_id).await.expect("read").expect("identity");
         assert_eq!(identity.last_sequence, Some(1), "each identity is updated in its own tenant");
