@@ -199,7 +199,7 @@ async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backe
     let store = h.store.clone();
     let now = h.clock_now();
     let mut commits = Vec::new();
-    // Twelve agents over the writers' shards: each batch carries both tenants.
+    // Twelve agents spread over the writers' shards, so batches mix tenants.
     for tenant in [TENANT_A, TENANT_B].repeat(5).into_iter().chain([TENANT_B, TENANT_B]) {
         let agent = Uuid::parse_str(&h.enroll(tenant).await.0).expect("uuid");
         let identity = store.get_identity(tenant, agent).await.expect("read").expect("identity");
