@@ -261,7 +261,7 @@ async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<Heartb
     Ok(HeartbeatOutcome::Accepted)
 }
 
-/// Accepted heartbeats written per statement pair. Keeps each message to
+/// Accepted heartbeats written per statement. Keeps each message to
 /// the server small (about 8 KiB): sqlx 0.9.0 does not set TCP_NODELAY
 /// (transact-rs/sqlx#4335), so a message the kernel splits waits ~40 ms
 /// for the server's delayed ACK; measured as p95 > 100 ms with 32-heartbeat
@@ -291,9 +291,9 @@ struct AgentWrite<'a> {
 /// A batch of heartbeats in one transaction with a few statements per
 /// tenant instead of several per heartbeat: per tenant, the identity rows
 /// are locked and read at once, the rules (`model::admit`) and duplicate
-/// checks run here in queue order, then identities and assets are written
-/// with one statement and events and audit records with another (per
-/// chunk of `WRITE_CHUNK`). Any error rolls the whole batch back; the
+/// checks run here in queue order, then identities, assets, audit records
+/// and events are written with one statement per chunk of `WRITE_CHUNK`.
+/// Any error rolls the whole batch back; the
 /// caller then retries each heartbeat in a transaction of its own, so one
 /// bad heartbeat cannot fail its neighbours.
 async fn apply_heartbeat_batch(pool: &PgPool, commits: &[HeartbeatCommit]) -> StoreResult<Vec<StoreResult<HeartbeatOutcome>>> {
@@ -361,8 +361,8 @@ async fn apply_heartbeat_batch(pool: &PgPool, commits: &[HeartbeatCommit]) -> St
     outcomes.into_iter().map(|o| o.ok_or_else(|| StoreError::Backend("a heartbeat of the batch got no outcome".into()))).map(Ok).collect()
 }
 
-/// Writes accepted heartbeats of one tenant (in queue order) with two
-/// statements: identities and assets, then events and audit records.
+/// Writes accepted heartbeats of one tenant (in queue order) with one
+/// statement: identities, assets, activation audits and events.
 async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) -> StoreResult<()> {
     let mut by_agent: std::collections::BTreeMap<Uuid, AgentWrite<'_>> = std::collections::BTreeMap::new();
     for a in accepted {
@@ -374,11 +374,22 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
         write.first_ever |= a.first_ever;
     }
     let writes: Vec<&AgentWrite<'_>> = by_agent.values().collect();
-    // Identities, then assets: an identity's first heartbeat inserts its
-    // asset (a conflict means the row exists); the rest update it. The
-    // statement returns the assets it created, which are the ones to
-    // announce.
-    let created: Vec<Uuid> = sqlx::query_scalar(
+    // Events in queue order, each discovery just before the telemetry of
+    // the heartbeat that may create the asset; a discovery is kept only if
+    // this statement did create it (the `created` rows).
+    let mut events: Vec<(&OutboxEvent, Option<Uuid>)> = Vec::with_capacity(accepted.len() * 2);
+    for a in accepted {
+        if a.first_ever {
+            events.push((&a.commit.discovered_event, Some(a.asset_id)));
+        }
+        events.push((&a.commit.telemetry_event, None));
+    }
+    let activations: Vec<&AuditRecord> = accepted.iter().filter(|a| a.activates).map(|a| &a.commit.activation_audit).collect();
+    let details: Vec<serde_json::Value> =
+        activations.iter().map(|a| serde_json::to_value(&a.details)).collect::<Result<_, _>>().map_err(|e| StoreError::Backend(e.to_string()))?;
+    // An identity's first heartbeat inserts its asset (a conflict means the
+    // row exists); the others update it.
+    sqlx::query(
         "WITH input AS ( \
            SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::timestamptz[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[]) \
              AS t(agent_id, asset_id, seen_at, seq, hostname, agent_version, os_family, os_version, first_ever)), \
@@ -393,8 +404,17 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
          updated AS ( \
            UPDATE assets s SET hostname = i.hostname, os_family = COALESCE(i.os_family, s.os_family), os_version = COALESCE(i.os_version, s.os_version), \
              last_seen_at = i.seen_at \
-           FROM input i WHERE s.tenant_id = $1 AND s.asset_id = ANY($3) AND s.asset_id = i.asset_id) \
-         SELECT asset_id FROM created",
+           FROM input i WHERE s.tenant_id = $1 AND s.asset_id = ANY($3) AND s.asset_id = i.asset_id), \
+         audits AS ( \
+           INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
+           SELECT * FROM unnest($17::uuid[], $18::text[], $19::timestamptz[], $20::text[], $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], \
+             $26::text[], $27::text[], $28::jsonb[])) \
+         INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) \
+         SELECT event_id, tenant_id, event_type, occurred_at, payload \
+         FROM unnest($11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::jsonb[], $16::uuid[]) \
+           WITH ORDINALITY AS e(event_id, tenant_id, event_type, occurred_at, payload, announces, n) \
+         WHERE e.announces IS NULL OR e.announces IN (SELECT asset_id FROM created) \
+         ORDER BY n",
     )
     .bind(tenant)
     .bind(writes.iter().map(|w| w.last.agent_id).collect::<Vec<_>>())
@@ -406,35 +426,12 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
     .bind(writes.iter().map(|w| w.os_family).collect::<Vec<_>>())
     .bind(writes.iter().map(|w| w.os_version).collect::<Vec<_>>())
     .bind(writes.iter().map(|w| w.first_ever).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(backend)?;
-    // Events in queue order: an asset's discovery just before the
-    // telemetry of the heartbeat that created it.
-    let mut events: Vec<&OutboxEvent> = Vec::with_capacity(accepted.len() + created.len());
-    for a in accepted {
-        if a.first_ever && created.contains(&a.asset_id) {
-            events.push(&a.commit.discovered_event);
-        }
-        events.push(&a.commit.telemetry_event);
-    }
-    let activations: Vec<&AuditRecord> = accepted.iter().filter(|a| a.activates).map(|a| &a.commit.activation_audit).collect();
-    let details: Vec<serde_json::Value> =
-        activations.iter().map(|a| serde_json::to_value(&a.details)).collect::<Result<_, _>>().map_err(|e| StoreError::Backend(e.to_string()))?;
-    sqlx::query(
-        "WITH audits AS ( \
-           INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
-           SELECT * FROM unnest($6::uuid[], $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::jsonb[])) \
-         INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) \
-         SELECT event_id, tenant_id, event_type, occurred_at, payload \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[]) WITH ORDINALITY AS e(event_id, tenant_id, event_type, occurred_at, payload, n) \
-         ORDER BY n",
-    )
-    .bind(events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.tenant_id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| e.event_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| e.tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| e.event_type.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| e.occurred_at).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| &e.payload).collect::<Vec<_>>())
+    .bind(events.iter().map(|(_, announces)| *announces).collect::<Vec<_>>())
     .bind(activations.iter().map(|a| a.audit_id).collect::<Vec<_>>())
     .bind(activations.iter().map(|a| a.tenant_id.as_str()).collect::<Vec<_>>())
     .bind(activations.iter().map(|a| a.occurred_at).collect::<Vec<_>>())

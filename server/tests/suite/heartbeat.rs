@@ -32,6 +32,8 @@ async fn accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second
     let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
     assert_eq!(count("asset.discovered"), 1);
     assert_eq!(count("asset.telemetry.received"), 2, "two distinct sequences, two events");
+    let position = |t: &str| events.iter().position(|e| e["type"] == t);
+    assert!(position("asset.discovered") < position("asset.telemetry.received"), "the asset is announced before its telemetry");
     let (_, v) = h.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!((v["status"].as_str(), v["hostname"].as_str()), (Some("active"), Some("host-1.fixture")));
     assert!(v["last_seen_at"].is_string());
