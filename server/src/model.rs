@@ -218,10 +218,10 @@ pub enum IdentityRefusal {
 }
 
 /// The identity rules every agent request passes, judged on the stored
-/// record: the service applies them before a rotation, and the store
+/// record (which is returned when it admits the caller): the service applies them before a rotation, and the store
 /// applies them inside the heartbeat's write transaction, on the row it
 /// locks, so the answer reflects every change committed before it.
-pub fn admit(identity: Option<&AgentIdentityRecord>, binding: &AgentBinding, now: DateTime<Utc>) -> Result<(), IdentityRefusal> {
+pub fn admit<'a>(identity: Option<&'a AgentIdentityRecord>, binding: &AgentBinding, now: DateTime<Utc>) -> Result<&'a AgentIdentityRecord, IdentityRefusal> {
     let identity = identity.ok_or(IdentityRefusal::Unknown)?;
     if identity.collector_id != binding.collector_id || identity.asset_id != binding.asset_id {
         return Err(IdentityRefusal::CollectorMismatch);
@@ -235,7 +235,7 @@ pub fn admit(identity: Option<&AgentIdentityRecord>, binding: &AgentBinding, now
     let in_grace = binding
         .rotation_grace
         .is_some_and(|grace| identity.previous_certificate_id == Some(binding.certificate_id) && identity.rotated_at.is_some_and(|at| now < at + grace));
-    if current || in_grace { Ok(()) } else { Err(IdentityRefusal::Superseded) }
+    if current || in_grace { Ok(identity) } else { Err(IdentityRefusal::Superseded) }
 }
 
 /// What an accepted heartbeat writes; the store decides which events apply.
@@ -337,7 +337,7 @@ mod tests {
     fn a_matching_current_identity_is_admitted() {
         let now = Utc::now();
         let i = identity(now);
-        assert_eq!(admit(Some(&i), &binding(&i, None), now), Ok(()));
+        assert_eq!(admit(Some(&i), &binding(&i, None), now), Ok(&i));
     }
 
     #[test]
@@ -372,7 +372,7 @@ mod tests {
         let mut i = identity(now);
         let b = binding(&i, None);
         i.last_seen_at = Some(now - b.stale_after + Duration::microseconds(1));
-        assert_eq!(admit(Some(&i), &b, now), Ok(()));
+        assert_eq!(admit(Some(&i), &b, now), Ok(&i));
         i.last_seen_at = Some(now - b.stale_after);
         assert_eq!(admit(Some(&i), &b, now), Err(IdentityRefusal::Stale { marked: false }));
         // Never seen: silence counts from enrollment.
@@ -389,7 +389,7 @@ mod tests {
         i.previous_certificate_id = Some(i.certificate_id);
         i.certificate_id = Uuid::new_v4();
         i.rotated_at = Some(now - Duration::minutes(5) + Duration::seconds(1));
-        assert_eq!(admit(Some(&i), &old, now), Ok(()));
+        assert_eq!(admit(Some(&i), &old, now), Ok(&i));
         assert_eq!(admit(Some(&i), &AgentBinding { rotation_grace: None, ..old.clone() }, now), Err(IdentityRefusal::Superseded));
         i.rotated_at = Some(now - Duration::minutes(5));
         assert_eq!(admit(Some(&i), &old, now), Err(IdentityRefusal::Superseded));

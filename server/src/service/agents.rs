@@ -61,7 +61,7 @@ impl Platform {
             let fail = |r: Rejection| (r, Some(claims.tid.clone()), Some(claims.aid.to_string()));
             let identity = self.store.get_identity(&claims.tid, claims.aid).await.map_err(|e| fail(e.into()))?;
             match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
-                Ok(()) => Ok(AgentCaller { identity: identity.ok_or_else(|| fail(Rejection::IdentityUnknown))?, claims }),
+                Ok(identity) => Ok(AgentCaller { identity: identity.clone(), claims }),
                 Err(refusal) => Err(fail(self.refusal(refusal, &claims, meta).await)),
             }
         }

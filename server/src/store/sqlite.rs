@@ -282,11 +282,11 @@ fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
 /// identity rules are judged here on the row as this transaction sees it,
 /// so a revocation or rotation committed before this batch is seen.
 fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-    let identity = select_identity(tx, &c.tenant_id, c.agent_id)?;
-    if let Err(refusal) = admit(identity.as_ref(), &c.binding, c.now) {
-        return Ok(HeartbeatOutcome::Refused(refusal));
-    }
-    let Some(identity) = identity else { return Ok(HeartbeatOutcome::Refused(IdentityRefusal::Unknown)) };
+    let stored = select_identity(tx, &c.tenant_id, c.agent_id)?;
+    let identity = match admit(stored.as_ref(), &c.binding, c.now) {
+        Ok(identity) => identity,
+        Err(refusal) => return Ok(HeartbeatOutcome::Refused(refusal)),
+    };
     if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
         return Ok(HeartbeatOutcome::Duplicate);
     }
