@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use oneprotect_server::model::{AgentBinding, AuditRecord, HeartbeatCommit, OutboxEvent};
+use oneprotect_server::model::{AgentBinding, AuditRecord, FirstContact, HeartbeatCommit, OutboxEvent};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -212,8 +212,88 @@ pub async fn heartbeats(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, concu
     .await
 }
 
+/// A CloudEvent as the platform writes it for `agent`'s heartbeat, so the
+/// naive baseline stores the same bytes as the real path.
+fn bench_event<D: oneprotect_contracts::events::EventData>(agent: &Agent, now: chrono::DateTime<chrono::Utc>, data: D) -> OutboxEvent {
+    let id = uuid::Uuid::now_v7().to_string();
+    let envelope =
+        oneprotect_contracts::events::Envelope::new(id.clone(), "/oneprotect/platform", now, agent.binding[1].to_string(), agent.tenant.clone(), data);
+    OutboxEvent {
+        event_id: id,
+        tenant_id: agent.tenant.clone(),
+        event_type: D::EVENT_TYPE.to_owned(),
+        occurred_at: now,
+        payload: serde_json::to_string(&envelope).unwrap_or_default(),
+    }
+}
+
+/// The store write of one heartbeat, with the records of a first contact
+/// (which the store writes only if the identity has never been heard from).
+fn direct_commit(agent: &Agent, i: usize, sequence: i64) -> Result<HeartbeatCommit, String> {
+    use oneprotect_contracts::events::{AssetDiscoveredData, AssetTelemetryReceivedData};
+    let now = chrono::Utc::now();
+    let hostname = format!("bench-{i}.loopback");
+    let telemetry = AssetTelemetryReceivedData {
+        agent_id: agent.uuid,
+        asset_id: agent.binding[1],
+        sequence: sequence as u64,
+        received_at: now,
+        hostname: Some(hostname.as_str().try_into().map_err(|_| "hostname")?),
+        uptime_seconds: None,
+        cpu_count: Some(2),
+        cpu_usage_percent: Some(12.5),
+        memory_total_bytes: Some(8_000_000_000),
+        memory_used_bytes: Some(2_000_000_000),
+        process_count: Some(120),
+    };
+    let discovered = AssetDiscoveredData {
+        agent_id: agent.uuid,
+        asset_id: agent.binding[1],
+        collector_id: agent.binding[0],
+        discovered_at: now,
+        hostname: hostname.as_str().try_into().map_err(|_| "hostname")?,
+        os_family: None,
+        os_version: None,
+    };
+    Ok(HeartbeatCommit {
+        tenant_id: agent.tenant.clone(),
+        agent_id: agent.uuid,
+        binding: AgentBinding {
+            collector_id: agent.binding[0],
+            asset_id: agent.binding[1],
+            certificate_id: agent.binding[2],
+            stale_after: chrono::Duration::days(7),
+            rotation_grace: None,
+        },
+        now,
+        sequence,
+        hostname,
+        agent_version: "bench".into(),
+        os_family: None,
+        os_version: None,
+        telemetry_event: bench_event(agent, now, telemetry),
+        first_contact: Some(FirstContact {
+            discovered_event: bench_event(agent, now, discovered),
+            activation_audit: AuditRecord {
+                audit_id: uuid::Uuid::now_v7(),
+                tenant_id: agent.tenant.clone(),
+                occurred_at: now,
+                actor_type: "agent".into(),
+                actor_id: agent.id.clone(),
+                action: "agent.activate".into(),
+                target_type: "agent".into(),
+                target_id: None,
+                outcome: "success".into(),
+                reason_code: None,
+                request_id: "bench".into(),
+                details: Default::default(),
+            },
+        }),
+    })
+}
+
 /// The naive database rate: the store's heartbeat write, called directly,
-/// one transaction per heartbeat, no HTTP and no rules.
+/// one transaction per heartbeat, no HTTP and no token check.
 pub async fn store_direct(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, concurrency: usize, duration: Duration) -> Result<Measure, String> {
     let store = platform.ctx.local.store.clone().ok_or("no store")?;
     let n = agents.len().max(1);
@@ -222,48 +302,7 @@ pub async fn store_direct(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, con
         async move {
             let agent = &agents[i % n];
             let seq = agent.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-            let now = chrono::Utc::now();
-            let event = |t: &str| OutboxEvent {
-                event_id: uuid::Uuid::new_v4().to_string(),
-                tenant_id: agent.tenant.clone(),
-                event_type: t.into(),
-                occurred_at: now,
-                payload: json!({"bench": true}),
-            };
-            let commit = HeartbeatCommit {
-                tenant_id: agent.tenant.clone(),
-                agent_id: agent.uuid,
-                binding: AgentBinding {
-                    collector_id: agent.binding[0],
-                    asset_id: agent.binding[1],
-                    certificate_id: agent.binding[2],
-                    stale_after: chrono::Duration::days(7),
-                    rotation_grace: None,
-                },
-                now,
-                sequence: seq as i64,
-                hostname: format!("bench-{}.loopback", i % n),
-                agent_version: "bench".into(),
-                os_family: None,
-                os_version: None,
-                discovered_event: event("asset.discovered"),
-                telemetry_event: event("asset.telemetry.received"),
-                activation_audit: AuditRecord {
-                    audit_id: uuid::Uuid::new_v4(),
-                    tenant_id: agent.tenant.clone(),
-                    occurred_at: now,
-                    actor_type: "agent".into(),
-                    actor_id: agent.id.clone(),
-                    action: "agent.activate".into(),
-                    target_type: "agent".into(),
-                    target_id: None,
-                    outcome: "success".into(),
-                    reason_code: None,
-                    request_id: "bench".into(),
-                    details: Default::default(),
-                },
-            };
-            match store.commit_heartbeat_unbatched(&commit).await {
+            match store.commit_heartbeat_unbatched(direct_commit(agent, i % n, seq as i64)?).await {
                 Ok(oneprotect_server::model::HeartbeatOutcome::Accepted) => Ok(()),
                 Ok(other) => Err(format!("{other:?}")),
                 Err(e) => Err(e.to_string()),

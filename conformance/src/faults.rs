@@ -150,10 +150,10 @@ impl Store for FaultyStore {
     async fn mark_identity_stale(&self, tenant: &str, agent_id: Uuid, a: &AuditRecord) -> StoreResult<()> {
         self.inner.mark_identity_stale(tenant, agent_id, a).await
     }
-    async fn commit_heartbeat(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+    async fn commit_heartbeat(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         self.inner.commit_heartbeat(c).await
     }
-    async fn commit_heartbeat_unbatched(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+    async fn commit_heartbeat_unbatched(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         self.inner.commit_heartbeat_unbatched(c).await
     }
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {

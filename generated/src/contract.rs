@@ -284,6 +284,9 @@ pub fn validate_schema(schema: &str, instance: &serde_json::Value) -> Result<(),
     let Some(validator) = VALIDATORS.get(schema) else {
         return Err(vec![SchemaViolation { pointer: String::new(), message: format!("unknown schema `{schema}`") }]);
     };
+    if validator.is_valid(instance) {
+        return Ok(());
+    }
     let violations: Vec<SchemaViolation> =
         validator.iter_errors(instance).map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() }).collect();
     if violations.is_empty() { Ok(()) } else { Err(violations) }

@@ -1310,6 +1310,9 @@ static VALIDATORS: LazyLock<BTreeMap<&'static str, jsonschema::Validator>> = Laz
 pub fn validate(event: &serde_json::Value) -> Result<(), EventValidationError> {
     let event_type = event.get("type").and_then(|t| t.as_str()).ok_or(EventValidationError::MissingType)?;
     let validator = VALIDATORS.get(event_type).ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
+    if validator.is_valid(event) {
+        return Ok(());
+    }
     let violations: Vec<SchemaViolation> =
         validator.iter_errors(event).map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() }).collect();
     if violations.is_empty() { Ok(()) } else { Err(EventValidationError::Invalid(violations)) }

@@ -380,7 +380,7 @@ impl Api for HttpApi {
             let items = page
                 .items
                 .into_iter()
-                .map(|e| serde_json::from_value::<types::CloudEvent>(e.payload).map_err(|_| Rejection::Internal))
+                .map(|e| serde_json::from_str::<types::CloudEvent>(&e.payload).map_err(|_| Rejection::Internal))
                 .collect::<Result<_, _>>()?;
             Ok(ListEventsResponse::Ok(types::DomainEventList { items, next_cursor: cursor(page.next_after) }))
         })

@@ -158,8 +158,16 @@ pub struct OutboxEvent {
     pub tenant_id: String,
     pub event_type: String,
     pub occurred_at: DateTime<Utc>,
-    /// The whole CloudEvent (envelope and data).
-    pub payload: serde_json::Value,
+    /// The whole CloudEvent (envelope and data) as JSON text, serialized
+    /// once when the event is built and validated, and stored as it is.
+    pub payload: String,
+}
+
+impl OutboxEvent {
+    /// The CloudEvent as a JSON value.
+    pub fn payload_value(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::from_str(&self.payload)
+    }
 }
 
 /// A page of results and the cursor (a sequence number) of the next page.
@@ -251,10 +259,19 @@ pub struct HeartbeatCommit {
     pub agent_version: String,
     pub os_family: Option<String>,
     pub os_version: Option<String>,
-    /// Emitted when the asset is seen for the first time.
-    pub discovered_event: OutboxEvent,
     /// Emitted for every non-duplicate heartbeat.
     pub telemetry_event: OutboxEvent,
+    /// What an identity's first heartbeat writes besides; built only when
+    /// the store has answered `FirstContactRequired`, because every later
+    /// heartbeat (nearly all of them) would throw it away.
+    pub first_contact: Option<FirstContact>,
+}
+
+/// The records of an identity's first heartbeat.
+#[derive(Debug, Clone)]
+pub struct FirstContact {
+    /// Emitted when the heartbeat creates the asset row.
+    pub discovered_event: OutboxEvent,
     /// Written when the identity turns from enrolled to active.
     pub activation_audit: AuditRecord,
 }
@@ -265,6 +282,48 @@ pub enum HeartbeatOutcome {
     Duplicate,
     /// The stored identity refuses this heartbeat; nothing was written.
     Refused(IdentityRefusal),
+    /// The identity has not been heard from (or not activated) yet and the
+    /// commit carries no `first_contact`; nothing was written. The caller
+    /// builds the records and commits again.
+    FirstContactRequired,
+}
+
+/// What an admitted, new heartbeat writes beyond refreshing its identity
+/// and emitting its telemetry event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeartbeatEffects<'c> {
+    /// The identity's asset (the stored one, which the token's binding matched).
+    pub asset_id: Uuid,
+    /// The identity's first heartbeat ever: its asset row may not exist yet.
+    pub first_ever: bool,
+    /// To write: the identity turns from enrolled to active.
+    pub activation_audit: Option<&'c AuditRecord>,
+    /// To emit if this heartbeat creates the asset row; present whenever
+    /// the commit carries its first-contact records.
+    pub discovered_event: Option<&'c OutboxEvent>,
+}
+
+/// The rules a heartbeat passes inside its write transaction, on the
+/// identity as that transaction sees it: `admit`, then a sequence greater
+/// than the last accepted one (otherwise a duplicate, acknowledged without
+/// effect), then the first-contact records when the identity needs them.
+pub fn judge_heartbeat<'c>(stored: Option<&AgentIdentityRecord>, commit: &'c HeartbeatCommit) -> Result<HeartbeatEffects<'c>, HeartbeatOutcome> {
+    let identity = admit(stored, &commit.binding, commit.now).map_err(HeartbeatOutcome::Refused)?;
+    if identity.last_sequence.is_some_and(|last| commit.sequence <= last) {
+        return Err(HeartbeatOutcome::Duplicate);
+    }
+    let activates = identity.status == AgentStatus::Enrolled;
+    let first_ever = identity.last_sequence.is_none();
+    let first_contact = commit.first_contact.as_ref();
+    if (activates || first_ever) && first_contact.is_none() {
+        return Err(HeartbeatOutcome::FirstContactRequired);
+    }
+    Ok(HeartbeatEffects {
+        asset_id: identity.asset_id,
+        first_ever,
+        activation_audit: first_contact.filter(|_| activates).map(|f| &f.activation_audit),
+        discovered_event: first_contact.map(|f| &f.discovered_event),
+    })
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use oneprotect_contracts::events;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::{PageRequest, Platform, RequestMeta, data};
+use super::{PageRequest, Platform, RequestMeta, bounded, data};
 use crate::admin_auth::AdminPrincipal;
 use crate::csr::verify_csr_pem;
 use crate::error::{Rejection, RuntimeTokenFailure};
@@ -155,9 +155,12 @@ impl Platform {
 
     /// Accepts telemetry from an authenticated agent. Identity comes from
     /// the stored record, never from the body. The token is checked here;
-    /// the identity rules (`model::admit`) are applied by the store inside
-    /// the write transaction, on the locked row, so no separate read
-    /// precedes the write and a revocation committed before it is seen.
+    /// the identity rules (`model::judge_heartbeat`) are applied by the
+    /// store inside the write transaction, on the locked row, so no
+    /// separate read precedes the write and a revocation committed before
+    /// it is seen. An identity's first heartbeat takes a second commit: the
+    /// store asks for the first-contact records (asset discovery,
+    /// activation audit) instead of every heartbeat building them.
     pub async fn heartbeat(&self, bearer: &str, path_agent_id: Uuid, input: HeartbeatInput, meta: &RequestMeta) -> Result<HeartbeatResult, Rejection> {
         const ACTION: &str = "agent.heartbeat";
         let claims = match self.verify_agent_token(bearer, path_agent_id) {
@@ -167,58 +170,81 @@ impl Platform {
                 return Err(rejection);
             }
         };
-        let tenant = &claims.tid;
         let now = self.clock.now();
         let sequence = i64::try_from(input.sequence).map_err(|_| Rejection::RequestInvalid("sequence is too large".into()))?;
-        let discovered: events::AssetDiscoveredData = data(serde_json::json!({
-            "asset_id": claims.asid,
-            "agent_id": claims.aid,
-            "collector_id": claims.cid,
-            "hostname": input.hostname,
-            "os_family": input.os_family,
-            "os_version": input.os_version,
-            "discovered_at": now,
-        }))?;
-        let telemetry: events::AssetTelemetryReceivedData = data(serde_json::json!({
-            "asset_id": claims.asid,
-            "agent_id": claims.aid,
-            "sequence": input.sequence,
-            "received_at": now,
-            "hostname": input.hostname,
-            "uptime_seconds": input.uptime_seconds,
-            "cpu_count": input.cpu_count,
-            "cpu_usage_percent": input.cpu_usage_percent,
-            "memory_total_bytes": input.memory_total_bytes,
-            "memory_used_bytes": input.memory_used_bytes,
-            "process_count": input.process_count,
-        }))?;
-        let subject = claims.asid.to_string();
-        let actor = claims.aid.to_string();
-        let commit = HeartbeatCommit {
-            tenant_id: tenant.clone(),
-            agent_id: claims.aid,
-            binding: self.binding(&claims, ACTION),
-            now,
-            sequence,
-            hostname: input.hostname,
-            agent_version: input.agent_version,
-            os_family: input.os_family,
-            os_version: input.os_version,
-            discovered_event: self.event(tenant, &subject, discovered)?,
-            telemetry_event: self.event(tenant, &subject, telemetry)?,
-            activation_audit: self.audit(tenant, ("agent", &actor), "agent.activate", ("agent", Some(actor.clone())), None, meta, BTreeMap::new()),
+        let mut first_contact = None;
+        let outcome = loop {
+            let supplied = first_contact.is_some();
+            let commit = HeartbeatCommit {
+                tenant_id: claims.tid.clone(),
+                agent_id: claims.aid,
+                binding: self.binding(&claims, ACTION),
+                now,
+                sequence,
+                hostname: input.hostname.clone(),
+                agent_version: input.agent_version.clone(),
+                os_family: input.os_family.clone(),
+                os_version: input.os_version.clone(),
+                telemetry_event: self.telemetry_event(&claims, &input, now)?,
+                first_contact: first_contact.take(),
+            };
+            match self.store.commit_heartbeat(commit).await? {
+                HeartbeatOutcome::FirstContactRequired if !supplied => first_contact = Some(self.first_contact(&claims, &input, now, meta)?),
+                HeartbeatOutcome::FirstContactRequired => {
+                    tracing::error!("the store asked again for first-contact records it was given");
+                    return Err(Rejection::Internal);
+                }
+                outcome => break outcome,
+            }
         };
-        let duplicate = match self.store.commit_heartbeat(&commit).await? {
+        let duplicate = match outcome {
             HeartbeatOutcome::Accepted => false,
             HeartbeatOutcome::Duplicate => true,
             HeartbeatOutcome::Refused(refusal) => {
                 let rejection = self.refusal(refusal, &claims, meta).await;
-                self.audit_agent_failure(&rejection, Some(tenant), Some(&actor), path_agent_id, ACTION, meta).await;
+                self.audit_agent_failure(&rejection, Some(&claims.tid), Some(&claims.aid.to_string()), path_agent_id, ACTION, meta).await;
                 return Err(rejection);
             }
+            HeartbeatOutcome::FirstContactRequired => return Err(Rejection::Internal),
         };
         self.metrics.inc("oneprotect_heartbeats_total", "outcome", if duplicate { "duplicate" } else { "accepted" });
         Ok(HeartbeatResult { agent_id: claims.aid, status: AgentStatus::Active, accepted_at: now, duplicate })
+    }
+
+    /// The `asset.telemetry.received` event of one heartbeat.
+    fn telemetry_event(&self, claims: &RuntimeClaims, input: &HeartbeatInput, now: DateTime<Utc>) -> Result<OutboxEvent, Rejection> {
+        let data = events::AssetTelemetryReceivedData {
+            agent_id: claims.aid,
+            asset_id: claims.asid,
+            sequence: input.sequence,
+            received_at: now,
+            hostname: Some(bounded(&input.hostname)?),
+            uptime_seconds: input.uptime_seconds,
+            cpu_count: input.cpu_count,
+            cpu_usage_percent: input.cpu_usage_percent,
+            memory_total_bytes: input.memory_total_bytes,
+            memory_used_bytes: input.memory_used_bytes,
+            process_count: input.process_count,
+        };
+        self.event(&claims.tid, &claims.asid.to_string(), data)
+    }
+
+    /// What an identity's first heartbeat writes besides its telemetry.
+    fn first_contact(&self, claims: &RuntimeClaims, input: &HeartbeatInput, now: DateTime<Utc>, meta: &RequestMeta) -> Result<FirstContact, Rejection> {
+        let data = events::AssetDiscoveredData {
+            asset_id: claims.asid,
+            agent_id: claims.aid,
+            collector_id: claims.cid,
+            hostname: bounded(&input.hostname)?,
+            os_family: input.os_family.as_deref().map(bounded).transpose()?,
+            os_version: input.os_version.as_deref().map(bounded).transpose()?,
+            discovered_at: now,
+        };
+        let actor = claims.aid.to_string();
+        Ok(FirstContact {
+            discovered_event: self.event(&claims.tid, &claims.asid.to_string(), data)?,
+            activation_audit: self.audit(&claims.tid, ("agent", &actor), "agent.activate", ("agent", Some(actor.clone())), None, meta, BTreeMap::new()),
+        })
     }
 
     /// New CSR in; new certificate record and runtime token out. Tokens

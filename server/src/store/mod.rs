@@ -62,12 +62,14 @@ pub trait Store: Send + Sync + 'static {
         event: &OutboxEvent,
     ) -> StoreResult<RevokeOutcome<AgentIdentityRecord>>;
     async fn mark_identity_stale(&self, tenant_id: &str, agent_id: Uuid, audit: &AuditRecord) -> StoreResult<()>;
+    /// Judges the heartbeat (`model::judge_heartbeat`) on the identity as
+    /// the write transaction sees it and writes what it decides.
     /// Group-committed: answered only after the batch holding this heartbeat
     /// committed (see `batch`).
-    async fn commit_heartbeat(&self, commit: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
+    async fn commit_heartbeat(&self, commit: HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
     /// The same write in a transaction of its own, no batching: the naive
     /// rate that benchmarks compare group commit against.
-    async fn commit_heartbeat_unbatched(&self, commit: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
+    async fn commit_heartbeat_unbatched(&self, commit: HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
     async fn commit_rotation(&self, commit: &RotationCommit) -> StoreResult<RotationOutcome>;
     async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>>;
 

@@ -135,7 +135,7 @@ async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()> {
 }
 
 async fn insert_event(tx: &mut Tx, e: &OutboxEvent) -> StoreResult<()> {
-    sqlx::query("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb)")
         .bind(&e.event_id)
         .bind(&e.tenant_id)
         .bind(&e.event_type)
@@ -203,17 +203,14 @@ async fn apply_heartbeat_alone(pool: &PgPool, c: &HeartbeatCommit) -> StoreResul
 }
 
 /// One heartbeat inside an open transaction whose tenant is set. The
-/// identity row is locked and the identity rules judged on it here, so a
-/// committed revocation or rotation is seen.
+/// identity row is locked and the rules judged on it here, so a committed
+/// revocation or rotation is seen.
 async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
     let stored = select_identity(tx, &c.tenant_id, c.agent_id, true).await?;
-    let identity = match admit(stored.as_ref(), &c.binding, c.now) {
-        Ok(identity) => identity,
-        Err(refusal) => return Ok(HeartbeatOutcome::Refused(refusal)),
+    let effects = match judge_heartbeat(stored.as_ref(), c) {
+        Ok(effects) => effects,
+        Err(outcome) => return Ok(outcome),
     };
-    if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
-        return Ok(HeartbeatOutcome::Duplicate);
-    }
     sqlx::query(
             "UPDATE agent_identities SET status = 'active', last_seen_at = $3, last_sequence = $4, hostname = $5, agent_version = $6, os_family = COALESCE($7, os_family) \
              WHERE tenant_id = $1 AND agent_id = $2",
@@ -228,38 +225,46 @@ async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<Heartb
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
-    if identity.status == AgentStatus::Enrolled {
-        insert_audit(tx, &c.activation_audit).await?;
+    if let Some(audit) = effects.activation_audit {
+        insert_audit(tx, audit).await?;
     }
-    let discovered = sqlx::query(
-            "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-             ON CONFLICT (asset_id) DO NOTHING",
-        )
-        .bind(identity.asset_id)
-        .bind(&c.tenant_id)
-        .bind(c.agent_id)
-        .bind(&c.hostname)
-        .bind(&c.os_family)
-        .bind(&c.os_version)
-        .bind(c.now)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-    if discovered {
-        insert_event(tx, &c.discovered_event).await?;
-    } else {
-        sqlx::query("UPDATE assets SET hostname = $3, os_family = COALESCE($4, os_family), os_version = COALESCE($5, os_version), last_seen_at = $6 WHERE tenant_id = $1 AND asset_id = $2")
-                .bind(&c.tenant_id)
-                .bind(identity.asset_id)
-                .bind(&c.hostname)
-                .bind(&c.os_family)
-                .bind(&c.os_version)
-                .bind(c.now)
-                .execute(&mut **tx)
-                .await
-                .map_err(backend)?;
+    let created = match effects.discovered_event {
+        Some(_) => {
+            sqlx::query(
+                "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+                 ON CONFLICT (asset_id) DO NOTHING",
+            )
+            .bind(effects.asset_id)
+            .bind(&c.tenant_id)
+            .bind(c.agent_id)
+            .bind(&c.hostname)
+            .bind(&c.os_family)
+            .bind(&c.os_version)
+            .bind(c.now)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?
+            .rows_affected()
+                == 1
+        }
+        None => false,
+    };
+    match effects.discovered_event {
+        Some(discovered) if created => insert_event(tx, discovered).await?,
+        _ => {
+            sqlx::query(
+                "UPDATE assets SET hostname = $3, os_family = COALESCE($4, os_family), os_version = COALESCE($5, os_version), last_seen_at = $6 WHERE tenant_id = $1 AND asset_id = $2",
+            )
+            .bind(&c.tenant_id)
+            .bind(effects.asset_id)
+            .bind(&c.hostname)
+            .bind(&c.os_family)
+            .bind(&c.os_version)
+            .bind(c.now)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        }
     }
     insert_event(tx, &c.telemetry_event).await?;
     Ok(HeartbeatOutcome::Accepted)
@@ -275,11 +280,7 @@ const WRITE_CHUNK: usize = 8;
 /// An accepted heartbeat of a batch and what it changes beyond itself.
 struct Accepted<'a> {
     commit: &'a HeartbeatCommit,
-    asset_id: Uuid,
-    /// The identity's first heartbeat ever: its asset may be new.
-    first_ever: bool,
-    /// The identity's first heartbeat since enrollment: it becomes active.
-    activates: bool,
+    effects: HeartbeatEffects<'a>,
 }
 
 /// One agent's accepted heartbeats within a chunk, folded in order into
@@ -339,25 +340,18 @@ async fn apply_heartbeat_batch(pool: &PgPool, commits: &[HeartbeatCommit]) -> St
             // Judged against the identity as the batch's earlier heartbeats
             // of the same agent leave it (updated below).
             let stored = identities.get_mut(&c.agent_id);
-            if let Err(refusal) = admit(stored.as_deref(), &c.binding, c.now) {
-                outcomes[i] = Some(HeartbeatOutcome::Refused(refusal));
-                continue;
+            match judge_heartbeat(stored.as_deref(), c) {
+                Err(outcome) => outcomes[i] = Some(outcome),
+                Ok(effects) => {
+                    accepted.push(Accepted { commit: c, effects });
+                    if let Some(identity) = stored {
+                        identity.status = AgentStatus::Active;
+                        identity.last_sequence = Some(c.sequence);
+                        identity.last_seen_at = Some(c.now);
+                    }
+                    outcomes[i] = Some(HeartbeatOutcome::Accepted);
+                }
             }
-            let Some(identity) = stored else { continue };
-            if identity.last_sequence.is_some_and(|last| c.sequence <= last) {
-                outcomes[i] = Some(HeartbeatOutcome::Duplicate);
-                continue;
-            }
-            accepted.push(Accepted {
-                commit: c,
-                asset_id: identity.asset_id,
-                first_ever: identity.last_sequence.is_none(),
-                activates: identity.status == AgentStatus::Enrolled,
-            });
-            identity.status = AgentStatus::Active;
-            identity.last_sequence = Some(c.sequence);
-            identity.last_seen_at = Some(c.now);
-            outcomes[i] = Some(HeartbeatOutcome::Accepted);
         }
         for chunk in accepted.chunks(WRITE_CHUNK) {
             write_heartbeats(&mut tx, tenant, chunk).await?;
@@ -373,11 +367,12 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
     let mut by_agent: std::collections::BTreeMap<Uuid, AgentWrite<'_>> = std::collections::BTreeMap::new();
     for a in accepted {
         let c = a.commit;
-        let write = by_agent.entry(c.agent_id).or_insert(AgentWrite { asset_id: a.asset_id, last: c, os_family: None, os_version: None, first_ever: false });
+        let write =
+            by_agent.entry(c.agent_id).or_insert(AgentWrite { asset_id: a.effects.asset_id, last: c, os_family: None, os_version: None, first_ever: false });
         write.last = c;
         write.os_family = c.os_family.as_deref().or(write.os_family);
         write.os_version = c.os_version.as_deref().or(write.os_version);
-        write.first_ever |= a.first_ever;
+        write.first_ever |= a.effects.first_ever;
     }
     let writes: Vec<&AgentWrite<'_>> = by_agent.values().collect();
     // Events in queue order, each discovery just before the telemetry of
@@ -385,12 +380,12 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
     // this statement did create it (the `created` rows).
     let mut events: Vec<(&OutboxEvent, Option<Uuid>)> = Vec::with_capacity(accepted.len() * 2);
     for a in accepted {
-        if a.first_ever {
-            events.push((&a.commit.discovered_event, Some(a.asset_id)));
+        if let Some(discovered) = a.effects.discovered_event.filter(|_| a.effects.first_ever) {
+            events.push((discovered, Some(a.effects.asset_id)));
         }
         events.push((&a.commit.telemetry_event, None));
     }
-    let activations: Vec<&AuditRecord> = accepted.iter().filter(|a| a.activates).map(|a| &a.commit.activation_audit).collect();
+    let activations: Vec<&AuditRecord> = accepted.iter().filter_map(|a| a.effects.activation_audit).collect();
     let details: Vec<serde_json::Value> =
         activations.iter().map(|a| serde_json::to_value(&a.details)).collect::<Result<_, _>>().map_err(|e| StoreError::Backend(e.to_string()))?;
     // An identity's first heartbeat inserts its asset (a conflict means the
@@ -417,7 +412,7 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
              $26::text[], $27::text[], $28::jsonb[])) \
          INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) \
          SELECT event_id, tenant_id, event_type, occurred_at, payload \
-         FROM unnest($11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::jsonb[], $16::uuid[]) \
+         FROM unnest($11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::text[]::jsonb[], $16::uuid[]) \
            WITH ORDINALITY AS e(event_id, tenant_id, event_type, occurred_at, payload, announces, n) \
          WHERE e.announces IS NULL OR e.announces IN (SELECT asset_id FROM created) \
          ORDER BY n",
@@ -436,7 +431,7 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
     .bind(events.iter().map(|(e, _)| e.tenant_id.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|(e, _)| e.event_type.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|(e, _)| e.occurred_at).collect::<Vec<_>>())
-    .bind(events.iter().map(|(e, _)| &e.payload).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| e.payload.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|(_, announces)| *announces).collect::<Vec<_>>())
     .bind(activations.iter().map(|a| a.audit_id).collect::<Vec<_>>())
     .bind(activations.iter().map(|a| a.tenant_id.as_str()).collect::<Vec<_>>())
@@ -777,7 +772,7 @@ impl Store for PgStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn commit_heartbeat(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+    async fn commit_heartbeat(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         let pool = self.pool.clone();
         let batcher = self
             .batcher
@@ -800,11 +795,11 @@ impl Store for PgStore {
                 })
             })
             .await;
-        batcher.submit(c.clone()).await
+        batcher.submit(c).await
     }
 
-    async fn commit_heartbeat_unbatched(&self, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-        apply_heartbeat_alone(&self.pool, c).await
+    async fn commit_heartbeat_unbatched(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+        apply_heartbeat_alone(&self.pool, &c).await
     }
 
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
@@ -916,7 +911,7 @@ impl Store for PgStore {
                         tenant_id: r.try_get("tenant_id").map_err(backend)?,
                         event_type: r.try_get("event_type").map_err(backend)?,
                         occurred_at: r.try_get("occurred_at").map_err(backend)?,
-                        payload: r.try_get("payload").map_err(backend)?,
+                        payload: r.try_get::<serde_json::Value, _>("payload").map_err(backend)?.to_string(),
                     },
                 ))
             })

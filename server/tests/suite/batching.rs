@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use oneprotect_server::model::{AgentBinding, AgentIdentityRecord, AuditRecord, HeartbeatCommit, HeartbeatOutcome, IdentityRefusal, OutboxEvent};
+use oneprotect_server::model::{AgentBinding, AgentIdentityRecord, AuditRecord, FirstContact, HeartbeatCommit, HeartbeatOutcome, IdentityRefusal, OutboxEvent};
 use oneprotect_server::store::Store;
 use reqwest::StatusCode;
 use uuid::Uuid;
 
 use crate::harness::*;
 
-/// A heartbeat write for `identity`, presenting its current certificate.
+/// A heartbeat write for `identity`, presenting its current certificate,
+/// with the records of a first contact.
 fn commit(identity: &AgentIdentityRecord, now: chrono::DateTime<chrono::Utc>, sequence: i64) -> HeartbeatCommit {
     let (tenant, agent) = (identity.tenant_id.as_str(), identity.agent_id);
     let event = |t: &str| OutboxEvent {
@@ -19,7 +20,7 @@ fn commit(identity: &AgentIdentityRecord, now: chrono::DateTime<chrono::Utc>, se
         tenant_id: tenant.into(),
         event_type: t.into(),
         occurred_at: now,
-        payload: serde_json::json!({"fixture": true}),
+        payload: r#"{"fixture":true}"#.into(),
     };
     HeartbeatCommit {
         tenant_id: tenant.into(),
@@ -37,22 +38,24 @@ fn commit(identity: &AgentIdentityRecord, now: chrono::DateTime<chrono::Utc>, se
         agent_version: "0.1.0".into(),
         os_family: None,
         os_version: None,
-        discovered_event: event("asset.discovered"),
         telemetry_event: event("asset.telemetry.received"),
-        activation_audit: AuditRecord {
-            audit_id: Uuid::new_v4(),
-            tenant_id: tenant.into(),
-            occurred_at: now,
-            actor_type: "agent".into(),
-            actor_id: agent.to_string(),
-            action: "agent.activate".into(),
-            target_type: "agent".into(),
-            target_id: None,
-            outcome: "success".into(),
-            reason_code: None,
-            request_id: "fixture".into(),
-            details: Default::default(),
-        },
+        first_contact: Some(FirstContact {
+            discovered_event: event("asset.discovered"),
+            activation_audit: AuditRecord {
+                audit_id: Uuid::new_v4(),
+                tenant_id: tenant.into(),
+                occurred_at: now,
+                actor_type: "agent".into(),
+                actor_id: agent.to_string(),
+                action: "agent.activate".into(),
+                target_type: "agent".into(),
+                target_id: None,
+                outcome: "success".into(),
+                reason_code: None,
+                request_id: "fixture".into(),
+                details: Default::default(),
+            },
+        }),
     }
 }
 
@@ -79,7 +82,7 @@ async fn acknowledged_heartbeats_survive_a_crash_before_the_next_flush(backend: 
         let (store, agent, acknowledged, enough) = (store.clone(), *agent, acknowledged.clone(), enough.clone());
         tasks.push(tokio::spawn(async move {
             for seq in 1..=1_000i64 {
-                if let Ok(HeartbeatOutcome::Accepted) = store.commit_heartbeat(&commit(&identity, now, seq)).await {
+                if let Ok(HeartbeatOutcome::Accepted) = store.commit_heartbeat(commit(&identity, now, seq)).await {
                     let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
                     acked.push((agent, seq));
                     if acked.len() >= 60 {
@@ -121,7 +124,7 @@ async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Back
         tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for seq in 1..=300i64 {
-                outcomes.push((seq, store.commit_heartbeat(&commit(&identity, now, seq)).await.expect("commit")));
+                outcomes.push((seq, store.commit_heartbeat(commit(&identity, now, seq)).await.expect("commit")));
             }
             outcomes
         })
@@ -130,7 +133,7 @@ async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Back
     assert_eq!(revoked.0, StatusCode::OK);
     // The very next request after the revocation is refused.
     assert_problem(&h.heartbeat(&agent, &runtime, 10_000).await, StatusCode::FORBIDDEN, "identity_revoked");
-    assert_eq!(store.commit_heartbeat(&commit(&identity, now, 20_000)).await.expect("commit"), HeartbeatOutcome::Refused(IdentityRefusal::Revoked));
+    assert_eq!(store.commit_heartbeat(commit(&identity, now, 20_000)).await.expect("commit"), HeartbeatOutcome::Refused(IdentityRefusal::Revoked));
     let outcomes = stream.await.expect("stream");
     // Acceptances stop at the revocation and never resume.
     let first_refused = outcomes.iter().position(|(_, o)| *o == HeartbeatOutcome::Refused(IdentityRefusal::Revoked)).unwrap_or(outcomes.len());
@@ -152,7 +155,7 @@ async fn duplicates_inside_one_batch_emit_a_single_event(backend: Backend) {
     let tasks: Vec<_> = (0..6)
         .map(|_| {
             let (store, identity) = (store.clone(), identity.clone());
-            tokio::spawn(async move { store.commit_heartbeat(&commit(&identity, now, 1)).await.expect("commit") })
+            tokio::spawn(async move { store.commit_heartbeat(commit(&identity, now, 1)).await.expect("commit") })
         })
         .collect();
     let mut accepted = 0;
@@ -181,10 +184,10 @@ async fn one_failing_heartbeat_does_not_fail_the_rest_of_its_batch(backend: Back
     clashing.telemetry_event.event_id = commits[0].telemetry_event.event_id.clone();
     let before = telemetry_events(&store, TENANT_A).await;
     let outcomes = tokio::join!(
-        store.commit_heartbeat(&commits[0]),
-        store.commit_heartbeat(&commits[1]),
-        store.commit_heartbeat(&clashing),
-        store.commit_heartbeat(&commits[3]),
+        store.commit_heartbeat(commits[0].clone()),
+        store.commit_heartbeat(commits[1].clone()),
+        store.commit_heartbeat(clashing),
+        store.commit_heartbeat(commits[3].clone()),
     );
     assert!(matches!(outcomes.0, Ok(HeartbeatOutcome::Accepted)), "{:?}", outcomes.0);
     assert!(matches!(outcomes.1, Ok(HeartbeatOutcome::Accepted)), "{:?}", outcomes.1);
@@ -211,7 +214,7 @@ async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backe
         .cloned()
         .map(|c| {
             let store = store.clone();
-            tokio::spawn(async move { store.commit_heartbeat(&c).await.expect("commit") })
+            tokio::spawn(async move { store.commit_heartbeat(c).await.expect("commit") })
         })
         .collect();
     for t in tasks {
@@ -227,7 +230,43 @@ async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backe
     }
 }
 
+async fn events_of(store: &Arc<dyn Store>, tenant: &str, event_type: &str) -> usize {
+    store.list_events(tenant, None, 200).await.map(|p| p.items.iter().filter(|e| e.event_type == event_type).count()).unwrap_or(0)
+}
+
+async fn activations(store: &Arc<dyn Store>, agent: Uuid) -> usize {
+    let audit = store.list_audit(TENANT_A, None, 200).await.expect("audit").items;
+    audit.iter().filter(|a| a.action == "agent.activate" && a.actor_id == agent.to_string()).count()
+}
+
+async fn a_first_heartbeat_without_its_first_contact_records_writes_nothing_and_asks_for_them(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let store = h.store.clone();
+    let agent = Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid");
+    let (identity, now) = (stored_identity(&store, agent).await, h.clock_now());
+    let bare = |seq| HeartbeatCommit { first_contact: None, ..commit(&identity, now, seq) };
+    let before = (telemetry_events(&store, TENANT_A).await, events_of(&store, TENANT_A, "asset.discovered").await);
+
+    assert_eq!(store.commit_heartbeat(bare(1)).await.expect("commit"), HeartbeatOutcome::FirstContactRequired);
+    assert_eq!(store.commit_heartbeat_unbatched(bare(1)).await.expect("commit"), HeartbeatOutcome::FirstContactRequired);
+    assert_eq!(stored_identity(&store, agent).await, identity, "the identity is untouched");
+    assert_eq!((telemetry_events(&store, TENANT_A).await, events_of(&store, TENANT_A, "asset.discovered").await), before);
+    assert_eq!(activations(&store, agent).await, 0);
+
+    // With the records, the first heartbeat activates the identity and discovers its asset, once.
+    assert_eq!(store.commit_heartbeat(commit(&identity, now, 1)).await.expect("commit"), HeartbeatOutcome::Accepted);
+    // Later heartbeats need no first-contact records and write none.
+    assert_eq!(store.commit_heartbeat(bare(2)).await.expect("commit"), HeartbeatOutcome::Accepted);
+    assert_eq!(store.commit_heartbeat(commit(&identity, now, 3)).await.expect("commit"), HeartbeatOutcome::Accepted);
+    assert_eq!(store.commit_heartbeat_unbatched(bare(4)).await.expect("commit"), HeartbeatOutcome::Accepted);
+    assert_eq!(events_of(&store, TENANT_A, "asset.discovered").await, before.1 + 1, "one discovery");
+    assert_eq!(telemetry_events(&store, TENANT_A).await, before.0 + 4);
+    assert_eq!(activations(&store, agent).await, 1, "one activation");
+    assert_eq!(stored_identity(&store, agent).await.last_sequence, Some(4));
+}
+
 crate::both_backends!(
+    a_first_heartbeat_without_its_first_contact_records_writes_nothing_and_asks_for_them,
     a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant,
     one_failing_heartbeat_does_not_fail_the_rest_of_its_batch,
     acknowledged_heartbeats_survive_a_crash_before_the_next_flush,
