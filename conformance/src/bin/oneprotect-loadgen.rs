@@ -42,11 +42,13 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
     let healthz = bench::healthz(&platform, cli.concurrency, duration).await;
     eprintln!("[{backend}] {:.0} healthz/s; measuring heartbeats", healthz.per_second);
     let heartbeat = bench::heartbeats(&platform, agents.clone(), cli.concurrency, duration).await;
-    eprintln!("[{backend}] {:.0} heartbeats/s; measuring the naive store write", heartbeat.per_second);
-    let direct = bench::store_direct(&platform, agents.clone(), cli.concurrency, duration).await.map_err(anyhow::Error::msg)?;
+    eprintln!("[{backend}] {:.0} heartbeats/s; measuring the group-committed store write", heartbeat.per_second);
+    let grouped = bench::store_direct(&platform, agents.clone(), cli.concurrency, duration, true).await.map_err(anyhow::Error::msg)?;
+    eprintln!("[{backend}] {:.0} group-committed store writes/s; measuring the naive store write", grouped.per_second);
+    let direct = bench::store_direct(&platform, agents.clone(), cli.concurrency, duration, false).await.map_err(anyhow::Error::msg)?;
     eprintln!("[{backend}] {:.0} direct store writes/s", direct.per_second);
     let name = if database.is_some() { "postgres" } else { "sqlite" };
-    Ok(BenchResult { backend: name.into(), agents: agents.len(), concurrency: cli.concurrency, measures: vec![healthz, heartbeat, direct, exchange] })
+    Ok(BenchResult { backend: name.into(), agents: agents.len(), concurrency: cli.concurrency, measures: vec![healthz, heartbeat, grouped, direct, exchange] })
 }
 
 #[tokio::main]

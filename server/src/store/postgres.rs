@@ -323,12 +323,22 @@ async fn apply_heartbeat_batch(pool: &PgPool, commits: &[HeartbeatCommit]) -> St
         let mut agent_ids: Vec<Uuid> = members.iter().map(|&i| commits[i].agent_id).collect();
         agent_ids.sort_unstable();
         agent_ids.dedup();
-        let rows = sqlx::query("SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = ANY($2) ORDER BY agent_id FOR UPDATE")
-            .bind(tenant)
-            .bind(&agent_ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
+        // One index probe per agent, in id order (so concurrent lockers
+        // queue instead of deadlocking). The OFFSET 0 fence keeps the
+        // planner from folding the probes into one scan of the tenant's
+        // (tenant_id, seq) index filtered by agent, which a generic plan
+        // picks whenever the table's statistics understate the tenant's
+        // size (a new table, a fast-growing tenant): then a batch would
+        // cost as much as the tenant is large.
+        let rows = sqlx::query(
+            "SELECT a.* FROM unnest($2::uuid[]) AS k(agent_id) \
+             CROSS JOIN LATERAL (SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = k.agent_id OFFSET 0 FOR UPDATE) a",
+        )
+        .bind(tenant)
+        .bind(&agent_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
         let mut identities = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             let (_, identity) = identity_of(row)?;
@@ -388,7 +398,9 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
     let activations: Vec<&AuditRecord> = accepted.iter().filter_map(|a| a.effects.activation_audit).collect();
     let details: Vec<serde_json::Value> =
         activations.iter().map(|a| serde_json::to_value(&a.details)).collect::<Result<_, _>>().map_err(|e| StoreError::Backend(e.to_string()))?;
-    // An identity's first heartbeat inserts its asset (a conflict means the
+    // Identity rows are found as the batch's locked read found them (one
+    // probe per agent behind a fence) and updated by row address. An
+    // identity's first heartbeat inserts its asset (a conflict means the
     // row exists); the others update it.
     sqlx::query(
         "WITH input AS ( \
@@ -397,7 +409,9 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
          identities AS ( \
            UPDATE agent_identities a SET status = 'active', last_seen_at = i.seen_at, last_sequence = i.seq, hostname = i.hostname, \
              agent_version = i.agent_version, os_family = COALESCE(i.os_family, a.os_family) \
-           FROM input i WHERE a.tenant_id = $1 AND a.agent_id = ANY($2) AND a.agent_id = i.agent_id), \
+           FROM (SELECT input.*, t.tid FROM input CROSS JOIN LATERAL \
+             (SELECT ctid AS tid FROM agent_identities WHERE tenant_id = $1 AND agent_id = input.agent_id OFFSET 0) t) i \
+           WHERE a.ctid = i.tid), \
          created AS ( \
            INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) \
            SELECT asset_id, $1, agent_id, hostname, os_family, os_version, seen_at, seen_at FROM input WHERE first_ever \
@@ -642,9 +656,41 @@ impl Store for PgStore {
         row.map(|r| token_of(&r).map(|(_, t)| t)).transpose()
     }
 
+    /// The token's use is redeemed last: the conditional UPDATE locks the
+    /// token row until the commit, and every exchange of an enrollment
+    /// storm (one token, many agents) waits for that lock, so it is held
+    /// for the commit alone rather than for every insert. A token refusal
+    /// still wins over a replayed nonce, as if the use were redeemed first.
     async fn commit_enrollment(&self, c: &EnrollmentCommit) -> StoreResult<EnrollmentOutcome> {
         let tenant = &c.identity.tenant_id;
         let mut tx = self.begin(tenant).await?;
+        let fresh_nonce = insert_nonce(&mut tx, tenant, &c.nonce_hash, c.now).await?;
+        if fresh_nonce {
+            let i = &c.identity;
+            sqlx::query(
+                "INSERT INTO agent_identities (agent_id, tenant_id, collector_id, asset_id, site_id, status, hostname, agent_version, os_family, enrollment_token_id, certificate_id, fingerprint_hash, enrolled_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(i.agent_id)
+            .bind(&i.tenant_id)
+            .bind(i.collector_id)
+            .bind(i.asset_id)
+            .bind(&i.site_id)
+            .bind(i.status.as_str())
+            .bind(&i.hostname)
+            .bind(&i.agent_version)
+            .bind(&i.os_family)
+            .bind(i.enrollment_token_id)
+            .bind(i.certificate_id)
+            .bind(&i.fingerprint_hash)
+            .bind(i.enrolled_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            insert_certificate(&mut tx, &c.certificate).await?;
+            insert_audit(&mut tx, &c.audit).await?;
+            insert_event(&mut tx, &c.event).await?;
+        }
         let redeemed = sqlx::query(
             "UPDATE agent_enrollment_tokens SET use_count = use_count + 1, last_used_at = $3 \
              WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3 AND use_count < max_uses",
@@ -669,33 +715,9 @@ impl Store for PgStore {
             };
             return Ok(EnrollmentOutcome::TokenRejected(failure));
         }
-        if !insert_nonce(&mut tx, tenant, &c.nonce_hash, c.now).await? {
+        if !fresh_nonce {
             return Ok(EnrollmentOutcome::NonceReplayed);
         }
-        let i = &c.identity;
-        sqlx::query(
-            "INSERT INTO agent_identities (agent_id, tenant_id, collector_id, asset_id, site_id, status, hostname, agent_version, os_family, enrollment_token_id, certificate_id, fingerprint_hash, enrolled_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(i.agent_id)
-        .bind(&i.tenant_id)
-        .bind(i.collector_id)
-        .bind(i.asset_id)
-        .bind(&i.site_id)
-        .bind(i.status.as_str())
-        .bind(&i.hostname)
-        .bind(&i.agent_version)
-        .bind(&i.os_family)
-        .bind(i.enrollment_token_id)
-        .bind(i.certificate_id)
-        .bind(&i.fingerprint_hash)
-        .bind(i.enrolled_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        insert_certificate(&mut tx, &c.certificate).await?;
-        insert_audit(&mut tx, &c.audit).await?;
-        insert_event(&mut tx, &c.event).await?;
         tx.commit().await.map_err(backend)?;
         Ok(EnrollmentOutcome::Enrolled)
     }

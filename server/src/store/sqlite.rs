@@ -27,6 +27,57 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     batcher: Arc<tokio::sync::OnceCell<HeartbeatBatcher>>,
+    checkpointer: Option<Arc<Checkpointer>>,
+}
+
+/// Pages the WAL may hold before the writer checkpoints it itself: a
+/// backstop for when the background checkpointer falls behind.
+const WAL_BACKSTOP_PAGES: u32 = 16_384;
+/// How long commits accumulate between background checkpoints, so that a
+/// page rewritten by many commits is copied into the database file once.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database file on a thread and
+/// connection of its own (a PASSIVE checkpoint blocks neither the writer
+/// nor readers), so the writer, which every write waits for, never stops
+/// to do it.
+struct Checkpointer {
+    committed: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000;").map_err(backend)?;
+        let (committed, commits) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("oneprotect-sqlite-checkpoint".into())
+            .spawn(move || Self::run(&conn, &commits))
+            .map_err(|e| StoreError::Unavailable(format!("could not start the checkpointer: {e}")))?;
+        Ok(Self { committed })
+    }
+
+    /// Ends when the store is dropped (the channel disconnects).
+    fn run(conn: &Connection, commits: &std::sync::mpsc::Receiver<()>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut last = std::time::Instant::now();
+        while commits.recv().is_ok() {
+            while let Some(left) = CHECKPOINT_INTERVAL.checked_sub(last.elapsed()) {
+                if let Err(RecvTimeoutError::Disconnected) = commits.recv_timeout(left) {
+                    return;
+                }
+            }
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "background WAL checkpoint failed; the writer's backstop will checkpoint");
+            }
+            last = std::time::Instant::now();
+        }
+    }
+
+    /// Tells the checkpointer a transaction committed; never blocks.
+    fn note_commit(&self) {
+        let _ = self.committed.try_send(());
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -366,6 +417,13 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(backend)?;
         let mut store = Self::init(conn)?;
+        store
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Backend("poisoned".into()))?
+            .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
+            .map_err(backend)?;
+        store.checkpointer = Some(Arc::new(Checkpointer::spawn(path)?));
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = Connection::open(path).map_err(backend)?;
@@ -383,7 +441,7 @@ impl SqliteStore {
 
     fn init(conn: Connection) -> StoreResult<Self> {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;").map_err(backend)?;
-        let store = Self { conn: Arc::new(Mutex::new(conn)), readers: Arc::default(), batcher: Arc::default() };
+        let store = Self { conn: Arc::new(Mutex::new(conn)), readers: Arc::default(), batcher: Arc::default(), checkpointer: None };
         store.migrate()?;
         Ok(store)
     }
@@ -414,10 +472,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let (conn, checkpointer) = (self.conn.clone(), self.checkpointer.clone());
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
-            f(&mut guard)
+            let out = f(&mut guard);
+            if let Some(c) = checkpointer {
+                c.note_commit();
+            }
+            out
         })
         .await
         .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
@@ -696,13 +758,17 @@ impl Store for SqliteStore {
     }
 
     async fn commit_heartbeat(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-        let conn = self.conn.clone();
+        let (conn, checkpointer) = (self.conn.clone(), self.checkpointer.clone());
         let batcher = self
             .batcher
             .get_or_try_init(|| async move {
                 HeartbeatBatcher::spawn_thread("oneprotect-heartbeat-writer", move |commits: Vec<HeartbeatCommit>| {
                     let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
-                    apply_heartbeat_batch(&mut guard, &commits)
+                    let outcomes = apply_heartbeat_batch(&mut guard, &commits);
+                    if let Some(c) = &checkpointer {
+                        c.note_commit();
+                    }
+                    outcomes
                 })
                 .map_err(|e| StoreError::Unavailable(format!("could not start the heartbeat writer: {e}")))
             })
