@@ -1,22 +1,31 @@
-//! The embedded SQLite store: one connection in WAL mode, every statement
-//! carrying the tenant predicate, each trait method one transaction run on
-//! the blocking pool.
+//! The embedded SQLite store in WAL mode: one writer connection (each
+//! trait method one transaction on the blocking pool; heartbeat batches on
+//! a writer thread of their own, `heartbeat`), read-only connections next
+//! to it, and a background checkpointer (`checkpoint`). Every statement
+//! carries the tenant predicate.
+
+mod checkpoint;
+mod heartbeat;
+mod rows;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
+use self::checkpoint::{Checkpointer, WAL_BACKSTOP_PAGES};
+use self::heartbeat::{apply_heartbeat, apply_heartbeat_batch};
+use self::rows::*;
 use super::batch::HeartbeatBatcher;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 
 /// Versioned migrations, applied in order inside a transaction each.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
 
 /// Read-only connections next to the writer: WAL lets readers proceed while
 /// a batch is being committed.
@@ -30,386 +39,10 @@ pub struct SqliteStore {
     checkpointer: Option<Arc<Checkpointer>>,
 }
 
-/// Pages the WAL may hold before the writer checkpoints it itself: a
-/// backstop for when the background checkpointer falls behind.
-const WAL_BACKSTOP_PAGES: u32 = 16_384;
-/// How long commits accumulate between background checkpoints, so that a
-/// page rewritten by many commits is copied into the database file once.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Copies committed WAL frames into the database file on a thread and
-/// connection of its own (a PASSIVE checkpoint blocks neither the writer
-/// nor readers), so the writer, which every write waits for, never stops
-/// to do it.
-struct Checkpointer {
-    committed: std::sync::mpsc::SyncSender<()>,
-}
-
-impl Checkpointer {
-    fn spawn(path: &Path) -> StoreResult<Self> {
-        let conn = Connection::open(path).map_err(backend)?;
-        conn.execute_batch("PRAGMA busy_timeout = 5000;").map_err(backend)?;
-        let (committed, commits) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
-            .name("oneprotect-sqlite-checkpoint".into())
-            .spawn(move || Self::run(&conn, &commits))
-            .map_err(|e| StoreError::Unavailable(format!("could not start the checkpointer: {e}")))?;
-        Ok(Self { committed })
-    }
-
-    /// Ends when the store is dropped (the channel disconnects).
-    fn run(conn: &Connection, commits: &std::sync::mpsc::Receiver<()>) {
-        use std::sync::mpsc::RecvTimeoutError;
-        let mut last = std::time::Instant::now();
-        while commits.recv().is_ok() {
-            while let Some(left) = CHECKPOINT_INTERVAL.checked_sub(last.elapsed()) {
-                if let Err(RecvTimeoutError::Disconnected) = commits.recv_timeout(left) {
-                    return;
-                }
-            }
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "background WAL checkpoint failed; the writer's backstop will checkpoint");
-            }
-            last = std::time::Instant::now();
-        }
-    }
-
-    /// Tells the checkpointer a transaction committed; never blocks.
-    fn note_commit(&self) {
-        let _ = self.committed.try_send(());
-    }
-}
-
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
     }
-}
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    match e {
-        rusqlite::Error::SqliteFailure(err, _)
-            if matches!(err.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::CannotOpen) =>
-        {
-            StoreError::Unavailable(err.to_string())
-        }
-        other => StoreError::Backend(other.to_string()),
-    }
-}
-
-pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn time(v: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} out of range")))
-}
-
-fn opt_time(v: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
-    v.map(time).transpose()
-}
-
-fn uuid_of(s: &str) -> StoreResult<Uuid> {
-    Uuid::parse_str(s).map_err(|_| StoreError::Corrupt("malformed uuid".into()))
-}
-
-fn opt_uuid(s: Option<String>) -> StoreResult<Option<Uuid>> {
-    s.as_deref().map(uuid_of).transpose()
-}
-
-const TOKEN_COLUMNS: &str =
-    "seq, id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, last_used_at, revoked_at, created_by";
-
-fn token_row(row: &Row<'_>) -> rusqlite::Result<(i64, RawToken)> {
-    Ok((
-        row.get(0)?,
-        RawToken {
-            id: row.get(1)?,
-            tenant_id: row.get(2)?,
-            token_hash: row.get(3)?,
-            label: row.get(4)?,
-            site_id: row.get(5)?,
-            collector_id: row.get(6)?,
-            max_uses: row.get(7)?,
-            use_count: row.get(8)?,
-            created_at: row.get(9)?,
-            expires_at: row.get(10)?,
-            last_used_at: row.get(11)?,
-            revoked_at: row.get(12)?,
-            created_by: row.get(13)?,
-        },
-    ))
-}
-
-struct RawToken {
-    id: String,
-    tenant_id: String,
-    token_hash: String,
-    label: Option<String>,
-    site_id: Option<String>,
-    collector_id: Option<String>,
-    max_uses: i64,
-    use_count: i64,
-    created_at: i64,
-    expires_at: i64,
-    last_used_at: Option<i64>,
-    revoked_at: Option<i64>,
-    created_by: String,
-}
-
-impl RawToken {
-    fn into_record(self) -> StoreResult<EnrollmentTokenRecord> {
-        Ok(EnrollmentTokenRecord {
-            id: uuid_of(&self.id)?,
-            tenant_id: self.tenant_id,
-            token_hash: self.token_hash,
-            label: self.label,
-            site_id: self.site_id,
-            collector_id: opt_uuid(self.collector_id)?,
-            max_uses: u32::try_from(self.max_uses).map_err(|_| StoreError::Corrupt("max_uses".into()))?,
-            use_count: u32::try_from(self.use_count).map_err(|_| StoreError::Corrupt("use_count".into()))?,
-            created_at: time(self.created_at)?,
-            expires_at: time(self.expires_at)?,
-            last_used_at: opt_time(self.last_used_at)?,
-            revoked_at: opt_time(self.revoked_at)?,
-            created_by: self.created_by,
-        })
-    }
-}
-
-const IDENTITY_COLUMNS: &str = "seq, agent_id, tenant_id, collector_id, asset_id, site_id, status, hostname, agent_version, os_family, enrollment_token_id, certificate_id, previous_certificate_id, rotated_at, fingerprint_hash, enrolled_at, last_seen_at, last_sequence, revoked_at";
-
-struct RawIdentity {
-    agent_id: String,
-    tenant_id: String,
-    collector_id: String,
-    asset_id: String,
-    site_id: Option<String>,
-    status: String,
-    hostname: Option<String>,
-    agent_version: Option<String>,
-    os_family: Option<String>,
-    enrollment_token_id: String,
-    certificate_id: String,
-    previous_certificate_id: Option<String>,
-    rotated_at: Option<i64>,
-    fingerprint_hash: Option<String>,
-    enrolled_at: i64,
-    last_seen_at: Option<i64>,
-    last_sequence: Option<i64>,
-    revoked_at: Option<i64>,
-}
-
-fn identity_row(row: &Row<'_>) -> rusqlite::Result<(i64, RawIdentity)> {
-    Ok((
-        row.get(0)?,
-        RawIdentity {
-            agent_id: row.get(1)?,
-            tenant_id: row.get(2)?,
-            collector_id: row.get(3)?,
-            asset_id: row.get(4)?,
-            site_id: row.get(5)?,
-            status: row.get(6)?,
-            hostname: row.get(7)?,
-            agent_version: row.get(8)?,
-            os_family: row.get(9)?,
-            enrollment_token_id: row.get(10)?,
-            certificate_id: row.get(11)?,
-            previous_certificate_id: row.get(12)?,
-            rotated_at: row.get(13)?,
-            fingerprint_hash: row.get(14)?,
-            enrolled_at: row.get(15)?,
-            last_seen_at: row.get(16)?,
-            last_sequence: row.get(17)?,
-            revoked_at: row.get(18)?,
-        },
-    ))
-}
-
-impl RawIdentity {
-    fn into_record(self) -> StoreResult<AgentIdentityRecord> {
-        Ok(AgentIdentityRecord {
-            agent_id: uuid_of(&self.agent_id)?,
-            tenant_id: self.tenant_id,
-            collector_id: uuid_of(&self.collector_id)?,
-            asset_id: uuid_of(&self.asset_id)?,
-            site_id: self.site_id,
-            status: AgentStatus::parse(&self.status).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
-            hostname: self.hostname,
-            agent_version: self.agent_version,
-            os_family: self.os_family,
-            enrollment_token_id: uuid_of(&self.enrollment_token_id)?,
-            certificate_id: uuid_of(&self.certificate_id)?,
-            previous_certificate_id: opt_uuid(self.previous_certificate_id)?,
-            rotated_at: opt_time(self.rotated_at)?,
-            fingerprint_hash: self.fingerprint_hash,
-            enrolled_at: time(self.enrolled_at)?,
-            last_seen_at: opt_time(self.last_seen_at)?,
-            last_sequence: self.last_sequence,
-            revoked_at: opt_time(self.revoked_at)?,
-        })
-    }
-}
-
-fn insert_audit(tx: &Connection, a: &AuditRecord) -> rusqlite::Result<()> {
-    let details = serde_json::to_string(&a.details).unwrap_or_else(|_| "{}".into());
-    tx.prepare_cached(
-        "INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        a.audit_id.to_string(),
-        a.tenant_id,
-        micros(a.occurred_at),
-        a.actor_type,
-        a.actor_id,
-        a.action,
-        a.target_type,
-        a.target_id,
-        a.outcome,
-        a.reason_code,
-        a.request_id,
-        details
-    ])?;
-    Ok(())
-}
-
-fn insert_event(tx: &Connection, e: &OutboxEvent) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
-        e.event_id,
-        e.tenant_id,
-        e.event_type,
-        micros(e.occurred_at),
-        e.payload
-    ])?;
-    Ok(())
-}
-
-fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        c.certificate_id.to_string(),
-        c.tenant_id,
-        c.agent_id.to_string(),
-        c.public_key_algorithm,
-        c.public_key_sha256,
-        c.subject,
-        c.serial_number,
-        micros(c.not_before),
-        micros(c.not_after),
-        c.status
-    ])?;
-    Ok(())
-}
-
-fn insert_nonce(tx: &Connection, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> rusqlite::Result<bool> {
-    let n = tx
-        .prepare_cached("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-        .execute(params![tenant_id, nonce_hash, micros(now)])?;
-    Ok(n == 1)
-}
-
-fn select_identity(tx: &Connection, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>> {
-    let raw = tx
-        .prepare_cached(&format!("SELECT {IDENTITY_COLUMNS} FROM agent_identities WHERE tenant_id = ?1 AND agent_id = ?2"))
-        .map_err(backend)?
-        .query_row(params![tenant_id, agent_id.to_string()], identity_row)
-        .optional()
-        .map_err(backend)?;
-    raw.map(|(_, r)| r.into_record()).transpose()
-}
-
-fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_after = if more { rows.last().map(|(seq, _)| *seq) } else { None };
-    Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
-}
-
-/// One heartbeat inside an open write transaction (or savepoint). The
-/// rules are judged here on the identity row as this transaction sees it,
-/// so a revocation or rotation committed before this batch is seen.
-fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-    let stored = select_identity(tx, &c.tenant_id, c.agent_id)?;
-    let effects = match judge_heartbeat(stored.as_ref(), c) {
-        Ok(effects) => effects,
-        Err(outcome) => return Ok(outcome),
-    };
-    let now = micros(c.now);
-    let asset_id = effects.asset_id.to_string();
-    let update_asset = || {
-        tx.prepare_cached("UPDATE assets SET hostname = ?3, os_family = COALESCE(?4, os_family), os_version = COALESCE(?5, os_version), last_seen_at = ?6 WHERE tenant_id = ?1 AND asset_id = ?2")
-            .and_then(|mut s| s.execute(params![c.tenant_id, asset_id, c.hostname, c.os_family, c.os_version, now]))
-            .map_err(backend)
-    };
-    // The asset row is written with the identity's first heartbeat, so an
-    // identity that has been heard from only needs the update. Should its
-    // row be missing, it is created again, with its discovery event.
-    let asset_updated = !effects.first_ever && update_asset()? == 1;
-    let discovery = match (asset_updated, effects.discovered_event) {
-        (true, _) => None,
-        (false, Some(event)) => Some(event),
-        (false, None) => return Ok(HeartbeatOutcome::FirstContactRequired),
-    };
-    tx.prepare_cached(
-        "UPDATE agent_identities SET status = 'active', last_seen_at = ?3, last_sequence = ?4, hostname = ?5, agent_version = ?6, os_family = COALESCE(?7, os_family) \
-         WHERE tenant_id = ?1 AND agent_id = ?2",
-    )
-    .and_then(|mut s| s.execute(params![c.tenant_id, c.agent_id.to_string(), now, c.sequence, c.hostname, c.agent_version, c.os_family]))
-    .map_err(backend)?;
-    if let Some(audit) = effects.activation_audit {
-        insert_audit(tx, audit).map_err(backend)?;
-    }
-    if let Some(discovered) = discovery {
-        let inserted = tx
-            .prepare_cached(
-                "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-                 ON CONFLICT (asset_id) DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![asset_id, c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
-            .map_err(backend)?;
-        if inserted == 1 {
-            insert_event(tx, discovered).map_err(backend)?;
-        } else {
-            update_asset()?;
-        }
-    }
-    insert_event(tx, &c.telemetry_event).map_err(backend)?;
-    Ok(HeartbeatOutcome::Accepted)
-}
-
-/// A batch of heartbeats in one write transaction. Every heartbeat is
-/// applied directly; should one fail, the transaction is rolled back and
-/// the batch applied again with a savepoint per heartbeat, so the failure
-/// stays that heartbeat's own. Failures are rare, savepoints are not free.
-fn apply_heartbeat_batch(conn: &mut Connection, commits: &[HeartbeatCommit]) -> StoreResult<Vec<StoreResult<HeartbeatOutcome>>> {
-    {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        if let Ok(outcomes) = commits.iter().map(|c| apply_heartbeat(&tx, c)).collect::<StoreResult<Vec<_>>>() {
-            tx.commit().map_err(backend)?;
-            return Ok(outcomes.into_iter().map(Ok).collect());
-        }
-    }
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-    let mut outcomes = Vec::with_capacity(commits.len());
-    for c in commits {
-        let sp = tx.savepoint().map_err(backend)?;
-        match apply_heartbeat(&sp, c) {
-            Ok(o) => {
-                sp.commit().map_err(backend)?;
-                outcomes.push(Ok(o));
-            }
-            Err(e) => {
-                drop(sp);
-                outcomes.push(Err(e));
-            }
-        }
-    }
-    tx.commit().map_err(backend)?;
-    Ok(outcomes)
 }
 
 impl SqliteStore {

@@ -1,0 +1,156 @@
+//! Rows as PostgreSQL returns them and the statements every write shares.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::model::*;
+use crate::store::{StoreError, StoreResult};
+
+pub(super) fn backend(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+pub(super) fn u32_of(v: i32, what: &str) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(what.into()))
+}
+
+pub(super) fn token_of(r: &PgRow) -> StoreResult<(i64, EnrollmentTokenRecord)> {
+    Ok((
+        r.try_get("seq").map_err(backend)?,
+        EnrollmentTokenRecord {
+            id: r.try_get("id").map_err(backend)?,
+            tenant_id: r.try_get("tenant_id").map_err(backend)?,
+            token_hash: r.try_get("token_hash").map_err(backend)?,
+            label: r.try_get("label").map_err(backend)?,
+            site_id: r.try_get("site_id").map_err(backend)?,
+            collector_id: r.try_get("collector_id").map_err(backend)?,
+            max_uses: u32_of(r.try_get("max_uses").map_err(backend)?, "max_uses")?,
+            use_count: u32_of(r.try_get("use_count").map_err(backend)?, "use_count")?,
+            created_at: r.try_get("created_at").map_err(backend)?,
+            expires_at: r.try_get("expires_at").map_err(backend)?,
+            last_used_at: r.try_get("last_used_at").map_err(backend)?,
+            revoked_at: r.try_get("revoked_at").map_err(backend)?,
+            created_by: r.try_get("created_by").map_err(backend)?,
+        },
+    ))
+}
+
+pub(super) fn identity_of(r: &PgRow) -> StoreResult<(i64, AgentIdentityRecord)> {
+    let status: String = r.try_get("status").map_err(backend)?;
+    Ok((
+        r.try_get("seq").map_err(backend)?,
+        AgentIdentityRecord {
+            agent_id: r.try_get("agent_id").map_err(backend)?,
+            tenant_id: r.try_get("tenant_id").map_err(backend)?,
+            collector_id: r.try_get("collector_id").map_err(backend)?,
+            asset_id: r.try_get("asset_id").map_err(backend)?,
+            site_id: r.try_get("site_id").map_err(backend)?,
+            status: AgentStatus::parse(&status).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
+            hostname: r.try_get("hostname").map_err(backend)?,
+            agent_version: r.try_get("agent_version").map_err(backend)?,
+            os_family: r.try_get("os_family").map_err(backend)?,
+            enrollment_token_id: r.try_get("enrollment_token_id").map_err(backend)?,
+            certificate_id: r.try_get("certificate_id").map_err(backend)?,
+            previous_certificate_id: r.try_get("previous_certificate_id").map_err(backend)?,
+            rotated_at: r.try_get("rotated_at").map_err(backend)?,
+            fingerprint_hash: r.try_get("fingerprint_hash").map_err(backend)?,
+            enrolled_at: r.try_get("enrolled_at").map_err(backend)?,
+            last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
+            last_sequence: r.try_get("last_sequence").map_err(backend)?,
+            revoked_at: r.try_get("revoked_at").map_err(backend)?,
+        },
+    ))
+}
+
+pub(super) fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_after = if more { rows.last().map(|(seq, _)| *seq) } else { None };
+    Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
+}
+
+pub(super) type Tx = Transaction<'static, Postgres>;
+
+pub(super) async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()> {
+    let details = serde_json::to_value(&a.details).map_err(|e| StoreError::Backend(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(a.audit_id)
+    .bind(&a.tenant_id)
+    .bind(a.occurred_at)
+    .bind(&a.actor_type)
+    .bind(&a.actor_id)
+    .bind(&a.action)
+    .bind(&a.target_type)
+    .bind(&a.target_id)
+    .bind(&a.outcome)
+    .bind(&a.reason_code)
+    .bind(&a.request_id)
+    .bind(details)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn insert_event(tx: &mut Tx, e: &OutboxEvent) -> StoreResult<()> {
+    sqlx::query("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb)")
+        .bind(&e.event_id)
+        .bind(&e.tenant_id)
+        .bind(&e.event_type)
+        .bind(e.occurred_at)
+        .bind(&e.payload)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn insert_certificate(tx: &mut Tx, c: &CertificateRecord) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(c.certificate_id)
+    .bind(&c.tenant_id)
+    .bind(c.agent_id)
+    .bind(&c.public_key_algorithm)
+    .bind(&c.public_key_sha256)
+    .bind(&c.subject)
+    .bind(&c.serial_number)
+    .bind(c.not_before)
+    .bind(c.not_after)
+    .bind(&c.status)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn insert_nonce(tx: &mut Tx, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+    let r = sqlx::query("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(tenant_id)
+        .bind(nonce_hash)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub(super) async fn select_identity(tx: &mut Tx, tenant_id: &str, agent_id: Uuid, lock: bool) -> StoreResult<Option<AgentIdentityRecord>> {
+    let sql = if lock {
+        "SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = $2 FOR UPDATE"
+    } else {
+        "SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = $2"
+    };
+    let row = sqlx::query(sql).bind(tenant_id).bind(agent_id).fetch_optional(&mut **tx).await.map_err(backend)?;
+    row.map(|r| identity_of(&r).map(|(_, i)| i)).transpose()
+}

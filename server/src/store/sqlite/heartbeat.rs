@@ -1,0 +1,91 @@
+//! The heartbeat write: the rules judged on the identity row inside the
+//! write transaction, and batches of heartbeats in one transaction.
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use super::rows::{backend, insert_audit, insert_event, micros, select_identity};
+use crate::model::*;
+use crate::store::StoreResult;
+
+/// One heartbeat inside an open write transaction (or savepoint). The
+/// rules are judged here on the identity row as this transaction sees it,
+/// so a revocation or rotation committed before this batch is seen.
+pub(super) fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
+    let stored = select_identity(tx, &c.tenant_id, c.agent_id)?;
+    let effects = match judge_heartbeat(stored.as_ref(), c) {
+        Ok(effects) => effects,
+        Err(outcome) => return Ok(outcome),
+    };
+    let now = micros(c.now);
+    let asset_id = effects.asset_id.to_string();
+    let update_asset = || {
+        tx.prepare_cached("UPDATE assets SET hostname = ?3, os_family = COALESCE(?4, os_family), os_version = COALESCE(?5, os_version), last_seen_at = ?6 WHERE tenant_id = ?1 AND asset_id = ?2")
+            .and_then(|mut s| s.execute(params![c.tenant_id, asset_id, c.hostname, c.os_family, c.os_version, now]))
+            .map_err(backend)
+    };
+    // The asset row is written with the identity's first heartbeat, so an
+    // identity that has been heard from only needs the update. Should its
+    // row be missing, it is created again, with its discovery event.
+    let asset_updated = !effects.first_ever && update_asset()? == 1;
+    let discovery = match (asset_updated, effects.discovered_event) {
+        (true, _) => None,
+        (false, Some(event)) => Some(event),
+        (false, None) => return Ok(HeartbeatOutcome::FirstContactRequired),
+    };
+    tx.prepare_cached(
+        "UPDATE agent_identities SET status = 'active', last_seen_at = ?3, last_sequence = ?4, hostname = ?5, agent_version = ?6, os_family = COALESCE(?7, os_family) \
+         WHERE tenant_id = ?1 AND agent_id = ?2",
+    )
+    .and_then(|mut s| s.execute(params![c.tenant_id, c.agent_id.to_string(), now, c.sequence, c.hostname, c.agent_version, c.os_family]))
+    .map_err(backend)?;
+    if let Some(audit) = effects.activation_audit {
+        insert_audit(tx, audit).map_err(backend)?;
+    }
+    if let Some(discovered) = discovery {
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+                 ON CONFLICT (asset_id) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![asset_id, c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
+            .map_err(backend)?;
+        if inserted == 1 {
+            insert_event(tx, discovered).map_err(backend)?;
+        } else {
+            update_asset()?;
+        }
+    }
+    insert_event(tx, &c.telemetry_event).map_err(backend)?;
+    Ok(HeartbeatOutcome::Accepted)
+}
+
+/// A batch of heartbeats in one write transaction. Every heartbeat is
+/// applied directly; should one fail, the transaction is rolled back and
+/// the batch applied again with a savepoint per heartbeat, so the failure
+/// stays that heartbeat's own. Failures are rare, savepoints are not free.
+pub(super) fn apply_heartbeat_batch(conn: &mut Connection, commits: &[HeartbeatCommit]) -> StoreResult<Vec<StoreResult<HeartbeatOutcome>>> {
+    {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        if let Ok(outcomes) = commits.iter().map(|c| apply_heartbeat(&tx, c)).collect::<StoreResult<Vec<_>>>() {
+            tx.commit().map_err(backend)?;
+            return Ok(outcomes.into_iter().map(Ok).collect());
+        }
+    }
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let mut outcomes = Vec::with_capacity(commits.len());
+    for c in commits {
+        let sp = tx.savepoint().map_err(backend)?;
+        match apply_heartbeat(&sp, c) {
+            Ok(o) => {
+                sp.commit().map_err(backend)?;
+                outcomes.push(Ok(o));
+            }
+            Err(e) => {
+                drop(sp);
+                outcomes.push(Err(e));
+            }
+        }
+    }
+    tx.commit().map_err(backend)?;
+    Ok(outcomes)
+}

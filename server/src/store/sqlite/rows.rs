@@ -1,0 +1,252 @@
+//! Rows as SQLite stores them and the statements every write shares.
+//! UUIDs are TEXT and times are microseconds since the epoch (INTEGER).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::model::*;
+use crate::store::{StoreError, StoreResult};
+
+pub(super) fn backend(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(err, _)
+            if matches!(err.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::CannotOpen) =>
+        {
+            StoreError::Unavailable(err.to_string())
+        }
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+pub(super) fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(super) fn time(v: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} out of range")))
+}
+
+pub(super) fn opt_time(v: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    v.map(time).transpose()
+}
+
+pub(super) fn uuid_of(s: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(s).map_err(|_| StoreError::Corrupt("malformed uuid".into()))
+}
+
+pub(super) fn opt_uuid(s: Option<String>) -> StoreResult<Option<Uuid>> {
+    s.as_deref().map(uuid_of).transpose()
+}
+
+pub(super) const TOKEN_COLUMNS: &str =
+    "seq, id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, last_used_at, revoked_at, created_by";
+
+pub(super) fn token_row(row: &Row<'_>) -> rusqlite::Result<(i64, RawToken)> {
+    Ok((
+        row.get(0)?,
+        RawToken {
+            id: row.get(1)?,
+            tenant_id: row.get(2)?,
+            token_hash: row.get(3)?,
+            label: row.get(4)?,
+            site_id: row.get(5)?,
+            collector_id: row.get(6)?,
+            max_uses: row.get(7)?,
+            use_count: row.get(8)?,
+            created_at: row.get(9)?,
+            expires_at: row.get(10)?,
+            last_used_at: row.get(11)?,
+            revoked_at: row.get(12)?,
+            created_by: row.get(13)?,
+        },
+    ))
+}
+
+pub(super) struct RawToken {
+    id: String,
+    tenant_id: String,
+    token_hash: String,
+    label: Option<String>,
+    site_id: Option<String>,
+    collector_id: Option<String>,
+    max_uses: i64,
+    use_count: i64,
+    created_at: i64,
+    expires_at: i64,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    created_by: String,
+}
+
+impl RawToken {
+    pub(super) fn into_record(self) -> StoreResult<EnrollmentTokenRecord> {
+        Ok(EnrollmentTokenRecord {
+            id: uuid_of(&self.id)?,
+            tenant_id: self.tenant_id,
+            token_hash: self.token_hash,
+            label: self.label,
+            site_id: self.site_id,
+            collector_id: opt_uuid(self.collector_id)?,
+            max_uses: u32::try_from(self.max_uses).map_err(|_| StoreError::Corrupt("max_uses".into()))?,
+            use_count: u32::try_from(self.use_count).map_err(|_| StoreError::Corrupt("use_count".into()))?,
+            created_at: time(self.created_at)?,
+            expires_at: time(self.expires_at)?,
+            last_used_at: opt_time(self.last_used_at)?,
+            revoked_at: opt_time(self.revoked_at)?,
+            created_by: self.created_by,
+        })
+    }
+}
+
+pub(super) const IDENTITY_COLUMNS: &str = "seq, agent_id, tenant_id, collector_id, asset_id, site_id, status, hostname, agent_version, os_family, enrollment_token_id, certificate_id, previous_certificate_id, rotated_at, fingerprint_hash, enrolled_at, last_seen_at, last_sequence, revoked_at";
+
+pub(super) struct RawIdentity {
+    agent_id: String,
+    tenant_id: String,
+    collector_id: String,
+    asset_id: String,
+    site_id: Option<String>,
+    status: String,
+    hostname: Option<String>,
+    agent_version: Option<String>,
+    os_family: Option<String>,
+    enrollment_token_id: String,
+    certificate_id: String,
+    previous_certificate_id: Option<String>,
+    rotated_at: Option<i64>,
+    fingerprint_hash: Option<String>,
+    enrolled_at: i64,
+    last_seen_at: Option<i64>,
+    last_sequence: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+pub(super) fn identity_row(row: &Row<'_>) -> rusqlite::Result<(i64, RawIdentity)> {
+    Ok((
+        row.get(0)?,
+        RawIdentity {
+            agent_id: row.get(1)?,
+            tenant_id: row.get(2)?,
+            collector_id: row.get(3)?,
+            asset_id: row.get(4)?,
+            site_id: row.get(5)?,
+            status: row.get(6)?,
+            hostname: row.get(7)?,
+            agent_version: row.get(8)?,
+            os_family: row.get(9)?,
+            enrollment_token_id: row.get(10)?,
+            certificate_id: row.get(11)?,
+            previous_certificate_id: row.get(12)?,
+            rotated_at: row.get(13)?,
+            fingerprint_hash: row.get(14)?,
+            enrolled_at: row.get(15)?,
+            last_seen_at: row.get(16)?,
+            last_sequence: row.get(17)?,
+            revoked_at: row.get(18)?,
+        },
+    ))
+}
+
+impl RawIdentity {
+    pub(super) fn into_record(self) -> StoreResult<AgentIdentityRecord> {
+        Ok(AgentIdentityRecord {
+            agent_id: uuid_of(&self.agent_id)?,
+            tenant_id: self.tenant_id,
+            collector_id: uuid_of(&self.collector_id)?,
+            asset_id: uuid_of(&self.asset_id)?,
+            site_id: self.site_id,
+            status: AgentStatus::parse(&self.status).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
+            hostname: self.hostname,
+            agent_version: self.agent_version,
+            os_family: self.os_family,
+            enrollment_token_id: uuid_of(&self.enrollment_token_id)?,
+            certificate_id: uuid_of(&self.certificate_id)?,
+            previous_certificate_id: opt_uuid(self.previous_certificate_id)?,
+            rotated_at: opt_time(self.rotated_at)?,
+            fingerprint_hash: self.fingerprint_hash,
+            enrolled_at: time(self.enrolled_at)?,
+            last_seen_at: opt_time(self.last_seen_at)?,
+            last_sequence: self.last_sequence,
+            revoked_at: opt_time(self.revoked_at)?,
+        })
+    }
+}
+
+pub(super) fn insert_audit(tx: &Connection, a: &AuditRecord) -> rusqlite::Result<()> {
+    let details = serde_json::to_string(&a.details).unwrap_or_else(|_| "{}".into());
+    tx.prepare_cached(
+        "INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        a.audit_id.to_string(),
+        a.tenant_id,
+        micros(a.occurred_at),
+        a.actor_type,
+        a.actor_id,
+        a.action,
+        a.target_type,
+        a.target_id,
+        a.outcome,
+        a.reason_code,
+        a.request_id,
+        details
+    ])?;
+    Ok(())
+}
+
+pub(super) fn insert_event(tx: &Connection, e: &OutboxEvent) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
+        e.event_id,
+        e.tenant_id,
+        e.event_type,
+        micros(e.occurred_at),
+        e.payload
+    ])?;
+    Ok(())
+}
+
+pub(super) fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        c.certificate_id.to_string(),
+        c.tenant_id,
+        c.agent_id.to_string(),
+        c.public_key_algorithm,
+        c.public_key_sha256,
+        c.subject,
+        c.serial_number,
+        micros(c.not_before),
+        micros(c.not_after),
+        c.status
+    ])?;
+    Ok(())
+}
+
+pub(super) fn insert_nonce(tx: &Connection, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> rusqlite::Result<bool> {
+    let n = tx
+        .prepare_cached("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+        .execute(params![tenant_id, nonce_hash, micros(now)])?;
+    Ok(n == 1)
+}
+
+pub(super) fn select_identity(tx: &Connection, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>> {
+    let raw = tx
+        .prepare_cached(&format!("SELECT {IDENTITY_COLUMNS} FROM agent_identities WHERE tenant_id = ?1 AND agent_id = ?2"))
+        .map_err(backend)?
+        .query_row(params![tenant_id, agent_id.to_string()], identity_row)
+        .optional()
+        .map_err(backend)?;
+    raw.map(|(_, r)| r.into_record()).transpose()
+}
+
+pub(super) fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_after = if more { rows.last().map(|(seq, _)| *seq) } else { None };
+    Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
+}
