@@ -101,6 +101,9 @@ where
 pub struct Agent {
     pub id: String,
     pub uuid: uuid::Uuid,
+    /// Its heartbeat URL, parsed once (as for `/healthz`), so the client's
+    /// URL parsing is not counted as the platform's work.
+    pub heartbeat_url: reqwest::Url,
     pub tenant: String,
     pub token: String,
     /// The collector, asset and certificate the runtime token is bound to.
@@ -143,10 +146,11 @@ pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> R
     );
     let client = http(concurrency);
     let url = format!("{}/api/v1/agent-enrollment/exchange", ctx.base);
+    let base = ctx.base.clone();
     let enrolled: Arc<Mutex<Vec<Agent>>> = Arc::default();
     let (b, e) = (bodies.clone(), enrolled.clone());
     let m = drive("enrollment exchange", concurrency, MAX_DURATION, n, move |_, i| {
-        let (client, url, body, enrolled) = (client.clone(), url.clone(), b[i].clone(), e.clone());
+        let (client, url, body, enrolled, base) = (client.clone(), url.clone(), b[i].clone(), e.clone(), base.clone());
         async move {
             let resp = client.post(&url).json(&body).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
             if resp.status().as_u16() != 201 {
@@ -156,7 +160,9 @@ pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> R
             let id = v["agent"]["agent_id"].as_str().unwrap_or_default().to_owned();
             let uuid_at = |p: &str| v.pointer(p).and_then(Value::as_str).and_then(|s| uuid::Uuid::parse_str(s).ok()).unwrap_or_default();
             let binding = [uuid_at("/agent/collector_id"), uuid_at("/agent/asset_id"), uuid_at("/agent/certificate_id")];
+            let heartbeat_url = reqwest::Url::parse(&format!("{base}/api/v1/agents/{id}/telemetry/heartbeat")).map_err(|_| "heartbeat url".to_string())?;
             enrolled.lock().await.push(Agent {
+                heartbeat_url,
                 binding,
                 uuid: uuid::Uuid::parse_str(&id).unwrap_or_default(),
                 id,
@@ -172,35 +178,57 @@ pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> R
     Ok((m, Arc::new(agents)))
 }
 
-pub async fn healthz(platform: &LocalPlatform, concurrency: usize, duration: Duration) -> Measure {
+pub async fn healthz(platform: &LocalPlatform, concurrency: usize, duration: Duration) -> Result<Measure, String> {
     let client = http(concurrency);
-    let url = format!("{}/healthz", platform.ctx.base);
-    drive("GET /healthz (HTTP ceiling)", concurrency, duration, usize::MAX, move |_, _| {
+    let url = reqwest::Url::parse(&format!("{}/healthz", platform.ctx.base)).map_err(|e| e.to_string())?;
+    Ok(drive("GET /healthz (HTTP ceiling)", concurrency, duration, usize::MAX, move |_, _| {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            let resp = client.get(&url).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
+            let resp = client.get(url).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
             if resp.status().is_success() { Ok(()) } else { Err(status_error(resp).await) }
         }
     })
-    .await
+    .await)
 }
 
-fn heartbeat_body(sequence: usize, i: usize) -> Value {
-    json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": format!("bench-{i}.loopback"), "agent_version": "bench",
-           "cpu_count": 2, "cpu_usage_percent": 12.5, "memory_total_bytes": 8_000_000_000u64, "memory_used_bytes": 2_000_000_000u64, "process_count": 120})
+/// A heartbeat body as an agent sends it.
+#[derive(serde::Serialize)]
+struct HeartbeatBody {
+    sequence: usize,
+    collected_at: chrono::DateTime<chrono::Utc>,
+    hostname: String,
+    agent_version: &'static str,
+    cpu_count: u32,
+    cpu_usage_percent: f64,
+    memory_total_bytes: u64,
+    memory_used_bytes: u64,
+    process_count: u32,
 }
 
-pub async fn heartbeats(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, concurrency: usize, duration: Duration) -> Measure {
+fn heartbeat_body(sequence: usize, i: usize) -> HeartbeatBody {
+    HeartbeatBody {
+        sequence,
+        collected_at: chrono::Utc::now(),
+        hostname: format!("bench-{i}.loopback"),
+        agent_version: "bench",
+        cpu_count: 2,
+        cpu_usage_percent: 12.5,
+        memory_total_bytes: 8_000_000_000,
+        memory_used_bytes: 2_000_000_000,
+        process_count: 120,
+    }
+}
+
+pub async fn heartbeats(agents: Arc<Vec<Agent>>, concurrency: usize, duration: Duration) -> Measure {
     let client = http(concurrency);
-    let base = platform.ctx.base.clone();
     let n = agents.len().max(1);
     drive("POST heartbeat (HTTP)", concurrency, duration, usize::MAX, move |_, i| {
-        let (client, agents, base) = (client.clone(), agents.clone(), base.clone());
+        let (client, agents) = (client.clone(), agents.clone());
         async move {
             let agent = &agents[i % n];
             let seq = agent.sequence.fetch_add(1, Ordering::Relaxed) + 1;
             let resp = client
-                .post(format!("{base}/api/v1/agents/{}/telemetry/heartbeat", agent.id))
+                .post(agent.heartbeat_url.clone())
                 .bearer_auth(&agent.token)
                 .json(&heartbeat_body(seq, i % n))
                 .send()

@@ -156,6 +156,9 @@ impl Store for FaultyStore {
     async fn commit_heartbeat_unbatched(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
         self.inner.commit_heartbeat_unbatched(c).await
     }
+    async fn get_asset(&self, tenant: &str, asset_id: Uuid) -> StoreResult<Option<AssetRecord>> {
+        self.inner.get_asset(tenant, asset_id).await
+    }
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
         self.inner.commit_rotation(c).await
     }

@@ -118,6 +118,29 @@ impl AgentIdentityRecord {
     }
 }
 
+/// The asset read model: what an identity's heartbeats say about its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetRecord {
+    pub asset_id: Uuid,
+    pub tenant_id: String,
+    pub agent_id: Uuid,
+    pub hostname: Option<String>,
+    pub os_family: Option<String>,
+    pub os_version: Option<String>,
+    pub first_seen_at: DateTime<Utc>,
+    /// Refreshed when the facts change, otherwise at most once per
+    /// `ASSET_LAST_SEEN_RESOLUTION`.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// How stale an unchanged asset row's `last_seen_at` may grow before a
+/// heartbeat refreshes it. Heartbeats keep the asset's facts (hostname,
+/// OS) current at once, but an unchanged asset then costs one row write
+/// per this period instead of one per heartbeat (a random page per
+/// heartbeat in the write-ahead log). The identity's `last_seen_at`, which
+/// the staleness rule reads, stays exact.
+pub const ASSET_LAST_SEEN_RESOLUTION: Duration = Duration::minutes(5);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateRecord {
     pub certificate_id: Uuid,

@@ -39,9 +39,9 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
     eprintln!("[{backend}] enrolling {} agents (concurrency {})", cli.agents, cli.concurrency);
     let (exchange, agents) = bench::enroll(&platform, cli.agents, cli.concurrency).await.map_err(anyhow::Error::msg)?;
     eprintln!("[{backend}] {:.0} exchanges/s; measuring /healthz", exchange.per_second);
-    let healthz = bench::healthz(&platform, cli.concurrency, duration).await;
+    let healthz = bench::healthz(&platform, cli.concurrency, duration).await.map_err(anyhow::Error::msg)?;
     eprintln!("[{backend}] {:.0} healthz/s; measuring heartbeats", healthz.per_second);
-    let heartbeat = bench::heartbeats(&platform, agents.clone(), cli.concurrency, duration).await;
+    let heartbeat = bench::heartbeats(agents.clone(), cli.concurrency, duration).await;
     eprintln!("[{backend}] {:.0} heartbeats/s; measuring the group-committed store write", heartbeat.per_second);
     let grouped = bench::store_direct(&platform, agents.clone(), cli.concurrency, duration, true).await.map_err(anyhow::Error::msg)?;
     eprintln!("[{backend}] {:.0} group-committed store writes/s; measuring the naive store write", grouped.per_second);

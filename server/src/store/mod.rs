@@ -71,6 +71,8 @@ pub trait Store: Send + Sync + 'static {
     /// rate that benchmarks compare group commit against.
     async fn commit_heartbeat_unbatched(&self, commit: HeartbeatCommit) -> StoreResult<HeartbeatOutcome>;
     async fn commit_rotation(&self, commit: &RotationCommit) -> StoreResult<RotationOutcome>;
+    /// The asset read model's row.
+    async fn get_asset(&self, tenant_id: &str, asset_id: Uuid) -> StoreResult<Option<AssetRecord>>;
     async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>>;
 
     /// An audit record, and optionally an event, in one transaction.

@@ -148,9 +148,50 @@ async fn rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_
     assert!(h.events(TENANT_A).await.iter().any(|e| e["type"] == "agent.certificate.rotated"));
 }
 
+async fn heartbeat_from(h: &Harness, agent: &str, runtime: &str, sequence: u64, hostname: &str) {
+    let body = json!({"sequence": sequence, "collected_at": "2026-11-22T10:00:00Z", "hostname": hostname, "agent_version": "0.1.0", "os_family": "linux"});
+    let (status, v) = h.call("postAgentHeartbeat", "POST", &format!("/api/v1/agents/{agent}/telemetry/heartbeat"), Some(runtime), Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+async fn the_asset_row_follows_its_facts_at_once_and_its_last_seen_time_at_the_resolution(backend: Backend) {
+    use oneprotect_server::model::{ASSET_LAST_SEEN_RESOLUTION, AssetRecord};
+    let h = Harness::start(backend).await;
+    let (agent, runtime, enrolled) = h.enroll(TENANT_A).await;
+    let asset_id = Uuid::parse_str(enrolled["agent"]["asset_id"].as_str().expect("asset")).expect("uuid");
+    let asset = |h: &Harness| {
+        let store = h.store.clone();
+        async move { store.get_asset(TENANT_A, asset_id).await.expect("read").expect("asset row") }
+    };
+    let t0 = h.clock_now();
+    heartbeat_from(&h, &agent, &runtime, 1, "host-1.fixture").await;
+    let created: AssetRecord = asset(&h).await;
+    assert_eq!((created.hostname.as_deref(), created.first_seen_at, created.last_seen_at), (Some("host-1.fixture"), t0, t0));
+    // Unchanged facts within the resolution: the row is left alone.
+    h.clock.advance(ASSET_LAST_SEEN_RESOLUTION - Duration::seconds(1));
+    heartbeat_from(&h, &agent, &runtime, 2, "host-1.fixture").await;
+    assert_eq!(asset(&h).await.last_seen_at, t0);
+    // A changed fact is written at once.
+    h.clock.advance(Duration::milliseconds(500));
+    heartbeat_from(&h, &agent, &runtime, 3, "host-1.renamed.fixture").await;
+    let renamed = asset(&h).await;
+    assert_eq!((renamed.hostname.as_deref(), renamed.last_seen_at), (Some("host-1.renamed.fixture"), h.clock_now()));
+    // Unchanged for a whole resolution: last_seen_at is refreshed.
+    h.clock.advance(ASSET_LAST_SEEN_RESOLUTION);
+    heartbeat_from(&h, &agent, &runtime, 4, "host-1.renamed.fixture").await;
+    assert_eq!(asset(&h).await.last_seen_at, h.clock_now());
+    // The identity's own last_seen_at is exact on every heartbeat.
+    h.clock.advance(Duration::seconds(1));
+    heartbeat_from(&h, &agent, &runtime, 5, "host-1.renamed.fixture").await;
+    let identity = h.store.get_identity(TENANT_A, Uuid::parse_str(&agent).expect("uuid")).await.expect("read").expect("identity");
+    assert_eq!(identity.last_seen_at, Some(h.clock_now()));
+    assert_eq!(asset(&h).await.first_seen_at, t0);
+}
+
 crate::both_backends!(
     accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second_event,
     tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed,
     unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_code_and_an_audit_record,
     rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_period,
+    the_asset_row_follows_its_facts_at_once_and_its_last_seen_time_at_the_resolution,
 );

@@ -47,9 +47,12 @@ async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<Heartb
     if let Some(audit) = effects.activation_audit {
         insert_audit(tx, audit).await?;
     }
-    let created = match effects.discovered_event {
-        Some(_) => {
-            sqlx::query(
+    // The identity's first heartbeat creates its asset row and announces
+    // it; every other heartbeat refreshes the row only if its facts changed
+    // or its last_seen_at is older than ASSET_LAST_SEEN_RESOLUTION.
+    let created = match effects.discovered_event.filter(|_| effects.first_ever) {
+        Some(discovered) => {
+            let inserted = sqlx::query(
                 "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
                  ON CONFLICT (asset_id) DO NOTHING",
             )
@@ -64,26 +67,31 @@ async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<Heartb
             .await
             .map_err(backend)?
             .rows_affected()
-                == 1
+                == 1;
+            if inserted {
+                insert_event(tx, discovered).await?;
+            }
+            inserted
         }
         None => false,
     };
-    match effects.discovered_event {
-        Some(discovered) if created => insert_event(tx, discovered).await?,
-        _ => {
-            sqlx::query(
-                "UPDATE assets SET hostname = $3, os_family = COALESCE($4, os_family), os_version = COALESCE($5, os_version), last_seen_at = $6 WHERE tenant_id = $1 AND asset_id = $2",
-            )
-            .bind(&c.tenant_id)
-            .bind(effects.asset_id)
-            .bind(&c.hostname)
-            .bind(&c.os_family)
-            .bind(&c.os_version)
-            .bind(c.now)
-            .execute(&mut **tx)
-            .await
-            .map_err(backend)?;
-        }
+    if !created {
+        sqlx::query(
+            "UPDATE assets SET hostname = $3, os_family = COALESCE($4, os_family), os_version = COALESCE($5, os_version), last_seen_at = $6 \
+             WHERE tenant_id = $1 AND asset_id = $2 \
+             AND (hostname IS DISTINCT FROM $3 OR os_family IS DISTINCT FROM COALESCE($4, os_family) OR os_version IS DISTINCT FROM COALESCE($5, os_version) \
+               OR last_seen_at <= $7)",
+        )
+        .bind(&c.tenant_id)
+        .bind(effects.asset_id)
+        .bind(&c.hostname)
+        .bind(&c.os_family)
+        .bind(&c.os_version)
+        .bind(c.now)
+        .bind(c.now - ASSET_LAST_SEEN_RESOLUTION)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     }
     insert_event(tx, &c.telemetry_event).await?;
     Ok(HeartbeatOutcome::Accepted)
@@ -238,7 +246,9 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
          updated AS ( \
            UPDATE assets s SET hostname = i.hostname, os_family = COALESCE(i.os_family, s.os_family), os_version = COALESCE(i.os_version, s.os_version), \
              last_seen_at = i.seen_at \
-           FROM input i WHERE s.tenant_id = $1 AND s.asset_id = ANY($3) AND s.asset_id = i.asset_id), \
+           FROM input i WHERE s.tenant_id = $1 AND s.asset_id = ANY($3) AND s.asset_id = i.asset_id \
+             AND (s.hostname IS DISTINCT FROM i.hostname OR s.os_family IS DISTINCT FROM COALESCE(i.os_family, s.os_family) \
+               OR s.os_version IS DISTINCT FROM COALESCE(i.os_version, s.os_version) OR s.last_seen_at <= i.seen_at - $29::interval)), \
          audits AS ( \
            INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
            SELECT * FROM unnest($17::uuid[], $18::text[], $19::timestamptz[], $20::text[], $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], \
@@ -278,6 +288,7 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
     .bind(activations.iter().map(|a| a.reason_code.as_deref()).collect::<Vec<_>>())
     .bind(activations.iter().map(|a| a.request_id.as_str()).collect::<Vec<_>>())
     .bind(details)
+    .bind(ASSET_LAST_SEEN_RESOLUTION)
     .execute(&mut **tx)
     .await
     .map_err(backend)?;

@@ -439,6 +439,30 @@ impl Store for PgStore {
         Ok(RotationOutcome::Rotated)
     }
 
+    async fn get_asset(&self, tenant_id: &str, asset_id: Uuid) -> StoreResult<Option<AssetRecord>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let row = sqlx::query("SELECT * FROM assets WHERE tenant_id = $1 AND asset_id = $2")
+            .bind(tenant_id)
+            .bind(asset_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        row.map(|r| {
+            Ok(AssetRecord {
+                asset_id: r.try_get("asset_id").map_err(backend)?,
+                tenant_id: r.try_get("tenant_id").map_err(backend)?,
+                agent_id: r.try_get("agent_id").map_err(backend)?,
+                hostname: r.try_get("hostname").map_err(backend)?,
+                os_family: r.try_get("os_family").map_err(backend)?,
+                os_version: r.try_get("os_version").map_err(backend)?,
+                first_seen_at: r.try_get("first_seen_at").map_err(backend)?,
+                last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
     async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>> {
         let mut tx = self.begin(tenant_id).await?;
         let row = sqlx::query("SELECT * FROM agent_device_certificates WHERE tenant_id = $1 AND certificate_id = $2")

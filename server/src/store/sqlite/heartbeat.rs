@@ -17,21 +17,6 @@ pub(super) fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResu
         Err(outcome) => return Ok(outcome),
     };
     let now = micros(c.now);
-    let asset_id = effects.asset_id.to_string();
-    let update_asset = || {
-        tx.prepare_cached("UPDATE assets SET hostname = ?3, os_family = COALESCE(?4, os_family), os_version = COALESCE(?5, os_version), last_seen_at = ?6 WHERE tenant_id = ?1 AND asset_id = ?2")
-            .and_then(|mut s| s.execute(params![c.tenant_id, asset_id, c.hostname, c.os_family, c.os_version, now]))
-            .map_err(backend)
-    };
-    // The asset row is written with the identity's first heartbeat, so an
-    // identity that has been heard from only needs the update. Should its
-    // row be missing, it is created again, with its discovery event.
-    let asset_updated = !effects.first_ever && update_asset()? == 1;
-    let discovery = match (asset_updated, effects.discovered_event) {
-        (true, _) => None,
-        (false, Some(event)) => Some(event),
-        (false, None) => return Ok(HeartbeatOutcome::FirstContactRequired),
-    };
     tx.prepare_cached(
         "UPDATE agent_identities SET status = 'active', last_seen_at = ?3, last_sequence = ?4, hostname = ?5, agent_version = ?6, os_family = COALESCE(?7, os_family) \
          WHERE tenant_id = ?1 AND agent_id = ?2",
@@ -41,19 +26,35 @@ pub(super) fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResu
     if let Some(audit) = effects.activation_audit {
         insert_audit(tx, audit).map_err(backend)?;
     }
-    if let Some(discovered) = discovery {
-        let inserted = tx
-            .prepare_cached(
-                "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-                 ON CONFLICT (asset_id) DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![asset_id, c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
-            .map_err(backend)?;
-        if inserted == 1 {
-            insert_event(tx, discovered).map_err(backend)?;
-        } else {
-            update_asset()?;
+    // The identity's first heartbeat creates its asset row and announces
+    // it; every other heartbeat refreshes the row only if its facts changed
+    // or its last_seen_at is older than ASSET_LAST_SEEN_RESOLUTION.
+    let asset_id = effects.asset_id.to_string();
+    let created = match effects.discovered_event.filter(|_| effects.first_ever) {
+        Some(discovered) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+                     ON CONFLICT (asset_id) DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![asset_id, c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
+                .map_err(backend)?
+                == 1;
+            if inserted {
+                insert_event(tx, discovered).map_err(backend)?;
+            }
+            inserted
         }
+        None => false,
+    };
+    if !created {
+        tx.prepare_cached(
+            "UPDATE assets SET hostname = ?3, os_family = COALESCE(?4, os_family), os_version = COALESCE(?5, os_version), last_seen_at = ?6 \
+             WHERE tenant_id = ?1 AND asset_id = ?2 \
+             AND (hostname IS NOT ?3 OR os_family IS NOT COALESCE(?4, os_family) OR os_version IS NOT COALESCE(?5, os_version) OR last_seen_at <= ?7)",
+        )
+        .and_then(|mut s| s.execute(params![c.tenant_id, asset_id, c.hostname, c.os_family, c.os_version, now, micros(c.now - ASSET_LAST_SEEN_RESOLUTION)]))
+        .map_err(backend)?;
     }
     insert_event(tx, &c.telemetry_event).map_err(backend)?;
     Ok(HeartbeatOutcome::Accepted)

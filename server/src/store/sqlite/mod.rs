@@ -452,6 +452,37 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_asset(&self, tenant_id: &str, asset_id: Uuid) -> StoreResult<Option<AssetRecord>> {
+        let tenant_id = tenant_id.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at FROM assets WHERE tenant_id = ?1 AND asset_id = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![tenant_id, asset_id.to_string()], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                    })
+                    .optional()
+                })
+                .map_err(backend)?;
+            row.map(|(id, tenant, agent, hostname, os_family, os_version, first, last)| {
+                Ok(AssetRecord {
+                    asset_id: uuid_of(&id)?,
+                    tenant_id: tenant,
+                    agent_id: uuid_of(&agent)?,
+                    hostname,
+                    os_family,
+                    os_version,
+                    first_seen_at: time(first)?,
+                    last_seen_at: time(last)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.with(move |conn| {
