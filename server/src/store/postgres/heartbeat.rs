@@ -255,7 +255,7 @@ async fn write_heartbeats(tx: &mut Tx, tenant: &str, accepted: &[Accepted<'_>]) 
              $26::text[], $27::text[], $28::jsonb[])) \
          INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) \
          SELECT event_id, tenant_id, event_type, occurred_at, payload \
-         FROM unnest($11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::text[]::jsonb[], $16::uuid[]) \
+         FROM unnest($11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::text[]::json[], $16::uuid[]) \
            WITH ORDINALITY AS e(event_id, tenant_id, event_type, occurred_at, payload, announces, n) \
          WHERE e.announces IS NULL OR e.announces IN (SELECT asset_id FROM created) \
          ORDER BY n",

@@ -27,6 +27,7 @@ const HEARTBEAT_SHARDS: usize = 4;
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
     (2, "heartbeat_fillfactor", include_str!("../../../migrations/postgres/0002_heartbeat_fillfactor.sql")),
+    (3, "outbox_payload_json", include_str!("../../../migrations/postgres/0003_outbox_payload_json.sql")),
 ];
 
 /// Serializes concurrent migrators.

@@ -101,7 +101,7 @@ pub(super) async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()
 }
 
 pub(super) async fn insert_event(tx: &mut Tx, e: &OutboxEvent) -> StoreResult<()> {
-    sqlx::query("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb)")
+    sqlx::query("INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at, payload) VALUES ($1, $2, $3, $4, $5::json)")
         .bind(&e.event_id)
         .bind(&e.tenant_id)
         .bind(&e.event_type)
