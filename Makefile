@@ -54,7 +54,11 @@ agent-footprint: ## Print the agent's stripped size, RSS after heartbeats and CP
 agent-cross: ## Build the agent for Linux musl/aarch64, Windows and macOS (installs targets and cross tools)
 	./tools/agent-cross.sh
 
+# PostgreSQL on this host, over its Unix socket as README recommends for a
+# same-host database; BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres measures TCP (with TLS).
+BENCH_POSTGRES_URL ?= postgres://postgres@%2Fvar%2Frun%2Fpostgresql/postgres
+
 bench: ## Loopback benchmark on SQLite and PostgreSQL (10,000 agents); writes target/bench/results.{md,json}
 	$(CARGO) build --release --quiet -p oneprotect-conformance --bin oneprotect-loadgen
 	./target/release/oneprotect-loadgen --agents 10000 --concurrency 64 --seconds 10 \
-	  --backend sqlite --backend postgres://postgres@127.0.0.1:5432/postgres --output target/bench
+	  --backend sqlite --backend '$(BENCH_POSTGRES_URL)' --output target/bench

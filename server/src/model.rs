@@ -186,13 +186,6 @@ pub struct OutboxEvent {
     pub payload: String,
 }
 
-impl OutboxEvent {
-    /// The CloudEvent as a JSON value.
-    pub fn payload_value(&self) -> serde_json::Result<serde_json::Value> {
-        serde_json::from_str(&self.payload)
-    }
-}
-
 /// A page of results and the cursor (a sequence number) of the next page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
@@ -461,6 +454,84 @@ mod tests {
         i.last_seen_at = None;
         i.enrolled_at = now - b.stale_after;
         assert_eq!(admit(Some(&i), &b, now), Err(IdentityRefusal::Stale { marked: false }));
+    }
+
+    fn commit_for(i: &AgentIdentityRecord, now: DateTime<Utc>, sequence: i64, first_contact: bool) -> HeartbeatCommit {
+        let event = |t: &str| OutboxEvent {
+            event_id: format!("fixture-{t}"),
+            tenant_id: i.tenant_id.clone(),
+            event_type: t.into(),
+            occurred_at: now,
+            payload: "{}".into(),
+        };
+        HeartbeatCommit {
+            tenant_id: i.tenant_id.clone(),
+            agent_id: i.agent_id,
+            binding: binding(i, None),
+            now,
+            sequence,
+            hostname: "fixture".into(),
+            agent_version: "0.0.0".into(),
+            os_family: None,
+            os_version: None,
+            telemetry_event: event("asset.telemetry.received"),
+            first_contact: first_contact.then(|| FirstContact {
+                discovered_event: event("asset.discovered"),
+                activation_audit: AuditRecord {
+                    audit_id: Uuid::nil(),
+                    tenant_id: i.tenant_id.clone(),
+                    occurred_at: now,
+                    actor_type: "agent".into(),
+                    actor_id: "fixture".into(),
+                    action: "agent.activate".into(),
+                    target_type: "agent".into(),
+                    target_id: None,
+                    outcome: "success".into(),
+                    reason_code: None,
+                    request_id: "fixture".into(),
+                    details: BTreeMap::new(),
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_is_judged_by_admit_first_then_by_its_sequence() {
+        let now = Utc::now();
+        let mut i = identity(now);
+        i.last_sequence = Some(5);
+        assert_eq!(judge_heartbeat(None, &commit_for(&i, now, 6, true)), Err(HeartbeatOutcome::Refused(IdentityRefusal::Unknown)));
+        let mut revoked = i.clone();
+        revoked.status = AgentStatus::Revoked;
+        assert_eq!(judge_heartbeat(Some(&revoked), &commit_for(&i, now, 5, true)), Err(HeartbeatOutcome::Refused(IdentityRefusal::Revoked)));
+        assert_eq!(judge_heartbeat(Some(&i), &commit_for(&i, now, 5, false)), Err(HeartbeatOutcome::Duplicate));
+        assert_eq!(judge_heartbeat(Some(&i), &commit_for(&i, now, 4, false)), Err(HeartbeatOutcome::Duplicate));
+        let later = commit_for(&i, now, 6, false);
+        assert_eq!(
+            judge_heartbeat(Some(&i), &later),
+            Ok(HeartbeatEffects { asset_id: i.asset_id, first_ever: false, activation_audit: None, discovered_event: None })
+        );
+    }
+
+    #[test]
+    fn an_identity_never_heard_from_or_not_yet_active_needs_its_first_contact_records() {
+        let now = Utc::now();
+        let mut fresh = identity(now);
+        fresh.status = AgentStatus::Enrolled;
+        fresh.last_sequence = None;
+        assert_eq!(judge_heartbeat(Some(&fresh), &commit_for(&fresh, now, 1, false)), Err(HeartbeatOutcome::FirstContactRequired));
+        let with_records = commit_for(&fresh, now, 1, true);
+        let effects = judge_heartbeat(Some(&fresh), &with_records).expect("admitted");
+        assert!(effects.first_ever);
+        assert_eq!(effects.activation_audit.map(|a| a.action.as_str()), Some("agent.activate"));
+        assert_eq!(effects.discovered_event.map(|e| e.event_type.as_str()), Some("asset.discovered"));
+        // Active but never heard from (its first heartbeat was lost): the
+        // asset may be missing, but there is nothing to activate.
+        let mut silent = fresh.clone();
+        silent.status = AgentStatus::Active;
+        assert_eq!(judge_heartbeat(Some(&silent), &commit_for(&silent, now, 1, false)), Err(HeartbeatOutcome::FirstContactRequired));
+        let effects = judge_heartbeat(Some(&silent), &with_records).expect("admitted");
+        assert_eq!((effects.first_ever, effects.activation_audit), (true, None));
     }
 
     #[test]

@@ -47,7 +47,12 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
     eprintln!("[{backend}] {:.0} group-committed store writes/s; measuring the naive store write", grouped.per_second);
     let direct = bench::store_direct(&platform, agents.clone(), cli.concurrency, duration, false).await.map_err(anyhow::Error::msg)?;
     eprintln!("[{backend}] {:.0} direct store writes/s", direct.per_second);
-    let name = if database.is_some() { "postgres" } else { "sqlite" };
+    let name = match database {
+        None => "sqlite",
+        // A percent-encoded path as the host is a Unix-socket directory.
+        Some(url) if url.split_once('@').is_some_and(|(_, host)| host.starts_with("%2F") || host.starts_with("%2f")) => "postgres (Unix socket)",
+        Some(_) => "postgres (TCP)",
+    };
     Ok(BenchResult { backend: name.into(), agents: agents.len(), concurrency: cli.concurrency, measures: vec![healthz, heartbeat, grouped, direct, exchange] })
 }
 

@@ -52,6 +52,10 @@ pub struct RotationResult {
 
 type AgentFailure = (Rejection, Option<String>, Option<String>);
 
+/// The audited action of a heartbeat; also what lets a token from before a
+/// rotation through during the grace period (`binding`).
+const HEARTBEAT: &str = "agent.heartbeat";
+
 impl Platform {
     /// Every rule that binds a runtime token to a stored identity, in order;
     /// the first that fails decides the answer, and every failure is audited.
@@ -121,7 +125,7 @@ impl Platform {
             asset_id: claims.asid,
             certificate_id: claims.crt,
             stale_after: self.policy.stale_after,
-            rotation_grace: (action == "agent.heartbeat").then_some(self.policy.rotation_grace),
+            rotation_grace: (action == HEARTBEAT).then_some(self.policy.rotation_grace),
         }
     }
 
@@ -162,53 +166,59 @@ impl Platform {
     /// store asks for the first-contact records (asset discovery,
     /// activation audit) instead of every heartbeat building them.
     pub async fn heartbeat(&self, bearer: &str, path_agent_id: Uuid, input: HeartbeatInput, meta: &RequestMeta) -> Result<HeartbeatResult, Rejection> {
-        const ACTION: &str = "agent.heartbeat";
         let claims = match self.verify_agent_token(bearer, path_agent_id) {
             Ok(claims) => claims,
             Err((rejection, tenant, actor)) => {
-                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), path_agent_id, ACTION, meta).await;
+                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), path_agent_id, HEARTBEAT, meta).await;
                 return Err(rejection);
             }
         };
         let now = self.clock.now();
         let sequence = i64::try_from(input.sequence).map_err(|_| Rejection::RequestInvalid("sequence is too large".into()))?;
-        let mut first_contact = None;
-        let outcome = loop {
-            let supplied = first_contact.is_some();
-            let commit = HeartbeatCommit {
-                tenant_id: claims.tid.clone(),
-                agent_id: claims.aid,
-                binding: self.binding(&claims, ACTION),
-                now,
-                sequence,
-                hostname: input.hostname.clone(),
-                agent_version: input.agent_version.clone(),
-                os_family: input.os_family.clone(),
-                os_version: input.os_version.clone(),
-                telemetry_event: self.telemetry_event(&claims, &input, now)?,
-                first_contact: first_contact.take(),
-            };
-            match self.store.commit_heartbeat(commit).await? {
-                HeartbeatOutcome::FirstContactRequired if !supplied => first_contact = Some(self.first_contact(&claims, &input, now, meta)?),
-                HeartbeatOutcome::FirstContactRequired => {
-                    tracing::error!("the store asked again for first-contact records it was given");
-                    return Err(Rejection::Internal);
-                }
-                outcome => break outcome,
-            }
-        };
+        let mut outcome = self.store.commit_heartbeat(self.heartbeat_commit(&claims, &input, now, sequence, None)?).await?;
+        if outcome == HeartbeatOutcome::FirstContactRequired {
+            let first_contact = self.first_contact(&claims, &input, now, meta)?;
+            outcome = self.store.commit_heartbeat(self.heartbeat_commit(&claims, &input, now, sequence, Some(first_contact))?).await?;
+        }
         let duplicate = match outcome {
             HeartbeatOutcome::Accepted => false,
             HeartbeatOutcome::Duplicate => true,
             HeartbeatOutcome::Refused(refusal) => {
                 let rejection = self.refusal(refusal, &claims, meta).await;
-                self.audit_agent_failure(&rejection, Some(&claims.tid), Some(&claims.aid.to_string()), path_agent_id, ACTION, meta).await;
+                self.audit_agent_failure(&rejection, Some(&claims.tid), Some(&claims.aid.to_string()), path_agent_id, HEARTBEAT, meta).await;
                 return Err(rejection);
             }
-            HeartbeatOutcome::FirstContactRequired => return Err(Rejection::Internal),
+            HeartbeatOutcome::FirstContactRequired => {
+                tracing::error!("the store asked again for first-contact records it was given");
+                return Err(Rejection::Internal);
+            }
         };
         self.metrics.inc("oneprotect_heartbeats_total", "outcome", if duplicate { "duplicate" } else { "accepted" });
         Ok(HeartbeatResult { agent_id: claims.aid, status: AgentStatus::Active, accepted_at: now, duplicate })
+    }
+
+    /// What one heartbeat asks the store to write.
+    fn heartbeat_commit(
+        &self,
+        claims: &RuntimeClaims,
+        input: &HeartbeatInput,
+        now: DateTime<Utc>,
+        sequence: i64,
+        first_contact: Option<FirstContact>,
+    ) -> Result<HeartbeatCommit, Rejection> {
+        Ok(HeartbeatCommit {
+            tenant_id: claims.tid.clone(),
+            agent_id: claims.aid,
+            binding: self.binding(claims, HEARTBEAT),
+            now,
+            sequence,
+            hostname: input.hostname.clone(),
+            agent_version: input.agent_version.clone(),
+            os_family: input.os_family.clone(),
+            os_version: input.os_version.clone(),
+            telemetry_event: self.telemetry_event(claims, input, now)?,
+            first_contact,
+        })
     }
 
     /// The `asset.telemetry.received` event of one heartbeat.

@@ -109,6 +109,15 @@ where
     })
 }
 
+/// A fresh id for an audit record or event made at `at`: a version 7 UUID
+/// (RFC 9562) of that time and random bits. Records are written in time
+/// order, so their primary-key index grows at its right edge instead of
+/// dirtying a random page per insert.
+fn record_id(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let seconds = u64::try_from(at.timestamp()).unwrap_or(0);
+    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, at.timestamp_subsec_nanos()))
+}
+
 /// An opaque page cursor: the last sequence number seen.
 pub fn encode_cursor(seq: i64) -> String {
     crate::secrets::b64(format!("v1:{seq}").as_bytes())
@@ -181,10 +190,11 @@ impl Platform {
         meta: &RequestMeta,
         details: BTreeMap<String, String>,
     ) -> AuditRecord {
+        let now = self.clock.now();
         AuditRecord {
-            audit_id: self.record_id(),
+            audit_id: record_id(now),
             tenant_id: tenant_id.to_owned(),
-            occurred_at: self.clock.now(),
+            occurred_at: now,
             actor_type: actor.0.to_owned(),
             actor_id: actor.1.to_owned(),
             action: action.to_owned(),
@@ -197,21 +207,11 @@ impl Platform {
         }
     }
 
-    /// A fresh id for an audit record or event: a version 7 UUID (RFC 9562)
-    /// from the platform clock and random bits. Records are written in
-    /// time order, so their primary-key index grows at its right edge
-    /// instead of dirtying a random page per insert.
-    fn record_id(&self) -> Uuid {
-        let now = self.clock.now();
-        let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
-        Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, now.timestamp_subsec_nanos()))
-    }
-
     /// Builds an event and validates it against its schema; an event that
     /// does not validate is never written (the request fails instead).
     fn event<D: EventData>(&self, tenant_id: &str, subject: &str, data: D) -> Result<OutboxEvent, Rejection> {
         let now = self.clock.now();
-        let id = self.record_id().to_string();
+        let id = record_id(now).to_string();
         let envelope = events::Envelope::new(id.clone(), EVENT_SOURCE, now, subject, tenant_id, data);
         let value = serde_json::to_value(&envelope).map_err(|_| Rejection::Internal)?;
         if let Err(e) = events::validate(&value) {
