@@ -235,7 +235,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 async fn migrate(args: MigrateArgs) -> ExitCode {
     match DatabaseUrl::parse(Some(&args.common.database_url)) {
-        Ok(DatabaseUrl::Sqlite(path)) => match oneprotect_server::store::sqlite::SqliteStore::open(&path).and_then(|s| s.migrate()) {
+        Ok(DatabaseUrl::Sqlite(path)) => match oneprotect_server::store::sqlite::SqliteStore::migrate_file(&path) {
             Ok(n) => {
                 println!("{}: migrations current ({n} applied now)", path.display());
                 ExitCode::SUCCESS

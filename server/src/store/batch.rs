@@ -1,9 +1,10 @@
-//! Group commit for heartbeats: callers queue their write on a bounded
-//! channel (a full queue makes them wait: back-pressure) and one writer task
-//! applies whatever is queued in one transaction, then answers every caller.
-//! A caller is answered only after the transaction committed, so an
-//! acknowledged heartbeat is durable; a crash before the commit loses only
-//! heartbeats nobody was told about.
+//! Group commit for PostgreSQL heartbeats: callers queue their write on a
+//! bounded channel (a full queue makes them wait: back-pressure) and a
+//! writer task applies whatever is queued in one transaction, then answers
+//! every caller. A caller is answered only after the transaction committed,
+//! so an acknowledged heartbeat is durable; a crash before the commit loses
+//! only heartbeats nobody was told about. The SQLite writer
+//! (`sqlite::writer`), which group-commits every write, shares the bounds.
 
 use std::future::Future;
 
@@ -41,24 +42,6 @@ impl HeartbeatBatcher {
             }
         });
         Self { queue }
-    }
-
-    /// Starts the writer on a dedicated thread, for a blocking database
-    /// API: the thread waits for the queue, applies a batch and answers,
-    /// with no hand-off to a thread pool per batch. It ends when the last
-    /// handle to the batcher is dropped.
-    pub fn spawn_thread<F>(name: &str, mut apply: F) -> std::io::Result<Self>
-    where
-        F: FnMut(Vec<HeartbeatCommit>) -> StoreResult<Vec<StoreResult<HeartbeatOutcome>>> + Send + 'static,
-    {
-        let (queue, mut rx) = mpsc::channel::<(HeartbeatCommit, Reply)>(QUEUE_CAPACITY);
-        std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let (commits, replies) = drain(first, &mut rx);
-                answer(replies, apply(commits));
-            }
-        })?;
-        Ok(Self { queue })
     }
 
     /// Starts `shards` writers; a heartbeat always goes to the shard of its

@@ -2,6 +2,8 @@
 //! limiting, persistence.
 
 use chrono::Duration;
+use oneprotect_server::error::TokenFailure;
+use oneprotect_server::model::{AgentIdentityRecord, AgentStatus, AuditRecord, CertificateRecord, EnrollmentCommit, EnrollmentOutcome, OutboxEvent};
 use reqwest::StatusCode;
 
 use crate::harness::*;
@@ -75,6 +77,116 @@ async fn a_replayed_nonce_is_rejected_and_consumes_nothing(backend: Backend) {
     assert!(audit.iter().any(|a| a["reason_code"] == "nonce_replayed"));
 }
 
+async fn a_nonce_replayed_with_another_token_consumes_none_of_its_uses(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (first, _) = h.issue_token(TENANT_A, 1).await;
+    let (second, second_id) = h.issue_token(TENANT_A, 2).await;
+    let body = h.exchange_body(&first, &p256_csr());
+    assert_eq!(h.exchange(&body).await.0, StatusCode::CREATED);
+    let mut replay = body.clone();
+    replay["enrollment_token"] = serde_json::Value::String(second.clone());
+    assert_problem(&h.exchange(&replay).await, StatusCode::CONFLICT, "nonce_replayed");
+    assert_eq!(h.token_metadata(TENANT_A, &second_id).await["use_count"], 0, "the valid token kept both uses");
+    assert_eq!(h.exchange(&h.exchange_body(&second, &p256_csr())).await.0, StatusCode::CREATED);
+    assert_eq!(h.exchange(&h.exchange_body(&second, &p256_csr())).await.0, StatusCode::CREATED);
+}
+
+async fn a_refused_token_is_answered_before_a_replayed_nonce(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (secret, id) = h.issue_token(TENANT_A, 1).await;
+    let body = h.exchange_body(&secret, &p256_csr());
+    assert_eq!(h.exchange(&body).await.0, StatusCode::CREATED);
+    // The token is now exhausted and the nonce used: the token decides.
+    assert_problem(&h.exchange(&body).await, StatusCode::UNAUTHORIZED, "enrollment_token_invalid");
+    assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 1);
+    let audit = h.audit(TENANT_A).await;
+    assert!(audit.iter().any(|a| a["reason_code"] == "token_exhausted"), "the audit names the token's reason");
+}
+
+/// An enrollment write as the service builds it, with a given nonce hash.
+fn enrollment(token_id: uuid::Uuid, tenant: &str, now: chrono::DateTime<chrono::Utc>, nonce_hash: &str) -> EnrollmentCommit {
+    let (agent_id, certificate_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    EnrollmentCommit {
+        token_id,
+        now,
+        nonce_hash: nonce_hash.into(),
+        identity: AgentIdentityRecord {
+            agent_id,
+            tenant_id: tenant.into(),
+            collector_id: uuid::Uuid::new_v4(),
+            asset_id: uuid::Uuid::new_v4(),
+            site_id: None,
+            status: AgentStatus::Enrolled,
+            hostname: Some("store.fixture".into()),
+            agent_version: Some("0.1.0".into()),
+            os_family: None,
+            enrollment_token_id: token_id,
+            certificate_id,
+            previous_certificate_id: None,
+            rotated_at: None,
+            fingerprint_hash: None,
+            enrolled_at: now,
+            last_seen_at: None,
+            last_sequence: None,
+            revoked_at: None,
+        },
+        certificate: CertificateRecord {
+            certificate_id,
+            tenant_id: tenant.into(),
+            agent_id,
+            public_key_algorithm: "ecdsa-p256".into(),
+            public_key_sha256: "00".repeat(32),
+            subject: "CN=store.fixture".into(),
+            serial_number: "01".into(),
+            not_before: now,
+            not_after: now + Duration::days(1),
+            status: "active".into(),
+        },
+        audit: AuditRecord {
+            audit_id: uuid::Uuid::new_v4(),
+            tenant_id: tenant.into(),
+            occurred_at: now,
+            actor_type: "anonymous".into(),
+            actor_id: "anonymous".into(),
+            action: "agent.enroll".into(),
+            target_type: "agent".into(),
+            target_id: Some(agent_id.to_string()),
+            outcome: "success".into(),
+            reason_code: None,
+            request_id: "fixture".into(),
+            details: Default::default(),
+        },
+        event: OutboxEvent {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.into(),
+            event_type: "agent.enrolled".into(),
+            occurred_at: now,
+            payload: r#"{"fixture":true}"#.into(),
+        },
+    }
+}
+
+/// The race the service's own token check cannot see: two exchanges that
+/// both found the token redeemable reach the store with the same nonce.
+async fn the_store_judges_the_token_before_the_nonce_and_a_refusal_writes_nothing(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let now = h.clock_now();
+    let (_, single) = h.issue_token(TENANT_A, 1).await;
+    let (_, spare) = h.issue_token(TENANT_A, 1).await;
+    let (single, spare) = (uuid::Uuid::parse_str(&single).expect("uuid"), uuid::Uuid::parse_str(&spare).expect("uuid"));
+    let identities = || async { h.store.list_identities(TENANT_A, None, 200).await.expect("identities").items.len() };
+    assert_eq!(h.store.commit_enrollment(&enrollment(single, TENANT_A, now, "fixture-nonce-hash")).await.expect("commit"), EnrollmentOutcome::Enrolled);
+    assert_eq!(
+        h.store.commit_enrollment(&enrollment(single, TENANT_A, now, "fixture-nonce-hash")).await.expect("commit"),
+        EnrollmentOutcome::TokenRejected(TokenFailure::Exhausted),
+        "an exhausted token is the answer, not the replayed nonce"
+    );
+    assert_eq!(h.store.commit_enrollment(&enrollment(spare, TENANT_A, now, "fixture-nonce-hash")).await.expect("commit"), EnrollmentOutcome::NonceReplayed);
+    assert_eq!(identities().await, 1, "refusals wrote no identity");
+    assert_eq!(h.token_metadata(TENANT_A, &spare.to_string()).await["use_count"], 0, "the replay consumed no use");
+    assert_eq!(h.store.commit_enrollment(&enrollment(spare, TENANT_A, now, "fixture-other-nonce-hash")).await.expect("commit"), EnrollmentOutcome::Enrolled);
+}
+
 async fn a_missing_runtime_secret_fails_closed_with_nothing_written(backend: Backend) {
     let h = Harness::start_with(backend, Options { runtime_secret: None, ..Options::default() }).await;
     let (secret, id) = h.issue_token(TENANT_A, 1).await;
@@ -128,6 +240,9 @@ crate::both_backends!(
     openssl_ec_and_rsa_csrs_enroll_with_their_public_key_recorded,
     broken_weak_and_garbage_csrs_are_rejected_without_consuming_the_token,
     a_replayed_nonce_is_rejected_and_consumes_nothing,
+    a_nonce_replayed_with_another_token_consumes_none_of_its_uses,
+    a_refused_token_is_answered_before_a_replayed_nonce,
+    the_store_judges_the_token_before_the_nonce_and_a_refusal_writes_nothing,
     a_missing_runtime_secret_fails_closed_with_nothing_written,
     repeated_failed_exchanges_are_rate_limited_with_retry_after,
     restarting_keeps_tokens_identities_and_runtime_tokens,

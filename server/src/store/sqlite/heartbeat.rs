@@ -1,15 +1,16 @@
 //! The heartbeat write: the rules judged on the identity row inside the
-//! write transaction, and batches of heartbeats in one transaction.
+//! write transaction (the writer batches it with other writes).
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 
 use super::rows::{backend, insert_audit, insert_event, micros, select_identity};
 use crate::model::*;
 use crate::store::StoreResult;
 
-/// One heartbeat inside an open write transaction (or savepoint). The
+/// One heartbeat inside the writer's open transaction (or savepoint). The
 /// rules are judged here on the identity row as this transaction sees it,
-/// so a revocation or rotation committed before this batch is seen.
+/// so a revocation or rotation queued before it, in this batch or an
+/// earlier one, is seen.
 pub(super) fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
     let stored = select_identity(tx, &c.tenant_id, c.agent_id)?;
     let effects = match judge_heartbeat(stored.as_ref(), c) {
@@ -58,35 +59,4 @@ pub(super) fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResu
     }
     insert_event(tx, &c.telemetry_event).map_err(backend)?;
     Ok(HeartbeatOutcome::Accepted)
-}
-
-/// A batch of heartbeats in one write transaction. Every heartbeat is
-/// applied directly; should one fail, the transaction is rolled back and
-/// the batch applied again with a savepoint per heartbeat, so the failure
-/// stays that heartbeat's own. Failures are rare, savepoints are not free.
-pub(super) fn apply_heartbeat_batch(conn: &mut Connection, commits: &[HeartbeatCommit]) -> StoreResult<Vec<StoreResult<HeartbeatOutcome>>> {
-    {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        if let Ok(outcomes) = commits.iter().map(|c| apply_heartbeat(&tx, c)).collect::<StoreResult<Vec<_>>>() {
-            tx.commit().map_err(backend)?;
-            return Ok(outcomes.into_iter().map(Ok).collect());
-        }
-    }
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-    let mut outcomes = Vec::with_capacity(commits.len());
-    for c in commits {
-        let sp = tx.savepoint().map_err(backend)?;
-        match apply_heartbeat(&sp, c) {
-            Ok(o) => {
-                sp.commit().map_err(backend)?;
-                outcomes.push(Ok(o));
-            }
-            Err(e) => {
-                drop(sp);
-                outcomes.push(Err(e));
-            }
-        }
-    }
-    tx.commit().map_err(backend)?;
-    Ok(outcomes)
 }

@@ -1,25 +1,25 @@
-//! The embedded SQLite store in WAL mode: one writer connection (each
-//! trait method one transaction on the blocking pool; heartbeat batches on
-//! a writer thread of their own, `heartbeat`), read-only connections next
-//! to it, and a background checkpointer (`checkpoint`). Every statement
-//! carries the tenant predicate.
+//! The embedded SQLite store in WAL mode: one writer connection owned by
+//! the writer thread, which group-commits every write (`writer`),
+//! read-only connections next to it, and a background checkpointer
+//! (`checkpoint`). Every statement carries the tenant predicate.
 
 mod checkpoint;
 mod heartbeat;
 mod rows;
+mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use self::checkpoint::{Checkpointer, WAL_BACKSTOP_PAGES};
-use self::heartbeat::{apply_heartbeat, apply_heartbeat_batch};
+use self::heartbeat::apply_heartbeat;
 use self::rows::*;
-use super::batch::HeartbeatBatcher;
+use self::writer::Writer;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
@@ -33,10 +33,8 @@ const READERS: usize = 4;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: Writer,
     readers: Arc<Vec<Mutex<Connection>>>,
-    batcher: Arc<tokio::sync::OnceCell<HeartbeatBatcher>>,
-    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -45,88 +43,78 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Opens the database file with the store's settings (WAL, full sync).
+fn connect(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path).map_err(backend)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> StoreResult<()> {
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;").map_err(backend)
+}
+
+/// Applies every migration not yet recorded; returns how many ran.
+fn migrate(conn: &mut Connection) -> StoreResult<usize> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+        .map_err(backend)?;
+    let mut applied = 0;
+    for (version, name, sql) in MIGRATIONS {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let done: Option<i64> =
+            tx.query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0)).optional().map_err(backend)?;
+        if done.is_none() {
+            tx.execute_batch(sql).map_err(backend)?;
+            tx.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)", params![version, name, micros(Utc::now())])
+                .map_err(backend)?;
+            applied += 1;
+        }
+        tx.commit().map_err(backend)?;
+    }
+    Ok(applied)
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies migrations.
+    /// Opens (creating if needed) the database file, applies migrations
+    /// and starts the writer, the readers and the checkpointer.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let conn = Connection::open(path).map_err(backend)?;
-        let mut store = Self::init(conn)?;
-        store
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))?
-            .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
-            .map_err(backend)?;
-        store.checkpointer = Some(Arc::new(Checkpointer::spawn(path)?));
+        let mut conn = connect(path)?;
+        migrate(&mut conn)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES).map_err(backend)?;
+        let checkpointer = Checkpointer::spawn(path)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = Connection::open(path).map_err(backend)?;
             reader.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;").map_err(backend)?;
             readers.push(Mutex::new(reader));
         }
-        store.readers = Arc::new(readers);
-        Ok(store)
+        let writer = Writer::spawn(conn, move || checkpointer.note_commit())?;
+        Ok(Self { writer, readers: Arc::new(readers) })
     }
 
-    /// A private in-memory database (tests).
+    /// Applies pending migrations to the database file and returns how
+    /// many ran, without starting the store.
+    pub fn migrate_file(path: &Path) -> StoreResult<usize> {
+        migrate(&mut connect(path)?)
+    }
+
+    /// A private in-memory database (tests); reads go through the writer.
     pub fn in_memory() -> StoreResult<Self> {
-        Self::init(Connection::open_in_memory().map_err(backend)?)
+        let mut conn = Connection::open_in_memory().map_err(backend)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        Ok(Self { writer: Writer::spawn(conn, || {})?, readers: Arc::default() })
     }
 
-    fn init(conn: Connection) -> StoreResult<Self> {
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;").map_err(backend)?;
-        let store = Self { conn: Arc::new(Mutex::new(conn)), readers: Arc::default(), batcher: Arc::default(), checkpointer: None };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    /// Applies every migration not yet recorded; returns how many ran.
-    pub fn migrate(&self) -> StoreResult<usize> {
-        let mut conn = self.conn.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-            .map_err(backend)?;
-        let mut applied = 0;
-        for (version, name, sql) in MIGRATIONS {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let done: Option<i64> =
-                tx.query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0)).optional().map_err(backend)?;
-            if done.is_none() {
-                tx.execute_batch(sql).map_err(backend)?;
-                tx.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)", params![version, name, micros(Utc::now())])
-                    .map_err(backend)?;
-                applied += 1;
-            }
-            tx.commit().map_err(backend)?;
-        }
-        Ok(applied)
-    }
-
-    async fn with<T, F>(&self, f: F) -> StoreResult<T>
+    /// Runs a read on a free reader connection (through the writer when
+    /// there is none, as for in-memory databases).
+    async fn read<T, F>(&self, mut f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
-    {
-        let (conn, checkpointer) = (self.conn.clone(), self.checkpointer.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
-            let out = f(&mut guard);
-            if let Some(c) = checkpointer {
-                c.note_commit();
-            }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
-    }
-
-    /// Runs a read on a free reader connection (the writer when there is
-    /// none, as for in-memory databases).
-    async fn read<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
         if self.readers.is_empty() {
-            return self.with(move |conn| f(conn)).await;
+            return self.writer.write(f).await;
         }
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
@@ -141,18 +129,13 @@ impl SqliteStore {
         .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
     }
 
+    /// One write, group-committed with whatever else is queued.
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(backend)?;
-            Ok(out)
-        })
-        .await
+        self.writer.write(f).await
     }
 }
 
@@ -163,7 +146,7 @@ impl Store for SqliteStore {
     }
 
     async fn ready(&self) -> StoreResult<()> {
-        self.with(|conn| {
+        self.read(|conn| {
             let latest: Option<i64> = conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0)).map_err(backend)?;
             let expected = MIGRATIONS.last().map(|m| m.0);
             if latest == expected { Ok(()) } else { Err(StoreError::Unavailable("migrations pending".into())) }
@@ -201,7 +184,7 @@ impl Store for SqliteStore {
 
     async fn list_enrollment_tokens(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>> {
         let tenant_id = tenant_id.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"))
                 .map_err(backend)?;
@@ -259,9 +242,22 @@ impl Store for SqliteStore {
 
     async fn commit_enrollment(&self, c: &EnrollmentCommit) -> StoreResult<EnrollmentOutcome> {
         let c = c.clone();
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let tenant = c.identity.tenant_id.clone();
+        // Every refusal is decided before anything is written (see
+        // `writer`): the token first, so a token refusal wins over a
+        // replayed nonce, then the nonce, then the use is redeemed.
+        self.write(move |tx| {
+            let tenant = c.identity.tenant_id.as_str();
+            let token = tx
+                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE tenant_id = ?1 AND id = ?2"))
+                .and_then(|mut s| s.query_row(params![tenant, c.token_id.to_string()], token_row).optional())
+                .map_err(backend)?;
+            let Some((_, raw)) = token else { return Ok(EnrollmentOutcome::TokenRejected(TokenFailure::Unknown)) };
+            if let Some(failure) = raw.into_record()?.failure_at(c.now) {
+                return Ok(EnrollmentOutcome::TokenRejected(failure));
+            }
+            if !insert_nonce(tx, tenant, &c.nonce_hash, c.now).map_err(backend)? {
+                return Ok(EnrollmentOutcome::NonceReplayed);
+            }
             let redeemed = tx
                 .prepare_cached(
                     "UPDATE agent_enrollment_tokens SET use_count = use_count + 1, last_used_at = ?3 \
@@ -270,18 +266,8 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.execute(params![tenant, c.token_id.to_string(), micros(c.now)]))
                 .map_err(backend)?;
             if redeemed != 1 {
-                let row = tx
-                    .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE tenant_id = ?1 AND id = ?2"))
-                    .and_then(|mut s| s.query_row(params![tenant, c.token_id.to_string()], token_row).optional())
-                    .map_err(backend)?;
-                let failure = match row {
-                    Some((_, raw)) => raw.into_record()?.failure_at(c.now).unwrap_or(TokenFailure::Exhausted),
-                    None => TokenFailure::Unknown,
-                };
-                return Ok(EnrollmentOutcome::TokenRejected(failure));
-            }
-            if !insert_nonce(&tx, &tenant, &c.nonce_hash, c.now).map_err(backend)? {
-                return Ok(EnrollmentOutcome::NonceReplayed);
+                // The token was judged redeemable in this same transaction.
+                return Err(StoreError::Backend("the enrollment token changed inside its write transaction".into()));
             }
             let i = &c.identity;
             tx.prepare_cached(
@@ -306,10 +292,9 @@ impl Store for SqliteStore {
                 ])
             })
             .map_err(backend)?;
-            insert_certificate(&tx, &c.certificate).map_err(backend)?;
-            insert_audit(&tx, &c.audit).map_err(backend)?;
-            insert_event(&tx, &c.event).map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            insert_certificate(tx, &c.certificate).map_err(backend)?;
+            insert_audit(tx, &c.audit).map_err(backend)?;
+            insert_event(tx, &c.event).map_err(backend)?;
             Ok(EnrollmentOutcome::Enrolled)
         })
         .await
@@ -322,7 +307,7 @@ impl Store for SqliteStore {
 
     async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>> {
         let tenant_id = tenant_id.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!("SELECT {IDENTITY_COLUMNS} FROM agent_identities WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"))
                 .map_err(backend)?;
@@ -391,46 +376,30 @@ impl Store for SqliteStore {
     }
 
     async fn commit_heartbeat(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-        let (conn, checkpointer) = (self.conn.clone(), self.checkpointer.clone());
-        let batcher = self
-            .batcher
-            .get_or_try_init(|| async move {
-                HeartbeatBatcher::spawn_thread("oneprotect-heartbeat-writer", move |commits: Vec<HeartbeatCommit>| {
-                    let mut guard = conn.lock().map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
-                    let outcomes = apply_heartbeat_batch(&mut guard, &commits);
-                    if let Some(c) = &checkpointer {
-                        c.note_commit();
-                    }
-                    outcomes
-                })
-                .map_err(|e| StoreError::Unavailable(format!("could not start the heartbeat writer: {e}")))
-            })
-            .await?;
-        batcher.submit(c).await
+        self.write(move |tx| apply_heartbeat(tx, &c)).await
     }
 
     async fn commit_heartbeat_unbatched(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-        self.write(move |tx| apply_heartbeat(tx, &c)).await
+        self.writer.write_alone(move |tx| apply_heartbeat(tx, &c)).await
     }
 
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
         let c = c.clone();
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let Some(identity) = select_identity(&tx, &c.tenant_id, c.agent_id)? else { return Ok(RotationOutcome::NotAllowed(None)) };
+        self.write(move |tx| {
+            let Some(identity) = select_identity(tx, &c.tenant_id, c.agent_id)? else { return Ok(RotationOutcome::NotAllowed(None)) };
             if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
                 return Ok(RotationOutcome::NotAllowed(Some(identity.status)));
             }
             if identity.certificate_id != c.presented_certificate_id {
                 return Ok(RotationOutcome::Superseded);
             }
-            if !insert_nonce(&tx, &c.tenant_id, &c.nonce_hash, c.now).map_err(backend)? {
+            if !insert_nonce(tx, &c.tenant_id, &c.nonce_hash, c.now).map_err(backend)? {
                 return Ok(RotationOutcome::NonceReplayed);
             }
             tx.prepare_cached("UPDATE agent_device_certificates SET status = 'superseded' WHERE tenant_id = ?1 AND certificate_id = ?2")
                 .and_then(|mut s| s.execute(params![c.tenant_id, identity.certificate_id.to_string()]))
                 .map_err(backend)?;
-            insert_certificate(&tx, &c.certificate).map_err(backend)?;
+            insert_certificate(tx, &c.certificate).map_err(backend)?;
             tx.prepare_cached(
                 "UPDATE agent_identities SET certificate_id = ?3, previous_certificate_id = ?4, rotated_at = ?5 WHERE tenant_id = ?1 AND agent_id = ?2",
             )
@@ -444,9 +413,8 @@ impl Store for SqliteStore {
                 ])
             })
             .map_err(backend)?;
-            insert_audit(&tx, &c.audit).map_err(backend)?;
-            insert_event(&tx, &c.event).map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            insert_audit(tx, &c.audit).map_err(backend)?;
+            insert_event(tx, &c.event).map_err(backend)?;
             Ok(RotationOutcome::Rotated)
         })
         .await
@@ -485,7 +453,7 @@ impl Store for SqliteStore {
 
     async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>> {
         let tenant_id = tenant_id.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .prepare_cached(
                     "SELECT certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status \
@@ -531,7 +499,7 @@ impl Store for SqliteStore {
 
     async fn list_audit(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>> {
         let tenant_id = tenant_id.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT seq, audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details \
@@ -585,7 +553,7 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>> {
         let tenant_id = tenant_id.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT seq, event_id, tenant_id, event_type, occurred_at, payload FROM event_outbox WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
                 .map_err(backend)?;
@@ -605,7 +573,7 @@ impl Store for SqliteStore {
     }
 
     async fn dump_all_rows(&self) -> StoreResult<Vec<String>> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut out = Vec::new();
             for table in TABLES {
                 let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).map_err(backend)?;
