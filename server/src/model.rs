@@ -111,9 +111,60 @@ impl AgentIdentityRecord {
     /// Stored status, with silence past `stale_after` turning an enrolled or
     /// active identity stale.
     pub fn effective_status(&self, now: DateTime<Utc>, stale_after: Duration) -> AgentStatus {
+        self.facts().effective_status(now, stale_after)
+    }
+}
+
+/// What the identity rules read of a stored identity, and all that a
+/// heartbeat's write transaction reads of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityState {
+    pub collector_id: Uuid,
+    pub asset_id: Uuid,
+    pub status: AgentStatus,
+    pub certificate_id: Uuid,
+    pub previous_certificate_id: Option<Uuid>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub enrolled_at: DateTime<Utc>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub last_sequence: Option<i64>,
+}
+
+impl IdentityState {
+    /// Stored status, with silence past `stale_after` turning an enrolled or
+    /// active identity stale.
+    pub fn effective_status(&self, now: DateTime<Utc>, stale_after: Duration) -> AgentStatus {
         match self.status {
             AgentStatus::Enrolled | AgentStatus::Active if self.last_seen_at.unwrap_or(self.enrolled_at) + stale_after <= now => AgentStatus::Stale,
             s => s,
+        }
+    }
+}
+
+/// A stored identity as the rules see it: the full record or only the
+/// state a write transaction read.
+pub trait IdentityFacts {
+    fn facts(&self) -> IdentityState;
+}
+
+impl IdentityFacts for IdentityState {
+    fn facts(&self) -> IdentityState {
+        *self
+    }
+}
+
+impl IdentityFacts for AgentIdentityRecord {
+    fn facts(&self) -> IdentityState {
+        IdentityState {
+            collector_id: self.collector_id,
+            asset_id: self.asset_id,
+            status: self.status,
+            certificate_id: self.certificate_id,
+            previous_certificate_id: self.previous_certificate_id,
+            rotated_at: self.rotated_at,
+            enrolled_at: self.enrolled_at,
+            last_seen_at: self.last_seen_at,
+            last_sequence: self.last_sequence,
         }
     }
 }
@@ -245,8 +296,9 @@ pub enum IdentityRefusal {
 /// record (which is returned when it admits the caller): the service applies them before a rotation, and the store
 /// applies them inside the heartbeat's write transaction, on the row it
 /// locks, so the answer reflects every change committed before it.
-pub fn admit<'a>(identity: Option<&'a AgentIdentityRecord>, binding: &AgentBinding, now: DateTime<Utc>) -> Result<&'a AgentIdentityRecord, IdentityRefusal> {
-    let identity = identity.ok_or(IdentityRefusal::Unknown)?;
+pub fn admit<'a, I: IdentityFacts>(stored: Option<&'a I>, binding: &AgentBinding, now: DateTime<Utc>) -> Result<&'a I, IdentityRefusal> {
+    let found = stored.ok_or(IdentityRefusal::Unknown)?;
+    let identity = found.facts();
     if identity.collector_id != binding.collector_id || identity.asset_id != binding.asset_id {
         return Err(IdentityRefusal::CollectorMismatch);
     }
@@ -259,7 +311,7 @@ pub fn admit<'a>(identity: Option<&'a AgentIdentityRecord>, binding: &AgentBindi
     let in_grace = binding
         .rotation_grace
         .is_some_and(|grace| identity.previous_certificate_id == Some(binding.certificate_id) && identity.rotated_at.is_some_and(|at| now < at + grace));
-    if current || in_grace { Ok(identity) } else { Err(IdentityRefusal::Superseded) }
+    if current || in_grace { Ok(found) } else { Err(IdentityRefusal::Superseded) }
 }
 
 /// What an accepted heartbeat writes; the store decides which events apply.
@@ -323,8 +375,8 @@ pub struct HeartbeatEffects<'c> {
 /// identity as that transaction sees it: `admit`, then a sequence greater
 /// than the last accepted one (otherwise a duplicate, acknowledged without
 /// effect), then the first-contact records when the identity needs them.
-pub fn judge_heartbeat<'c>(stored: Option<&AgentIdentityRecord>, commit: &'c HeartbeatCommit) -> Result<HeartbeatEffects<'c>, HeartbeatOutcome> {
-    let identity = admit(stored, &commit.binding, commit.now).map_err(HeartbeatOutcome::Refused)?;
+pub fn judge_heartbeat<'c, I: IdentityFacts>(stored: Option<&I>, commit: &'c HeartbeatCommit) -> Result<HeartbeatEffects<'c>, HeartbeatOutcome> {
+    let identity = admit(stored, &commit.binding, commit.now).map_err(HeartbeatOutcome::Refused)?.facts();
     if identity.last_sequence.is_some_and(|last| commit.sequence <= last) {
         return Err(HeartbeatOutcome::Duplicate);
     }
@@ -420,7 +472,7 @@ mod tests {
         let now = Utc::now();
         let i = identity(now);
         let b = binding(&i, None);
-        assert_eq!(admit(None, &b, now), Err(IdentityRefusal::Unknown));
+        assert_eq!(admit::<AgentIdentityRecord>(None, &b, now), Err(IdentityRefusal::Unknown));
         // A revoked, silent identity presenting another collector and an old
         // certificate: the collector rule is judged first.
         let mut worst = i.clone();
@@ -500,7 +552,7 @@ mod tests {
         let now = Utc::now();
         let mut i = identity(now);
         i.last_sequence = Some(5);
-        assert_eq!(judge_heartbeat(None, &commit_for(&i, now, 6, true)), Err(HeartbeatOutcome::Refused(IdentityRefusal::Unknown)));
+        assert_eq!(judge_heartbeat::<AgentIdentityRecord>(None, &commit_for(&i, now, 6, true)), Err(HeartbeatOutcome::Refused(IdentityRefusal::Unknown)));
         let mut revoked = i.clone();
         revoked.status = AgentStatus::Revoked;
         assert_eq!(judge_heartbeat(Some(&revoked), &commit_for(&i, now, 5, true)), Err(HeartbeatOutcome::Refused(IdentityRefusal::Revoked)));

@@ -218,7 +218,8 @@ impl Platform {
             tracing::error!(event_type = D::EVENT_TYPE, error = %e, "refusing to emit an event that does not match its schema");
             return Err(Rejection::Internal);
         }
-        Ok(OutboxEvent { event_id: id, tenant_id: tenant_id.to_owned(), event_type: D::EVENT_TYPE.to_owned(), occurred_at: now, payload: value.to_string() })
+        let payload = serde_json::to_string(&value).map_err(|_| Rejection::Internal)?;
+        Ok(OutboxEvent { event_id: id, tenant_id: tenant_id.to_owned(), event_type: D::EVENT_TYPE.to_owned(), occurred_at: now, payload })
     }
 
     /// Records a rejection in the audit trail; a failure to record is logged,

@@ -142,9 +142,13 @@ async fn rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_
     assert_eq!(h.heartbeat(&agent, &old, 2).await.0, StatusCode::OK, "the old token works during the grace period");
     let replay = h.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&new), Some(&body)).await;
     assert_problem(&replay, StatusCode::CONFLICT, "nonce_replayed");
-    h.clock.advance(Duration::minutes(6));
-    assert_problem(&h.heartbeat(&agent, &old, 3).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
-    assert_eq!(h.heartbeat(&agent, &new, 4).await.0, StatusCode::OK);
+    // The grace runs from the rotation, not from the last heartbeat: late
+    // in it the old token still works, just after it the old token fails.
+    h.clock.advance(Duration::minutes(4));
+    assert_eq!(h.heartbeat(&agent, &old, 3).await.0, StatusCode::OK, "the old token works until the grace period ends");
+    h.clock.advance(Duration::minutes(2));
+    assert_problem(&h.heartbeat(&agent, &old, 4).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    assert_eq!(h.heartbeat(&agent, &new, 5).await.0, StatusCode::OK);
     assert!(h.events(TENANT_A).await.iter().any(|e| e["type"] == "agent.certificate.rotated"));
 }
 

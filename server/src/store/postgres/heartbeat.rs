@@ -4,7 +4,7 @@
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
-use super::rows::{Tx, backend, identity_of, insert_audit, insert_event, select_identity};
+use super::rows::{Tx, backend, identity_state_columns, identity_state_of, insert_audit, insert_event};
 use crate::model::*;
 use crate::store::{StoreError, StoreResult};
 
@@ -25,7 +25,13 @@ pub(super) async fn apply_heartbeat_alone(pool: &PgPool, c: &HeartbeatCommit) ->
 /// identity row is locked and the rules judged on it here, so a committed
 /// revocation or rotation is seen.
 async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-    let stored = select_identity(tx, &c.tenant_id, c.agent_id, true).await?;
+    let row = sqlx::query(concat!("SELECT ", identity_state_columns!(), " FROM agent_identities WHERE tenant_id = $1 AND agent_id = $2 FOR UPDATE"))
+        .bind(&c.tenant_id)
+        .bind(c.agent_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let stored = row.as_ref().map(identity_state_of).transpose()?.map(|(_, state)| state);
     let effects = match judge_heartbeat(stored.as_ref(), c) {
         Ok(effects) => effects,
         Err(outcome) => return Ok(outcome),
@@ -157,10 +163,12 @@ pub(super) async fn apply_heartbeat_batch(pool: &PgPool, commits: &[HeartbeatCom
         // picks whenever the table's statistics understate the tenant's
         // size (a new table, a fast-growing tenant): then a batch would
         // cost as much as the tenant is large.
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT a.* FROM unnest($2::uuid[]) AS k(agent_id) \
-             CROSS JOIN LATERAL (SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = k.agent_id OFFSET 0 FOR UPDATE) a",
-        )
+             CROSS JOIN LATERAL (SELECT ",
+            identity_state_columns!(),
+            " FROM agent_identities WHERE tenant_id = $1 AND agent_id = k.agent_id OFFSET 0 FOR UPDATE) a"
+        ))
         .bind(tenant)
         .bind(&agent_ids)
         .fetch_all(&mut *tx)
@@ -168,8 +176,8 @@ pub(super) async fn apply_heartbeat_batch(pool: &PgPool, commits: &[HeartbeatCom
         .map_err(backend)?;
         let mut identities = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
-            let (_, identity) = identity_of(row)?;
-            identities.insert(identity.agent_id, identity);
+            let (agent_id, state) = identity_state_of(row)?;
+            identities.insert(agent_id, state);
         }
         let mut accepted: Vec<Accepted<'_>> = Vec::new();
         for &i in &members {

@@ -67,6 +67,34 @@ pub(super) fn identity_of(r: &PgRow) -> StoreResult<(i64, AgentIdentityRecord)> 
     ))
 }
 
+/// The agent id and the columns of `model::IdentityState`, in the order
+/// `identity_state_of` reads them (a macro, so statements stay `'static`).
+macro_rules! identity_state_columns {
+    () => {
+        "agent_id, collector_id, asset_id, status, certificate_id, previous_certificate_id, rotated_at, enrolled_at, last_seen_at, last_sequence"
+    };
+}
+pub(super) use identity_state_columns;
+
+/// An agent id and what a heartbeat judges of its identity.
+pub(super) fn identity_state_of(r: &PgRow) -> StoreResult<(Uuid, IdentityState)> {
+    let status: &str = r.try_get(3).map_err(backend)?;
+    Ok((
+        r.try_get(0).map_err(backend)?,
+        IdentityState {
+            collector_id: r.try_get(1).map_err(backend)?,
+            asset_id: r.try_get(2).map_err(backend)?,
+            status: AgentStatus::parse(status).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
+            certificate_id: r.try_get(4).map_err(backend)?,
+            previous_certificate_id: r.try_get(5).map_err(backend)?,
+            rotated_at: r.try_get(6).map_err(backend)?,
+            enrolled_at: r.try_get(7).map_err(backend)?,
+            last_seen_at: r.try_get(8).map_err(backend)?,
+            last_sequence: r.try_get(9).map_err(backend)?,
+        },
+    ))
+}
+
 pub(super) fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);

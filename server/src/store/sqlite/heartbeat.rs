@@ -3,27 +3,33 @@
 
 use rusqlite::{Connection, params};
 
-use super::rows::{backend, insert_audit, insert_event, micros, select_identity};
+use super::rows::{backend, insert_audit, insert_event, micros, select_identity_state};
 use crate::model::*;
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 /// One heartbeat inside the writer's open transaction (or savepoint). The
 /// rules are judged here on the identity row as this transaction sees it,
 /// so a revocation or rotation queued before it, in this batch or an
 /// earlier one, is seen.
 pub(super) fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-    let stored = select_identity(tx, &c.tenant_id, c.agent_id)?;
-    let effects = match judge_heartbeat(stored.as_ref(), c) {
+    let stored = select_identity_state(tx, &c.tenant_id, c.agent_id)?;
+    let effects = match judge_heartbeat(stored.as_ref().map(|(_, state)| state), c) {
         Ok(effects) => effects,
         Err(outcome) => return Ok(outcome),
     };
     let now = micros(c.now);
-    tx.prepare_cached(
-        "UPDATE agent_identities SET status = 'active', last_seen_at = ?3, last_sequence = ?4, hostname = ?5, agent_version = ?6, os_family = COALESCE(?7, os_family) \
-         WHERE tenant_id = ?1 AND agent_id = ?2",
-    )
-    .and_then(|mut s| s.execute(params![c.tenant_id, c.agent_id.to_string(), now, c.sequence, c.hostname, c.agent_version, c.os_family]))
-    .map_err(backend)?;
+    // By the row id just read (no second descent of the agent_id index);
+    // an admitted identity is exactly one row.
+    let updated = tx
+        .prepare_cached(
+            "UPDATE agent_identities SET status = 'active', last_seen_at = ?3, last_sequence = ?4, hostname = ?5, agent_version = ?6, os_family = COALESCE(?7, os_family) \
+             WHERE seq = ?2 AND tenant_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![c.tenant_id, stored.map(|(row, _)| row), now, c.sequence, c.hostname, c.agent_version, c.os_family]))
+        .map_err(backend)?;
+    if updated != 1 {
+        return Err(StoreError::Backend(format!("an admitted heartbeat updated {updated} identity rows")));
+    }
     if let Some(audit) = effects.activation_audit {
         insert_audit(tx, audit).map_err(backend)?;
     }

@@ -244,6 +244,39 @@ pub(super) fn select_identity(tx: &Connection, tenant_id: &str, agent_id: Uuid) 
     raw.map(|(_, r)| r.into_record()).transpose()
 }
 
+/// What a heartbeat judges of an identity (`model::IdentityState`), with
+/// the row id its update then goes to.
+pub(super) fn select_identity_state(tx: &Connection, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<(i64, IdentityState)>> {
+    let row = tx
+        .prepare_cached(
+            "SELECT seq, collector_id, asset_id, status, certificate_id, previous_certificate_id, rotated_at, enrolled_at, last_seen_at, last_sequence \
+             FROM agent_identities WHERE tenant_id = ?1 AND agent_id = ?2",
+        )
+        .map_err(backend)?
+        .query_row(params![tenant_id, agent_id.to_string()], |r| Ok(identity_state_row(r)))
+        .optional()
+        .map_err(backend)?;
+    row.transpose()
+}
+
+fn identity_state_row(r: &Row<'_>) -> StoreResult<(i64, IdentityState)> {
+    let text = |i: usize| r.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?)).map_err(backend);
+    let uuid = |i: usize| text(i)?.map(uuid_of).transpose()?.ok_or_else(|| StoreError::Corrupt("missing uuid".into()));
+    let int = |i: usize| r.get::<_, Option<i64>>(i).map_err(backend);
+    let state = IdentityState {
+        collector_id: uuid(1)?,
+        asset_id: uuid(2)?,
+        status: text(3)?.and_then(AgentStatus::parse).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
+        certificate_id: uuid(4)?,
+        previous_certificate_id: text(5)?.map(uuid_of).transpose()?,
+        rotated_at: opt_time(int(6)?)?,
+        enrolled_at: time(int(7)?.ok_or_else(|| StoreError::Corrupt("enrolled_at".into()))?)?,
+        last_seen_at: opt_time(int(8)?)?,
+        last_sequence: int(9)?,
+    };
+    Ok((r.get(0).map_err(backend)?, state))
+}
+
 pub(super) fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
