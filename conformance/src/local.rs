@@ -127,7 +127,10 @@ impl Drop for LocalPlatform {
 }
 
 async fn serve(platform: Arc<Platform>, fault: HttpFaultState) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    let router = oneprotect_server::app::router(platform).layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next)));
+    // The faulty layer wraps the router only when a fault is chosen, so the
+    // real platform (and the benchmark) runs exactly as it ships.
+    let router = oneprotect_server::app::router(platform);
+    let router = if fault.fault.is_some() { router.layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next))) } else { router };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let handle = tokio::spawn(async move {

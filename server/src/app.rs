@@ -70,9 +70,10 @@ pub fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, secrets: SecretInp
 async fn access_log(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    let request_id = response.headers().get(oneprotect_contracts::server::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let request_id = response.headers().get(oneprotect_contracts::server::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     tracing::info!(%method, route, status = response.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1000.0, request_id, "request");
     response
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use oneprotect_conformance::bench::{self, BenchResult, MAX_AGENTS, MAX_DURATION};
+use oneprotect_conformance::bench::{self, BenchResult, MAX_AGENTS, MAX_DURATION, RoundRates, Samples};
 
 /// The same allocator as the server binary, so the in-process platform
 /// is measured as it is shipped.
@@ -25,9 +25,13 @@ struct Cli {
     /// Concurrent requests.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Seconds per timed phase.
+    /// Seconds each timed measure runs in all, split evenly over the rounds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Rounds: each runs a slice of every timed measure in turn, so that
+    /// ratios compare figures taken seconds apart.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60))]
+    rounds: u32,
     /// Directory for results.md and results.json.
     #[arg(long, default_value = "target/bench")]
     output: PathBuf,
@@ -38,22 +42,41 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
     let platform = oneprotect_conformance::local::start_with(database, None, false).await?;
     eprintln!("[{backend}] enrolling {} agents (concurrency {})", cli.agents, cli.concurrency);
     let (exchange, agents) = bench::enroll(&platform, cli.agents, cli.concurrency).await.map_err(anyhow::Error::msg)?;
-    eprintln!("[{backend}] {:.0} exchanges/s; measuring /healthz", exchange.per_second);
-    let healthz = bench::healthz(&platform, cli.concurrency, duration).await.map_err(anyhow::Error::msg)?;
-    eprintln!("[{backend}] {:.0} healthz/s; measuring heartbeats", healthz.per_second);
-    let heartbeat = bench::heartbeats(agents.clone(), cli.concurrency, duration).await;
-    eprintln!("[{backend}] {:.0} heartbeats/s; measuring the group-committed store write", heartbeat.per_second);
-    let grouped = bench::store_direct(&platform, agents.clone(), cli.concurrency, duration, true).await.map_err(anyhow::Error::msg)?;
-    eprintln!("[{backend}] {:.0} group-committed store writes/s; measuring the naive store write", grouped.per_second);
-    let direct = bench::store_direct(&platform, agents.clone(), cli.concurrency, duration, false).await.map_err(anyhow::Error::msg)?;
-    eprintln!("[{backend}] {:.0} direct store writes/s", direct.per_second);
+    eprintln!("[{backend}] {:.0} exchanges/s; {} rounds of /healthz, heartbeats, group-committed and naive store writes", exchange.per_second, cli.rounds);
+    let workload = bench::Workload::new(&platform, agents.clone(), cli.concurrency).map_err(anyhow::Error::msg)?;
+    let slice = duration / cli.rounds;
+    let (mut healthz, mut heartbeat, mut grouped, mut naive) = Default::default();
+    let mut rounds = Vec::new();
+    for round in 1..=cli.rounds {
+        let h = workload.healthz(slice).await;
+        let b = workload.heartbeats(slice).await;
+        let g = workload.store_direct(slice, true).await;
+        let n = workload.store_direct(slice, false).await;
+        let rates = RoundRates { healthz: h.rate(), heartbeat: b.rate(), grouped: g.rate(), naive: n.rate() };
+        eprintln!(
+            "[{backend}] round {round}: {:.0} healthz/s, {:.0} heartbeats/s, {:.0} group-committed and {:.0} naive store writes/s",
+            rates.healthz, rates.heartbeat, rates.grouped, rates.naive
+        );
+        rounds.push(rates);
+        Samples::merge(&mut healthz, h);
+        Samples::merge(&mut heartbeat, b);
+        Samples::merge(&mut grouped, g);
+        Samples::merge(&mut naive, n);
+    }
     let name = match database {
         None => "sqlite",
         // A percent-encoded path as the host is a Unix-socket directory.
         Some(url) if url.split_once('@').is_some_and(|(_, host)| host.starts_with("%2F") || host.starts_with("%2f")) => "postgres (Unix socket)",
         Some(_) => "postgres (TCP)",
     };
-    Ok(BenchResult { backend: name.into(), agents: agents.len(), concurrency: cli.concurrency, measures: vec![healthz, heartbeat, grouped, direct, exchange] })
+    let measures = vec![
+        healthz.into_measure("GET /healthz (HTTP ceiling)"),
+        heartbeat.into_measure("POST heartbeat (HTTP)"),
+        grouped.into_measure("store.commit_heartbeat direct (group commit)"),
+        naive.into_measure("store.commit_heartbeat direct (1 tx/heartbeat)"),
+        exchange,
+    ];
+    Ok(BenchResult { backend: name.into(), agents: agents.len(), concurrency: cli.concurrency, measures, rounds })
 }
 
 #[tokio::main]
@@ -75,7 +98,7 @@ async fn main() -> ExitCode {
         }
     }
     let machine = format!("{} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), std::env::consts::ARCH);
-    let mut md = format!("## OneProtect benchmark ({machine}, {} s per phase)\n\n", duration.as_secs());
+    let mut md = format!("## OneProtect benchmark ({machine}, {} s per measure in {} rounds)\n\n", duration.as_secs(), cli.rounds);
     for r in &results {
         md.push_str(&bench::markdown(r));
     }
