@@ -598,3 +598,18 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_a_file_reports_what_it_applied_and_then_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("migrate.db");
+        assert_eq!(SqliteStore::migrate_file(&path).expect("first"), MIGRATIONS.len());
+        assert_eq!(SqliteStore::migrate_file(&path).expect("second"), 0, "a current database needs nothing");
+        drop(SqliteStore::open(&path).expect("a migrated file opens"));
+        assert_eq!(SqliteStore::migrate_file(&path).expect("after open"), 0);
+    }
+}
