@@ -188,6 +188,9 @@ mod tests {
 
     use super::*;
 
+    type Write = Box<dyn FnMut(&Connection) -> StoreResult<()> + Send>;
+    type Answer = tokio::task::JoinHandle<StoreResult<()>>;
+
     /// A writer on an in-memory table of unique values, and how many
     /// batches it has committed.
     fn writer() -> (Writer, Arc<AtomicUsize>) {
@@ -202,19 +205,28 @@ mod tests {
         (writer, commits)
     }
 
-    fn insert(v: &'static str) -> impl FnMut(&Connection) -> StoreResult<()> + Send + 'static {
-        move |conn| conn.execute("INSERT INTO t (v) VALUES (?1)", [v]).map(|_| ()).map_err(backend)
+    fn insert(v: &'static str) -> Write {
+        Box::new(move |conn| conn.execute("INSERT INTO t (v) VALUES (?1)", [v]).map(|_| ()).map_err(backend))
     }
 
-    /// Keeps the writer busy inside a batch of its own until `release`
-    /// is used, so that writes queued meanwhile travel in the next batch.
-    async fn hold(writer: &Writer) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<StoreResult<()>>) {
+    /// Writes `v`, then fails: its write must not be kept.
+    fn insert_then_fail(v: &'static str) -> Write {
+        Box::new(move |conn| {
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [v]).map_err(backend)?;
+            Err(StoreError::Backend("refused after writing".into()))
+        })
+    }
+
+    /// Keeps the writer busy inside a batch of its own, queues `writes` in
+    /// order behind it (each `alone` or not), then lets it go: the writes
+    /// travel together in the batches that follow. One answer per write.
+    async fn queued_behind_a_busy_writer(writer: &Writer, writes: Vec<(bool, Write)>) -> Vec<StoreResult<()>> {
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = std::sync::Mutex::new(released);
         let (started, running) = oneshot::channel();
         let mut started = Some(started);
         let w = writer.clone();
-        let held = tokio::spawn(async move {
+        let held: Answer = tokio::spawn(async move {
             w.write(move |_| {
                 if let Some(s) = started.take() {
                     let _ = s.send(());
@@ -225,143 +237,93 @@ mod tests {
             .await
         });
         running.await.expect("the writer runs the holding write");
-        (release, held)
-    }
-
-    /// Waits until `n` writes wait in the queue.
-    async fn queued(writer: &Writer, n: usize) {
-        while writer.queue.max_capacity() - writer.queue.capacity() < n {
-            tokio::task::yield_now().await;
+        let mut answers: Vec<Answer> = Vec::new();
+        for (n, (alone, write)) in writes.into_iter().enumerate() {
+            let w = writer.clone();
+            answers.push(tokio::spawn(async move { if alone { w.write_alone(write).await } else { w.write(write).await } }));
+            while writer.queue.max_capacity() - writer.queue.capacity() <= n {
+                tokio::task::yield_now().await;
+            }
         }
+        release.send(()).expect("release");
+        held.await.expect("task").expect("holding write");
+        let mut results = Vec::new();
+        for answer in answers {
+            results.push(answer.await.expect("task"));
+        }
+        results
     }
 
-    fn rows(writer: &Writer) -> impl Future<Output = StoreResult<Vec<String>>> + '_ {
-        writer.write(|conn| {
-            let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").map_err(backend)?;
-            let values = stmt.query_map([], |r| r.get(0)).map_err(backend)?.collect::<Result<Vec<String>, _>>().map_err(backend)?;
-            Ok(values)
-        })
+    fn batched(writes: Vec<Write>) -> Vec<(bool, Write)> {
+        writes.into_iter().map(|w| (false, w)).collect()
+    }
+
+    async fn rows(writer: &Writer) -> Vec<String> {
+        writer
+            .write(|conn| {
+                let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").map_err(backend)?;
+                let values = stmt.query_map([], |r| r.get(0)).map_err(backend)?.collect::<Result<Vec<String>, _>>().map_err(backend)?;
+                Ok(values)
+            })
+            .await
+            .expect("rows")
     }
 
     #[tokio::test]
     async fn writes_queued_together_commit_in_one_transaction() {
         let (writer, commits) = writer();
-        let (release, held) = hold(&writer).await;
-        let values: [&'static str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
-        let writes: Vec<_> = values
-            .into_iter()
-            .map(|v| {
-                tokio::spawn({
-                    let w = writer.clone();
-                    async move { w.write(insert(v)).await }
-                })
-            })
-            .collect();
-        queued(&writer, values.len()).await;
-        release.send(()).expect("release");
-        held.await.expect("task").expect("holding write");
-        for w in writes {
-            w.await.expect("task").expect("write");
-        }
+        let values = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let results = queued_behind_a_busy_writer(&writer, batched(values.into_iter().map(insert).collect())).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(commits.load(Ordering::SeqCst), 2, "the holding batch, then one batch for all eight writes");
-        assert_eq!(rows(&writer).await.expect("rows"), values);
+        assert_eq!(rows(&writer).await, values);
     }
 
     #[tokio::test]
     async fn a_failing_write_is_rolled_back_alone_and_its_neighbours_commit() {
         let (writer, commits) = writer();
-        let (release, held) = hold(&writer).await;
-        let refusing = |conn: &Connection| -> StoreResult<()> {
-            conn.execute("INSERT INTO t (v) VALUES ('refused')", []).map_err(backend)?;
-            Err(StoreError::Backend("refused after writing".into()))
-        };
-        let (w1, w2, w3, w4) = (writer.clone(), writer.clone(), writer.clone(), writer.clone());
-        let a = tokio::spawn(async move { w1.write(insert("a")).await });
-        queued(&writer, 1).await;
-        let refused = tokio::spawn(async move { w2.write(refusing).await });
-        queued(&writer, 2).await;
-        let c = tokio::spawn(async move { w3.write(insert("c")).await });
-        queued(&writer, 3).await;
-        let clash = tokio::spawn(async move { w4.write(insert("a")).await });
-        queued(&writer, 4).await;
-        release.send(()).expect("release");
-        held.await.expect("task").expect("holding write");
-        assert!(a.await.expect("task").is_ok());
-        assert!(matches!(refused.await.expect("task"), Err(StoreError::Backend(m)) if m == "refused after writing"));
-        assert!(c.await.expect("task").is_ok());
-        assert!(clash.await.expect("task").is_err(), "a unique violation fails its own write");
+        let results = queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), insert_then_fail("refused"), insert("c"), insert("a")])).await;
+        assert!(results[0].is_ok());
+        assert!(matches!(&results[1], Err(StoreError::Backend(m)) if m == "refused after writing"));
+        assert!(results[2].is_ok());
+        assert!(results[3].is_err(), "a unique violation fails its own write");
         assert_eq!(commits.load(Ordering::SeqCst), 2);
-        assert_eq!(rows(&writer).await.expect("rows"), ["a", "c"], "the refused write left nothing behind");
+        assert_eq!(rows(&writer).await, ["a", "c"], "the refused write left nothing behind");
     }
 
     #[tokio::test]
     async fn a_panicking_write_fails_alone_and_the_writer_keeps_serving() {
         let (writer, _) = writer();
-        let (release, held) = hold(&writer).await;
-        let (w1, w2, w3) = (writer.clone(), writer.clone(), writer.clone());
-        let a = tokio::spawn(async move { w1.write(insert("a")).await });
-        queued(&writer, 1).await;
-        let panicking = tokio::spawn(async move {
-            w2.write(|conn: &Connection| -> StoreResult<()> {
-                conn.execute("INSERT INTO t (v) VALUES ('panicked')", []).map_err(backend)?;
-                panic!("a write that panics (test fixture)")
-            })
-            .await
+        let panicking: Write = Box::new(|conn| {
+            conn.execute("INSERT INTO t (v) VALUES ('panicked')", []).map_err(backend)?;
+            panic!("a write that panics (test fixture)")
         });
-        queued(&writer, 2).await;
-        let c = tokio::spawn(async move { w3.write(insert("c")).await });
-        queued(&writer, 3).await;
-        release.send(()).expect("release");
-        held.await.expect("task").expect("holding write");
-        assert!(a.await.expect("task").is_ok());
-        assert!(panicking.await.expect("task").is_err());
-        assert!(c.await.expect("task").is_ok());
+        let results = queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), panicking, insert("c")])).await;
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
         writer.write(insert("after")).await.expect("the writer still serves");
-        assert_eq!(rows(&writer).await.expect("rows"), ["a", "after", "c"]);
+        assert_eq!(rows(&writer).await, ["a", "after", "c"]);
     }
 
     #[tokio::test]
     async fn a_failure_that_ends_the_transaction_fails_every_write_of_its_batch() {
         let (writer, commits) = writer();
-        let (release, held) = hold(&writer).await;
         // What SQLite does on some I/O and disk-full errors: the whole
         // transaction is gone, savepoints included.
-        let ending = |conn: &Connection| -> StoreResult<()> {
+        let ending: Write = Box::new(|conn| {
             conn.execute_batch("ROLLBACK").map_err(backend)?;
             Err(StoreError::Backend("the transaction ended".into()))
-        };
-        let (w1, w2, w3) = (writer.clone(), writer.clone(), writer.clone());
-        let a = tokio::spawn(async move { w1.write(insert("a")).await });
-        queued(&writer, 1).await;
-        let ended = tokio::spawn(async move { w2.write(ending).await });
-        queued(&writer, 2).await;
-        let c = tokio::spawn(async move { w3.write(insert("c")).await });
-        queued(&writer, 3).await;
-        release.send(()).expect("release");
-        held.await.expect("task").expect("holding write");
-        assert!(a.await.expect("task").is_err(), "nothing of the batch may be reported as written");
-        assert!(ended.await.expect("task").is_err());
-        assert!(c.await.expect("task").is_err());
+        });
+        let results = queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), ending, insert("c")])).await;
+        assert!(results.iter().all(Result::is_err), "nothing of the batch may be reported as written: {results:?}");
         assert_eq!(commits.load(Ordering::SeqCst), 1, "only the holding batch committed");
-        assert!(rows(&writer).await.expect("rows").is_empty());
+        assert!(rows(&writer).await.is_empty());
     }
 
     #[tokio::test]
     async fn a_write_alone_commits_in_a_transaction_of_its_own() {
         let (writer, commits) = writer();
-        let (release, held) = hold(&writer).await;
-        let (w1, w2, w3) = (writer.clone(), writer.clone(), writer.clone());
-        let before = tokio::spawn(async move { w1.write(insert("a")).await });
-        queued(&writer, 1).await;
-        let alone = tokio::spawn(async move { w2.write_alone(insert("b")).await });
-        queued(&writer, 2).await;
-        let after = tokio::spawn(async move { w3.write(insert("c")).await });
-        queued(&writer, 3).await;
-        release.send(()).expect("release");
-        held.await.expect("task").expect("holding write");
-        for w in [before, alone, after] {
-            w.await.expect("task").expect("write");
-        }
+        let results = queued_behind_a_busy_writer(&writer, vec![(false, insert("a")), (true, insert("b")), (false, insert("c"))]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(commits.load(Ordering::SeqCst), 4, "the holding batch, [a], [b] alone, [c]");
     }
 }
