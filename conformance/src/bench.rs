@@ -214,6 +214,12 @@ pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> R
     Ok((m, Arc::new(agents)))
 }
 
+/// The next agent in turn, and the sequence number its heartbeat carries.
+fn next_turn(agents: &[Agent], next: &AtomicUsize) -> (usize, usize) {
+    let i = next.fetch_add(1, Ordering::Relaxed) % agents.len();
+    (i, agents[i].sequence.fetch_add(1, Ordering::Relaxed) + 1)
+}
+
 /// The timed measures of a run, one slice at a time: `/healthz`, HTTP
 /// heartbeats, and the store's heartbeat write with and without group
 /// commit. Clients (and their connections) live across slices, and
@@ -258,10 +264,9 @@ impl Workload {
         let (client, agents, next) = (self.client.clone(), self.agents.clone(), self.next_agent.clone());
         drive(self.concurrency, duration, usize::MAX, move |_, _| {
             let (client, agents) = (client.clone(), agents.clone());
-            let i = next.fetch_add(1, Ordering::Relaxed) % agents.len();
+            let (i, seq) = next_turn(&agents, &next);
             async move {
                 let agent = &agents[i];
-                let seq = agent.sequence.fetch_add(1, Ordering::Relaxed) + 1;
                 let resp = client
                     .post(agent.heartbeat_url.clone())
                     .bearer_auth(&agent.token)
@@ -283,10 +288,9 @@ impl Workload {
         let (store, agents, next) = (self.store.clone(), self.agents.clone(), self.next_agent.clone());
         drive(self.concurrency, duration, usize::MAX, move |_, _| {
             let (store, agents) = (store.clone(), agents.clone());
-            let i = next.fetch_add(1, Ordering::Relaxed) % agents.len();
+            let (i, seq) = next_turn(&agents, &next);
             async move {
                 let agent = &agents[i];
-                let seq = agent.sequence.fetch_add(1, Ordering::Relaxed) + 1;
                 let commit = direct_commit(agent, i, seq as i64)?;
                 let outcome = if batched { store.commit_heartbeat(commit).await } else { store.commit_heartbeat_unbatched(commit).await };
                 match outcome {
