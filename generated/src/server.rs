@@ -151,6 +151,30 @@ fn check_length(value: Option<&str>, name: &str, max: usize, ctx: &RequestContex
     }
     Ok(())
 }
+/// The most of a refused request body the server reads and throws away
+/// before it answers, and how long it waits for it. A server that answers
+/// while the client is still sending and then closes the connection leaves
+/// unread bytes in its socket, so the kernel resets the connection, and the
+/// client (or a proxy in front) can lose the answer it was about to read.
+/// Up to this bound the answer is delivered and the connection stays usable.
+const DISCARD_LIMIT: usize = 1 << 20;
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+async fn next_frame(body: &mut axum::body::Body) -> Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>> {
+    std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx)).await
+}
+/// Reads and drops what remains of a refused body, within the bounds above.
+async fn discard(mut body: axum::body::Body) {
+    let drain = async {
+        let mut read = 0usize;
+        while read <= DISCARD_LIMIT {
+            match next_frame(&mut body).await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, bytes::Bytes::len),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
+}
 /// Reads, size-limits, parses and schema-validates a JSON body. Error
 /// details name the field, never echo its value.
 #[allow(dead_code)]
@@ -158,6 +182,7 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
+        discard(body).await;
         return Err(reject(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -169,9 +194,20 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
     let too_large = || reject(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", format!("the body exceeds {limit} bytes"), ctx);
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        discard(body).await;
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let mut body = body;
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(frame) = next_frame(&mut body).await {
+        let Ok(frame) = frame else { return Err(too_large()) };
+        let Some(data) = frame.data_ref() else { continue };
+        if bytes.len() + data.len() > limit {
+            discard(body).await;
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(data);
+    }
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         reject(
             StatusCode::BAD_REQUEST,

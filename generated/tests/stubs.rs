@@ -416,6 +416,68 @@ async fn wrong_media_type_is_415_and_oversize_body_is_413() {
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0);
 }
 
+/// Writes `request` on one connection and reads until the peer closes it
+/// or `within` passes; returns what was read.
+async fn raw_exchange(base: &str, request: &[u8], within: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.expect("connect");
+    let (mut read, mut write) = conn.split();
+    let mut answer = Vec::new();
+    let reading = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let writing = async {
+        let _ = write.write_all(request).await;
+    };
+    let _ = tokio::time::timeout(within, async { tokio::join!(reading, writing) }).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_oversize_body_is_read_to_its_end_so_the_413_arrives_and_the_connection_stays_usable() {
+    // Answering 413 while the body is still arriving, then closing, resets
+    // the connection: the client loses the answer (seen as "error sending
+    // request", or a proxy's 502). The refused body is drained instead.
+    let h = serve().await;
+    let body = "A".repeat(70 * 1024);
+    let mut request = format!(
+        "POST /api/v1/agent-enrollment/exchange HTTP/1.1\r\nhost: fixture\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    request.push_str("GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n");
+    let answer = raw_exchange(&h.base, request.as_bytes(), std::time::Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", answer.lines().next().unwrap_or_default());
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "the next request on the connection is answered too: {answer}");
+    let text = format!(
+        "POST /api/v1/agent-enrollment/exchange HTTP/1.1\r\nhost: fixture\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = raw_exchange(&h.base, text.as_bytes(), std::time::Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 415"), "{}", answer.lines().next().unwrap_or_default());
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "the connection survives a 415 with a large body: {answer}");
+    assert_eq!(h.api.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_refused_body_is_drained_only_up_to_its_bound() {
+    // 100 MiB declared, 2 MiB sent, the rest never comes: the server stops
+    // reading after its 1 MiB bound and answers at once instead of waiting.
+    let h = serve().await;
+    let mut request =
+        b"POST /api/v1/agent-enrollment/exchange HTTP/1.1\r\nhost: fixture\r\ncontent-type: application/json\r\ncontent-length: 104857600\r\n\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'A', 2 << 20));
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(&h.base, &request, std::time::Duration::from_secs(30)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", answer.lines().next().unwrap_or_default());
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "answered after {:?}, not at the bound", started.elapsed());
+}
+
 #[tokio::test]
 async fn schema_bounds_are_enforced_and_the_rejection_never_echoes_the_value() {
     let h = serve().await;
