@@ -12,6 +12,7 @@ use oneprotect_server::model::{AgentBinding, AuditRecord, FirstContact, Heartbea
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::Tenant;
 use crate::local::LocalPlatform;
 
 pub const MAX_AGENTS: usize = 100_000;
@@ -169,7 +170,7 @@ pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> R
     let ctx = &platform.ctx;
     let mut secrets = Vec::new();
     for _ in 0..n.div_ceil(10_000) {
-        secrets.push(ctx.issue_token(false, 10_000).await?.0);
+        secrets.push(ctx.issue_token(Tenant::A, 10_000).await?.0);
     }
     let bodies: Arc<Vec<Value>> = Arc::new(
         (0..n)

@@ -3,14 +3,17 @@
 //! runtime secret and the captured logs. Everything secret the run sees is
 //! remembered so redaction checks can look for it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use oneprotect_contracts::contract::{self, ResponseSpec};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::Outcome;
+use crate::{Tenant, Verdict};
 
 /// Capabilities only an in-process target has.
 #[derive(Clone, Default)]
@@ -28,6 +31,60 @@ pub struct LocalPowers {
     pub agent_bin: Option<std::path::PathBuf>,
 }
 
+/// Waits for a duration: real time on a live deployment, the manual
+/// clock's time on the local target (whose platform never sees real time pass).
+pub type Sleeper = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+pub fn real_sleeper() -> Sleeper {
+    Arc::new(|d| Box::pin(tokio::time::sleep(d)))
+}
+
+/// The most a run waits for one `Retry-After`, and how often it retries a
+/// rate-limited request before it reports the 429 as the answer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+pub const RATE_LIMIT_RETRIES: usize = 3;
+/// Bounds on reading one list to its end.
+pub const LIST_PAGE_SIZE: u32 = 200;
+pub const MAX_LIST_PAGES: usize = 5_000;
+
+/// The paged lists of the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Listing {
+    Tokens,
+    Agents,
+    Audit,
+    Events,
+}
+
+impl Listing {
+    pub const ALL: [Listing; 4] = [Listing::Tokens, Listing::Agents, Listing::Audit, Listing::Events];
+
+    pub fn operation(self) -> &'static str {
+        match self {
+            Self::Tokens => "listEnrollmentTokens",
+            Self::Agents => "listAgents",
+            Self::Audit => "listAuditEvents",
+            Self::Events => "listEvents",
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Tokens => "/api/v1/agent-enrollment/tokens",
+            Self::Agents => "/api/v1/agents",
+            Self::Audit => "/api/v1/audit-events",
+            Self::Events => "/api/v1/events",
+        }
+    }
+}
+
+/// What the deployment's rate limiting cost the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Throttling {
+    pub answers: usize,
+    pub waited: Duration,
+}
+
 pub struct Ctx {
     pub base: String,
     pub http: reqwest::Client,
@@ -35,7 +92,13 @@ pub struct Ctx {
     pub admin_b: SecretString,
     pub run_id: String,
     pub local: LocalPowers,
+    pub sleeper: Sleeper,
     secrets: Mutex<BTreeSet<String>>,
+    /// Per tenant and list: a cursor the server issued that leads to the
+    /// last page as it was when the run started, so a list read covers
+    /// what the run created without re-reading the tenant's history.
+    starts: Mutex<BTreeMap<(Tenant, Listing), String>>,
+    throttling: Mutex<Throttling>,
 }
 
 /// One HTTP answer, already checked against the contract.
@@ -55,7 +118,23 @@ impl Answer {
 impl Ctx {
     pub fn new(base: &str, http: reqwest::Client, admin_a: SecretString, admin_b: SecretString, local: LocalPowers) -> Self {
         let run_id = format!("conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        Self { base: base.trim_end_matches('/').to_owned(), http, admin_a, admin_b, run_id, local, secrets: Mutex::new(BTreeSet::new()) }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            admin_a,
+            admin_b,
+            run_id,
+            local,
+            sleeper: real_sleeper(),
+            secrets: Mutex::new(BTreeSet::new()),
+            starts: Mutex::new(BTreeMap::new()),
+            throttling: Mutex::new(Throttling::default()),
+        }
+    }
+
+    pub fn with_sleeper(mut self, sleeper: Sleeper) -> Self {
+        self.sleeper = sleeper;
+        self
     }
 
     pub fn remember(&self, secret: &str) {
@@ -71,13 +150,42 @@ impl Ctx {
         all
     }
 
+    pub fn throttling(&self) -> Throttling {
+        self.throttling.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Sends a request; the answer must be a documented status with a body
     /// matching its schema, or the call fails.
     pub async fn call(&self, operation: &str, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> Result<Answer, String> {
         self.call_raw(operation, method, &format!("{}{path}", self.base), bearer, body.map(|b| (b.to_string(), "application/json"))).await
     }
 
+    /// As `call`, with any URL and body. A 429 is the deployment protecting
+    /// itself, not an answer to judge: the request is sent again after the
+    /// `Retry-After` it names (bounded), and the wait is reported.
     pub async fn call_raw(&self, operation: &str, method: &str, url: &str, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+        let mut attempt = 0;
+        loop {
+            let answer = self.call_once(operation, method, url, bearer, body.clone()).await?;
+            let wait = answer.retry_after.as_deref().and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
+            match wait {
+                Some(wait) if answer.status == 429 && attempt < RATE_LIMIT_RETRIES && wait <= MAX_RETRY_AFTER => {
+                    attempt += 1;
+                    {
+                        let mut t = self.throttling.lock().unwrap_or_else(|p| p.into_inner());
+                        t.answers += 1;
+                        t.waited += wait;
+                    }
+                    tracing::info!(operation, seconds = wait.as_secs(), "the deployment answered 429 rate_limited; waiting as Retry-After asks");
+                    (self.sleeper)(wait).await;
+                }
+                _ => return Ok(answer),
+            }
+        }
+    }
+
+    /// One request, one answer (429 included), checked against the contract.
+    pub async fn call_once(&self, operation: &str, method: &str, url: &str, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
         let method: reqwest::Method = method.parse().map_err(|_| format!("bad method {method}"))?;
         let mut req = self.http.request(method, url);
         if let Some(b) = bearer {
@@ -86,10 +194,10 @@ impl Ctx {
         if let Some((text, content_type)) = body {
             req = req.header("content-type", content_type).body(text);
         }
-        let resp = req.send().await.map_err(|e| format!("request failed: {}", e.without_url()))?;
+        let resp = req.send().await.map_err(|e| format!("{operation}: {}", crate::preflight::describe(&e)))?;
         let status = resp.status().as_u16();
         let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let text = resp.text().await.map_err(|e| format!("unreadable body: {e}"))?;
+        let text = resp.text().await.map_err(|e| format!("{operation}: unreadable body: {}", crate::preflight::describe(&e)))?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         check_against_contract(operation, status, &body)?;
         if status == 429 && retry_after.is_none() {
@@ -98,14 +206,17 @@ impl Ctx {
         Ok(Answer { status, body, retry_after })
     }
 
-    pub fn admin(&self, tenant_b: bool) -> &str {
-        if tenant_b { self.admin_b.expose_secret() } else { self.admin_a.expose_secret() }
+    pub fn admin(&self, tenant: Tenant) -> &str {
+        match tenant {
+            Tenant::A => self.admin_a.expose_secret(),
+            Tenant::B => self.admin_b.expose_secret(),
+        }
     }
 
     /// Issues a short-lived token labelled with the run id (revoked at cleanup).
-    pub async fn issue_token(&self, tenant_b: bool, max_uses: u32) -> Result<(String, String), String> {
+    pub async fn issue_token(&self, tenant: Tenant, max_uses: u32) -> Result<(String, String), String> {
         let body = json!({"ttl_seconds": 600, "max_uses": max_uses, "label": format!("{} (conformance, revoked at the end)", self.run_id)});
-        let a = self.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(self.admin(tenant_b)), Some(&body)).await?;
+        let a = self.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(self.admin(tenant)), Some(&body)).await?;
         if a.status != 201 {
             return Err(format!("issue answered {} {}", a.status, a.code()));
         }
@@ -120,7 +231,12 @@ impl Ctx {
         let nonce = crate::random_nonce();
         self.remember(&nonce);
         self.remember(pem_body(&csr));
-        json!({"enrollment_token": token, "csr_pem": csr, "nonce": nonce, "hostname": format!("{}.conformance", self.run_id), "agent_version": "conformance"})
+        json!({"enrollment_token": token, "csr_pem": csr, "nonce": nonce, "hostname": self.hostname(), "agent_version": "conformance"})
+    }
+
+    /// The hostname every agent of this run reports: how cleanup finds them.
+    pub fn hostname(&self) -> String {
+        format!("{}.conformance", self.run_id)
     }
 
     pub async fn exchange(&self, body: &Value) -> Result<Answer, String> {
@@ -133,9 +249,9 @@ impl Ctx {
         Ok(a)
     }
 
-    /// Issues a single-use token and enrolls one agent: (agent id, runtime token, exchange body).
-    pub async fn enroll(&self, tenant_b: bool) -> Result<(String, String, Value), String> {
-        let (secret, _) = self.issue_token(tenant_b, 1).await?;
+    /// Issues a single-use token and enrolls one agent: (agent id, runtime token, exchange answer).
+    pub async fn enroll(&self, tenant: Tenant) -> Result<(String, String, Value), String> {
+        let (secret, _) = self.issue_token(tenant, 1).await?;
         let a = self.exchange(&self.exchange_body(&secret)).await?;
         if a.status != 201 {
             return Err(format!("exchange answered {} {}", a.status, a.code()));
@@ -146,16 +262,53 @@ impl Ctx {
     }
 
     pub async fn heartbeat(&self, agent: &str, bearer: &str, sequence: u64) -> Result<Answer, String> {
-        let body = json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": format!("{}.conformance", self.run_id), "agent_version": "conformance"});
+        let body = json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": self.hostname(), "agent_version": "conformance"});
         self.call("postAgentHeartbeat", "POST", &format!("/api/v1/agents/{agent}/telemetry/heartbeat"), Some(bearer), Some(&body)).await
     }
 
-    pub async fn list(&self, tenant_b: bool, operation: &str, path: &str) -> Result<Vec<Value>, String> {
-        let a = self.call(operation, "GET", path, Some(self.admin(tenant_b)), None).await?;
-        if a.status != 200 {
-            return Err(format!("{operation} answered {}", a.status));
+    /// Remembers where every list of both tenants ends before the run
+    /// writes anything (see `starts`). Bounded like `list`.
+    pub async fn mark_list_starts(&self) -> Result<(), String> {
+        for tenant in Tenant::BOTH {
+            for listing in Listing::ALL {
+                let (_, last_page) = self.read_pages(tenant, listing, None).await?;
+                if let Some(cursor) = last_page {
+                    self.starts.lock().unwrap_or_else(|p| p.into_inner()).insert((tenant, listing), cursor);
+                }
+            }
         }
-        Ok(a.body["items"].as_array().cloned().unwrap_or_default())
+        Ok(())
+    }
+
+    /// Every item of a list the run can have touched: all pages from where
+    /// the list ended when the run started (the whole list if it was not
+    /// marked), following cursors to the end.
+    pub async fn list(&self, tenant: Tenant, listing: Listing) -> Result<Vec<Value>, String> {
+        let start = self.starts.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant, listing)).cloned();
+        Ok(self.read_pages(tenant, listing, start).await?.0)
+    }
+
+    /// Reads pages from `cursor` to the end: the items and the cursor that
+    /// fetched the last page (`None` when that was the first request).
+    async fn read_pages(&self, tenant: Tenant, listing: Listing, mut cursor: Option<String>) -> Result<(Vec<Value>, Option<String>), String> {
+        let operation = listing.operation();
+        let mut items = Vec::new();
+        for _ in 0..MAX_LIST_PAGES {
+            let path = match &cursor {
+                Some(c) => format!("{}?limit={LIST_PAGE_SIZE}&cursor={c}", listing.path()),
+                None => format!("{}?limit={LIST_PAGE_SIZE}", listing.path()),
+            };
+            let a = self.call(operation, "GET", &path, Some(self.admin(tenant)), None).await?;
+            if a.status != 200 {
+                return Err(format!("{operation} answered {} {}", a.status, a.code()));
+            }
+            items.extend(a.body["items"].as_array().cloned().unwrap_or_default());
+            match a.body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok((items, cursor)),
+            }
+        }
+        Err(format!("{operation} of tenant {tenant:?} has more than {MAX_LIST_PAGES} pages of {LIST_PAGE_SIZE}; the run reads no further"))
     }
 
     /// Revokes every token and agent this run created, found by the run's
@@ -164,32 +317,32 @@ impl Ctx {
     pub async fn cleanup(&self) -> Vec<String> {
         let mut failures = Vec::new();
         let reason = json!({"reason": format!("{} cleanup", self.run_id)});
-        let host = format!("{}.conformance", self.run_id);
-        for tenant_b in [false, true] {
-            let admin = self.admin(tenant_b).to_owned();
-            let tokens = self.list_all(&admin, "listEnrollmentTokens", "/api/v1/agent-enrollment/tokens").await;
-            for t in tokens.unwrap_or_else(|e| {
+        let host = self.hostname();
+        for tenant in Tenant::BOTH {
+            let admin = self.admin(tenant);
+            let tokens = self.list(tenant, Listing::Tokens).await.unwrap_or_else(|e| {
                 failures.push(e);
                 Vec::new()
-            }) {
+            });
+            for t in tokens {
                 let labelled = t["label"].as_str().is_some_and(|l| l.contains(&self.run_id));
                 if labelled && t["status"] == "active" {
                     let id = t["enrollment_token_id"].as_str().unwrap_or_default();
-                    match self.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"), Some(&admin), Some(&reason)).await
+                    match self.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"), Some(admin), Some(&reason)).await
                     {
                         Ok(a) if a.status == 200 => {}
                         other => failures.push(format!("token {id}: {other:?}")),
                     }
                 }
             }
-            let agents = self.list_all(&admin, "listAgents", "/api/v1/agents").await;
-            for a in agents.unwrap_or_else(|e| {
+            let agents = self.list(tenant, Listing::Agents).await.unwrap_or_else(|e| {
                 failures.push(e);
                 Vec::new()
-            }) {
+            });
+            for a in agents {
                 if a["hostname"] == host.as_str() && a["status"] != "revoked" {
                     let id = a["agent_id"].as_str().unwrap_or_default();
-                    match self.call("revokeAgent", "POST", &format!("/api/v1/agents/{id}/revoke"), Some(&admin), Some(&reason)).await {
+                    match self.call("revokeAgent", "POST", &format!("/api/v1/agents/{id}/revoke"), Some(admin), Some(&reason)).await {
                         Ok(r) if r.status == 200 => {}
                         other => failures.push(format!("agent {id}: {other:?}")),
                     }
@@ -199,31 +352,9 @@ impl Ctx {
         failures
     }
 
-    /// Every page of a list operation.
-    async fn list_all(&self, admin: &str, operation: &str, path: &str) -> Result<Vec<Value>, String> {
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..10_000 {
-            let url = match &cursor {
-                Some(c) => format!("{path}?limit=200&cursor={c}"),
-                None => format!("{path}?limit=200"),
-            };
-            let a = self.call(operation, "GET", &url, Some(admin), None).await?;
-            if a.status != 200 {
-                return Err(format!("{operation} answered {} during cleanup", a.status));
-            }
-            items.extend(a.body["items"].as_array().cloned().unwrap_or_default());
-            match a.body["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => return Ok(items),
-            }
-        }
-        Ok(items)
-    }
-
     /// A check that needs a local power skips on other targets.
-    pub fn needs<T: Clone>(&self, what: &str, power: &Option<T>) -> Result<T, Outcome> {
-        power.clone().ok_or_else(|| Outcome::Skip(format!("needs {what} (local target only)")))
+    pub fn needs<T: Clone>(&self, what: &str, power: &Option<T>) -> Result<T, Verdict> {
+        power.clone().ok_or_else(|| Verdict::Skip(format!("needs {what} (local target only)")))
     }
 }
 

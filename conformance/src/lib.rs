@@ -9,6 +9,7 @@ pub mod checks;
 pub mod ctx;
 pub mod faults;
 pub mod local;
+pub mod preflight;
 pub mod report;
 pub mod runner;
 
@@ -60,6 +61,7 @@ pub enum Outcome {
 pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
 /// One named promise of the contract.
+#[derive(Clone)]
 pub struct Check {
     /// Stable id, `<family>.<promise>`.
     pub id: &'static str,
@@ -69,22 +71,68 @@ pub struct Check {
     pub run: for<'a> fn(&'a Ctx) -> CheckFuture<'a>,
 }
 
-/// Turns `Result<(), String>` (with `?` on helpers) into an outcome.
-pub fn outcome(result: Result<(), String>) -> Outcome {
+/// Why a check did not pass: it found a broken promise, or it could not run
+/// here (`?` on `ctx.needs(…)` skips).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Fail(String),
+    Skip(String),
+}
+
+impl Verdict {
+    /// Prefixes a failure's message (skips are left as they are).
+    pub fn context(self, prefix: impl std::fmt::Display) -> Self {
+        match self {
+            Self::Fail(m) => Self::Fail(format!("{prefix}: {m}")),
+            skip => skip,
+        }
+    }
+}
+
+impl From<String> for Verdict {
+    fn from(message: String) -> Self {
+        Self::Fail(message)
+    }
+}
+
+impl From<&str> for Verdict {
+    fn from(message: &str) -> Self {
+        Self::Fail(message.to_owned())
+    }
+}
+
+/// What a check returns: `Ok(())` is a pass.
+pub type Checked = Result<(), Verdict>;
+
+/// Turns a check's result into its reported outcome.
+pub fn outcome(result: Checked) -> Outcome {
     match result {
         Ok(()) => Outcome::Pass,
-        Err(e) => Outcome::Fail(e),
+        Err(Verdict::Fail(e)) => Outcome::Fail(e),
+        Err(Verdict::Skip(e)) => Outcome::Skip(e),
     }
 }
 
 /// Fails with `message` unless `condition` holds.
-pub fn ensure(condition: bool, message: impl Into<String>) -> Result<(), String> {
-    if condition { Ok(()) } else { Err(message.into()) }
+pub fn ensure(condition: bool, message: impl Into<String>) -> Checked {
+    if condition { Ok(()) } else { Err(Verdict::Fail(message.into())) }
 }
 
 /// Fails unless the answer has this status and problem code.
-pub fn expect_problem(a: &ctx::Answer, status: u16, code: &str) -> Result<(), String> {
+pub fn expect_problem(a: &ctx::Answer, status: u16, code: &str) -> Checked {
     ensure(a.status == status && a.code() == code, format!("expected {status} {code}, got {} {}", a.status, a.code()))
+}
+
+/// The two tenants a run works in: A owns what the checks create, B is the
+/// outsider that must see and change none of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tenant {
+    A,
+    B,
+}
+
+impl Tenant {
+    pub const BOTH: [Tenant; 2] = [Tenant::A, Tenant::B];
 }
 
 pub fn random_nonce() -> String {

@@ -180,7 +180,7 @@ pub async fn start_with(database: Option<&str>, fault: Option<Fault>, capture_lo
 
     let admin = |tenant: &str| {
         let claims = oneprotect_server::admin_auth::AdminClaims {
-            sub: format!("admin@{tenant}"),
+            sub: format!("admin-{}@{tenant}", uuid::Uuid::new_v4().simple()),
             tenant_id: tenant.into(),
             roles: vec!["tenant_admin".into()],
             exp: manual.now().timestamp() + 30 * 86_400,
@@ -201,6 +201,13 @@ pub async fn start_with(database: Option<&str>, fault: Option<Fault>, capture_lo
         secretless_base: Some(secretless),
         agent_bin: None,
     };
-    let ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers);
+    // The platform sees only the manual clock, so waiting for a Retry-After
+    // means moving that clock, not sleeping.
+    let waits = manual.clone();
+    let sleeper: crate::ctx::Sleeper = Arc::new(move |d| {
+        waits.advance(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()));
+        Box::pin(async {})
+    });
+    let ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers).with_sleeper(sleeper);
     Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers: vec![main, second] })
 }

@@ -8,12 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use oneprotect_conformance::checks::CATALOGUE;
 use oneprotect_conformance::ctx::{Ctx, LocalPowers};
 use oneprotect_conformance::report::Report;
-use oneprotect_conformance::{Target, local, runner};
+use oneprotect_conformance::{Target, local, preflight, runner};
 use secrecy::SecretString;
 
 #[derive(Parser)]
 #[command(name = "oneprotect-conformance", version, about = "Checks that a OneProtect deployment and agent keep the contract's security promises")]
-#[command(after_help = "Exit codes: 0 every applicable check passed, 1 a check failed (or cleanup failed), 2 usage error, 130 interrupted (after cleanup).")]
+#[command(
+    after_help = "Exit codes: 0 every applicable check passed, 1 a check failed (or cleanup failed), 2 could not run (usage, preflight), 130 interrupted (after cleanup)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,32 +110,49 @@ fn emit(report: &Report, format: Format, output: Option<&PathBuf>) -> Result<(),
     match output {
         Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display())),
         None => {
-            print!("{text}");
+            let _ = out(&text);
             Ok(())
         }
     }
 }
 
-async fn build_ctx(args: &RunArgs) -> Result<(Ctx, Option<local::LocalPlatform>), String> {
+/// What a run works against: the in-process platform (kept alive for the
+/// run) or a context for a deployment or the agent.
+enum Running {
+    Local(Box<local::LocalPlatform>),
+    Remote(Box<Ctx>),
+}
+
+impl Running {
+    fn ctx(&self) -> &Ctx {
+        match self {
+            Self::Local(p) => &p.ctx,
+            Self::Remote(c) => c,
+        }
+    }
+}
+
+async fn build_ctx(args: &RunArgs) -> Result<Running, String> {
     match args.target {
         TargetArg::Local => {
             let platform = local::start(args.database.as_deref(), None).await.map_err(|e| format!("cannot start the local platform: {e}"))?;
-            let ctx =
-                Ctx::new(&platform.ctx.base, reqwest::Client::new(), platform.ctx.admin_a.clone(), platform.ctx.admin_b.clone(), platform.ctx.local.clone());
-            Ok((ctx, Some(platform)))
+            Ok(Running::Local(Box::new(platform)))
         }
         TargetArg::Http => {
             let base = args.base_url.clone().ok_or("the http target needs --base-url")?;
+            preflight::parse_base_url(&base)?;
             let a = secret(args.admin_token_a.clone(), args.admin_token_a_file.clone(), "admin-token-a")?;
             let b = secret(args.admin_token_b.clone(), args.admin_token_b_file.clone(), "admin-token-b")?;
-            let mut http = reqwest::Client::builder();
+            let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
             if let Some(ca) = &args.ca_bundle {
                 let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
                 http = http.tls_certs_only(certs);
             }
             let http = http.build().map_err(|e| e.to_string())?;
-            Ok((Ctx::new(&base, http, a, b, LocalPowers::default()), None))
+            let ctx = Ctx::new(&base, http, a, b, LocalPowers::default());
+            preflight::preflight(&ctx).await.map_err(|e| format!("preflight: {e}"))?;
+            Ok(Running::Remote(Box::new(ctx)))
         }
         TargetArg::Agent => {
             let bin = args
@@ -142,33 +161,42 @@ async fn build_ctx(args: &RunArgs) -> Result<(Ctx, Option<local::LocalPlatform>)
                 .or_else(|| std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(format!("oneprotect-agent{}", std::env::consts::EXE_SUFFIX)))));
             let bin = bin.filter(|b| b.exists()).ok_or("the agent target needs --agent-bin (no oneprotect-agent next to this binary)")?;
             let powers = LocalPowers { agent_bin: Some(bin), ..LocalPowers::default() };
-            Ok((Ctx::new("http://127.0.0.1:9", reqwest::Client::new(), SecretString::from(String::new()), SecretString::from(String::new()), powers), None))
+            let ctx = Ctx::new("http://127.0.0.1:9", reqwest::Client::new(), SecretString::from(String::new()), SecretString::from(String::new()), powers);
+            Ok(Running::Remote(Box::new(ctx)))
         }
     }
 }
 
+/// Writes to stdout; a reader that went away (`| head`) ends the output
+/// quietly instead of a panic.
+fn out(text: &str) -> Result<(), ()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|_| ())
+}
+
 async fn run(args: RunArgs) -> ExitCode {
     let t = target(args.target);
-    let checks = runner::selected(CATALOGUE, t, &args.only);
+    let checks = runner::selected(&CATALOGUE, t, &args.only);
     if args.list {
-        for c in &checks {
-            println!("{:<55} {}", c.id, c.promise);
-        }
+        let text: String = checks.iter().map(|c| format!("{:<55} {}\n", c.id, c.promise)).collect();
+        let _ = out(&text);
         return ExitCode::SUCCESS;
     }
     if checks.is_empty() {
         eprintln!("error: no check matches --only {:?} for this target", args.only);
         return ExitCode::from(2);
     }
-    let (ctx, _platform) = match build_ctx(&args).await {
+    let running = match build_ctx(&args).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    let ctx = running.ctx();
     let report = tokio::select! {
-        r = runner::run(&ctx, t, &checks, true) => r,
+        r = runner::run(ctx, t, &checks, true) => r,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\ninterrupted; revoking what this run created");
             for failure in ctx.cleanup().await {
@@ -185,6 +213,9 @@ async fn run(args: RunArgs) -> ExitCode {
         let total = report.total();
         eprintln!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
     }
+    if !report.run_errors.is_empty() && report.total().failed == 0 {
+        return ExitCode::from(2);
+    }
     if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
@@ -192,10 +223,12 @@ async fn run(args: RunArgs) -> ExitCode {
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::List => {
-            for c in CATALOGUE {
+            let mut text = String::new();
+            for c in CATALOGUE.iter() {
                 let targets: Vec<String> = c.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
-                println!("{:<55} {:<17} {:<12} {}", c.id, c.family.as_str(), targets.join(","), c.promise);
+                text.push_str(&format!("{:<55} {:<17} {:<12} {}\n", c.id, c.family.as_str(), targets.join(","), c.promise));
             }
+            let _ = out(&text);
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(*args).await,

@@ -22,6 +22,12 @@ pub struct Report {
     pub results: Vec<CheckResult>,
     /// Objects the run could not clean up (http target).
     pub cleanup_failures: Vec<String>,
+    /// What kept the run itself from working as planned (a list it could
+    /// not read to its end before the checks).
+    pub run_errors: Vec<String>,
+    /// What a reviewer should know that is no verdict: how often the
+    /// deployment rate-limited the run, and how long the run waited.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize, PartialEq, Eq)]
@@ -58,7 +64,7 @@ impl Report {
 
     /// Exit 0 only when every applicable check passed and cleanup succeeded.
     pub fn passed(&self) -> bool {
-        self.total().failed == 0 && self.cleanup_failures.is_empty() && self.total().passed > 0
+        self.total().failed == 0 && self.cleanup_failures.is_empty() && self.run_errors.is_empty() && self.total().passed > 0
     }
 
     pub fn human(&self) -> String {
@@ -79,6 +85,12 @@ impl Report {
         let t = self.total();
         for f in &self.cleanup_failures {
             let _ = writeln!(out, "CLEANUP FAILED: {f}");
+        }
+        for e in &self.run_errors {
+            let _ = writeln!(out, "RUN ERROR: {e}");
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "NOTE: {n}");
         }
         let _ = writeln!(out, "\n{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
         out

@@ -21,6 +21,12 @@ pub fn selected<'a>(checks: &'a [Check], target: Target, only: &[String]) -> Vec
 pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -> Report {
     let tty = progress && std::io::stderr().is_terminal();
     let mut results = Vec::with_capacity(checks.len());
+    let mut run_errors = Vec::new();
+    if target != Target::Agent
+        && let Err(e) = ctx.mark_list_starts().await
+    {
+        run_errors.push(format!("before the checks: {e}"));
+    }
     for (i, check) in checks.iter().enumerate() {
         if tty {
             eprint!("\r[{}/{}] {:<60}", i + 1, checks.len(), check.id);
@@ -52,5 +58,15 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
     // The agent target talks to its own mock platforms; only platform
     // targets have objects to revoke.
     let cleanup_failures = if target == Target::Agent { Vec::new() } else { ctx.cleanup().await };
-    Report { run_id: ctx.run_id.clone(), target, results, cleanup_failures }
+    let throttling = ctx.throttling();
+    let notes = if throttling.answers > 0 {
+        vec![format!(
+            "the deployment answered 429 rate_limited {} time(s); the run waited {} s in all, as Retry-After asked, and sent those requests again",
+            throttling.answers,
+            throttling.waited.as_secs()
+        )]
+    } else {
+        Vec::new()
+    };
+    Report { run_id: ctx.run_id.clone(), target, results, cleanup_failures, run_errors, notes }
 }

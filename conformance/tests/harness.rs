@@ -19,7 +19,7 @@ async fn outcome_with_fault(fault: Option<Fault>, id: &str) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_local_check_passes_against_the_real_server_on_sqlite() {
     let platform = local::start(None, None).await.expect("local platform");
-    let checks = runner::selected(CATALOGUE, Target::Local, &[]);
+    let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
     let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
     assert_eq!(report.total().skipped, 0, "nothing is skipped locally");
@@ -32,7 +32,7 @@ async fn every_local_check_passes_against_the_real_server_on_sqlite() {
 async fn every_local_check_passes_against_the_real_server_on_postgres() {
     let url = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let platform = local::start(Some(&url), None).await.expect("PostgreSQL must be reachable for this test");
-    let checks = runner::selected(CATALOGUE, Target::Local, &[]);
+    let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
     let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
 }
@@ -91,7 +91,7 @@ fn agent_ctx(bin: PathBuf) -> oneprotect_conformance::Ctx {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_agent_check_passes_against_the_real_agent() {
     let ctx = agent_ctx(agent_binary());
-    let checks = runner::selected(CATALOGUE, Target::Agent, &[]);
+    let checks = runner::selected(&CATALOGUE, Target::Agent, &[]);
     let report = runner::run(&ctx, Target::Agent, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
 }
@@ -118,7 +118,7 @@ async fn an_agent_that_leaves_its_key_world_readable_is_caught() {
 #[test]
 fn the_catalogue_has_unique_ids_prefixed_by_their_family_and_covers_every_family() {
     let mut ids = std::collections::BTreeSet::new();
-    for c in CATALOGUE {
+    for c in CATALOGUE.iter() {
         assert!(ids.insert(c.id), "duplicate id {}", c.id);
         assert!(c.id.starts_with(&format!("{}.", c.family.as_str())), "{} is not prefixed by its family", c.id);
         assert!(!c.targets.is_empty() && !c.promise.is_empty());
@@ -158,6 +158,8 @@ fn reports_render_as_json_and_junit_with_per_family_counts() {
             },
         ],
         cleanup_failures: vec![],
+        run_errors: vec![],
+        notes: vec![],
     };
     assert!(!report.passed());
     let json: serde_json::Value = serde_json::from_str(&report.json()).expect("json");

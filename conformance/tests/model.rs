@@ -79,7 +79,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
         let mismatch = |expected: u16, actual: u16, code: &str| format!("step {step} {op:?}: model says {expected}, server answered {actual} {code}");
         match op {
             Op::IssueToken { tenant_b, max_uses } => {
-                let (secret, id) = ctx.issue_token(*tenant_b, *max_uses).await?;
+                let (secret, id) = ctx.issue_token(tenant(*tenant_b), *max_uses).await?;
                 m.tokens.push(ModelToken {
                     tenant_b: *tenant_b,
                     max_uses: *max_uses,
@@ -92,7 +92,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::RevokeToken { token } => {
                 let Some(t) = m.tokens.get_mut(*token) else { continue };
-                let admin = ctx.admin(t.tenant_b).to_owned();
+                let admin = ctx.admin(tenant(t.tenant_b)).to_owned();
                 let a = ctx
                     .call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{}/revoke", t.id), Some(&admin), Some(&json!({})))
                     .await?;
@@ -162,7 +162,9 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::RevokeAgent { agent, as_tenant_b } => {
                 let Some(ag) = m.agents.get_mut(*agent) else { continue };
-                let a = ctx.call("revokeAgent", "POST", &format!("/api/v1/agents/{}/revoke", ag.id), Some(ctx.admin(*as_tenant_b)), Some(&json!({}))).await?;
+                let a = ctx
+                    .call("revokeAgent", "POST", &format!("/api/v1/agents/{}/revoke", ag.id), Some(ctx.admin(tenant(*as_tenant_b))), Some(&json!({})))
+                    .await?;
                 let expected = if *as_tenant_b == ag.tenant_b { 200 } else { 404 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));
@@ -173,7 +175,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::ReadAgent { agent, as_tenant_b } => {
                 let Some(ag) = m.agents.get(*agent) else { continue };
-                let a = ctx.call("getAgent", "GET", &format!("/api/v1/agents/{}", ag.id), Some(ctx.admin(*as_tenant_b)), None).await?;
+                let a = ctx.call("getAgent", "GET", &format!("/api/v1/agents/{}", ag.id), Some(ctx.admin(tenant(*as_tenant_b))), None).await?;
                 let expected = if *as_tenant_b == ag.tenant_b { 200 } else { 404 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));
@@ -199,7 +201,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
     }
     // Final state: every token's use count agrees.
     for t in &m.tokens {
-        let tokens = ctx.list(t.tenant_b, "listEnrollmentTokens", "/api/v1/agent-enrollment/tokens?limit=200").await?;
+        let tokens = ctx.list(tenant(t.tenant_b), oneprotect_conformance::ctx::Listing::Tokens).await?;
         let listed = tokens.iter().find(|x| x["enrollment_token_id"] == t.id.as_str()).ok_or("token missing from its tenant's list")?;
         if listed["use_count"].as_u64() != Some(u64::from(t.uses)) {
             return Err(format!("token {} has use_count {} but the model says {}", t.id, listed["use_count"], t.uses));
@@ -234,4 +236,8 @@ proptest! {
         let url = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         check(Some(&url), ops)?;
     }
+}
+
+fn tenant(b: bool) -> oneprotect_conformance::Tenant {
+    if b { oneprotect_conformance::Tenant::B } else { oneprotect_conformance::Tenant::A }
 }

@@ -53,7 +53,7 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
             "issueEnrollmentToken",
             "POST",
             "/api/v1/agent-enrollment/tokens",
-            Some(ctx.admin(false)),
+            Some(ctx.admin(oneprotect_conformance::Tenant::A)),
             Some(&json!({"ttl_seconds": 600, "max_uses": 1, "label": "snapshot"})),
         )
         .await
@@ -76,11 +76,17 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
         ("audit trail", "listAuditEvents", "/api/v1/audit-events"),
         ("events", "listEvents", "/api/v1/events"),
     ] {
-        let a = ctx.call(op, "GET", path, Some(ctx.admin(false)), None).await.expect(op);
+        let a = ctx.call(op, "GET", path, Some(ctx.admin(oneprotect_conformance::Tenant::A)), None).await.expect(op);
         record(step, a.status, &a.body);
     }
     let revoked = ctx
-        .call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(ctx.admin(false)), Some(&json!({"reason": "snapshot"})))
+        .call(
+            "revokeAgent",
+            "POST",
+            &format!("/api/v1/agents/{agent}/revoke"),
+            Some(ctx.admin(oneprotect_conformance::Tenant::A)),
+            Some(&json!({"reason": "snapshot"})),
+        )
         .await
         .expect("revoke");
     record("revoke agent", revoked.status, &revoked.body);

@@ -1,105 +1,77 @@
 use chrono::Duration;
 
-use crate::{CheckFuture, Ctx, ensure, expect_problem, outcome};
+use super::LOCAL;
+use crate::{Check, Checked, Ctx, Tenant, ensure, expect_problem};
 
-pub fn enrollment_token(ctx: &Ctx) -> CheckFuture<'_> {
-    Box::pin(async move {
-        let clock = match ctx.needs("a controllable clock", &ctx.local.clock) {
-            Ok(c) => c,
-            Err(o) => return o,
-        };
-        outcome(
-            async {
-                let (secret, _) = ctx.issue_token(false, 5).await?;
-                clock.advance(Duration::seconds(601));
-                expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
-            }
-            .await,
-        )
-    })
+pub(super) const CHECKS: &[Check] = &[
+    check!("expiry.enrollment-token-expires", Expiry, LOCAL, "an enrollment token past its TTL is refused with the uniform 401", enrollment_token),
+    check!("expiry.runtime-token-expires", Expiry, LOCAL, "a runtime token past its TTL is 401 runtime_token_invalid", runtime_token),
+    check!(
+        "expiry.rotated-token-superseded-after-grace",
+        Expiry,
+        LOCAL,
+        "after rotation the old runtime token works only during the grace period",
+        rotation_grace
+    ),
+    check!(
+        "expiry.silent-identity-goes-stale",
+        Expiry,
+        LOCAL,
+        "an identity silent past the staleness window is refused with 403 identity_stale",
+        stale_identity
+    ),
+    check!("expiry.expired-admin-token-rejected", Expiry, LOCAL, "an expired tenant-admin JWT is 401", admin_token),
+];
+
+pub async fn enrollment_token(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
+    let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
+    clock.advance(Duration::seconds(601));
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
 }
 
-pub fn runtime_token(ctx: &Ctx) -> CheckFuture<'_> {
-    Box::pin(async move {
-        let clock = match ctx.needs("a controllable clock", &ctx.local.clock) {
-            Ok(c) => c,
-            Err(o) => return o,
-        };
-        outcome(
-            async {
-                let (agent, runtime, enrolled) = ctx.enroll(false).await?;
-                ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "fresh token refused")?;
-                let expires = enrolled["runtime_token"]["expires_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).ok_or("no expiry")?;
-                let now = oneprotect_server::clock::Clock::now(clock.as_ref());
-                clock.advance(expires.with_timezone(&chrono::Utc) - now + Duration::seconds(1));
-                expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 401, "runtime_token_invalid")
-            }
-            .await,
-        )
-    })
+pub async fn runtime_token(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
+    let (agent, runtime, enrolled) = ctx.enroll(Tenant::A).await?;
+    ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "fresh token refused")?;
+    let expires = enrolled["runtime_token"]["expires_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).ok_or("no expiry")?;
+    let now = oneprotect_server::clock::Clock::now(clock.as_ref());
+    clock.advance(expires.with_timezone(&chrono::Utc) - now + Duration::seconds(1));
+    expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 401, "runtime_token_invalid")
 }
 
-pub fn rotation_grace(ctx: &Ctx) -> CheckFuture<'_> {
-    Box::pin(async move {
-        let clock = match ctx.needs("a controllable clock", &ctx.local.clock) {
-            Ok(c) => c,
-            Err(o) => return o,
-        };
-        outcome(
-            async {
-                let (agent, old, _) = ctx.enroll(false).await?;
-                let nonce = crate::random_nonce();
-                ctx.remember(&nonce);
-                let body = serde_json::json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
-                let rotated =
-                    ctx.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&old), Some(&body)).await?;
-                ensure(rotated.status == 200, "rotation refused")?;
-                let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
-                ctx.remember(&new);
-                ensure(ctx.heartbeat(&agent, &old, 1).await?.status == 200, "the old token is refused during the grace period")?;
-                clock.advance(Duration::minutes(6));
-                expect_problem(&ctx.heartbeat(&agent, &old, 2).await?, 401, "runtime_token_invalid")?;
-                ensure(ctx.heartbeat(&agent, &new, 3).await?.status == 200, "the new token is refused")
-            }
-            .await,
-        )
-    })
+pub async fn rotation_grace(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
+    let (agent, old, _) = ctx.enroll(Tenant::A).await?;
+    let nonce = crate::random_nonce();
+    ctx.remember(&nonce);
+    let body = serde_json::json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
+    let rotated = ctx.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&old), Some(&body)).await?;
+    ensure(rotated.status == 200, "rotation refused")?;
+    let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
+    ctx.remember(&new);
+    ensure(ctx.heartbeat(&agent, &old, 1).await?.status == 200, "the old token is refused during the grace period")?;
+    clock.advance(Duration::minutes(6));
+    expect_problem(&ctx.heartbeat(&agent, &old, 2).await?, 401, "runtime_token_invalid")?;
+    ensure(ctx.heartbeat(&agent, &new, 3).await?.status == 200, "the new token is refused")
 }
 
-pub fn stale_identity(ctx: &Ctx) -> CheckFuture<'_> {
-    Box::pin(async move {
-        let (clock, secret) = match (ctx.needs("a controllable clock", &ctx.local.clock), ctx.needs("the runtime secret", &ctx.local.runtime_secret)) {
-            (Ok(c), Ok(s)) => (c, s),
-            (Err(o), _) | (_, Err(o)) => return o,
-        };
-        outcome(
-            async {
-                let (agent, _, enrolled) = ctx.enroll(false).await?;
-                clock.advance(Duration::days(8));
-                let now = oneprotect_server::clock::Clock::now(clock.as_ref());
-                let claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
-                let fresh = crate::faults::sign_runtime(&secret, &claims);
-                ctx.remember(&fresh);
-                expect_problem(&ctx.heartbeat(&agent, &fresh, 1).await?, 403, "identity_stale")
-            }
-            .await,
-        )
-    })
+pub async fn stale_identity(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
+    let secret = ctx.needs("the runtime secret", &ctx.local.runtime_secret)?;
+    let (agent, _, enrolled) = ctx.enroll(Tenant::A).await?;
+    clock.advance(Duration::days(8));
+    let now = oneprotect_server::clock::Clock::now(clock.as_ref());
+    let claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
+    let fresh = crate::faults::sign_runtime(&secret, &claims);
+    ctx.remember(&fresh);
+    expect_problem(&ctx.heartbeat(&agent, &fresh, 1).await?, 403, "identity_stale")
 }
 
-pub fn admin_token(ctx: &Ctx) -> CheckFuture<'_> {
-    Box::pin(async move {
-        let (clock, secret) = match (ctx.needs("a controllable clock", &ctx.local.clock), ctx.needs("the admin signing secret", &ctx.local.admin_secret)) {
-            (Ok(c), Ok(s)) => (c, s),
-            (Err(o), _) | (_, Err(o)) => return o,
-        };
-        outcome(
-            async {
-                let now = oneprotect_server::clock::Clock::now(clock.as_ref());
-                let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
-                expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
-            }
-            .await,
-        )
-    })
+pub async fn admin_token(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
+    let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
+    let now = oneprotect_server::clock::Clock::now(clock.as_ref());
+    let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
+    expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
 }
