@@ -139,11 +139,11 @@ async fn serve(platform: Arc<Platform>, fault: HttpFaultState) -> anyhow::Result
     Ok((base, handle))
 }
 
-fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, runtime_secret: Option<&[u8]>) -> anyhow::Result<Platform> {
+fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, runtime_secret: Option<&[u8]>, policy: Policy) -> anyhow::Result<Platform> {
     let runtime = RuntimeKeyring::new(runtime_secret.map(<[u8]>::to_vec), vec![]).map_err(anyhow::Error::msg)?;
     let admin = AdminVerifier::hs256(FIXTURE_ADMIN_SECRET, ISSUER, AUDIENCE).map_err(anyhow::Error::msg)?;
     let hash_key = HashKey::new(FIXTURE_HASH_KEY.to_vec()).map_err(anyhow::Error::msg)?;
-    Ok(Platform::new(store, clock, hash_key, runtime, admin, Policy { failure_limit: 100_000, ..Policy::default() }))
+    Ok(Platform::new(store, clock, hash_key, runtime, admin, policy))
 }
 
 /// Starts the platform on SQLite (`database` = None) or PostgreSQL.
@@ -153,6 +153,19 @@ pub async fn start(database: Option<&str>, fault: Option<Fault>) -> anyhow::Resu
 
 /// As `start`; `capture_logs: false` leaves logging off (benchmarks).
 pub async fn start_with(database: Option<&str>, fault: Option<Fault>, capture_logs: bool) -> anyhow::Result<LocalPlatform> {
+    start_with_policy(database, fault, capture_logs, harness_policy()).await
+}
+
+/// The local target's policy: the production defaults, with a failed-exchange
+/// limit no run reaches (the harness's own negative checks would otherwise
+/// be throttled by the manual clock that never moves on its own).
+pub fn harness_policy() -> Policy {
+    Policy { failure_limit: 100_000, ..Policy::default() }
+}
+
+/// As `start_with`, under a given policy (`Policy::default()` is what a
+/// deployment runs with).
+pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, capture_logs: bool, policy: Policy) -> anyhow::Result<LocalPlatform> {
     let logs = capture_logs.then(captured_logs);
     let tmp = tempfile::tempdir()?;
     let (store, pg): (Arc<dyn Store>, Option<PgDatabase>) = match database {
@@ -175,8 +188,9 @@ pub async fn start_with(database: Option<&str>, fault: Option<Fault>, capture_lo
         _ => store.clone(),
     };
     let http_state = HttpFaultState { fault, runtime_secret: FIXTURE_RUNTIME_SECRET.to_vec(), ..HttpFaultState::default() };
-    let (base, main) = serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), Some(FIXTURE_RUNTIME_SECRET))?), http_state).await?;
-    let (secretless, second) = serve(Arc::new(platform(platform_store, platform_clock, None)?), HttpFaultState::default()).await?;
+    let (base, main) =
+        serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), Some(FIXTURE_RUNTIME_SECRET), policy.clone())?), http_state).await?;
+    let (secretless, second) = serve(Arc::new(platform(platform_store, platform_clock, None, policy)?), HttpFaultState::default()).await?;
 
     let admin = |tenant: &str| {
         let claims = oneprotect_server::admin_auth::AdminClaims {
