@@ -29,6 +29,9 @@ pub struct LocalPowers {
     pub secretless_base: Option<String>,
     /// The agent binary under test (agent target).
     pub agent_bin: Option<std::path::PathBuf>,
+    /// A superuser URL of the platform's PostgreSQL database, to read its
+    /// catalogue (PostgreSQL only).
+    pub postgres_inspection: Option<String>,
 }
 
 /// Waits for a duration: real time on a live deployment, the manual

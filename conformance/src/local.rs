@@ -15,12 +15,12 @@ use oneprotect_server::store::Store;
 use secrecy::SecretString;
 
 use crate::ctx::{Ctx, LocalPowers};
-use crate::faults::{Fault, FaultyStore, FrozenClock, HttpFaultState, http_fault};
+use crate::faults::{Fault, FaultyStore, HttpFaultState, http_fault};
 
 pub const TENANT_A: &str = "tenant-a";
 pub const TENANT_B: &str = "tenant-b";
-const ISSUER: &str = "oneprotect-conformance";
-const AUDIENCE: &str = "oneprotect-api";
+pub const ISSUER: &str = "oneprotect-conformance";
+pub const AUDIENCE: &str = "oneprotect-api";
 const FIXTURE_ADMIN_SECRET: &[u8] = b"conformance-fixture-admin-secret-0000000000";
 const FIXTURE_RUNTIME_SECRET: &[u8] = b"conformance-fixture-runtime-secret-00000000";
 const FIXTURE_HASH_KEY: &[u8] = b"conformance-fixture-hash-key-00000000000000";
@@ -126,11 +126,15 @@ impl Drop for LocalPlatform {
     }
 }
 
-async fn serve(platform: Arc<Platform>, fault: HttpFaultState) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+async fn serve(platform: Arc<Platform>, fault: Option<HttpFaultState>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     // The faulty layer wraps the router only when a fault is chosen, so the
     // real platform (and the benchmark) runs exactly as it ships.
     let router = oneprotect_server::app::router(platform);
-    let router = if fault.fault.is_some() { router.layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next))) } else { router };
+    let router = match fault {
+        // Outside the router, so a rewritten path is routed anew.
+        Some(fault) => axum::Router::new().fallback_service(router).layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next))),
+        None => router,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let handle = tokio::spawn(async move {
@@ -179,18 +183,37 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
             (Arc::new(store), Some(db))
         }
     };
+    if fault == Some(Fault::RlsNotForced) {
+        let db = pg.as_ref().ok_or_else(|| anyhow::anyhow!("the RlsNotForced fault needs PostgreSQL"))?;
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(&pg_url(db.admin_url.as_str(), &db.owner, &db.name)).await?;
+        conn.execute("ALTER TABLE audit_events NO FORCE ROW LEVEL SECURITY").await?;
+    }
     let manual = Arc::new(ManualClock::new(chrono::Utc::now()));
-    let platform_clock: Arc<dyn Clock> = if fault == Some(Fault::AcceptExpiredToken) { Arc::new(FrozenClock(manual.now())) } else { manual.clone() };
-    let platform_store: Arc<dyn Store> = match fault {
-        Some(f @ (Fault::SkipTenantPredicate | Fault::SkipNonceCheck)) => {
-            Arc::new(FaultyStore { inner: store.clone(), fault: f, tenants: vec![TENANT_A.into(), TENANT_B.into()] })
-        }
-        _ => store.clone(),
+    let platform_clock: Arc<dyn Clock> = manual.clone();
+    let policy = match fault {
+        Some(f) => f.policy(policy),
+        None => policy,
     };
-    let http_state = HttpFaultState { fault, runtime_secret: FIXTURE_RUNTIME_SECRET.to_vec(), ..HttpFaultState::default() };
+    let seen = crate::faults::Shared::default();
+    let platform_store: Arc<dyn Store> = match fault {
+        Some(f) => Arc::new(FaultyStore { inner: store.clone(), fault: f, tenants: vec![TENANT_A.into(), TENANT_B.into()], seen: seen.clone() }),
+        None => store.clone(),
+    };
+    let http_state = |secretless: bool| {
+        fault.map(|fault| HttpFaultState {
+            fault,
+            secretless,
+            runtime_secret: FIXTURE_RUNTIME_SECRET.to_vec(),
+            admin_secret: FIXTURE_ADMIN_SECRET.to_vec(),
+            clock: platform_clock.clone(),
+            store: platform_store.clone(),
+            seen: seen.clone(),
+        })
+    };
     let (base, main) =
-        serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), Some(FIXTURE_RUNTIME_SECRET), policy.clone())?), http_state).await?;
-    let (secretless, second) = serve(Arc::new(platform(platform_store, platform_clock, None, policy)?), HttpFaultState::default()).await?;
+        serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), Some(FIXTURE_RUNTIME_SECRET), policy.clone())?), http_state(false)).await?;
+    let (secretless, second) = serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), None, policy)?), http_state(true)).await?;
 
     let admin = |tenant: &str| {
         let claims = oneprotect_server::admin_auth::AdminClaims {
@@ -214,6 +237,7 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
         logs,
         secretless_base: Some(secretless),
         agent_bin: None,
+        postgres_inspection: pg.as_ref().map(PgDatabase::superuser_url),
     };
     // The platform sees only the manual clock, so waiting for a Retry-After
     // means moving that clock, not sleeping.

@@ -1,19 +1,15 @@
 //! The harness passes against the real implementations and fails against
 //! deliberately faulty ones — each fault caught by the check meant for it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use oneprotect_conformance::checks::CATALOGUE;
 use oneprotect_conformance::faults::Fault;
-use oneprotect_conformance::{Outcome, Target, local, runner};
+use oneprotect_conformance::{Family, Outcome, Target, local, runner};
 
 fn check(id: &str) -> &'static oneprotect_conformance::Check {
     CATALOGUE.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("no check {id}"))
-}
-
-async fn outcome_with_fault(fault: Option<Fault>, id: &str) -> Outcome {
-    let platform = local::start(None, fault).await.expect("local platform");
-    (check(id).run)(&platform.ctx).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,50 +18,108 @@ async fn every_local_check_passes_against_the_real_server_on_sqlite() {
     let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
     let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
-    assert_eq!(report.total().skipped, 0, "nothing is skipped locally");
-    for family in oneprotect_conformance::Family::ALL {
+    let skipped: Vec<&str> = report.results.iter().filter(|r| matches!(r.outcome, Outcome::Skip(_))).map(|r| r.id.as_str()).collect();
+    assert_eq!(skipped, ["tenant-isolation.row-level-security-forced"], "only the PostgreSQL-only check is skipped on SQLite");
+    for family in Family::ALL {
         assert!(report.counts()[family.as_str()].passed > 0, "{} has checks", family.as_str());
     }
 }
 
+fn postgres_url() -> String {
+    std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_local_check_passes_against_the_real_server_on_postgres() {
-    let url = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let platform = local::start(Some(&url), None).await.expect("PostgreSQL must be reachable for this test");
+    let platform = local::start(Some(&postgres_url()), None).await.expect("PostgreSQL must be reachable for this test");
     let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
     let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
+    assert_eq!(report.total().skipped, 0, "nothing is skipped on PostgreSQL");
+}
+
+/// Runs the whole local catalogue against a faulty platform and returns
+/// what differs from what the fault declares: a check that should fail and
+/// passed, one that failed with another message, or one that failed and
+/// should not have.
+async fn mismatches(database: Option<&str>, fault: Fault) -> Vec<String> {
+    let platform = local::start(database, Some(fault)).await.expect("local platform");
+    let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
+    let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
+    let expected: BTreeMap<&str, &str> = fault.caught_by().iter().copied().collect();
+    let mut wrong = Vec::new();
+    for r in &report.results {
+        match (&r.outcome, expected.get(r.id.as_str())) {
+            (Outcome::Fail(message), Some(fragment)) if !message.contains(fragment) => {
+                wrong.push(format!("{fault:?}: {} failed with {message:?}, expected it to mention {fragment:?}", r.id))
+            }
+            (Outcome::Fail(_), Some(_)) => {}
+            (Outcome::Fail(message), None) => wrong.push(format!("{fault:?}: {} failed too: {message}", r.id)),
+            (_, Some(_)) => wrong.push(format!("{fault:?}: {} did not fail ({:?})", r.id, r.outcome)),
+            (_, None) => {}
+        }
+    }
+    wrong
+}
+
+/// The faults of one family, by the checks they declare.
+fn faults_of(family: Family) -> Vec<Fault> {
+    Fault::ALL.iter().copied().filter(|f| f.caught_by().iter().any(|(id, _)| id.starts_with(&format!("{}.", family.as_str())))).collect()
+}
+
+async fn family_faults_fail_exactly_their_checks(family: Family) {
+    let faults = faults_of(family);
+    assert!(!faults.is_empty());
+    let mut wrong = Vec::new();
+    for fault in faults {
+        wrong.extend(mismatches(None, fault).await);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_leaks_the_secret_in_list_is_caught() {
-    assert!(matches!(outcome_with_fault(Some(Fault::LeakSecretInList), "redaction.issued-secret-shown-once").await, Outcome::Fail(_)));
+async fn redaction_faults_fail_exactly_their_checks() {
+    family_faults_fail_exactly_their_checks(Family::Redaction).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_skips_the_tenant_predicate_is_caught() {
-    assert!(matches!(outcome_with_fault(Some(Fault::SkipTenantPredicate), "tenant-isolation.cross-tenant-agent-read-is-404").await, Outcome::Fail(_)));
-    assert!(matches!(outcome_with_fault(Some(Fault::SkipTenantPredicate), "tenant-isolation.lists-are-tenant-scoped").await, Outcome::Fail(_)));
+async fn replay_faults_fail_exactly_their_checks() {
+    family_faults_fail_exactly_their_checks(Family::Replay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_accepts_an_expired_token_is_caught() {
-    assert!(matches!(outcome_with_fault(Some(Fault::AcceptExpiredToken), "expiry.enrollment-token-expires").await, Outcome::Fail(_)));
+async fn expiry_faults_fail_exactly_their_checks() {
+    family_faults_fail_exactly_their_checks(Family::Expiry).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_skips_the_nonce_check_is_caught() {
-    assert!(matches!(outcome_with_fault(Some(Fault::SkipNonceCheck), "replay.nonce-reuse-rejected").await, Outcome::Fail(_)));
+async fn tenant_isolation_faults_fail_exactly_their_checks() {
+    family_faults_fail_exactly_their_checks(Family::TenantIsolation).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_accepts_a_tampered_runtime_token_is_caught() {
-    assert!(matches!(outcome_with_fault(Some(Fault::AcceptTamperedRuntimeToken), "fail-closed.tampered-runtime-token-rejected").await, Outcome::Fail(_)));
+async fn fail_closed_faults_fail_exactly_their_checks() {
+    family_faults_fail_exactly_their_checks(Family::FailClosed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_logs_the_bearer_is_caught() {
-    assert!(matches!(outcome_with_fault(Some(Fault::LogBearer), "redaction.logs-hold-no-secret").await, Outcome::Fail(_)));
+async fn postgres_only_faults_fail_exactly_their_checks_on_postgres() {
+    let mut wrong = Vec::new();
+    for fault in Fault::POSTGRES_ONLY {
+        wrong.extend(mismatches(Some(&postgres_url()), *fault).await);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_platform_check_has_a_fault_that_fails_it() {
+    let caught: BTreeSet<&str> = Fault::ALL.iter().chain(Fault::POSTGRES_ONLY).flat_map(|f| f.caught_by().iter().map(|(id, _)| *id)).collect();
+    let ids: BTreeSet<&str> = CATALOGUE.iter().map(|c| c.id).collect();
+    for id in &caught {
+        assert!(ids.contains(id), "a fault names {id}, which is not in the catalogue");
+    }
+    let uncaught: Vec<&str> = CATALOGUE.iter().filter(|c| c.targets.contains(&Target::Local) && !caught.contains(c.id)).map(|c| c.id).collect();
+    assert!(uncaught.is_empty(), "checks without a fault: {uncaught:?}");
 }
 
 fn agent_binary() -> PathBuf {
@@ -123,7 +177,7 @@ fn the_catalogue_has_unique_ids_prefixed_by_their_family_and_covers_every_family
         assert!(c.id.starts_with(&format!("{}.", c.family.as_str())), "{} is not prefixed by its family", c.id);
         assert!(!c.targets.is_empty() && !c.promise.is_empty());
     }
-    for f in oneprotect_conformance::Family::ALL {
+    for f in Family::ALL {
         assert!(CATALOGUE.iter().filter(|c| c.family == f).count() >= 3, "{} has at least three checks", f.as_str());
     }
 }
@@ -135,23 +189,11 @@ fn reports_render_as_json_and_junit_with_per_family_counts() {
         run_id: "conf-fixture".into(),
         target: Target::Http,
         results: vec![
-            CheckResult {
-                id: "replay.a".into(),
-                family: oneprotect_conformance::Family::Replay,
-                promise: "p <&>".into(),
-                outcome: Outcome::Pass,
-                duration_ms: 3,
-            },
-            CheckResult {
-                id: "expiry.b".into(),
-                family: oneprotect_conformance::Family::Expiry,
-                promise: "q".into(),
-                outcome: Outcome::Skip("needs a clock".into()),
-                duration_ms: 0,
-            },
+            CheckResult { id: "replay.a".into(), family: Family::Replay, promise: "p <&>".into(), outcome: Outcome::Pass, duration_ms: 3 },
+            CheckResult { id: "expiry.b".into(), family: Family::Expiry, promise: "q".into(), outcome: Outcome::Skip("needs a clock".into()), duration_ms: 0 },
             CheckResult {
                 id: "redaction.c".into(),
-                family: oneprotect_conformance::Family::Redaction,
+                family: Family::Redaction,
                 promise: "r <&>".into(),
                 outcome: Outcome::Fail("leak \"x\"".into()),
                 duration_ms: 1,

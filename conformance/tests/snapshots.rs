@@ -37,6 +37,10 @@ fn redact(value: &Value, run_id: &str) -> Value {
         Value::String(s) if is_time(s) => json!("[time]"),
         Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => json!("[sha256]"),
         Value::String(s) if s.contains(run_id) => Value::String(s.replace(run_id, "[run-id]")),
+        // Each local platform's admin subjects are unique to it.
+        Value::String(s) if s.starts_with("admin-") && s.contains('@') => {
+            json!(format!("admin-[platform]@{}", s.split_once('@').map(|(_, t)| t).unwrap_or_default()))
+        }
         other => other.clone(),
     }
 }

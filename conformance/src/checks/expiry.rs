@@ -5,6 +5,13 @@ use crate::{Check, Checked, Ctx, Tenant, ensure, expect_problem};
 
 pub(super) const CHECKS: &[Check] = &[
     check!("expiry.enrollment-token-expires", Expiry, LOCAL, "an enrollment token past its TTL is refused with the uniform 401", enrollment_token),
+    check!(
+        "expiry.enrollment-token-refused-at-its-expiry-instant",
+        Expiry,
+        LOCAL,
+        "an enrollment token is refused from the very instant it expires",
+        token_refused_at_expiry_instant
+    ),
     check!("expiry.runtime-token-expires", Expiry, LOCAL, "a runtime token past its TTL is 401 runtime_token_invalid", runtime_token),
     check!(
         "expiry.rotated-token-superseded-after-grace",
@@ -21,6 +28,13 @@ pub(super) const CHECKS: &[Check] = &[
         stale_identity
     ),
     check!("expiry.expired-admin-token-rejected", Expiry, LOCAL, "an expired tenant-admin JWT is 401", admin_token),
+    check!(
+        "expiry.admin-token-not-yet-valid-rejected",
+        Expiry,
+        LOCAL,
+        "a tenant-admin JWT before its nbf (beyond the clock-skew leeway) is 401",
+        admin_not_yet_valid
+    ),
 ];
 
 pub async fn enrollment_token(ctx: &Ctx) -> Checked {
@@ -73,5 +87,21 @@ pub async fn admin_token(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
+    expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
+}
+
+pub async fn token_refused_at_expiry_instant(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
+    // Issued now for 600 s: after exactly 600 s the clock stands on its expiry.
+    let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
+    clock.advance(Duration::seconds(600));
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
+}
+
+pub async fn admin_not_yet_valid(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
+    let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
+    let now = oneprotect_server::clock::Clock::now(clock.as_ref());
+    let token = crate::faults::mint_admin_with(ctx, &secret, "tenant-a", "tenant_admin", now + Duration::hours(2), Some(now + Duration::hours(1)));
     expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
 }

@@ -3,7 +3,7 @@ use serde_json::json;
 
 use super::{BOTH, LOCAL};
 use crate::ctx::Listing;
-use crate::{Check, Checked, Ctx, Tenant, ensure, expect_problem};
+use crate::{Check, Checked, Ctx, Tenant, Verdict, ensure, expect_problem};
 
 pub(super) const CHECKS: &[Check] = &[
     check!("fail-closed.missing-bearer-is-401", FailClosed, BOTH, "every protected operation without a bearer is 401 unauthenticated", missing_bearer),
@@ -41,7 +41,20 @@ pub(super) const CHECKS: &[Check] = &[
         "a heartbeat body carrying identity fields is 400 identity_override_rejected",
         identity_override
     ),
-    check!("fail-closed.viewer-cannot-write", FailClosed, LOCAL, "a tenant_viewer can list but not issue (403 forbidden)", viewer),
+    check!(
+        "fail-closed.viewer-cannot-write",
+        FailClosed,
+        LOCAL,
+        "a tenant_viewer can list but every write operation is 403 forbidden and changes nothing",
+        viewer
+    ),
+    check!(
+        "fail-closed.collector-binding-enforced",
+        FailClosed,
+        LOCAL,
+        "a runtime token bound to another collector or asset is 403 collector_mismatch",
+        collector_binding
+    ),
     check!("fail-closed.missing-runtime-secret-is-503", FailClosed, LOCAL, "without the runtime secret the exchange is 503 and writes nothing", missing_secret),
     check!("fail-closed.unknown-routes-are-problems", FailClosed, BOTH, "unknown paths are 404 and wrong methods 405, as Problem JSON", unknown_routes),
 ];
@@ -62,8 +75,19 @@ pub async fn missing_bearer(ctx: &Ctx) -> Checked {
     Ok(())
 }
 
+/// The issuer, audience and tenant of credential A: forgeries that differ
+/// from a genuine credential only in how they are signed.
+fn genuine_claims(ctx: &Ctx) -> Result<serde_json::Value, Verdict> {
+    use base64::Engine;
+    let payload = ctx.admin(Tenant::A).split('.').nth(1).ok_or("the admin credential is not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|e| e.to_string())?;
+    let genuine: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    Ok(json!({"sub": "attacker@conformance", "tenant_id": genuine["tenant_id"], "roles": ["tenant_admin"],
+              "exp": genuine["exp"], "iss": genuine["iss"], "aud": genuine["aud"]}))
+}
+
 pub async fn alg_none(ctx: &Ctx) -> Checked {
-    let claims = json!({"sub": "attacker", "tenant_id": "tenant-a", "roles": ["tenant_admin"], "exp": chrono::Utc::now().timestamp() + 3600, "iss": "oneprotect-dev", "aud": "oneprotect-api"});
+    let claims = genuine_claims(ctx)?;
     for header in [json!({"alg": "none", "typ": "JWT"}), json!({"alg": "None"}), json!({"alg": "nOnE"})] {
         let token = format!("{}.{}.", b64(&header), b64(&claims));
         expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")?;
@@ -72,15 +96,7 @@ pub async fn alg_none(ctx: &Ctx) -> Checked {
 }
 
 pub async fn forged_admin(ctx: &Ctx) -> Checked {
-    let claims = oneprotect_server::admin_auth::AdminClaims {
-        sub: "attacker".into(),
-        tenant_id: "tenant-a".into(),
-        roles: vec!["tenant_admin".into()],
-        exp: chrono::Utc::now().timestamp() + 3600,
-        iss: "oneprotect-dev".into(),
-        aud: "oneprotect-api".into(),
-        nbf: None,
-    };
+    let claims: oneprotect_server::admin_auth::AdminClaims = serde_json::from_value(genuine_claims(ctx)?).map_err(|e| e.to_string())?;
     let key = crate::random_nonce() + &crate::random_nonce();
     let forged = oneprotect_server::admin_auth::mint_hs256(key.as_bytes(), &claims).map_err(|e| e.to_string())?;
     expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&forged), None).await?, 401, "unauthenticated")?;
@@ -113,7 +129,13 @@ pub async fn tampered_runtime(ctx: &Ctx) -> Checked {
     expect_problem(&ctx.heartbeat(&agent, &bad_payload, 2).await?, 401, "runtime_token_invalid")?;
     let unknown_key = format!("{}.{}.kconformance0.{}.{}", parts[0], parts[1], parts[3], parts[4]);
     expect_problem(&ctx.heartbeat(&agent, &unknown_key, 3).await?, 401, "runtime_token_invalid")?;
-    ensure(ctx.heartbeat(&agent, &runtime, 4).await?.status == 200, "the genuine token still works")
+    // A MAC compared only over the length presented accepts a cut one, or
+    // an empty one with any claims.
+    let truncated = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3], &parts[4][..8]);
+    expect_problem(&ctx.heartbeat(&agent, &truncated, 4).await?, 401, "runtime_token_invalid").map_err(|e| e.context("truncated MAC"))?;
+    let empty = format!("{}.{}.{}.{}.", parts[0], parts[1], parts[2], b64(&claims));
+    expect_problem(&ctx.heartbeat(&agent, &empty, 5).await?, 401, "runtime_token_invalid").map_err(|e| e.context("empty MAC with forged claims"))?;
+    ensure(ctx.heartbeat(&agent, &runtime, 10).await?.status == 200, "the genuine token still works")
 }
 
 pub async fn wrong_scope(ctx: &Ctx) -> Checked {
@@ -193,11 +215,43 @@ pub async fn viewer(ctx: &Ctx) -> Checked {
     let now = ctx.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now);
     let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_viewer", now + Duration::hours(1));
     ensure(ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?.status == 200, "a viewer cannot read")?;
-    expect_problem(
-        &ctx.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&token), Some(&json!({"ttl_seconds": 600}))).await?,
-        403,
-        "forbidden",
-    )
+    // Real targets for every write, so a 403 cannot be a 404 in disguise.
+    let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
+    let (_, token_id) = ctx.issue_token(Tenant::A, 1).await?;
+    let writes = oneprotect_contracts::contract::OPERATIONS.iter().filter(|op| op.security == Some("tenantAdminBearer") && op.method != "GET");
+    let mut tried = 0;
+    for op in writes {
+        let path = op.path.replace("{agent_id}", &agent).replace("{enrollment_token_id}", &token_id);
+        let body = match op.request_schema {
+            Some("EnrollmentTokenIssueRequest") => Some(json!({"ttl_seconds": 600, "label": format!("{} viewer attempt", ctx.run_id)})),
+            Some(_) => Some(json!({"reason": "conformance: viewer attempt"})),
+            None => None,
+        };
+        let a = ctx.call(op.operation_id, op.method, &path, Some(&token), body.as_ref()).await?;
+        expect_problem(&a, 403, "forbidden").map_err(|e| e.context(op.operation_id))?;
+        tried += 1;
+    }
+    ensure(tried >= 3, format!("only {tried} write operations in the contract"))?;
+    ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "the agent stopped working after the viewer's revoke attempt")?;
+    let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
+    ensure(tokens.iter().any(|t| t["enrollment_token_id"] == token_id.as_str() && t["status"] == "active"), "the viewer revoked the token")
+}
+
+pub async fn collector_binding(ctx: &Ctx) -> Checked {
+    let secret = ctx.needs("the runtime secret", &ctx.local.runtime_secret)?;
+    let (agent, _, enrolled) = ctx.enroll(Tenant::A).await?;
+    let now = ctx.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now);
+    for (what, sequence) in [("collector", 1), ("asset", 2)] {
+        let mut claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
+        match what {
+            "collector" => claims.cid = uuid::Uuid::new_v4(),
+            _ => claims.asid = uuid::Uuid::new_v4(),
+        }
+        let token = crate::faults::sign_runtime(&secret, &claims);
+        ctx.remember(&token);
+        expect_problem(&ctx.heartbeat(&agent, &token, sequence).await?, 403, "collector_mismatch").map_err(|e| e.context(format!("another {what}")))?;
+    }
+    Ok(())
 }
 
 pub async fn missing_secret(ctx: &Ctx) -> Checked {

@@ -19,6 +19,13 @@ pub(super) const CHECKS: &[Check] = &[
         "no audit record or event contains a secret, CSR, nonce or bearer",
         audit_and_events_clean
     ),
+    check!(
+        "redaction.fingerprint-never-stored-raw",
+        Redaction,
+        LOCAL,
+        "a hardware fingerprint hash is stored only keyed, never as the agent sent it",
+        fingerprint_not_raw
+    ),
     check!("redaction.problems-do-not-echo-input", Redaction, BOTH, "a rejected body is described by field, never echoed", problems_do_not_echo),
 ];
 
@@ -103,4 +110,19 @@ pub async fn problems_do_not_echo(ctx: &Ctx) -> Checked {
     let a = ctx.exchange(&body).await?;
     ensure(a.status == 400, format!("an over-long token is 400, got {}", a.status))?;
     ensure(!a.body.to_string().contains("CONFORMANCE_MARKER"), "the rejection echoes the submitted value")
+}
+
+pub async fn fingerprint_not_raw(ctx: &Ctx) -> Checked {
+    let store = ctx.needs("storage inspection", &ctx.local.store)?;
+    let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
+    let fingerprint = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    ctx.remember(&fingerprint);
+    let mut body = ctx.exchange_body(&secret);
+    body["hardware_fingerprint_hash"] = json!(fingerprint);
+    let a = ctx.exchange(&body).await?;
+    ensure(a.status == 201, format!("the exchange with a fingerprint answered {} {}", a.status, a.code()))?;
+    let rows = store.dump_all_rows().await.map_err(|e| format!("cannot inspect the store: {e}"))?;
+    let agent = a.body["agent"]["agent_id"].as_str().unwrap_or_default();
+    ensure(rows.iter().any(|r| r.contains(agent)), "the enrolled identity is stored")?;
+    ensure(!rows.iter().any(|r| r.contains(&fingerprint)), "the fingerprint hash is stored as sent, not keyed")
 }

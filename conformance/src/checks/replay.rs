@@ -20,6 +20,13 @@ pub(super) const CHECKS: &[Check] = &[
         "a repeated heartbeat sequence is acknowledged as duplicate and emits no second event",
         duplicate_heartbeat
     ),
+    check!(
+        "replay.nonce-scoped-to-tenant",
+        Replay,
+        BOTH,
+        "a nonce used with one token is refused with another token of the same tenant, consuming nothing",
+        nonce_scoped_to_tenant
+    ),
     check!("replay.rotation-nonce-reuse-rejected", Replay, BOTH, "a rotation nonce is single use", rotation_nonce),
 ];
 
@@ -67,4 +74,16 @@ pub async fn rotation_nonce(ctx: &Ctx) -> Checked {
     let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
     ctx.remember(&new);
     expect_problem(&ctx.call("rotateAgentCertificate", "POST", &path, Some(&new), Some(&body)).await?, 409, "nonce_replayed")
+}
+
+pub async fn nonce_scoped_to_tenant(ctx: &Ctx) -> Checked {
+    let (first, _) = ctx.issue_token(Tenant::A, 1).await?;
+    let (second, second_id) = ctx.issue_token(Tenant::A, 1).await?;
+    let body = ctx.exchange_body(&first);
+    let enrolled = ctx.exchange(&body).await?;
+    ensure(enrolled.status == 201, format!("first exchange {} {}", enrolled.status, enrolled.code()))?;
+    let mut again = ctx.exchange_body(&second);
+    again["nonce"] = body["nonce"].clone();
+    expect_problem(&ctx.exchange(&again).await?, 409, "nonce_replayed")?;
+    ensure(use_count(ctx, &second_id).await? == 0, "the refused exchange consumed a use of the second token")
 }
