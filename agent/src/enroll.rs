@@ -65,6 +65,7 @@ fn read_token(config: &Config, options: &EnrollOptions) -> Result<(SecretString,
 
 fn remove_token(config: &Config, source: &TokenSource) -> Result<(), String> {
     match source {
+        TokenSource::Config if crate::faults::active("token-left-in-config") => Ok(()),
         TokenSource::Config => {
             let text = std::fs::read_to_string(&config.path).map_err(|e| format!("{}: {e}", config.path.display()))?;
             let without = remove_enrollment_token(&text);
@@ -92,15 +93,27 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
     let fingerprint = crate::fingerprint::machine_id().map(|id| crate::fingerprint::fingerprint_hash(id.expose_secret()));
     let mut backoff = Backoff::default();
     let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut first_attempt: Option<(crate::platform::KeyAndCsr, SecretString)> = None;
     for attempt in 1..=MAX_ATTEMPTS {
         let keys = match new_key_and_csr(&hostname) {
             Ok(k) => k,
             Err(e) => return (exit::RUNTIME, e),
         };
+        let mut nonce = new_nonce();
+        let keys = if crate::faults::active("nonce-reused-on-retry") {
+            let (k, n) = first_attempt.get_or_insert((keys, nonce.clone()));
+            nonce = n.clone();
+            crate::platform::KeyAndCsr { private_key_pem: k.private_key_pem.clone(), csr_pem: k.csr_pem.clone() }
+        } else {
+            keys
+        };
+        if crate::faults::active("nonce-logged") {
+            tracing::trace!(nonce = nonce.expose_secret(), "exchange nonce");
+        }
         let body = serde_json::json!({
             "enrollment_token": token.expose_secret(),
             "csr_pem": keys.csr_pem,
-            "nonce": new_nonce().expose_secret(),
+            "nonce": nonce.expose_secret(),
             "hostname": hostname.chars().take(253).collect::<String>(),
             "agent_version": env!("CARGO_PKG_VERSION"),
             "os_family": std::env::consts::OS,
@@ -141,6 +154,7 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
                 return (exit::OK, format!("enrolled as agent {} (tenant {})", identity.agent_id, identity.tenant_id));
             }
             Err(CallError::Status { status, code, retry_after }) if status == 429 || status >= 500 => {
+                let retry_after = if crate::faults::active("enroll-ignores-retry-after") { None } else { retry_after };
                 let delay = backoff.next_delay(retry_after, &mut rng);
                 tracing::warn!(
                     status,

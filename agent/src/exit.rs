@@ -29,6 +29,9 @@ pub enum Reaction {
 
 pub fn reaction_to_status(status: u16) -> Reaction {
     match status {
+        401 if crate::faults::active("exits-1-on-401") => Reaction::Stop(RUNTIME),
+        403 if crate::faults::active("exits-3-on-403") => Reaction::Stop(IDENTITY_UNKNOWN),
+        500..=599 if crate::faults::active("exits-on-5xx") => Reaction::Stop(RUNTIME),
         200..=299 => Reaction::Accepted,
         401 => Reaction::Stop(IDENTITY_UNKNOWN),
         403 => Reaction::Stop(IDENTITY_REJECTED),

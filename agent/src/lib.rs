@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod config;
 pub mod enroll;
 pub mod exit;
+pub mod faults;
 pub mod fingerprint;
 pub mod platform;
 pub mod run;

@@ -24,6 +24,9 @@ use crate::telemetry::Collector;
 const RENEW_AT: f64 = 2.0 / 3.0;
 
 fn renewal_due(state: &AgentState) -> bool {
+    if crate::faults::active("renewal-never-fires") {
+        return false;
+    }
     let issued = state.identity.runtime_token_issued_at;
     let lifetime = (state.identity.runtime_token_expires_at - issued).num_milliseconds().max(0) as f64;
     let at = issued + chrono::Duration::milliseconds((lifetime * RENEW_AT) as i64);
@@ -56,6 +59,9 @@ async fn rotate(api: &Client, dir: &StateDir, state: &mut AgentState) -> Result<
     identity.runtime_token_key_id = rotated.runtime_token.key_id;
     let persist = || -> Result<(), StateError> {
         dir.write_private(KEY_FILE, keys.private_key_pem.expose_secret().as_bytes())?;
+        if crate::faults::active("renewed-key-world-readable") {
+            crate::faults::loosen(&dir.file(KEY_FILE));
+        }
         dir.write_private(TOKEN_FILE, token.expose_secret().as_bytes())?;
         dir.write_private(CERTIFICATE_FILE, &serde_json::to_vec_pretty(&rotated.certificate).unwrap_or_default())?;
         dir.write_private(IDENTITY_FILE, &serde_json::to_vec_pretty(&identity).unwrap_or_default())
@@ -89,15 +95,21 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
     let mut renew_not_before = Utc::now();
     let mut pending_sequence: Option<u64> = None;
     let mut delay = Duration::ZERO;
+    let stopped = if crate::faults::active("sigterm-exits-1") { exit::RUNTIME } else { exit::OK };
+    let mut memory_sequence = 0u64;
     tokio::pin!(shutdown);
     loop {
+        if crate::faults::active("sigterm-ignored-while-waiting") {
+            tokio::time::sleep(delay).await;
+            delay = Duration::ZERO;
+        }
         tokio::select! {
-            () = &mut shutdown => return (exit::OK, "stopped".into()),
+            () = &mut shutdown => return (stopped, "stopped".into()),
             () = tokio::time::sleep(delay) => {}
         }
         if renewal_due(&state) && Utc::now() >= renew_not_before {
             let outcome = tokio::select! {
-                () = &mut shutdown => return (exit::OK, "stopped".into()),
+                () = &mut shutdown => return (stopped, "stopped".into()),
                 r = rotate(&api, &dir, &mut state) => r,
             };
             match outcome {
@@ -128,6 +140,10 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
 
         let sequence = match pending_sequence {
             Some(s) => s,
+            None if crate::faults::active("sequence-restarts-at-one") => {
+                memory_sequence += 1;
+                memory_sequence
+            }
             None => match dir.next_sequence() {
                 Ok(s) => s,
                 Err(e) => return (exit::RUNTIME, format!("cannot persist the heartbeat sequence: {e}")),
@@ -138,7 +154,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
             Err(e) => return (exit::RUNTIME, e),
         };
         let result = tokio::select! {
-            () = &mut shutdown => return (exit::OK, "stopped".into()),
+            () = &mut shutdown => return (stopped, "stopped".into()),
             r = api.post_agent_heartbeat(&state.identity.agent_id, &body) => r.map_err(classify),
         };
         match result {
@@ -162,6 +178,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                 }
                 Reaction::Retry => {
                     pending_sequence = Some(sequence);
+                    let retry_after = if crate::faults::active("heartbeat-ignores-retry-after") { None } else { retry_after };
                     delay = backoff.next_delay(retry_after, &mut rng);
                     tracing::warn!(status, code = code.as_deref().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "heartbeat not accepted; backing off");
                 }

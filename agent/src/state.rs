@@ -108,6 +108,9 @@ impl StateDir {
         self.write_private(KEY_FILE, private_key_pem.expose_secret().as_bytes())?;
         self.write_private(TOKEN_FILE, runtime_token.expose_secret().as_bytes())?;
         self.write_private(CERTIFICATE_FILE, &serde_json::to_vec_pretty(certificate).unwrap_or_default())?;
+        if crate::faults::active("certificate-world-readable") {
+            crate::faults::loosen(&self.file(CERTIFICATE_FILE));
+        }
         if !self.file(SEQUENCE_FILE).exists() {
             self.write_private(SEQUENCE_FILE, b"0")?;
         }

@@ -130,7 +130,12 @@ impl Collector {
     /// fields enforce the contract's bounds; the platform validates the
     /// full schema on receipt.
     pub fn heartbeat(&mut self, sequence: u64, agent_version: &str) -> Result<AgentHeartbeatTelemetryRequest, String> {
-        serde_json::from_value(self.sample(sequence, agent_version)).map_err(|e| format!("telemetry does not fit the contract type: {e}"))
+        let mut sample = self.sample(sequence, agent_version);
+        if crate::faults::active("cpu-usage-summed-over-cores") {
+            let cores = sample["cpu_count"].as_u64().unwrap_or(1).max(2);
+            sample["cpu_usage_percent"] = serde_json::json!(100.0 * cores as f64);
+        }
+        serde_json::from_value(sample).map_err(|e| format!("telemetry does not fit the contract type: {e}"))
     }
 
     /// Running processes. On Linux, counting /proc entries avoids keeping

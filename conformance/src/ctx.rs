@@ -29,6 +29,9 @@ pub struct LocalPowers {
     pub secretless_base: Option<String>,
     /// The agent binary under test (agent target).
     pub agent_bin: Option<std::path::PathBuf>,
+    /// The fault a fault-injection build of the agent runs with (the
+    /// harness's self-test only).
+    pub agent_fault: Option<String>,
     /// A superuser URL of the platform's PostgreSQL database, to read its
     /// catalogue (PostgreSQL only).
     pub postgres_inspection: Option<String>,

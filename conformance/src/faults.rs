@@ -234,6 +234,40 @@ impl Fault {
     }
 }
 
+/// Faults of the agent, by their name in the agent's fault-injection build
+/// (`agent/src/faults.rs`), with the checks each fails and a fragment of
+/// the message.
+pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
+    ("certificate-world-readable", &[("redaction.agent-files-owner-only", "certificate.json has mode 644")]),
+    ("token-left-in-config", &[("redaction.agent-token-removed-from-config", "the enrollment token is still in the config")]),
+    ("nonce-logged", &[("redaction.agent-logs-hold-no-secret", "appears in the agent's output")]),
+    (
+        "nonce-reused-on-retry",
+        &[
+            ("replay.agent-fresh-nonce-per-attempt", "a nonce was reused across attempts"),
+            ("fail-closed.agent-enrollment-honours-retry-after", "the retry reused the nonce"),
+        ],
+    ),
+    ("exits-1-on-401", &[("fail-closed.agent-exits-3-on-401", "exit code Some(1), expected 3")]),
+    ("exits-3-on-403", &[("fail-closed.agent-exits-4-on-403", "exit code Some(3), expected 4")]),
+    ("heartbeat-ignores-retry-after", &[("fail-closed.agent-honours-retry-after", "before Retry-After: 2")]),
+    ("exits-on-5xx", &[("fail-closed.agent-backs-off-on-5xx", "the agent exited on a 5xx")]),
+    (
+        "sigterm-exits-1",
+        &[
+            ("fail-closed.agent-stops-cleanly-on-sigterm", "exit code Some(1) after SIGTERM"),
+            ("fail-closed.agent-stops-at-once-while-waiting", "exit code Some(1) after SIGTERM"),
+            ("fail-closed.agent-renews-before-expiry", "did not stop cleanly after renewal"),
+        ],
+    ),
+    ("cpu-usage-summed-over-cores", &[("fail-closed.agent-bodies-match-contract", "heartbeat body")]),
+    ("renewal-never-fires", &[("fail-closed.agent-renews-before-expiry", "no renewal of a 3 s runtime token")]),
+    ("renewed-key-world-readable", &[("fail-closed.agent-renews-before-expiry", "the renewed key has mode 644")]),
+    ("sigterm-ignored-while-waiting", &[("fail-closed.agent-stops-at-once-while-waiting", "still running 1 s after SIGTERM")]),
+    ("sequence-restarts-at-one", &[("replay.agent-sequence-continues-across-restarts", "after a restart the sequence went back to 1")]),
+    ("enroll-ignores-retry-after", &[("fail-closed.agent-enrollment-honours-retry-after", "before Retry-After: 2")]),
+];
+
 pub fn sign_runtime(secret: &[u8], claims: &RuntimeClaims) -> String {
     RuntimeKeyring::new(Some(secret.to_vec()), vec![]).ok().and_then(|r| r.issue(claims)).map(|t| t.token.expose_secret().to_owned()).unwrap_or_default()
 }

@@ -238,6 +238,7 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
         secretless_base: Some(secretless),
         agent_bin: None,
         postgres_inspection: pg.as_ref().map(PgDatabase::superuser_url),
+        agent_fault: None,
     };
     // The platform sees only the manual clock, so waiting for a Retry-After
     // means moving that clock, not sleeping.

@@ -3,14 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use oneprotect_conformance::checks::CATALOGUE;
 use oneprotect_conformance::faults::Fault;
 use oneprotect_conformance::{Family, Outcome, Target, local, runner};
-
-fn check(id: &str) -> &'static oneprotect_conformance::Check {
-    CATALOGUE.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("no check {id}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_local_check_passes_against_the_real_server_on_sqlite() {
@@ -142,31 +139,89 @@ fn agent_ctx(bin: PathBuf) -> oneprotect_conformance::Ctx {
     oneprotect_conformance::Ctx::new("http://127.0.0.1:9", reqwest::Client::new(), String::new().into(), String::new().into(), powers)
 }
 
+/// The agent built with its `fault-injection` feature, in a target
+/// directory of its own so the agent under test is never replaced.
+fn faulty_agent_binary() -> PathBuf {
+    let target = agent_binary().parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir");
+    let dir = target.join("faulty-agent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "oneprotect-agent", "--bin", "oneprotect-agent", "--features", "fault-injection", "--target-dir"])
+        .arg(&dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "building the fault-injection agent failed");
+    dir.join("debug").join(format!("oneprotect-agent{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[test]
+fn the_shipped_agent_contains_no_fault_injection() {
+    let binary = std::fs::read(agent_binary()).expect("read the agent binary");
+    let needle = b"OPAGENT_FAULT_INJECTION";
+    assert!(!binary.windows(needle.len()).any(|w| w == needle), "the agent under test was built with fault injection");
+}
+
+#[test]
+fn every_agent_fault_of_the_agent_build_is_declared_and_every_agent_check_has_one() {
+    let declared: BTreeSet<&str> = oneprotect_conformance::faults::AGENT_FAULTS.iter().map(|(name, _)| *name).collect();
+    let built: BTreeSet<&str> = oneprotect_agent::faults::NAMES.iter().copied().collect();
+    assert_eq!(declared, built, "the harness declares exactly the faults the agent can inject");
+    let caught: BTreeSet<&str> = oneprotect_conformance::faults::AGENT_FAULTS.iter().flat_map(|(_, checks)| checks.iter().map(|(id, _)| *id)).collect();
+    let uncaught: Vec<&str> = CATALOGUE.iter().filter(|c| c.targets.contains(&Target::Agent) && !caught.contains(c.id)).map(|c| c.id).collect();
+    assert!(uncaught.is_empty(), "agent checks without a faulty agent: {uncaught:?}");
+}
+
+/// What differs from the declaration when the agent catalogue runs against
+/// the fault-injection agent with `fault` chosen.
+async fn agent_mismatches(bin: PathBuf, fault: &'static str, expected: &'static [(&'static str, &'static str)]) -> Vec<String> {
+    let mut ctx = agent_ctx(bin);
+    ctx.local.agent_fault = Some(fault.to_owned());
+    let checks = runner::selected(&CATALOGUE, Target::Agent, &[]);
+    let report = runner::run(&ctx, Target::Agent, &checks, false).await;
+    let expected: BTreeMap<&str, &str> = expected.iter().copied().collect();
+    let mut wrong = Vec::new();
+    for r in &report.results {
+        match (&r.outcome, expected.get(r.id.as_str())) {
+            (Outcome::Fail(message), Some(fragment)) if !message.contains(fragment) => {
+                wrong.push(format!("{fault}: {} failed with {message:?}, expected it to mention {fragment:?}", r.id))
+            }
+            (Outcome::Fail(_), Some(_)) => {}
+            (Outcome::Fail(message), None) => wrong.push(format!("{fault}: {} failed too: {message}", r.id)),
+            (_, Some(_)) => wrong.push(format!("{fault}: {} did not fail ({:?})", r.id, r.outcome)),
+            (_, None) => {}
+        }
+    }
+    wrong
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_faulty_agent_fails_exactly_its_checks() {
+    let bin = tokio::task::spawn_blocking(faulty_agent_binary).await.expect("build");
+    // Three faulty agents at a time: each spends most of its time waiting.
+    let permits = Arc::new(tokio::sync::Semaphore::new(3));
+    let mut runs = tokio::task::JoinSet::new();
+    for (fault, expected) in oneprotect_conformance::faults::AGENT_FAULTS {
+        let (bin, permits) = (bin.clone(), permits.clone());
+        runs.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore");
+            agent_mismatches(bin, fault, expected).await
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(r) = runs.join_next().await {
+        wrong.extend(r.expect("join"));
+    }
+    wrong.sort();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_agent_check_passes_against_the_real_agent() {
     let ctx = agent_ctx(agent_binary());
     let checks = runner::selected(&CATALOGUE, Target::Agent, &[]);
     let report = runner::run(&ctx, Target::Agent, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
-}
-
-#[cfg(unix)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_that_leaves_its_key_world_readable_is_caught() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wrapper = dir.path().join("faulty-agent");
-    // Runs the real agent, then loosens the key file like a careless agent would.
-    let script = format!(
-        "#!/bin/sh\n\"{}\" \"$@\"\nstatus=$?\nstate=$(sed -n 's/^state_dir: //p' \"$2\")\n[ -f \"$state/agent.key\" ] && chmod 644 \"$state/agent.key\"\nexit $status\n",
-        agent_binary().display()
-    );
-    std::fs::write(&wrapper, script).expect("write wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let ctx = agent_ctx(wrapper);
-    assert!(matches!((check("redaction.agent-files-owner-only").run)(&ctx).await, Outcome::Fail(_)));
-    let real = agent_ctx(agent_binary());
-    assert_eq!((check("redaction.agent-files-owner-only").run)(&real).await, Outcome::Pass);
 }
 
 #[test]

@@ -32,6 +32,34 @@ pub(super) const CHECKS: &[Check] = &[
     ),
     check!("fail-closed.agent-backs-off-on-5xx", FailClosed, AGENT, "on 5xx the agent retries with growing, bounded delays instead of exiting", backoff),
     check!("fail-closed.agent-stops-cleanly-on-sigterm", FailClosed, AGENT, "SIGTERM stops the agent with exit 0 within 2 seconds", sigterm),
+    check!(
+        "fail-closed.agent-stops-at-once-while-waiting",
+        FailClosed,
+        AGENT,
+        "SIGTERM during a long wait between heartbeats stops the agent with exit 0 within a second, consuming no sequence",
+        sigterm_while_waiting
+    ),
+    check!(
+        "fail-closed.agent-renews-before-expiry",
+        FailClosed,
+        AGENT,
+        "before its runtime token expires the agent rotates with a fresh nonce and key, then uses the new token, keeps the new key 0600 and restarts cleanly",
+        renewal
+    ),
+    check!(
+        "replay.agent-sequence-continues-across-restarts",
+        Replay,
+        AGENT,
+        "after a restart the agent's heartbeat sequence continues above every sequence it sent before",
+        sequence_continuity
+    ),
+    check!(
+        "fail-closed.agent-enrollment-honours-retry-after",
+        FailClosed,
+        AGENT,
+        "an enrollment answered 429 with Retry-After is retried no sooner than that, with a fresh nonce",
+        enrollment_retry_after
+    ),
     check!("fail-closed.agent-bodies-match-contract", FailClosed, AGENT, "every body the agent sends validates against the contract", bodies_match_contract),
     check!("redaction.agent-logs-hold-no-secret", Redaction, AGENT, "the agent's stdout/stderr at trace level contain no token, key, CSR or nonce", logs_clean),
 ];
@@ -50,11 +78,27 @@ fn mode(_: &std::path::Path) -> u32 {
     0o600
 }
 
+/// An agent configuration against `url`, heartbeating every `interval` seconds.
+fn agent_run(ctx: &Ctx, bin: &std::path::Path, url: &str, interval: u64) -> Result<AgentRun, String> {
+    Ok(AgentRun::with_interval(bin, url, interval)?.with_fault(ctx.local.agent_fault.as_deref()))
+}
+
 /// Enrolls an agent against a mock that accepts at once.
 async fn enrolled(ctx: &Ctx, heartbeat: Vec<wiremock::ResponseTemplate>, fallback: wiremock::ResponseTemplate) -> Result<(MockPlatform, AgentRun), Verdict> {
+    enrolled_with(ctx, enrolled_response(), 1, heartbeat, fallback).await
+}
+
+/// Enrolls an agent (heartbeat every `interval` seconds) with this enrollment answer.
+async fn enrolled_with(
+    ctx: &Ctx,
+    enrollment: wiremock::ResponseTemplate,
+    interval: u64,
+    heartbeat: Vec<wiremock::ResponseTemplate>,
+    fallback: wiremock::ResponseTemplate,
+) -> Result<(MockPlatform, AgentRun), Verdict> {
     let bin = bin(ctx)?;
-    let platform = mock_platform(vec![], heartbeat, fallback).await;
-    let run = AgentRun::new(&bin, &platform.server.uri())?;
+    let platform = mock_platform_enrolling(vec![], enrollment, heartbeat, fallback).await;
+    let run = agent_run(ctx, &bin, &platform.server.uri(), interval)?;
     let (code, out) = run.run_to_end("enroll")?;
     if code != Some(0) {
         return Err(Verdict::Fail(format!("enroll exited {code:?}: {}", out.lines().last().unwrap_or_default())));
@@ -82,7 +126,7 @@ pub async fn token_removed(ctx: &Ctx) -> Checked {
 pub async fn logs_clean(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
     let platform = mock_platform(vec![problem(503, "store_unavailable")], vec![], accepted()).await;
-    let run = AgentRun::new(&bin, &platform.server.uri())?;
+    let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, mut logs) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?}"))?;
     let mut agent = run.spawn("run")?;
@@ -107,7 +151,7 @@ pub async fn logs_clean(ctx: &Ctx) -> Checked {
 pub async fn fresh_nonce(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
     let platform = mock_platform(vec![problem(503, "store_unavailable"), problem(502, "internal_error")], vec![], accepted()).await;
-    let run = AgentRun::new(&bin, &platform.server.uri())?;
+    let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, _) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?} after transient failures"))?;
     let bodies: Vec<serde_json::Value> = platform.exchanges.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, b)| b.clone()).collect();
@@ -153,7 +197,12 @@ pub async fn backoff(ctx: &Ctx) -> Checked {
     let script = vec![problem(503, "store_unavailable"), problem(500, "internal_error"), problem(503, "store_unavailable")];
     let (platform, run) = enrolled(ctx, script, accepted()).await?;
     let mut agent = run.spawn("run")?;
-    wait_for(&platform.heartbeats, 4, DEADLINE).await?;
+    let started = std::time::Instant::now();
+    while platform.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).len() < 4 {
+        ensure(agent.0.try_wait().map(|s| s.is_none()).unwrap_or(false), "the agent exited on a 5xx")?;
+        ensure(started.elapsed() < DEADLINE, format!("fewer than 4 heartbeats within {DEADLINE:?}"))?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     ensure(agent.0.try_wait().map(|s| s.is_none()).unwrap_or(false), "the agent exited on a 5xx")?;
     let g = gaps(&platform.heartbeats);
     let slack = Duration::from_millis(400);
@@ -186,4 +235,81 @@ pub async fn bodies_match_contract(ctx: &Ctx) -> Checked {
         oneprotect_contracts::contract::validate_schema("AgentHeartbeatTelemetryRequest", body).map_err(|v| format!("heartbeat body: {v:?}"))?;
     }
     Ok(())
+}
+
+pub async fn sigterm_while_waiting(ctx: &Ctx) -> Checked {
+    let (platform, run) = enrolled_with(ctx, enrolled_response(), 60, vec![], accepted()).await?;
+    let mut agent = run.spawn("run")?;
+    wait_for(&platform.heartbeats, 1, DEADLINE).await?;
+    let before = run.persisted_sequence();
+    let sent = std::time::Instant::now();
+    agent.terminate()?;
+    let exit = agent.wait_exit(Duration::from_secs(1)).ok_or("still running 1 s after SIGTERM during its 60 s wait")?;
+    ensure(exit.code() == Some(0), format!("exit code {:?} after SIGTERM", exit.code()))?;
+    ensure(sent.elapsed() <= Duration::from_secs(1), "stopped too slowly")?;
+    ensure(run.persisted_sequence() == before, format!("a sequence was consumed by the stop: {before:?} became {:?}", run.persisted_sequence()))?;
+    ensure(platform.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).len() == 1, "a heartbeat was sent after SIGTERM")
+}
+
+/// Mode of the key file, and its text.
+fn key_of(run: &AgentRun) -> (u32, String) {
+    let path = run.state.join("agent.key");
+    (mode(&path), std::fs::read_to_string(&path).unwrap_or_default())
+}
+
+pub async fn renewal(ctx: &Ctx) -> Checked {
+    // A runtime token of 3 s: renewal is due long before the deadline.
+    let (platform, run) = enrolled_with(ctx, enrolled_response_for(chrono::Duration::seconds(3)), 1, vec![], accepted()).await?;
+    let (_, key_before) = key_of(&run);
+    let mut agent = run.spawn("run")?;
+    wait_for(&platform.rotations, 1, Duration::from_secs(10)).await.map_err(|e| format!("no renewal of a 3 s runtime token: {e}"))?;
+    wait_until(Duration::from_secs(10), "no heartbeat with the renewed token", || platform.heartbeat_bearers().iter().any(|b| b == RENEWED_RUNTIME_TOKEN))
+        .await?;
+    let rotation = &MockPlatform::bodies(&platform.rotations)[0];
+    oneprotect_contracts::contract::validate_schema("CertificateRotateRequest", rotation).map_err(|v| format!("rotation body: {v:?}"))?;
+    let enrollment = &MockPlatform::bodies(&platform.exchanges)[0];
+    ensure(rotation["nonce"] != enrollment["nonce"], "the rotation reused the enrollment's nonce")?;
+    ensure(rotation["csr_pem"] != enrollment["csr_pem"], "the rotation reused the enrollment's CSR")?;
+    let bearers = platform.heartbeat_bearers();
+    let first_new = bearers.iter().position(|b| b == RENEWED_RUNTIME_TOKEN).unwrap_or(bearers.len());
+    ensure(bearers[first_new..].iter().all(|b| b == RENEWED_RUNTIME_TOKEN), "the old runtime token was used after the renewal")?;
+    let (key_mode, key_after) = key_of(&run);
+    ensure(key_after != key_before, "the key was not replaced by the renewal")?;
+    ensure(key_mode == 0o600, format!("the renewed key has mode {key_mode:o}"))?;
+    let token_mode = mode(&run.state.join("runtime.token"));
+    ensure(token_mode == 0o600, format!("the renewed runtime token has mode {token_mode:o}"))?;
+    agent.terminate()?;
+    ensure(agent.wait_exit(Duration::from_secs(2)).and_then(|s| s.code()) == Some(0), "the agent did not stop cleanly after renewal")?;
+    let seen = bearers.len().max(platform.heartbeat_bearers().len());
+    let _again = run.spawn("run")?;
+    wait_until(Duration::from_secs(10), "no heartbeat after a restart with the renewed identity", || platform.heartbeat_bearers().len() > seen).await?;
+    ensure(platform.heartbeat_bearers().last().map(String::as_str) == Some(RENEWED_RUNTIME_TOKEN), "the restarted agent did not load the renewed token")
+}
+
+pub async fn sequence_continuity(ctx: &Ctx) -> Checked {
+    let (platform, run) = enrolled(ctx, vec![], accepted()).await?;
+    let mut agent = run.spawn("run")?;
+    wait_for(&platform.heartbeats, 2, DEADLINE).await?;
+    agent.terminate()?;
+    ensure(agent.wait_exit(Duration::from_secs(2)).is_some(), "the agent did not stop")?;
+    let before: Vec<u64> = MockPlatform::bodies(&platform.heartbeats).iter().filter_map(|b| b["sequence"].as_u64()).collect();
+    let _again = run.spawn("run")?;
+    wait_for(&platform.heartbeats, before.len() + 1, DEADLINE).await?;
+    let after = MockPlatform::bodies(&platform.heartbeats)[before.len()]["sequence"].as_u64().unwrap_or(0);
+    let highest = before.iter().copied().max().unwrap_or(0);
+    ensure(after > highest, format!("after a restart the sequence went back to {after} (sent up to {highest} before)"))
+}
+
+pub async fn enrollment_retry_after(ctx: &Ctx) -> Checked {
+    let bin = bin(ctx)?;
+    let platform = mock_platform(vec![problem(429, "rate_limited").insert_header("retry-after", "2")], vec![], accepted()).await;
+    let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
+    let (code, _) = run.run_to_end("enroll")?;
+    ensure(code == Some(0), format!("enroll exited {code:?} after a 429"))?;
+    let g = gaps(&platform.exchanges);
+    ensure(!g.is_empty(), "the enrollment was not retried")?;
+    ensure(g[0] >= Duration::from_millis(1950), format!("the enrollment was retried after {:?}, before Retry-After: 2", g[0]))?;
+    ensure(g[0] <= Duration::from_secs(5), format!("waited {:?} after Retry-After: 2", g[0]))?;
+    let bodies = MockPlatform::bodies(&platform.exchanges);
+    ensure(bodies[0]["nonce"] != bodies[1]["nonce"], "the retry reused the nonce")
 }
