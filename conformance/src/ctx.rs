@@ -84,6 +84,19 @@ impl Listing {
     }
 }
 
+/// One request and its answer, as sent and received (secrets included:
+/// it lives in memory only, and `evidence` redacts it before writing).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Exchange {
+    pub method: String,
+    pub path: String,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Option<String>,
+    pub status: u16,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: String,
+}
+
 /// What the deployment's rate limiting cost the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Throttling {
@@ -105,6 +118,12 @@ pub struct Ctx {
     /// what the run created without re-reading the tenant's history.
     starts: Mutex<BTreeMap<(Tenant, Listing), String>>,
     throttling: Mutex<Throttling>,
+    /// Whether requests are kept for the evidence bundle, and those kept
+    /// since the runner last took them.
+    recording: std::sync::atomic::AtomicBool,
+    recorded: Mutex<Vec<Exchange>>,
+    /// SHA-256 of the certificate the deployment presented (https).
+    pub tls_certificate_sha256: Mutex<Option<String>>,
 }
 
 /// One HTTP answer, already checked against the contract.
@@ -135,6 +154,9 @@ impl Ctx {
             secrets: Mutex::new(BTreeSet::new()),
             starts: Mutex::new(BTreeMap::new()),
             throttling: Mutex::new(Throttling::default()),
+            recording: std::sync::atomic::AtomicBool::new(false),
+            recorded: Mutex::new(Vec::new()),
+            tls_certificate_sha256: Mutex::new(None),
         }
     }
 
@@ -154,6 +176,16 @@ impl Ctx {
         all.push(self.admin_a.expose_secret().to_owned());
         all.push(self.admin_b.expose_secret().to_owned());
         all
+    }
+
+    /// Keeps every request and answer from now on, for the evidence bundle.
+    pub fn record_exchanges(&self) {
+        self.recording.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The exchanges kept since the last call.
+    pub fn take_exchanges(&self) -> Vec<Exchange> {
+        std::mem::take(&mut *self.recorded.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn throttling(&self) -> Throttling {
@@ -192,24 +224,52 @@ impl Ctx {
 
     /// One request, one answer (429 included), checked against the contract.
     pub async fn call_once(&self, operation: &str, method: &str, url: &str, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
-        let method: reqwest::Method = method.parse().map_err(|_| format!("bad method {method}"))?;
-        let mut req = self.http.request(method, url);
-        if let Some(b) = bearer {
-            req = req.bearer_auth(b);
-        }
-        if let Some((text, content_type)) = body {
-            req = req.header("content-type", content_type).body(text);
-        }
-        let resp = req.send().await.map_err(|e| format!("{operation}: {}", crate::preflight::describe(&e)))?;
-        let status = resp.status().as_u16();
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let text = resp.text().await.map_err(|e| format!("{operation}: unreadable body: {}", crate::preflight::describe(&e)))?;
+        let (status, headers, text) = self.send(method, url, bearer, body).await.map_err(|e| format!("{operation}: {e}"))?;
+        let retry_after = headers.iter().find(|(k, _)| k == "retry-after").map(|(_, v)| v.clone());
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         check_against_contract(operation, status, &body)?;
         if status == 429 && retry_after.is_none() {
             return Err(format!("{operation}: 429 without Retry-After"));
         }
         Ok(Answer { status, body, retry_after })
+    }
+
+    /// Sends one request as it is and returns the status, headers and body
+    /// text, unjudged; kept for the evidence bundle when recording.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<(String, &str)>,
+    ) -> Result<(u16, Vec<(String, String)>, String), String> {
+        let method: reqwest::Method = method.parse().map_err(|_| format!("bad method {method}"))?;
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some((text, content_type)) = &body {
+            req = req.header("content-type", *content_type).body(text.clone());
+        }
+        let request = req.build().map_err(|e| crate::preflight::describe(&e))?;
+        let request_headers = header_list(request.headers());
+        let resp = self.http.execute(request).await.map_err(|e| crate::preflight::describe(&e))?;
+        let status = resp.status().as_u16();
+        let response_headers = header_list(resp.headers());
+        let text = resp.text().await.map_err(|e| format!("unreadable body: {}", crate::preflight::describe(&e)))?;
+        if self.recording.load(std::sync::atomic::Ordering::Relaxed) {
+            let path = url.strip_prefix(&self.base).unwrap_or(url).to_owned();
+            self.recorded.lock().unwrap_or_else(|p| p.into_inner()).push(Exchange {
+                method: method.to_string(),
+                path,
+                request_headers,
+                request_body: body.map(|(text, _)| text),
+                status,
+                response_headers: response_headers.clone(),
+                response_body: text.clone(),
+            });
+        }
+        Ok((status, response_headers, text))
     }
 
     pub fn admin(&self, tenant: Tenant) -> &str {
@@ -362,6 +422,10 @@ impl Ctx {
     pub fn needs<T: Clone>(&self, what: &str, power: &Option<T>) -> Result<T, Verdict> {
         power.clone().ok_or_else(|| Verdict::Skip(format!("needs {what} (local target only)")))
     }
+}
+
+fn header_list(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }
 
 /// Fails unless the status is documented for the operation and the body

@@ -7,6 +7,7 @@ pub mod agent_target;
 pub mod bench;
 pub mod checks;
 pub mod ctx;
+pub mod evidence;
 pub mod faults;
 pub mod local;
 pub mod preflight;

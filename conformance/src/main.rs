@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use oneprotect_conformance::checks::CATALOGUE;
 use oneprotect_conformance::ctx::{Ctx, LocalPowers};
 use oneprotect_conformance::report::Report;
-use oneprotect_conformance::{Target, local, preflight, runner};
+use oneprotect_conformance::{Target, evidence, local, preflight, runner};
 use secrecy::SecretString;
 
 #[derive(Parser)]
@@ -27,6 +27,11 @@ enum Command {
     List,
     /// Run the applicable checks against a target.
     Run(Box<RunArgs>),
+    /// Re-check an evidence bundle's digests: exit 0 intact, 1 changed, 2 unreadable.
+    Verify {
+        /// The bundle written by `run --evidence DIR`.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -58,6 +63,10 @@ struct RunArgs {
     /// Write the report here instead of stdout.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Write an evidence bundle into this new directory: redacted
+    /// transcripts, JSON and HTML reports, and a manifest of digests.
+    #[arg(long)]
+    evidence: Option<PathBuf>,
     /// http: the deployment's base URL.
     #[arg(long, env = "ONEPROTECT_CONFORMANCE_BASE_URL")]
     base_url: Option<String>,
@@ -143,7 +152,7 @@ async fn build_ctx(args: &RunArgs) -> Result<Running, String> {
             preflight::parse_base_url(&base)?;
             let a = secret(args.admin_token_a.clone(), args.admin_token_a_file.clone(), "admin-token-a")?;
             let b = secret(args.admin_token_b.clone(), args.admin_token_b_file.clone(), "admin-token-b")?;
-            let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+            let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_info(true);
             if let Some(ca) = &args.ca_bundle {
                 let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
@@ -187,6 +196,12 @@ async fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: no check matches --only {:?} for this target", args.only);
         return ExitCode::from(2);
     }
+    if let Some(dir) = &args.evidence
+        && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+    {
+        eprintln!("error: --evidence {} is not empty; the evidence bundle goes into a new directory", dir.display());
+        return ExitCode::from(2);
+    }
     let running = match build_ctx(&args).await {
         Ok(c) => c,
         Err(e) => {
@@ -195,6 +210,9 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let ctx = running.ctx();
+    if args.evidence.is_some() {
+        ctx.record_exchanges();
+    }
     let report = tokio::select! {
         r = runner::run(ctx, t, &checks, true) => r,
         _ = tokio::signal::ctrl_c() => {
@@ -208,6 +226,18 @@ async fn run(args: RunArgs) -> ExitCode {
     if let Err(e) = emit(&report, args.format, args.output.as_ref()) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(dir) = &args.evidence {
+        let facts = evidence::RunFacts {
+            target_url: (t != Target::Agent).then(|| ctx.base.clone()),
+            tls_certificate_sha256: ctx.tls_certificate_sha256.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            profile: None,
+        };
+        if let Err(e) = evidence::write(dir, &report, &ctx.secrets(), &facts) {
+            eprintln!("error: evidence: {e}");
+            return ExitCode::from(2);
+        }
+        eprintln!("evidence written to {} (check it with `oneprotect-conformance verify {}`)", dir.display(), dir.display());
     }
     if args.output.is_some() || !matches!(args.format, Format::Human) {
         let total = report.total();
@@ -232,5 +262,21 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(*args).await,
+        Command::Verify { dir } => match evidence::verify(&dir) {
+            Ok(problems) if problems.is_empty() => {
+                let _ = out(&format!("{}: every file matches the manifest\n", dir.display()));
+                ExitCode::SUCCESS
+            }
+            Ok(problems) => {
+                for p in problems {
+                    eprintln!("{p}");
+                }
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

@@ -96,6 +96,9 @@ pub async fn preflight(ctx: &Ctx) -> Result<(), String> {
     if !resp.status().is_success() {
         return Err(format!("{} answered {} on /healthz; is this a OneProtect platform?", ctx.base, resp.status().as_u16()));
     }
+    if let Some(der) = resp.extensions().get::<reqwest::tls::TlsInfo>().and_then(reqwest::tls::TlsInfo::peer_certificate) {
+        *ctx.tls_certificate_sha256.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::evidence::sha256_hex(der));
+    }
     let mut tenants = Vec::new();
     for tenant in Tenant::BOTH {
         let token = ctx.admin(tenant);

@@ -28,6 +28,12 @@ pub struct Report {
     /// What a reviewer should know that is no verdict: how often the
     /// deployment rate-limited the run, and how long the run waited.
     pub notes: Vec<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    /// Every request and answer of each check, unredacted: only the
+    /// evidence bundle writes them, redacted.
+    #[serde(skip)]
+    pub transcripts: BTreeMap<String, Vec<crate::ctx::Exchange>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize, PartialEq, Eq)]

@@ -20,13 +20,16 @@ pub fn selected<'a>(checks: &'a [Check], target: Target, only: &[String]) -> Vec
 
 pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -> Report {
     let tty = progress && std::io::stderr().is_terminal();
+    let started_at = chrono::Utc::now();
     let mut results = Vec::with_capacity(checks.len());
+    let mut transcripts = std::collections::BTreeMap::new();
     let mut run_errors = Vec::new();
     if target != Target::Agent
         && let Err(e) = ctx.mark_list_starts().await
     {
         run_errors.push(format!("before the checks: {e}"));
     }
+    ctx.take_exchanges();
     for (i, check) in checks.iter().enumerate() {
         if tty {
             eprint!("\r[{}/{}] {:<60}", i + 1, checks.len(), check.id);
@@ -47,6 +50,7 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
                 eprintln!("\r[{}/{}] {tag} {:<60}", i + 1, checks.len(), check.id);
             }
         }
+        transcripts.insert(check.id.to_owned(), ctx.take_exchanges());
         results.push(CheckResult {
             id: check.id.to_owned(),
             family: check.family,
@@ -68,5 +72,6 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
     } else {
         Vec::new()
     };
-    Report { run_id: ctx.run_id.clone(), target, results, cleanup_failures, run_errors, notes }
+    ctx.take_exchanges();
+    Report { run_id: ctx.run_id.clone(), target, results, cleanup_failures, run_errors, notes, started_at, finished_at: chrono::Utc::now(), transcripts }
 }

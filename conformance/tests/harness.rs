@@ -257,6 +257,9 @@ fn reports_render_as_json_and_junit_with_per_family_counts() {
         cleanup_failures: vec![],
         run_errors: vec![],
         notes: vec![],
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+        transcripts: Default::default(),
     };
     assert!(!report.passed());
     let json: serde_json::Value = serde_json::from_str(&report.json()).expect("json");
