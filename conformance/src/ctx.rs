@@ -37,6 +37,12 @@ pub struct LocalPowers {
     pub postgres_inspection: Option<String>,
 }
 
+tokio::task_local! {
+    /// The check whose future is running: requests are attributed to it
+    /// even when checks run side by side.
+    pub static CURRENT_CHECK: &'static str;
+}
+
 /// Waits for a duration: real time on a live deployment, the manual
 /// clock's time on the local target (whose platform never sees real time pass).
 pub type Sleeper = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -88,6 +94,8 @@ impl Listing {
 /// it lives in memory only, and `evidence` redacts it before writing).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Exchange {
+    /// The check that sent it (none outside a check).
+    pub check: Option<&'static str>,
     pub method: String,
     pub path: String,
     pub request_headers: Vec<(String, String)>,
@@ -124,6 +132,9 @@ pub struct Ctx {
     recorded: Mutex<Vec<Exchange>>,
     /// SHA-256 of the certificate the deployment presented (https).
     pub tls_certificate_sha256: Mutex<Option<String>>,
+    /// Checks that wait in real time may run (`--allow-waits`); always on
+    /// the local target, whose waits move its clock.
+    pub allow_waits: bool,
 }
 
 /// One HTTP answer, already checked against the contract.
@@ -157,6 +168,7 @@ impl Ctx {
             recording: std::sync::atomic::AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             tls_certificate_sha256: Mutex::new(None),
+            allow_waits: false,
         }
     }
 
@@ -186,6 +198,14 @@ impl Ctx {
     /// The exchanges kept since the last call.
     pub fn take_exchanges(&self) -> Vec<Exchange> {
         std::mem::take(&mut *self.recorded.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The exchanges `check` sent, taken out of those kept.
+    pub fn take_exchanges_of(&self, check: &str) -> Vec<Exchange> {
+        let mut all = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        let (mine, rest): (Vec<Exchange>, Vec<Exchange>) = std::mem::take(&mut *all).into_iter().partition(|e| e.check == Some(check));
+        *all = rest;
+        mine
     }
 
     pub fn throttling(&self) -> Throttling {
@@ -260,6 +280,7 @@ impl Ctx {
         if self.recording.load(std::sync::atomic::Ordering::Relaxed) {
             let path = url.strip_prefix(&self.base).unwrap_or(url).to_owned();
             self.recorded.lock().unwrap_or_else(|p| p.into_inner()).push(Exchange {
+                check: CURRENT_CHECK.try_with(|c| *c).ok(),
                 method: method.to_string(),
                 path,
                 request_headers,
@@ -279,9 +300,14 @@ impl Ctx {
         }
     }
 
-    /// Issues a short-lived token labelled with the run id (revoked at cleanup).
+    /// Issues a token for 600 s labelled with the run id (revoked at cleanup).
     pub async fn issue_token(&self, tenant: Tenant, max_uses: u32) -> Result<(String, String), String> {
-        let body = json!({"ttl_seconds": 600, "max_uses": max_uses, "label": format!("{} (conformance, revoked at the end)", self.run_id)});
+        self.issue_token_for(tenant, max_uses, 600).await
+    }
+
+    /// Issues a token for `ttl_seconds` labelled with the run id.
+    pub async fn issue_token_for(&self, tenant: Tenant, max_uses: u32, ttl_seconds: u32) -> Result<(String, String), String> {
+        let body = json!({"ttl_seconds": ttl_seconds, "max_uses": max_uses, "label": format!("{} (conformance, revoked at the end)", self.run_id)});
         let a = self.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(self.admin(tenant)), Some(&body)).await?;
         if a.status != 201 {
             return Err(format!("issue answered {} {}", a.status, a.code()));
@@ -415,7 +441,36 @@ impl Ctx {
                 }
             }
         }
+        failures.extend(self.still_active().await);
         failures
+    }
+
+    /// What the run created that is still usable after cleanup, read back
+    /// from the deployment.
+    async fn still_active(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let host = self.hostname();
+        for tenant in Tenant::BOTH {
+            match self.list(tenant, Listing::Tokens).await {
+                Ok(tokens) => left.extend(
+                    tokens
+                        .iter()
+                        .filter(|t| t["label"].as_str().is_some_and(|l| l.contains(&self.run_id)) && t["status"] == "active")
+                        .map(|t| format!("token {} is still active after cleanup", t["enrollment_token_id"].as_str().unwrap_or("?"))),
+                ),
+                Err(e) => left.push(format!("cannot verify the cleanup: {e}")),
+            }
+            match self.list(tenant, Listing::Agents).await {
+                Ok(agents) => left.extend(
+                    agents
+                        .iter()
+                        .filter(|a| a["hostname"] == host.as_str() && a["status"] != "revoked")
+                        .map(|a| format!("agent {} is still {} after cleanup", a["agent_id"].as_str().unwrap_or("?"), a["status"])),
+                ),
+                Err(e) => left.push(format!("cannot verify the cleanup: {e}")),
+            }
+        }
+        left
     }
 
     /// A check that needs a local power skips on other targets.

@@ -270,10 +270,14 @@ pub fn html(report: &Report, transcripts: &BTreeMap<&str, Vec<Value>>) -> String
         report.started_at.to_rfc3339(),
         report.finished_at.to_rfc3339()
     );
-    let _ = write!(out, "<p id=\"totals\">{} passed, {} failed, {} skipped</p>", total.passed, total.failed, total.skipped);
-    out.push_str("<table id=\"families\"><tr><th>family</th><th>passed</th><th>failed</th><th>skipped</th></tr>");
+    let _ = write!(
+        out,
+        "<p id=\"totals\">{} passed, {} failed, {} skipped, {} expected failures</p>",
+        total.passed, total.failed, total.skipped, total.expected_failures
+    );
+    out.push_str("<table id=\"families\"><tr><th>family</th><th>passed</th><th>failed</th><th>skipped</th><th>expected failures</th></tr>");
     for (family, c) in report.counts() {
-        let _ = write!(out, "<tr><td>{family}</td><td>{}</td><td>{}</td><td>{}</td></tr>", c.passed, c.failed, c.skipped);
+        let _ = write!(out, "<tr><td>{family}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", c.passed, c.failed, c.skipped, c.expected_failures);
     }
     out.push_str("</table>");
     for note in report.notes.iter().chain(&report.run_errors).chain(&report.cleanup_failures) {
@@ -286,6 +290,8 @@ pub fn html(report: &Report, transcripts: &BTreeMap<&str, Vec<Value>>) -> String
                 Outcome::Pass => ("pass", "PASS", String::new()),
                 Outcome::Fail(d) => ("fail", "FAIL", d.clone()),
                 Outcome::Skip(d) => ("skip", "SKIP", d.clone()),
+                Outcome::NotRequested(d) => ("skip", "SKIP", format!("not requested: {d}")),
+                Outcome::ExpectedFailure(d) => ("skip", "EXPECTED FAILURE", d.clone()),
             };
             let _ = write!(
                 out,

@@ -116,6 +116,8 @@ pub enum Fault {
     CollectorCheckRemoved,
     /// Leaves row-level security unforced on one tenant table (PostgreSQL).
     RlsNotForced,
+    /// Counts failed exchanges but never refuses (a limit read as "unlimited").
+    LimiterNeverTrips,
 }
 
 impl Fault {
@@ -161,6 +163,7 @@ impl Fault {
         Fault::SecretlessAnswers500,
         Fault::PlainTextNotFound,
         Fault::CollectorCheckRemoved,
+        Fault::LimiterNeverTrips,
     ];
 
     /// Faults that need PostgreSQL.
@@ -191,6 +194,7 @@ impl Fault {
             Self::SkipRotationNonce => &[("replay.rotation-nonce-reuse-rejected", "expected 409 nonce_replayed, got 200")],
             Self::TokenTtlIgnored => &[
                 ("expiry.enrollment-token-expires", "expected 401 enrollment_token_invalid, got 201"),
+                ("expiry.enrollment-token-expires-in-real-time", "expected 401 enrollment_token_invalid, got 201"),
                 ("expiry.enrollment-token-refused-at-its-expiry-instant", "expected 401 enrollment_token_invalid, got 201"),
             ],
             Self::TokenExpiryInclusive => &[("expiry.enrollment-token-refused-at-its-expiry-instant", "expected 401 enrollment_token_invalid, got 201")],
@@ -220,6 +224,7 @@ impl Fault {
             Self::SecretlessAnswers500 => &[("fail-closed.missing-runtime-secret-is-503", "expected 503 runtime_secret_unavailable, got 500 internal_error")],
             Self::PlainTextNotFound => &[("fail-closed.unknown-routes-are-problems", "the 404 is not JSON")],
             Self::CollectorCheckRemoved => &[("fail-closed.collector-binding-enforced", "expected 403 collector_mismatch, got 200")],
+            Self::LimiterNeverTrips => &[("fail-closed.failed-exchanges-are-rate-limited", "no 429 after 200 failed exchanges")],
             Self::RlsNotForced => &[("tenant-isolation.row-level-security-forced", "audit_events: row-level security is not forced")],
         }
     }
@@ -229,6 +234,7 @@ impl Fault {
         match self {
             Self::GraceNeverEnds => Policy { rotation_grace: chrono::Duration::hours(5), ..policy },
             Self::StaleNeverJudged => Policy { stale_after: chrono::Duration::days(7 * 365), ..policy },
+            Self::LimiterNeverTrips => Policy { failure_limit: u32::MAX, ..policy },
             _ => policy,
         }
     }

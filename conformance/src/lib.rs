@@ -11,6 +11,7 @@ pub mod evidence;
 pub mod faults;
 pub mod local;
 pub mod preflight;
+pub mod profile;
 pub mod report;
 pub mod runner;
 
@@ -52,11 +53,17 @@ pub enum Target {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "outcome", content = "detail", rename_all = "lowercase")]
+#[serde(tag = "outcome", content = "detail", rename_all = "kebab-case")]
 pub enum Outcome {
     Pass,
     Fail(String),
+    /// The target cannot run it (a local power, another backend).
     Skip(String),
+    /// The target could run it, but this run did not ask for it (a real
+    /// wait without `--allow-waits`): a certified run refuses these.
+    NotRequested(String),
+    /// It failed, and the run's profile declared that failure, with why.
+    ExpectedFailure(String),
 }
 
 pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -69,6 +76,8 @@ pub struct Check {
     pub family: Family,
     pub promise: &'static str,
     pub targets: &'static [Target],
+    /// Waits in real time (`--allow-waits`): runs beside the other checks.
+    pub waits: bool,
     pub run: for<'a> fn(&'a Ctx) -> CheckFuture<'a>,
 }
 
@@ -78,6 +87,7 @@ pub struct Check {
 pub enum Verdict {
     Fail(String),
     Skip(String),
+    NotRequested(String),
 }
 
 impl Verdict {
@@ -111,6 +121,7 @@ pub fn outcome(result: Checked) -> Outcome {
         Ok(()) => Outcome::Pass,
         Err(Verdict::Fail(e)) => Outcome::Fail(e),
         Err(Verdict::Skip(e)) => Outcome::Skip(e),
+        Err(Verdict::NotRequested(e)) => Outcome::NotRequested(e),
     }
 }
 

@@ -157,14 +157,7 @@ pub async fn start(database: Option<&str>, fault: Option<Fault>) -> anyhow::Resu
 
 /// As `start`; `capture_logs: false` leaves logging off (benchmarks).
 pub async fn start_with(database: Option<&str>, fault: Option<Fault>, capture_logs: bool) -> anyhow::Result<LocalPlatform> {
-    start_with_policy(database, fault, capture_logs, harness_policy()).await
-}
-
-/// The local target's policy: the production defaults, with a failed-exchange
-/// limit no run reaches (the harness's own negative checks would otherwise
-/// be throttled by the manual clock that never moves on its own).
-pub fn harness_policy() -> Policy {
-    Policy { failure_limit: 100_000, ..Policy::default() }
+    start_with_policy(database, fault, capture_logs, Policy::default()).await
 }
 
 /// As `start_with`, under a given policy (`Policy::default()` is what a
@@ -247,6 +240,7 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
         waits.advance(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()));
         Box::pin(async {})
     });
-    let ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers).with_sleeper(sleeper);
+    let mut ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers).with_sleeper(sleeper);
+    ctx.allow_waits = true;
     Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers: vec![main, second] })
 }

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use oneprotect_conformance::checks::CATALOGUE;
 use oneprotect_conformance::ctx::{Ctx, LocalPowers};
 use oneprotect_conformance::report::Report;
-use oneprotect_conformance::{Target, evidence, local, preflight, runner};
+use oneprotect_conformance::{Target, evidence, local, preflight, profile, runner};
 use secrecy::SecretString;
 
 #[derive(Parser)]
@@ -50,8 +50,21 @@ enum Format {
 
 #[derive(Args)]
 struct RunArgs {
+    /// What to check (or `target:` in the profile).
     #[arg(long, value_enum)]
-    target: TargetArg,
+    target: Option<TargetArg>,
+    /// A YAML run profile: target, base URL, CA bundle, credential files,
+    /// and the failures the deployment is known to have, each with a reason.
+    /// Flags given on the command line win over the profile.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Certify: fail unless every check the target can run ran, and every
+    /// failure is declared in the profile.
+    #[arg(long)]
+    certified: bool,
+    /// Run the checks that wait in real time (about a minute, beside the others).
+    #[arg(long)]
+    allow_waits: bool,
     /// Run only these families or check ids (repeatable).
     #[arg(long)]
     only: Vec<String>,
@@ -141,8 +154,8 @@ impl Running {
     }
 }
 
-async fn build_ctx(args: &RunArgs) -> Result<Running, String> {
-    match args.target {
+async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String> {
+    match target {
         TargetArg::Local => {
             let platform = local::start(args.database.as_deref(), None).await.map_err(|e| format!("cannot start the local platform: {e}"))?;
             Ok(Running::Local(Box::new(platform)))
@@ -159,7 +172,8 @@ async fn build_ctx(args: &RunArgs) -> Result<Running, String> {
                 http = http.tls_certs_only(certs);
             }
             let http = http.build().map_err(|e| e.to_string())?;
-            let ctx = Ctx::new(&base, http, a, b, LocalPowers::default());
+            let mut ctx = Ctx::new(&base, http, a, b, LocalPowers::default());
+            ctx.allow_waits = args.allow_waits;
             preflight::preflight(&ctx).await.map_err(|e| format!("preflight: {e}"))?;
             Ok(Running::Remote(Box::new(ctx)))
         }
@@ -184,8 +198,49 @@ fn out(text: &str) -> Result<(), ()> {
     stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|_| ())
 }
 
-async fn run(args: RunArgs) -> ExitCode {
-    let t = target(args.target);
+/// Fills what the command line left open from the profile.
+fn merge_profile(args: &mut RunArgs, profile: &profile::Profile) -> Result<(), String> {
+    if args.target.is_none()
+        && let Some(t) = &profile.target
+    {
+        args.target = Some(TargetArg::from_str(t, true).map_err(|_| format!("profile: unknown target {t:?} (http, local or agent)"))?);
+    }
+    args.base_url = args.base_url.take().or_else(|| profile.base_url.clone());
+    args.ca_bundle = args.ca_bundle.take().or_else(|| profile.ca_bundle.clone());
+    if args.admin_token_a.is_none() {
+        args.admin_token_a_file = args.admin_token_a_file.take().or_else(|| profile.admin_token_a_file.clone());
+    }
+    if args.admin_token_b.is_none() {
+        args.admin_token_b_file = args.admin_token_b_file.take().or_else(|| profile.admin_token_b_file.clone());
+    }
+    args.database = args.database.take().or_else(|| profile.database.clone());
+    args.agent_bin = args.agent_bin.take().or_else(|| profile.agent_bin.clone());
+    args.allow_waits |= profile.allow_waits;
+    Ok(())
+}
+
+async fn run(mut args: RunArgs) -> ExitCode {
+    let profile = match &args.profile {
+        Some(path) => match profile::Profile::load(path, &CATALOGUE) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    if let Some(p) = &profile
+        && let Err(e) = merge_profile(&mut args, p)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let Some(target_arg) = args.target else {
+        eprintln!("error: no target: pass --target http|local|agent or set `target:` in the profile");
+        return ExitCode::from(2);
+    };
+    let t = target(target_arg);
     let checks = runner::selected(&CATALOGUE, t, &args.only);
     if args.list {
         let text: String = checks.iter().map(|c| format!("{:<55} {}\n", c.id, c.promise)).collect();
@@ -202,7 +257,7 @@ async fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: --evidence {} is not empty; the evidence bundle goes into a new directory", dir.display());
         return ExitCode::from(2);
     }
-    let running = match build_ctx(&args).await {
+    let running = match build_ctx(&args, target_arg).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -213,7 +268,7 @@ async fn run(args: RunArgs) -> ExitCode {
     if args.evidence.is_some() {
         ctx.record_exchanges();
     }
-    let report = tokio::select! {
+    let mut report = tokio::select! {
         r = runner::run(ctx, t, &checks, true) => r,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\ninterrupted; revoking what this run created");
@@ -223,6 +278,11 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(130);
         }
     };
+    let expected = profile.as_ref().map(profile::Profile::expected).unwrap_or_default();
+    profile::apply_expected_failures(&mut report, &expected);
+    if args.certified {
+        report.certification = profile::certification_problems(&report, t, &expected);
+    }
     if let Err(e) = emit(&report, args.format, args.output.as_ref()) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
@@ -231,7 +291,7 @@ async fn run(args: RunArgs) -> ExitCode {
         let facts = evidence::RunFacts {
             target_url: (t != Target::Agent).then(|| ctx.base.clone()),
             tls_certificate_sha256: ctx.tls_certificate_sha256.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            profile: None,
+            profile: profile.as_ref().and_then(|p| serde_json::to_value(p).ok()),
         };
         if let Err(e) = evidence::write(dir, &report, &ctx.secrets(), &facts) {
             eprintln!("error: evidence: {e}");

@@ -28,6 +28,9 @@ pub struct Report {
     /// What a reviewer should know that is no verdict: how often the
     /// deployment rate-limited the run, and how long the run waited.
     pub notes: Vec<String>,
+    /// With `--certified`: why the run cannot certify its target (empty
+    /// when it can).
+    pub certification: Vec<String>,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: chrono::DateTime<chrono::Utc>,
     /// Every request and answer of each check, unredacted: only the
@@ -40,7 +43,9 @@ pub struct Report {
 pub struct Counts {
     pub passed: usize,
     pub failed: usize,
+    /// Skipped or not requested.
     pub skipped: usize,
+    pub expected_failures: usize,
 }
 
 impl Report {
@@ -54,7 +59,8 @@ impl Report {
             match r.outcome {
                 Outcome::Pass => c.passed += 1,
                 Outcome::Fail(_) => c.failed += 1,
-                Outcome::Skip(_) => c.skipped += 1,
+                Outcome::Skip(_) | Outcome::NotRequested(_) => c.skipped += 1,
+                Outcome::ExpectedFailure(_) => c.expected_failures += 1,
             }
         }
         out
@@ -65,12 +71,13 @@ impl Report {
             passed: a.passed + c.passed,
             failed: a.failed + c.failed,
             skipped: a.skipped + c.skipped,
+            expected_failures: a.expected_failures + c.expected_failures,
         })
     }
 
     /// Exit 0 only when every applicable check passed and cleanup succeeded.
     pub fn passed(&self) -> bool {
-        self.total().failed == 0 && self.cleanup_failures.is_empty() && self.run_errors.is_empty() && self.total().passed > 0
+        self.total().failed == 0 && self.cleanup_failures.is_empty() && self.run_errors.is_empty() && self.certification.is_empty() && self.total().passed > 0
     }
 
     pub fn human(&self) -> String {
@@ -81,8 +88,19 @@ impl Report {
                 Outcome::Pass => ("PASS", String::new()),
                 Outcome::Fail(d) => ("FAIL", format!("\n       {d}")),
                 Outcome::Skip(d) => ("SKIP", format!(" ({d})")),
+                Outcome::NotRequested(d) => ("SKIP", format!(" (not requested: {d})")),
+                Outcome::ExpectedFailure(d) => ("XFAIL", format!("\n       {d}")),
             };
             let _ = writeln!(out, "{tag} {} — {}{detail}", r.id, r.promise);
+        }
+        let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &self.results {
+            if let Outcome::Skip(why) | Outcome::NotRequested(why) = &r.outcome {
+                *skipped.entry(why.as_str()).or_default() += 1;
+            }
+        }
+        for (why, n) in &skipped {
+            let _ = writeln!(out, "skipped {n}: {why}");
         }
         let _ = writeln!(out, "\n| family | passed | failed | skipped |\n| --- | --- | --- | --- |");
         for (family, c) in self.counts() {
@@ -97,6 +115,12 @@ impl Report {
         }
         for n in &self.notes {
             let _ = writeln!(out, "NOTE: {n}");
+        }
+        for c in &self.certification {
+            let _ = writeln!(out, "NOT CERTIFIED: {c}");
+        }
+        if t.expected_failures > 0 {
+            let _ = writeln!(out, "\n{} expected failure(s), declared by the profile", t.expected_failures);
         }
         let _ = writeln!(out, "\n{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
         out
@@ -115,7 +139,7 @@ impl Report {
         for family in Family::ALL {
             let results: Vec<_> = self.results.iter().filter(|r| r.family == family).collect();
             let failures = results.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).count();
-            let skipped = results.iter().filter(|r| matches!(r.outcome, Outcome::Skip(_))).count();
+            let skipped = results.iter().filter(|r| matches!(r.outcome, Outcome::Skip(_) | Outcome::NotRequested(_) | Outcome::ExpectedFailure(_))).count();
             let _ = writeln!(out, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">", family.as_str(), results.len());
             for r in results {
                 let secs = r.duration_ms as f64 / 1000.0;
@@ -125,7 +149,7 @@ impl Report {
                     Outcome::Fail(d) => {
                         let _ = write!(out, "<failure message=\"{}\">{}</failure>", xml(&r.promise), xml(d));
                     }
-                    Outcome::Skip(d) => {
+                    Outcome::Skip(d) | Outcome::NotRequested(d) | Outcome::ExpectedFailure(d) => {
                         let _ = write!(out, "<skipped message=\"{}\"/>", xml(d));
                     }
                 }

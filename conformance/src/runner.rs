@@ -18,6 +18,19 @@ pub fn selected<'a>(checks: &'a [Check], target: Target, only: &[String]) -> Vec
         .collect()
 }
 
+/// Runs one check with its requests attributed to it.
+async fn run_one(ctx: &Ctx, target: Target, check: &Check) -> (CheckResult, Vec<crate::ctx::Exchange>) {
+    let started = Instant::now();
+    let outcome = if check.targets.contains(&target) {
+        crate::ctx::CURRENT_CHECK.scope(check.id, (check.run)(ctx)).await
+    } else {
+        Outcome::Skip("needs the local target (a controllable clock, the secrets or storage inspection)".into())
+    };
+    let result =
+        CheckResult { id: check.id.to_owned(), family: check.family, promise: check.promise.to_owned(), outcome, duration_ms: started.elapsed().as_millis() };
+    (result, ctx.take_exchanges_of(check.id))
+}
+
 pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -> Report {
     let tty = progress && std::io::stderr().is_terminal();
     let started_at = chrono::Utc::now();
@@ -30,34 +43,46 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
         run_errors.push(format!("before the checks: {e}"));
     }
     ctx.take_exchanges();
-    for (i, check) in checks.iter().enumerate() {
-        if tty {
-            eprint!("\r[{}/{}] {:<60}", i + 1, checks.len(), check.id);
+    // Against a deployment, checks that wait in real time start first and
+    // run beside the others, so the run lasts about as long as its longest
+    // wait. The local target's waits move its one clock, which the other
+    // checks rely on: there every check takes its turn.
+    let beside = target == Target::Http && ctx.allow_waits;
+    let (waiting, ordinary): (Vec<&Check>, Vec<&Check>) = checks.iter().copied().partition(|c| beside && c.waits && c.targets.contains(&target));
+    let waits = async {
+        let mut out = Vec::new();
+        for check in &waiting {
+            out.push(run_one(ctx, target, check).await);
         }
-        let started = Instant::now();
-        let outcome = if check.targets.contains(&target) {
-            (check.run)(ctx).await
-        } else {
-            Outcome::Skip("needs the local target (a controllable clock, the secrets or storage inspection)".into())
-        };
-        if progress {
-            let tag = match &outcome {
-                Outcome::Pass => "pass",
-                Outcome::Fail(_) => "FAIL",
-                Outcome::Skip(_) => "skip",
-            };
+        out
+    };
+    let sequential = async {
+        let mut out = Vec::new();
+        for (i, check) in ordinary.iter().enumerate() {
             if tty {
-                eprintln!("\r[{}/{}] {tag} {:<60}", i + 1, checks.len(), check.id);
+                eprint!("\r[{}/{}] {:<60}", i + 1, ordinary.len(), check.id);
             }
+            let result = run_one(ctx, target, check).await;
+            if tty {
+                let tag = match &result.0.outcome {
+                    Outcome::Pass => "pass",
+                    Outcome::Fail(_) => "FAIL",
+                    _ => "skip",
+                };
+                eprintln!("\r[{}/{}] {tag} {:<60}", i + 1, ordinary.len(), check.id);
+            }
+            out.push(result);
         }
-        transcripts.insert(check.id.to_owned(), ctx.take_exchanges());
-        results.push(CheckResult {
-            id: check.id.to_owned(),
-            family: check.family,
-            promise: check.promise.to_owned(),
-            outcome,
-            duration_ms: started.elapsed().as_millis(),
-        });
+        out
+    };
+    let (waited, ran) = tokio::join!(waits, sequential);
+    let mut by_id: std::collections::BTreeMap<String, (CheckResult, Vec<crate::ctx::Exchange>)> =
+        waited.into_iter().chain(ran).map(|(r, t)| (r.id.clone(), (r, t))).collect();
+    for check in checks {
+        if let Some((result, transcript)) = by_id.remove(check.id) {
+            transcripts.insert(check.id.to_owned(), transcript);
+            results.push(result);
+        }
     }
     // The agent target talks to its own mock platforms; only platform
     // targets have objects to revoke.
@@ -73,5 +98,16 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
         Vec::new()
     };
     ctx.take_exchanges();
-    Report { run_id: ctx.run_id.clone(), target, results, cleanup_failures, run_errors, notes, started_at, finished_at: chrono::Utc::now(), transcripts }
+    Report {
+        run_id: ctx.run_id.clone(),
+        target,
+        results,
+        cleanup_failures,
+        run_errors,
+        notes,
+        certification: Vec::new(),
+        started_at,
+        finished_at: chrono::Utc::now(),
+        transcripts,
+    }
 }

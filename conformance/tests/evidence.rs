@@ -113,6 +113,7 @@ fn reports_with_every_outcome_validate_against_the_report_schema() {
         cleanup_failures: vec!["token t".into()],
         run_errors: vec![],
         notes: vec!["note".into()],
+        certification: vec![],
         started_at: chrono::Utc::now(),
         finished_at: chrono::Utc::now(),
         transcripts: Default::default(),

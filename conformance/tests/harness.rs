@@ -257,6 +257,7 @@ fn reports_render_as_json_and_junit_with_per_family_counts() {
         cleanup_failures: vec![],
         run_errors: vec![],
         notes: vec![],
+        certification: vec![],
         started_at: chrono::Utc::now(),
         finished_at: chrono::Utc::now(),
         transcripts: Default::default(),
@@ -270,4 +271,16 @@ fn reports_render_as_json_and_junit_with_per_family_counts() {
     assert!(junit.contains("tests=\"3\" failures=\"1\" skipped=\"1\""));
     assert!(junit.contains("message=\"r &lt;&amp;&gt;\"") && junit.contains("leak &quot;x&quot;"), "XML is escaped: {junit}");
     assert!(report.human().contains("1 passed, 1 failed, 1 skipped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_is_read_back_and_a_revoke_that_did_not_stick_is_reported() {
+    let platform = local::start(None, Some(Fault::RevokeTokenNotWritten)).await.expect("local platform");
+    let checks = runner::selected(&CATALOGUE, Target::Local, &["replay.single-use-token-exhausted".to_owned()]);
+    let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
+    assert!(report.cleanup_failures.iter().any(|f| f.contains("is still active after cleanup")), "{:?}", report.cleanup_failures);
+    assert!(!report.passed());
+    let real = local::start(None, None).await.expect("local platform");
+    let report = runner::run(&real.ctx, Target::Local, &checks, false).await;
+    assert!(report.cleanup_failures.is_empty() && report.passed(), "{}", report.human());
 }

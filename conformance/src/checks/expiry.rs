@@ -1,7 +1,7 @@
 use chrono::Duration;
 
-use super::LOCAL;
-use crate::{Check, Checked, Ctx, Tenant, ensure, expect_problem};
+use super::{BOTH, LOCAL};
+use crate::{Check, Checked, Ctx, Tenant, Verdict, ensure, expect_problem};
 
 pub(super) const CHECKS: &[Check] = &[
     check!("expiry.enrollment-token-expires", Expiry, LOCAL, "an enrollment token past its TTL is refused with the uniform 401", enrollment_token),
@@ -11,6 +11,14 @@ pub(super) const CHECKS: &[Check] = &[
         LOCAL,
         "an enrollment token is refused from the very instant it expires",
         token_refused_at_expiry_instant
+    ),
+    check!(
+        "expiry.enrollment-token-expires-in-real-time",
+        Expiry,
+        BOTH,
+        "a token issued for 60 s is refused with the uniform 401 once 61 s have passed (a real wait: --allow-waits)",
+        token_expires_in_real_time,
+        waits: true
     ),
     check!("expiry.runtime-token-expires", Expiry, LOCAL, "a runtime token past its TTL is 401 runtime_token_invalid", runtime_token),
     check!(
@@ -104,4 +112,13 @@ pub async fn admin_not_yet_valid(ctx: &Ctx) -> Checked {
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     let token = crate::faults::mint_admin_with(ctx, &secret, "tenant-a", "tenant_admin", now + Duration::hours(2), Some(now + Duration::hours(1)));
     expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
+}
+
+pub async fn token_expires_in_real_time(ctx: &Ctx) -> Checked {
+    if !ctx.allow_waits {
+        return Err(Verdict::NotRequested("waits 61 s of real time; run with --allow-waits".into()));
+    }
+    let (secret, _) = ctx.issue_token_for(Tenant::A, 5, 60).await?;
+    (ctx.sleeper)(std::time::Duration::from_secs(61)).await;
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
 }

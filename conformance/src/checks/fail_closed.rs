@@ -5,6 +5,16 @@ use super::{BOTH, LOCAL};
 use crate::ctx::Listing;
 use crate::{Check, Checked, Ctx, Tenant, Verdict, ensure, expect_problem};
 
+/// Run after every other check that exchanges: once the limit trips, the
+/// run's own address is refused for the rest of the window.
+pub(super) const RATE_LIMIT_CHECKS: &[Check] = &[check!(
+    "fail-closed.failed-exchanges-are-rate-limited",
+    FailClosed,
+    BOTH,
+    "repeated failed exchanges are answered 429 with a Retry-After before 200 attempts",
+    failed_exchanges_rate_limited
+)];
+
 pub(super) const CHECKS: &[Check] = &[
     check!("fail-closed.missing-bearer-is-401", FailClosed, BOTH, "every protected operation without a bearer is 401 unauthenticated", missing_bearer),
     check!("fail-closed.alg-none-admin-token-rejected", FailClosed, BOTH, "an unsigned (alg none) admin token is 401", alg_none),
@@ -274,4 +284,32 @@ pub async fn unknown_routes(ctx: &Ctx) -> Checked {
         oneprotect_contracts::contract::validate_schema("Problem", &body).map_err(|_| format!("the {status} is not a Problem"))?;
     }
     Ok(())
+}
+
+/// The most failed exchanges the rate-limit check sends.
+const RATE_LIMIT_ATTEMPTS: usize = 200;
+
+pub async fn failed_exchanges_rate_limited(ctx: &Ctx) -> Checked {
+    // A token id made for this check, never a real token's: the limit this
+    // trips locks nobody else out.
+    let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
+    let wrong = match secret.rsplit_once('_') {
+        Some((id_part, _)) => format!("{id_part}_{}", "A".repeat(43)),
+        None => return Err("the enrollment token has no id part".into()),
+    };
+    let url = format!("{}/api/v1/agent-enrollment/exchange", ctx.base);
+    for attempt in 1..=RATE_LIMIT_ATTEMPTS {
+        let body = ctx.exchange_body(&wrong);
+        let a = ctx.call_once("exchangeEnrollmentToken", "POST", &url, None, Some((body.to_string(), "application/json"))).await?;
+        match a.status {
+            429 => {
+                let seconds = a.retry_after.as_deref().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+                ensure(seconds >= 1, format!("429 after {attempt} failures with Retry-After {:?}", a.retry_after))?;
+                return expect_problem(&a, 429, "rate_limited");
+            }
+            401 => {}
+            other => return Err(format!("a wrong secret answered {other} {} (attempt {attempt})", a.code()).into()),
+        }
+    }
+    Err(format!("no 429 after {RATE_LIMIT_ATTEMPTS} failed exchanges").into())
 }

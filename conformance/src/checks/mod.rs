@@ -17,11 +17,15 @@ const AGENT: &[Target] = &[Target::Agent];
 /// keeps it.
 macro_rules! check {
     ($id:literal, $family:ident, $targets:expr, $promise:literal, $f:ident) => {
+        check!($id, $family, $targets, $promise, $f, waits: false)
+    };
+    ($id:literal, $family:ident, $targets:expr, $promise:literal, $f:ident, waits: $waits:expr) => {
         $crate::Check {
             id: $id,
             family: $crate::Family::$family,
             promise: $promise,
             targets: $targets,
+            waits: $waits,
             run: {
                 fn run(ctx: &$crate::Ctx) -> $crate::CheckFuture<'_> {
                     Box::pin(async move { $crate::outcome($f(ctx).await) })
@@ -39,12 +43,21 @@ mod isolation;
 mod redaction;
 mod replay;
 
-/// Every check, in the order a run takes them: the scans of what the run
-/// left behind come last.
+/// Every check, in the order a run takes them: the rate limit after every
+/// other exchange, then the scans of what the run left behind.
 pub static CATALOGUE: LazyLock<Vec<Check>> = LazyLock::new(|| {
-    [redaction::CHECKS, replay::CHECKS, expiry::CHECKS, isolation::CHECKS, fail_closed::CHECKS, agent::CHECKS, redaction::FINAL_CHECKS]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
+    [
+        redaction::CHECKS,
+        replay::CHECKS,
+        expiry::CHECKS,
+        isolation::CHECKS,
+        fail_closed::CHECKS,
+        agent::CHECKS,
+        fail_closed::RATE_LIMIT_CHECKS,
+        redaction::FINAL_CHECKS,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect()
 });
