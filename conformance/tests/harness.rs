@@ -276,7 +276,7 @@ fn reports_render_as_json_and_junit_with_per_family_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_is_read_back_and_a_revoke_that_did_not_stick_is_reported() {
     let platform = local::start(None, Some(Fault::RevokeTokenNotWritten)).await.expect("local platform");
-    let checks = runner::selected(&CATALOGUE, Target::Local, &["replay.single-use-token-exhausted".to_owned()]);
+    let checks = runner::selected(&CATALOGUE, Target::Local, &["replay.nonce-reuse-rejected".to_owned()]);
     let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
     assert!(report.cleanup_failures.iter().any(|f| f.contains("is still active after cleanup")), "{:?}", report.cleanup_failures);
     assert!(!report.passed());
