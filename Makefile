@@ -3,15 +3,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CODEGEN := $(CARGO) run --quiet -p oneprotect-codegen --
 TOOLS := .tools
+# Where cargo builds: CARGO_TARGET_DIR when set, as cargo itself does.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 OPENAPI_SPEC_VALIDATOR_VERSION := 0.9.0
 ASYNCAPI_PARSER_VERSION := 3.6.3
 
 conformance: ## The main job: the conformance suite on the embedded default (local target on SQLite, then the agent target)
-	$(CARGO) build --quiet -p oneprotect-conformance -p oneprotect-agent
-	./target/debug/oneprotect-conformance run --target local
-	./target/debug/oneprotect-conformance run --target agent --agent-bin target/debug/oneprotect-agent
+	$(CARGO) build -p oneprotect-conformance -p oneprotect-agent
+	$(TARGET_DIR)/debug/oneprotect-conformance run --target local
+	$(TARGET_DIR)/debug/oneprotect-conformance run --target agent --agent-bin $(TARGET_DIR)/debug/oneprotect-agent
 
-.PHONY: help conformance bench generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross
+.DEFAULT_GOAL := help
+
+.PHONY: help conformance bench generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross mutants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -51,6 +55,9 @@ agent: ## Build the endpoint agent with the size-optimised profile (target/agent
 agent-footprint: ## Print the agent's stripped size, RSS after heartbeats and CPU per heartbeat
 	./tools/agent-footprint.sh
 
+mutants: ## Mutation testing of the server's security rules (cargo-mutants; about an hour on 2 cores); figures in docs/conformance.md
+	./tools/mutants.sh
+
 agent-cross: ## Build the agent for Linux musl/aarch64, Windows and macOS (installs targets and cross tools)
 	./tools/agent-cross.sh
 
@@ -60,5 +67,5 @@ BENCH_POSTGRES_URL ?= postgres://postgres@%2Fvar%2Frun%2Fpostgresql/postgres
 
 bench: ## Loopback benchmark on SQLite and PostgreSQL (10,000 agents); writes target/bench/results.{md,json}
 	$(CARGO) build --release --quiet -p oneprotect-conformance --bin oneprotect-loadgen
-	./target/release/oneprotect-loadgen --agents 10000 --concurrency 64 --seconds 10 \
-	  --backend sqlite --backend '$(BENCH_POSTGRES_URL)' --output target/bench
+	$(TARGET_DIR)/release/oneprotect-loadgen --agents 10000 --concurrency 64 --seconds 10 \
+	  --backend sqlite --backend '$(BENCH_POSTGRES_URL)' --output $(TARGET_DIR)/bench

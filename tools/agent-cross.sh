@@ -5,6 +5,7 @@
 # only be checked.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 apt_install() {
   if ! dpkg -s "$@" >/dev/null 2>&1; then
@@ -19,7 +20,7 @@ build() { # target, mode (build|check), extra env...
   local log; log=$(mktemp)
   if env "$@" cargo "$mode" --profile agent -p oneprotect-agent --target "$target" >"$log" 2>&1; then
     if [ "$mode" = build ]; then
-      local bin="target/$target/agent/oneprotect-agent"; [ -f "$bin.exe" ] && bin="$bin.exe"
+      local bin="$target_dir/$target/agent/oneprotect-agent"; [ -f "$bin.exe" ] && bin="$bin.exe"
       results+=("| $target | linked | $(stat -c %s "$bin" | awk '{printf "%.2f MB", $1/1e6}') |")
     else
       results+=("| $target | checked (no link) | $3 |")
@@ -45,7 +46,7 @@ if python3 -m pip install --quiet ziglang >/dev/null 2>&1 && { command -v cargo-
   rustup target add aarch64-apple-darwin >/dev/null 2>&1
   log=$(mktemp)
   if cargo zigbuild --profile agent -p oneprotect-agent --target aarch64-apple-darwin >"$log" 2>&1; then
-    results+=("| aarch64-apple-darwin | linked (zig) | $(stat -c %s target/aarch64-apple-darwin/agent/oneprotect-agent | awk '{printf "%.2f MB", $1/1e6}') |")
+    results+=("| aarch64-apple-darwin | linked (zig) | $(stat -c %s "$target_dir/aarch64-apple-darwin/agent/oneprotect-agent" | awk '{printf "%.2f MB", $1/1e6}') |")
   elif grep -q "error: linking with" "$log"; then
     # Everything compiled for the target; only the final link needs Apple's
     # SDK frameworks, which cannot be installed here.

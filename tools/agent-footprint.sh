@@ -4,12 +4,13 @@
 # Loopback only; bounded in time; stops what it started by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 HEARTBEATS=${HEARTBEATS:-20}
 
 cargo build --profile agent -p oneprotect-agent --quiet
 cargo build --release -p oneprotect-server --quiet
-AGENT=target/agent/oneprotect-agent
-SERVER=target/release/oneprotect-server
+AGENT="$target_dir/agent/oneprotect-agent"
+SERVER="$target_dir/release/oneprotect-server"
 WORK=$(mktemp -d)
 cleanup() {
   [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null || true

@@ -217,4 +217,84 @@ mod tests {
         assert!(verifier.verify(&admin, now).expect("valid").can_write);
         assert_eq!(verifier.verify(&admin, now + chrono::Duration::seconds(600 + LEEWAY_SECONDS)), Err(AdminAuthFailure::Expired));
     }
+
+    const SECRET: &[u8] = b"fixture-admin-secret-long-enough-000000000";
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).expect("fixture time")
+    }
+
+    fn verify_claims(c: &AdminClaims, now: DateTime<Utc>) -> Result<AdminPrincipal, AdminAuthFailure> {
+        AdminVerifier::hs256(SECRET, ISSUER, AUDIENCE).expect("verifier").verify(&mint_hs256(SECRET, c).expect("sign"), now)
+    }
+
+    #[test]
+    fn expiry_admits_exactly_the_leeway_after_exp_and_not_a_second_more() {
+        let now = t0();
+        let mut c = claims(now);
+        c.exp = now.timestamp() - LEEWAY_SECONDS + 1;
+        assert!(verify_claims(&c, now).is_ok(), "inside the leeway");
+        c.exp = now.timestamp() - LEEWAY_SECONDS;
+        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Expired), "the leeway's last instant is past");
+        c.exp = now.timestamp() + 10;
+        assert!(verify_claims(&c, now).is_ok(), "a token with ten seconds left is valid");
+    }
+
+    #[test]
+    fn not_before_admits_exactly_the_leeway_early_and_not_a_second_more() {
+        let now = t0();
+        let mut c = claims(now);
+        c.nbf = Some(now.timestamp() + LEEWAY_SECONDS);
+        assert!(verify_claims(&c, now).is_ok(), "clock skew up to the leeway is tolerated");
+        c.nbf = Some(now.timestamp() + LEEWAY_SECONDS + 1);
+        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Invalid));
+        c.nbf = Some(now.timestamp() + 10);
+        assert!(verify_claims(&c, now).is_ok());
+        c.nbf = Some(now.timestamp() - 3600);
+        assert!(verify_claims(&c, now).is_ok(), "a past nbf is no obstacle");
+    }
+
+    #[test]
+    fn subjects_must_be_present_and_at_most_256_bytes() {
+        let now = t0();
+        let mut c = claims(now);
+        c.sub = String::new();
+        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Invalid));
+        c.sub = "s".repeat(256);
+        assert!(verify_claims(&c, now).is_ok());
+        c.sub = "s".repeat(257);
+        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Invalid));
+        c.sub = "admin@fixture".into();
+        c.tenant_id = "_unattributed".into();
+        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Invalid), "no token names the unattributed bucket");
+        c.tenant_id = "tenant-a".into();
+        c.roles = vec!["auditor".into()];
+        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::NoRole));
+    }
+
+    #[test]
+    fn a_single_key_ignores_the_kid_and_a_key_set_picks_by_kid() {
+        let now = t0();
+        // One configured key: a token's `kid` does not matter.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("any-kid".into());
+        let with_kid = jsonwebtoken::encode(&header, &claims(now), &EncodingKey::from_secret(SECRET)).expect("sign");
+        assert!(AdminVerifier::hs256(SECRET, ISSUER, AUDIENCE).expect("verifier").verify(&with_kid, now).is_ok());
+
+        // A key set: the `kid` chooses the key, and an unknown one is refused.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("fixture key");
+        let der = key.public_key_raw();
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256", "x": b64(&der[1..33]), "y": b64(&der[33..65])}]});
+        let verifier = AdminVerifier::jwks(jwks.to_string().as_bytes(), ISSUER, AUDIENCE).expect("jwks verifier");
+        let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("encoding key");
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let signed = jsonwebtoken::encode(&header, &claims(now), &encoding).expect("sign");
+        assert!(verifier.verify(&signed, now).is_ok(), "the key named by kid verifies");
+        header.kid = Some("k2".into());
+        let unknown = jsonwebtoken::encode(&header, &claims(now), &encoding).expect("sign");
+        assert_eq!(verifier.verify(&unknown, now), Err(AdminAuthFailure::Invalid));
+    }
 }
