@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use crate::ctx::{Exchange, Recorder};
+
 pub const AGENT_ID: &str = "5a1c0f6e-3b2d-4c8e-9f70-112233445566";
 pub const RUNTIME_TOKEN: &str = "oprt.v1.kmock.FIXTURE-mock-runtime-token-not-a-secret-0000";
 pub const ENROLLMENT_TOKEN: &str = "opet_00112233445566778899aabbccddeeff_FIXTURE-mock-enrollment-token-00000000";
@@ -20,13 +22,42 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub type Recorded = Arc<Mutex<Vec<(Instant, Value)>>>;
 
-/// Answers from a script, then a fallback; records each request body and
-/// the bearer it carried.
+/// One answer of the mock platform: kept as data so the evidence bundle
+/// can show it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Self {
+        Self { status, body, headers: vec![("content-type".into(), "application/json".into())] }
+    }
+
+    pub fn insert_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn template(&self) -> ResponseTemplate {
+        let mut t = ResponseTemplate::new(self.status).set_body_json(&self.body);
+        for (k, v) in &self.headers {
+            t = t.insert_header(k.as_str(), v.as_str());
+        }
+        t
+    }
+}
+
+/// Answers from a script, then a fallback; records each request body, the
+/// bearer it carried and the whole exchange.
 struct Scripted {
-    script: Mutex<VecDeque<ResponseTemplate>>,
-    fallback: ResponseTemplate,
+    script: Mutex<VecDeque<Reply>>,
+    fallback: Reply,
     log: Recorded,
     bearers: Arc<Mutex<Vec<String>>>,
+    transcript: Arc<Mutex<Vec<Exchange>>>,
 }
 
 impl Respond for Scripted {
@@ -35,47 +66,63 @@ impl Respond for Scripted {
         let bearer = request.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
         self.bearers.lock().unwrap_or_else(|p| p.into_inner()).push(bearer.to_owned());
         self.log.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), body));
-        self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front().unwrap_or_else(|| self.fallback.clone())
+        let reply = self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front().unwrap_or_else(|| self.fallback.clone());
+        self.transcript.lock().unwrap_or_else(|p| p.into_inner()).push(Exchange {
+            check: None,
+            method: request.method.to_string(),
+            path: request.url.path().to_owned(),
+            request_headers: request.headers.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+            request_body: Some(String::from_utf8_lossy(&request.body).into_owned()),
+            status: reply.status,
+            response_headers: reply.headers.clone(),
+            response_body: reply.body.to_string(),
+        });
+        reply.template()
     }
 }
 
 /// The runtime token a renewal hands out.
 pub const RENEWED_RUNTIME_TOKEN: &str = "oprt.v1.kmock.FIXTURE-mock-renewed-runtime-token-not-a-secret";
 
-pub fn enrolled_response() -> ResponseTemplate {
+pub fn enrolled_response() -> Reply {
     enrolled_response_for(chrono::Duration::hours(24))
 }
 
 /// An enrollment whose runtime token lives for `lifetime`.
-pub fn enrolled_response_for(lifetime: chrono::Duration) -> ResponseTemplate {
+pub fn enrolled_response_for(lifetime: chrono::Duration) -> Reply {
     let now = chrono::Utc::now();
     let ids = |n: u128| uuid::Uuid::from_u128(n).to_string();
-    ResponseTemplate::new(201).set_body_json(json!({
-        "agent": {"agent_id": AGENT_ID, "tenant_id": "tenant-mock", "collector_id": ids(2), "asset_id": ids(3), "status": "enrolled",
-                  "enrollment_token_id": ids(4), "certificate_id": ids(5), "enrolled_at": now},
-        "certificate": {"certificate_id": ids(5), "agent_id": AGENT_ID, "public_key_algorithm": "ecdsa-p256", "public_key_sha256": "ab".repeat(32),
-                        "subject": "CN=mock", "not_before": now, "not_after": now + chrono::Duration::days(365), "status": "active"},
-        "runtime_token": {"token": RUNTIME_TOKEN, "token_type": "Bearer", "scope": "agent_heartbeat", "expires_at": now + lifetime, "key_id": "kmock"}
-    }))
+    Reply::json(
+        201,
+        json!({
+            "agent": {"agent_id": AGENT_ID, "tenant_id": "tenant-mock", "collector_id": ids(2), "asset_id": ids(3), "status": "enrolled",
+                      "enrollment_token_id": ids(4), "certificate_id": ids(5), "enrolled_at": now},
+            "certificate": {"certificate_id": ids(5), "agent_id": AGENT_ID, "public_key_algorithm": "ecdsa-p256", "public_key_sha256": "ab".repeat(32),
+                            "subject": "CN=mock", "not_before": now, "not_after": now + chrono::Duration::days(365), "status": "active"},
+            "runtime_token": {"token": RUNTIME_TOKEN, "token_type": "Bearer", "scope": "agent_heartbeat", "expires_at": now + lifetime, "key_id": "kmock"}
+        }),
+    )
 }
 
 /// A rotation's answer: a new certificate record and runtime token.
-pub fn rotated_response() -> ResponseTemplate {
+pub fn rotated_response() -> Reply {
     let now = chrono::Utc::now();
-    ResponseTemplate::new(200).set_body_json(json!({
-        "certificate": {"certificate_id": uuid::Uuid::from_u128(6).to_string(), "agent_id": AGENT_ID, "public_key_algorithm": "ecdsa-p256", "public_key_sha256": "cd".repeat(32),
-                        "subject": "CN=mock", "not_before": now, "not_after": now + chrono::Duration::days(365), "status": "active"},
-        "runtime_token": {"token": RENEWED_RUNTIME_TOKEN, "token_type": "Bearer", "scope": "agent_heartbeat", "expires_at": now + chrono::Duration::hours(24), "key_id": "kmock"}
-    }))
+    Reply::json(
+        200,
+        json!({
+            "certificate": {"certificate_id": uuid::Uuid::from_u128(6).to_string(), "agent_id": AGENT_ID, "public_key_algorithm": "ecdsa-p256", "public_key_sha256": "cd".repeat(32),
+                            "subject": "CN=mock", "not_before": now, "not_after": now + chrono::Duration::days(365), "status": "active"},
+            "runtime_token": {"token": RENEWED_RUNTIME_TOKEN, "token_type": "Bearer", "scope": "agent_heartbeat", "expires_at": now + chrono::Duration::hours(24), "key_id": "kmock"}
+        }),
+    )
 }
 
-pub fn accepted() -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({"agent_id": AGENT_ID, "status": "active", "accepted_at": chrono::Utc::now(), "duplicate": false}))
+pub fn accepted() -> Reply {
+    Reply::json(200, json!({"agent_id": AGENT_ID, "status": "active", "accepted_at": chrono::Utc::now(), "duplicate": false}))
 }
 
-pub fn problem(status: u16, code: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "request_id": "mock"}))
+pub fn problem(status: u16, code: &str) -> Reply {
+    Reply::json(status, json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "request_id": "mock"}))
 }
 
 pub struct MockPlatform {
@@ -85,6 +132,17 @@ pub struct MockPlatform {
     /// The bearer of each heartbeat, in order.
     pub heartbeat_bearers: Arc<Mutex<Vec<String>>>,
     pub rotations: Recorded,
+    transcript: Arc<Mutex<Vec<Exchange>>>,
+    recorder: Recorder,
+}
+
+/// Every request the agent sent and the mock's answer go to the check's
+/// transcript when the mock goes away.
+impl Drop for MockPlatform {
+    fn drop(&mut self) {
+        let exchanges = std::mem::take(&mut *self.transcript.lock().unwrap_or_else(|p| p.into_inner()));
+        self.recorder.record(exchanges);
+    }
 }
 
 impl MockPlatform {
@@ -97,43 +155,47 @@ impl MockPlatform {
     }
 }
 
-pub async fn mock_platform(exchange: Vec<ResponseTemplate>, heartbeat: Vec<ResponseTemplate>, heartbeat_fallback: ResponseTemplate) -> MockPlatform {
-    mock_platform_enrolling(exchange, enrolled_response(), heartbeat, heartbeat_fallback).await
+pub async fn mock_platform(recorder: Recorder, exchange: Vec<Reply>, heartbeat: Vec<Reply>, heartbeat_fallback: Reply) -> MockPlatform {
+    mock_platform_enrolling(recorder, exchange, enrolled_response(), heartbeat, heartbeat_fallback).await
 }
 
 /// As `mock_platform`, with the enrollment answer given once the script is spent.
 pub async fn mock_platform_enrolling(
-    exchange: Vec<ResponseTemplate>,
-    enrolled: ResponseTemplate,
-    heartbeat: Vec<ResponseTemplate>,
-    heartbeat_fallback: ResponseTemplate,
+    recorder: Recorder,
+    exchange: Vec<Reply>,
+    enrolled: Reply,
+    heartbeat: Vec<Reply>,
+    heartbeat_fallback: Reply,
 ) -> MockPlatform {
     let server = MockServer::start().await;
     let exchanges: Recorded = Arc::default();
     let heartbeats: Recorded = Arc::default();
     let rotations: Recorded = Arc::default();
     let heartbeat_bearers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let transcript: Arc<Mutex<Vec<Exchange>>> = Arc::default();
+    let scripted = |script: Vec<Reply>, fallback: Reply, log: &Recorded, bearers: Arc<Mutex<Vec<String>>>| Scripted {
+        script: Mutex::new(script.into()),
+        fallback,
+        log: log.clone(),
+        bearers,
+        transcript: transcript.clone(),
+    };
     Mock::given(method("POST"))
         .and(path("/api/v1/agent-enrollment/exchange"))
-        .respond_with(Scripted { script: Mutex::new(exchange.into()), fallback: enrolled, log: exchanges.clone(), bearers: Arc::default() })
+        .respond_with(scripted(exchange, enrolled, &exchanges, Arc::default()))
         .mount(&server)
         .await;
     Mock::given(method("POST"))
         .and(path_regex(r"^/api/v1/agents/[^/]+/telemetry/heartbeat$"))
-        .respond_with(Scripted {
-            script: Mutex::new(heartbeat.into()),
-            fallback: heartbeat_fallback,
-            log: heartbeats.clone(),
-            bearers: heartbeat_bearers.clone(),
-        })
+        .respond_with(scripted(heartbeat, heartbeat_fallback, &heartbeats, heartbeat_bearers.clone()))
         .mount(&server)
         .await;
     Mock::given(method("POST"))
         .and(path_regex(r"^/api/v1/agents/[^/]+/certificate/rotate$"))
-        .respond_with(Scripted { script: Mutex::new(VecDeque::new()), fallback: rotated_response(), log: rotations.clone(), bearers: Arc::default() })
+        .respond_with(scripted(vec![], rotated_response(), &rotations, Arc::default()))
         .mount(&server)
         .await;
-    MockPlatform { server, exchanges, heartbeats, heartbeat_bearers, rotations }
+    MockPlatform { server, exchanges, heartbeats, heartbeat_bearers, rotations, transcript, recorder }
 }
 
 /// Waits (bounded) until `condition` holds.

@@ -105,6 +105,22 @@ pub struct Exchange {
     pub response_body: String,
 }
 
+/// Where exchanges seen outside `Ctx::send` go; records nothing unless the
+/// run keeps evidence.
+#[derive(Clone)]
+pub struct Recorder {
+    check: Option<&'static str>,
+    sink: Arc<Mutex<Vec<Exchange>>>,
+}
+
+impl Recorder {
+    pub fn record(&self, exchanges: Vec<Exchange>) {
+        let Some(check) = self.check else { return };
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        sink.extend(exchanges.into_iter().map(|e| Exchange { check: Some(check), ..e }));
+    }
+}
+
 /// What the deployment's rate limiting cost the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Throttling {
@@ -129,7 +145,7 @@ pub struct Ctx {
     /// Whether requests are kept for the evidence bundle, and those kept
     /// since the runner last took them.
     recording: std::sync::atomic::AtomicBool,
-    recorded: Mutex<Vec<Exchange>>,
+    recorded: Arc<Mutex<Vec<Exchange>>>,
     /// SHA-256 of the certificate the deployment presented (https).
     pub tls_certificate_sha256: Mutex<Option<String>>,
     /// Checks that wait in real time may run (`--allow-waits`); always on
@@ -166,7 +182,7 @@ impl Ctx {
             starts: Mutex::new(BTreeMap::new()),
             throttling: Mutex::new(Throttling::default()),
             recording: std::sync::atomic::AtomicBool::new(false),
-            recorded: Mutex::new(Vec::new()),
+            recorded: Arc::new(Mutex::new(Vec::new())),
             tls_certificate_sha256: Mutex::new(None),
             allow_waits: false,
         }
@@ -193,6 +209,15 @@ impl Ctx {
     /// Keeps every request and answer from now on, for the evidence bundle.
     pub fn record_exchanges(&self) {
         self.recording.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A handle that adds exchanges seen elsewhere (the agent target's mock
+    /// platform) to the transcript of the check running now.
+    pub fn recorder(&self) -> Recorder {
+        Recorder {
+            check: if self.recording.load(std::sync::atomic::Ordering::Relaxed) { CURRENT_CHECK.try_with(|c| *c).ok() } else { None },
+            sink: self.recorded.clone(),
+        }
     }
 
     /// The exchanges kept since the last call.

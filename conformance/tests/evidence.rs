@@ -191,3 +191,39 @@ async fn the_html_report_renders_from_disk_in_headless_chromium_with_no_network(
         let _ = std::fs::copy(&png, keep);
     }
 }
+
+fn agent_binary() -> PathBuf {
+    let dir = std::env::current_exe().ok().and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf)).expect("target dir");
+    let bin = dir.join(format!("oneprotect-agent{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo).args(["build", "-p", "oneprotect-agent", "--bin", "oneprotect-agent"]).status().is_ok_and(|s| s.success());
+        assert!(ok, "building oneprotect-agent failed");
+    }
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_checks_carry_the_agents_requests_and_the_mocks_answers_redacted() {
+    use oneprotect_conformance::agent_target::{ENROLLMENT_TOKEN, RENEWED_RUNTIME_TOKEN, RUNTIME_TOKEN};
+    let powers = oneprotect_conformance::ctx::LocalPowers { agent_bin: Some(agent_binary()), ..Default::default() };
+    let ctx = oneprotect_conformance::Ctx::new("http://127.0.0.1:9", reqwest::Client::new(), String::new().into(), String::new().into(), powers);
+    ctx.record_exchanges();
+    let only = ["redaction.agent-token-removed-from-config".to_owned(), "fail-closed.agent-renews-before-expiry".to_owned()];
+    let checks = runner::selected(&CATALOGUE, Target::Agent, &only);
+    let report = runner::run(&ctx, Target::Agent, &checks, false).await;
+    assert!(report.passed(), "{}", report.human());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let facts = RunFacts { target_url: None, tls_certificate_sha256: None, profile: None };
+    evidence::write(&dir.path().join("bundle"), &report, &ctx.secrets(), &facts).expect("write");
+    let renewal = std::fs::read_to_string(dir.path().join("bundle/transcripts/fail-closed.agent-renews-before-expiry.json")).expect("transcript");
+    for path in ["/api/v1/agent-enrollment/exchange", "/certificate/rotate", "/telemetry/heartbeat"] {
+        assert!(renewal.contains(path), "the transcript shows the agent's {path} request");
+    }
+    for secret in [ENROLLMENT_TOKEN, RUNTIME_TOKEN, RENEWED_RUNTIME_TOKEN, "BEGIN CERTIFICATE REQUEST"] {
+        for path in files(&dir.path().join("bundle")) {
+            assert!(!std::fs::read_to_string(&path).expect("text").contains(secret), "{secret} appears in {}", path.display());
+        }
+    }
+    assert!(renewal.contains("Bearer <runtime_token:"), "the bearer is tagged");
+}

@@ -84,20 +84,14 @@ fn agent_run(ctx: &Ctx, bin: &std::path::Path, url: &str, interval: u64) -> Resu
 }
 
 /// Enrolls an agent against a mock that accepts at once.
-async fn enrolled(ctx: &Ctx, heartbeat: Vec<wiremock::ResponseTemplate>, fallback: wiremock::ResponseTemplate) -> Result<(MockPlatform, AgentRun), Verdict> {
+async fn enrolled(ctx: &Ctx, heartbeat: Vec<Reply>, fallback: Reply) -> Result<(MockPlatform, AgentRun), Verdict> {
     enrolled_with(ctx, enrolled_response(), 1, heartbeat, fallback).await
 }
 
 /// Enrolls an agent (heartbeat every `interval` seconds) with this enrollment answer.
-async fn enrolled_with(
-    ctx: &Ctx,
-    enrollment: wiremock::ResponseTemplate,
-    interval: u64,
-    heartbeat: Vec<wiremock::ResponseTemplate>,
-    fallback: wiremock::ResponseTemplate,
-) -> Result<(MockPlatform, AgentRun), Verdict> {
+async fn enrolled_with(ctx: &Ctx, enrollment: Reply, interval: u64, heartbeat: Vec<Reply>, fallback: Reply) -> Result<(MockPlatform, AgentRun), Verdict> {
     let bin = bin(ctx)?;
-    let platform = mock_platform_enrolling(vec![], enrollment, heartbeat, fallback).await;
+    let platform = mock_platform_enrolling(ctx.recorder(), vec![], enrollment, heartbeat, fallback).await;
     let run = agent_run(ctx, &bin, &platform.server.uri(), interval)?;
     let (code, out) = run.run_to_end("enroll")?;
     if code != Some(0) {
@@ -125,7 +119,7 @@ pub async fn token_removed(ctx: &Ctx) -> Checked {
 
 pub async fn logs_clean(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
-    let platform = mock_platform(vec![problem(503, "store_unavailable")], vec![], accepted()).await;
+    let platform = mock_platform(ctx.recorder(), vec![problem(503, "store_unavailable")], vec![], accepted()).await;
     let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, mut logs) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?}"))?;
@@ -150,7 +144,7 @@ pub async fn logs_clean(ctx: &Ctx) -> Checked {
 
 pub async fn fresh_nonce(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
-    let platform = mock_platform(vec![problem(503, "store_unavailable"), problem(502, "internal_error")], vec![], accepted()).await;
+    let platform = mock_platform(ctx.recorder(), vec![problem(503, "store_unavailable"), problem(502, "internal_error")], vec![], accepted()).await;
     let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, _) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?} after transient failures"))?;
@@ -302,7 +296,7 @@ pub async fn sequence_continuity(ctx: &Ctx) -> Checked {
 
 pub async fn enrollment_retry_after(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
-    let platform = mock_platform(vec![problem(429, "rate_limited").insert_header("retry-after", "2")], vec![], accepted()).await;
+    let platform = mock_platform(ctx.recorder(), vec![problem(429, "rate_limited").insert_header("retry-after", "2")], vec![], accepted()).await;
     let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, _) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?} after a 429"))?;
