@@ -144,21 +144,19 @@ async fn the_html_report_renders_from_disk_in_headless_chromium_with_no_network(
     let browser = chromium();
     let profile = dir.path().join("chromium-profile");
     let url = format!("file://{}", html.display());
-    let common = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"];
-    let dom = tokio::task::spawn_blocking({
+    let headless = move |extra: Vec<String>| {
         let (browser, profile, url) = (browser.clone(), profile.clone(), url.clone());
-        move || {
+        tokio::task::spawn_blocking(move || {
             std::process::Command::new(browser)
-                .args(common)
+                .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
                 .arg(format!("--user-data-dir={}", profile.display()))
-                .arg("--dump-dom")
+                .args(extra)
                 .arg(url)
                 .output()
                 .expect("run chromium")
-        }
-    })
-    .await
-    .expect("join");
+        })
+    };
+    let dom = headless(vec!["--dump-dom".into()]).await.expect("join");
     let dom = String::from_utf8_lossy(&dom.stdout);
     let t = report.total();
     assert!(
@@ -168,21 +166,7 @@ async fn the_html_report_renders_from_disk_in_headless_chromium_with_no_network(
     );
     assert!(dom.contains("id=\"replay.nonce-reuse-rejected\""), "every check is in the document");
     let png = dir.path().join("report.png");
-    let shot = tokio::task::spawn_blocking({
-        let png = png.clone();
-        move || {
-            std::process::Command::new(browser)
-                .args(common)
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(format!("--screenshot={}", png.display()))
-                .arg("--window-size=1200,1600")
-                .arg(url)
-                .output()
-                .expect("run chromium")
-        }
-    })
-    .await
-    .expect("join");
+    let shot = headless(vec![format!("--screenshot={}", png.display()), "--window-size=1200,1600".into()]).await.expect("join");
     assert!(png.exists(), "chromium wrote a screenshot: {}", String::from_utf8_lossy(&shot.stderr));
     let bytes = std::fs::read(&png).expect("png");
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG");

@@ -43,16 +43,23 @@ async fn mismatches(database: Option<&str>, fault: Fault) -> Vec<String> {
     let platform = local::start(database, Some(fault)).await.expect("local platform");
     let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
     let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
-    let expected: BTreeMap<&str, &str> = fault.caught_by().iter().copied().collect();
+    differences(&format!("{fault:?}"), &report, fault.caught_by())
+}
+
+/// What differs between a run against a faulty variant and what the fault
+/// declares: a declared check that passed or failed with another message,
+/// or a check that failed and should not have.
+fn differences(fault: &str, report: &oneprotect_conformance::report::Report, declared: &[(&str, &str)]) -> Vec<String> {
+    let expected: BTreeMap<&str, &str> = declared.iter().copied().collect();
     let mut wrong = Vec::new();
     for r in &report.results {
         match (&r.outcome, expected.get(r.id.as_str())) {
             (Outcome::Fail(message), Some(fragment)) if !message.contains(fragment) => {
-                wrong.push(format!("{fault:?}: {} failed with {message:?}, expected it to mention {fragment:?}", r.id))
+                wrong.push(format!("{fault}: {} failed with {message:?}, expected it to mention {fragment:?}", r.id))
             }
             (Outcome::Fail(_), Some(_)) => {}
-            (Outcome::Fail(message), None) => wrong.push(format!("{fault:?}: {} failed too: {message}", r.id)),
-            (_, Some(_)) => wrong.push(format!("{fault:?}: {} did not fail ({:?})", r.id, r.outcome)),
+            (Outcome::Fail(message), None) => wrong.push(format!("{fault}: {} failed too: {message}", r.id)),
+            (_, Some(_)) => wrong.push(format!("{fault}: {} did not fail ({:?})", r.id, r.outcome)),
             (_, None) => {}
         }
     }
@@ -179,20 +186,7 @@ async fn agent_mismatches(bin: PathBuf, fault: &'static str, expected: &'static 
     ctx.local.agent_fault = Some(fault.to_owned());
     let checks = runner::selected(&CATALOGUE, Target::Agent, &[]);
     let report = runner::run(&ctx, Target::Agent, &checks, false).await;
-    let expected: BTreeMap<&str, &str> = expected.iter().copied().collect();
-    let mut wrong = Vec::new();
-    for r in &report.results {
-        match (&r.outcome, expected.get(r.id.as_str())) {
-            (Outcome::Fail(message), Some(fragment)) if !message.contains(fragment) => {
-                wrong.push(format!("{fault}: {} failed with {message:?}, expected it to mention {fragment:?}", r.id))
-            }
-            (Outcome::Fail(_), Some(_)) => {}
-            (Outcome::Fail(message), None) => wrong.push(format!("{fault}: {} failed too: {message}", r.id)),
-            (_, Some(_)) => wrong.push(format!("{fault}: {} did not fail ({:?})", r.id, r.outcome)),
-            (_, None) => {}
-        }
-    }
-    wrong
+    differences(fault, &report, expected)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
