@@ -37,6 +37,11 @@ impl RateLimiter {
         if wait > 0 { Err(u32::try_from(wait).unwrap_or(u32::MAX)) } else { Ok(()) }
     }
 
+    /// How many keys the limiter holds (expired windows included until swept).
+    pub fn tracked_keys(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub fn record_failure(&self, keys: &[String], now: DateTime<Utc>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() > SWEEP_THRESHOLD {
@@ -59,6 +64,23 @@ mod tests {
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_790_000_000, 0).expect("fixture time")
+    }
+
+    #[test]
+    fn past_the_sweep_threshold_expired_windows_are_dropped_and_live_ones_kept() {
+        let limiter = RateLimiter::new(3, Duration::seconds(60));
+        for i in 0..=SWEEP_THRESHOLD {
+            limiter.record_failure(&[format!("ip:old-{i}")], t0());
+        }
+        let live = vec!["ip:live".to_owned()];
+        for _ in 0..3 {
+            limiter.record_failure(&live, t0() + Duration::seconds(59));
+        }
+        assert_eq!(limiter.tracked_keys(), SWEEP_THRESHOLD + 2, "nothing is swept below the threshold's next write");
+        // Exactly one window after the old failures: they have expired.
+        limiter.record_failure(&["ip:new".to_owned()], t0() + Duration::seconds(60));
+        assert_eq!(limiter.tracked_keys(), 2, "only the live key and the new one remain");
+        assert_eq!(limiter.check(&live, t0() + Duration::seconds(61)), Err(58), "the live key kept its count");
     }
 
     #[test]
