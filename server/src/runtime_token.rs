@@ -174,6 +174,20 @@ mod tests {
     }
 
     #[test]
+    fn tokens_up_to_the_size_bound_are_judged_and_longer_ones_refused_unread() {
+        let ring = keyring();
+        let issued = ring.issue(&claims()).expect("issue");
+        let token = issued.token.expose_secret();
+        let (head, mac) = token.rsplit_once('.').expect("five parts");
+        // Padding the signed part keeps the MAC valid base64 and wrong.
+        let at_bound = format!("{head}{}.{mac}", "A".repeat(MAX_TOKEN_BYTES - token.len()));
+        assert_eq!(at_bound.len(), MAX_TOKEN_BYTES);
+        assert_eq!(ring.verify(&at_bound, now()), Err(RuntimeTokenFailure::BadSignature), "judged by its signature");
+        let past_bound = format!("{head}{}.{mac}", "A".repeat(MAX_TOKEN_BYTES + 1 - token.len()));
+        assert_eq!(ring.verify(&past_bound, now()), Err(RuntimeTokenFailure::Malformed), "refused before any work");
+    }
+
+    #[test]
     fn an_issued_token_verifies_until_it_expires() {
         let ring = keyring();
         let issued = ring.issue(&claims()).expect("issue");

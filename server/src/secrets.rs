@@ -155,6 +155,39 @@ mod tests {
     }
 
     #[test]
+    fn only_the_exact_token_shape_parses() {
+        let good = format!("opet_{}_{}", "0123456789abcdef0123456789abcdef", "A".repeat(SECRET_LEN));
+        assert!(parse_enrollment_token(&good).is_some());
+        for (what, bad) in [
+            ("too short (no panic)", "opet_x".to_owned()),
+            ("empty", String::new()),
+            ("one character too long", format!("{good}A")),
+            ("one character short", good[..good.len() - 1].to_owned()),
+            ("non-ASCII at the right length", good.replacen('A', "é", 1)[..ENROLLMENT_TOKEN_LEN].to_owned()),
+            ("a secret outside base64url", good.replacen('A', "+", 1)),
+            ("an uppercase id", good.replacen("abcdef", "ABCDEF", 1)),
+            ("an id that is not hex", good.replacen("abcdef", "abcdeg", 1)),
+            ("another prefix", good.replacen("opet_", "opex_", 1)),
+            ("no separator", good.replacen("f_A", "fAA", 1)),
+        ] {
+            assert_eq!(parse_enrollment_token(&bad), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_stored_keyed_per_tenant() {
+        let fp = "ab".repeat(32);
+        let stored = fingerprint_hash(&key(), "tenant-a", &fp);
+        assert_eq!(stored.len(), 64);
+        assert!(stored.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(stored, fp, "never the value the agent sent");
+        assert_eq!(stored, fingerprint_hash(&key(), "tenant-a", &fp), "deterministic, so a re-enrollment can be matched");
+        assert_ne!(stored, fingerprint_hash(&key(), "tenant-b", &fp), "not correlatable across tenants");
+        assert_ne!(stored, fingerprint_hash(&key(), "tenant-a", &"cd".repeat(32)));
+        assert_ne!(stored, fingerprint_hash(&HashKey::new(vec![8u8; 32]).expect("fixture key"), "tenant-a", &fp), "keyed");
+    }
+
+    #[test]
     fn minted_tokens_parse_back_to_their_id_and_are_unique() {
         let a = mint_enrollment_token();
         let b = mint_enrollment_token();
