@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{ToTokens, format_ident, quote};
 use serde_json::Value;
 
 use crate::Contracts;
@@ -105,7 +105,7 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
             settings.with_struct_builder(false).with_derive("PartialEq".into()).with_map_type("::std::collections::BTreeMap");
             let mut space = typify::TypeSpace::new(&settings);
             space.add_ref_types(defs).map_err(|e| e.to_string())?;
-            Ok(space.to_stream())
+            tolerant(space.to_stream())
         })?;
         let module = format_ident!("{}", model.module);
         let doc = format!("Payload types of `{}` (from specs/events/{}).", model.event_type, model.file_name);
@@ -153,8 +153,38 @@ fn split_types(tokens: TokenStream) -> Result<(TokenStream, TokenStream), String
     let mut file: syn::File = syn::parse2(tokens).map_err(|e| e.to_string())?;
     let index = file.items.iter().position(|item| matches!(item, syn::Item::Mod(m) if m.ident == "types")).ok_or("progenitor output has no `types` module")?;
     let syn::Item::Mod(module) = file.items.remove(index) else { return Err("unexpected item".into()) };
-    let content = module.content.map(|(_, items)| items).unwrap_or_default();
+    let mut content = module.content.map(|(_, items)| items).unwrap_or_default();
+    tolerate_unknown_fields(&mut content);
     Ok((quote! { #(#content)* }, quote! { #file }))
+}
+
+/// Tolerant readers, strict judges: generated types ignore fields they do
+/// not know, so a client built from today's contract still reads an answer
+/// that gains an optional property. Strictness lives in the JSON Schema
+/// validation at each edge (the server validates every request body, the
+/// conformance harness every answer, `events::validate` every event), where
+/// `additionalProperties: false` still refuses a leaked field.
+fn tolerate_unknown_fields(items: &mut [syn::Item]) {
+    let deny = |attr: &syn::Attribute| attr.path().is_ident("serde") && attr.to_token_stream().to_string().replace(' ', "") == "#[serde(deny_unknown_fields)]";
+    for item in items {
+        match item {
+            syn::Item::Struct(s) => s.attrs.retain(|a| !deny(a)),
+            syn::Item::Enum(e) => e.attrs.retain(|a| !deny(a)),
+            syn::Item::Mod(m) => {
+                if let Some((_, inner)) = &mut m.content {
+                    tolerate_unknown_fields(inner);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Typify's event payload types, read tolerantly (see `tolerate_unknown_fields`).
+fn tolerant(tokens: TokenStream) -> Result<TokenStream, String> {
+    let mut file: syn::File = syn::parse2(tokens).map_err(|e| e.to_string())?;
+    tolerate_unknown_fields(&mut file.items);
+    Ok(quote! { #file })
 }
 
 fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenStream {

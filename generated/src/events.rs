@@ -8,7 +8,6 @@ use std::sync::LazyLock;
 pub mod agent_certificate_rotated {
     ///An agent rotated its certificate record and runtime token.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AgentCertificateRotatedData {
         pub agent_id: ::uuid::Uuid,
         pub certificate_id: ::uuid::Uuid,
@@ -95,7 +94,6 @@ pub mod agent_certificate_rotated {
 pub mod agent_enrolled {
     ///An agent exchanged an enrollment token for an identity.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AgentEnrolledData {
         pub agent_id: ::uuid::Uuid,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -328,7 +326,6 @@ pub mod agent_enrolled {
 pub mod agent_enrollment_failed {
     ///An exchange was refused. The precise reason is here; the caller saw a generic answer.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AgentEnrollmentFailedData {
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub enrollment_token_id: ::std::option::Option<::uuid::Uuid>,
@@ -420,7 +417,6 @@ pub mod agent_enrollment_failed {
 pub mod agent_enrollment_token_issued {
     ///A tenant admin issued an enrollment token. Never carries the secret or its hash.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AgentEnrollmentTokenIssuedData {
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub collector_id: ::std::option::Option<::uuid::Uuid>,
@@ -604,7 +600,6 @@ pub mod agent_enrollment_token_issued {
 pub mod agent_enrollment_token_revoked {
     ///A tenant admin revoked an enrollment token.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AgentEnrollmentTokenRevokedData {
         pub enrollment_token_id: ::uuid::Uuid,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -735,7 +730,6 @@ pub mod agent_enrollment_token_revoked {
 pub mod agent_revoked {
     ///A tenant admin revoked an agent identity; its runtime tokens stop working.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AgentRevokedData {
         pub agent_id: ::uuid::Uuid,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -866,7 +860,6 @@ pub mod agent_revoked {
 pub mod asset_discovered {
     ///The first accepted heartbeat of an agent created its asset in the read model.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AssetDiscoveredData {
         pub agent_id: ::uuid::Uuid,
         pub asset_id: ::uuid::Uuid,
@@ -1047,7 +1040,6 @@ pub mod asset_discovered {
 pub mod asset_telemetry_received {
     ///An accepted, non-duplicate heartbeat updated the asset read model.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AssetTelemetryReceivedData {
         pub agent_id: ::uuid::Uuid,
         pub asset_id: ::uuid::Uuid,

@@ -226,7 +226,6 @@ impl<'de> ::serde::Deserialize<'de> for AgentHeartbeatTelemetryRequestOsVersion 
 }
 ///`AgentIdentity`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct AgentIdentity {
     pub agent_id: ::uuid::Uuid,
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -251,7 +250,6 @@ pub struct AgentIdentity {
 }
 ///`AgentList`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct AgentList {
     pub items: ::std::vec::Vec<AgentIdentity>,
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -305,7 +303,6 @@ impl ::std::convert::TryFrom<::std::string::String> for AgentStatus {
 }
 ///`AuditEvent`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     ///For example `enrollment_token.issue`, `agent.exchange`, `agent.heartbeat`.
     pub action: ::std::string::String,
@@ -374,7 +371,6 @@ impl ::std::convert::TryFrom<::std::string::String> for AuditEventActorType {
 }
 ///`AuditEventList`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct AuditEventList {
     pub items: ::std::vec::Vec<AuditEvent>,
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -420,7 +416,6 @@ impl ::std::convert::TryFrom<::std::string::String> for AuditEventOutcome {
 }
 ///`CertificateRotateRequest`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CertificateRotateRequest {
     pub csr_pem: CertificateRotateRequestCsrPem,
     pub nonce: CertificateRotateRequestNonce,
@@ -525,14 +520,12 @@ impl<'de> ::serde::Deserialize<'de> for CertificateRotateRequestNonce {
 }
 ///`CertificateRotateResponse`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CertificateRotateResponse {
     pub certificate: DeviceCertificate,
     pub runtime_token: RuntimeToken,
 }
 ///A CloudEvents 1.0 structured-mode event; `data` validates against the event type's schema in specs/events/.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CloudEvent {
     pub data: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
     pub datacontenttype: CloudEventDatacontenttype,
@@ -616,7 +609,6 @@ impl ::std::convert::TryFrom<::std::string::String> for CloudEventSpecversion {
 }
 ///The certificate record for the agent's key. Carries the public key fingerprint, never a private key.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct DeviceCertificate {
     pub agent_id: ::uuid::Uuid,
     pub certificate_id: ::uuid::Uuid,
@@ -720,7 +712,6 @@ impl ::std::convert::TryFrom<::std::string::String> for DeviceCertificateStatus 
 }
 ///`DiskUsage`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct DiskUsage {
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub file_system: ::std::option::Option<DiskUsageFileSystem>,
@@ -822,7 +813,6 @@ impl<'de> ::serde::Deserialize<'de> for DiskUsageMountPoint {
 }
 ///`DomainEventList`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct DomainEventList {
     pub items: ::std::vec::Vec<CloudEvent>,
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -830,7 +820,6 @@ pub struct DomainEventList {
 }
 ///`EnrollmentExchangeRequest`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollmentExchangeRequest {
     pub agent_version: EnrollmentExchangeRequestAgentVersion,
     ///A PEM PKCS#10 certificate signing request (ECDSA P-256/P-384, Ed25519 or RSA >= 2048).
@@ -1189,7 +1178,6 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestOsFamily {
 }
 ///`EnrollmentExchangeResponse`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollmentExchangeResponse {
     pub agent: AgentIdentity,
     pub certificate: DeviceCertificate,
@@ -1197,7 +1185,6 @@ pub struct EnrollmentExchangeResponse {
 }
 ///`EnrollmentTokenIssueRequest`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollmentTokenIssueRequest {
     ///Binds every identity enrolled with this token to this collector.
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -1308,7 +1295,6 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentTokenIssueRequestSiteId {
 }
 ///`EnrollmentTokenIssued`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollmentTokenIssued {
     ///The secret. Shown in this response only; store it like a password.
     pub enrollment_token: ::std::string::String,
@@ -1316,7 +1302,6 @@ pub struct EnrollmentTokenIssued {
 }
 ///`EnrollmentTokenList`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollmentTokenList {
     pub items: ::std::vec::Vec<EnrollmentTokenMetadata>,
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -1324,7 +1309,6 @@ pub struct EnrollmentTokenList {
 }
 ///`EnrollmentTokenMetadata`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollmentTokenMetadata {
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub collector_id: ::std::option::Option<::uuid::Uuid>,
@@ -1393,7 +1377,6 @@ impl ::std::convert::TryFrom<::std::string::String> for EnrollmentTokenStatus {
 }
 ///`HealthStatus`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct HealthStatus {
     #[serde(default, skip_serializing_if = ":: std :: collections :: BTreeMap::is_empty")]
     pub checks: ::std::collections::BTreeMap<::std::string::String, ::std::string::String>,
@@ -1435,7 +1418,6 @@ impl ::std::convert::TryFrom<::std::string::String> for HealthStatusStatus {
 }
 ///`HeartbeatAccepted`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct HeartbeatAccepted {
     pub accepted_at: ::chrono::DateTime<::chrono::offset::Utc>,
     pub agent_id: ::uuid::Uuid,
@@ -1629,7 +1611,6 @@ impl<'de> ::serde::Deserialize<'de> for ListEventsCursor {
 }
 ///`NetworkInterface`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkInterface {
     #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
     pub ip_addresses: ::std::vec::Vec<NetworkInterfaceIpAddressesItem>,
@@ -1778,7 +1759,6 @@ impl<'de> ::serde::Deserialize<'de> for NetworkInterfaceName {
 }
 ///An RFC 9457 problem with a stable machine `code`.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Problem {
     ///The stable machine code clients branch on.
     pub code: ::std::string::String,
@@ -1796,7 +1776,6 @@ pub struct Problem {
 }
 ///`RevokeRequest`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     ///Why; recorded in the audit trail and the event.
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -1850,7 +1829,6 @@ impl<'de> ::serde::Deserialize<'de> for RevokeRequestReason {
 }
 ///`RuntimeToken`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RuntimeToken {
     pub expires_at: ::chrono::DateTime<::chrono::offset::Utc>,
     pub key_id: ::std::string::String,
