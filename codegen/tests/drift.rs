@@ -77,6 +77,11 @@ fn an_unregenerated_spec_change_is_drift_and_make_generate_fixes_it() {
     assert_eq!(code, 3, "{output}");
     assert!(output.contains("drift: generated/src/types.rs"), "names the stale file: {output}");
     assert!(output.contains("make generate"), "says how to fix it: {output}");
+    assert!(output.lines().any(|l| l.starts_with('+') && l.contains("version")), "shows the generated line that is missing: {output}");
+    assert!(output.contains("@@ line "), "as a short diff hunk: {output}");
+    for untouched in ["events.rs", "server.rs", "lib.rs"] {
+        assert!(!output.contains(&format!("drift: generated/src/{untouched}")), "a spec edit does not stale {untouched} through its header: {output}");
+    }
 
     let (code, output) = codegen(tmp.path(), "generate");
     assert_eq!(code, 0, "{output}");
