@@ -91,18 +91,12 @@ fn name(tenant: Tenant) -> &'static str {
 
 /// Runs the preflight; `Err` is the single line to print.
 pub async fn preflight(ctx: &Ctx) -> Result<(), String> {
-    let health = format!("{}/healthz", ctx.base);
-    let resp = ctx.http.get(&health).timeout(PREFLIGHT_TIMEOUT).send().await.map_err(|e| format!("cannot reach {}: {}", ctx.base, describe(&e)))?;
-    if !resp.status().is_success() {
-        return Err(format!("{} answered {} on /healthz; is this a OneProtect platform?", ctx.base, resp.status().as_u16()));
-    }
-    if let Some(der) = resp.extensions().get::<reqwest::tls::TlsInfo>().and_then(reqwest::tls::TlsInfo::peer_certificate) {
-        *ctx.tls_certificate_sha256.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::evidence::sha256_hex(der));
-    }
+    // The API itself, not `/healthz`: operations endpoints are often kept
+    // off the public proxy, and the checks need the API.
+    let url = format!("{}/api/v1/agents?limit=1", ctx.base);
     let mut tenants = Vec::new();
     for tenant in Tenant::BOTH {
         let token = ctx.admin(tenant);
-        let url = format!("{}/api/v1/agents?limit=1", ctx.base);
         let resp = ctx
             .http
             .get(&url)
@@ -111,10 +105,14 @@ pub async fn preflight(ctx: &Ctx) -> Result<(), String> {
             .send()
             .await
             .map_err(|e| format!("cannot reach {}: {}", ctx.base, describe(&e)))?;
+        if let Some(der) = resp.extensions().get::<reqwest::tls::TlsInfo>().and_then(reqwest::tls::TlsInfo::peer_certificate) {
+            *ctx.tls_certificate_sha256.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::evidence::sha256_hex(der));
+        }
         match resp.status().as_u16() {
             200 => {}
             401 => return Err(format!("{} was refused (401): expired, or not signed for this deployment's issuer, audience and key", name(tenant))),
             403 => return Err(format!("{} may not list agents (403); the suite needs a tenant_admin credential", name(tenant))),
+            404 => return Err(format!("{} has no /api/v1/agents (404); is --base-url the platform's API root?", ctx.base)),
             other => return Err(format!("listing agents with {} answered {other}", name(tenant))),
         }
         let claims = credential_claims(token).ok_or_else(|| format!("{} is not a JWT with tenant_id and roles claims", name(tenant)))?;

@@ -112,3 +112,17 @@ fn listing_the_catalogue_into_a_closed_pipe_exits_cleanly() {
     let status = Command::new(env!("CARGO_BIN_EXE_oneprotect-conformance")).arg("list").stdout(writer).stderr(Stdio::null()).status().expect("run list");
     assert_eq!(status.code(), Some(0), "no panic (101) when the reader is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_credential_and_a_base_url_that_is_not_the_api_root_are_named() {
+    let platform = local::start(None, None).await.expect("local platform");
+    let secret = platform.ctx.local.admin_secret.clone().expect("fixture secret");
+    let viewer =
+        oneprotect_conformance::faults::mint_admin(&platform.ctx, &secret, "tenant-a", "tenant_viewer", chrono::Utc::now() + chrono::Duration::hours(1));
+    let b = platform.ctx.admin(Tenant::B).to_owned();
+    let run = conformance(http_args(&platform.ctx.base, &viewer, &b)).await;
+    assert_one_line_refusal(&run, "credential A has roles [\"tenant_viewer\"]; the suite needs tenant_admin");
+    let a = platform.ctx.admin(Tenant::A).to_owned();
+    let run = conformance(http_args(&format!("{}/not-the-root", platform.ctx.base), &a, &b)).await;
+    assert_one_line_refusal(&run, "has no /api/v1/agents (404)");
+}
