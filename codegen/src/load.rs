@@ -60,6 +60,16 @@ fn read(path: &Path, display: &str, diags: &mut Diagnostics) -> Option<String> {
 }
 
 fn parse_yaml(text: &str, display: &str, diags: &mut Diagnostics) -> Option<Value> {
+    // YAML's own mapping type refuses a repeated key (with its line and
+    // column); read into JSON directly, the last one would silently win
+    // (a second `operationId` renames a method, a second path key drops an
+    // operation).
+    if let Err(e) = serde_norway::from_str::<serde_norway::Value>(text)
+        && e.to_string().contains("duplicate entry")
+    {
+        diags.push(Diagnostic::new(display, "", format!("duplicate key: {e}")).hint("keep one of the two keys; YAML would keep only the last"));
+        return None;
+    }
     match serde_norway::from_str::<Value>(text) {
         Ok(v) => Some(v),
         Err(e) => {

@@ -186,3 +186,16 @@ fn invalid_yaml_is_reported_with_the_file_not_a_panic() {
     let diags = f.errors();
     assert!(diags.iter().any(|d| d.file == "specs/openapi.yaml" && d.message.starts_with("not valid YAML")), "{diags}");
 }
+
+#[test]
+fn a_duplicate_yaml_key_is_an_error_with_its_line_not_a_silent_overwrite() {
+    let f = Fixture::new();
+    let path = f.path("openapi.yaml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let changed = text.replacen("      operationId: listAgents\n", "      operationId: listAgents\n      operationId: listEveryAgent\n", 1);
+    assert_ne!(text, changed, "the fixture edit applies");
+    std::fs::write(&path, changed).expect("write");
+    let diags = f.errors();
+    let text = diags.to_string();
+    assert!(text.contains("duplicate key") && text.contains("operationId") && text.contains("line "), "names the key and its line: {text}");
+}
