@@ -45,9 +45,36 @@ impl std::fmt::Debug for SqliteStore {
 
 /// Opens the database file with the store's settings (WAL, full sync).
 fn connect(path: &Path) -> StoreResult<Connection> {
+    owner_only(path)?;
     let conn = Connection::open(path).map_err(backend)?;
     configure(&conn)?;
     Ok(conn)
+}
+
+/// The database holds hashes, audit records and identities: it is created
+/// owner-only (0600), and an existing file found wider is narrowed. SQLite
+/// gives its `-wal` and `-shm` files the database file's mode, so they are
+/// owner-only too.
+fn owner_only(path: &Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let cannot = |e: std::io::Error| StoreError::Unavailable(format!("cannot open the SQLite database {}: {e}", path.display()));
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "the SQLite database was readable by others; narrowing it to 0600");
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(cannot)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(cannot)?;
+            }
+            Err(e) => return Err(cannot(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn configure(conn: &Connection) -> StoreResult<()> {
@@ -602,6 +629,24 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_database_and_its_wal_and_shm_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("owner-only.db");
+        let store = SqliteStore::open(&path).expect("open");
+        for file in ["owner-only.db", "owner-only.db-wal", "owner-only.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        drop(store);
+        // A database someone made world-readable is narrowed when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(SqliteStore::open(&path).expect("reopen"));
+        assert_eq!(mode(&path), 0o600);
+    }
 
     #[test]
     fn migrating_a_file_reports_what_it_applied_and_then_nothing() {
