@@ -498,6 +498,12 @@ impl Ctx {
         left
     }
 
+    /// The time the platform sees: its manual clock on the local target,
+    /// the real time elsewhere.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now)
+    }
+
     /// A check that needs a local power skips on other targets.
     pub fn needs<T: Clone>(&self, what: &str, power: &Option<T>) -> Result<T, Verdict> {
         power.clone().ok_or_else(|| Verdict::Skip(format!("needs {what} (local target only)")))

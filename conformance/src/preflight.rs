@@ -23,7 +23,7 @@ pub fn describe(error: &reqwest::Error) -> String {
         source = e.source();
     }
     let all = chain.join(": ").to_ascii_lowercase();
-    let innermost = chain.last().cloned().unwrap_or_else(|| error.without_url_text());
+    let innermost = chain.last().cloned().unwrap_or_else(|| error.to_string());
     if error.is_timeout() {
         "no answer in time (timed out)".to_owned()
     } else if all.contains("certificate") || all.contains("invalidcertificate") || all.contains("unknownissuer") {
@@ -38,20 +38,6 @@ pub fn describe(error: &reqwest::Error) -> String {
         format!("TLS failed: {innermost}")
     } else {
         innermost
-    }
-}
-
-trait WithoutUrlText {
-    fn without_url_text(&self) -> String;
-}
-
-impl WithoutUrlText for reqwest::Error {
-    fn without_url_text(&self) -> String {
-        let mut text = self.to_string();
-        if let Some(url) = self.url() {
-            text = text.replace(&format!(" for url ({url})"), "");
-        }
-        text
     }
 }
 

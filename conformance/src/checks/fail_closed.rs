@@ -151,7 +151,7 @@ pub async fn tampered_runtime(ctx: &Ctx) -> Checked {
 pub async fn wrong_scope(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the runtime secret", &ctx.local.runtime_secret)?;
     let (agent, _, enrolled) = ctx.enroll(Tenant::A).await?;
-    let now = ctx.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now);
+    let now = ctx.now();
     let mut claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
     claims.scope = "agent_admin".into();
     let token = crate::faults::sign_runtime(&secret, &claims);
@@ -222,7 +222,7 @@ pub async fn identity_override(ctx: &Ctx) -> Checked {
 
 pub async fn viewer(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
-    let now = ctx.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now);
+    let now = ctx.now();
     let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_viewer", now + Duration::hours(1));
     ensure(ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?.status == 200, "a viewer cannot read")?;
     // Real targets for every write, so a 403 cannot be a 404 in disguise.
@@ -250,7 +250,7 @@ pub async fn viewer(ctx: &Ctx) -> Checked {
 pub async fn collector_binding(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the runtime secret", &ctx.local.runtime_secret)?;
     let (agent, _, enrolled) = ctx.enroll(Tenant::A).await?;
-    let now = ctx.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now);
+    let now = ctx.now();
     for (what, sequence) in [("collector", 1), ("asset", 2)] {
         let mut claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
         match what {
