@@ -6,12 +6,14 @@
 //! pointer and the fix; nothing is generated from contracts that fail them.
 
 pub mod bundle;
+pub mod compat;
 pub mod diagnostics;
 pub mod events;
 pub mod examples;
 pub mod gen_server;
 pub mod generate;
 pub mod load;
+pub mod locate;
 pub mod openapi;
 
 use std::path::Path;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use oneprotect_codegen::compat::{self, Spec, output::Format};
 
 /// Exit code when the contracts break a rule.
 const EXIT_INVALID: u8 = 1;
@@ -15,7 +16,9 @@ const EXIT_TOOL: u8 = 2;
 
 #[derive(Parser)]
 #[command(name = "oneprotect-codegen", version, about = "Validate the OneProtect contracts and generate Rust from them")]
-#[command(after_help = "Exit codes: 0 ok, 1 contract errors, 2 tool failure, 3 generated code is stale (run `make generate`).")]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 contract errors or a refused incompatible change, 2 tool failure, 3 generated code is stale (run `make generate`)."
+)]
 struct Cli {
     /// Directory holding openapi.yaml, asyncapi.yaml, events/ and examples/.
     #[arg(long, global = true, default_value = "specs")]
@@ -39,10 +42,64 @@ enum Cmd {
     Generate,
     /// Validate, then fail if generated/src differs from a fresh generation.
     Check,
+    /// Classify every change from a base version of specs/ to this one
+    /// (breaking, unclassified, non-breaking, informational). Reports only.
+    Diff {
+        /// The base: a directory holding a specs/ layout, or a git revision.
+        #[arg(long)]
+        base: String,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+    /// `diff`, then fail (exit 1) on a breaking or unclassified change the
+    /// contract does not declare: a raised OpenAPI/AsyncAPI major version,
+    /// or a new event version file.
+    CheckCompat {
+        /// The base: a directory holding a specs/ layout, or a git revision.
+        #[arg(long)]
+        base: String,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+}
+
+/// `diff` and `check-compat`: nothing is generated, and the base need not
+/// pass today's validator (it is what was released).
+fn compat(cli: &Cli, base: &str, format: Format, gate: bool) -> ExitCode {
+    let base_spec = match Spec::from_dir_or_git(base, &cli.specs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: base: {e}");
+            return ExitCode::from(EXIT_TOOL);
+        }
+    };
+    let rev_spec = match Spec::from_dir(&cli.specs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_TOOL);
+        }
+    };
+    let report = compat::diff(&base_spec, &rev_spec);
+    let root = cli.specs.to_string_lossy().trim_end_matches('/').to_string();
+    let refusals = gate.then(|| compat::gate::judge(&report, &base_spec, &rev_spec));
+    print!("{}", compat::output::render(format, &report, &root, refusals.as_deref()));
+    match refusals {
+        Some(r) if !r.is_empty() => {
+            eprintln!("error: {} contract change(s) break existing clients or consumers without a declared version; see `refused:` above", r.len());
+            ExitCode::from(EXIT_INVALID)
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Cmd::Diff { base, format } => return compat(&cli, base, *format, false),
+        Cmd::CheckCompat { base, format } => return compat(&cli, base, *format, true),
+        _ => {}
+    }
     let display = cli.specs.to_string_lossy().trim_end_matches('/').to_string();
     let contracts = match oneprotect_codegen::validate(&cli.specs, &display) {
         Ok(c) => c,
