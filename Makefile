@@ -15,7 +15,7 @@ conformance: ## The main job: the conformance suite on the embedded default (loc
 
 .DEFAULT_GOAL := help
 
-.PHONY: help conformance bench generate validate-contracts validate-contracts-external test lint fmt ci agent agent-footprint agent-cross mutants
+.PHONY: help conformance bench generate validate-contracts check-compat contract-diff validate-contracts-external test lint fmt ci agent agent-footprint agent-cross mutants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -25,6 +25,12 @@ generate: ## Regenerate generated/src from specs/
 
 validate-contracts: ## Validate specs/ and fail if generated/ is stale (Rust only; no Python or Node)
 	$(CODEGEN) check
+
+check-compat: ## Refuse a breaking contract change without a version bump (base: CONTRACT_BASE, else the merge base with main, else the previous commit)
+	base=$$(tools/contract-base.sh) && $(CODEGEN) check-compat --base "$$base" --format $(or $(COMPAT_FORMAT),human)
+
+contract-diff: ## Classify every contract change since BASE (default: as check-compat), without judging
+	base=$${BASE:-$$(tools/contract-base.sh)} && $(CODEGEN) diff --base "$$base" --format $(or $(COMPAT_FORMAT),human)
 
 $(TOOLS)/venv/bin/openapi-spec-validator:
 	python3 -m venv $(TOOLS)/venv
@@ -47,7 +53,7 @@ lint: ## rustfmt check and clippy with warnings denied
 fmt: ## Format the workspace
 	$(CARGO) fmt --all
 
-ci: validate-contracts validate-contracts-external lint test ## Everything CI runs
+ci: validate-contracts check-compat validate-contracts-external lint test ## Everything CI runs
 
 agent: ## Build the endpoint agent with the size-optimised profile (target/agent/)
 	$(CARGO) build --profile agent -p oneprotect-agent

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::diagnostics::{Diagnostic, Diagnostics, escape_token, pointer};
-use crate::load::{ASYNCAPI_FILE, EVENT_SCHEMA_SUFFIX, EVENTS_DIR, RawContracts};
+use crate::load::{ASYNCAPI_FILE, EVENTS_DIR, RawContracts, event_file_parts};
 use crate::openapi::pascal_case;
 
 pub const ENVELOPE_FIELDS: [&str; 10] = ["specversion", "id", "source", "type", "time", "datacontenttype", "dataschema", "subject", "tenantid", "data"];
@@ -17,12 +17,22 @@ pub struct EventModel {
     pub event_type: String,
     /// `agent.enrolled.v1.schema.json`
     pub file_name: String,
-    /// `AgentEnrolledData`
+    /// `1` (from `.v1.`): versions of one type live side by side.
+    pub version: u32,
+    /// `AgentEnrolledData` (version 1), `AgentEnrolledV2Data` (version 2).
     pub data_type: String,
-    /// `agent_enrolled`
+    /// `agent_enrolled` (version 1), `agent_enrolled_v2` (version 2).
     pub module: String,
     /// The `dataschema` URI the envelope pins.
     pub dataschema: String,
+}
+
+impl EventModel {
+    /// The folder of its examples under `specs/examples/events/`: the event
+    /// type for version 1, `<type>.v<N>` after it.
+    pub fn example_dir(&self) -> String {
+        if self.version == 1 { self.event_type.clone() } else { format!("{}.v{}", self.event_type, self.version) }
+    }
 }
 
 /// Property-name fragments that must never appear in an event payload.
@@ -47,7 +57,9 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Vec<EventModel> {
     for (file_name, schema) in &raw.event_schemas {
         let file = raw.file(&format!("{EVENTS_DIR}/{file_name}"));
         let before = diags.len();
-        let event_type = file_name.trim_end_matches(EVENT_SCHEMA_SUFFIX).to_string();
+        let Some((event_type, version)) = event_file_parts(file_name) else { continue };
+        let event_type = event_type.to_string();
+        let versioned = if version == 1 { String::new() } else { format!("V{version}") };
         if let Err(e) = jsonschema::meta::validate(schema) {
             diags.push(
                 Diagnostic::new(&file, e.instance_path().to_string(), format!("not a valid JSON Schema: {}", e.masked()))
@@ -79,7 +91,7 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Vec<EventModel> {
                 );
             }
         }
-        let data_type = format!("{}Data", pascal_case(&event_type));
+        let data_type = format!("{}{versioned}Data", pascal_case(&event_type));
         let expected_ref = format!("#/$defs/{data_type}");
         if schema.pointer("/properties/data/$ref").and_then(Value::as_str) != Some(expected_ref.as_str()) {
             diags.push(
@@ -100,7 +112,8 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Vec<EventModel> {
             }
         }
         if diags.len() == before {
-            models.push(EventModel { module: event_type.replace('.', "_"), event_type, file_name: file_name.clone(), data_type, dataschema });
+            let module = if version == 1 { event_type.replace('.', "_") } else { format!("{}_v{version}", event_type.replace('.', "_")) };
+            models.push(EventModel { module, event_type, file_name: file_name.clone(), version, data_type, dataschema });
         }
     }
     check_asyncapi(raw, diags);
@@ -202,7 +215,7 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
             );
             continue;
         }
-        let event_type = target.trim_end_matches(EVENT_SCHEMA_SUFFIX);
+        let Some((event_type, _)) = event_file_parts(target) else { continue };
         if msg.get("name").and_then(Value::as_str) != Some(event_type) {
             diags.push(
                 Diagnostic::new(&file, format!("{ptr}/name"), format!("message name must be the event type `{event_type}`"))
@@ -210,7 +223,7 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
             );
         }
         if let Some(first) = referenced.insert(target.to_string(), ptr.clone()) {
-            diags.push(Diagnostic::new(&file, &ptr, format!("`{target}` is already the payload of {first}")).hint("one message per event type"));
+            diags.push(Diagnostic::new(&file, &ptr, format!("`{target}` is already the payload of {first}")).hint("one message per event version"));
         }
     }
     for name in raw.event_schemas.keys() {

@@ -42,9 +42,10 @@ pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_d
 
     let mut covered = BTreeSet::new();
     for ex in &raw.event_examples {
-        let Some(model) = events.iter().find(|m| m.event_type == ex.target) else {
+        let Some(model) = events.iter().find(|m| m.example_dir() == ex.target) else {
             diags.push(
-                Diagnostic::new(&ex.file, "", format!("no event type `{}` in specs/events", ex.target)).hint("name the example folder after the event type"),
+                Diagnostic::new(&ex.file, "", format!("no event type `{}` in specs/events", ex.target))
+                    .hint("name the example folder after the event type (`<type>.v<N>` for versions after 1)"),
             );
             continue;
         };
@@ -57,11 +58,12 @@ pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_d
         }
     }
     for model in events {
-        if !covered.contains(&model.event_type) {
-            diags.push(
-                Diagnostic::new(raw.file(&format!("events/{}", model.file_name)), "", "event has no valid example")
-                    .hint(format!("add {}/{EXAMPLES_DIR}/events/{}/valid.json", raw.display_root, model.event_type)),
-            );
+        if !covered.contains(&model.example_dir()) {
+            diags.push(Diagnostic::new(raw.file(&format!("events/{}", model.file_name)), "", "event has no valid example").hint(format!(
+                "add {}/{EXAMPLES_DIR}/events/{}/valid.json",
+                raw.display_root,
+                model.example_dir()
+            )));
         }
     }
 }

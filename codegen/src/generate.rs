@@ -192,13 +192,18 @@ fn tolerant(tokens: TokenStream) -> Result<TokenStream, String> {
 }
 
 fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenStream {
-    let consts = c.events.iter().map(|m| {
-        let name = format_ident!("{}", m.module.to_ascii_uppercase());
-        let ty = &m.event_type;
+    // One constant per event type, however many versions it has.
+    let mut types: Vec<&String> = Vec::new();
+    for m in &c.events {
+        if !types.contains(&&m.event_type) {
+            types.push(&m.event_type);
+        }
+    }
+    let consts = types.iter().map(|ty| {
+        let name = format_ident!("{}", ty.replace('.', "_").to_ascii_uppercase());
         let doc = format!("The CloudEvents `type` `{ty}`.");
         quote! { #[doc = #doc] pub const #name: &str = #ty; }
     });
-    let types: Vec<&String> = c.events.iter().map(|m| &m.event_type).collect();
     let count = types.len();
     let reexports = c.events.iter().map(|m| {
         let module = format_ident!("{}", m.module);
@@ -218,10 +223,16 @@ fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenStream {
         }
     });
     let schema_arms = c.events.iter().map(|m| {
-        let ty = &m.event_type;
+        let ds = &m.dataschema;
         let path = format!("schemas/events/{}", m.file_name);
-        quote! { #ty => Some(include_str!(#path)) }
+        quote! { #ds => Some(include_str!(#path)) }
     });
+    let versions = c.events.iter().map(|m| {
+        let ty = &m.event_type;
+        let ds = &m.dataschema;
+        quote! { (#ty, #ds) }
+    });
+    let version_count = c.events.len();
     quote! {
         #![allow(clippy::all)]
         use std::collections::BTreeMap;
@@ -237,6 +248,10 @@ fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenStream {
 
         /// Every event type of the contract.
         pub const EVENT_TYPES: [&str; #count] = [#(#types),*];
+
+        /// Every published (type, `dataschema`) pair: a type keeps its old
+        /// versions beside new ones, oldest first.
+        pub const EVENT_VERSIONS: [(&str, &str); #version_count] = [#(#versions),*];
 
         /// A payload type that knows its CloudEvents `type` and schema.
         pub trait EventData: serde::Serialize {
@@ -280,9 +295,9 @@ fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenStream {
             }
         }
 
-        /// The JSON Schema text of an event type.
-        pub fn schema_json(event_type: &str) -> Option<&'static str> {
-            match event_type {
+        /// The JSON Schema text of an event version, by its `dataschema` URI.
+        pub fn schema_json(dataschema: &str) -> Option<&'static str> {
+            match dataschema {
                 #(#schema_arms,)*
                 _ => None,
             }
@@ -320,22 +335,31 @@ fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenStream {
 
         impl std::error::Error for EventValidationError {}
 
+        /// One validator per event version, by `dataschema`.
         static VALIDATORS: LazyLock<BTreeMap<&'static str, jsonschema::Validator>> = LazyLock::new(|| {
-            EVENT_TYPES
+            EVENT_VERSIONS
                 .iter()
-                .filter_map(|t| {
-                    let schema: serde_json::Value = serde_json::from_str(schema_json(t)?).ok()?;
+                .filter_map(|(_, ds)| {
+                    let schema: serde_json::Value = serde_json::from_str(schema_json(ds)?).ok()?;
                     let validator = jsonschema::options().should_validate_formats(true).build(&schema).ok()?;
-                    Some((*t, validator))
+                    Some((*ds, validator))
                 })
                 .collect()
         });
 
         /// Validates a whole CloudEvent (envelope and `data`) against the
-        /// schema of its `type`. Messages never echo instance values.
+        /// schema of its version: the one its `dataschema` names, else the
+        /// oldest version of its `type` (whose pinned `dataschema` then
+        /// refuses it). Messages never echo instance values.
         pub fn validate(event: &serde_json::Value) -> Result<(), EventValidationError> {
             let event_type = event.get("type").and_then(|t| t.as_str()).ok_or(EventValidationError::MissingType)?;
-            let validator = VALIDATORS.get(event_type).ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
+            let declared = event.get("dataschema").and_then(|d| d.as_str());
+            let version = EVENT_VERSIONS
+                .iter()
+                .find(|(t, ds)| *t == event_type && Some(*ds) == declared)
+                .or_else(|| EVENT_VERSIONS.iter().find(|(t, _)| *t == event_type))
+                .ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
+            let validator = VALIDATORS.get(version.1).ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
             // The answer without collecting errors first: valid events are the rule.
             if validator.is_valid(event) {
                 return Ok(());

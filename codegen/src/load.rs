@@ -12,7 +12,19 @@ pub const OPENAPI_FILE: &str = "openapi.yaml";
 pub const ASYNCAPI_FILE: &str = "asyncapi.yaml";
 pub const EVENTS_DIR: &str = "events";
 pub const EXAMPLES_DIR: &str = "examples";
-pub const EVENT_SCHEMA_SUFFIX: &str = ".v1.schema.json";
+/// Every event schema file ends so; before it, `.v<N>` names the version.
+pub const EVENT_SCHEMA_SUFFIX: &str = ".schema.json";
+
+/// `agent.enrolled.v2.schema.json` → (`agent.enrolled`, 2). Versions count
+/// from 1; a breaking change to a published event is a new version file
+/// beside the old one.
+pub fn event_file_parts(name: &str) -> Option<(&str, u32)> {
+    let stem = name.strip_suffix(EVENT_SCHEMA_SUFFIX)?;
+    let (event_type, version) = stem.rsplit_once(".v")?;
+    let digits_only = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
+    let n: u32 = if digits_only { version.parse().ok()? } else { return None };
+    (!event_type.is_empty()).then_some((event_type, n))
+}
 
 /// One example instance and what it is expected to do.
 #[derive(Debug, Clone)]
@@ -128,10 +140,10 @@ pub fn load(specs_dir: &Path, display_root: &str) -> Result<RawContracts, Diagno
             for path in entries {
                 let name = file_name(&path);
                 let display = disp(&format!("{EVENTS_DIR}/{name}"));
-                if !name.ends_with(EVENT_SCHEMA_SUFFIX) {
+                if event_file_parts(&name).is_none() {
                     diags.push(
                         Diagnostic::new(display, "", "unexpected file in specs/events")
-                            .hint(format!("event schemas are named <event.type>{EVENT_SCHEMA_SUFFIX}")),
+                            .hint(format!("event schemas are named <event.type>.v<N>{EVENT_SCHEMA_SUFFIX}, N counting from 1")),
                     );
                     continue;
                 }

@@ -199,3 +199,54 @@ fn a_duplicate_yaml_key_is_an_error_with_its_line_not_a_silent_overwrite() {
     let text = diags.to_string();
     assert!(text.contains("duplicate key") && text.contains("operationId") && text.contains("line "), "names the key and its line: {text}");
 }
+
+#[test]
+fn a_second_version_of_an_event_lives_beside_the_first_and_is_generated_as_its_own_type() {
+    let f = Fixture::new();
+    let v1 = std::fs::read_to_string(f.path("events/agent.revoked.v1.schema.json")).expect("read");
+    let v2 = v1.replace("agent.revoked.v1.schema.json", "agent.revoked.v2.schema.json").replace("AgentRevokedData", "AgentRevokedV2Data");
+    std::fs::write(f.path("events/agent.revoked.v2.schema.json"), v2).expect("write");
+    let asyncapi = std::fs::read_to_string(f.path("asyncapi.yaml")).expect("read");
+    let asyncapi = asyncapi
+        .replace(
+            "      agentRevoked:\n        $ref: '#/components/messages/agentRevoked'\n",
+            "      agentRevoked:\n        $ref: '#/components/messages/agentRevoked'\n      agentRevokedV2:\n        $ref: '#/components/messages/agentRevokedV2'\n",
+        )
+        .replace(
+            "components:\n  messages:\n",
+            "components:\n  messages:\n    agentRevokedV2:\n      name: agent.revoked\n      contentType: application/cloudevents+json\n      payload:\n        $ref: './events/agent.revoked.v2.schema.json'\n",
+        );
+    std::fs::write(f.path("asyncapi.yaml"), asyncapi).expect("write");
+    std::fs::create_dir_all(f.path("examples/events/agent.revoked.v2")).expect("mkdir");
+    let example = std::fs::read_to_string(f.path("examples/events/agent.revoked/valid.json")).expect("read");
+    std::fs::write(f.path("examples/events/agent.revoked.v2/valid.json"), example.replace("agent.revoked.v1", "agent.revoked.v2")).expect("write");
+
+    let contracts = validate(f.dir.path(), "specs").unwrap_or_else(|d| panic!("{d}"));
+    let v2 = contracts.events.iter().find(|m| m.version == 2).expect("version 2 is a model");
+    assert_eq!((v2.event_type.as_str(), v2.module.as_str(), v2.data_type.as_str()), ("agent.revoked", "agent_revoked_v2", "AgentRevokedV2Data"));
+    assert_eq!(contracts.events.iter().filter(|m| m.event_type == "agent.revoked").count(), 2);
+
+    let files = oneprotect_codegen::generate::generate(&contracts, &real_specs().join("../rustfmt.toml")).unwrap_or_else(|d| panic!("{d}"));
+    let events = &files["events.rs"];
+    assert!(events.contains("pub mod agent_revoked_v2"), "a module per version");
+    assert!(events.contains("pub const EVENT_TYPES: [&str; 8usize]"), "one type, two versions");
+    assert!(events.contains("pub const EVENT_VERSIONS: [(&str, &str); 9usize]"));
+
+    // The compatibility gate accepts a new version file beside the old one.
+    let base = oneprotect_codegen::compat::Spec::from_dir(&real_specs()).expect("base");
+    let rev = oneprotect_codegen::compat::Spec::from_dir(f.dir.path()).expect("revision");
+    let report = oneprotect_codegen::compat::diff(&base, &rev);
+    let refused = oneprotect_codegen::compat::gate::judge(&report, &base, &rev);
+    assert!(refused.is_empty(), "{:?}", refused.iter().map(|r| &r.change.rule).collect::<Vec<_>>());
+    assert!(report.changes.iter().any(|c| c.rule == "event-schema-added"));
+}
+
+#[test]
+fn an_event_file_without_a_version_is_rejected() {
+    let f = Fixture::new();
+    std::fs::copy(f.path("events/agent.revoked.v1.schema.json"), f.path("events/agent.revoked.schema.json")).expect("copy");
+    assert_reports(&f.errors(), "specs/events/agent.revoked.schema.json", "", "unexpected file");
+    let g = Fixture::new();
+    std::fs::copy(g.path("events/agent.revoked.v1.schema.json"), g.path("events/agent.revoked.v0.schema.json")).expect("copy");
+    assert_reports(&g.errors(), "specs/events/agent.revoked.v0.schema.json", "", "unexpected file");
+}

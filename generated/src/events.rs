@@ -1168,6 +1168,18 @@ pub const EVENT_TYPES: [&str; 8usize] = [
     "asset.discovered",
     "asset.telemetry.received",
 ];
+/// Every published (type, `dataschema`) pair: a type keeps its old
+/// versions beside new ones, oldest first.
+pub const EVENT_VERSIONS: [(&str, &str); 8usize] = [
+    ("agent.certificate.rotated", "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json"),
+    ("agent.enrolled", "https://schemas.oneprotect.dev/events/agent.enrolled.v1.schema.json"),
+    ("agent.enrollment.failed", "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json"),
+    ("agent.enrollment_token.issued", "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json"),
+    ("agent.enrollment_token.revoked", "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json"),
+    ("agent.revoked", "https://schemas.oneprotect.dev/events/agent.revoked.v1.schema.json"),
+    ("asset.discovered", "https://schemas.oneprotect.dev/events/asset.discovered.v1.schema.json"),
+    ("asset.telemetry.received", "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json"),
+];
 /// A payload type that knows its CloudEvents `type` and schema.
 pub trait EventData: serde::Serialize {
     const EVENT_TYPE: &'static str;
@@ -1244,17 +1256,27 @@ impl<D: EventData> Envelope<D> {
         }
     }
 }
-/// The JSON Schema text of an event type.
-pub fn schema_json(event_type: &str) -> Option<&'static str> {
-    match event_type {
-        "agent.certificate.rotated" => Some(include_str!("schemas/events/agent.certificate.rotated.v1.schema.json")),
-        "agent.enrolled" => Some(include_str!("schemas/events/agent.enrolled.v1.schema.json")),
-        "agent.enrollment.failed" => Some(include_str!("schemas/events/agent.enrollment.failed.v1.schema.json")),
-        "agent.enrollment_token.issued" => Some(include_str!("schemas/events/agent.enrollment_token.issued.v1.schema.json")),
-        "agent.enrollment_token.revoked" => Some(include_str!("schemas/events/agent.enrollment_token.revoked.v1.schema.json")),
-        "agent.revoked" => Some(include_str!("schemas/events/agent.revoked.v1.schema.json")),
-        "asset.discovered" => Some(include_str!("schemas/events/asset.discovered.v1.schema.json")),
-        "asset.telemetry.received" => Some(include_str!("schemas/events/asset.telemetry.received.v1.schema.json")),
+/// The JSON Schema text of an event version, by its `dataschema` URI.
+pub fn schema_json(dataschema: &str) -> Option<&'static str> {
+    match dataschema {
+        "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json" => {
+            Some(include_str!("schemas/events/agent.certificate.rotated.v1.schema.json"))
+        }
+        "https://schemas.oneprotect.dev/events/agent.enrolled.v1.schema.json" => Some(include_str!("schemas/events/agent.enrolled.v1.schema.json")),
+        "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json" => {
+            Some(include_str!("schemas/events/agent.enrollment.failed.v1.schema.json"))
+        }
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json" => {
+            Some(include_str!("schemas/events/agent.enrollment_token.issued.v1.schema.json"))
+        }
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json" => {
+            Some(include_str!("schemas/events/agent.enrollment_token.revoked.v1.schema.json"))
+        }
+        "https://schemas.oneprotect.dev/events/agent.revoked.v1.schema.json" => Some(include_str!("schemas/events/agent.revoked.v1.schema.json")),
+        "https://schemas.oneprotect.dev/events/asset.discovered.v1.schema.json" => Some(include_str!("schemas/events/asset.discovered.v1.schema.json")),
+        "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json" => {
+            Some(include_str!("schemas/events/asset.telemetry.received.v1.schema.json"))
+        }
         _ => None,
     }
 }
@@ -1287,21 +1309,30 @@ impl std::fmt::Display for EventValidationError {
     }
 }
 impl std::error::Error for EventValidationError {}
+/// One validator per event version, by `dataschema`.
 static VALIDATORS: LazyLock<BTreeMap<&'static str, jsonschema::Validator>> = LazyLock::new(|| {
-    EVENT_TYPES
+    EVENT_VERSIONS
         .iter()
-        .filter_map(|t| {
-            let schema: serde_json::Value = serde_json::from_str(schema_json(t)?).ok()?;
+        .filter_map(|(_, ds)| {
+            let schema: serde_json::Value = serde_json::from_str(schema_json(ds)?).ok()?;
             let validator = jsonschema::options().should_validate_formats(true).build(&schema).ok()?;
-            Some((*t, validator))
+            Some((*ds, validator))
         })
         .collect()
 });
 /// Validates a whole CloudEvent (envelope and `data`) against the
-/// schema of its `type`. Messages never echo instance values.
+/// schema of its version: the one its `dataschema` names, else the
+/// oldest version of its `type` (whose pinned `dataschema` then
+/// refuses it). Messages never echo instance values.
 pub fn validate(event: &serde_json::Value) -> Result<(), EventValidationError> {
     let event_type = event.get("type").and_then(|t| t.as_str()).ok_or(EventValidationError::MissingType)?;
-    let validator = VALIDATORS.get(event_type).ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
+    let declared = event.get("dataschema").and_then(|d| d.as_str());
+    let version = EVENT_VERSIONS
+        .iter()
+        .find(|(t, ds)| *t == event_type && Some(*ds) == declared)
+        .or_else(|| EVENT_VERSIONS.iter().find(|(t, _)| *t == event_type))
+        .ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
+    let validator = VALIDATORS.get(version.1).ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
     if validator.is_valid(event) {
         return Ok(());
     }
