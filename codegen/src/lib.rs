@@ -32,6 +32,13 @@ pub struct Contracts {
 
 /// Loads and checks every contract under `specs_dir`.
 pub fn validate(specs_dir: &Path, display_root: &str) -> Result<Contracts, Diagnostics> {
+    validate_unlocated(specs_dir, display_root).map_err(|mut d| {
+        d.locate(specs_dir, display_root);
+        d
+    })
+}
+
+fn validate_unlocated(specs_dir: &Path, display_root: &str) -> Result<Contracts, Diagnostics> {
     let raw = load::load(specs_dir, display_root)?;
     let mut diags = Diagnostics::default();
     let api = openapi::check(&raw, &mut diags);

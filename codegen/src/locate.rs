@@ -11,17 +11,17 @@ use std::collections::BTreeMap;
 
 use crate::diagnostics::escape_token;
 
-/// Line (1-based) of every pointer the pass could place.
+/// Line and column (1-based) of every pointer the pass could place.
 #[derive(Debug, Clone, Default)]
 pub struct LineIndex {
-    lines: BTreeMap<String, usize>,
+    lines: BTreeMap<String, (usize, usize)>,
 }
 
 impl LineIndex {
     /// Indexes a block-style YAML document or a pretty-printed JSON document.
     pub fn new(text: &str) -> Self {
         let mut lines = BTreeMap::new();
-        lines.insert(String::new(), 1);
+        lines.insert(String::new(), (1, 1));
         // Open containers: (indent of the entry, reference token, sequence index when a sequence item).
         let mut stack: Vec<Entry> = Vec::new();
         let mut block_scalar_indent: Option<usize> = None;
@@ -40,7 +40,7 @@ impl LineIndex {
             }
             let (item_indent, rest) = if content == "-" || content.starts_with("- ") {
                 push_item(&mut stack, indent);
-                lines.entry(pointer_of(&stack)).or_insert(line_no);
+                lines.entry(pointer_of(&stack)).or_insert((line_no, indent + 1));
                 let rest = content[1..].trim_start();
                 (indent + (content.len() - rest.len()), rest)
             } else {
@@ -51,7 +51,7 @@ impl LineIndex {
                 stack.pop();
             }
             stack.push(Entry { indent: item_indent, token: key, seq: None });
-            lines.entry(pointer_of(&stack)).or_insert(line_no);
+            lines.entry(pointer_of(&stack)).or_insert((line_no, item_indent + 1));
             let value = value.trim();
             if value.starts_with('|') || value.starts_with('>') {
                 block_scalar_indent = Some(item_indent);
@@ -62,6 +62,11 @@ impl LineIndex {
 
     /// The line of `pointer`, or of its nearest indexed ancestor.
     pub fn line_of(&self, pointer: &str) -> usize {
+        self.position_of(pointer).0
+    }
+
+    /// (line, column) of `pointer`'s key, or of its nearest indexed ancestor.
+    pub fn position_of(&self, pointer: &str) -> (usize, usize) {
         let mut p = pointer;
         loop {
             if let Some(l) = self.lines.get(p) {
@@ -69,7 +74,7 @@ impl LineIndex {
             }
             match p.rfind('/') {
                 Some(i) => p = &p[..i],
-                None => return 1,
+                None => return (1, 1),
             }
         }
     }
@@ -161,6 +166,8 @@ components:
         assert_eq!(idx.line_of("/paths/~1api~1v1~1agents~1{agent_id}/get/responses/200"), 12);
         assert_eq!(idx.line_of("/components/schemas/A/required/1"), 18);
         assert_eq!(idx.line_of("/components/schemas/A/properties/a"), 20);
+        assert_eq!(idx.position_of("/paths/~1api~1v1~1agents~1{agent_id}/get/parameters/1/in"), (10, 11));
+        assert_eq!(idx.position_of("/paths/~1api~1v1~1agents~1{agent_id}/get/parameters/0"), (8, 9));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use oneprotect_codegen::compat::{self, Spec, output::Format};
+use oneprotect_codegen::diagnostics::DiagnosticFormat;
 
 /// Exit code when the contracts break a rule.
 const EXIT_INVALID: u8 = 1;
@@ -29,6 +30,9 @@ struct Cli {
     /// rustfmt configuration used for generated code (the workspace's).
     #[arg(long, global = true, default_value = "rustfmt.toml")]
     rustfmt_config: PathBuf,
+    /// How contract errors are printed: human (stderr), or json, sarif or github (stdout).
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    error_format: DiagnosticFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -104,7 +108,10 @@ fn main() -> ExitCode {
     let contracts = match oneprotect_codegen::validate(&cli.specs, &display) {
         Ok(c) => c,
         Err(diags) => {
-            eprintln!("{diags}");
+            match cli.error_format {
+                DiagnosticFormat::Human => eprint!("{}", diags.render(DiagnosticFormat::Human)),
+                other => print!("{}", diags.render(other)),
+            }
             return ExitCode::from(EXIT_INVALID);
         }
     };

@@ -16,6 +16,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
 pub const FORBIDDEN_PROPERTIES_EXT: &str = "x-oneprotect-forbidden-properties";
 /// Extension on an operation: the request body size limit in bytes.
 pub const MAX_BODY_EXT: &str = "x-oneprotect-max-body-bytes";
+/// The largest `x-oneprotect-max-body-bytes` the validator accepts (16 MiB).
+pub const MAX_BODY_CEILING: u64 = 16 * 1024 * 1024;
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 const UNSUPPORTED_KEYWORDS: [(&str, &str); 4] = [
@@ -206,9 +208,26 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
                     ctx.err("/components/schemas/Problem/required", format!("Problem must require `{field}`"), format!("add `{field}` to Problem.required"));
                 }
             }
+            for (field, ty, format) in PROBLEM_FIELDS {
+                let Some(prop) = p.pointer(&format!("/properties/{field}")) else {
+                    ctx.err("/components/schemas/Problem/properties", format!("Problem has no `{field}` property"), format!("add `{field}: {{type: {ty}}}`"));
+                    continue;
+                };
+                let (got_ty, got_format) = (prop.get("type").and_then(Value::as_str), prop.get("format").and_then(Value::as_str));
+                if got_ty != Some(ty) || (format.is_some() && got_format != format) {
+                    let want = format.map_or(format!("`type: {ty}`"), |f| format!("`type: {ty}` with `format: {f}`"));
+                    ctx.err(
+                        &format!("/components/schemas/Problem/properties/{field}"),
+                        format!("Problem.{field} must be {want}; the server runtime builds it so"),
+                        format!("declare `{field}` as {want}"),
+                    );
+                }
+            }
         }
     }
 
+    let doc = ctx.doc.clone();
+    check_extensions(&mut ctx, &doc, &mut Vec::new());
     let security_schemes = check_security_schemes(&mut ctx);
     let operations = check_operations(&mut ctx, &security_schemes);
     Some(ApiModel { operations, security_schemes, forbidden_properties, schema_names })
@@ -282,6 +301,82 @@ fn check_schema(ctx: &mut Ctx<'_>, schema: &Value, ptr: &str) {
         }
     }
 }
+
+/// The stubs parse a parameter as one scalar: composition and `nullable`
+/// would generate a client type the server never honours.
+fn check_parameter_schema(ctx: &mut Ctx<'_>, schema: &Value, ptr: &str, name: &str) {
+    let Some(map) = schema.as_object() else { return };
+    for kw in ["oneOf", "anyOf", "allOf", "not", "nullable", "discriminator"] {
+        if map.contains_key(kw) {
+            ctx.err(
+                &format!("{ptr}/{kw}"),
+                format!("`{kw}` in the schema of parameter `{name}` is not supported"),
+                "give the parameter one scalar type (string, string/uuid or integer); an absent optional parameter is how to say `none`",
+            );
+        }
+    }
+}
+
+/// Where each OneProtect extension may appear: `x-oneprotect-max-body-bytes`
+/// on an operation, `x-oneprotect-forbidden-properties` on a component
+/// schema. Any other `x-oneprotect-*` key is a typo the generators would
+/// silently ignore.
+fn check_extensions(ctx: &mut Ctx<'_>, value: &Value, tokens: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k.starts_with("x-oneprotect-") {
+                    let ptr = pointer(tokens.iter().map(String::as_str).chain([k.as_str()]));
+                    let at_operation = tokens.len() == 3 && tokens[0] == "paths" && METHODS.contains(&tokens[2].as_str());
+                    let at_component_schema = tokens.len() == 3 && tokens[0] == "components" && tokens[1] == "schemas";
+                    match k.as_str() {
+                        MAX_BODY_EXT if at_operation => match v.as_u64() {
+                            Some(n) if (1..=MAX_BODY_CEILING).contains(&n) => {}
+                            _ => ctx.err(
+                                &ptr,
+                                format!("`{MAX_BODY_EXT}` must be a whole number of bytes from 1 to {MAX_BODY_CEILING}, not {v}"),
+                                "write the limit in bytes, e.g. `65536`",
+                            ),
+                        },
+                        FORBIDDEN_PROPERTIES_EXT if at_component_schema => {}
+                        MAX_BODY_EXT | FORBIDDEN_PROPERTIES_EXT => ctx.err(
+                            &ptr,
+                            format!("`{k}` is not allowed here"),
+                            format!("`{MAX_BODY_EXT}` goes on an operation; `{FORBIDDEN_PROPERTIES_EXT}` on a schema under components/schemas"),
+                        ),
+                        _ => ctx.err(
+                            &ptr,
+                            format!("unknown extension `{k}`"),
+                            format!("the OneProtect extensions are `{MAX_BODY_EXT}` and `{FORBIDDEN_PROPERTIES_EXT}`; other tools' extensions use their own `x-` prefix"),
+                        ),
+                    }
+                    continue;
+                }
+                tokens.push(k.clone());
+                check_extensions(ctx, v, tokens);
+                tokens.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                tokens.push(i.to_string());
+                check_extensions(ctx, v, tokens);
+                tokens.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The Problem fields the server runtime builds, with the types it builds them as.
+const PROBLEM_FIELDS: [(&str, &str, Option<&str>); 6] = [
+    ("type", "string", None),
+    ("title", "string", None),
+    ("status", "integer", Some("uint16")),
+    ("detail", "string", None),
+    ("code", "string", None),
+    ("request_id", "string", None),
+];
 
 fn check_security_schemes(ctx: &mut Ctx<'_>) -> Vec<String> {
     let mut out = Vec::new();
@@ -407,6 +502,7 @@ fn check_operation(
         let location = p.get("in").and_then(Value::as_str).unwrap_or_default();
         let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
         let schema = p.get("schema").cloned().unwrap_or(Value::Null);
+        check_parameter_schema(ctx, &schema, &format!("{p_ptr}/schema"), &name);
         let ty = match (schema.get("type").and_then(Value::as_str), schema.get("format").and_then(Value::as_str)) {
             (Some("string"), Some("uuid")) => ParamType::Uuid,
             (Some("string"), _) => ParamType::String { max_length: schema.get("maxLength").and_then(Value::as_u64) },
@@ -488,6 +584,10 @@ fn check_operation(
     let res_map = op.get("responses").and_then(Value::as_object).cloned().unwrap_or_default();
     for (code, resp) in &res_map {
         let r_ptr = format!("{ptr}/responses/{code}");
+        if code.starts_with("x-") {
+            // Specification extensions are allowed in the Responses Object.
+            continue;
+        }
         let Ok(status) = code.parse::<u16>() else {
             ctx.err(
                 &r_ptr,

@@ -250,3 +250,88 @@ fn an_event_file_without_a_version_is_rejected() {
     std::fs::copy(g.path("events/agent.revoked.v1.schema.json"), g.path("events/agent.revoked.v0.schema.json")).expect("copy");
     assert_reports(&g.errors(), "specs/events/agent.revoked.v0.schema.json", "", "unexpected file");
 }
+
+#[test]
+fn every_diagnostic_names_its_line_and_column_and_renders_as_json_sarif_and_github() {
+    use oneprotect_codegen::diagnostics::DiagnosticFormat;
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["AgentList"]["properties"]["items"]["items"]["$ref"] = json!("#/components/schemas/NoSuchThing"));
+    let diags = f.errors();
+    let d = diags.iter().find(|d| d.message.contains("dangling $ref")).expect("dangling ref reported");
+    let text = std::fs::read_to_string(f.path("openapi.yaml")).expect("read");
+    let (line, column) = d.position.expect("located");
+    let at = text.lines().nth(line - 1).expect("line exists");
+    assert!(at.contains("NoSuchThing"), "line {line} is `{at}`");
+    assert_eq!(column, at.len() - at.trim_start().len() + 1);
+    assert!(diags.to_string().contains(&format!("specs/openapi.yaml:{line}:{column}: #/components/schemas/AgentList")), "{diags}");
+
+    let json: Value = serde_json::from_str(&diags.render(DiagnosticFormat::Json)).expect("json");
+    assert!(json["errors"].as_array().expect("errors").iter().any(|e| e["line"] == line && e["file"] == "specs/openapi.yaml"));
+    let sarif: Value = serde_json::from_str(&diags.render(DiagnosticFormat::Sarif)).expect("sarif");
+    assert_eq!(sarif["version"], "2.1.0");
+    let results = sarif["runs"][0]["results"].as_array().expect("results");
+    assert_eq!(results.len(), diags.len());
+    assert!(results.iter().any(|r| r["locations"][0]["physicalLocation"]["region"]["startLine"] == line));
+    let gh = diags.render(DiagnosticFormat::Github);
+    assert_eq!(gh.lines().count(), diags.len());
+    assert!(gh.lines().all(|l| l.starts_with("::error file=")), "{gh}");
+    assert!(gh.contains(&format!("line={line},col={column}")), "{gh}");
+}
+
+#[test]
+fn composition_or_nullable_in_a_parameter_schema_is_rejected() {
+    for (kw, value) in [("oneOf", json!([{"type": "integer"}, {"type": "string"}])), ("nullable", json!(true)), ("anyOf", json!([{"type": "integer"}]))] {
+        let f = Fixture::new();
+        f.edit_openapi(|doc| doc["components"]["parameters"]["Limit"]["schema"][kw] = value.clone());
+        let diags = f.errors();
+        assert!(
+            diags.iter().any(|d| d.pointer.ends_with(&format!("/schema/{kw}")) && d.message.contains("parameter `limit`") && d.hint.is_some()),
+            "{kw}: {diags}"
+        );
+    }
+}
+
+#[test]
+fn a_misspelled_malformed_or_misplaced_oneprotect_extension_is_rejected() {
+    let op = "/api/v1/agent-enrollment/tokens";
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-byte"] = json!(1024));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-byte", "unknown extension");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-bytes"] = json!("1MB"));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-bytes", "whole number of bytes");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-bytes"] = json!(0));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-bytes", "whole number of bytes");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["x-oneprotect-max-body-bytes"] = json!(1024));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/x-oneprotect-max-body-bytes", "not allowed here");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-bytes"] = json!(131072));
+    f.validate().unwrap_or_else(|d| panic!("a well-formed limit is accepted: {d}"));
+}
+
+#[test]
+fn specification_extensions_are_accepted_where_openapi_allows_them() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| {
+        doc["paths"]["/api/v1/agents"]["get"]["responses"]["x-vendor-note"] = json!("reviewed");
+        doc["paths"]["/api/v1/agents"]["x-vendor-owner"] = json!("platform");
+        doc["x-vendor-top"] = json!({"a": 1});
+    });
+    f.validate().unwrap_or_else(|d| panic!("x- keys are extensions, not statuses or paths: {d}"));
+}
+
+#[test]
+fn a_problem_field_of_the_wrong_type_is_rejected_before_it_generates_code_that_does_not_compile() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["status"] = json!({"type": "integer", "format": "int64"}));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/status", "format: uint16");
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["code"] = json!({"type": "integer"}));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code", "must be `type: string`");
+}
