@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
     },
+    /// Print the compatibility rule catalogue as Markdown (docs/compat-rules.md).
+    Rules,
     /// `diff`, then fail (exit 1) on a breaking or unclassified change the
     /// contract does not declare: a raised OpenAPI/AsyncAPI major version,
     /// or a new event version file.
@@ -102,6 +104,10 @@ fn main() -> ExitCode {
     match &cli.command {
         Cmd::Diff { base, format } => return compat(&cli, base, *format, false),
         Cmd::CheckCompat { base, format } => return compat(&cli, base, *format, true),
+        Cmd::Rules => {
+            print!("{}", compat::rules::markdown());
+            return ExitCode::SUCCESS;
+        }
         _ => {}
     }
     let display = cli.specs.to_string_lossy().trim_end_matches('/').to_string();

@@ -396,3 +396,10 @@ fn check_compat_against_a_git_revision_fails_naming_the_rule_and_passes_with_the
         Command::new(env!("CARGO_BIN_EXE_oneprotect-codegen")).current_dir(repo).args(["check-compat", "--base", "no-such-ref"]).output().expect("runs");
     assert_eq!(missing.status.code(), Some(2), "an unresolvable base is a tool failure, not a pass");
 }
+
+#[test]
+fn the_rule_catalogue_page_is_current() {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/compat-rules.md");
+    let on_disk = std::fs::read_to_string(&page).unwrap_or_default();
+    assert!(on_disk == rules::markdown(), "docs/compat-rules.md is stale: run `cargo run -p oneprotect-codegen -- rules > docs/compat-rules.md`");
+}
