@@ -401,6 +401,20 @@ fn contract_module(c: &Contracts) -> TokenStream {
         }
     });
     let forbidden = c.api.forbidden_properties.iter().map(|(schema, props)| quote! { (#schema, &[#(#props),*]) });
+    let handles = c.api.operations.iter().enumerate().map(|(index, op)| {
+        let name = format_ident!("{}", crate::openapi::snake_case(&op.id));
+        let args: Vec<_> = op.path_params.iter().map(|p| format_ident!("{}", p.name)).collect();
+        let placeholders: Vec<String> = op.path_params.iter().map(|p| format!("{{{}}}", p.name)).collect();
+        let path = &op.path;
+        let doc = format!(" `{} {}` (`{}`), its path parameters inserted as given.", op.method.to_uppercase(), op.path, op.id);
+        quote! {
+            #[doc = #doc]
+            pub fn #name(#(#args: impl std::fmt::Display),*) -> Route {
+                let path = String::from(#path) #(.replace(#placeholders, &#args.to_string()))*;
+                Route { op: &OPERATIONS[#index], path }
+            }
+        }
+    });
     quote! {
         use std::collections::BTreeMap;
         use std::sync::LazyLock;
@@ -450,6 +464,84 @@ fn contract_module(c: &Contracts) -> TokenStream {
 
         /// Request schemas and the identity properties they may not carry.
         pub const FORBIDDEN_PROPERTIES: &[(&str, &[&str])] = &[#(#forbidden),*];
+
+        /// One request target: an operation of the contract and the concrete
+        /// path (and query) to send it to. Built by the functions in [`ops`],
+        /// so a test or check naming an operation the contract no longer has
+        /// does not compile.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Route {
+            pub op: &'static OperationSpec,
+            /// Path and query, starting with `/`.
+            pub path: String,
+        }
+
+        impl OperationSpec {
+            /// A route to this operation, each `{name}` path parameter
+            /// replaced by `value(name)`, inserted as given.
+            pub fn route(&'static self, value: impl Fn(&str) -> String) -> Route {
+                let mut path = String::with_capacity(self.path.len());
+                let mut rest = self.path;
+                while let Some(open) = rest.find('{') {
+                    path.push_str(&rest[..open]);
+                    match rest[open..].find('}') {
+                        Some(close) => {
+                            path.push_str(&value(&rest[open + 1..open + close]));
+                            rest = &rest[open + close + 1..];
+                        }
+                        None => {
+                            rest = &rest[open..];
+                            break;
+                        }
+                    }
+                }
+                path.push_str(rest);
+                Route { op: self, path }
+            }
+        }
+
+        impl PartialEq for OperationSpec {
+            fn eq(&self, other: &Self) -> bool {
+                self.operation_id == other.operation_id
+            }
+        }
+
+        impl Eq for OperationSpec {}
+
+        impl Route {
+            /// Appends `name=value` to the query, percent-encoding the value.
+            pub fn query(mut self, name: &str, value: impl std::fmt::Display) -> Self {
+                let sep = if self.path.contains('?') { '&' } else { '?' };
+                self.path.push(sep);
+                self.path.push_str(name);
+                self.path.push('=');
+                for b in value.to_string().bytes() {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                        self.path.push(b as char);
+                    } else {
+                        self.path.push_str(&format!("%{b:02X}"));
+                    }
+                }
+                self
+            }
+
+            /// The HTTP method the operation is sent with.
+            pub fn method(&self) -> &'static str {
+                self.op.method
+            }
+
+            /// The operation's `operationId`.
+            pub fn operation_id(&self) -> &'static str {
+                self.op.operation_id
+            }
+        }
+
+        /// Typed handles: one function per operation, its path parameters as arguments.
+        pub mod ops {
+            use super::{OPERATIONS, Route};
+
+            #(#handles)*
+        }
 
         /// The operation with this `operationId`.
         pub fn operation(operation_id: &str) -> Option<&'static OperationSpec> {

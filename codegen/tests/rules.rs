@@ -63,8 +63,13 @@ fn assert_reports(diags: &Diagnostics, file: &str, pointer: &str, needle: &str) 
 #[test]
 fn the_real_contracts_are_valid() {
     let contracts = validate(&real_specs(), "specs").unwrap_or_else(|d| panic!("{d}"));
-    assert_eq!(contracts.api.operations.len(), 14);
-    assert_eq!(contracts.events.len(), 8);
+    // Counted from the documents themselves, not written down here.
+    let doc: Value = serde_norway::from_str(&std::fs::read_to_string(real_specs().join("openapi.yaml")).expect("read")).expect("yaml");
+    let methods = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+    let operations: usize = doc["paths"].as_object().expect("paths").values().map(|item| methods.iter().filter(|m| item.get(**m).is_some()).count()).sum();
+    assert_eq!(contracts.api.operations.len(), operations);
+    let event_files = std::fs::read_dir(real_specs().join("events")).expect("events").count();
+    assert_eq!(contracts.events.len(), event_files);
 }
 
 #[test]

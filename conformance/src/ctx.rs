@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oneprotect_contracts::contract::{self, ResponseSpec};
+use oneprotect_contracts::contract::{self, ResponseSpec, Route, ops};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -71,22 +71,18 @@ pub enum Listing {
 impl Listing {
     pub const ALL: [Listing; 4] = [Listing::Tokens, Listing::Agents, Listing::Audit, Listing::Events];
 
-    pub fn operation(self) -> &'static str {
+    /// The list operation of the contract.
+    pub fn route(self) -> Route {
         match self {
-            Self::Tokens => "listEnrollmentTokens",
-            Self::Agents => "listAgents",
-            Self::Audit => "listAuditEvents",
-            Self::Events => "listEvents",
+            Self::Tokens => ops::list_enrollment_tokens(),
+            Self::Agents => ops::list_agents(),
+            Self::Audit => ops::list_audit_events(),
+            Self::Events => ops::list_events(),
         }
     }
 
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Tokens => "/api/v1/agent-enrollment/tokens",
-            Self::Agents => "/api/v1/agents",
-            Self::Audit => "/api/v1/audit-events",
-            Self::Events => "/api/v1/events",
-        }
+    pub fn operation(self) -> &'static str {
+        self.route().operation_id()
     }
 }
 
@@ -239,17 +235,22 @@ impl Ctx {
 
     /// Sends a request; the answer must be a documented status with a body
     /// matching its schema, or the call fails.
-    pub async fn call(&self, operation: &str, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> Result<Answer, String> {
-        self.call_raw(operation, method, &format!("{}{path}", self.base), bearer, body.map(|b| (b.to_string(), "application/json"))).await
+    pub async fn call(&self, route: &Route, bearer: Option<&str>, body: Option<&Value>) -> Result<Answer, String> {
+        self.call_raw(route, bearer, body.map(|b| (b.to_string(), "application/json"))).await
     }
 
     /// As `call`, with any URL and body. A 429 is the deployment protecting
     /// itself, not an answer to judge: the request is sent again after the
     /// `Retry-After` it names (bounded), and the wait is reported.
-    pub async fn call_raw(&self, operation: &str, method: &str, url: &str, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+    pub async fn call_raw(&self, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+        self.call_raw_at(&self.base, route, bearer, body).await
+    }
+
+    /// As `call_raw`, at another base URL of the same platform.
+    pub async fn call_raw_at(&self, base: &str, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
         let mut attempt = 0;
         loop {
-            let answer = self.call_once(operation, method, url, bearer, body.clone()).await?;
+            let answer = self.call_once_at(base, route, bearer, body.clone()).await?;
             let wait = answer.retry_after.as_deref().and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
             match wait {
                 Some(wait) if answer.status == 429 && attempt < RATE_LIMIT_RETRIES && wait <= MAX_RETRY_AFTER => {
@@ -259,7 +260,11 @@ impl Ctx {
                         t.answers += 1;
                         t.waited += wait;
                     }
-                    tracing::info!(operation, seconds = wait.as_secs(), "the deployment answered 429 rate_limited; waiting as Retry-After asks");
+                    tracing::info!(
+                        operation = route.operation_id(),
+                        seconds = wait.as_secs(),
+                        "the deployment answered 429 rate_limited; waiting as Retry-After asks"
+                    );
                     (self.sleeper)(wait).await;
                 }
                 _ => return Ok(answer),
@@ -268,8 +273,14 @@ impl Ctx {
     }
 
     /// One request, one answer (429 included), checked against the contract.
-    pub async fn call_once(&self, operation: &str, method: &str, url: &str, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
-        let (status, headers, text) = self.send(method, url, bearer, body).await.map_err(|e| format!("{operation}: {e}"))?;
+    pub async fn call_once(&self, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+        self.call_once_at(&self.base, route, bearer, body).await
+    }
+
+    async fn call_once_at(&self, base: &str, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+        let operation = route.operation_id();
+        let url = format!("{base}{}", route.path);
+        let (status, headers, text) = self.send(route.method(), &url, bearer, body).await.map_err(|e| format!("{operation}: {e}"))?;
         let retry_after = headers.iter().find(|(k, _)| k == "retry-after").map(|(_, v)| v.clone());
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         check_against_contract(operation, status, &body)?;
@@ -333,7 +344,7 @@ impl Ctx {
     /// Issues a token for `ttl_seconds` labelled with the run id.
     pub async fn issue_token_for(&self, tenant: Tenant, max_uses: u32, ttl_seconds: u32) -> Result<(String, String), String> {
         let body = json!({"ttl_seconds": ttl_seconds, "max_uses": max_uses, "label": format!("{} (conformance, revoked at the end)", self.run_id)});
-        let a = self.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(self.admin(tenant)), Some(&body)).await?;
+        let a = self.call(&ops::issue_enrollment_token(), Some(self.admin(tenant)), Some(&body)).await?;
         if a.status != 201 {
             return Err(format!("issue answered {} {}", a.status, a.code()));
         }
@@ -357,7 +368,7 @@ impl Ctx {
     }
 
     pub async fn exchange(&self, body: &Value) -> Result<Answer, String> {
-        let a = self.call("exchangeEnrollmentToken", "POST", "/api/v1/agent-enrollment/exchange", None, Some(body)).await?;
+        let a = self.call(&ops::exchange_enrollment_token(), None, Some(body)).await?;
         if a.status == 201
             && let Some(t) = a.body["runtime_token"]["token"].as_str()
         {
@@ -380,7 +391,7 @@ impl Ctx {
 
     pub async fn heartbeat(&self, agent: &str, bearer: &str, sequence: u64) -> Result<Answer, String> {
         let body = json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": self.hostname(), "agent_version": "conformance"});
-        self.call("postAgentHeartbeat", "POST", &format!("/api/v1/agents/{agent}/telemetry/heartbeat"), Some(bearer), Some(&body)).await
+        self.call(&ops::post_agent_heartbeat(&agent), Some(bearer), Some(&body)).await
     }
 
     /// Remembers where every list of both tenants ends before the run
@@ -411,11 +422,11 @@ impl Ctx {
         let operation = listing.operation();
         let mut items = Vec::new();
         for _ in 0..MAX_LIST_PAGES {
-            let path = match &cursor {
-                Some(c) => format!("{}?limit={LIST_PAGE_SIZE}&cursor={c}", listing.path()),
-                None => format!("{}?limit={LIST_PAGE_SIZE}", listing.path()),
+            let route = match &cursor {
+                Some(c) => listing.route().query("limit", LIST_PAGE_SIZE).query("cursor", c),
+                None => listing.route().query("limit", LIST_PAGE_SIZE),
             };
-            let a = self.call(operation, "GET", &path, Some(self.admin(tenant)), None).await?;
+            let a = self.call(&route, Some(self.admin(tenant)), None).await?;
             if a.status != 200 {
                 return Err(format!("{operation} answered {} {}", a.status, a.code()));
             }
@@ -445,8 +456,7 @@ impl Ctx {
                 let labelled = t["label"].as_str().is_some_and(|l| l.contains(&self.run_id));
                 if labelled && t["status"] == "active" {
                     let id = t["enrollment_token_id"].as_str().unwrap_or_default();
-                    match self.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"), Some(admin), Some(&reason)).await
-                    {
+                    match self.call(&ops::revoke_enrollment_token(&id), Some(admin), Some(&reason)).await {
                         Ok(a) if a.status == 200 => {}
                         other => failures.push(format!("token {id}: {other:?}")),
                     }
@@ -459,7 +469,7 @@ impl Ctx {
             for a in agents {
                 if a["hostname"] == host.as_str() && a["status"] != "revoked" {
                     let id = a["agent_id"].as_str().unwrap_or_default();
-                    match self.call("revokeAgent", "POST", &format!("/api/v1/agents/{id}/revoke"), Some(admin), Some(&reason)).await {
+                    match self.call(&ops::revoke_agent(&id), Some(admin), Some(&reason)).await {
                         Ok(r) if r.status == 200 => {}
                         other => failures.push(format!("agent {id}: {other:?}")),
                     }

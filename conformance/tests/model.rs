@@ -4,6 +4,7 @@
 //! backends; every status must agree. proptest shrinks a failing sequence
 //! to a short, readable list of operations.
 
+use oneprotect_contracts::contract::ops;
 use std::collections::BTreeSet;
 
 use chrono::Duration;
@@ -93,9 +94,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             Op::RevokeToken { token } => {
                 let Some(t) = m.tokens.get_mut(*token) else { continue };
                 let admin = ctx.admin(tenant(t.tenant_b)).to_owned();
-                let a = ctx
-                    .call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{}/revoke", t.id), Some(&admin), Some(&json!({})))
-                    .await?;
+                let a = ctx.call(&ops::revoke_enrollment_token(&t.id), Some(&admin), Some(&json!({}))).await?;
                 if a.status != 200 {
                     return Err(mismatch(200, a.status, a.code()));
                 }
@@ -149,8 +148,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
                 let Some(ag) = m.agents.get_mut(*agent) else { continue };
                 let nonce = oneprotect_conformance::random_nonce();
                 let body = json!({"csr_pem": oneprotect_conformance::ctx::p256_csr(), "nonce": nonce});
-                let a =
-                    ctx.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{}/certificate/rotate", ag.id), Some(&ag.runtime), Some(&body)).await?;
+                let a = ctx.call(&ops::rotate_agent_certificate(&ag.id), Some(&ag.runtime), Some(&body)).await?;
                 let expected = if ag.revoked { 403 } else { 200 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));
@@ -162,9 +160,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::RevokeAgent { agent, as_tenant_b } => {
                 let Some(ag) = m.agents.get_mut(*agent) else { continue };
-                let a = ctx
-                    .call("revokeAgent", "POST", &format!("/api/v1/agents/{}/revoke", ag.id), Some(ctx.admin(tenant(*as_tenant_b))), Some(&json!({})))
-                    .await?;
+                let a = ctx.call(&ops::revoke_agent(&ag.id), Some(ctx.admin(tenant(*as_tenant_b))), Some(&json!({}))).await?;
                 let expected = if *as_tenant_b == ag.tenant_b { 200 } else { 404 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));
@@ -175,7 +171,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::ReadAgent { agent, as_tenant_b } => {
                 let Some(ag) = m.agents.get(*agent) else { continue };
-                let a = ctx.call("getAgent", "GET", &format!("/api/v1/agents/{}", ag.id), Some(ctx.admin(tenant(*as_tenant_b))), None).await?;
+                let a = ctx.call(&ops::get_agent(&ag.id), Some(ctx.admin(tenant(*as_tenant_b))), None).await?;
                 let expected = if *as_tenant_b == ag.tenant_b { 200 } else { 404 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));

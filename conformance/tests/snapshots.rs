@@ -6,6 +6,7 @@
 //! unnoticed.
 
 use oneprotect_conformance::local;
+use oneprotect_contracts::contract::ops;
 use serde_json::{Map, Value, json};
 
 fn is_uuid(s: &str) -> bool {
@@ -54,9 +55,7 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
 
     let issued = ctx
         .call(
-            "issueEnrollmentToken",
-            "POST",
-            "/api/v1/agent-enrollment/tokens",
+            &ops::issue_enrollment_token(),
             Some(ctx.admin(oneprotect_conformance::Tenant::A)),
             Some(&json!({"ttl_seconds": 600, "max_uses": 1, "label": "snapshot"})),
         )
@@ -74,25 +73,17 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
     record("duplicate heartbeat", dup.status, &dup.body);
     let refused = ctx.exchange(&ctx.exchange_body(&secret)).await.expect("exchange");
     record("exchange with the used token", refused.status, &refused.body);
-    for (step, op, path) in [
-        ("list tokens", "listEnrollmentTokens", "/api/v1/agent-enrollment/tokens"),
-        ("list agents", "listAgents", "/api/v1/agents"),
-        ("audit trail", "listAuditEvents", "/api/v1/audit-events"),
-        ("events", "listEvents", "/api/v1/events"),
+    for (step, route) in [
+        ("list tokens", ops::list_enrollment_tokens()),
+        ("list agents", ops::list_agents()),
+        ("audit trail", ops::list_audit_events()),
+        ("events", ops::list_events()),
     ] {
-        let a = ctx.call(op, "GET", path, Some(ctx.admin(oneprotect_conformance::Tenant::A)), None).await.expect(op);
+        let a = ctx.call(&route, Some(ctx.admin(oneprotect_conformance::Tenant::A)), None).await.expect(step);
         record(step, a.status, &a.body);
     }
-    let revoked = ctx
-        .call(
-            "revokeAgent",
-            "POST",
-            &format!("/api/v1/agents/{agent}/revoke"),
-            Some(ctx.admin(oneprotect_conformance::Tenant::A)),
-            Some(&json!({"reason": "snapshot"})),
-        )
-        .await
-        .expect("revoke");
+    let revoked =
+        ctx.call(&ops::revoke_agent(&agent), Some(ctx.admin(oneprotect_conformance::Tenant::A)), Some(&json!({"reason": "snapshot"}))).await.expect("revoke");
     record("revoke agent", revoked.status, &revoked.body);
     let after = ctx.heartbeat(&agent, &runtime, 2).await.expect("heartbeat");
     record("heartbeat after revocation", after.status, &after.body);

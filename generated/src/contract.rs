@@ -249,6 +249,145 @@ pub const OPERATIONS: &[OperationSpec] = &[
 ];
 /// Request schemas and the identity properties they may not carry.
 pub const FORBIDDEN_PROPERTIES: &[(&str, &[&str])] = &[("AgentHeartbeatTelemetryRequest", &["tenant_id", "agent_id", "collector_id", "asset_id", "site_id"])];
+/// One request target: an operation of the contract and the concrete
+/// path (and query) to send it to. Built by the functions in [`ops`],
+/// so a test or check naming an operation the contract no longer has
+/// does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub op: &'static OperationSpec,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+impl OperationSpec {
+    /// A route to this operation, each `{name}` path parameter
+    /// replaced by `value(name)`, inserted as given.
+    pub fn route(&'static self, value: impl Fn(&str) -> String) -> Route {
+        let mut path = String::with_capacity(self.path.len());
+        let mut rest = self.path;
+        while let Some(open) = rest.find('{') {
+            path.push_str(&rest[..open]);
+            match rest[open..].find('}') {
+                Some(close) => {
+                    path.push_str(&value(&rest[open + 1..open + close]));
+                    rest = &rest[open + close + 1..];
+                }
+                None => {
+                    rest = &rest[open..];
+                    break;
+                }
+            }
+        }
+        path.push_str(rest);
+        Route { op: self, path }
+    }
+}
+impl PartialEq for OperationSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.operation_id == other.operation_id
+    }
+}
+impl Eq for OperationSpec {}
+impl Route {
+    /// Appends `name=value` to the query, percent-encoding the value.
+    pub fn query(mut self, name: &str, value: impl std::fmt::Display) -> Self {
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        self.path.push(sep);
+        self.path.push_str(name);
+        self.path.push('=');
+        for b in value.to_string().bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                self.path.push(b as char);
+            } else {
+                self.path.push_str(&format!("%{b:02X}"));
+            }
+        }
+        self
+    }
+    /// The HTTP method the operation is sent with.
+    pub fn method(&self) -> &'static str {
+        self.op.method
+    }
+    /// The operation's `operationId`.
+    pub fn operation_id(&self) -> &'static str {
+        self.op.operation_id
+    }
+}
+/// Typed handles: one function per operation, its path parameters as arguments.
+pub mod ops {
+    use super::{OPERATIONS, Route};
+    /// `POST /api/v1/agent-enrollment/exchange` (`exchangeEnrollmentToken`), its path parameters inserted as given.
+    pub fn exchange_enrollment_token() -> Route {
+        let path = String::from("/api/v1/agent-enrollment/exchange");
+        Route { op: &OPERATIONS[0usize], path }
+    }
+    /// `GET /api/v1/agent-enrollment/tokens` (`listEnrollmentTokens`), its path parameters inserted as given.
+    pub fn list_enrollment_tokens() -> Route {
+        let path = String::from("/api/v1/agent-enrollment/tokens");
+        Route { op: &OPERATIONS[1usize], path }
+    }
+    /// `POST /api/v1/agent-enrollment/tokens` (`issueEnrollmentToken`), its path parameters inserted as given.
+    pub fn issue_enrollment_token() -> Route {
+        let path = String::from("/api/v1/agent-enrollment/tokens");
+        Route { op: &OPERATIONS[2usize], path }
+    }
+    /// `POST /api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke` (`revokeEnrollmentToken`), its path parameters inserted as given.
+    pub fn revoke_enrollment_token(enrollment_token_id: impl std::fmt::Display) -> Route {
+        let path =
+            String::from("/api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke").replace("{enrollment_token_id}", &enrollment_token_id.to_string());
+        Route { op: &OPERATIONS[3usize], path }
+    }
+    /// `GET /api/v1/agents` (`listAgents`), its path parameters inserted as given.
+    pub fn list_agents() -> Route {
+        let path = String::from("/api/v1/agents");
+        Route { op: &OPERATIONS[4usize], path }
+    }
+    /// `GET /api/v1/agents/{agent_id}` (`getAgent`), its path parameters inserted as given.
+    pub fn get_agent(agent_id: impl std::fmt::Display) -> Route {
+        let path = String::from("/api/v1/agents/{agent_id}").replace("{agent_id}", &agent_id.to_string());
+        Route { op: &OPERATIONS[5usize], path }
+    }
+    /// `POST /api/v1/agents/{agent_id}/certificate/rotate` (`rotateAgentCertificate`), its path parameters inserted as given.
+    pub fn rotate_agent_certificate(agent_id: impl std::fmt::Display) -> Route {
+        let path = String::from("/api/v1/agents/{agent_id}/certificate/rotate").replace("{agent_id}", &agent_id.to_string());
+        Route { op: &OPERATIONS[6usize], path }
+    }
+    /// `POST /api/v1/agents/{agent_id}/revoke` (`revokeAgent`), its path parameters inserted as given.
+    pub fn revoke_agent(agent_id: impl std::fmt::Display) -> Route {
+        let path = String::from("/api/v1/agents/{agent_id}/revoke").replace("{agent_id}", &agent_id.to_string());
+        Route { op: &OPERATIONS[7usize], path }
+    }
+    /// `POST /api/v1/agents/{agent_id}/telemetry/heartbeat` (`postAgentHeartbeat`), its path parameters inserted as given.
+    pub fn post_agent_heartbeat(agent_id: impl std::fmt::Display) -> Route {
+        let path = String::from("/api/v1/agents/{agent_id}/telemetry/heartbeat").replace("{agent_id}", &agent_id.to_string());
+        Route { op: &OPERATIONS[8usize], path }
+    }
+    /// `GET /api/v1/audit-events` (`listAuditEvents`), its path parameters inserted as given.
+    pub fn list_audit_events() -> Route {
+        let path = String::from("/api/v1/audit-events");
+        Route { op: &OPERATIONS[9usize], path }
+    }
+    /// `GET /api/v1/events` (`listEvents`), its path parameters inserted as given.
+    pub fn list_events() -> Route {
+        let path = String::from("/api/v1/events");
+        Route { op: &OPERATIONS[10usize], path }
+    }
+    /// `GET /healthz` (`getHealth`), its path parameters inserted as given.
+    pub fn get_health() -> Route {
+        let path = String::from("/healthz");
+        Route { op: &OPERATIONS[11usize], path }
+    }
+    /// `GET /metrics` (`getMetrics`), its path parameters inserted as given.
+    pub fn get_metrics() -> Route {
+        let path = String::from("/metrics");
+        Route { op: &OPERATIONS[12usize], path }
+    }
+    /// `GET /readyz` (`getReadiness`), its path parameters inserted as given.
+    pub fn get_readiness() -> Route {
+        let path = String::from("/readyz");
+        Route { op: &OPERATIONS[13usize], path }
+    }
+}
 /// The operation with this `operationId`.
 pub fn operation(operation_id: &str) -> Option<&'static OperationSpec> {
     OPERATIONS.iter().find(|op| op.operation_id == operation_id)

@@ -80,9 +80,30 @@ fn an_envelope_built_in_rust_validates_and_a_tampered_one_does_not() {
 }
 
 #[test]
+fn typed_handles_build_the_documented_path_and_query() {
+    let r = contract::ops::revoke_enrollment_token("tok-1");
+    assert_eq!((r.method(), r.path.as_str(), r.operation_id()), ("POST", "/api/v1/agent-enrollment/tokens/tok-1/revoke", "revokeEnrollmentToken"));
+    let r = contract::ops::list_agents().query("limit", 200).query("cursor", "a b/c=");
+    assert_eq!(r.path, "/api/v1/agents?limit=200&cursor=a%20b%2Fc%3D");
+    let by_spec = contract::operation("getAgent").expect("getAgent").route(|name| format!("<{name}>"));
+    assert_eq!(by_spec, contract::ops::get_agent("<agent_id>"));
+    for op in contract::OPERATIONS {
+        assert!(!op.route(|_| "x".into()).path.contains('{'), "{} keeps a placeholder", op.operation_id);
+    }
+}
+
+#[test]
 fn the_operation_table_matches_the_contract() {
-    assert_eq!(contract::OPERATIONS.len(), 14);
-    let heartbeat = contract::operation("postAgentHeartbeat").expect("heartbeat operation");
+    let openapi: serde_json::Value = serde_json::from_str(contract::OPENAPI_JSON).expect("openapi json");
+    let documented: usize = openapi["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| item.as_object().map_or(0, |o| o.keys().filter(|k| !k.starts_with("x-") && *k != "parameters").count()))
+        .sum();
+    assert_eq!(contract::OPERATIONS.len(), documented);
+    let heartbeat = contract::ops::post_agent_heartbeat("a").op;
+    assert_eq!(heartbeat.operation_id, "postAgentHeartbeat");
     assert_eq!(heartbeat.path, "/api/v1/agents/{agent_id}/telemetry/heartbeat");
     assert_eq!(heartbeat.security, Some("agentRuntimeBearer"));
     assert_eq!(heartbeat.response(200), Some(contract::ResponseSpec::Json("HeartbeatAccepted")));

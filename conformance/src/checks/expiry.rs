@@ -1,4 +1,5 @@
 use chrono::Duration;
+use oneprotect_contracts::contract::ops;
 
 use super::{BOTH, LOCAL};
 use crate::{Check, Checked, Ctx, Tenant, Verdict, ensure, expect_problem};
@@ -68,7 +69,7 @@ pub async fn rotation_grace(ctx: &Ctx) -> Checked {
     let nonce = crate::random_nonce();
     ctx.remember(&nonce);
     let body = serde_json::json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
-    let rotated = ctx.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&old), Some(&body)).await?;
+    let rotated = ctx.call(&ops::rotate_agent_certificate(&agent), Some(&old), Some(&body)).await?;
     ensure(rotated.status == 200, "rotation refused")?;
     let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
     ctx.remember(&new);
@@ -95,7 +96,7 @@ pub async fn admin_token(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
-    expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, "unauthenticated")
 }
 
 pub async fn token_refused_at_expiry_instant(ctx: &Ctx) -> Checked {
@@ -111,7 +112,7 @@ pub async fn admin_not_yet_valid(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     let token = crate::faults::mint_admin_with(ctx, &secret, "tenant-a", "tenant_admin", now + Duration::hours(2), Some(now + Duration::hours(1)));
-    expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, "unauthenticated")
 }
 
 pub async fn token_expires_in_real_time(ctx: &Ctx) -> Checked {

@@ -1,4 +1,5 @@
 use chrono::Duration;
+use oneprotect_contracts::contract::ops;
 use serde_json::json;
 
 use super::{BOTH, LOCAL};
@@ -77,9 +78,9 @@ fn b64(v: &serde_json::Value) -> String {
 pub async fn missing_bearer(ctx: &Ctx) -> Checked {
     let id = uuid::Uuid::new_v4();
     for op in oneprotect_contracts::contract::OPERATIONS.iter().filter(|o| o.security.is_some()) {
-        let path = op.path.replace("{agent_id}", &id.to_string()).replace("{enrollment_token_id}", &id.to_string());
+        let route = op.route(|_| id.to_string());
         let body = op.request_schema.map(|_| json!({}));
-        let a = ctx.call(op.operation_id, op.method, &path, None, body.as_ref()).await?;
+        let a = ctx.call(&route, None, body.as_ref()).await?;
         expect_problem(&a, 401, "unauthenticated").map_err(|e| e.context(op.operation_id))?;
     }
     Ok(())
@@ -100,7 +101,7 @@ pub async fn alg_none(ctx: &Ctx) -> Checked {
     let claims = genuine_claims(ctx)?;
     for header in [json!({"alg": "none", "typ": "JWT"}), json!({"alg": "None"}), json!({"alg": "nOnE"})] {
         let token = format!("{}.{}.", b64(&header), b64(&claims));
-        expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?, 401, "unauthenticated")?;
+        expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, "unauthenticated")?;
     }
     Ok(())
 }
@@ -109,7 +110,7 @@ pub async fn forged_admin(ctx: &Ctx) -> Checked {
     let claims: oneprotect_server::admin_auth::AdminClaims = serde_json::from_value(genuine_claims(ctx)?).map_err(|e| e.to_string())?;
     let key = crate::random_nonce() + &crate::random_nonce();
     let forged = oneprotect_server::admin_auth::mint_hs256(key.as_bytes(), &claims).map_err(|e| e.to_string())?;
-    expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&forged), None).await?, 401, "unauthenticated")?;
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&forged), None).await?, 401, "unauthenticated")?;
     let parts: Vec<&str> = ctx.admin(Tenant::A).split('.').collect();
     ensure(parts.len() == 3, "the admin credential is a JWT")?;
     let mut payload: serde_json::Value = {
@@ -119,7 +120,7 @@ pub async fn forged_admin(ctx: &Ctx) -> Checked {
     };
     payload["tenant_id"] = json!("tenant-zz-conformance");
     let tampered = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
-    expect_problem(&ctx.call("listAgents", "GET", "/api/v1/agents", Some(&tampered), None).await?, 401, "unauthenticated")
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&tampered), None).await?, 401, "unauthenticated")
 }
 
 pub async fn tampered_runtime(ctx: &Ctx) -> Checked {
@@ -167,22 +168,17 @@ pub async fn admin_at_agent(ctx: &Ctx) -> Checked {
 pub async fn revoked_identity(ctx: &Ctx) -> Checked {
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "heartbeat refused before revocation")?;
-    let r =
-        ctx.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(ctx.admin(Tenant::A)), Some(&json!({"reason": "conformance"}))).await?;
+    let r = ctx.call(&ops::revoke_agent(&agent), Some(ctx.admin(Tenant::A)), Some(&json!({"reason": "conformance"}))).await?;
     ensure(r.status == 200 && r.body["status"] == "revoked", "revocation failed")?;
     expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 403, "identity_revoked")?;
     let nonce = crate::random_nonce();
     let body = json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
-    expect_problem(
-        &ctx.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&runtime), Some(&body)).await?,
-        403,
-        "identity_revoked",
-    )
+    expect_problem(&ctx.call(&ops::rotate_agent_certificate(&agent), Some(&runtime), Some(&body)).await?, 403, "identity_revoked")
 }
 
 pub async fn revoked_token(ctx: &Ctx) -> Checked {
     let (secret, id) = ctx.issue_token(Tenant::A, 5).await?;
-    ctx.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
+    ctx.call(&ops::revoke_enrollment_token(&id), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
     expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
 }
 
@@ -199,11 +195,10 @@ pub async fn malformed_csr(ctx: &Ctx) -> Checked {
 }
 
 pub async fn bad_bodies(ctx: &Ctx) -> Checked {
-    let url = format!("{}/api/v1/agent-enrollment/exchange", ctx.base);
-    let op = "exchangeEnrollmentToken";
-    expect_problem(&ctx.call_raw(op, "POST", &url, None, Some(("{\"enrollment_token\":".into(), "application/json"))).await?, 400, "request_invalid")?;
-    expect_problem(&ctx.call_raw(op, "POST", &url, None, Some(("x".repeat(70 * 1024), "application/json"))).await?, 413, "payload_too_large")?;
-    expect_problem(&ctx.call_raw(op, "POST", &url, None, Some(("hello".into(), "text/plain"))).await?, 415, "unsupported_media_type")?;
+    let op = ops::exchange_enrollment_token();
+    expect_problem(&ctx.call_raw(&op, None, Some(("{\"enrollment_token\":".into(), "application/json"))).await?, 400, "request_invalid")?;
+    expect_problem(&ctx.call_raw(&op, None, Some(("x".repeat(70 * 1024), "application/json"))).await?, 413, "payload_too_large")?;
+    expect_problem(&ctx.call_raw(&op, None, Some(("hello".into(), "text/plain"))).await?, 415, "unsupported_media_type")?;
     let mut extra = ctx.exchange_body("opet_placeholder");
     extra["tenant_id"] = json!("tenant-b");
     expect_problem(&ctx.exchange(&extra).await?, 400, "request_invalid")
@@ -214,7 +209,7 @@ pub async fn identity_override(ctx: &Ctx) -> Checked {
     for field in ["tenant_id", "agent_id", "collector_id", "asset_id", "site_id"] {
         let mut body = json!({"sequence": 1, "collected_at": chrono::Utc::now(), "hostname": "h", "agent_version": "c"});
         body[field] = json!(uuid::Uuid::new_v4().to_string());
-        let a = ctx.call("postAgentHeartbeat", "POST", &format!("/api/v1/agents/{agent}/telemetry/heartbeat"), Some(&runtime), Some(&body)).await?;
+        let a = ctx.call(&ops::post_agent_heartbeat(&agent), Some(&runtime), Some(&body)).await?;
         expect_problem(&a, 400, "identity_override_rejected").map_err(|e| e.context(field))?;
     }
     Ok(())
@@ -224,20 +219,20 @@ pub async fn viewer(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = ctx.now();
     let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_viewer", now + Duration::hours(1));
-    ensure(ctx.call("listAgents", "GET", "/api/v1/agents", Some(&token), None).await?.status == 200, "a viewer cannot read")?;
+    ensure(ctx.call(&ops::list_agents(), Some(&token), None).await?.status == 200, "a viewer cannot read")?;
     // Real targets for every write, so a 403 cannot be a 404 in disguise.
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     let (_, token_id) = ctx.issue_token(Tenant::A, 1).await?;
     let writes = oneprotect_contracts::contract::OPERATIONS.iter().filter(|op| op.security == Some("tenantAdminBearer") && op.method != "GET");
     let mut tried = 0;
     for op in writes {
-        let path = op.path.replace("{agent_id}", &agent).replace("{enrollment_token_id}", &token_id);
+        let route = op.route(|name| if name == "agent_id" { agent.clone() } else { token_id.clone() });
         let body = match op.request_schema {
             Some("EnrollmentTokenIssueRequest") => Some(json!({"ttl_seconds": 600, "label": format!("{} viewer attempt", ctx.run_id)})),
             Some(_) => Some(json!({"reason": "conformance: viewer attempt"})),
             None => None,
         };
-        let a = ctx.call(op.operation_id, op.method, &path, Some(&token), body.as_ref()).await?;
+        let a = ctx.call(&route, Some(&token), body.as_ref()).await?;
         expect_problem(&a, 403, "forbidden").map_err(|e| e.context(op.operation_id))?;
         tried += 1;
     }
@@ -268,9 +263,7 @@ pub async fn missing_secret(ctx: &Ctx) -> Checked {
     let base = ctx.needs("a platform without the runtime secret", &ctx.local.secretless_base)?;
     let (secret, id) = ctx.issue_token(Tenant::A, 1).await?;
     let body = ctx.exchange_body(&secret);
-    let a = ctx
-        .call_raw("exchangeEnrollmentToken", "POST", &format!("{base}/api/v1/agent-enrollment/exchange"), None, Some((body.to_string(), "application/json")))
-        .await?;
+    let a = ctx.call_raw_at(&base, &ops::exchange_enrollment_token(), None, Some((body.to_string(), "application/json"))).await?;
     expect_problem(&a, 503, "runtime_secret_unavailable")?;
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
     ensure(tokens.iter().any(|t| t["enrollment_token_id"] == id.as_str() && t["use_count"] == 0), "the refused exchange consumed a use")
@@ -297,10 +290,10 @@ pub async fn failed_exchanges_rate_limited(ctx: &Ctx) -> Checked {
         Some((id_part, _)) => format!("{id_part}_{}", "A".repeat(43)),
         None => return Err("the enrollment token has no id part".into()),
     };
-    let url = format!("{}/api/v1/agent-enrollment/exchange", ctx.base);
+    let route = ops::exchange_enrollment_token();
     for attempt in 1..=RATE_LIMIT_ATTEMPTS {
         let body = ctx.exchange_body(&wrong);
-        let a = ctx.call_once("exchangeEnrollmentToken", "POST", &url, None, Some((body.to_string(), "application/json"))).await?;
+        let a = ctx.call_once(&route, None, Some((body.to_string(), "application/json"))).await?;
         match a.status {
             429 => {
                 let seconds = a.retry_after.as_deref().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);

@@ -1,3 +1,4 @@
+use oneprotect_contracts::contract::ops;
 use serde_json::json;
 
 use super::{BOTH, LOCAL};
@@ -45,14 +46,14 @@ pub(super) const CHECKS: &[Check] = &[
 
 pub async fn agent_read(ctx: &Ctx) -> Checked {
     let (agent, _, _) = ctx.enroll(Tenant::A).await?;
-    let cross = ctx.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(ctx.admin(Tenant::B)), None).await?;
+    let cross = ctx.call(&ops::get_agent(&agent), Some(ctx.admin(Tenant::B)), None).await?;
     expect_problem(&cross, 404, "not_found")?;
-    let missing = ctx.call("getAgent", "GET", &format!("/api/v1/agents/{}", uuid::Uuid::new_v4()), Some(ctx.admin(Tenant::B)), None).await?;
+    let missing = ctx.call(&ops::get_agent(uuid::Uuid::new_v4()), Some(ctx.admin(Tenant::B)), None).await?;
     ensure(
         cross.body["detail"] == missing.body["detail"] && cross.body["title"] == missing.body["title"],
         "a foreign id is distinguishable from a missing one",
     )?;
-    let own = ctx.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(ctx.admin(Tenant::A)), None).await?;
+    let own = ctx.call(&ops::get_agent(&agent), Some(ctx.admin(Tenant::A)), None).await?;
     ensure(own.status == 200, "the owning tenant can read its agent")
 }
 
@@ -60,12 +61,8 @@ pub async fn revokes(ctx: &Ctx) -> Checked {
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     let (_, token_id) = ctx.issue_token(Tenant::A, 1).await?;
     let b = ctx.admin(Tenant::B);
-    expect_problem(&ctx.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(b), Some(&json!({}))).await?, 404, "not_found")?;
-    expect_problem(
-        &ctx.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{token_id}/revoke"), Some(b), Some(&json!({}))).await?,
-        404,
-        "not_found",
-    )?;
+    expect_problem(&ctx.call(&ops::revoke_agent(&agent), Some(b), Some(&json!({}))).await?, 404, "not_found")?;
+    expect_problem(&ctx.call(&ops::revoke_enrollment_token(&token_id), Some(b), Some(&json!({}))).await?, 404, "not_found")?;
     ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "the agent still works after the foreign revoke attempt")?;
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
     ensure(tokens.iter().any(|t| t["enrollment_token_id"] == token_id.as_str() && t["status"] == "active"), "the token is still active")
@@ -96,7 +93,7 @@ pub async fn cross_heartbeat(ctx: &Ctx) -> Checked {
 
 pub async fn refusal_audited_under_its_tenant(ctx: &Ctx) -> Checked {
     let missing = uuid::Uuid::new_v4().to_string();
-    let a = ctx.call("revokeAgent", "POST", &format!("/api/v1/agents/{missing}/revoke"), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
+    let a = ctx.call(&ops::revoke_agent(&missing), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
     expect_problem(&a, 404, "not_found")?;
     let audit_a = ctx.list(Tenant::A, Listing::Audit).await?;
     let records = audit_a.iter().filter(|r| r["target_id"] == missing.as_str()).count();

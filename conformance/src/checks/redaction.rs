@@ -1,3 +1,4 @@
+use oneprotect_contracts::contract::ops;
 use serde_json::json;
 
 use super::{BOTH, LOCAL};
@@ -61,9 +62,7 @@ pub async fn secret_shown_once(ctx: &Ctx) -> Checked {
     let text = serde_json::to_string(&tokens).unwrap_or_default();
     ensure(text.contains(&id), "the issued token is listed")?;
     ensure(!text.contains(&secret), "the enrollment secret appears in the token list")?;
-    let revoked = ctx
-        .call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"), Some(ctx.admin(Tenant::A)), Some(&json!({})))
-        .await?;
+    let revoked = ctx.call(&ops::revoke_enrollment_token(&id), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
     ensure(!revoked.body.to_string().contains(&secret), "the enrollment secret appears in the revoke answer")
 }
 

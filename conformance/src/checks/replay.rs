@@ -1,3 +1,4 @@
+use oneprotect_contracts::contract::ops;
 use serde_json::json;
 
 use super::BOTH;
@@ -68,12 +69,12 @@ pub async fn rotation_nonce(ctx: &Ctx) -> Checked {
     let nonce = crate::random_nonce();
     ctx.remember(&nonce);
     let body = json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
-    let path = format!("/api/v1/agents/{agent}/certificate/rotate");
-    let rotated = ctx.call("rotateAgentCertificate", "POST", &path, Some(&runtime), Some(&body)).await?;
+    let route = ops::rotate_agent_certificate(&agent);
+    let rotated = ctx.call(&route, Some(&runtime), Some(&body)).await?;
     ensure(rotated.status == 200, format!("rotation {} {}", rotated.status, rotated.code()))?;
     let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
     ctx.remember(&new);
-    expect_problem(&ctx.call("rotateAgentCertificate", "POST", &path, Some(&new), Some(&body)).await?, 409, "nonce_replayed")
+    expect_problem(&ctx.call(&route, Some(&new), Some(&body)).await?, 409, "nonce_replayed")
 }
 
 pub async fn nonce_scoped_to_tenant(ctx: &Ctx) -> Checked {

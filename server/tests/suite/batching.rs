@@ -129,7 +129,7 @@ async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Back
             outcomes
         })
     };
-    let revoked = h.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(&h.admin(TENANT_A)), Some(&serde_json::json!({}))).await;
+    let revoked = h.call(&ops::revoke_agent(&agent), Some(&h.admin(TENANT_A)), Some(&serde_json::json!({}))).await;
     assert_eq!(revoked.0, StatusCode::OK);
     // The very next request after the revocation is refused.
     assert_problem(&h.heartbeat(&agent, &runtime, 10_000).await, StatusCode::FORBIDDEN, "identity_revoked");

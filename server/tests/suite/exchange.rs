@@ -193,7 +193,7 @@ async fn a_missing_runtime_secret_fails_closed_with_nothing_written(backend: Bac
     let r = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
     assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE, "runtime_secret_unavailable");
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 0);
-    let (_, agents) = h.call("listAgents", "GET", "/api/v1/agents", Some(&h.admin(TENANT_A)), None).await;
+    let (_, agents) = h.call(&ops::list_agents(), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!(agents["items"].as_array().map(Vec::len), Some(0), "no identity was written");
     let rows = h.store.dump_all_rows().await.expect("dump");
     assert!(
@@ -230,7 +230,7 @@ async fn restarting_keeps_tokens_identities_and_runtime_tokens(backend: Backend)
     let store = open_store(backend, pg.as_ref(), sqlite_path.as_deref()).await;
     let restarted = Harness::serve(store, clock, Options::default(), tmp, pg, sqlite_path).await;
     assert_eq!(restarted.token_metadata(TENANT_A, &id).await["use_count"], 0);
-    let (status, v) = restarted.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&restarted.admin(TENANT_A)), None).await;
+    let (status, v) = restarted.call(&ops::get_agent(&agent), Some(&restarted.admin(TENANT_A)), None).await;
     assert_eq!((status, v["status"].as_str()), (StatusCode::OK, Some("active")));
     assert_eq!(restarted.heartbeat(&agent, &runtime, 2).await.0, StatusCode::OK, "runtime tokens survive a restart");
     assert_eq!(restarted.exchange(&restarted.exchange_body(&secret, &p256_csr())).await.0, StatusCode::CREATED);

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
+pub use oneprotect_contracts::contract::{Route, ops};
 use oneprotect_server::admin_auth::{AdminClaims, AdminVerifier, mint_hs256};
 use oneprotect_server::clock::ManualClock;
 use oneprotect_server::runtime_token::{RuntimeClaims, RuntimeKeyring};
@@ -267,8 +268,9 @@ impl Harness {
     }
 
     /// Sends a request and checks the response against the contract.
-    pub async fn call(&self, operation: &str, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method.parse().expect("method"), format!("{}{path}", self.base));
+    pub async fn call(&self, route: &Route, bearer: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
+        let operation = route.operation_id();
+        let mut req = self.http.request(route.method().parse().expect("method"), format!("{}{}", self.base, route.path));
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
@@ -288,7 +290,7 @@ impl Harness {
     }
 
     pub async fn issue(&self, tenant: &str, body: Value) -> Value {
-        let (status, v) = self.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&self.admin(tenant)), Some(&body)).await;
+        let (status, v) = self.call(&ops::issue_enrollment_token(), Some(&self.admin(tenant)), Some(&body)).await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
         self.remember(v["enrollment_token"].as_str().expect("secret"));
         v
@@ -312,7 +314,7 @@ impl Harness {
     }
 
     pub async fn exchange(&self, body: &Value) -> (StatusCode, Value) {
-        let (status, v) = self.call("exchangeEnrollmentToken", "POST", "/api/v1/agent-enrollment/exchange", None, Some(body)).await;
+        let (status, v) = self.call(&ops::exchange_enrollment_token(), None, Some(body)).await;
         if status == StatusCode::CREATED {
             self.remember(v["runtime_token"]["token"].as_str().expect("runtime token"));
         }
@@ -329,17 +331,17 @@ impl Harness {
 
     pub async fn heartbeat(&self, agent_id: &str, bearer: &str, sequence: u64) -> (StatusCode, Value) {
         let body = json!({"sequence": sequence, "collected_at": "2026-11-22T10:00:00Z", "hostname": "host-1.fixture", "agent_version": "0.1.0", "os_family": "linux", "cpu_count": 4});
-        self.call("postAgentHeartbeat", "POST", &format!("/api/v1/agents/{agent_id}/telemetry/heartbeat"), Some(bearer), Some(&body)).await
+        self.call(&ops::post_agent_heartbeat(&agent_id), Some(bearer), Some(&body)).await
     }
 
     pub async fn audit(&self, tenant: &str) -> Vec<Value> {
-        let (status, v) = self.call("listAuditEvents", "GET", "/api/v1/audit-events?limit=200", Some(&self.admin(tenant)), None).await;
+        let (status, v) = self.call(&ops::list_audit_events().query("limit", 200), Some(&self.admin(tenant)), None).await;
         assert_eq!(status, StatusCode::OK);
         v["items"].as_array().cloned().unwrap_or_default()
     }
 
     pub async fn events(&self, tenant: &str) -> Vec<Value> {
-        let (status, v) = self.call("listEvents", "GET", "/api/v1/events?limit=200", Some(&self.admin(tenant)), None).await;
+        let (status, v) = self.call(&ops::list_events().query("limit", 200), Some(&self.admin(tenant)), None).await;
         assert_eq!(status, StatusCode::OK);
         let items = v["items"].as_array().cloned().unwrap_or_default();
         for e in &items {
@@ -349,7 +351,7 @@ impl Harness {
     }
 
     pub async fn token_metadata(&self, tenant: &str, id: &str) -> Value {
-        let (_, v) = self.call("listEnrollmentTokens", "GET", "/api/v1/agent-enrollment/tokens?limit=200", Some(&self.admin(tenant)), None).await;
+        let (_, v) = self.call(&ops::list_enrollment_tokens().query("limit", 200), Some(&self.admin(tenant)), None).await;
         v["items"].as_array().and_then(|items| items.iter().find(|t| t["enrollment_token_id"] == id).cloned()).expect("token listed")
     }
 }

@@ -34,7 +34,7 @@ async fn accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second
     assert_eq!(count("asset.telemetry.received"), 2, "two distinct sequences, two events");
     let position = |t: &str| events.iter().position(|e| e["type"] == t);
     assert!(position("asset.discovered") < position("asset.telemetry.received"), "the asset is announced before its telemetry");
-    let (_, v) = h.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&h.admin(TENANT_A)), None).await;
+    let (_, v) = h.call(&ops::get_agent(&agent), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!((v["status"].as_str(), v["hostname"].as_str()), (Some("active"), Some("host-1.fixture")));
     assert!(v["last_seen_at"].is_string());
 }
@@ -99,7 +99,7 @@ async fn unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_cod
     assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&cross), 1).await, StatusCode::UNAUTHORIZED, "identity_unknown");
 
     assert_eq!(h.heartbeat(&agent, &runtime, 1).await.0, StatusCode::OK);
-    let r = h.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(&h.admin(TENANT_A)), Some(&json!({"reason": "lost laptop"}))).await;
+    let r = h.call(&ops::revoke_agent(&agent), Some(&h.admin(TENANT_A)), Some(&json!({"reason": "lost laptop"}))).await;
     assert_eq!((r.0, r.1["status"].as_str()), (StatusCode::OK, Some("revoked")));
     assert_problem(&h.heartbeat(&agent, &runtime, 2).await, StatusCode::FORBIDDEN, "identity_revoked");
     assert_eq!(audited_failures(&h, TENANT_A, "identity_revoked").await, 1);
@@ -121,7 +121,7 @@ async fn unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_cod
     ));
     assert_problem(&h.heartbeat(&stale_agent, &fresh, 1).await, StatusCode::FORBIDDEN, "identity_stale");
     assert_eq!(audited_failures(&h, TENANT_A, "identity_stale").await, 1);
-    let (_, v) = h.call("getAgent", "GET", &format!("/api/v1/agents/{stale_agent}"), Some(&h.admin(TENANT_A)), None).await;
+    let (_, v) = h.call(&ops::get_agent(&stale_agent), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!(v["status"], "stale");
 }
 
@@ -133,14 +133,14 @@ async fn rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_
     let csr = p256_csr();
     h.remember(csr_body(&csr));
     let body = json!({"csr_pem": csr, "nonce": nonce});
-    let (status, rotated) = h.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&old), Some(&body)).await;
+    let (status, rotated) = h.call(&ops::rotate_agent_certificate(&agent), Some(&old), Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
     let new = rotated["runtime_token"]["token"].as_str().expect("token").to_owned();
     h.remember(&new);
     assert_ne!(rotated["certificate"]["certificate_id"], enrolled["certificate"]["certificate_id"]);
     assert_eq!(h.heartbeat(&agent, &new, 1).await.0, StatusCode::OK);
     assert_eq!(h.heartbeat(&agent, &old, 2).await.0, StatusCode::OK, "the old token works during the grace period");
-    let replay = h.call("rotateAgentCertificate", "POST", &format!("/api/v1/agents/{agent}/certificate/rotate"), Some(&new), Some(&body)).await;
+    let replay = h.call(&ops::rotate_agent_certificate(&agent), Some(&new), Some(&body)).await;
     assert_problem(&replay, StatusCode::CONFLICT, "nonce_replayed");
     // The grace runs from the rotation, not from the last heartbeat: late
     // in it the old token still works, just after it the old token fails.
@@ -154,7 +154,7 @@ async fn rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_
 
 async fn heartbeat_from(h: &Harness, agent: &str, runtime: &str, sequence: u64, hostname: &str) {
     let body = json!({"sequence": sequence, "collected_at": "2026-11-22T10:00:00Z", "hostname": hostname, "agent_version": "0.1.0", "os_family": "linux"});
-    let (status, v) = h.call("postAgentHeartbeat", "POST", &format!("/api/v1/agents/{agent}/telemetry/heartbeat"), Some(runtime), Some(&body)).await;
+    let (status, v) = h.call(&ops::post_agent_heartbeat(&agent), Some(runtime), Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
 }
 

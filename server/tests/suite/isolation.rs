@@ -11,23 +11,16 @@ async fn another_tenants_agents_and_tokens_answer_404_and_never_appear_in_lists(
     let (agent, _, _) = h.enroll(TENANT_A).await;
     let (_, token_id) = h.issue_token(TENANT_A, 1).await;
     let b = h.admin(TENANT_B);
-    assert_problem(&h.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&b), None).await, StatusCode::NOT_FOUND, "not_found");
-    assert_problem(
-        &h.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(&b), Some(&json!({}))).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
-    assert_problem(
-        &h.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{token_id}/revoke"), Some(&b), Some(&json!({}))).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    assert_problem(&h.call(&ops::get_agent(&agent), Some(&b), None).await, StatusCode::NOT_FOUND, "not_found");
+    assert_problem(&h.call(&ops::revoke_agent(&agent), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, "not_found");
+    assert_problem(&h.call(&ops::revoke_enrollment_token(&token_id), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, "not_found");
     let missing = uuid::Uuid::new_v4();
-    let unknown = h.call("getAgent", "GET", &format!("/api/v1/agents/{missing}"), Some(&b), None).await;
-    let cross = h.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&b), None).await;
+    let unknown = h.call(&ops::get_agent(&missing), Some(&b), None).await;
+    let cross = h.call(&ops::get_agent(&agent), Some(&b), None).await;
     assert_eq!(unknown.1["detail"], cross.1["detail"], "a foreign id looks exactly like a missing one");
-    for (op, path) in [("listAgents", "/api/v1/agents"), ("listEnrollmentTokens", "/api/v1/agent-enrollment/tokens"), ("listEvents", "/api/v1/events")] {
-        let (status, v) = h.call(op, "GET", path, Some(&b), None).await;
+    for route in [ops::list_agents(), ops::list_enrollment_tokens(), ops::list_events()] {
+        let op = route.operation_id();
+        let (status, v) = h.call(&route, Some(&b), None).await;
         assert_eq!(status, StatusCode::OK);
         let text = v.to_string();
         assert!(!text.contains(&agent) && !text.contains(&token_id) && !text.contains(TENANT_A), "{op} leaks tenant A: {text}");
@@ -38,7 +31,7 @@ async fn another_tenants_agents_and_tokens_answer_404_and_never_appear_in_lists(
     assert_eq!(audit.len(), 2, "{audit:?}");
     assert!(audit.iter().all(|a| a["tenant_id"] == TENANT_B && a["outcome"] == "failure" && a["reason_code"] == "not_found"));
     assert!(!h.audit(TENANT_A).await.iter().any(|a| a["actor_id"] == "admin@tenant-b"), "B's attempts are not written into A's trail");
-    let (_, v) = h.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&h.admin(TENANT_A)), None).await;
+    let (_, v) = h.call(&ops::get_agent(&agent), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!(v["status"], "enrolled", "tenant B's attempt changed nothing");
 }
 
@@ -51,11 +44,11 @@ async fn pagination_walks_every_item_once_and_rejects_forged_cursors(backend: Ba
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/v1/agent-enrollment/tokens?limit=2&cursor={c}"),
-            None => "/api/v1/agent-enrollment/tokens?limit=2".to_owned(),
+        let route = match &cursor {
+            Some(c) => ops::list_enrollment_tokens().query("limit", 2).query("cursor", c),
+            None => ops::list_enrollment_tokens().query("limit", 2),
         };
-        let (_, v) = h.call("listEnrollmentTokens", "GET", &path, Some(&h.admin(TENANT_A)), None).await;
+        let (_, v) = h.call(&route, Some(&h.admin(TENANT_A)), None).await;
         seen.extend(v["items"].as_array().expect("items").iter().map(|t| t["enrollment_token_id"].as_str().expect("id").to_owned()));
         match v["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
@@ -63,7 +56,7 @@ async fn pagination_walks_every_item_once_and_rejects_forged_cursors(backend: Ba
         }
     }
     assert_eq!(seen, ids);
-    let forged = h.call("listEnrollmentTokens", "GET", "/api/v1/agent-enrollment/tokens?cursor=bm9wZQ", Some(&h.admin(TENANT_A)), None).await;
+    let forged = h.call(&ops::list_enrollment_tokens().query("cursor", "bm9wZQ"), Some(&h.admin(TENANT_A)), None).await;
     assert_problem(&forged, StatusCode::BAD_REQUEST, "parameter_invalid");
 }
 

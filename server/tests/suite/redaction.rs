@@ -18,32 +18,20 @@ async fn no_secret_appears_in_lists_audit_events_stored_rows_or_logs(backend: Ba
     h.remember(&nonce);
     let csr = p256_csr();
     h.remember(csr_body(&csr));
-    let (status, rotated) = h
-        .call(
-            "rotateAgentCertificate",
-            "POST",
-            &format!("/api/v1/agents/{agent}/certificate/rotate"),
-            Some(&runtime),
-            Some(&json!({"csr_pem": csr, "nonce": nonce})),
-        )
-        .await;
+    let (status, rotated) = h.call(&ops::rotate_agent_certificate(&agent), Some(&runtime), Some(&json!({"csr_pem": csr, "nonce": nonce}))).await;
     assert_eq!(status, StatusCode::OK);
     h.remember(rotated["runtime_token"]["token"].as_str().expect("token"));
-    h.call("revokeAgent", "POST", &format!("/api/v1/agents/{agent}/revoke"), Some(&h.admin(TENANT_A)), Some(&json!({}))).await;
+    h.call(&ops::revoke_agent(&agent), Some(&h.admin(TENANT_A)), Some(&json!({}))).await;
     assert_eq!(h.heartbeat(&agent, &runtime, 2).await.0, StatusCode::FORBIDDEN);
 
     let mut haystacks = Vec::new();
-    for (op, path) in [
-        ("listAgents", "/api/v1/agents"),
-        ("listEnrollmentTokens", "/api/v1/agent-enrollment/tokens"),
-        ("listAuditEvents", "/api/v1/audit-events?limit=200"),
-        ("listEvents", "/api/v1/events?limit=200"),
-    ] {
-        let (_, v) = h.call(op, "GET", path, Some(&h.admin(TENANT_A)), None).await;
-        haystacks.push((op.to_owned(), v.to_string()));
+    for route in [ops::list_agents(), ops::list_enrollment_tokens(), ops::list_audit_events().query("limit", 200), ops::list_events().query("limit", 200)] {
+        let (_, v) = h.call(&route, Some(&h.admin(TENANT_A)), None).await;
+        haystacks.push((route.operation_id().to_owned(), v.to_string()));
     }
-    let (_, v) = h.call("getAgent", "GET", &format!("/api/v1/agents/{agent}"), Some(&h.admin(TENANT_A)), None).await;
-    haystacks.push(("getAgent".into(), v.to_string()));
+    let route = ops::get_agent(&agent);
+    let (_, v) = h.call(&route, Some(&h.admin(TENANT_A)), None).await;
+    haystacks.push((route.operation_id().to_owned(), v.to_string()));
     for row in h.store.dump_all_rows().await.expect("dump rows") {
         haystacks.push(("stored row".into(), row));
     }

@@ -19,18 +19,9 @@ async fn token_lifecycle_is_visible_in_list_and_revocation_stops_exchange(backen
     assert_eq!(meta["use_count"], 1);
     assert!(meta["last_used_at"].is_string(), "last_used_at is recorded: {meta}");
 
-    let (status, revoked) = h
-        .call(
-            "revokeEnrollmentToken",
-            "POST",
-            &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"),
-            Some(&h.admin(TENANT_A)),
-            Some(&json!({"reason": "rollout done"})),
-        )
-        .await;
+    let (status, revoked) = h.call(&ops::revoke_enrollment_token(&id), Some(&h.admin(TENANT_A)), Some(&json!({"reason": "rollout done"}))).await;
     assert_eq!((status, revoked["status"].as_str()), (StatusCode::OK, Some("revoked")));
-    let again =
-        h.call("revokeEnrollmentToken", "POST", &format!("/api/v1/agent-enrollment/tokens/{id}/revoke"), Some(&h.admin(TENANT_A)), Some(&json!({}))).await;
+    let again = h.call(&ops::revoke_enrollment_token(&id), Some(&h.admin(TENANT_A)), Some(&json!({}))).await;
     assert_eq!(again.0, StatusCode::OK, "revoking twice is idempotent");
 
     let refused = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
@@ -105,7 +96,7 @@ async fn fifty_parallel_exchanges_against_a_three_use_token_create_exactly_three
     }
     assert_eq!(created, 3);
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 3);
-    let (_, agents) = h.call("listAgents", "GET", "/api/v1/agents?limit=200", Some(&h.admin(TENANT_A)), None).await;
+    let (_, agents) = h.call(&ops::list_agents().query("limit", 200), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!(agents["items"].as_array().map(Vec::len), Some(3));
 }
 
@@ -118,15 +109,15 @@ async fn issue_bounds_are_enforced_and_viewers_cannot_write(backend: Backend) {
         json!({"ttl_seconds": 3600, "max_uses": 10_001}),
         json!({"max_uses": 1}),
     ] {
-        let r = h.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&h.admin(TENANT_A)), Some(&body)).await;
+        let r = h.call(&ops::issue_enrollment_token(), Some(&h.admin(TENANT_A)), Some(&body)).await;
         assert_problem(&r, StatusCode::BAD_REQUEST, "request_invalid");
     }
     let viewer = h.viewer(TENANT_A);
-    let r = h.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&viewer), Some(&json!({"ttl_seconds": 3600}))).await;
+    let r = h.call(&ops::issue_enrollment_token(), Some(&viewer), Some(&json!({"ttl_seconds": 3600}))).await;
     assert_problem(&r, StatusCode::FORBIDDEN, "forbidden");
-    let r = h.call("listEnrollmentTokens", "GET", "/api/v1/agent-enrollment/tokens", Some(&viewer), None).await;
+    let r = h.call(&ops::list_enrollment_tokens(), Some(&viewer), None).await;
     assert_eq!(r.0, StatusCode::OK, "viewers may read");
-    let (_, v) = h.call("issueEnrollmentToken", "POST", "/api/v1/agent-enrollment/tokens", Some(&h.admin(TENANT_A)), Some(&json!({"ttl_seconds": 3600}))).await;
+    let (_, v) = h.call(&ops::issue_enrollment_token(), Some(&h.admin(TENANT_A)), Some(&json!({"ttl_seconds": 3600}))).await;
     assert_eq!(v["token"]["max_uses"], 1, "max_uses defaults to 1");
     h.remember(v["enrollment_token"].as_str().unwrap_or_default());
 }
@@ -147,7 +138,7 @@ async fn forged_expired_and_confused_admin_tokens_are_rejected(backend: Backend)
     let h = Harness::start(backend).await;
     let list = |t: String| {
         let h = &h;
-        async move { h.call("listAgents", "GET", "/api/v1/agents", Some(&t), None).await }
+        async move { h.call(&ops::list_agents(), Some(&t), None).await }
     };
     let now = h.clock_now();
     assert_problem(&list(h.admin_token(TENANT_A, &["tenant_admin"], now - Duration::minutes(5))).await, StatusCode::UNAUTHORIZED, "unauthenticated");
