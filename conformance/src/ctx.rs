@@ -391,7 +391,7 @@ impl Ctx {
 
     pub async fn heartbeat(&self, agent: &str, bearer: &str, sequence: u64) -> Result<Answer, String> {
         let body = json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": self.hostname(), "agent_version": "conformance"});
-        self.call(&ops::post_agent_heartbeat(&agent), Some(bearer), Some(&body)).await
+        self.call(&ops::post_agent_heartbeat(agent), Some(bearer), Some(&body)).await
     }
 
     /// Remembers where every list of both tenants ends before the run
@@ -456,7 +456,7 @@ impl Ctx {
                 let labelled = t["label"].as_str().is_some_and(|l| l.contains(&self.run_id));
                 if labelled && t["status"] == "active" {
                     let id = t["enrollment_token_id"].as_str().unwrap_or_default();
-                    match self.call(&ops::revoke_enrollment_token(&id), Some(admin), Some(&reason)).await {
+                    match self.call(&ops::revoke_enrollment_token(id), Some(admin), Some(&reason)).await {
                         Ok(a) if a.status == 200 => {}
                         other => failures.push(format!("token {id}: {other:?}")),
                     }
@@ -469,7 +469,7 @@ impl Ctx {
             for a in agents {
                 if a["hostname"] == host.as_str() && a["status"] != "revoked" {
                     let id = a["agent_id"].as_str().unwrap_or_default();
-                    match self.call(&ops::revoke_agent(&id), Some(admin), Some(&reason)).await {
+                    match self.call(&ops::revoke_agent(id), Some(admin), Some(&reason)).await {
                         Ok(r) if r.status == 200 => {}
                         other => failures.push(format!("agent {id}: {other:?}")),
                     }

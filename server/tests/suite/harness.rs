@@ -331,7 +331,7 @@ impl Harness {
 
     pub async fn heartbeat(&self, agent_id: &str, bearer: &str, sequence: u64) -> (StatusCode, Value) {
         let body = json!({"sequence": sequence, "collected_at": "2026-11-22T10:00:00Z", "hostname": "host-1.fixture", "agent_version": "0.1.0", "os_family": "linux", "cpu_count": 4});
-        self.call(&ops::post_agent_heartbeat(&agent_id), Some(bearer), Some(&body)).await
+        self.call(&ops::post_agent_heartbeat(agent_id), Some(bearer), Some(&body)).await
     }
 
     pub async fn audit(&self, tenant: &str) -> Vec<Value> {

@@ -154,7 +154,7 @@ async fn rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_
 
 async fn heartbeat_from(h: &Harness, agent: &str, runtime: &str, sequence: u64, hostname: &str) {
     let body = json!({"sequence": sequence, "collected_at": "2026-11-22T10:00:00Z", "hostname": hostname, "agent_version": "0.1.0", "os_family": "linux"});
-    let (status, v) = h.call(&ops::post_agent_heartbeat(&agent), Some(runtime), Some(&body)).await;
+    let (status, v) = h.call(&ops::post_agent_heartbeat(agent), Some(runtime), Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
 }
 

@@ -15,7 +15,7 @@ async fn another_tenants_agents_and_tokens_answer_404_and_never_appear_in_lists(
     assert_problem(&h.call(&ops::revoke_agent(&agent), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, "not_found");
     assert_problem(&h.call(&ops::revoke_enrollment_token(&token_id), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, "not_found");
     let missing = uuid::Uuid::new_v4();
-    let unknown = h.call(&ops::get_agent(&missing), Some(&b), None).await;
+    let unknown = h.call(&ops::get_agent(missing), Some(&b), None).await;
     let cross = h.call(&ops::get_agent(&agent), Some(&b), None).await;
     assert_eq!(unknown.1["detail"], cross.1["detail"], "a foreign id looks exactly like a missing one");
     for route in [ops::list_agents(), ops::list_enrollment_tokens(), ops::list_events()] {
