@@ -150,7 +150,7 @@ fn response_enum(op: &Operation) -> TokenStream {
             pub fn from_problem(p: types::Problem) -> Self {
                 match p.status {
                     #(#problem_arms,)*
-                    _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error", None, &p.request_id)),
+                    _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
                 }
             }
         }
@@ -240,7 +240,7 @@ fn handler(op: &Operation) -> TokenStream {
     if !op.path_params.is_empty() {
         steps.push(quote! {
             let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await
-                .map_err(|_| reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", "a path parameter is malformed", &ctx))?;
+                .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
             let params = path_params(&raw_params);
         });
         for p in &op.path_params {

@@ -401,6 +401,9 @@ fn contract_module(c: &Contracts) -> TokenStream {
         }
     });
     let forbidden = c.api.forbidden_properties.iter().map(|(schema, props)| quote! { (#schema, &[#(#props),*]) });
+    let codes = &c.api.problem_codes;
+    let code_variants: Vec<_> = codes.iter().map(|c| format_ident!("{}", crate::openapi::pascal_case(c))).collect();
+    let code_count = codes.len();
     let handles = c.api.operations.iter().enumerate().map(|(index, op)| {
         let name = format_ident!("{}", crate::openapi::snake_case(&op.id));
         let args: Vec<_> = op.path_params.iter().map(|p| format_ident!("{}", p.name)).collect();
@@ -533,6 +536,64 @@ fn contract_module(c: &Contracts) -> TokenStream {
             /// The operation's `operationId`.
             pub fn operation_id(&self) -> &'static str {
                 self.op.operation_id
+            }
+        }
+
+        /// Every stable machine `code` a `Problem` carries today (`Problem.code`'s
+        /// `x-extensible-enum`). The list is open: a later release may add
+        /// codes, so a reader parses with [`ProblemCode::parse`] and treats
+        /// `None` by the HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum ProblemCode {
+            #(#[doc = #codes] #code_variants,)*
+        }
+
+        impl ProblemCode {
+            /// Every code, in the contract's order.
+            pub const ALL: [ProblemCode; #code_count] = [#(ProblemCode::#code_variants),*];
+
+            /// The code as it appears on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    #(ProblemCode::#code_variants => #codes,)*
+                }
+            }
+
+            /// The known code with this name; `None` for one this build does not know.
+            pub fn parse(code: &str) -> Option<ProblemCode> {
+                Self::ALL.into_iter().find(|c| c.as_str() == code)
+            }
+        }
+
+        /// Written as its wire string. There is deliberately no `Deserialize`:
+        /// a reader keeps the wire string and calls [`ProblemCode::parse`].
+        impl serde::Serialize for ProblemCode {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl std::fmt::Display for ProblemCode {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<ProblemCode> for &str {
+            fn eq(&self, other: &ProblemCode) -> bool {
+                *self == other.as_str()
+            }
+        }
+
+        impl PartialEq<ProblemCode> for str {
+            fn eq(&self, other: &ProblemCode) -> bool {
+                self == other.as_str()
+            }
+        }
+
+        impl PartialEq<ProblemCode> for String {
+            fn eq(&self, other: &ProblemCode) -> bool {
+                self == other.as_str()
             }
         }
 

@@ -90,6 +90,8 @@ pub struct ApiModel {
     /// Component schema name → forbidden request properties.
     pub forbidden_properties: BTreeMap<String, Vec<String>>,
     pub schema_names: BTreeSet<String>,
+    /// `Problem.code`'s `x-extensible-enum`: every code the platform answers with.
+    pub problem_codes: Vec<String>,
 }
 
 impl ApiModel {
@@ -169,6 +171,7 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
     let schemas = doc.pointer("/components/schemas").and_then(Value::as_object).cloned().unwrap_or_default();
     let mut schema_names = BTreeSet::new();
     let mut forbidden_properties = BTreeMap::new();
+    let mut problem_codes = Vec::new();
     for (name, schema) in &schemas {
         let ptr = pointer(["components", "schemas", name]);
         if !is_pascal_ident(name) {
@@ -201,6 +204,25 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
             "add components/schemas/Problem (RFC 9457 fields plus `code` and `request_id`)",
         ),
         Some(p) => {
+            match p.pointer("/properties/code/x-extensible-enum").and_then(Value::as_array) {
+                Some(codes) if !codes.is_empty() => {
+                    problem_codes = codes.iter().filter_map(Value::as_str).map(str::to_string).collect();
+                    for (i, c) in codes.iter().enumerate() {
+                        if !c.as_str().is_some_and(is_snake_ident) {
+                            ctx.err(
+                                &format!("/components/schemas/Problem/properties/code/{EXTENSIBLE_ENUM}/{i}"),
+                                format!("problem code {c} is not a snake_case identifier"),
+                                "codes are stable machine names such as `not_found`",
+                            );
+                        }
+                    }
+                }
+                _ => ctx.err(
+                    "/components/schemas/Problem/properties/code",
+                    format!("Problem.code must list every code in `{EXTENSIBLE_ENUM}`"),
+                    "list the codes the platform answers with; `ProblemCode` is generated from them and clients tolerate codes added later",
+                ),
+            }
             let required: BTreeSet<&str> =
                 p.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             for field in ["type", "title", "status", "code", "request_id"] {
@@ -228,9 +250,10 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
 
     let doc = ctx.doc.clone();
     check_extensions(&mut ctx, &doc, &mut Vec::new());
+    check_extensible_enums(&mut ctx, &doc, String::new());
     let security_schemes = check_security_schemes(&mut ctx);
     let operations = check_operations(&mut ctx, &security_schemes);
-    Some(ApiModel { operations, security_schemes, forbidden_properties, schema_names })
+    Some(ApiModel { operations, security_schemes, forbidden_properties, schema_names, problem_codes })
 }
 
 fn check_refs(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
@@ -362,6 +385,45 @@ fn check_extensions(ctx: &mut Ctx<'_>, value: &Value, tokens: &mut Vec<String>) 
                 tokens.push(i.to_string());
                 check_extensions(ctx, v, tokens);
                 tokens.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `x-extensible-enum` (Zalando's convention, which oasdiff also reads): the
+/// values known today of a string a later release may extend. Readers
+/// tolerate values they do not know, so adding one is not breaking.
+pub const EXTENSIBLE_ENUM: &str = "x-extensible-enum";
+
+fn check_extensible_enums(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
+    match value {
+        Value::Object(map) => {
+            if let Some(list) = map.get(EXTENSIBLE_ENUM) {
+                let here = format!("{ptr}/{EXTENSIBLE_ENUM}");
+                let strings: Option<Vec<&str>> = list.as_array().map(|a| a.iter().filter_map(Value::as_str).collect());
+                let unique = strings.as_ref().is_some_and(|v| v.iter().collect::<BTreeSet<_>>().len() == v.len());
+                if !(list.as_array().is_some_and(|a| !a.is_empty() && strings.as_ref().is_some_and(|v| v.len() == a.len())) && unique) {
+                    ctx.err(&here, format!("`{EXTENSIBLE_ENUM}` must be a non-empty list of distinct strings"), "list each value once, as a string");
+                }
+                if map.get("type").and_then(Value::as_str) != Some("string") {
+                    ctx.err(&here, format!("`{EXTENSIBLE_ENUM}` applies to `type: string` only"), "declare the schema as `type: string`");
+                }
+                if map.contains_key("enum") {
+                    ctx.err(
+                        &here,
+                        format!("`{EXTENSIBLE_ENUM}` and `enum` contradict each other"),
+                        "keep `enum` for a closed list or the extension for an open one",
+                    );
+                }
+            }
+            for (k, v) in map {
+                check_extensible_enums(ctx, v, format!("{ptr}/{}", crate::diagnostics::escape_token(k)));
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_extensible_enums(ctx, v, format!("{ptr}/{i}"));
             }
         }
         _ => {}

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use crate::contract::ProblemCode;
 use crate::types;
 
 /// Header carrying the request id in both directions.
@@ -60,13 +61,13 @@ impl RequestContext {
 }
 
 /// Builds a `Problem` with the stable `code` and the request id.
-pub fn problem(status: StatusCode, code: &str, title: &str, detail: Option<String>, request_id: &str) -> types::Problem {
+pub fn problem(status: StatusCode, code: ProblemCode, title: &str, detail: Option<String>, request_id: &str) -> types::Problem {
     types::Problem {
         type_: format!("urn:oneprotect:problem:{code}"),
         title: title.to_owned(),
         status: status.as_u16(),
         detail,
-        code: code.to_owned(),
+        code: code.as_str().to_owned(),
         request_id: request_id.to_owned(),
     }
 }
@@ -75,7 +76,7 @@ pub fn problem(status: StatusCode, code: &str, title: &str, detail: Option<Strin
 pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, request_id: &str) -> Response {
     let bytes = match serde_json::to_vec(body) {
         Ok(b) => b,
-        Err(_) => return problem_response(&problem(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error", None, request_id)),
+        Err(_) => return problem_response(&problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, request_id)),
     };
     let mut response = (status, bytes).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -99,13 +100,13 @@ fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
     }
 }
 
-fn reject(status: StatusCode, code: &str, title: &str, detail: impl Into<String>, ctx: &RequestContext) -> Response {
+fn reject(status: StatusCode, code: ProblemCode, title: &str, detail: impl Into<String>, ctx: &RequestContext) -> Response {
     problem_response(&problem(status, code, title, Some(detail.into()), &ctx.request_id))
 }
 
 /// Extracts `Authorization: Bearer <token>`; anything else is 401 `unauthenticated`.
 fn bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<BearerToken, Response> {
-    let unauthenticated = |detail: &str| reject(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", detail, ctx);
+    let unauthenticated = |detail: &str| reject(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", detail, ctx);
     let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthenticated("this operation requires a bearer token"))?;
     let value = value.to_str().map_err(|_| unauthenticated("the Authorization header is not valid text"))?;
     let (scheme, token) = value.split_once(' ').ok_or_else(|| unauthenticated("use `Authorization: Bearer <token>`"))?;
@@ -127,7 +128,7 @@ fn path_params(params: &RawPathParams) -> std::collections::HashMap<String, Stri
 #[allow(dead_code)]
 fn path_uuid(params: &std::collections::HashMap<String, String>, name: &str, ctx: &RequestContext) -> Result<uuid::Uuid, Response> {
     let raw = params.get(name).map(String::as_str).unwrap_or_default();
-    uuid::Uuid::parse_str(raw).map_err(|_| reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", format!("path parameter `{name}` must be a UUID"), ctx))
+    uuid::Uuid::parse_str(raw).map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", format!("path parameter `{name}` must be a UUID"), ctx))
 }
 
 #[allow(dead_code)]
@@ -138,7 +139,7 @@ fn path_string(params: &std::collections::HashMap<String, String>, name: &str) -
 #[allow(dead_code)]
 fn query_params<T: DeserializeOwned>(parts: &Parts, ctx: &RequestContext) -> Result<T, Response> {
     let raw = parts.uri.query().unwrap_or_default();
-    serde_urlencoded::from_str::<T>(raw).map_err(|_| reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", "a query parameter is malformed", ctx))
+    serde_urlencoded::from_str::<T>(raw).map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a query parameter is malformed", ctx))
 }
 
 #[allow(dead_code)]
@@ -147,7 +148,7 @@ fn check_integer(value: Option<i64>, name: &str, min: Option<i64>, max: Option<i
         && (min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m))
     {
         let range = format!("{}..={}", min.map(|m| m.to_string()).unwrap_or_default(), max.map(|m| m.to_string()).unwrap_or_default());
-        return Err(reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", format!("query parameter `{name}` must be in {range}"), ctx));
+        return Err(reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", format!("query parameter `{name}` must be in {range}"), ctx));
     }
     Ok(())
 }
@@ -155,7 +156,7 @@ fn check_integer(value: Option<i64>, name: &str, min: Option<i64>, max: Option<i
 #[allow(dead_code)]
 fn check_length(value: Option<&str>, name: &str, max: usize, ctx: &RequestContext) -> Result<(), Response> {
     if value.is_some_and(|v| v.chars().count() > max) {
-        return Err(reject(StatusCode::BAD_REQUEST, "parameter_invalid", "Invalid parameter", format!("query parameter `{name}` is longer than {max} characters"), ctx));
+        return Err(reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", format!("query parameter `{name}` is longer than {max} characters"), ctx));
     }
     Ok(())
 }
@@ -195,9 +196,9 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         discard(body).await;
-        return Err(reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type", "send the body as `Content-Type: application/json`", ctx));
+        return Err(reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, ProblemCode::UnsupportedMediaType, "Unsupported media type", "send the body as `Content-Type: application/json`", ctx));
     }
-    let too_large = || reject(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", format!("the body exceeds {limit} bytes"), ctx);
+    let too_large = || reject(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::PayloadTooLarge, "Payload too large", format!("the body exceeds {limit} bytes"), ctx);
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         discard(body).await;
@@ -215,12 +216,12 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
         bytes.extend_from_slice(data);
     }
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        reject(StatusCode::BAD_REQUEST, "request_invalid", "Invalid request body", format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()), ctx)
+        reject(StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid, "Invalid request body", format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()), ctx)
     })?;
     if let Some(field) = crate::contract::forbidden_property(schema, &value) {
         return Err(reject(
             StatusCode::BAD_REQUEST,
-            "identity_override_rejected",
+            ProblemCode::IdentityOverrideRejected,
             "Identity fields may not be set",
             format!("`{field}` comes from the stored identity and may not appear in the body"),
             ctx,
@@ -228,9 +229,9 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
     }
     if let Err(violations) = crate::contract::validate_schema(schema, &value) {
         let detail = violations.iter().take(5).map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message)).collect::<Vec<_>>().join("; ");
-        return Err(reject(StatusCode::BAD_REQUEST, "request_invalid", "Invalid request body", detail, ctx));
+        return Err(reject(StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid, "Invalid request body", detail, ctx));
     }
-    serde_json::from_value(value).map_err(|_| reject(StatusCode::BAD_REQUEST, "request_invalid", "Invalid request body", format!("the body does not match `{schema}`"), ctx))
+    serde_json::from_value(value).map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid, "Invalid request body", format!("the body does not match `{schema}`"), ctx))
 }
 
 #[allow(dead_code)]
@@ -243,11 +244,11 @@ fn text_response(status: StatusCode, body: String) -> Response {
 async fn not_found(req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    reject(StatusCode::NOT_FOUND, "not_found", "Not found", "no such route", &ctx)
+    reject(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found", "no such route", &ctx)
 }
 
 async fn method_not_allowed(req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    reject(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", format!("{} is not allowed on this route", parts.method), &ctx)
+    reject(StatusCode::METHOD_NOT_ALLOWED, ProblemCode::MethodNotAllowed, "Method not allowed", format!("{} is not allowed on this route", parts.method), &ctx)
 }

@@ -340,3 +340,24 @@ fn a_problem_field_of_the_wrong_type_is_rejected_before_it_generates_code_that_d
     f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["code"] = json!({"type": "integer"}));
     assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code", "must be `type: string`");
 }
+
+#[test]
+fn problem_codes_must_be_listed_as_an_extensible_enum_of_distinct_strings() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["properties"]["code"].as_object_mut().expect("code").remove("x-extensible-enum");
+    });
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code", "must list every code");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"] = json!(["not_found", "not_found"]));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code/x-extensible-enum", "distinct strings");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"] = json!(["Not Found"]));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code/x-extensible-enum/0", "snake_case");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["status"]["x-extensible-enum"] = json!(["a"]));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/status/x-extensible-enum", "`type: string` only");
+}

@@ -2,6 +2,7 @@
 //! (`wiremock`) on loopback. Every request the agent sends is recorded with
 //! its arrival time; every wait is bounded.
 
+use oneprotect_contracts::contract::ProblemCode;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -121,7 +122,7 @@ pub fn accepted() -> Reply {
     Reply::json(200, json!({"agent_id": AGENT_ID, "status": "active", "accepted_at": chrono::Utc::now(), "duplicate": false}))
 }
 
-pub fn problem(status: u16, code: &str) -> Reply {
+pub fn problem(status: u16, code: ProblemCode) -> Reply {
     Reply::json(status, json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "request_id": "mock"}))
 }
 

@@ -10,6 +10,7 @@
 //! of the message each must fail with; the self-test runs the whole
 //! catalogue against every fault and compares.
 
+use oneprotect_contracts::contract::ProblemCode;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -565,7 +566,7 @@ fn runtime_parts(token: &str) -> Option<(RuntimeClaims, String)> {
     Some((claims, parts[4].to_owned()))
 }
 
-fn problem(status: u16, code: &str) -> Response {
+fn problem(status: u16, code: ProblemCode) -> Response {
     let body = json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "detail": "faulty variant", "request_id": "faulty-variant"});
     let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
@@ -621,7 +622,7 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
     if state.secretless {
         let response = next.run(req).await;
         if fault == Fault::SecretlessAnswers500 && response.status().as_u16() == 503 {
-            return problem(500, "internal_error");
+            return problem(500, ProblemCode::InternalError);
         }
         return response;
     }
@@ -643,7 +644,7 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
                 json["csr_pem"] = json!(crate::ctx::p256_csr());
                 body = json.to_string().into_bytes();
                 let response = next.run(rebuild(parts, body)).await;
-                return if response.status().as_u16() == 201 { problem(400, "csr_invalid") } else { response };
+                return if response.status().as_u16() == 201 { problem(400, ProblemCode::CsrInvalid) } else { response };
             }
             if fault == Fault::EchoRejectedValue {
                 let submitted = json["enrollment_token"].as_str().unwrap_or_default().to_owned();
@@ -783,7 +784,7 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
 
     // Responses.
     match fault {
-        Fault::OversizeAs400 if response.status().as_u16() == 413 => problem(400, "request_invalid"),
+        Fault::OversizeAs400 if response.status().as_u16() == 413 => problem(400, ProblemCode::RequestInvalid),
         Fault::PlainTextNotFound if response.status().as_u16() == 404 && !known_path(&path) => (axum::http::StatusCode::NOT_FOUND, "Not Found").into_response(),
         Fault::LogRotationAnswer if is_rotation => {
             let (parts, _, bytes) = response_json(response).await;

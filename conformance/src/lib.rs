@@ -15,6 +15,7 @@ pub mod profile;
 pub mod report;
 pub mod runner;
 
+use oneprotect_contracts::contract::ProblemCode;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -131,7 +132,7 @@ pub fn ensure(condition: bool, message: impl Into<String>) -> Checked {
 }
 
 /// Fails unless the answer has this status and problem code.
-pub fn expect_problem(a: &ctx::Answer, status: u16, code: &str) -> Checked {
+pub fn expect_problem(a: &ctx::Answer, status: u16, code: ProblemCode) -> Checked {
     ensure(a.status == status && a.code() == code, format!("expected {status} {code}, got {} {}", a.status, a.code()))
 }
 

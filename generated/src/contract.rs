@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 /// SHA-256 of the contract files this crate was generated from.
-pub const SPEC_SHA256: &str = "ce0dc45a382b996d6b9e864473359fc91c0cfd191db1766a3c01bf2d4d71d1c2";
+pub const SPEC_SHA256: &str = "eee57ef32d05e3f691ff16c1cea1ecf8aa5551e0ba2594435c4be9c6e0f0586a";
 /// The OpenAPI document, as JSON.
 pub const OPENAPI_JSON: &str = include_str!("schemas/openapi.json");
 /// `components/schemas` as one JSON Schema 2020-12 document (`$defs`).
@@ -311,6 +311,154 @@ impl Route {
     /// The operation's `operationId`.
     pub fn operation_id(&self) -> &'static str {
         self.op.operation_id
+    }
+}
+/// Every stable machine `code` a `Problem` carries today (`Problem.code`'s
+/// `x-extensible-enum`). The list is open: a later release may add
+/// codes, so a reader parses with [`ProblemCode::parse`] and treats
+/// `None` by the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProblemCode {
+    ///request_invalid
+    RequestInvalid,
+    ///parameter_invalid
+    ParameterInvalid,
+    ///csr_invalid
+    CsrInvalid,
+    ///nonce_invalid
+    NonceInvalid,
+    ///identity_override_rejected
+    IdentityOverrideRejected,
+    ///unauthenticated
+    Unauthenticated,
+    ///enrollment_token_invalid
+    EnrollmentTokenInvalid,
+    ///runtime_token_invalid
+    RuntimeTokenInvalid,
+    ///identity_unknown
+    IdentityUnknown,
+    ///forbidden
+    Forbidden,
+    ///identity_revoked
+    IdentityRevoked,
+    ///identity_stale
+    IdentityStale,
+    ///actor_mismatch
+    ActorMismatch,
+    ///collector_mismatch
+    CollectorMismatch,
+    ///scope_forbidden
+    ScopeForbidden,
+    ///not_service_account
+    NotServiceAccount,
+    ///not_found
+    NotFound,
+    ///method_not_allowed
+    MethodNotAllowed,
+    ///nonce_replayed
+    NonceReplayed,
+    ///payload_too_large
+    PayloadTooLarge,
+    ///unsupported_media_type
+    UnsupportedMediaType,
+    ///rate_limited
+    RateLimited,
+    ///internal_error
+    InternalError,
+    ///runtime_secret_unavailable
+    RuntimeSecretUnavailable,
+    ///store_unavailable
+    StoreUnavailable,
+}
+impl ProblemCode {
+    /// Every code, in the contract's order.
+    pub const ALL: [ProblemCode; 25usize] = [
+        ProblemCode::RequestInvalid,
+        ProblemCode::ParameterInvalid,
+        ProblemCode::CsrInvalid,
+        ProblemCode::NonceInvalid,
+        ProblemCode::IdentityOverrideRejected,
+        ProblemCode::Unauthenticated,
+        ProblemCode::EnrollmentTokenInvalid,
+        ProblemCode::RuntimeTokenInvalid,
+        ProblemCode::IdentityUnknown,
+        ProblemCode::Forbidden,
+        ProblemCode::IdentityRevoked,
+        ProblemCode::IdentityStale,
+        ProblemCode::ActorMismatch,
+        ProblemCode::CollectorMismatch,
+        ProblemCode::ScopeForbidden,
+        ProblemCode::NotServiceAccount,
+        ProblemCode::NotFound,
+        ProblemCode::MethodNotAllowed,
+        ProblemCode::NonceReplayed,
+        ProblemCode::PayloadTooLarge,
+        ProblemCode::UnsupportedMediaType,
+        ProblemCode::RateLimited,
+        ProblemCode::InternalError,
+        ProblemCode::RuntimeSecretUnavailable,
+        ProblemCode::StoreUnavailable,
+    ];
+    /// The code as it appears on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProblemCode::RequestInvalid => "request_invalid",
+            ProblemCode::ParameterInvalid => "parameter_invalid",
+            ProblemCode::CsrInvalid => "csr_invalid",
+            ProblemCode::NonceInvalid => "nonce_invalid",
+            ProblemCode::IdentityOverrideRejected => "identity_override_rejected",
+            ProblemCode::Unauthenticated => "unauthenticated",
+            ProblemCode::EnrollmentTokenInvalid => "enrollment_token_invalid",
+            ProblemCode::RuntimeTokenInvalid => "runtime_token_invalid",
+            ProblemCode::IdentityUnknown => "identity_unknown",
+            ProblemCode::Forbidden => "forbidden",
+            ProblemCode::IdentityRevoked => "identity_revoked",
+            ProblemCode::IdentityStale => "identity_stale",
+            ProblemCode::ActorMismatch => "actor_mismatch",
+            ProblemCode::CollectorMismatch => "collector_mismatch",
+            ProblemCode::ScopeForbidden => "scope_forbidden",
+            ProblemCode::NotServiceAccount => "not_service_account",
+            ProblemCode::NotFound => "not_found",
+            ProblemCode::MethodNotAllowed => "method_not_allowed",
+            ProblemCode::NonceReplayed => "nonce_replayed",
+            ProblemCode::PayloadTooLarge => "payload_too_large",
+            ProblemCode::UnsupportedMediaType => "unsupported_media_type",
+            ProblemCode::RateLimited => "rate_limited",
+            ProblemCode::InternalError => "internal_error",
+            ProblemCode::RuntimeSecretUnavailable => "runtime_secret_unavailable",
+            ProblemCode::StoreUnavailable => "store_unavailable",
+        }
+    }
+    /// The known code with this name; `None` for one this build does not know.
+    pub fn parse(code: &str) -> Option<ProblemCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
+/// Written as its wire string. There is deliberately no `Deserialize`:
+/// a reader keeps the wire string and calls [`ProblemCode::parse`].
+impl serde::Serialize for ProblemCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+impl std::fmt::Display for ProblemCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl PartialEq<ProblemCode> for &str {
+    fn eq(&self, other: &ProblemCode) -> bool {
+        *self == other.as_str()
+    }
+}
+impl PartialEq<ProblemCode> for str {
+    fn eq(&self, other: &ProblemCode) -> bool {
+        self == other.as_str()
+    }
+}
+impl PartialEq<ProblemCode> for String {
+    fn eq(&self, other: &ProblemCode) -> bool {
+        self == other.as_str()
     }
 }
 /// Typed handles: one function per operation, its path parameters as arguments.

@@ -1760,7 +1760,10 @@ impl<'de> ::serde::Deserialize<'de> for NetworkInterfaceName {
 ///An RFC 9457 problem with a stable machine `code`.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 pub struct Problem {
-    ///The stable machine code clients branch on.
+    /**The stable machine code clients branch on. The list is extensible:
+    a later release may add codes, so a client treats a code it does
+    not know by its HTTP status.
+    */
     pub code: ::std::string::String,
     ///A human explanation of this occurrence. Never contains a secret.
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]

@@ -112,3 +112,22 @@ fn the_operation_table_matches_the_contract() {
         assert_eq!(op.response(500), Some(contract::ResponseSpec::Json("Problem")), "{} documents 500", op.operation_id);
     }
 }
+
+#[test]
+fn problem_codes_are_typed_and_a_code_added_later_still_reads() {
+    use oneprotect_contracts::contract::ProblemCode;
+    for code in ProblemCode::ALL {
+        assert_eq!(ProblemCode::parse(code.as_str()), Some(code));
+        assert_eq!(serde_json::to_value(code).expect("serializes"), serde_json::Value::String(code.as_str().into()));
+    }
+    assert_eq!(ProblemCode::parse("not_found"), Some(ProblemCode::NotFound));
+    // A later release may answer a code this build does not know: the typed
+    // Problem still reads, and the code is simply not one of ours.
+    let later =
+        serde_json::json!({"type": "urn:oneprotect:problem:quota_exceeded", "title": "Quota", "status": 429, "code": "quota_exceeded", "request_id": "r"});
+    let p: oneprotect_contracts::types::Problem = serde_json::from_value(later).expect("an unknown code reads");
+    assert_eq!(ProblemCode::parse(&p.code), None);
+    let openapi: serde_json::Value = serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).expect("json");
+    let listed = openapi.pointer("/components/schemas/Problem/properties/code/x-extensible-enum").and_then(|v| v.as_array()).expect("listed").len();
+    assert_eq!(ProblemCode::ALL.len(), listed, "one variant per listed code");
+}

@@ -2,6 +2,7 @@
 //! in-memory implementation of the `Api` trait is served on loopback and
 //! driven through the progenitor client and raw HTTP.
 
+use oneprotect_contracts::contract::ProblemCode;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -91,7 +92,7 @@ fn runtime_token() -> types::RuntimeToken {
 }
 
 fn unauthorized(ctx: &RequestContext) -> types::Problem {
-    server::problem(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", None, &ctx.request_id)
+    server::problem(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", None, &ctx.request_id)
 }
 
 impl EchoApi {
@@ -146,7 +147,7 @@ impl Api for EchoApi {
             return RevokeEnrollmentTokenResponse::from_problem(unauthorized(&ctx));
         }
         if enrollment_token_id.is_nil() {
-            return RevokeEnrollmentTokenResponse::NotFound(server::problem(StatusCode::NOT_FOUND, "not_found", "Not found", None, &ctx.request_id));
+            return RevokeEnrollmentTokenResponse::NotFound(server::problem(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found", None, &ctx.request_id));
         }
         RevokeEnrollmentTokenResponse::Ok(metadata(enrollment_token_id, 1, None, types::EnrollmentTokenStatus::Revoked))
     }
@@ -194,14 +195,14 @@ impl Api for EchoApi {
         if auth.0.expose_secret() != RUNTIME_TOKEN {
             return PostAgentHeartbeatResponse::from_problem(server::problem(
                 StatusCode::FORBIDDEN,
-                "identity_revoked",
+                ProblemCode::IdentityRevoked,
                 "Identity revoked",
                 None,
                 &ctx.request_id,
             ));
         }
         if body.sequence == 429 {
-            let body = server::problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Slow down", None, &ctx.request_id);
+            let body = server::problem(StatusCode::TOO_MANY_REQUESTS, ProblemCode::RateLimited, "Slow down", None, &ctx.request_id);
             return PostAgentHeartbeatResponse::TooManyRequests { body, retry_after: 17 };
         }
         PostAgentHeartbeatResponse::Ok(types::HeartbeatAccepted {
@@ -231,7 +232,13 @@ impl Api for EchoApi {
     }
 
     async fn get_readiness(&self, ctx: RequestContext) -> GetReadinessResponse {
-        GetReadinessResponse::ServiceUnavailable(server::problem(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready", None, &ctx.request_id))
+        GetReadinessResponse::ServiceUnavailable(server::problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::StoreUnavailable,
+            "Not ready",
+            None,
+            &ctx.request_id,
+        ))
     }
 
     async fn get_metrics(&self, _ctx: RequestContext) -> GetMetricsResponse {
@@ -353,7 +360,7 @@ async fn every_operation_round_trips_typed_bodies_through_the_generated_client()
     match anonymous.get_readiness().await {
         Err(oneprotect_contracts::client::Error::ErrorResponse(problem)) => {
             assert_eq!(problem.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(problem.code, "not_ready", "error bodies arrive typed");
+            assert_eq!(problem.code, "store_unavailable", "error bodies arrive typed");
         }
         other => panic!("expected a typed 503 Problem, got {other:?}"),
     }
@@ -545,7 +552,7 @@ async fn documented_headers_and_request_ids_reach_the_client() {
 
 #[test]
 fn from_problem_maps_an_undocumented_status_to_a_500_internal_error() {
-    let p = server::problem(StatusCode::IM_A_TEAPOT, "teapot", "Teapot", None, "r1");
+    let p = server::problem(StatusCode::IM_A_TEAPOT, ProblemCode::RequestInvalid, "Teapot", None, "r1");
     match GetAgentResponse::from_problem(p) {
         GetAgentResponse::InternalError(problem) => {
             assert_eq!(problem.status, 500);
@@ -553,7 +560,7 @@ fn from_problem_maps_an_undocumented_status_to_a_500_internal_error() {
         }
         other => panic!("expected InternalError, got {other:?}"),
     }
-    let p = server::problem(StatusCode::NOT_FOUND, "not_found", "Not found", None, "r2");
+    let p = server::problem(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found", None, "r2");
     assert!(matches!(GetAgentResponse::from_problem(p), GetAgentResponse::NotFound(_)));
 }
 

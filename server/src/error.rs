@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+pub use oneprotect_contracts::contract::ProblemCode;
+
 /// Why an enrollment token was not accepted. Public answer: always
 /// 401 `enrollment_token_invalid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,29 +98,29 @@ impl Rejection {
     }
 
     /// The stable machine code clients branch on.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ProblemCode {
         match self {
-            Self::RequestInvalid(_) => "request_invalid",
-            Self::ParameterInvalid(_) => "parameter_invalid",
-            Self::CsrInvalid(_) => "csr_invalid",
-            Self::NonceInvalid => "nonce_invalid",
-            Self::Unauthenticated(_) => "unauthenticated",
-            Self::EnrollmentTokenInvalid(_) => "enrollment_token_invalid",
-            Self::RuntimeTokenInvalid(_) => "runtime_token_invalid",
-            Self::IdentityUnknown => "identity_unknown",
-            Self::Forbidden(_) => "forbidden",
-            Self::IdentityRevoked => "identity_revoked",
-            Self::IdentityStale => "identity_stale",
-            Self::ActorMismatch => "actor_mismatch",
-            Self::CollectorMismatch => "collector_mismatch",
-            Self::ScopeForbidden => "scope_forbidden",
-            Self::NotServiceAccount => "not_service_account",
-            Self::NotFound => "not_found",
-            Self::NonceReplayed => "nonce_replayed",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::RuntimeSecretUnavailable => "runtime_secret_unavailable",
-            Self::StoreUnavailable => "store_unavailable",
-            Self::Internal => "internal_error",
+            Self::RequestInvalid(_) => ProblemCode::RequestInvalid,
+            Self::ParameterInvalid(_) => ProblemCode::ParameterInvalid,
+            Self::CsrInvalid(_) => ProblemCode::CsrInvalid,
+            Self::NonceInvalid => ProblemCode::NonceInvalid,
+            Self::Unauthenticated(_) => ProblemCode::Unauthenticated,
+            Self::EnrollmentTokenInvalid(_) => ProblemCode::EnrollmentTokenInvalid,
+            Self::RuntimeTokenInvalid(_) => ProblemCode::RuntimeTokenInvalid,
+            Self::IdentityUnknown => ProblemCode::IdentityUnknown,
+            Self::Forbidden(_) => ProblemCode::Forbidden,
+            Self::IdentityRevoked => ProblemCode::IdentityRevoked,
+            Self::IdentityStale => ProblemCode::IdentityStale,
+            Self::ActorMismatch => ProblemCode::ActorMismatch,
+            Self::CollectorMismatch => ProblemCode::CollectorMismatch,
+            Self::ScopeForbidden => ProblemCode::ScopeForbidden,
+            Self::NotServiceAccount => ProblemCode::NotServiceAccount,
+            Self::NotFound => ProblemCode::NotFound,
+            Self::NonceReplayed => ProblemCode::NonceReplayed,
+            Self::RateLimited { .. } => ProblemCode::RateLimited,
+            Self::RuntimeSecretUnavailable => ProblemCode::RuntimeSecretUnavailable,
+            Self::StoreUnavailable => ProblemCode::StoreUnavailable,
+            Self::Internal => ProblemCode::InternalError,
         }
     }
 
@@ -127,7 +129,7 @@ impl Rejection {
         match self {
             Self::EnrollmentTokenInvalid(f) => f.reason(),
             Self::RuntimeTokenInvalid(f) => f.reason(),
-            other => other.code(),
+            other => other.code().as_str(),
         }
     }
 

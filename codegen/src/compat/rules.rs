@@ -104,6 +104,8 @@ const SCHEMA_KINDS: &[(&str, Level, Level, &str, bool)] = &[
     ("max-items-increased", N, B, "maxItems was raised or removed", true),
     ("min-items-increased", B, N, "minItems was raised or set", true),
     ("min-items-decreased", N, B, "minItems was lowered or removed", true),
+    ("extensible-enum-value-added", N, N, "a value was added to x-extensible-enum (readers tolerate values they do not know)", true),
+    ("extensible-enum-value-removed", B, N, "a value was removed from x-extensible-enum", true),
     ("pattern-added", B, N, "a pattern was added", true),
     ("pattern-changed", B, B, "the pattern changed", true),
     ("pattern-removed", N, B, "the pattern was removed", true),
@@ -267,6 +269,8 @@ fn schema_oasdiff(site: Site, kind: &str) -> Option<&'static str> {
         (Site::Parameter, "pattern-added") => "request-parameter-pattern-added",
         (Site::Parameter, "pattern-removed") => "request-parameter-pattern-removed",
         (Site::Parameter, "default-changed") => "request-parameter-default-value-changed",
+        (Site::Parameter, "extensible-enum-value-removed") => "request-parameter-x-extensible-enum-value-removed",
+        (Site::RequestBody, "extensible-enum-value-removed") => "request-property-x-extensible-enum-value-removed",
         _ => return None,
     };
     Some(id)

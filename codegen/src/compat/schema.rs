@@ -28,6 +28,7 @@ pub(super) fn compare(d: &mut Differ, at: &At, b: &Value, bptr: String, r: &Valu
     let cmp = Cmp { at, bptr: &bptr, rptr: &rptr };
     types(d, &cmp, b, r);
     enums(d, &cmp, b, r);
+    extensible_enums(d, &cmp, b, r);
     bound(d, &cmp, b, r, Bound::Max);
     bound(d, &cmp, b, r, Bound::Min);
     for (keyword, smaller, larger, is_max) in [
@@ -121,6 +122,21 @@ fn enums(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
             }
         }
         (None, None) => {}
+    }
+}
+
+/// `x-extensible-enum`: the known values of an open list. JSON Schema
+/// validation ignores it; readers must tolerate values they do not know.
+fn extensible_enums(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
+    const KEY: &str = crate::openapi::EXTENSIBLE_ENUM;
+    c.judged(d, KEY);
+    let values = |s: &Value| s.get(KEY).and_then(Value::as_array).cloned().unwrap_or_default();
+    let (bv, rv) = (values(b), values(r));
+    for v in bv.iter().filter(|v| !rv.contains(v)) {
+        c.emit(d, "extensible-enum-value-removed", KEY, format!("{} no longer lists {v}", c.place()));
+    }
+    for v in rv.iter().filter(|v| !bv.contains(v)) {
+        c.emit(d, "extensible-enum-value-added", KEY, format!("{} now lists {v}", c.place()));
     }
 }
 

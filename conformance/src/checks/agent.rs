@@ -1,3 +1,4 @@
+use oneprotect_contracts::contract::ProblemCode;
 use std::time::Duration;
 
 use crate::agent_target::*;
@@ -119,7 +120,7 @@ pub async fn token_removed(ctx: &Ctx) -> Checked {
 
 pub async fn logs_clean(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
-    let platform = mock_platform(ctx.recorder(), vec![problem(503, "store_unavailable")], vec![], accepted()).await;
+    let platform = mock_platform(ctx.recorder(), vec![problem(503, ProblemCode::StoreUnavailable)], vec![], accepted()).await;
     let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, mut logs) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?}"))?;
@@ -144,7 +145,8 @@ pub async fn logs_clean(ctx: &Ctx) -> Checked {
 
 pub async fn fresh_nonce(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
-    let platform = mock_platform(ctx.recorder(), vec![problem(503, "store_unavailable"), problem(502, "internal_error")], vec![], accepted()).await;
+    let platform =
+        mock_platform(ctx.recorder(), vec![problem(503, ProblemCode::StoreUnavailable), problem(502, ProblemCode::InternalError)], vec![], accepted()).await;
     let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, _) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?} after transient failures"))?;
@@ -156,7 +158,7 @@ pub async fn fresh_nonce(ctx: &Ctx) -> Checked {
     ensure(csrs.len() == 3, "a CSR (key) was reused across attempts")
 }
 
-async fn exit_code_on(ctx: &Ctx, status: u16, code: &str, expected: i32) -> Checked {
+async fn exit_code_on(ctx: &Ctx, status: u16, code: ProblemCode, expected: i32) -> Checked {
     let (platform, run) = enrolled(ctx, vec![], problem(status, code)).await?;
     let mut agent = run.spawn("run")?;
     let exit = agent.wait_exit(DEADLINE).ok_or("the agent kept running")?;
@@ -166,11 +168,11 @@ async fn exit_code_on(ctx: &Ctx, status: u16, code: &str, expected: i32) -> Chec
 }
 
 pub async fn exit_on_401(ctx: &Ctx) -> Checked {
-    exit_code_on(ctx, 401, "identity_unknown", 3).await
+    exit_code_on(ctx, 401, ProblemCode::IdentityUnknown, 3).await
 }
 
 pub async fn exit_on_403(ctx: &Ctx) -> Checked {
-    exit_code_on(ctx, 403, "identity_revoked", 4).await
+    exit_code_on(ctx, 403, ProblemCode::IdentityRevoked, 4).await
 }
 
 fn gaps(recorded: &Recorded) -> Vec<Duration> {
@@ -179,7 +181,7 @@ fn gaps(recorded: &Recorded) -> Vec<Duration> {
 }
 
 pub async fn retry_after(ctx: &Ctx) -> Checked {
-    let (platform, run) = enrolled(ctx, vec![problem(429, "rate_limited").insert_header("retry-after", "2")], accepted()).await?;
+    let (platform, run) = enrolled(ctx, vec![problem(429, ProblemCode::RateLimited).insert_header("retry-after", "2")], accepted()).await?;
     let _agent = run.spawn("run")?;
     wait_for(&platform.heartbeats, 2, DEADLINE).await?;
     let g = gaps(&platform.heartbeats)[0];
@@ -188,7 +190,7 @@ pub async fn retry_after(ctx: &Ctx) -> Checked {
 }
 
 pub async fn backoff(ctx: &Ctx) -> Checked {
-    let script = vec![problem(503, "store_unavailable"), problem(500, "internal_error"), problem(503, "store_unavailable")];
+    let script = vec![problem(503, ProblemCode::StoreUnavailable), problem(500, ProblemCode::InternalError), problem(503, ProblemCode::StoreUnavailable)];
     let (platform, run) = enrolled(ctx, script, accepted()).await?;
     let mut agent = run.spawn("run")?;
     let started = std::time::Instant::now();
@@ -296,7 +298,7 @@ pub async fn sequence_continuity(ctx: &Ctx) -> Checked {
 
 pub async fn enrollment_retry_after(ctx: &Ctx) -> Checked {
     let bin = bin(ctx)?;
-    let platform = mock_platform(ctx.recorder(), vec![problem(429, "rate_limited").insert_header("retry-after", "2")], vec![], accepted()).await;
+    let platform = mock_platform(ctx.recorder(), vec![problem(429, ProblemCode::RateLimited).insert_header("retry-after", "2")], vec![], accepted()).await;
     let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?;
     let (code, _) = run.run_to_end("enroll")?;
     ensure(code == Some(0), format!("enroll exited {code:?} after a 429"))?;

@@ -1,4 +1,5 @@
 use chrono::Duration;
+use oneprotect_contracts::contract::ProblemCode;
 use oneprotect_contracts::contract::ops;
 
 use super::{BOTH, LOCAL};
@@ -50,7 +51,7 @@ pub async fn enrollment_token(ctx: &Ctx) -> Checked {
     let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
     let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
     clock.advance(Duration::seconds(601));
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn runtime_token(ctx: &Ctx) -> Checked {
@@ -60,7 +61,7 @@ pub async fn runtime_token(ctx: &Ctx) -> Checked {
     let expires = enrolled["runtime_token"]["expires_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).ok_or("no expiry")?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     clock.advance(expires.with_timezone(&chrono::Utc) - now + Duration::seconds(1));
-    expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 401, "runtime_token_invalid")
+    expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 401, ProblemCode::RuntimeTokenInvalid)
 }
 
 pub async fn rotation_grace(ctx: &Ctx) -> Checked {
@@ -75,7 +76,7 @@ pub async fn rotation_grace(ctx: &Ctx) -> Checked {
     ctx.remember(&new);
     ensure(ctx.heartbeat(&agent, &old, 1).await?.status == 200, "the old token is refused during the grace period")?;
     clock.advance(Duration::minutes(6));
-    expect_problem(&ctx.heartbeat(&agent, &old, 2).await?, 401, "runtime_token_invalid")?;
+    expect_problem(&ctx.heartbeat(&agent, &old, 2).await?, 401, ProblemCode::RuntimeTokenInvalid)?;
     ensure(ctx.heartbeat(&agent, &new, 3).await?.status == 200, "the new token is refused")
 }
 
@@ -88,7 +89,7 @@ pub async fn stale_identity(ctx: &Ctx) -> Checked {
     let claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
     let fresh = crate::faults::sign_runtime(&secret, &claims);
     ctx.remember(&fresh);
-    expect_problem(&ctx.heartbeat(&agent, &fresh, 1).await?, 403, "identity_stale")
+    expect_problem(&ctx.heartbeat(&agent, &fresh, 1).await?, 403, ProblemCode::IdentityStale)
 }
 
 pub async fn admin_token(ctx: &Ctx) -> Checked {
@@ -96,7 +97,7 @@ pub async fn admin_token(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
-    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, "unauthenticated")
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, ProblemCode::Unauthenticated)
 }
 
 pub async fn token_refused_at_expiry_instant(ctx: &Ctx) -> Checked {
@@ -104,7 +105,7 @@ pub async fn token_refused_at_expiry_instant(ctx: &Ctx) -> Checked {
     // Issued now for 600 s: after exactly 600 s the clock stands on its expiry.
     let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
     clock.advance(Duration::seconds(600));
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn admin_not_yet_valid(ctx: &Ctx) -> Checked {
@@ -112,7 +113,7 @@ pub async fn admin_not_yet_valid(ctx: &Ctx) -> Checked {
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     let token = crate::faults::mint_admin_with(ctx, &secret, "tenant-a", "tenant_admin", now + Duration::hours(2), Some(now + Duration::hours(1)));
-    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, "unauthenticated")
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, ProblemCode::Unauthenticated)
 }
 
 pub async fn token_expires_in_real_time(ctx: &Ctx) -> Checked {
@@ -121,5 +122,5 @@ pub async fn token_expires_in_real_time(ctx: &Ctx) -> Checked {
     }
     let (secret, _) = ctx.issue_token_for(Tenant::A, 5, 60).await?;
     (ctx.sleeper)(std::time::Duration::from_secs(61)).await;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }

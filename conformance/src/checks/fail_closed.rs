@@ -1,4 +1,5 @@
 use chrono::Duration;
+use oneprotect_contracts::contract::ProblemCode;
 use oneprotect_contracts::contract::ops;
 use serde_json::json;
 
@@ -81,7 +82,7 @@ pub async fn missing_bearer(ctx: &Ctx) -> Checked {
         let route = op.route(|_| id.to_string());
         let body = op.request_schema.map(|_| json!({}));
         let a = ctx.call(&route, None, body.as_ref()).await?;
-        expect_problem(&a, 401, "unauthenticated").map_err(|e| e.context(op.operation_id))?;
+        expect_problem(&a, 401, ProblemCode::Unauthenticated).map_err(|e| e.context(op.operation_id))?;
     }
     Ok(())
 }
@@ -101,7 +102,7 @@ pub async fn alg_none(ctx: &Ctx) -> Checked {
     let claims = genuine_claims(ctx)?;
     for header in [json!({"alg": "none", "typ": "JWT"}), json!({"alg": "None"}), json!({"alg": "nOnE"})] {
         let token = format!("{}.{}.", b64(&header), b64(&claims));
-        expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, "unauthenticated")?;
+        expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, ProblemCode::Unauthenticated)?;
     }
     Ok(())
 }
@@ -110,7 +111,7 @@ pub async fn forged_admin(ctx: &Ctx) -> Checked {
     let claims: oneprotect_server::admin_auth::AdminClaims = serde_json::from_value(genuine_claims(ctx)?).map_err(|e| e.to_string())?;
     let key = crate::random_nonce() + &crate::random_nonce();
     let forged = oneprotect_server::admin_auth::mint_hs256(key.as_bytes(), &claims).map_err(|e| e.to_string())?;
-    expect_problem(&ctx.call(&ops::list_agents(), Some(&forged), None).await?, 401, "unauthenticated")?;
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&forged), None).await?, 401, ProblemCode::Unauthenticated)?;
     let parts: Vec<&str> = ctx.admin(Tenant::A).split('.').collect();
     ensure(parts.len() == 3, "the admin credential is a JWT")?;
     let mut payload: serde_json::Value = {
@@ -120,7 +121,7 @@ pub async fn forged_admin(ctx: &Ctx) -> Checked {
     };
     payload["tenant_id"] = json!("tenant-zz-conformance");
     let tampered = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
-    expect_problem(&ctx.call(&ops::list_agents(), Some(&tampered), None).await?, 401, "unauthenticated")
+    expect_problem(&ctx.call(&ops::list_agents(), Some(&tampered), None).await?, 401, ProblemCode::Unauthenticated)
 }
 
 pub async fn tampered_runtime(ctx: &Ctx) -> Checked {
@@ -129,7 +130,7 @@ pub async fn tampered_runtime(ctx: &Ctx) -> Checked {
     ensure(parts.len() == 5, "runtime tokens have five parts")?;
     let flipped = if parts[4].starts_with('A') { "B" } else { "A" };
     let bad_sig = format!("{}.{}.{}.{}.{flipped}{}", parts[0], parts[1], parts[2], parts[3], &parts[4][1..]);
-    expect_problem(&ctx.heartbeat(&agent, &bad_sig, 1).await?, 401, "runtime_token_invalid")?;
+    expect_problem(&ctx.heartbeat(&agent, &bad_sig, 1).await?, 401, ProblemCode::RuntimeTokenInvalid)?;
     let mut claims: serde_json::Value = {
         use base64::Engine;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[3]).map_err(|e| e.to_string())?;
@@ -137,15 +138,15 @@ pub async fn tampered_runtime(ctx: &Ctx) -> Checked {
     };
     claims["exp"] = json!(claims["exp"].as_i64().unwrap_or(0) + 86_400 * 365);
     let bad_payload = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], b64(&claims), parts[4]);
-    expect_problem(&ctx.heartbeat(&agent, &bad_payload, 2).await?, 401, "runtime_token_invalid")?;
+    expect_problem(&ctx.heartbeat(&agent, &bad_payload, 2).await?, 401, ProblemCode::RuntimeTokenInvalid)?;
     let unknown_key = format!("{}.{}.kconformance0.{}.{}", parts[0], parts[1], parts[3], parts[4]);
-    expect_problem(&ctx.heartbeat(&agent, &unknown_key, 3).await?, 401, "runtime_token_invalid")?;
+    expect_problem(&ctx.heartbeat(&agent, &unknown_key, 3).await?, 401, ProblemCode::RuntimeTokenInvalid)?;
     // A MAC compared only over the length presented accepts a cut one, or
     // an empty one with any claims.
     let truncated = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3], &parts[4][..8]);
-    expect_problem(&ctx.heartbeat(&agent, &truncated, 4).await?, 401, "runtime_token_invalid").map_err(|e| e.context("truncated MAC"))?;
+    expect_problem(&ctx.heartbeat(&agent, &truncated, 4).await?, 401, ProblemCode::RuntimeTokenInvalid).map_err(|e| e.context("truncated MAC"))?;
     let empty = format!("{}.{}.{}.{}.", parts[0], parts[1], parts[2], b64(&claims));
-    expect_problem(&ctx.heartbeat(&agent, &empty, 5).await?, 401, "runtime_token_invalid").map_err(|e| e.context("empty MAC with forged claims"))?;
+    expect_problem(&ctx.heartbeat(&agent, &empty, 5).await?, 401, ProblemCode::RuntimeTokenInvalid).map_err(|e| e.context("empty MAC with forged claims"))?;
     ensure(ctx.heartbeat(&agent, &runtime, 10).await?.status == 200, "the genuine token still works")
 }
 
@@ -157,12 +158,12 @@ pub async fn wrong_scope(ctx: &Ctx) -> Checked {
     claims.scope = "agent_admin".into();
     let token = crate::faults::sign_runtime(&secret, &claims);
     ctx.remember(&token);
-    expect_problem(&ctx.heartbeat(&agent, &token, 1).await?, 403, "scope_forbidden")
+    expect_problem(&ctx.heartbeat(&agent, &token, 1).await?, 403, ProblemCode::ScopeForbidden)
 }
 
 pub async fn admin_at_agent(ctx: &Ctx) -> Checked {
     let (agent, _, _) = ctx.enroll(Tenant::A).await?;
-    expect_problem(&ctx.heartbeat(&agent, ctx.admin(Tenant::A), 1).await?, 403, "not_service_account")
+    expect_problem(&ctx.heartbeat(&agent, ctx.admin(Tenant::A), 1).await?, 403, ProblemCode::NotServiceAccount)
 }
 
 pub async fn revoked_identity(ctx: &Ctx) -> Checked {
@@ -170,16 +171,16 @@ pub async fn revoked_identity(ctx: &Ctx) -> Checked {
     ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "heartbeat refused before revocation")?;
     let r = ctx.call(&ops::revoke_agent(&agent), Some(ctx.admin(Tenant::A)), Some(&json!({"reason": "conformance"}))).await?;
     ensure(r.status == 200 && r.body["status"] == "revoked", "revocation failed")?;
-    expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 403, "identity_revoked")?;
+    expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 403, ProblemCode::IdentityRevoked)?;
     let nonce = crate::random_nonce();
     let body = json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
-    expect_problem(&ctx.call(&ops::rotate_agent_certificate(&agent), Some(&runtime), Some(&body)).await?, 403, "identity_revoked")
+    expect_problem(&ctx.call(&ops::rotate_agent_certificate(&agent), Some(&runtime), Some(&body)).await?, 403, ProblemCode::IdentityRevoked)
 }
 
 pub async fn revoked_token(ctx: &Ctx) -> Checked {
     let (secret, id) = ctx.issue_token(Tenant::A, 5).await?;
     ctx.call(&ops::revoke_enrollment_token(&id), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn malformed_csr(ctx: &Ctx) -> Checked {
@@ -187,7 +188,7 @@ pub async fn malformed_csr(ctx: &Ctx) -> Checked {
     for csr in ["-----BEGIN CERTIFICATE REQUEST-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE REQUEST-----\n", "not a pem"] {
         let mut body = ctx.exchange_body(&secret);
         body["csr_pem"] = json!(csr);
-        expect_problem(&ctx.exchange(&body).await?, 400, "csr_invalid")?;
+        expect_problem(&ctx.exchange(&body).await?, 400, ProblemCode::CsrInvalid)?;
     }
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
     ensure(tokens.iter().any(|t| t["enrollment_token_id"] == id.as_str() && t["use_count"] == 0), "a rejected CSR consumed a use")?;
@@ -196,12 +197,12 @@ pub async fn malformed_csr(ctx: &Ctx) -> Checked {
 
 pub async fn bad_bodies(ctx: &Ctx) -> Checked {
     let op = ops::exchange_enrollment_token();
-    expect_problem(&ctx.call_raw(&op, None, Some(("{\"enrollment_token\":".into(), "application/json"))).await?, 400, "request_invalid")?;
-    expect_problem(&ctx.call_raw(&op, None, Some(("x".repeat(70 * 1024), "application/json"))).await?, 413, "payload_too_large")?;
-    expect_problem(&ctx.call_raw(&op, None, Some(("hello".into(), "text/plain"))).await?, 415, "unsupported_media_type")?;
+    expect_problem(&ctx.call_raw(&op, None, Some(("{\"enrollment_token\":".into(), "application/json"))).await?, 400, ProblemCode::RequestInvalid)?;
+    expect_problem(&ctx.call_raw(&op, None, Some(("x".repeat(70 * 1024), "application/json"))).await?, 413, ProblemCode::PayloadTooLarge)?;
+    expect_problem(&ctx.call_raw(&op, None, Some(("hello".into(), "text/plain"))).await?, 415, ProblemCode::UnsupportedMediaType)?;
     let mut extra = ctx.exchange_body("opet_placeholder");
     extra["tenant_id"] = json!("tenant-b");
-    expect_problem(&ctx.exchange(&extra).await?, 400, "request_invalid")
+    expect_problem(&ctx.exchange(&extra).await?, 400, ProblemCode::RequestInvalid)
 }
 
 pub async fn identity_override(ctx: &Ctx) -> Checked {
@@ -210,7 +211,7 @@ pub async fn identity_override(ctx: &Ctx) -> Checked {
         let mut body = json!({"sequence": 1, "collected_at": chrono::Utc::now(), "hostname": "h", "agent_version": "c"});
         body[field] = json!(uuid::Uuid::new_v4().to_string());
         let a = ctx.call(&ops::post_agent_heartbeat(&agent), Some(&runtime), Some(&body)).await?;
-        expect_problem(&a, 400, "identity_override_rejected").map_err(|e| e.context(field))?;
+        expect_problem(&a, 400, ProblemCode::IdentityOverrideRejected).map_err(|e| e.context(field))?;
     }
     Ok(())
 }
@@ -233,7 +234,7 @@ pub async fn viewer(ctx: &Ctx) -> Checked {
             None => None,
         };
         let a = ctx.call(&route, Some(&token), body.as_ref()).await?;
-        expect_problem(&a, 403, "forbidden").map_err(|e| e.context(op.operation_id))?;
+        expect_problem(&a, 403, ProblemCode::Forbidden).map_err(|e| e.context(op.operation_id))?;
         tried += 1;
     }
     ensure(tried >= 3, format!("only {tried} write operations in the contract"))?;
@@ -254,7 +255,8 @@ pub async fn collector_binding(ctx: &Ctx) -> Checked {
         }
         let token = crate::faults::sign_runtime(&secret, &claims);
         ctx.remember(&token);
-        expect_problem(&ctx.heartbeat(&agent, &token, sequence).await?, 403, "collector_mismatch").map_err(|e| e.context(format!("another {what}")))?;
+        expect_problem(&ctx.heartbeat(&agent, &token, sequence).await?, 403, ProblemCode::CollectorMismatch)
+            .map_err(|e| e.context(format!("another {what}")))?;
     }
     Ok(())
 }
@@ -264,7 +266,7 @@ pub async fn missing_secret(ctx: &Ctx) -> Checked {
     let (secret, id) = ctx.issue_token(Tenant::A, 1).await?;
     let body = ctx.exchange_body(&secret);
     let a = ctx.call_raw_at(&base, &ops::exchange_enrollment_token(), None, Some((body.to_string(), "application/json"))).await?;
-    expect_problem(&a, 503, "runtime_secret_unavailable")?;
+    expect_problem(&a, 503, ProblemCode::RuntimeSecretUnavailable)?;
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
     ensure(tokens.iter().any(|t| t["enrollment_token_id"] == id.as_str() && t["use_count"] == 0), "the refused exchange consumed a use")
 }
@@ -298,7 +300,7 @@ pub async fn failed_exchanges_rate_limited(ctx: &Ctx) -> Checked {
             429 => {
                 let seconds = a.retry_after.as_deref().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
                 ensure(seconds >= 1, format!("429 after {attempt} failures with Retry-After {:?}", a.retry_after))?;
-                return expect_problem(&a, 429, "rate_limited");
+                return expect_problem(&a, 429, ProblemCode::RateLimited);
             }
             401 => {}
             other => return Err(format!("a wrong secret answered {other} {} (attempt {attempt})", a.code()).into()),

@@ -1,3 +1,4 @@
+use oneprotect_contracts::contract::ProblemCode;
 use oneprotect_contracts::contract::ops;
 use serde_json::json;
 
@@ -47,7 +48,7 @@ pub(super) const CHECKS: &[Check] = &[
 pub async fn agent_read(ctx: &Ctx) -> Checked {
     let (agent, _, _) = ctx.enroll(Tenant::A).await?;
     let cross = ctx.call(&ops::get_agent(&agent), Some(ctx.admin(Tenant::B)), None).await?;
-    expect_problem(&cross, 404, "not_found")?;
+    expect_problem(&cross, 404, ProblemCode::NotFound)?;
     let missing = ctx.call(&ops::get_agent(uuid::Uuid::new_v4()), Some(ctx.admin(Tenant::B)), None).await?;
     ensure(
         cross.body["detail"] == missing.body["detail"] && cross.body["title"] == missing.body["title"],
@@ -61,8 +62,8 @@ pub async fn revokes(ctx: &Ctx) -> Checked {
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     let (_, token_id) = ctx.issue_token(Tenant::A, 1).await?;
     let b = ctx.admin(Tenant::B);
-    expect_problem(&ctx.call(&ops::revoke_agent(&agent), Some(b), Some(&json!({}))).await?, 404, "not_found")?;
-    expect_problem(&ctx.call(&ops::revoke_enrollment_token(&token_id), Some(b), Some(&json!({}))).await?, 404, "not_found")?;
+    expect_problem(&ctx.call(&ops::revoke_agent(&agent), Some(b), Some(&json!({}))).await?, 404, ProblemCode::NotFound)?;
+    expect_problem(&ctx.call(&ops::revoke_enrollment_token(&token_id), Some(b), Some(&json!({}))).await?, 404, ProblemCode::NotFound)?;
     ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "the agent still works after the foreign revoke attempt")?;
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
     ensure(tokens.iter().any(|t| t["enrollment_token_id"] == token_id.as_str() && t["status"] == "active"), "the token is still active")
@@ -88,13 +89,13 @@ pub async fn lists(ctx: &Ctx) -> Checked {
 pub async fn cross_heartbeat(ctx: &Ctx) -> Checked {
     let (_, runtime_a, _) = ctx.enroll(Tenant::A).await?;
     let (agent_b, _, _) = ctx.enroll(Tenant::B).await?;
-    expect_problem(&ctx.heartbeat(&agent_b, &runtime_a, 1).await?, 403, "actor_mismatch")
+    expect_problem(&ctx.heartbeat(&agent_b, &runtime_a, 1).await?, 403, ProblemCode::ActorMismatch)
 }
 
 pub async fn refusal_audited_under_its_tenant(ctx: &Ctx) -> Checked {
     let missing = uuid::Uuid::new_v4().to_string();
     let a = ctx.call(&ops::revoke_agent(&missing), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
-    expect_problem(&a, 404, "not_found")?;
+    expect_problem(&a, 404, ProblemCode::NotFound)?;
     let audit_a = ctx.list(Tenant::A, Listing::Audit).await?;
     let records = audit_a.iter().filter(|r| r["target_id"] == missing.as_str()).count();
     ensure(records > 0, format!("the refused revoke of {missing} is not in tenant A's audit trail"))?;

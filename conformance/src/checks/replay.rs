@@ -1,3 +1,4 @@
+use oneprotect_contracts::contract::ProblemCode;
 use oneprotect_contracts::contract::ops;
 use serde_json::json;
 
@@ -42,14 +43,14 @@ pub async fn nonce_reuse(ctx: &Ctx) -> Checked {
     let first = ctx.exchange(&body).await?;
     ensure(first.status == 201, format!("first exchange {}", first.status))?;
     let replay = ctx.exchange(&body).await?;
-    expect_problem(&replay, 409, "nonce_replayed")?;
+    expect_problem(&replay, 409, ProblemCode::NonceReplayed)?;
     ensure(use_count(ctx, &id).await? == 1, "the replayed exchange consumed a token use")
 }
 
 pub async fn token_exhausted(ctx: &Ctx) -> Checked {
     let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
     ensure(ctx.exchange(&ctx.exchange_body(&secret)).await?.status == 201, "first exchange refused")?;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, "enrollment_token_invalid")
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn duplicate_heartbeat(ctx: &Ctx) -> Checked {
@@ -74,7 +75,7 @@ pub async fn rotation_nonce(ctx: &Ctx) -> Checked {
     ensure(rotated.status == 200, format!("rotation {} {}", rotated.status, rotated.code()))?;
     let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
     ctx.remember(&new);
-    expect_problem(&ctx.call(&route, Some(&new), Some(&body)).await?, 409, "nonce_replayed")
+    expect_problem(&ctx.call(&route, Some(&new), Some(&body)).await?, 409, ProblemCode::NonceReplayed)
 }
 
 pub async fn nonce_scoped_to_tenant(ctx: &Ctx) -> Checked {
@@ -85,6 +86,6 @@ pub async fn nonce_scoped_to_tenant(ctx: &Ctx) -> Checked {
     ensure(enrolled.status == 201, format!("first exchange {} {}", enrolled.status, enrolled.code()))?;
     let mut again = ctx.exchange_body(&second);
     again["nonce"] = body["nonce"].clone();
-    expect_problem(&ctx.exchange(&again).await?, 409, "nonce_replayed")?;
+    expect_problem(&ctx.exchange(&again).await?, 409, ProblemCode::NonceReplayed)?;
     ensure(use_count(ctx, &second_id).await? == 0, "the refused exchange consumed a use of the second token")
 }

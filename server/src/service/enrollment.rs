@@ -159,7 +159,7 @@ impl Platform {
         match &outcome {
             Ok(_) => self.metrics.inc("oneprotect_exchanges_total", "outcome", "enrolled"),
             Err(r) => {
-                self.metrics.inc("oneprotect_exchanges_total", "outcome", r.code());
+                self.metrics.inc("oneprotect_exchanges_total", "outcome", r.code().as_str());
                 if !matches!(r, Rejection::RuntimeSecretUnavailable | Rejection::StoreUnavailable | Rejection::Internal) {
                     self.limiter.record_failure(&rate_keys, now);
                 }

@@ -132,7 +132,7 @@ async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Back
     let revoked = h.call(&ops::revoke_agent(&agent), Some(&h.admin(TENANT_A)), Some(&serde_json::json!({}))).await;
     assert_eq!(revoked.0, StatusCode::OK);
     // The very next request after the revocation is refused.
-    assert_problem(&h.heartbeat(&agent, &runtime, 10_000).await, StatusCode::FORBIDDEN, "identity_revoked");
+    assert_problem(&h.heartbeat(&agent, &runtime, 10_000).await, StatusCode::FORBIDDEN, ProblemCode::IdentityRevoked);
     assert_eq!(store.commit_heartbeat(commit(&identity, now, 20_000)).await.expect("commit"), HeartbeatOutcome::Refused(IdentityRefusal::Revoked));
     let outcomes = stream.await.expect("stream");
     // Acceptances stop at the revocation and never resume.

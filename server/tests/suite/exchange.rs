@@ -43,12 +43,12 @@ async fn broken_weak_and_garbage_csrs_are_rejected_without_consuming_the_token(b
         ("not pem at all".into(), "not PEM"),
     ] {
         let r = h.exchange(&h.exchange_body(&secret, &csr)).await;
-        assert_problem(&r, StatusCode::BAD_REQUEST, "csr_invalid");
+        assert_problem(&r, StatusCode::BAD_REQUEST, ProblemCode::CsrInvalid);
         assert!(!r.1["detail"].as_str().unwrap_or_default().contains(csr_body(&csr)) || csr_body(&csr).is_empty(), "{what}: the CSR is not echoed");
     }
     let mut body = h.exchange_body(&secret, &good);
     body["nonce"] = serde_json::Value::String("not a nonce, has spaces!!".into());
-    assert_problem(&h.exchange(&body).await, StatusCode::BAD_REQUEST, "nonce_invalid");
+    assert_problem(&h.exchange(&body).await, StatusCode::BAD_REQUEST, ProblemCode::NonceInvalid);
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 0, "malformed requests do not burn the token");
     assert_eq!(h.exchange(&h.exchange_body(&secret, &good)).await.0, StatusCode::CREATED, "the token still works");
 }
@@ -71,7 +71,7 @@ async fn a_replayed_nonce_is_rejected_and_consumes_nothing(backend: Backend) {
     let (secret, id) = h.issue_token(TENANT_A, 5).await;
     let body = h.exchange_body(&secret, &p256_csr());
     assert_eq!(h.exchange(&body).await.0, StatusCode::CREATED);
-    assert_problem(&h.exchange(&body).await, StatusCode::CONFLICT, "nonce_replayed");
+    assert_problem(&h.exchange(&body).await, StatusCode::CONFLICT, ProblemCode::NonceReplayed);
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 1, "the replay rolled back its token use");
     let audit = h.audit(TENANT_A).await;
     assert!(audit.iter().any(|a| a["reason_code"] == "nonce_replayed"));
@@ -85,7 +85,7 @@ async fn a_nonce_replayed_with_another_token_consumes_none_of_its_uses(backend: 
     assert_eq!(h.exchange(&body).await.0, StatusCode::CREATED);
     let mut replay = body.clone();
     replay["enrollment_token"] = serde_json::Value::String(second.clone());
-    assert_problem(&h.exchange(&replay).await, StatusCode::CONFLICT, "nonce_replayed");
+    assert_problem(&h.exchange(&replay).await, StatusCode::CONFLICT, ProblemCode::NonceReplayed);
     assert_eq!(h.token_metadata(TENANT_A, &second_id).await["use_count"], 0, "the valid token kept both uses");
     assert_eq!(h.exchange(&h.exchange_body(&second, &p256_csr())).await.0, StatusCode::CREATED);
     assert_eq!(h.exchange(&h.exchange_body(&second, &p256_csr())).await.0, StatusCode::CREATED);
@@ -97,7 +97,7 @@ async fn a_refused_token_is_answered_before_a_replayed_nonce(backend: Backend) {
     let body = h.exchange_body(&secret, &p256_csr());
     assert_eq!(h.exchange(&body).await.0, StatusCode::CREATED);
     // The token is now exhausted and the nonce used: the token decides.
-    assert_problem(&h.exchange(&body).await, StatusCode::UNAUTHORIZED, "enrollment_token_invalid");
+    assert_problem(&h.exchange(&body).await, StatusCode::UNAUTHORIZED, ProblemCode::EnrollmentTokenInvalid);
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 1);
     let audit = h.audit(TENANT_A).await;
     assert!(audit.iter().any(|a| a["reason_code"] == "token_exhausted"), "the audit names the token's reason");
@@ -191,7 +191,7 @@ async fn a_missing_runtime_secret_fails_closed_with_nothing_written(backend: Bac
     let h = Harness::start_with(backend, Options { runtime_secret: None, ..Options::default() }).await;
     let (secret, id) = h.issue_token(TENANT_A, 1).await;
     let r = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
-    assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE, "runtime_secret_unavailable");
+    assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE, ProblemCode::RuntimeSecretUnavailable);
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 0);
     let (_, agents) = h.call(&ops::list_agents(), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!(agents["items"].as_array().map(Vec::len), Some(0), "no identity was written");
@@ -201,7 +201,7 @@ async fn a_missing_runtime_secret_fails_closed_with_nothing_written(backend: Bac
         "no certificate or nonce was written"
     );
     let hb = h.heartbeat(&uuid::Uuid::new_v4().to_string(), "oprt.v1.k.x.y", 1).await;
-    assert_problem(&hb, StatusCode::SERVICE_UNAVAILABLE, "runtime_secret_unavailable");
+    assert_problem(&hb, StatusCode::SERVICE_UNAVAILABLE, ProblemCode::RuntimeSecretUnavailable);
 }
 
 async fn repeated_failed_exchanges_are_rate_limited_with_retry_after(backend: Backend) {
@@ -210,11 +210,11 @@ async fn repeated_failed_exchanges_are_rate_limited_with_retry_after(backend: Ba
     let unknown = oneprotect_server::secrets::mint_enrollment_token();
     let unknown = secrecy::ExposeSecret::expose_secret(&unknown.secret).to_owned();
     for _ in 0..3 {
-        assert_problem(&h.exchange(&h.exchange_body(&unknown, &p256_csr())).await, StatusCode::UNAUTHORIZED, "enrollment_token_invalid");
+        assert_problem(&h.exchange(&h.exchange_body(&unknown, &p256_csr())).await, StatusCode::UNAUTHORIZED, ProblemCode::EnrollmentTokenInvalid);
     }
     let (secret, _) = h.issue_token(TENANT_A, 1).await;
     let limited = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
-    assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS, ProblemCode::RateLimited);
     h.clock.advance(Duration::minutes(1));
     assert_eq!(h.exchange(&h.exchange_body(&secret, &p256_csr())).await.0, StatusCode::CREATED, "the window passes with the clock");
 }

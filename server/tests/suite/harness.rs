@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
-pub use oneprotect_contracts::contract::{Route, ops};
+pub use oneprotect_contracts::contract::{ProblemCode, Route, ops};
 use oneprotect_server::admin_auth::{AdminClaims, AdminVerifier, mint_hs256};
 use oneprotect_server::clock::ManualClock;
 use oneprotect_server::runtime_token::{RuntimeClaims, RuntimeKeyring};
@@ -401,9 +401,9 @@ pub fn openssl_csr(key_args: &[&str]) -> String {
 }
 
 /// Asserts a Problem with `code` at `status`.
-pub fn assert_problem(result: &(StatusCode, Value), status: StatusCode, code: &str) {
+pub fn assert_problem(result: &(StatusCode, Value), status: StatusCode, code: ProblemCode) {
     assert_eq!(result.0, status, "{}", result.1);
-    assert_eq!(result.1["code"], code, "{}", result.1);
+    assert_eq!(result.1["code"], code.as_str(), "{}", result.1);
 }
 
 /// Generates one test per backend from an async fn taking the backend.

@@ -47,21 +47,21 @@ async fn tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed
     forged.tid = TENANT_B.into();
     let tampered_payload =
         format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], oneprotect_server::secrets::b64(&serde_json::to_vec(&forged).expect("json")), parts[4]);
-    assert_problem(&h.heartbeat(&agent, &tampered_payload, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    assert_problem(&h.heartbeat(&agent, &tampered_payload, 1).await, StatusCode::UNAUTHORIZED, ProblemCode::RuntimeTokenInvalid);
     let flipped = if parts[4].starts_with('A') { "B" } else { "A" };
     let tampered_sig = format!("{}.{}.{}.{}.{flipped}{}", parts[0], parts[1], parts[2], parts[3], &parts[4][1..]);
-    assert_problem(&h.heartbeat(&agent, &tampered_sig, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    assert_problem(&h.heartbeat(&agent, &tampered_sig, 1).await, StatusCode::UNAUTHORIZED, ProblemCode::RuntimeTokenInvalid);
     let unknown_kid = format!("{}.{}.kdeadbeef0000.{}.{}", parts[0], parts[1], parts[3], parts[4]);
-    assert_problem(&h.heartbeat(&agent, &unknown_kid, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    assert_problem(&h.heartbeat(&agent, &unknown_kid, 1).await, StatusCode::UNAUTHORIZED, ProblemCode::RuntimeTokenInvalid);
     let mut scoped = claims_of(&enrolled, h.clock_now());
     scoped.scope = "agent_admin".into();
-    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&scoped), 1).await, StatusCode::FORBIDDEN, "scope_forbidden");
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&scoped), 1).await, StatusCode::FORBIDDEN, ProblemCode::ScopeForbidden);
     let mut user = claims_of(&enrolled, h.clock_now());
     user.sub_type = "user".into();
-    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&user), 1).await, StatusCode::FORBIDDEN, "not_service_account");
-    assert_problem(&h.heartbeat(&agent, &h.admin(TENANT_A), 1).await, StatusCode::FORBIDDEN, "not_service_account");
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&user), 1).await, StatusCode::FORBIDDEN, ProblemCode::NotServiceAccount);
+    assert_problem(&h.heartbeat(&agent, &h.admin(TENANT_A), 1).await, StatusCode::FORBIDDEN, ProblemCode::NotServiceAccount);
     h.clock.advance(Duration::hours(25));
-    assert_problem(&h.heartbeat(&agent, &runtime, 1).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    assert_problem(&h.heartbeat(&agent, &runtime, 1).await, StatusCode::UNAUTHORIZED, ProblemCode::RuntimeTokenInvalid);
     let reasons: Vec<String> =
         h.audit(TENANT_A).await.iter().chain(h.audit(TENANT_B).await.iter()).filter_map(|a| a["reason_code"].as_str().map(str::to_owned)).collect();
     for r in ["scope_forbidden", "not_service_account"] {
@@ -80,28 +80,28 @@ async fn unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_cod
     let (other_agent, _, _) = h.enroll(TENANT_A).await;
 
     let r = h.heartbeat(&other_agent, &runtime, 1).await;
-    assert_problem(&r, StatusCode::FORBIDDEN, "actor_mismatch");
+    assert_problem(&r, StatusCode::FORBIDDEN, ProblemCode::ActorMismatch);
     assert_eq!(audited_failures(&h, TENANT_A, "actor_mismatch").await, 1);
 
     let mut wrong_collector = claims_of(&enrolled, h.clock_now());
     wrong_collector.cid = Uuid::new_v4();
-    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&wrong_collector), 1).await, StatusCode::FORBIDDEN, "collector_mismatch");
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&wrong_collector), 1).await, StatusCode::FORBIDDEN, ProblemCode::CollectorMismatch);
     assert_eq!(audited_failures(&h, TENANT_A, "collector_mismatch").await, 1);
 
     let ghost_id = Uuid::new_v4();
     let mut ghost = claims_of(&enrolled, h.clock_now());
     ghost.aid = ghost_id;
-    assert_problem(&h.heartbeat(&ghost_id.to_string(), &h.runtime_token_for(&ghost), 1).await, StatusCode::UNAUTHORIZED, "identity_unknown");
+    assert_problem(&h.heartbeat(&ghost_id.to_string(), &h.runtime_token_for(&ghost), 1).await, StatusCode::UNAUTHORIZED, ProblemCode::IdentityUnknown);
     assert_eq!(audited_failures(&h, TENANT_A, "identity_unknown").await, 1);
 
     let mut cross = claims_of(&enrolled, h.clock_now());
     cross.tid = TENANT_B.into();
-    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&cross), 1).await, StatusCode::UNAUTHORIZED, "identity_unknown");
+    assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&cross), 1).await, StatusCode::UNAUTHORIZED, ProblemCode::IdentityUnknown);
 
     assert_eq!(h.heartbeat(&agent, &runtime, 1).await.0, StatusCode::OK);
     let r = h.call(&ops::revoke_agent(&agent), Some(&h.admin(TENANT_A)), Some(&json!({"reason": "lost laptop"}))).await;
     assert_eq!((r.0, r.1["status"].as_str()), (StatusCode::OK, Some("revoked")));
-    assert_problem(&h.heartbeat(&agent, &runtime, 2).await, StatusCode::FORBIDDEN, "identity_revoked");
+    assert_problem(&h.heartbeat(&agent, &runtime, 2).await, StatusCode::FORBIDDEN, ProblemCode::IdentityRevoked);
     assert_eq!(audited_failures(&h, TENANT_A, "identity_revoked").await, 1);
     assert!(h.events(TENANT_A).await.iter().any(|e| e["type"] == "agent.revoked"));
     assert!(h.store.dump_all_rows().await.expect("dump").iter().any(|r| r.starts_with("agent_revocations:") && r.contains(&agent)));
@@ -119,7 +119,7 @@ async fn unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_cod
         h.clock_now(),
         Duration::hours(1),
     ));
-    assert_problem(&h.heartbeat(&stale_agent, &fresh, 1).await, StatusCode::FORBIDDEN, "identity_stale");
+    assert_problem(&h.heartbeat(&stale_agent, &fresh, 1).await, StatusCode::FORBIDDEN, ProblemCode::IdentityStale);
     assert_eq!(audited_failures(&h, TENANT_A, "identity_stale").await, 1);
     let (_, v) = h.call(&ops::get_agent(&stale_agent), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!(v["status"], "stale");
@@ -141,13 +141,13 @@ async fn rotation_issues_a_new_token_and_supersedes_the_old_one_after_the_grace_
     assert_eq!(h.heartbeat(&agent, &new, 1).await.0, StatusCode::OK);
     assert_eq!(h.heartbeat(&agent, &old, 2).await.0, StatusCode::OK, "the old token works during the grace period");
     let replay = h.call(&ops::rotate_agent_certificate(&agent), Some(&new), Some(&body)).await;
-    assert_problem(&replay, StatusCode::CONFLICT, "nonce_replayed");
+    assert_problem(&replay, StatusCode::CONFLICT, ProblemCode::NonceReplayed);
     // The grace runs from the rotation, not from the last heartbeat: late
     // in it the old token still works, just after it the old token fails.
     h.clock.advance(Duration::minutes(4));
     assert_eq!(h.heartbeat(&agent, &old, 3).await.0, StatusCode::OK, "the old token works until the grace period ends");
     h.clock.advance(Duration::minutes(2));
-    assert_problem(&h.heartbeat(&agent, &old, 4).await, StatusCode::UNAUTHORIZED, "runtime_token_invalid");
+    assert_problem(&h.heartbeat(&agent, &old, 4).await, StatusCode::UNAUTHORIZED, ProblemCode::RuntimeTokenInvalid);
     assert_eq!(h.heartbeat(&agent, &new, 5).await.0, StatusCode::OK);
     assert!(h.events(TENANT_A).await.iter().any(|e| e["type"] == "agent.certificate.rotated"));
 }

@@ -11,9 +11,9 @@ async fn another_tenants_agents_and_tokens_answer_404_and_never_appear_in_lists(
     let (agent, _, _) = h.enroll(TENANT_A).await;
     let (_, token_id) = h.issue_token(TENANT_A, 1).await;
     let b = h.admin(TENANT_B);
-    assert_problem(&h.call(&ops::get_agent(&agent), Some(&b), None).await, StatusCode::NOT_FOUND, "not_found");
-    assert_problem(&h.call(&ops::revoke_agent(&agent), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, "not_found");
-    assert_problem(&h.call(&ops::revoke_enrollment_token(&token_id), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, "not_found");
+    assert_problem(&h.call(&ops::get_agent(&agent), Some(&b), None).await, StatusCode::NOT_FOUND, ProblemCode::NotFound);
+    assert_problem(&h.call(&ops::revoke_agent(&agent), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, ProblemCode::NotFound);
+    assert_problem(&h.call(&ops::revoke_enrollment_token(&token_id), Some(&b), Some(&json!({}))).await, StatusCode::NOT_FOUND, ProblemCode::NotFound);
     let missing = uuid::Uuid::new_v4();
     let unknown = h.call(&ops::get_agent(missing), Some(&b), None).await;
     let cross = h.call(&ops::get_agent(&agent), Some(&b), None).await;
@@ -57,7 +57,7 @@ async fn pagination_walks_every_item_once_and_rejects_forged_cursors(backend: Ba
     }
     assert_eq!(seen, ids);
     let forged = h.call(&ops::list_enrollment_tokens().query("cursor", "bm9wZQ"), Some(&h.admin(TENANT_A)), None).await;
-    assert_problem(&forged, StatusCode::BAD_REQUEST, "parameter_invalid");
+    assert_problem(&forged, StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid);
 }
 
 crate::both_backends!(another_tenants_agents_and_tokens_answer_404_and_never_appear_in_lists, pagination_walks_every_item_once_and_rejects_forged_cursors);

@@ -25,7 +25,7 @@ async fn token_lifecycle_is_visible_in_list_and_revocation_stops_exchange(backen
     assert_eq!(again.0, StatusCode::OK, "revoking twice is idempotent");
 
     let refused = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
-    assert_problem(&refused, StatusCode::UNAUTHORIZED, "enrollment_token_invalid");
+    assert_problem(&refused, StatusCode::UNAUTHORIZED, ProblemCode::EnrollmentTokenInvalid);
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 1, "a refused exchange consumes nothing");
 
     let audit = h.audit(TENANT_A).await;
@@ -68,7 +68,7 @@ async fn expired_exhausted_unknown_and_revoked_tokens_get_the_same_public_answer
     assert_eq!(h.token_metadata(TENANT_A, &soon_id).await["status"], "expired");
 
     for r in [&exhausted, &unknown, &wrong_secret, &expired] {
-        assert_problem(r, StatusCode::UNAUTHORIZED, "enrollment_token_invalid");
+        assert_problem(r, StatusCode::UNAUTHORIZED, ProblemCode::EnrollmentTokenInvalid);
         assert_eq!(strip(&r.1), strip(&exhausted.1), "no oracle: every invalid token gets the same body");
     }
     let reasons: Vec<String> = h.audit(TENANT_A).await.iter().filter_map(|a| a["reason_code"].as_str().map(str::to_owned)).collect();
@@ -110,11 +110,11 @@ async fn issue_bounds_are_enforced_and_viewers_cannot_write(backend: Backend) {
         json!({"max_uses": 1}),
     ] {
         let r = h.call(&ops::issue_enrollment_token(), Some(&h.admin(TENANT_A)), Some(&body)).await;
-        assert_problem(&r, StatusCode::BAD_REQUEST, "request_invalid");
+        assert_problem(&r, StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid);
     }
     let viewer = h.viewer(TENANT_A);
     let r = h.call(&ops::issue_enrollment_token(), Some(&viewer), Some(&json!({"ttl_seconds": 3600}))).await;
-    assert_problem(&r, StatusCode::FORBIDDEN, "forbidden");
+    assert_problem(&r, StatusCode::FORBIDDEN, ProblemCode::Forbidden);
     let r = h.call(&ops::list_enrollment_tokens(), Some(&viewer), None).await;
     assert_eq!(r.0, StatusCode::OK, "viewers may read");
     let (_, v) = h.call(&ops::issue_enrollment_token(), Some(&h.admin(TENANT_A)), Some(&json!({"ttl_seconds": 3600}))).await;
@@ -141,25 +141,25 @@ async fn forged_expired_and_confused_admin_tokens_are_rejected(backend: Backend)
         async move { h.call(&ops::list_agents(), Some(&t), None).await }
     };
     let now = h.clock_now();
-    assert_problem(&list(h.admin_token(TENANT_A, &["tenant_admin"], now - Duration::minutes(5))).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    assert_problem(&list(h.admin_token(TENANT_A, &["auditor"], now + Duration::hours(1))).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_problem(&list(h.admin_token(TENANT_A, &["tenant_admin"], now - Duration::minutes(5))).await, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
+    assert_problem(&list(h.admin_token(TENANT_A, &["auditor"], now + Duration::hours(1))).await, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
     let b64 = |v: serde_json::Value| oneprotect_server::secrets::b64(v.to_string().as_bytes());
     let claims =
         json!({"sub": "x", "tenant_id": TENANT_A, "roles": ["tenant_admin"], "exp": (now + Duration::hours(1)).timestamp(), "iss": ISSUER, "aud": AUDIENCE});
     let alg_none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims.clone()));
-    assert_problem(&list(alg_none).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_problem(&list(alg_none).await, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
     let mut wrong_aud = claims.clone();
     wrong_aud["aud"] = json!("someone-else");
     let wrong_aud = oneprotect_server::admin_auth::mint_hs256(ADMIN_SECRET, &serde_json::from_value(wrong_aud).expect("claims")).expect("mint");
-    assert_problem(&list(wrong_aud).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_problem(&list(wrong_aud).await, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
     let other_key =
         oneprotect_server::admin_auth::mint_hs256(b"another-secret-that-is-long-enough-000000", &serde_json::from_value(claims.clone()).expect("claims"))
             .expect("mint");
-    assert_problem(&list(other_key).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_problem(&list(other_key).await, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
     let mut bad_tenant = claims;
     bad_tenant["tenant_id"] = json!("_unattributed");
     let bad_tenant = oneprotect_server::admin_auth::mint_hs256(ADMIN_SECRET, &serde_json::from_value(bad_tenant).expect("claims")).expect("mint");
-    assert_problem(&list(bad_tenant).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_problem(&list(bad_tenant).await, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
 }
 
 crate::both_backends!(
