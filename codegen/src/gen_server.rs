@@ -176,7 +176,7 @@ fn query_struct(op: &Operation) -> Option<TokenStream> {
         let ty = match p.ty {
             ParamType::Uuid => quote! { uuid::Uuid },
             ParamType::String { .. } => quote! { String },
-            ParamType::Integer { .. } => quote! { i64 },
+            ParamType::Integer { rust, .. } => syn::parse_str::<syn::Type>(rust).map_or_else(|_| quote! { i64 }, |t| quote! { #t }),
         };
         let ty = if p.required {
             ty
@@ -260,15 +260,15 @@ fn handler(op: &Operation) -> TokenStream {
         for p in &op.query_params {
             let f = format_ident!("{}", p.name);
             let name = &p.name;
-            let access = if p.required {
-                quote! { Some(query.#f) }
-            } else {
-                quote! { query.#f }
-            };
             match p.ty {
-                ParamType::Integer { min, max } => {
+                ParamType::Integer { min, max, .. } => {
                     let min = min.map(|m| quote! { Some(#m) }).unwrap_or(quote! { None });
                     let max = max.map(|m| quote! { Some(#m) }).unwrap_or(quote! { None });
+                    let access = if p.required {
+                        quote! { Some(AsI64::as_i64(&query.#f)) }
+                    } else {
+                        quote! { query.#f.as_ref().map(AsI64::as_i64) }
+                    };
                     steps.push(quote! { check_integer(#access, #name, #min, #max, &ctx)?; });
                 }
                 ParamType::String { max_length: Some(max) } => {

@@ -30,8 +30,37 @@ const UNSUPPORTED_KEYWORDS: [(&str, &str); 4] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamType {
     Uuid,
-    String { max_length: Option<u64> },
-    Integer { min: Option<i64>, max: Option<i64> },
+    String {
+        max_length: Option<u64>,
+    },
+    /// `rust` is the type typify (and so the progenitor client) gives the
+    /// same schema, so the client and the stubs agree.
+    Integer {
+        min: Option<i64>,
+        max: Option<i64>,
+        rust: &'static str,
+    },
+}
+
+/// The Rust type typify chooses for an integer schema: the `format`'s
+/// width and sign, and a `NonZero` type for an unsigned one whose minimum is
+/// at least 1; `i64` without a format.
+pub fn integer_rust_type(format: Option<&str>, min: Option<i64>) -> &'static str {
+    let positive = min.is_some_and(|m| m >= 1);
+    match (format, positive) {
+        (Some("int8"), _) => "i8",
+        (Some("int16"), _) => "i16",
+        (Some("int32"), _) => "i32",
+        (Some("uint8"), false) => "u8",
+        (Some("uint8"), true) => "std::num::NonZeroU8",
+        (Some("uint16"), false) => "u16",
+        (Some("uint16"), true) => "std::num::NonZeroU16",
+        (Some("uint32"), false) => "u32",
+        (Some("uint32"), true) => "std::num::NonZeroU32",
+        (Some("uint64"), false) => "u64",
+        (Some("uint64"), true) => "std::num::NonZeroU64",
+        _ => "i64",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -569,7 +598,9 @@ fn check_operation(
             (Some("string"), Some("uuid")) => ParamType::Uuid,
             (Some("string"), _) => ParamType::String { max_length: schema.get("maxLength").and_then(Value::as_u64) },
             (Some("integer"), _) => {
-                ParamType::Integer { min: schema.get("minimum").and_then(Value::as_i64), max: schema.get("maximum").and_then(Value::as_i64) }
+                let min = schema.get("minimum").and_then(Value::as_i64);
+                let rust = integer_rust_type(schema.get("format").and_then(Value::as_str), min);
+                ParamType::Integer { min, max: schema.get("maximum").and_then(Value::as_i64), rust }
             }
             _ => {
                 ctx.err(

@@ -142,6 +142,29 @@ fn query_params<T: DeserializeOwned>(parts: &Parts, ctx: &RequestContext) -> Res
     serde_urlencoded::from_str::<T>(raw).map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a query parameter is malformed", ctx))
 }
 
+/// An integer query parameter as `i64` for the range check (saturating).
+trait AsI64 {
+    fn as_i64(&self) -> i64;
+}
+
+macro_rules! as_i64 {
+    ($($t:ty => |$v:ident| $e:expr),* $(,)?) => {
+        $(impl AsI64 for $t {
+            fn as_i64(&self) -> i64 {
+                let $v = *self;
+                $e
+            }
+        })*
+    };
+}
+
+as_i64! {
+    i8 => |v| i64::from(v), i16 => |v| i64::from(v), i32 => |v| i64::from(v), i64 => |v| v,
+    u8 => |v| i64::from(v), u16 => |v| i64::from(v), u32 => |v| i64::from(v), u64 => |v| i64::try_from(v).unwrap_or(i64::MAX),
+    std::num::NonZeroU8 => |v| i64::from(v.get()), std::num::NonZeroU16 => |v| i64::from(v.get()),
+    std::num::NonZeroU32 => |v| i64::from(v.get()), std::num::NonZeroU64 => |v| i64::try_from(v.get()).unwrap_or(i64::MAX),
+}
+
 #[allow(dead_code)]
 fn check_integer(value: Option<i64>, name: &str, min: Option<i64>, max: Option<i64>, ctx: &RequestContext) -> Result<(), Response> {
     if let Some(v) = value

@@ -130,6 +130,23 @@ fn query_params<T: DeserializeOwned>(parts: &Parts, ctx: &RequestContext) -> Res
     serde_urlencoded::from_str::<T>(raw)
         .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a query parameter is malformed", ctx))
 }
+/// An integer query parameter as `i64` for the range check (saturating).
+trait AsI64 {
+    fn as_i64(&self) -> i64;
+}
+macro_rules! as_i64 {
+    ($($t:ty => |$v:ident | $e:expr),* $(,)?) => {
+        $(impl AsI64 for $t { fn as_i64(& self) -> i64 { let $v = * self; $e } })*
+    };
+}
+as_i64! {
+    i8 => | v | i64::from(v), i16 => | v | i64::from(v), i32 => | v | i64::from(v), i64
+    => | v | v, u8 => | v | i64::from(v), u16 => | v | i64::from(v), u32 => | v |
+    i64::from(v), u64 => | v | i64::try_from(v).unwrap_or(i64::MAX), std::num::NonZeroU8
+    => | v | i64::from(v.get()), std::num::NonZeroU16 => | v | i64::from(v.get()),
+    std::num::NonZeroU32 => | v | i64::from(v.get()), std::num::NonZeroU64 => | v |
+    i64::try_from(v.get()).unwrap_or(i64::MAX),
+}
 #[allow(dead_code)]
 fn check_integer(value: Option<i64>, name: &str, min: Option<i64>, max: Option<i64>, ctx: &RequestContext) -> Result<(), Response> {
     if let Some(v) = value
@@ -268,7 +285,7 @@ pub struct TenantAdminBearer(pub BearerToken);
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct ListEnrollmentTokensQuery {
     ///Page size (1 to 200, default 50).
-    pub limit: Option<i64>,
+    pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
@@ -276,7 +293,7 @@ pub struct ListEnrollmentTokensQuery {
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct ListAgentsQuery {
     ///Page size (1 to 200, default 50).
-    pub limit: Option<i64>,
+    pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
@@ -284,7 +301,7 @@ pub struct ListAgentsQuery {
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct ListAuditEventsQuery {
     ///Page size (1 to 200, default 50).
-    pub limit: Option<i64>,
+    pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
@@ -292,7 +309,7 @@ pub struct ListAuditEventsQuery {
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct ListEventsQuery {
     ///Page size (1 to 200, default 50).
-    pub limit: Option<i64>,
+    pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
@@ -1212,7 +1229,7 @@ async fn handle_list_enrollment_tokens<A: Api>(State(api): State<Arc<A>>, req: R
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
         let query: ListEnrollmentTokensQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit, "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
         Ok(api.list_enrollment_tokens(ctx.clone(), auth, query).await.into_response())
     }
@@ -1258,7 +1275,7 @@ async fn handle_list_agents<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
         let query: ListAgentsQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit, "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
         Ok(api.list_agents(ctx.clone(), auth, query).await.into_response())
     }
@@ -1344,7 +1361,7 @@ async fn handle_list_audit_events<A: Api>(State(api): State<Arc<A>>, req: Reques
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
         let query: ListAuditEventsQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit, "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
         Ok(api.list_audit_events(ctx.clone(), auth, query).await.into_response())
     }
@@ -1359,7 +1376,7 @@ async fn handle_list_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
         let query: ListEventsQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit, "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
         Ok(api.list_events(ctx.clone(), auth, query).await.into_response())
     }

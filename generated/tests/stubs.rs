@@ -2,7 +2,6 @@
 //! in-memory implementation of the `Api` trait is served on loopback and
 //! driven through the progenitor client and raw HTTP.
 
-use oneprotect_contracts::contract::ProblemCode;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -10,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{TimeZone, Utc};
 use oneprotect_contracts::client::Client;
+use oneprotect_contracts::contract::ProblemCode;
 use oneprotect_contracts::server::{self, *};
 use oneprotect_contracts::types;
 use reqwest::StatusCode;
@@ -118,7 +118,7 @@ impl Api for EchoApi {
         if !self.admin_ok(&auth) {
             return ListEnrollmentTokensResponse::from_problem(unauthorized(&ctx));
         }
-        let n = query.limit.unwrap_or(50) as u128;
+        let n = query.limit.map_or(50, std::num::NonZeroU32::get) as u128;
         let items = (0..n.min(3)).map(|i| metadata(uuid::Uuid::from_u128(i), 1, None, types::EnrollmentTokenStatus::Active)).collect();
         ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList { items, next_cursor: query.cursor.map(|c| format!("{c}-next")) })
     }
@@ -569,4 +569,22 @@ fn bearer_token_debug_output_is_redacted() {
     let token = BearerToken::new("fixture-bearer-value");
     assert_eq!(format!("{token:?}"), "BearerToken([REDACTED])");
     assert_eq!(format!("{:?}", TenantAdminBearer(token)), "TenantAdminBearer(BearerToken([REDACTED]))");
+}
+
+/// The stubs give each integer query parameter the type the client sends it
+/// as: a limit read by the server passes to the client unconverted (this
+/// compiles only while the two agree).
+#[tokio::test]
+async fn client_and_server_give_integer_parameters_the_same_rust_type() {
+    let h = serve().await;
+    let client = client_with(&h.base, Some(ADMIN_TOKEN));
+    let query = ListAgentsQuery { cursor: None, limit: NonZeroU32::new(2) };
+    let page = client.list_agents(None, query.limit).await.expect("lists");
+    assert!(page.into_inner().items.len() <= 2);
+    let tokens = ListEnrollmentTokensQuery { cursor: None, limit: NonZeroU32::new(1) };
+    let _ = client.list_enrollment_tokens(None, tokens.limit).await;
+    let audit = ListAuditEventsQuery { cursor: None, limit: NonZeroU32::new(1) };
+    let _ = client.list_audit_events(None, audit.limit).await;
+    let events = ListEventsQuery { cursor: None, limit: NonZeroU32::new(1) };
+    let _ = client.list_events(None, events.limit).await;
 }

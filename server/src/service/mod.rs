@@ -139,11 +139,11 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    pub fn parse(cursor: Option<&str>, limit: Option<i64>) -> Result<Self, Rejection> {
+    pub fn parse(cursor: Option<&str>, limit: Option<std::num::NonZeroU32>) -> Result<Self, Rejection> {
         let after = cursor.map(decode_cursor).transpose()?;
-        let limit = match limit {
+        let limit = match limit.map(std::num::NonZeroU32::get) {
             None => DEFAULT_PAGE_SIZE,
-            Some(l) if (1..=i64::from(MAX_PAGE_SIZE)).contains(&l) => l as u32,
+            Some(l) if l <= MAX_PAGE_SIZE => l,
             Some(_) => return Err(Rejection::ParameterInvalid(format!("limit must be 1..={MAX_PAGE_SIZE}"))),
         };
         Ok(Self { after, limit })
