@@ -16,6 +16,11 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
 pub const FORBIDDEN_PROPERTIES_EXT: &str = "x-oneprotect-forbidden-properties";
 /// Extension on an operation: the request body size limit in bytes.
 pub const MAX_BODY_EXT: &str = "x-oneprotect-max-body-bytes";
+/// Who holds a security scheme's credential: `tenant-admin` (a person
+/// acting for a tenant: can lack the role, names tenant resources) or
+/// `agent` (an enrolled identity: can be revoked).
+pub const PRINCIPAL_EXT: &str = "x-oneprotect-principal";
+pub const PRINCIPALS: [&str; 2] = ["tenant-admin", "agent"];
 /// The largest `x-oneprotect-max-body-bytes` the validator accepts (16 MiB).
 pub const MAX_BODY_CEILING: u64 = 16 * 1024 * 1024;
 
@@ -116,6 +121,8 @@ pub struct ApiModel {
     pub operations: Vec<Operation>,
     /// Bearer security scheme names, sorted.
     pub security_schemes: Vec<String>,
+    /// Scheme name → its `x-oneprotect-principal`.
+    pub principals: BTreeMap<String, String>,
     /// Component schema name → forbidden request properties.
     pub forbidden_properties: BTreeMap<String, Vec<String>>,
     pub schema_names: BTreeSet<String>,
@@ -280,9 +287,10 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
     let doc = ctx.doc.clone();
     check_extensions(&mut ctx, &doc, &mut Vec::new());
     check_extensible_enums(&mut ctx, &doc, String::new());
-    let security_schemes = check_security_schemes(&mut ctx);
-    let operations = check_operations(&mut ctx, &security_schemes);
-    Some(ApiModel { operations, security_schemes, forbidden_properties, schema_names, problem_codes })
+    let principals = check_security_schemes(&mut ctx);
+    let security_schemes: Vec<String> = principals.keys().cloned().collect();
+    let operations = check_operations(&mut ctx, &principals);
+    Some(ApiModel { operations, security_schemes, principals, forbidden_properties, schema_names, problem_codes })
 }
 
 fn check_refs(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
@@ -381,6 +389,7 @@ fn check_extensions(ctx: &mut Ctx<'_>, value: &Value, tokens: &mut Vec<String>) 
                     let ptr = pointer(tokens.iter().map(String::as_str).chain([k.as_str()]));
                     let at_operation = tokens.len() == 3 && tokens[0] == "paths" && METHODS.contains(&tokens[2].as_str());
                     let at_component_schema = tokens.len() == 3 && tokens[0] == "components" && tokens[1] == "schemas";
+                    let at_security_scheme = tokens.len() == 3 && tokens[0] == "components" && tokens[1] == "securitySchemes";
                     match k.as_str() {
                         MAX_BODY_EXT if at_operation => match v.as_u64() {
                             Some(n) if (1..=MAX_BODY_CEILING).contains(&n) => {}
@@ -391,15 +400,20 @@ fn check_extensions(ctx: &mut Ctx<'_>, value: &Value, tokens: &mut Vec<String>) 
                             ),
                         },
                         FORBIDDEN_PROPERTIES_EXT if at_component_schema => {}
-                        MAX_BODY_EXT | FORBIDDEN_PROPERTIES_EXT => ctx.err(
+                        PRINCIPAL_EXT if at_security_scheme => {}
+                        MAX_BODY_EXT | FORBIDDEN_PROPERTIES_EXT | PRINCIPAL_EXT => ctx.err(
                             &ptr,
                             format!("`{k}` is not allowed here"),
-                            format!("`{MAX_BODY_EXT}` goes on an operation; `{FORBIDDEN_PROPERTIES_EXT}` on a schema under components/schemas"),
+                            format!(
+                                "`{MAX_BODY_EXT}` goes on an operation, `{FORBIDDEN_PROPERTIES_EXT}` on a schema under components/schemas, `{PRINCIPAL_EXT}` on a security scheme"
+                            ),
                         ),
                         _ => ctx.err(
                             &ptr,
                             format!("unknown extension `{k}`"),
-                            format!("the OneProtect extensions are `{MAX_BODY_EXT}` and `{FORBIDDEN_PROPERTIES_EXT}`; other tools' extensions use their own `x-` prefix"),
+                            format!(
+                                "the OneProtect extensions are `{MAX_BODY_EXT}`, `{FORBIDDEN_PROPERTIES_EXT}` and `{PRINCIPAL_EXT}`; other tools' extensions use their own `x-` prefix"
+                            ),
                         ),
                     }
                     continue;
@@ -469,8 +483,8 @@ const PROBLEM_FIELDS: [(&str, &str, Option<&str>); 6] = [
     ("request_id", "string", None),
 ];
 
-fn check_security_schemes(ctx: &mut Ctx<'_>) -> Vec<String> {
-    let mut out = Vec::new();
+fn check_security_schemes(ctx: &mut Ctx<'_>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
     let schemes = ctx.doc.pointer("/components/securitySchemes").and_then(Value::as_object).cloned().unwrap_or_default();
     for (name, scheme) in &schemes {
         let ptr = pointer(["components", "securitySchemes", name]);
@@ -484,12 +498,21 @@ fn check_security_schemes(ctx: &mut Ctx<'_>) -> Vec<String> {
             ctx.err(&ptr, format!("security scheme name `{name}` is not a lowerCamelCase identifier"), "rename it, e.g. `tenantAdminBearer`");
             continue;
         }
-        out.push(name.clone());
+        match scheme.get(PRINCIPAL_EXT).and_then(Value::as_str) {
+            Some(p) if PRINCIPALS.contains(&p) => {
+                out.insert(name.clone(), p.to_string());
+            }
+            _ => ctx.err(
+                &format!("{ptr}/{PRINCIPAL_EXT}"),
+                format!("security scheme `{name}` must say who holds its credential in `{PRINCIPAL_EXT}`"),
+                format!("set `{PRINCIPAL_EXT}` to one of {}; it decides which refusals every operation using it documents", PRINCIPALS.join(", ")),
+            ),
+        }
     }
     out
 }
 
-fn check_operations(ctx: &mut Ctx<'_>, schemes: &[String]) -> Vec<Operation> {
+fn check_operations(ctx: &mut Ctx<'_>, principals: &BTreeMap<String, String>) -> Vec<Operation> {
     let paths = ctx.doc.get("paths").and_then(Value::as_object).cloned().unwrap_or_default();
     let global_security = ctx.doc.get("security").cloned();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -507,7 +530,7 @@ fn check_operations(ctx: &mut Ctx<'_>, schemes: &[String]) -> Vec<Operation> {
                 continue;
             }
             let ptr = format!("{item_ptr}/{method}");
-            if let Some(op) = check_operation(ctx, path, method, op, &ptr, &template_params, global_security.as_ref(), schemes, item.get("parameters")) {
+            if let Some(op) = check_operation(ctx, path, method, op, &ptr, &template_params, global_security.as_ref(), principals, item.get("parameters")) {
                 if let Some(first) = seen.get(&op.id) {
                     ctx.err(
                         &format!("{ptr}/operationId"),
@@ -533,7 +556,7 @@ fn check_operation(
     ptr: &str,
     template_params: &BTreeSet<String>,
     global_security: Option<&Value>,
-    schemes: &[String],
+    principals: &BTreeMap<String, String>,
     item_params: Option<&Value>,
 ) -> Option<Operation> {
     let before = ctx.diags.len();
@@ -566,7 +589,7 @@ fn check_operation(
             );
         } else if let Some(req) = non_empty.first() {
             let name = req.keys().next().cloned().unwrap_or_default();
-            if schemes.contains(&name) {
+            if principals.contains_key(&name) {
                 security = Some(name);
             } else {
                 ctx.err(&format!("{ptr}/security/0"), format!("unknown security scheme `{name}`"), "define it under components/securitySchemes");
@@ -765,11 +788,15 @@ fn check_operation(
     if security.is_some() {
         required.push((401, "the operation requires credentials"));
     }
-    if security.as_deref().is_some_and(|s| s.contains("Admin")) {
-        required.push((403, "tenant admins can lack the role"));
-        if !path_params.is_empty() {
-            required.push((404, "the path names a tenant-scoped resource"));
+    match security.as_ref().and_then(|s| principals.get(s)).map(String::as_str) {
+        Some("tenant-admin") => {
+            required.push((403, "a tenant admin credential can lack the role"));
+            if !path_params.is_empty() {
+                required.push((404, "the path names a tenant-scoped resource"));
+            }
         }
+        Some(_) => required.push((403, "an agent identity can be revoked")),
+        None => {}
     }
     if body.is_some() {
         required.push((400, "the body can be malformed"));

@@ -403,3 +403,19 @@ fn the_rule_catalogue_page_is_current() {
     let on_disk = std::fs::read_to_string(&page).unwrap_or_default();
     assert!(on_disk == rules::markdown(), "docs/compat-rules.md is stale: run `cargo run -p oneprotect-codegen -- rules > docs/compat-rules.md`");
 }
+
+#[test]
+fn a_declared_principal_that_changes_is_a_breaking_scheme_change() {
+    let mut base = base_docs();
+    apply(
+        &mut base,
+        &serde_json::json!({"file": "openapi.yaml", "op": "add", "path": "/components/securitySchemes/adminBearer/x-oneprotect-principal", "value": "tenant-admin"}),
+    );
+    let mut rev = base.clone();
+    apply(
+        &mut rev,
+        &serde_json::json!({"file": "openapi.yaml", "op": "replace", "path": "/components/securitySchemes/adminBearer/x-oneprotect-principal", "value": "agent"}),
+    );
+    let (report, ..) = diff_docs(&base, &rev);
+    assert_eq!(report.changes.iter().map(|c| (c.rule.as_str(), c.level)).collect::<Vec<_>>(), [("security-scheme-changed", Level::Breaking)]);
+}

@@ -361,3 +361,32 @@ fn problem_codes_must_be_listed_as_an_extensible_enum_of_distinct_strings() {
     f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["status"]["x-extensible-enum"] = json!(["a"]));
     assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/status/x-extensible-enum", "`type: string` only");
 }
+
+#[test]
+fn who_holds_a_credential_is_declared_on_the_scheme_and_decides_the_required_refusals() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| {
+        doc["components"]["securitySchemes"]["agentRuntimeBearer"].as_object_mut().expect("scheme").remove("x-oneprotect-principal");
+    });
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/securitySchemes/agentRuntimeBearer/x-oneprotect-principal", "must say who holds");
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["securitySchemes"]["agentRuntimeBearer"]["x-oneprotect-principal"] = json!("robot"));
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/securitySchemes/agentRuntimeBearer/x-oneprotect-principal", "must say who holds");
+
+    // The scheme's name no longer matters: renamed without "Admin", a
+    // tenant-admin operation must still document 403 and 404.
+    let f = Fixture::new();
+    let path = f.path("openapi.yaml");
+    let text = std::fs::read_to_string(&path).expect("read").replace("tenantAdminBearer", "operatorBearer");
+    std::fs::write(&path, text).expect("write");
+    f.validate().unwrap_or_else(|d| panic!("a renamed scheme is still valid: {d}"));
+    f.edit_openapi(|doc| {
+        let responses = doc["paths"]["/api/v1/agents/{agent_id}"]["get"]["responses"].as_object_mut().expect("responses");
+        responses.remove("403");
+        responses.remove("404");
+    });
+    let diags = f.errors();
+    assert!(diags.iter().any(|d| d.message.contains("does not document 403")), "{diags}");
+    assert!(diags.iter().any(|d| d.message.contains("does not document 404")), "{diags}");
+}

@@ -98,9 +98,25 @@ fn security_schemes(d: &mut Differ, base: &Value, rev: &Value) {
                 d.emit("security-scheme-added", FILE, None, Some(&ptr), &context, format!("security scheme `{name}` was added"));
             }
             (Some(bs), Some(rs)) => {
-                for field in ["type", "scheme", "bearerFormat", "in", "name", "flows", "openIdConnectUrl"] {
+                let principal = crate::openapi::PRINCIPAL_EXT;
+                let pp = format!("{ptr}/{principal}");
+                if bs.get(principal).is_none() && rs.get(principal).is_some() {
+                    d.examine(FILE, pp.clone());
+                    d.emit(
+                        "security-scheme-principal-declared",
+                        FILE,
+                        None,
+                        Some(&pp),
+                        &context,
+                        format!("security scheme `{name}` now declares who holds it"),
+                    );
+                }
+                for field in ["type", "scheme", "bearerFormat", "in", "name", "flows", "openIdConnectUrl", principal] {
                     let fp = format!("{ptr}/{field}");
                     d.examine(FILE, fp.clone());
+                    if field == principal && bs.get(field).is_none() {
+                        continue;
+                    }
                     if bs.get(field) != rs.get(field) {
                         d.emit("security-scheme-changed", FILE, Some(&fp), Some(&fp), &context, format!("`{field}` of security scheme `{name}` changed"));
                     }

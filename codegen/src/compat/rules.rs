@@ -164,6 +164,7 @@ const STRUCTURE_RULES: &[(&str, Level, Option<&str>, &str)] = &[
         Some("api-security-component-type-changed"),
         "a security scheme's type, scheme, format or location changed: existing credentials no longer fit",
     ),
+    ("security-scheme-principal-declared", I, None, "a security scheme now says who holds its credential (x-oneprotect-principal); credentials are unchanged"),
     ("security-scheme-removed", B, Some("api-security-component-removed"), "a security scheme was removed"),
     ("security-scheme-added", N, Some("api-security-component-added"), "a new security scheme"),
     ("request-parameter-removed", B, Some("request-parameter-removed"), "a parameter existing clients send is no longer accepted"),
