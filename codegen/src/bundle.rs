@@ -72,6 +72,11 @@ pub fn compile_def(bundle: &Value, name: &str) -> Result<jsonschema::Validator, 
 }
 
 /// Violations as (instance pointer, message without the offending value).
+/// (keyword, instance pointer, message) of every violation.
+pub fn rejections(validator: &jsonschema::Validator, instance: &Value) -> Vec<(String, String, String)> {
+    validator.iter_errors(instance).map(|e| (e.kind().keyword().to_string(), e.instance_path().to_string(), e.masked().to_string())).collect()
+}
+
 pub fn violations(validator: &jsonschema::Validator, instance: &Value) -> Vec<(String, String)> {
     validator.iter_errors(instance).map(|e| (e.instance_path().to_string(), e.masked().to_string())).collect()
 }

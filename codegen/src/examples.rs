@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::bundle;
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::events::EventModel;
-use crate::load::{EXAMPLES_DIR, Example, RawContracts};
+use crate::load::{EXAMPLES_DIR, Example, REJECTIONS_FILE, RawContracts};
 use crate::openapi::ApiModel;
 
 pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_doc: &Value, diags: &mut Diagnostics) {
@@ -69,18 +69,39 @@ pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_d
 }
 
 fn judge(ex: &Example, validator: &jsonschema::Validator, diags: &mut Diagnostics) {
-    let violations = bundle::violations(validator, &ex.value);
+    let rejections = bundle::rejections(validator, &ex.value);
     if ex.expect_valid {
-        for (ptr, msg) in violations {
+        for (_, ptr, msg) in rejections {
             diags.push(
                 Diagnostic::new(&ex.file, ptr, format!("example does not match schema `{}`: {msg}", ex.target))
                     .hint("fix the example, or the schema if the example is right"),
             );
         }
-    } else if violations.is_empty() {
+        return;
+    }
+    if rejections.is_empty() {
         diags.push(
             Diagnostic::new(&ex.file, "", format!("invalid example is accepted by schema `{}`", ex.target))
                 .hint("tighten the schema so it rejects this instance, or rename the file to valid-*.json"),
         );
+        return;
+    }
+    let name = ex.file.rsplit('/').next().unwrap_or_default();
+    let found = rejections.iter().map(|(k, p, _)| format!("`{k}` at `{}`", if p.is_empty() { "/" } else { p })).collect::<Vec<_>>().join(", ");
+    match &ex.expect_rejection {
+        None => {
+            let (k, p, _) = &rejections[0];
+            diags.push(
+                Diagnostic::new(&ex.file, "", "invalid example does not say what it must be rejected for")
+                    .hint(format!("add `{name}: {{keyword: {k}, pointer: '{p}'}}` to {REJECTIONS_FILE} beside it (rejected today for {found})")),
+            );
+        }
+        Some(want) if !rejections.iter().any(|(k, p, _)| k == &want.keyword && p == &want.pointer) => {
+            diags.push(
+                Diagnostic::new(&ex.file, &want.pointer, format!("rejected for another reason than `{}` at `{}`: {found}", want.keyword, want.pointer))
+                    .hint("the example no longer tests what it names: fix the example (or the schema), or its entry in rejections.yaml"),
+            );
+        }
+        Some(_) => {}
     }
 }

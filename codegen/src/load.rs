@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::diagnostics::{Diagnostic, Diagnostics, pointer};
 
 pub const OPENAPI_FILE: &str = "openapi.yaml";
 pub const ASYNCAPI_FILE: &str = "asyncapi.yaml";
@@ -34,8 +34,24 @@ pub struct Example {
     /// The schema (OpenAPI component name or event type) it targets.
     pub target: String,
     pub expect_valid: bool,
+    /// For an invalid example: the keyword and instance pointer it must be
+    /// rejected for, from `rejections.yaml` beside it.
+    pub expect_rejection: Option<ExpectedRejection>,
     pub value: Value,
 }
+
+/// Why an invalid example must be rejected: a JSON Schema keyword at an
+/// instance pointer. Another rejection (a new required field, say) does
+/// not count: the example would no longer test what it names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedRejection {
+    pub keyword: String,
+    pub pointer: String,
+}
+
+/// The file beside invalid examples that says what each must be rejected for.
+pub const REJECTIONS_FILE: &str = "rejections.yaml";
 
 /// The raw contract documents.
 #[derive(Debug, Clone)]
@@ -170,25 +186,54 @@ pub fn load(specs_dir: &Path, display_root: &str) -> Result<RawContracts, Diagno
         for target_dir in targets.into_iter().filter(|p| p.is_dir()) {
             let target = file_name(&target_dir);
             let Ok(files) = sorted_entries(&target_dir) else { continue };
+            let mut expectations: BTreeMap<String, ExpectedRejection> = BTreeMap::new();
+            let rejections_display = disp(&format!("{EXAMPLES_DIR}/{kind}/{target}/{REJECTIONS_FILE}"));
+            let first = out.len();
             for path in files {
                 let name = file_name(&path);
                 let display = disp(&format!("{EXAMPLES_DIR}/{kind}/{target}/{name}"));
+                if name == REJECTIONS_FILE {
+                    if let Some(text) = read(&path, &display, &mut diags) {
+                        match serde_norway::from_str::<BTreeMap<String, ExpectedRejection>>(&text) {
+                            Ok(map) => expectations = map,
+                            Err(e) => diags.push(
+                                Diagnostic::new(&display, "", format!("not a map of example file → {{keyword, pointer}}: {e}"))
+                                    .hint("write `invalid-foo.json: {keyword: maximum, pointer: /ttl_seconds}` per invalid example"),
+                            ),
+                        }
+                    }
+                    continue;
+                }
                 let expect_valid = if name.starts_with("valid") && name.ends_with(".json") {
                     true
                 } else if name.starts_with("invalid") && name.ends_with(".json") {
                     false
                 } else {
                     diags.push(
-                        Diagnostic::new(display, "", "example file name must start with `valid` or `invalid` and end in `.json`")
-                            .hint("rename it, e.g. valid-minimal.json or invalid-missing-nonce.json"),
+                        Diagnostic::new(
+                            display,
+                            "",
+                            format!("example file name must start with `valid` or `invalid` and end in `.json` (or be {REJECTIONS_FILE})"),
+                        )
+                        .hint("rename it, e.g. valid-minimal.json or invalid-missing-nonce.json"),
                     );
                     continue;
                 };
                 if let Some(text) = read(&path, &display, &mut diags)
                     && let Some(value) = parse_json(&text, &display, &mut diags)
                 {
-                    out.push(Example { file: display, target: target.clone(), expect_valid, value });
+                    out.push(Example { file: display, target: target.clone(), expect_valid, expect_rejection: None, value });
                 }
+            }
+            for ex in out[first..].iter_mut().filter(|e| !e.expect_valid) {
+                let name = ex.file.rsplit('/').next().unwrap_or_default().to_string();
+                ex.expect_rejection = expectations.remove(&name);
+            }
+            for name in expectations.keys() {
+                diags.push(
+                    Diagnostic::new(&rejections_display, pointer([name.as_str()]), format!("`{name}` is not an invalid example in this folder"))
+                        .hint("remove the entry or restore the example"),
+                );
             }
         }
     }

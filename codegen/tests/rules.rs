@@ -390,3 +390,36 @@ fn who_holds_a_credential_is_declared_on_the_scheme_and_decides_the_required_ref
     assert!(diags.iter().any(|d| d.message.contains("does not document 403")), "{diags}");
     assert!(diags.iter().any(|d| d.message.contains("does not document 404")), "{diags}");
 }
+
+#[test]
+fn an_invalid_example_rejected_for_another_reason_than_it_names_fails() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| {
+        let schema = &mut doc["components"]["schemas"]["EnrollmentTokenIssueRequest"];
+        schema["properties"]["ttl_seconds"].as_object_mut().expect("ttl").remove("maximum");
+        schema["properties"]["purpose"] = json!({"type": "string"});
+        schema["required"] = json!(["ttl_seconds", "purpose"]);
+    });
+    let diags = f.errors();
+    let file = "specs/examples/openapi/EnrollmentTokenIssueRequest/invalid-ttl-over-30-days.json";
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.file == file && d.message.contains("rejected for another reason than `maximum` at `/ttl_seconds`") && d.message.contains("`required`")),
+        "{diags}"
+    );
+}
+
+#[test]
+fn every_invalid_example_says_what_it_must_be_rejected_for_and_every_entry_names_an_example() {
+    let f = Fixture::new();
+    let folder = f.path("examples/openapi/EnrollmentTokenIssueRequest");
+    std::fs::copy(folder.join("invalid-missing-ttl.json"), folder.join("invalid-unexplained.json")).expect("copy");
+    assert_reports(&f.errors(), "specs/examples/openapi/EnrollmentTokenIssueRequest/invalid-unexplained.json", "", "does not say what it must be rejected for");
+
+    let g = Fixture::new();
+    let rejections = g.path("examples/openapi/EnrollmentTokenIssueRequest/rejections.yaml");
+    let text = std::fs::read_to_string(&rejections).expect("read");
+    std::fs::write(&rejections, format!("{text}invalid-gone.json: {{keyword: required, pointer: ''}}\n")).expect("write");
+    assert_reports(&g.errors(), "specs/examples/openapi/EnrollmentTokenIssueRequest/rejections.yaml", "/invalid-gone.json", "not an invalid example");
+}
