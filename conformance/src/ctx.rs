@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oneprotect_contracts::contract::{self, ResponseSpec, Route, ops};
+use oneprotect_contracts::types;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{Tenant, Verdict};
 
@@ -58,6 +59,20 @@ pub const RATE_LIMIT_RETRIES: usize = 3;
 /// Bounds on reading one list to its end.
 pub const LIST_PAGE_SIZE: u32 = 200;
 pub const MAX_LIST_PAGES: usize = 5_000;
+
+/// A value the contract constrains (a length, a pattern), or why it does not fit.
+fn fit<T: TryFrom<String>>(what: &str, value: impl Into<String>) -> Result<T, String>
+where
+    T::Error: std::fmt::Display,
+{
+    T::try_from(value.into()).map_err(|e| format!("{what} does not fit the contract: {e}"))
+}
+
+/// A request body built from the generated type, as JSON: a property the
+/// contract renames or removes fails to compile here.
+fn typed<T: serde::Serialize>(body: T) -> Result<Value, String> {
+    serde_json::to_value(body).map_err(|e| format!("a request body does not serialize: {e}"))
+}
 
 /// The paged lists of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -343,7 +358,13 @@ impl Ctx {
 
     /// Issues a token for `ttl_seconds` labelled with the run id.
     pub async fn issue_token_for(&self, tenant: Tenant, max_uses: u32, ttl_seconds: u32) -> Result<(String, String), String> {
-        let body = json!({"ttl_seconds": ttl_seconds, "max_uses": max_uses, "label": format!("{} (conformance, revoked at the end)", self.run_id)});
+        let body = typed(types::EnrollmentTokenIssueRequest {
+            ttl_seconds,
+            max_uses: std::num::NonZeroU32::new(max_uses).ok_or("max_uses must be at least 1")?,
+            label: Some(fit("the label", format!("{} (conformance, revoked at the end)", self.run_id))?),
+            site_id: None,
+            collector_id: None,
+        })?;
         let a = self.call(&ops::issue_enrollment_token(), Some(self.admin(tenant)), Some(&body)).await?;
         if a.status != 201 {
             return Err(format!("issue answered {} {}", a.status, a.code()));
@@ -354,12 +375,21 @@ impl Ctx {
         Ok((secret, id))
     }
 
-    pub fn exchange_body(&self, token: &str) -> Value {
+    /// A well-formed exchange body for `token`: a fresh key's CSR and nonce.
+    pub fn exchange_body(&self, token: &str) -> Result<Value, String> {
         let csr = p256_csr();
         let nonce = crate::random_nonce();
         self.remember(&nonce);
         self.remember(pem_body(&csr));
-        json!({"enrollment_token": token, "csr_pem": csr, "nonce": nonce, "hostname": self.hostname(), "agent_version": "conformance"})
+        typed(types::EnrollmentExchangeRequest {
+            enrollment_token: fit("the enrollment token", token)?,
+            csr_pem: fit("the CSR", csr)?,
+            nonce: fit("the nonce", nonce)?,
+            hostname: fit("the hostname", self.hostname())?,
+            agent_version: fit("the agent version", "conformance")?,
+            os_family: None,
+            hardware_fingerprint_hash: None,
+        })
     }
 
     /// The hostname every agent of this run reports: how cleanup finds them.
@@ -380,7 +410,7 @@ impl Ctx {
     /// Issues a single-use token and enrolls one agent: (agent id, runtime token, exchange answer).
     pub async fn enroll(&self, tenant: Tenant) -> Result<(String, String, Value), String> {
         let (secret, _) = self.issue_token(tenant, 1).await?;
-        let a = self.exchange(&self.exchange_body(&secret)).await?;
+        let a = self.exchange(&self.exchange_body(&secret)?).await?;
         if a.status != 201 {
             return Err(format!("exchange answered {} {}", a.status, a.code()));
         }
@@ -390,7 +420,22 @@ impl Ctx {
     }
 
     pub async fn heartbeat(&self, agent: &str, bearer: &str, sequence: u64) -> Result<Answer, String> {
-        let body = json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": self.hostname(), "agent_version": "conformance"});
+        let body = typed(types::AgentHeartbeatTelemetryRequest {
+            sequence,
+            collected_at: chrono::Utc::now(),
+            hostname: fit("the hostname", self.hostname())?,
+            agent_version: fit("the agent version", "conformance")?,
+            os_family: None,
+            os_version: None,
+            cpu_count: None,
+            cpu_usage_percent: None,
+            memory_total_bytes: None,
+            memory_used_bytes: None,
+            process_count: None,
+            uptime_seconds: None,
+            disks: Vec::new(),
+            network_interfaces: Vec::new(),
+        })?;
         self.call(&ops::post_agent_heartbeat(agent), Some(bearer), Some(&body)).await
     }
 
@@ -444,7 +489,10 @@ impl Ctx {
     /// returns what could not be revoked.
     pub async fn cleanup(&self) -> Vec<String> {
         let mut failures = Vec::new();
-        let reason = json!({"reason": format!("{} cleanup", self.run_id)});
+        let reason = match fit("the revoke reason", format!("{} cleanup", self.run_id)).and_then(|r| typed(types::RevokeRequest { reason: Some(r) })) {
+            Ok(body) => body,
+            Err(e) => return vec![e],
+        };
         let host = self.hostname();
         for tenant in Tenant::BOTH {
             let admin = self.admin(tenant);

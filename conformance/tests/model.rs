@@ -102,7 +102,7 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::Exchange { token, reuse_last_nonce } => {
                 let Some(t) = m.tokens.get(*token) else { continue };
-                let mut body = ctx.exchange_body(&t.secret);
+                let mut body = ctx.exchange_body(&t.secret).expect("a well-formed exchange body");
                 if let (true, Some(n)) = (*reuse_last_nonce, &m.last_nonce) {
                     body["nonce"] = json!(n);
                 }

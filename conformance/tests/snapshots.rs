@@ -63,7 +63,7 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
         .expect("issue");
     record("issue enrollment token", issued.status, &issued.body);
     let secret = issued.body["enrollment_token"].as_str().expect("secret").to_owned();
-    let enrolled = ctx.exchange(&ctx.exchange_body(&secret)).await.expect("exchange");
+    let enrolled = ctx.exchange(&ctx.exchange_body(&secret).expect("a well-formed exchange body")).await.expect("exchange");
     record("exchange", enrolled.status, &enrolled.body);
     let agent = enrolled.body["agent"]["agent_id"].as_str().expect("agent").to_owned();
     let runtime = enrolled.body["runtime_token"]["token"].as_str().expect("runtime").to_owned();
@@ -71,7 +71,7 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
     record("heartbeat", hb.status, &hb.body);
     let dup = ctx.heartbeat(&agent, &runtime, 1).await.expect("heartbeat");
     record("duplicate heartbeat", dup.status, &dup.body);
-    let refused = ctx.exchange(&ctx.exchange_body(&secret)).await.expect("exchange");
+    let refused = ctx.exchange(&ctx.exchange_body(&secret).expect("a well-formed exchange body")).await.expect("exchange");
     record("exchange with the used token", refused.status, &refused.body);
     for (step, route) in [
         ("list tokens", ops::list_enrollment_tokens()),

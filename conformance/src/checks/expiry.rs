@@ -51,7 +51,7 @@ pub async fn enrollment_token(ctx: &Ctx) -> Checked {
     let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
     let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
     clock.advance(Duration::seconds(601));
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn runtime_token(ctx: &Ctx) -> Checked {
@@ -105,7 +105,7 @@ pub async fn token_refused_at_expiry_instant(ctx: &Ctx) -> Checked {
     // Issued now for 600 s: after exactly 600 s the clock stands on its expiry.
     let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
     clock.advance(Duration::seconds(600));
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn admin_not_yet_valid(ctx: &Ctx) -> Checked {
@@ -122,5 +122,5 @@ pub async fn token_expires_in_real_time(ctx: &Ctx) -> Checked {
     }
     let (secret, _) = ctx.issue_token_for(Tenant::A, 5, 60).await?;
     (ctx.sleeper)(std::time::Duration::from_secs(61)).await;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }

@@ -180,19 +180,19 @@ pub async fn revoked_identity(ctx: &Ctx) -> Checked {
 pub async fn revoked_token(ctx: &Ctx) -> Checked {
     let (secret, id) = ctx.issue_token(Tenant::A, 5).await?;
     ctx.call(&ops::revoke_enrollment_token(&id), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn malformed_csr(ctx: &Ctx) -> Checked {
     let (secret, id) = ctx.issue_token(Tenant::A, 1).await?;
     for csr in ["-----BEGIN CERTIFICATE REQUEST-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE REQUEST-----\n", "not a pem"] {
-        let mut body = ctx.exchange_body(&secret);
+        let mut body = ctx.exchange_body(&secret)?;
         body["csr_pem"] = json!(csr);
         expect_problem(&ctx.exchange(&body).await?, 400, ProblemCode::CsrInvalid)?;
     }
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
     ensure(tokens.iter().any(|t| t["enrollment_token_id"] == id.as_str() && t["use_count"] == 0), "a rejected CSR consumed a use")?;
-    ensure(ctx.exchange(&ctx.exchange_body(&secret)).await?.status == 201, "the token no longer works")
+    ensure(ctx.exchange(&ctx.exchange_body(&secret)?).await?.status == 201, "the token no longer works")
 }
 
 pub async fn bad_bodies(ctx: &Ctx) -> Checked {
@@ -200,7 +200,7 @@ pub async fn bad_bodies(ctx: &Ctx) -> Checked {
     expect_problem(&ctx.call_raw(&op, None, Some(("{\"enrollment_token\":".into(), "application/json"))).await?, 400, ProblemCode::RequestInvalid)?;
     expect_problem(&ctx.call_raw(&op, None, Some(("x".repeat(70 * 1024), "application/json"))).await?, 413, ProblemCode::PayloadTooLarge)?;
     expect_problem(&ctx.call_raw(&op, None, Some(("hello".into(), "text/plain"))).await?, 415, ProblemCode::UnsupportedMediaType)?;
-    let mut extra = ctx.exchange_body("opet_placeholder");
+    let mut extra = ctx.exchange_body("opet_placeholder")?;
     extra["tenant_id"] = json!("tenant-b");
     expect_problem(&ctx.exchange(&extra).await?, 400, ProblemCode::RequestInvalid)
 }
@@ -264,7 +264,7 @@ pub async fn collector_binding(ctx: &Ctx) -> Checked {
 pub async fn missing_secret(ctx: &Ctx) -> Checked {
     let base = ctx.needs("a platform without the runtime secret", &ctx.local.secretless_base)?;
     let (secret, id) = ctx.issue_token(Tenant::A, 1).await?;
-    let body = ctx.exchange_body(&secret);
+    let body = ctx.exchange_body(&secret)?;
     let a = ctx.call_raw_at(&base, &ops::exchange_enrollment_token(), None, Some((body.to_string(), "application/json"))).await?;
     expect_problem(&a, 503, ProblemCode::RuntimeSecretUnavailable)?;
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
@@ -294,7 +294,7 @@ pub async fn failed_exchanges_rate_limited(ctx: &Ctx) -> Checked {
     };
     let route = ops::exchange_enrollment_token();
     for attempt in 1..=RATE_LIMIT_ATTEMPTS {
-        let body = ctx.exchange_body(&wrong);
+        let body = ctx.exchange_body(&wrong)?;
         let a = ctx.call_once(&route, None, Some((body.to_string(), "application/json"))).await?;
         match a.status {
             429 => {

@@ -43,7 +43,7 @@ async fn scenario(ctx: &Ctx) -> Checked {
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "heartbeat refused")?;
     let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
-    let mut bad = ctx.exchange_body(&secret);
+    let mut bad = ctx.exchange_body(&secret)?;
     bad["csr_pem"] = json!("-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n");
     ctx.exchange(&bad).await?;
     Ok(())
@@ -104,7 +104,7 @@ pub async fn logs_clean(ctx: &Ctx) -> Checked {
 
 pub async fn problems_do_not_echo(ctx: &Ctx) -> Checked {
     let marker = format!("opet_{}_CONFORMANCE_MARKER_{}", ctx.run_id, "x".repeat(240));
-    let mut body = ctx.exchange_body("placeholder");
+    let mut body = ctx.exchange_body("placeholder")?;
     body["enrollment_token"] = json!(marker);
     let a = ctx.exchange(&body).await?;
     ensure(a.status == 400, format!("an over-long token is 400, got {}", a.status))?;
@@ -116,7 +116,7 @@ pub async fn fingerprint_not_raw(ctx: &Ctx) -> Checked {
     let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
     let fingerprint = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     ctx.remember(&fingerprint);
-    let mut body = ctx.exchange_body(&secret);
+    let mut body = ctx.exchange_body(&secret)?;
     body["hardware_fingerprint_hash"] = json!(fingerprint);
     let a = ctx.exchange(&body).await?;
     ensure(a.status == 201, format!("the exchange with a fingerprint answered {} {}", a.status, a.code()))?;

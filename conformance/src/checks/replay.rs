@@ -39,7 +39,7 @@ async fn use_count(ctx: &Ctx, id: &str) -> Result<u64, String> {
 
 pub async fn nonce_reuse(ctx: &Ctx) -> Checked {
     let (secret, id) = ctx.issue_token(Tenant::A, 3).await?;
-    let body = ctx.exchange_body(&secret);
+    let body = ctx.exchange_body(&secret)?;
     let first = ctx.exchange(&body).await?;
     ensure(first.status == 201, format!("first exchange {}", first.status))?;
     let replay = ctx.exchange(&body).await?;
@@ -49,8 +49,8 @@ pub async fn nonce_reuse(ctx: &Ctx) -> Checked {
 
 pub async fn token_exhausted(ctx: &Ctx) -> Checked {
     let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
-    ensure(ctx.exchange(&ctx.exchange_body(&secret)).await?.status == 201, "first exchange refused")?;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    ensure(ctx.exchange(&ctx.exchange_body(&secret)?).await?.status == 201, "first exchange refused")?;
+    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
 }
 
 pub async fn duplicate_heartbeat(ctx: &Ctx) -> Checked {
@@ -81,10 +81,10 @@ pub async fn rotation_nonce(ctx: &Ctx) -> Checked {
 pub async fn nonce_scoped_to_tenant(ctx: &Ctx) -> Checked {
     let (first, _) = ctx.issue_token(Tenant::A, 1).await?;
     let (second, second_id) = ctx.issue_token(Tenant::A, 1).await?;
-    let body = ctx.exchange_body(&first);
+    let body = ctx.exchange_body(&first)?;
     let enrolled = ctx.exchange(&body).await?;
     ensure(enrolled.status == 201, format!("first exchange {} {}", enrolled.status, enrolled.code()))?;
-    let mut again = ctx.exchange_body(&second);
+    let mut again = ctx.exchange_body(&second)?;
     again["nonce"] = body["nonce"].clone();
     expect_problem(&ctx.exchange(&again).await?, 409, ProblemCode::NonceReplayed)?;
     ensure(use_count(ctx, &second_id).await? == 0, "the refused exchange consumed a use of the second token")

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 pub use oneprotect_contracts::contract::{ProblemCode, Route, ops};
+pub use oneprotect_contracts::types;
 use oneprotect_server::admin_auth::{AdminClaims, AdminVerifier, mint_hs256};
 use oneprotect_server::clock::ManualClock;
 use oneprotect_server::runtime_token::{RuntimeClaims, RuntimeKeyring};
@@ -18,7 +19,7 @@ use oneprotect_server::store::Store;
 use oneprotect_server::store::postgres::PgStore;
 use oneprotect_server::store::sqlite::SqliteStore;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const ADMIN_SECRET: &[u8] = b"fixture-admin-jwt-secret-for-tests-only-0000";
 pub const RUNTIME_SECRET: &[u8] = b"fixture-runtime-token-secret-for-tests-only-00";
@@ -297,7 +298,14 @@ impl Harness {
     }
 
     pub async fn issue_token(&self, tenant: &str, max_uses: u32) -> (String, String) {
-        let v = self.issue(tenant, json!({"ttl_seconds": 3600, "max_uses": max_uses, "label": "fixture"})).await;
+        let body = types::EnrollmentTokenIssueRequest {
+            ttl_seconds: 3600,
+            max_uses: std::num::NonZeroU32::new(max_uses).expect("max_uses is at least 1"),
+            label: Some(fit("fixture")),
+            site_id: None,
+            collector_id: None,
+        };
+        let v = self.issue(tenant, typed(&body)).await;
         (v["enrollment_token"].as_str().expect("secret").to_owned(), v["token"]["enrollment_token_id"].as_str().expect("id").to_owned())
     }
 
@@ -307,9 +315,14 @@ impl Harness {
         self.remember(&nonce);
         self.remember(&fingerprint);
         self.remember(csr_body(csr_pem));
-        json!({
-            "enrollment_token": token, "csr_pem": csr_pem, "nonce": nonce, "hostname": "host-1.fixture",
-            "agent_version": "0.1.0", "os_family": "linux", "hardware_fingerprint_hash": fingerprint
+        typed(&types::EnrollmentExchangeRequest {
+            enrollment_token: fit(token),
+            csr_pem: fit(csr_pem),
+            nonce: fit(nonce),
+            hostname: fit("host-1.fixture"),
+            agent_version: fit("0.1.0"),
+            os_family: Some(fit("linux")),
+            hardware_fingerprint_hash: Some(fit(fingerprint)),
         })
     }
 
@@ -330,7 +343,22 @@ impl Harness {
     }
 
     pub async fn heartbeat(&self, agent_id: &str, bearer: &str, sequence: u64) -> (StatusCode, Value) {
-        let body = json!({"sequence": sequence, "collected_at": "2026-11-22T10:00:00Z", "hostname": "host-1.fixture", "agent_version": "0.1.0", "os_family": "linux", "cpu_count": 4});
+        let body = typed(&types::AgentHeartbeatTelemetryRequest {
+            sequence,
+            collected_at: "2026-11-22T10:00:00Z".parse().expect("fixture time"),
+            hostname: fit("host-1.fixture"),
+            agent_version: fit("0.1.0"),
+            os_family: Some(fit("linux")),
+            cpu_count: Some(4),
+            os_version: None,
+            cpu_usage_percent: None,
+            memory_total_bytes: None,
+            memory_used_bytes: None,
+            process_count: None,
+            uptime_seconds: None,
+            disks: Vec::new(),
+            network_interfaces: Vec::new(),
+        });
         self.call(&ops::post_agent_heartbeat(agent_id), Some(bearer), Some(&body)).await
     }
 
@@ -401,6 +429,19 @@ pub fn openssl_csr(key_args: &[&str]) -> String {
 }
 
 /// Asserts a Problem with `code` at `status`.
+/// A fixture value the contract constrains (length, pattern); fixtures fit.
+pub fn fit<T: TryFrom<String>>(value: impl Into<String>) -> T
+where
+    T::Error: std::fmt::Debug,
+{
+    T::try_from(value.into()).expect("the fixture fits the contract")
+}
+
+/// A request body from its generated type, as the JSON the harness sends.
+pub fn typed<T: serde::Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).expect("a typed body serializes")
+}
+
 pub fn assert_problem(result: &(StatusCode, Value), status: StatusCode, code: ProblemCode) {
     assert_eq!(result.0, status, "{}", result.1);
     assert_eq!(result.1["code"], code.as_str(), "{}", result.1);
