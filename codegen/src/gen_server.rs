@@ -147,7 +147,7 @@ fn response_enum(op: &Operation) -> TokenStream {
 
             /// The documented variant for `p.status`; an undocumented status
             /// becomes a 500 `internal_error`, so the contract always holds.
-            pub fn from_problem(p: types::Problem) -> Self {
+            pub fn from_problem(p: ProblemBody) -> Self {
                 match p.status {
                     #(#problem_arms,)*
                     _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),

@@ -99,25 +99,27 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
 
     // Event payload structs (typify), envelope and validation.
     let mut event_modules = Vec::new();
-    for model in &c.events {
-        let file = c.raw.file(&format!("events/{}", model.file_name));
-        let schema = &c.raw.event_schemas[&model.file_name];
-        let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
-        let tokens = guarded(&file, "typify", || {
-            let defs: BTreeMap<String, schemars::schema::Schema> = serde_json::from_value(defs).map_err(|e| e.to_string())?;
-            let mut settings = typify::TypeSpaceSettings::default();
-            settings.with_struct_builder(false).with_derive("PartialEq".into()).with_map_type("::std::collections::BTreeMap");
-            let mut space = typify::TypeSpace::new(&settings);
-            space.add_ref_types(defs).map_err(|e| e.to_string())?;
-            tolerant(space.to_stream())
-        })?;
-        let module = format_ident!("{}", model.module);
-        let doc = format!("Payload types of `{}` (from specs/events/{}).", model.event_type, model.file_name);
-        event_modules.push(quote! { #[doc = #doc] pub mod #module { #tokens } });
-        files.insert(format!("schemas/events/{}", model.file_name), c.raw.event_schema_texts[&model.file_name].clone());
+    if c.config.events {
+        for model in &c.events {
+            let file = c.raw.file(&format!("events/{}", model.file_name));
+            let schema = &c.raw.event_schemas[&model.file_name];
+            let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
+            let tokens = guarded(&file, "typify", || {
+                let defs: BTreeMap<String, schemars::schema::Schema> = serde_json::from_value(defs).map_err(|e| e.to_string())?;
+                let mut settings = typify::TypeSpaceSettings::default();
+                settings.with_struct_builder(false).with_derive("PartialEq".into()).with_map_type("::std::collections::BTreeMap");
+                let mut space = typify::TypeSpace::new(&settings);
+                space.add_ref_types(defs).map_err(|e| e.to_string())?;
+                tolerant(space.to_stream())
+            })?;
+            let module = format_ident!("{}", model.module);
+            let doc = format!("Payload types of `{}` (from specs/events/{}).", model.event_type, model.file_name);
+            event_modules.push(quote! { #[doc = #doc] pub mod #module { #tokens } });
+            files.insert(format!("schemas/events/{}", model.file_name), c.raw.event_schema_texts[&model.file_name].clone());
+        }
+        let events_tokens = events_module(c, event_modules);
+        files.insert("events.rs".into(), fmt(events_tokens, &openapi_file)?);
     }
-    let events_tokens = events_module(c, event_modules);
-    files.insert("events.rs".into(), fmt(events_tokens, &openapi_file)?);
 
     // Contract tables and schema validation.
     let bundle_text = serde_json::to_string_pretty(&c.bundle).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
@@ -132,19 +134,33 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
     // Rejections are axum `Response`s and bodies are returned by value, as
     // axum handlers do; boxing them would only add allocations.
     let lints = quote! { #![allow(clippy::result_large_err, clippy::large_enum_variant)] };
-    files.insert("server.rs".into(), fmt(quote! { #lints #runtime #server }, &openapi_file)?);
+    let problem_name = format_ident!("{}", c.config.problem.schema);
+    let problem_prefix = &c.config.problem.type_prefix;
+    let problem = quote! {
+        /// The error body every 4xx/5xx carries (RFC 9457 fields plus `code` and `request_id`).
+        pub type ProblemBody = types::#problem_name;
+        /// The `type` URI of a problem is this prefix followed by its code.
+        pub const PROBLEM_TYPE_PREFIX: &str = #problem_prefix;
+    };
+    files.insert("server.rs".into(), fmt(quote! { #lints #problem #runtime #server }, &openapi_file)?);
 
+    let crate_doc = format!(" Rust generated from {} in `specs/`.", c.config.name);
+    let (events_doc, events_mod) = if c.config.events {
+        (quote! { #![doc = " - [`events`]: CloudEvents envelope, payload structs and schema validation."] }, quote! { pub mod events; })
+    } else {
+        (quote! {}, quote! {})
+    };
     let lib = quote! {
-        //! Rust generated from the OneProtect contracts in `specs/`.
-        //!
-        //! - [`types`]: one set of types for every OpenAPI schema, shared by client and server.
-        //! - [`client`]: the typed HTTP client (progenitor).
-        //! - [`server`]: axum stubs: the [`server::Api`] trait, response enums and [`server::router`].
-        //! - [`events`]: CloudEvents envelope, payload structs and schema validation.
-        //! - [`contract`]: the operation table and JSON Schema validation of bodies.
+        #![doc = #crate_doc]
+        #![doc = ""]
+        #![doc = " - [`types`]: one set of types for every OpenAPI schema, shared by client and server."]
+        #![doc = " - [`client`]: the typed HTTP client (progenitor)."]
+        #![doc = " - [`server`]: axum stubs: the [`server::Api`] trait, response enums and [`server::router`]."]
+        #events_doc
+        #![doc = " - [`contract`]: the operation table and JSON Schema validation of bodies."]
         pub mod client;
         pub mod contract;
-        pub mod events;
+        #events_mod
         pub mod server;
         pub mod types;
     };

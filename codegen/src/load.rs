@@ -129,14 +129,21 @@ fn file_name(path: &Path) -> String {
 
 /// Loads every contract file under `specs_dir`. `display_root` prefixes file
 /// names in diagnostics.
-pub fn load(specs_dir: &Path, display_root: &str) -> Result<RawContracts, Diagnostics> {
+/// Without `events`, `asyncapi.yaml`, `events/` and `examples/events/` are
+/// not part of the contract and are not read.
+pub fn load(specs_dir: &Path, display_root: &str, events: bool) -> Result<RawContracts, Diagnostics> {
     let mut diags = Diagnostics::default();
     let disp = |name: &str| format!("{display_root}/{name}");
 
     let openapi_text = read(&specs_dir.join(OPENAPI_FILE), &disp(OPENAPI_FILE), &mut diags).unwrap_or_default();
     let openapi = parse_yaml(&openapi_text, &disp(OPENAPI_FILE), &mut diags).unwrap_or(Value::Null);
-    let asyncapi_text = read(&specs_dir.join(ASYNCAPI_FILE), &disp(ASYNCAPI_FILE), &mut diags).unwrap_or_default();
-    let asyncapi = parse_yaml(&asyncapi_text, &disp(ASYNCAPI_FILE), &mut diags).unwrap_or(Value::Null);
+    let (asyncapi_text, asyncapi) = if events {
+        let text = read(&specs_dir.join(ASYNCAPI_FILE), &disp(ASYNCAPI_FILE), &mut diags).unwrap_or_default();
+        let value = parse_yaml(&text, &disp(ASYNCAPI_FILE), &mut diags).unwrap_or(Value::Null);
+        (text, value)
+    } else {
+        (String::new(), Value::Null)
+    };
 
     let mut hasher = Sha256::new();
     let mut hash_input = |name: &str, text: &str| {
@@ -151,7 +158,7 @@ pub fn load(specs_dir: &Path, display_root: &str) -> Result<RawContracts, Diagno
     let mut event_schemas = BTreeMap::new();
     let mut event_schema_texts = BTreeMap::new();
     let events_dir = specs_dir.join(EVENTS_DIR);
-    match sorted_entries(&events_dir) {
+    match if events { sorted_entries(&events_dir) } else { Ok(Vec::new()) } {
         Ok(entries) => {
             for path in entries {
                 let name = file_name(&path);
@@ -177,7 +184,8 @@ pub fn load(specs_dir: &Path, display_root: &str) -> Result<RawContracts, Diagno
 
     let mut openapi_examples = Vec::new();
     let mut event_examples = Vec::new();
-    for (kind, out) in [("openapi", &mut openapi_examples), ("events", &mut event_examples)] {
+    let kinds: &[&str] = if events { &["openapi", "events"] } else { &["openapi"] };
+    for (kind, out) in [("openapi", &mut openapi_examples), ("events", &mut event_examples)].into_iter().filter(|(k, _)| kinds.contains(k)) {
         let dir = specs_dir.join(EXAMPLES_DIR).join(kind);
         let Ok(targets) = sorted_entries(&dir) else {
             diags.push(Diagnostic::new(disp(&format!("{EXAMPLES_DIR}/{kind}")), "", "missing examples directory"));

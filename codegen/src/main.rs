@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use oneprotect_codegen::compat::{self, Spec, output::Format};
+use oneprotect_codegen::config::Config;
 use oneprotect_codegen::diagnostics::DiagnosticFormat;
 
 /// Exit code when the contracts break a rule.
@@ -21,15 +22,19 @@ const EXIT_TOOL: u8 = 2;
     after_help = "Exit codes: 0 ok, 1 contract errors or a refused incompatible change, 2 tool failure, 3 generated code is stale (run `make generate`)."
 )]
 struct Cli {
-    /// Directory holding openapi.yaml, asyncapi.yaml, events/ and examples/.
-    #[arg(long, global = true, default_value = "specs")]
-    specs: PathBuf,
-    /// Directory the generated sources live in.
-    #[arg(long, global = true, default_value = "generated/src")]
-    out: PathBuf,
-    /// rustfmt configuration used for generated code (the workspace's).
-    #[arg(long, global = true, default_value = "rustfmt.toml")]
-    rustfmt_config: PathBuf,
+    /// The contract's layout and conventions (default: ./codegen.toml when
+    /// it exists, else the OneProtect defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Directory holding openapi.yaml, asyncapi.yaml, events/ and examples/ (overrides the config's `specs`).
+    #[arg(long, global = true)]
+    specs: Option<PathBuf>,
+    /// Directory the generated sources live in (overrides the config's `out`).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// rustfmt configuration used for generated code (overrides the config's `rustfmt_config`).
+    #[arg(long, global = true)]
+    rustfmt_config: Option<PathBuf>,
     /// How contract errors are printed: human (stderr), or json, sarif or github (stdout).
     #[arg(long, global = true, value_enum, default_value = "human")]
     error_format: DiagnosticFormat,
@@ -71,15 +76,15 @@ enum Cmd {
 
 /// `diff` and `check-compat`: nothing is generated, and the base need not
 /// pass today's validator (it is what was released).
-fn compat(cli: &Cli, base: &str, format: Format, gate: bool) -> ExitCode {
-    let base_spec = match Spec::from_dir_or_git(base, &cli.specs) {
+fn compat(config: &Config, base: &str, format: Format, gate: bool) -> ExitCode {
+    let base_spec = match Spec::from_dir_or_git(base, &config.specs) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: base: {e}");
             return ExitCode::from(EXIT_TOOL);
         }
     };
-    let rev_spec = match Spec::from_dir(&cli.specs) {
+    let rev_spec = match Spec::from_dir(&config.specs) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -87,7 +92,7 @@ fn compat(cli: &Cli, base: &str, format: Format, gate: bool) -> ExitCode {
         }
     };
     let report = compat::diff(&base_spec, &rev_spec);
-    let root = cli.specs.to_string_lossy().trim_end_matches('/').to_string();
+    let root = config.specs.to_string_lossy().trim_end_matches('/').to_string();
     let refusals = gate.then(|| compat::gate::judge(&report, &base_spec, &rev_spec));
     print!("{}", compat::output::render(format, &report, &root, refusals.as_deref()));
     match refusals {
@@ -101,17 +106,33 @@ fn compat(cli: &Cli, base: &str, format: Format, gate: bool) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut config = match Config::resolve(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_TOOL);
+        }
+    };
+    if let Some(p) = &cli.specs {
+        config.specs = p.clone();
+    }
+    if let Some(p) = &cli.out {
+        config.out = p.clone();
+    }
+    if let Some(p) = &cli.rustfmt_config {
+        config.rustfmt_config = p.clone();
+    }
     match &cli.command {
-        Cmd::Diff { base, format } => return compat(&cli, base, *format, false),
-        Cmd::CheckCompat { base, format } => return compat(&cli, base, *format, true),
+        Cmd::Diff { base, format } => return compat(&config, base, *format, false),
+        Cmd::CheckCompat { base, format } => return compat(&config, base, *format, true),
         Cmd::Rules => {
             print!("{}", compat::rules::markdown());
             return ExitCode::SUCCESS;
         }
         _ => {}
     }
-    let display = cli.specs.to_string_lossy().trim_end_matches('/').to_string();
-    let contracts = match oneprotect_codegen::validate(&cli.specs, &display) {
+    let display = config.specs.to_string_lossy().trim_end_matches('/').to_string();
+    let contracts = match oneprotect_codegen::validate_with(&config, &display) {
         Ok(c) => c,
         Err(diags) => {
             match cli.error_format {
@@ -132,7 +153,7 @@ fn main() -> ExitCode {
         println!("contracts valid: {summary}");
         return ExitCode::SUCCESS;
     }
-    let files = match oneprotect_codegen::generate::generate(&contracts, &cli.rustfmt_config) {
+    let files = match oneprotect_codegen::generate::generate(&contracts, &config.rustfmt_config) {
         Ok(f) => f,
         Err(diags) => {
             eprintln!("{diags}");
@@ -140,24 +161,24 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Cmd::Generate => match oneprotect_codegen::generate::write(&cli.out, &files) {
+        Cmd::Generate => match oneprotect_codegen::generate::write(&config.out, &files) {
             Ok(changed) => {
-                println!("generated {} files into {} ({changed} changed): {summary}", files.len(), cli.out.display());
+                println!("generated {} files into {} ({changed} changed): {summary}", files.len(), config.out.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: cannot write {}: {e}", cli.out.display());
+                eprintln!("error: cannot write {}: {e}", config.out.display());
                 ExitCode::from(EXIT_TOOL)
             }
         },
         _ => {
-            let drift = oneprotect_codegen::generate::drift(&cli.out, &files);
+            let drift = oneprotect_codegen::generate::drift(&config.out, &files);
             if drift.is_empty() {
-                println!("contracts valid and {} is current: {summary}", cli.out.display());
+                println!("contracts valid and {} is current: {summary}", config.out.display());
                 ExitCode::SUCCESS
             } else {
                 for d in &drift {
-                    eprintln!("drift: {}/{d}", cli.out.display());
+                    eprintln!("drift: {}/{d}", config.out.display());
                 }
                 eprintln!("error: generated code is stale relative to specs/; run `make generate` and commit the result");
                 ExitCode::from(EXIT_DRIFT)

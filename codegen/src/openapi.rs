@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
+use crate::config::Config;
 use crate::diagnostics::{Diagnostic, Diagnostics, pointer};
 use crate::load::RawContracts;
 
-pub const PROBLEM_SCHEMA: &str = "Problem";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Extension on a component schema: property names a request may not carry.
 pub const FORBIDDEN_PROPERTIES_EXT: &str = "x-oneprotect-forbidden-properties";
@@ -150,6 +150,7 @@ struct Ctx<'a> {
     file: String,
     doc: &'a Value,
     diags: &'a mut Diagnostics,
+    config: &'a Config,
 }
 
 impl Ctx<'_> {
@@ -175,10 +176,10 @@ impl Ctx<'_> {
 }
 
 /// Checks the OpenAPI document and returns the operation model.
-pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
+pub fn check(raw: &RawContracts, config: &Config, diags: &mut Diagnostics) -> Option<ApiModel> {
     let file = raw.file(crate::load::OPENAPI_FILE);
     let doc = &raw.openapi;
-    let mut ctx = Ctx { file, doc, diags };
+    let mut ctx = Ctx { file, doc, diags, config };
 
     match doc.get("openapi").and_then(Value::as_str) {
         Some(v) if v.starts_with("3.0.") => {}
@@ -233,20 +234,28 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
             }
         }
     }
-    match schemas.get(PROBLEM_SCHEMA) {
+    let problem = config.problem.schema.clone();
+    match schemas.get(&problem) {
         None => ctx.err(
             "/components/schemas",
-            "missing the `Problem` schema used by every 4xx/5xx response",
-            "add components/schemas/Problem (RFC 9457 fields plus `code` and `request_id`)",
+            format!("missing the `{problem}` schema used by every 4xx/5xx response"),
+            format!("add components/schemas/{problem} (RFC 9457 fields plus `code` and `request_id`)"),
         ),
         Some(p) => {
             match p.pointer("/properties/code/x-extensible-enum").and_then(Value::as_array) {
                 Some(codes) if !codes.is_empty() => {
                     problem_codes = codes.iter().filter_map(Value::as_str).map(str::to_string).collect();
+                    for code in RUNTIME_CODES.iter().filter(|c| !problem_codes.iter().any(|p| p == *c)) {
+                        ctx.err(
+                            &format!("/components/schemas/{problem}/properties/code/{EXTENSIBLE_ENUM}"),
+                            format!("the generated server runtime answers with `{code}`, which the list lacks"),
+                            format!("add `{code}`; the stubs refuse malformed requests, unknown routes and oversized bodies with it"),
+                        );
+                    }
                     for (i, c) in codes.iter().enumerate() {
                         if !c.as_str().is_some_and(is_snake_ident) {
                             ctx.err(
-                                &format!("/components/schemas/Problem/properties/code/{EXTENSIBLE_ENUM}/{i}"),
+                                &format!("/components/schemas/{problem}/properties/code/{EXTENSIBLE_ENUM}/{i}"),
                                 format!("problem code {c} is not a snake_case identifier"),
                                 "codes are stable machine names such as `not_found`",
                             );
@@ -254,8 +263,8 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
                     }
                 }
                 _ => ctx.err(
-                    "/components/schemas/Problem/properties/code",
-                    format!("Problem.code must list every code in `{EXTENSIBLE_ENUM}`"),
+                    &format!("/components/schemas/{problem}/properties/code"),
+                    format!("{problem}.code must list every code in `{EXTENSIBLE_ENUM}`"),
                     "list the codes the platform answers with; `ProblemCode` is generated from them and clients tolerate codes added later",
                 ),
             }
@@ -263,20 +272,28 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Option<ApiModel> {
                 p.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             for field in ["type", "title", "status", "code", "request_id"] {
                 if !required.contains(field) {
-                    ctx.err("/components/schemas/Problem/required", format!("Problem must require `{field}`"), format!("add `{field}` to Problem.required"));
+                    ctx.err(
+                        &format!("/components/schemas/{problem}/required"),
+                        format!("{problem} must require `{field}`"),
+                        format!("add `{field}` to {problem}.required"),
+                    );
                 }
             }
             for (field, ty, format) in PROBLEM_FIELDS {
                 let Some(prop) = p.pointer(&format!("/properties/{field}")) else {
-                    ctx.err("/components/schemas/Problem/properties", format!("Problem has no `{field}` property"), format!("add `{field}: {{type: {ty}}}`"));
+                    ctx.err(
+                        &format!("/components/schemas/{problem}/properties"),
+                        format!("{problem} has no `{field}` property"),
+                        format!("add `{field}: {{type: {ty}}}`"),
+                    );
                     continue;
                 };
                 let (got_ty, got_format) = (prop.get("type").and_then(Value::as_str), prop.get("format").and_then(Value::as_str));
                 if got_ty != Some(ty) || (format.is_some() && got_format != format) {
                     let want = format.map_or(format!("`type: {ty}`"), |f| format!("`type: {ty}` with `format: {f}`"));
                     ctx.err(
-                        &format!("/components/schemas/Problem/properties/{field}"),
-                        format!("Problem.{field} must be {want}; the server runtime builds it so"),
+                        &format!("/components/schemas/{problem}/properties/{field}"),
+                        format!("{problem}.{field} must be {want}; the server runtime builds it so"),
                         format!("declare `{field}` as {want}"),
                     );
                 }
@@ -433,6 +450,20 @@ fn check_extensions(ctx: &mut Ctx<'_>, value: &Value, tokens: &mut Vec<String>) 
         _ => {}
     }
 }
+
+/// The codes the generated server runtime itself answers with
+/// (`codegen/templates/server_runtime.rs`, `gen_server`).
+pub const RUNTIME_CODES: [&str; 9] = [
+    "request_invalid",
+    "parameter_invalid",
+    "identity_override_rejected",
+    "unauthenticated",
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "internal_error",
+];
 
 /// `x-extensible-enum` (Zalando's convention, which oasdiff also reads): the
 /// values known today of a string a later release may extend. Readers
@@ -746,10 +777,10 @@ fn check_operation(
             );
             continue;
         };
-        if status >= 400 && body != ResponseBody::Json(PROBLEM_SCHEMA.to_string()) {
+        if status >= 400 && body != ResponseBody::Json(ctx.config.problem.schema.clone()) {
             ctx.err(
                 &res_ptr,
-                format!("{status} response must use the Problem schema as `application/json`"),
+                format!("{status} response must use the {} schema as `application/json`", ctx.config.problem.schema),
                 "reference one of components/responses (BadRequest, Unauthorized, …)",
             );
         }
@@ -784,27 +815,34 @@ fn check_operation(
 
     // Statuses every operation of a given shape must document.
     let documented: BTreeSet<u16> = responses.iter().map(|r| r.status).collect();
-    let mut required: Vec<(u16, &str)> = vec![(500, "every operation can fail unexpectedly")];
+    let st = &ctx.config.statuses;
+    let mut required: Vec<(u16, &str)> = st.every.iter().map(|s| (*s, "every operation can fail unexpectedly")).collect();
     if security.is_some() {
-        required.push((401, "the operation requires credentials"));
+        required.extend(st.authenticated.iter().map(|s| (*s, "the operation requires credentials")));
     }
     match security.as_ref().and_then(|s| principals.get(s)).map(String::as_str) {
         Some("tenant-admin") => {
-            required.push((403, "a tenant admin credential can lack the role"));
+            required.extend(st.tenant_admin.iter().map(|s| (*s, "a tenant admin credential can lack the role")));
             if !path_params.is_empty() {
-                required.push((404, "the path names a tenant-scoped resource"));
+                required.extend(st.tenant_admin_resource.iter().map(|s| (*s, "the path names a tenant-scoped resource")));
             }
         }
-        Some(_) => required.push((403, "an agent identity can be revoked")),
+        Some(_) => required.extend(st.agent.iter().map(|s| (*s, "an agent identity can be revoked"))),
         None => {}
     }
     if body.is_some() {
-        required.push((400, "the body can be malformed"));
-        required.push((413, "the body can be too large"));
-        required.push((415, "the body can have the wrong media type"));
+        required.extend(st.body.iter().map(|s| {
+            let why = match s {
+                400 => "the body can be malformed",
+                413 => "the body can be too large",
+                415 => "the body can have the wrong media type",
+                _ => "the operation takes a body",
+            };
+            (*s, why)
+        }));
     }
     if !path_params.is_empty() || !query_params.is_empty() {
-        required.push((400, "parameters can be malformed"));
+        required.extend(st.parameters.iter().map(|s| (*s, "parameters can be malformed")));
     }
     for (status, why) in required {
         if !documented.contains(&status) {

@@ -61,9 +61,9 @@ impl RequestContext {
 }
 
 /// Builds a `Problem` with the stable `code` and the request id.
-pub fn problem(status: StatusCode, code: ProblemCode, title: &str, detail: Option<String>, request_id: &str) -> types::Problem {
-    types::Problem {
-        type_: format!("urn:oneprotect:problem:{code}"),
+pub fn problem(status: StatusCode, code: ProblemCode, title: &str, detail: Option<String>, request_id: &str) -> ProblemBody {
+    ProblemBody {
+        type_: format!("{PROBLEM_TYPE_PREFIX}{code}"),
         title: title.to_owned(),
         status: status.as_u16(),
         detail,
@@ -85,7 +85,7 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, request_
 }
 
 /// A `Problem` as a response with its own status.
-pub fn problem_response(p: &types::Problem) -> Response {
+pub fn problem_response(p: &ProblemBody) -> Response {
     let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, p, &p.request_id);
     if status == StatusCode::UNAUTHORIZED {

@@ -108,3 +108,19 @@ fn a_stray_file_in_generated_src_is_drift() {
     assert_eq!(code, 3, "{output}");
     assert!(output.contains("handwritten.rs: not produced by the generator"), "{output}");
 }
+
+#[test]
+fn a_second_contract_with_its_own_codegen_toml_is_valid_and_its_generated_code_is_current() {
+    let out = Command::new(env!("CARGO_BIN_EXE_oneprotect-codegen"))
+        .current_dir(workspace())
+        .args(["--config", "codegen/tests/bookshelf/codegen.toml", "check"])
+        .output()
+        .expect("run oneprotect-codegen");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("4 operations, 5 schemas, 0 event types"), "{text}");
+    let lib = std::fs::read_to_string(workspace().join("codegen/tests/bookshelf/src/lib.rs")).expect("lib.rs");
+    assert!(!lib.contains("pub mod events"), "a contract without events has no events module");
+    let server = std::fs::read_to_string(workspace().join("codegen/tests/bookshelf/src/server.rs")).expect("server.rs");
+    assert!(server.contains("pub type ProblemBody = types::Error;") && server.contains("\"https://bookshelf.example/problems/\""));
+}

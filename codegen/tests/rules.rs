@@ -423,3 +423,13 @@ fn every_invalid_example_says_what_it_must_be_rejected_for_and_every_entry_names
     std::fs::write(&rejections, format!("{text}invalid-gone.json: {{keyword: required, pointer: ''}}\n")).expect("write");
     assert_reports(&g.errors(), "specs/examples/openapi/EnrollmentTokenIssueRequest/rejections.yaml", "/invalid-gone.json", "not an invalid example");
 }
+
+#[test]
+fn a_problem_code_the_generated_runtime_answers_with_must_be_listed() {
+    let f = Fixture::new();
+    f.edit_openapi(|doc| {
+        let codes = doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"].as_array_mut().expect("codes");
+        codes.retain(|c| c != "payload_too_large");
+    });
+    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code/x-extensible-enum", "`payload_too_large`");
+}
