@@ -2,7 +2,7 @@
 //! response enum per operation, auth extraction per the spec's `security`,
 //! and `router()`. Route paths come only from the spec.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -165,30 +165,62 @@ fn response_enum(op: &Operation) -> TokenStream {
     }
 }
 
-fn query_struct(op: &Operation) -> Option<TokenStream> {
+/// The client's type for a string query parameter, when progenitor made one
+/// (a constrained string becomes `types::<Operation><Param>`).
+fn client_string_type(op: &Operation, p: &crate::openapi::Param, types: &BTreeSet<String>) -> Option<proc_macro2::Ident> {
+    let name = format!("{}{}", pascal_case(&op.id), pascal_case(&p.name));
+    (matches!(p.ty, ParamType::String { .. }) && types.contains(&name)).then(|| format_ident!("{}", name))
+}
+
+fn query_struct(op: &Operation, types: &BTreeSet<String>) -> Option<TokenStream> {
     if op.query_params.is_empty() {
         return None;
     }
     let ident = query_struct_ident(op);
-    let doc = format!("Query parameters of `{}`.", op.id);
-    let fields = op.query_params.iter().map(|p| {
-        let f = format_ident!("{}", p.name);
-        let ty = match p.ty {
-            ParamType::Uuid => quote! { uuid::Uuid },
-            ParamType::String { .. } => quote! { String },
-            ParamType::Integer { rust, .. } => syn::parse_str::<syn::Type>(rust).map_or_else(|_| quote! { i64 }, |t| quote! { #t }),
-        };
-        let ty = if p.required {
+    let raw_ident = format_ident!("{}Raw", ident);
+    let doc = format!("Query parameters of `{}`, with the types the generated client sends them as.", op.id);
+    let base_ty = |p: &crate::openapi::Param| match &p.ty {
+        ParamType::Uuid => quote! { uuid::Uuid },
+        ParamType::String { .. } => quote! { String },
+        ParamType::Integer { rust, .. } => syn::parse_str::<syn::Type>(rust).map_or_else(|_| quote! { i64 }, |t| quote! { #t }),
+    };
+    let optional = |p: &crate::openapi::Param, ty: TokenStream| {
+        if p.required {
             ty
         } else {
             quote! { Option<#ty> }
+        }
+    };
+    let raw_fields = op.query_params.iter().map(|p| {
+        let f = format_ident!("{}", p.name);
+        let ty = optional(p, base_ty(p));
+        quote! { #f: #ty }
+    });
+    let fields = op.query_params.iter().map(|p| {
+        let f = format_ident!("{}", p.name);
+        let ty = match client_string_type(op, p, types) {
+            Some(t) => quote! { types::#t },
+            None => base_ty(p),
         };
+        let ty = optional(p, ty);
         let pdoc = p.description.clone().unwrap_or_else(|| format!("`{}`", p.name));
         quote! { #[doc = #pdoc] pub #f: #ty }
     });
+    let all_optional = op.query_params.iter().all(|p| !p.required);
+    let default = if all_optional {
+        quote! { Default, }
+    } else {
+        quote! {}
+    };
     Some(quote! {
+        /// The query as read, before its bounds are judged.
+        #[derive(Debug, Clone, serde::Deserialize)]
+        struct #raw_ident {
+            #(#raw_fields,)*
+        }
+
         #[doc = #doc]
-        #[derive(Debug, Clone, Default, serde::Deserialize)]
+        #[derive(Debug, Clone, #default)]
         pub struct #ident {
             #(#fields,)*
         }
@@ -227,7 +259,7 @@ fn trait_method(op: &Operation) -> TokenStream {
     }
 }
 
-fn handler(op: &Operation) -> TokenStream {
+fn handler(op: &Operation, types: &BTreeSet<String>) -> TokenStream {
     let handler = format_ident!("handle_{}", snake_case(&op.id));
     let method = format_ident!("{}", snake_case(&op.id));
     let mut steps = Vec::new();
@@ -256,7 +288,8 @@ fn handler(op: &Operation) -> TokenStream {
     }
     if !op.query_params.is_empty() {
         let q = query_struct_ident(op);
-        steps.push(quote! { let query: #q = query_params(&parts, &ctx)?; });
+        let raw_q = format_ident!("{}Raw", q);
+        steps.push(quote! { let raw: #raw_q = query_params(&parts, &ctx)?; });
         for p in &op.query_params {
             let f = format_ident!("{}", p.name);
             let name = &p.name;
@@ -265,24 +298,39 @@ fn handler(op: &Operation) -> TokenStream {
                     let min = min.map(|m| quote! { Some(#m) }).unwrap_or(quote! { None });
                     let max = max.map(|m| quote! { Some(#m) }).unwrap_or(quote! { None });
                     let access = if p.required {
-                        quote! { Some(AsI64::as_i64(&query.#f)) }
+                        quote! { Some(AsI64::as_i64(&raw.#f)) }
                     } else {
-                        quote! { query.#f.as_ref().map(AsI64::as_i64) }
+                        quote! { raw.#f.as_ref().map(AsI64::as_i64) }
                     };
                     steps.push(quote! { check_integer(#access, #name, #min, #max, &ctx)?; });
                 }
                 ParamType::String { max_length: Some(max) } => {
                     let max = max as usize;
                     let access = if p.required {
-                        quote! { Some(query.#f.as_str()) }
+                        quote! { Some(raw.#f.as_str()) }
                     } else {
-                        quote! { query.#f.as_deref() }
+                        quote! { raw.#f.as_deref() }
                     };
                     steps.push(quote! { check_length(#access, #name, #max, &ctx)?; });
                 }
                 _ => {}
             }
         }
+        // Judged: now the types the client sends them as.
+        let conversions = op.query_params.iter().map(|p| {
+            let f = format_ident!("{}", p.name);
+            let malformed = format!("query parameter `{}` is malformed", p.name);
+            match client_string_type(op, p, types) {
+                Some(t) if p.required => quote! {
+                    #f: types::#t::try_from(raw.#f).map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", #malformed, &ctx))?
+                },
+                Some(t) => quote! {
+                    #f: raw.#f.map(types::#t::try_from).transpose().map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", #malformed, &ctx))?
+                },
+                None => quote! { #f: raw.#f },
+            }
+        });
+        steps.push(quote! { let query = #q { #(#conversions,)* }; });
         call_args.push(quote! { query });
     }
     if let Some(body) = &op.body {
@@ -316,7 +364,9 @@ fn handler(op: &Operation) -> TokenStream {
     }
 }
 
-pub fn generate(api: &ApiModel) -> TokenStream {
+/// `types` names every type progenitor generated, so query parameters get
+/// the same Rust types in the stubs as in the client.
+pub fn generate(api: &ApiModel, types: &BTreeSet<String>) -> TokenStream {
     let schemes = api.security_schemes.iter().map(|s| {
         let ident = format_ident!("{}", pascal_case(s));
         let doc = format!("A caller that presented a bearer credential for the `{s}` security scheme. The stub only checked that it is present; the implementation verifies it.");
@@ -327,9 +377,9 @@ pub fn generate(api: &ApiModel) -> TokenStream {
         }
     });
     let enums = api.operations.iter().map(response_enum);
-    let queries = api.operations.iter().filter_map(query_struct);
+    let queries = api.operations.iter().filter_map(|op| query_struct(op, types));
     let methods = api.operations.iter().map(trait_method);
-    let handlers = api.operations.iter().map(handler);
+    let handlers = api.operations.iter().map(|op| handler(op, types));
 
     let mut by_path: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
     for op in &api.operations {

@@ -94,6 +94,18 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
         generator.generate_tokens(&spec).map_err(|e| e.to_string())
     })?;
     let (types_tokens, client_tokens) = split_types(client_tokens).map_err(|e| fail(&openapi_file, e))?;
+    let type_names: std::collections::BTreeSet<String> = syn::parse2::<syn::File>(types_tokens.clone())
+        .map(|f| {
+            f.items
+                .iter()
+                .filter_map(|i| match i {
+                    syn::Item::Struct(s) => Some(s.ident.to_string()),
+                    syn::Item::Enum(e) => Some(e.ident.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     files.insert("types.rs".into(), fmt(quote! { #![allow(clippy::all, unused_imports)] #types_tokens }, &openapi_file)?);
     files.insert("client.rs".into(), fmt(quote! { #![allow(clippy::all, unused_imports)] pub use crate::types; #client_tokens }, &openapi_file)?);
 
@@ -130,7 +142,7 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
 
     // Server stubs.
     let runtime: TokenStream = SERVER_RUNTIME.parse().map_err(|e| fail("codegen/templates/server_runtime.rs", format!("{e}")))?;
-    let server = crate::gen_server::generate(&c.api);
+    let server = crate::gen_server::generate(&c.api, &type_names);
     // Rejections are axum `Response`s and bodies are returned by value, as
     // axum handlers do; boxing them would only add allocations.
     let lints = quote! { #![allow(clippy::result_large_err, clippy::large_enum_variant)] };

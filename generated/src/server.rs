@@ -285,37 +285,61 @@ pub struct AgentRuntimeBearer(pub BearerToken);
 ///A caller that presented a bearer credential for the `tenantAdminBearer` security scheme. The stub only checked that it is present; the implementation verifies it.
 #[derive(Debug, Clone)]
 pub struct TenantAdminBearer(pub BearerToken);
-///Query parameters of `listEnrollmentTokens`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// The query as read, before its bounds are judged.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ListEnrollmentTokensQueryRaw {
+    limit: Option<std::num::NonZeroU32>,
+    cursor: Option<String>,
+}
+///Query parameters of `listEnrollmentTokens`, with the types the generated client sends them as.
+#[derive(Debug, Clone, Default)]
 pub struct ListEnrollmentTokensQuery {
     ///Page size (1 to 200, default 50).
     pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
-    pub cursor: Option<String>,
+    pub cursor: Option<types::ListEnrollmentTokensCursor>,
 }
-///Query parameters of `listAgents`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// The query as read, before its bounds are judged.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ListAgentsQueryRaw {
+    limit: Option<std::num::NonZeroU32>,
+    cursor: Option<String>,
+}
+///Query parameters of `listAgents`, with the types the generated client sends them as.
+#[derive(Debug, Clone, Default)]
 pub struct ListAgentsQuery {
     ///Page size (1 to 200, default 50).
     pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
-    pub cursor: Option<String>,
+    pub cursor: Option<types::ListAgentsCursor>,
 }
-///Query parameters of `listAuditEvents`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// The query as read, before its bounds are judged.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ListAuditEventsQueryRaw {
+    limit: Option<std::num::NonZeroU32>,
+    cursor: Option<String>,
+}
+///Query parameters of `listAuditEvents`, with the types the generated client sends them as.
+#[derive(Debug, Clone, Default)]
 pub struct ListAuditEventsQuery {
     ///Page size (1 to 200, default 50).
     pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
-    pub cursor: Option<String>,
+    pub cursor: Option<types::ListAuditEventsCursor>,
 }
-///Query parameters of `listEvents`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// The query as read, before its bounds are judged.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ListEventsQueryRaw {
+    limit: Option<std::num::NonZeroU32>,
+    cursor: Option<String>,
+}
+///Query parameters of `listEvents`, with the types the generated client sends them as.
+#[derive(Debug, Clone, Default)]
 pub struct ListEventsQuery {
     ///Page size (1 to 200, default 50).
     pub limit: Option<std::num::NonZeroU32>,
     ///Opaque cursor from a previous page's `next_cursor`.
-    pub cursor: Option<String>,
+    pub cursor: Option<types::ListEventsCursor>,
 }
 ///Every response `exchangeEnrollmentToken` documents, one variant per status.
 #[derive(Debug)]
@@ -1232,9 +1256,15 @@ async fn handle_list_enrollment_tokens<A: Api>(State(api): State<Arc<A>>, req: R
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
-        let query: ListEnrollmentTokensQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
-        check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let raw: ListEnrollmentTokensQueryRaw = query_params(&parts, &ctx)?;
+        check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let query = ListEnrollmentTokensQuery {
+            limit: raw.limit,
+            cursor: raw.cursor.map(types::ListEnrollmentTokensCursor::try_from).transpose().map_err(|_| {
+                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
+            })?,
+        };
         Ok(api.list_enrollment_tokens(ctx.clone(), auth, query).await.into_response())
     }
     .await;
@@ -1278,9 +1308,15 @@ async fn handle_list_agents<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
-        let query: ListAgentsQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
-        check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let raw: ListAgentsQueryRaw = query_params(&parts, &ctx)?;
+        check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let query = ListAgentsQuery {
+            limit: raw.limit,
+            cursor: raw.cursor.map(types::ListAgentsCursor::try_from).transpose().map_err(|_| {
+                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
+            })?,
+        };
         Ok(api.list_agents(ctx.clone(), auth, query).await.into_response())
     }
     .await;
@@ -1364,9 +1400,15 @@ async fn handle_list_audit_events<A: Api>(State(api): State<Arc<A>>, req: Reques
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
-        let query: ListAuditEventsQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
-        check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let raw: ListAuditEventsQueryRaw = query_params(&parts, &ctx)?;
+        check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let query = ListAuditEventsQuery {
+            limit: raw.limit,
+            cursor: raw.cursor.map(types::ListAuditEventsCursor::try_from).transpose().map_err(|_| {
+                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
+            })?,
+        };
         Ok(api.list_audit_events(ctx.clone(), auth, query).await.into_response())
     }
     .await;
@@ -1379,9 +1421,15 @@ async fn handle_list_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
         let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
-        let query: ListEventsQuery = query_params(&parts, &ctx)?;
-        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
-        check_length(query.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let raw: ListEventsQueryRaw = query_params(&parts, &ctx)?;
+        check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
+        check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
+        let query = ListEventsQuery {
+            limit: raw.limit,
+            cursor: raw.cursor.map(types::ListEventsCursor::try_from).transpose().map_err(|_| {
+                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
+            })?,
+        };
         Ok(api.list_events(ctx.clone(), auth, query).await.into_response())
     }
     .await;

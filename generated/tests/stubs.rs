@@ -120,7 +120,7 @@ impl Api for EchoApi {
         }
         let n = query.limit.map_or(50, std::num::NonZeroU32::get) as u128;
         let items = (0..n.min(3)).map(|i| metadata(uuid::Uuid::from_u128(i), 1, None, types::EnrollmentTokenStatus::Active)).collect();
-        ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList { items, next_cursor: query.cursor.map(|c| format!("{c}-next")) })
+        ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList { items, next_cursor: query.cursor.map(|c| format!("{}-next", c.as_str())) })
     }
 
     async fn issue_enrollment_token(
@@ -571,20 +571,22 @@ fn bearer_token_debug_output_is_redacted() {
     assert_eq!(format!("{:?}", TenantAdminBearer(token)), "TenantAdminBearer(BearerToken([REDACTED]))");
 }
 
-/// The stubs give each integer query parameter the type the client sends it
-/// as: a limit read by the server passes to the client unconverted (this
-/// compiles only while the two agree).
+/// The stubs give each query parameter the type the client sends it as: a
+/// query read by the server passes to the client unconverted (this compiles
+/// only while the two agree).
 #[tokio::test]
-async fn client_and_server_give_integer_parameters_the_same_rust_type() {
+async fn client_and_server_give_query_parameters_the_same_rust_types() {
     let h = serve().await;
     let client = client_with(&h.base, Some(ADMIN_TOKEN));
     let query = ListAgentsQuery { cursor: None, limit: NonZeroU32::new(2) };
-    let page = client.list_agents(None, query.limit).await.expect("lists");
+    let page = client.list_agents(query.cursor.as_ref(), query.limit).await.expect("lists");
     assert!(page.into_inner().items.len() <= 2);
-    let tokens = ListEnrollmentTokensQuery { cursor: None, limit: NonZeroU32::new(1) };
-    let _ = client.list_enrollment_tokens(None, tokens.limit).await;
+    let cursor: types::ListEnrollmentTokensCursor = "page-2".to_string().try_into().expect("a short cursor fits");
+    let tokens = ListEnrollmentTokensQuery { cursor: Some(cursor), limit: NonZeroU32::new(1) };
+    let page = client.list_enrollment_tokens(tokens.cursor.as_ref(), tokens.limit).await.expect("lists tokens").into_inner();
+    assert_eq!(page.next_cursor.as_deref(), Some("page-2-next"), "the typed cursor arrived as sent");
     let audit = ListAuditEventsQuery { cursor: None, limit: NonZeroU32::new(1) };
-    let _ = client.list_audit_events(None, audit.limit).await;
+    let _ = client.list_audit_events(audit.cursor.as_ref(), audit.limit).await;
     let events = ListEventsQuery { cursor: None, limit: NonZeroU32::new(1) };
-    let _ = client.list_events(None, events.limit).await;
+    let _ = client.list_events(events.cursor.as_ref(), events.limit).await;
 }

@@ -241,7 +241,7 @@ impl Api for HttpApi {
     async fn list_enrollment_tokens(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListEnrollmentTokensQuery) -> ListEnrollmentTokensResponse {
         respond!(ListEnrollmentTokensResponse, ctx, {
             let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "enrollment_token.list", &meta(&ctx)).await?;
-            let page = self.platform.list_enrollment_tokens(&admin, PageRequest::parse(query.cursor.as_deref(), query.limit)?).await?;
+            let page = self.platform.list_enrollment_tokens(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             let now = self.platform.now();
             Ok(ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList {
                 items: page.items.iter().map(|t| token_metadata(t, now)).collect(),
@@ -292,7 +292,7 @@ impl Api for HttpApi {
     async fn list_agents(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListAgentsQuery) -> ListAgentsResponse {
         respond!(ListAgentsResponse, ctx, {
             let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "agent.list", &meta(&ctx)).await?;
-            let page = self.platform.list_agents(&admin, PageRequest::parse(query.cursor.as_deref(), query.limit)?).await?;
+            let page = self.platform.list_agents(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             Ok(ListAgentsResponse::Ok(types::AgentList { items: page.items.iter().map(agent_identity).collect(), next_cursor: cursor(page.next_after) }))
         })
     }
@@ -365,7 +365,7 @@ impl Api for HttpApi {
     async fn list_audit_events(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListAuditEventsQuery) -> ListAuditEventsResponse {
         respond!(ListAuditEventsResponse, ctx, {
             let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "audit.list", &meta(&ctx)).await?;
-            let page = self.platform.list_audit(&admin, PageRequest::parse(query.cursor.as_deref(), query.limit)?).await?;
+            let page = self.platform.list_audit(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             Ok(ListAuditEventsResponse::Ok(types::AuditEventList {
                 items: page.items.iter().map(audit_event).collect::<Result<_, _>>()?,
                 next_cursor: cursor(page.next_after),
@@ -376,7 +376,7 @@ impl Api for HttpApi {
     async fn list_events(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListEventsQuery) -> ListEventsResponse {
         respond!(ListEventsResponse, ctx, {
             let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "event.list", &meta(&ctx)).await?;
-            let page = self.platform.list_events(&admin, PageRequest::parse(query.cursor.as_deref(), query.limit)?).await?;
+            let page = self.platform.list_events(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             let items = page
                 .items
                 .into_iter()

@@ -282,11 +282,17 @@ async fn method_not_allowed(req: Request) -> Response {
 ///A caller that presented a bearer credential for the `shelfBearer` security scheme. The stub only checked that it is present; the implementation verifies it.
 #[derive(Debug, Clone)]
 pub struct ShelfBearer(pub BearerToken);
-///Query parameters of `listBooks`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// The query as read, before its bounds are judged.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ListBooksQueryRaw {
+    author: Option<String>,
+    limit: Option<std::num::NonZeroU32>,
+}
+///Query parameters of `listBooks`, with the types the generated client sends them as.
+#[derive(Debug, Clone, Default)]
 pub struct ListBooksQuery {
     ///`author`
-    pub author: Option<String>,
+    pub author: Option<types::ListBooksAuthor>,
     ///`limit`
     pub limit: Option<std::num::NonZeroU32>,
 }
@@ -510,9 +516,15 @@ async fn handle_list_books<A: Api>(State(api): State<Arc<A>>, req: Request) -> R
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
         let auth = ShelfBearer(bearer(&parts.headers, &ctx)?);
-        let query: ListBooksQuery = query_params(&parts, &ctx)?;
-        check_length(query.author.as_deref(), "author", 64usize, &ctx)?;
-        check_integer(query.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(100i64), &ctx)?;
+        let raw: ListBooksQueryRaw = query_params(&parts, &ctx)?;
+        check_length(raw.author.as_deref(), "author", 64usize, &ctx)?;
+        check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(100i64), &ctx)?;
+        let query = ListBooksQuery {
+            author: raw.author.map(types::ListBooksAuthor::try_from).transpose().map_err(|_| {
+                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `author` is malformed", &ctx)
+            })?,
+            limit: raw.limit,
+        };
         Ok(api.list_books(ctx.clone(), auth, query).await.into_response())
     }
     .await;

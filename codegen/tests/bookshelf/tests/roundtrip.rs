@@ -35,7 +35,7 @@ impl Api for Shelf {
         }
         let books = self.books.lock().unwrap_or_else(|p| p.into_inner());
         let limit = query.limit.map_or(100, std::num::NonZeroU32::get) as usize;
-        let items = books.iter().filter(|b| query.author.as_ref().is_none_or(|a| b.author.as_str() == a)).take(limit).cloned().collect();
+        let items = books.iter().filter(|b| query.author.as_ref().is_none_or(|a| b.author.as_str() == a.as_str())).take(limit).cloned().collect();
         ListBooksResponse::Ok(types::BookList { items })
     }
 
