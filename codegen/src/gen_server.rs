@@ -234,7 +234,7 @@ fn trait_method(op: &Operation) -> TokenStream {
     let mut args = vec![quote! { ctx: RequestContext }];
     if let Some(scheme) = &op.security {
         let s = format_ident!("{}", pascal_case(scheme));
-        args.push(quote! { auth: #s });
+        args.push(quote! { auth: Self::#s });
     }
     for p in &op.path_params {
         let f = format_ident!("{}", p.name);
@@ -259,22 +259,33 @@ fn trait_method(op: &Operation) -> TokenStream {
     }
 }
 
-fn handler(op: &Operation, types: &BTreeSet<String>) -> TokenStream {
+fn handler(index: usize, op: &Operation, types: &BTreeSet<String>) -> TokenStream {
     let handler = format_ident!("handle_{}", snake_case(&op.id));
     let method = format_ident!("{}", snake_case(&op.id));
+    let response = format_ident!("{}Response", pascal_case(&op.id));
     let mut steps = Vec::new();
     let mut call_args = vec![quote! { ctx.clone() }];
-    if let Some(scheme) = &op.security {
-        let s = format_ident!("{}", pascal_case(scheme));
-        steps.push(quote! { let auth = #s(bearer(&parts.headers, &ctx)?); });
-        call_args.push(quote! { auth });
-    }
     if !op.path_params.is_empty() {
         steps.push(quote! {
             let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await
                 .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
             let params = path_params(&raw_params);
         });
+    } else if op.security.is_some() {
+        steps.push(quote! { let params = std::collections::HashMap::new(); });
+    }
+    // The credential first: nothing of the request is judged for a caller
+    // the implementation has not verified.
+    if let Some(scheme) = &op.security {
+        let authenticate = format_ident!("authenticate_{}", snake_case(scheme));
+        steps.push(quote! {
+            let token = bearer(&parts.headers, &ctx)?;
+            let auth = api.#authenticate(&ctx, &crate::contract::OPERATIONS[#index], &params, token).await
+                .map_err(|problem| #response::from_problem(problem).into_response())?;
+        });
+        call_args.push(quote! { auth });
+    }
+    if !op.path_params.is_empty() {
         for p in &op.path_params {
             let f = format_ident!("{}", p.name);
             let name = &p.name;
@@ -336,13 +347,28 @@ fn handler(op: &Operation, types: &BTreeSet<String>) -> TokenStream {
     if let Some(body) = &op.body {
         let b = format_ident!("{}", body);
         let limit = op.max_body_bytes as usize;
-        steps.push(quote! { let body: types::#b = json_body(&parts, body, #body, #limit, &ctx).await?; });
+        steps.push(quote! { let body: types::#b = json_body(&parts, unread.take().unwrap_or_default(), #body, #limit, &ctx).await?; });
         call_args.push(quote! { body });
     }
     let body_binding = if op.body.is_some() {
         quote! { body }
     } else {
         quote! { _body }
+    };
+    // A request refused before its body is read (a bad credential, a bad
+    // parameter) still has the body drained, bounded, so the answer is not
+    // lost to a connection reset.
+    let (keep_body, drain_refused) = if op.body.is_some() {
+        (
+            quote! { let mut unread = Some(body); },
+            quote! {
+                if outcome.is_err() && let Some(rest) = unread.take() {
+                    discard(rest).await;
+                }
+            },
+        )
+    } else {
+        (quote! {}, quote! {})
     };
     let parts_binding = if op.path_params.is_empty() {
         quote! { parts }
@@ -353,10 +379,12 @@ fn handler(op: &Operation, types: &BTreeSet<String>) -> TokenStream {
         async fn #handler<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
             let (#parts_binding, #body_binding) = req.into_parts();
             let ctx = RequestContext::from_parts(&parts);
+            #keep_body
             let outcome: Result<Response, Response> = async {
                 #(#steps)*
                 Ok(api.#method(#(#call_args),*).await.into_response())
             }.await;
+            #drain_refused
             let mut response = outcome.unwrap_or_else(|rejection| rejection);
             set_request_id(response.headers_mut(), &ctx.request_id);
             response
@@ -369,17 +397,28 @@ fn handler(op: &Operation, types: &BTreeSet<String>) -> TokenStream {
 pub fn generate(api: &ApiModel, types: &BTreeSet<String>) -> TokenStream {
     let schemes = api.security_schemes.iter().map(|s| {
         let ident = format_ident!("{}", pascal_case(s));
-        let doc = format!("A caller that presented a bearer credential for the `{s}` security scheme. The stub only checked that it is present; the implementation verifies it.");
+        let authenticate = format_ident!("authenticate_{}", snake_case(s));
+        let type_doc = format!("The verified caller of the `{s}` security scheme, as the implementation's authenticator returns it.");
+        let fn_doc = format!(
+            "Verifies a `{s}` bearer credential for `op` before anything else of the request is read (path parameters are passed unjudged, as routed). An `Err` is answered as it is, mapped to the operation's documented status."
+        );
         quote! {
-            #[doc = #doc]
-            #[derive(Debug, Clone)]
-            pub struct #ident(pub BearerToken);
+            #[doc = #type_doc]
+            type #ident: Send + 'static;
+            #[doc = #fn_doc]
+            fn #authenticate(
+                &self,
+                ctx: &RequestContext,
+                op: &'static crate::contract::OperationSpec,
+                path: &std::collections::HashMap<String, String>,
+                token: BearerToken,
+            ) -> impl Future<Output = Result<Self::#ident, ProblemBody>> + Send;
         }
     });
     let enums = api.operations.iter().map(response_enum);
     let queries = api.operations.iter().filter_map(|op| query_struct(op, types));
     let methods = api.operations.iter().map(trait_method);
-    let handlers = api.operations.iter().map(|op| handler(op, types));
+    let handlers = api.operations.iter().enumerate().map(|(i, op)| handler(i, op, types));
 
     let mut by_path: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
     for op in &api.operations {
@@ -396,16 +435,17 @@ pub fn generate(api: &ApiModel, types: &BTreeSet<String>) -> TokenStream {
     });
 
     quote! {
-        #(#schemes)*
-
         #(#queries)*
 
         #(#enums)*
 
-        /// The platform API: one method per operation of specs/openapi.yaml.
-        /// Stubs have already authenticated presence of credentials, parsed
-        /// and schema-validated every input before a method is called.
+        /// The platform API: one authenticator per security scheme and one
+        /// method per operation of specs/openapi.yaml. A stub calls the
+        /// authenticator first; only for a verified caller does it parse and
+        /// schema-validate the parameters and the body, then call the method.
         pub trait Api: Send + Sync + 'static {
+            #(#schemes)*
+
             #(#methods)*
         }
 

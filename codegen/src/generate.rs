@@ -424,10 +424,13 @@ fn contract_module(c: &Contracts) -> TokenStream {
             };
             quote! { (#status, #body) }
         });
+        let variant = format_ident!("{}", crate::openapi::pascal_case(id));
         quote! {
-            OperationSpec { operation_id: #id, method: #method, path: #path, security: #security, request_schema: #request, responses: &[#(#responses),*] }
+            OperationSpec { id: OperationId::#variant, operation_id: #id, method: #method, path: #path, security: #security, request_schema: #request, responses: &[#(#responses),*] }
         }
     });
+    let id_variants: Vec<_> = c.api.operations.iter().map(|op| format_ident!("{}", crate::openapi::pascal_case(&op.id))).collect();
+    let id_docs: Vec<String> = c.api.operations.iter().map(|op| format!(" `{}`: `{} {}`", op.id, op.method.to_uppercase(), op.path)).collect();
     let forbidden = c.api.forbidden_properties.iter().map(|(schema, props)| quote! { (#schema, &[#(#props),*]) });
     let codes = &c.api.problem_codes;
     let code_variants: Vec<_> = codes.iter().map(|c| format_ident!("{}", crate::openapi::pascal_case(c))).collect();
@@ -470,9 +473,19 @@ fn contract_module(c: &Contracts) -> TokenStream {
             Empty,
         }
 
+        /// Every operation of the contract: an implementation that must say
+        /// something per operation (its audit action, whether it writes)
+        /// matches on it exhaustively, so a new operation does not compile
+        /// until it is declared.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum OperationId {
+            #(#[doc = #id_docs] #id_variants,)*
+        }
+
         /// One operation of the contract.
         #[derive(Debug, Clone, Copy)]
         pub struct OperationSpec {
+            pub id: OperationId,
             pub operation_id: &'static str,
             pub method: &'static str,
             pub path: &'static str,

@@ -119,6 +119,9 @@ pub enum Fault {
     RlsNotForced,
     /// Counts failed exchanges but never refuses (a limit read as "unlimited").
     LimiterNeverTrips,
+    /// Judges the body of a protected operation before its credential, as
+    /// the stubs once did: an unauthenticated caller learns the validation rules.
+    BodyJudgedBeforeCredential,
 }
 
 impl Fault {
@@ -165,6 +168,7 @@ impl Fault {
         Fault::PlainTextNotFound,
         Fault::CollectorCheckRemoved,
         Fault::LimiterNeverTrips,
+        Fault::BodyJudgedBeforeCredential,
     ];
 
     /// Faults that need PostgreSQL.
@@ -224,6 +228,10 @@ impl Fault {
             Self::ViewerMayRevoke => &[("fail-closed.viewer-cannot-write", "expected 403 forbidden, got")],
             Self::SecretlessAnswers500 => &[("fail-closed.missing-runtime-secret-is-503", "expected 503 runtime_secret_unavailable, got 500 internal_error")],
             Self::PlainTextNotFound => &[("fail-closed.unknown-routes-are-problems", "the 404 is not JSON")],
+            Self::BodyJudgedBeforeCredential => &[
+                ("fail-closed.credential-judged-before-body", "got 400 request_invalid"),
+                ("fail-closed.viewer-cannot-write", "expected 403 forbidden, got 400 request_invalid"),
+            ],
             Self::CollectorCheckRemoved => &[("fail-closed.collector-binding-enforced", "expected 403 collector_mismatch, got 200")],
             Self::LimiterNeverTrips => &[("fail-closed.failed-exchanges-are-rate-limited", "no 429 after 200 failed exchanges")],
             Self::RlsNotForced => &[("tenant-isolation.row-level-security-forced", "audit_events: row-level security is not forced")],
@@ -615,6 +623,18 @@ fn known_path(path: &str) -> bool {
     }) || ["/healthz", "/readyz", "/metrics"].contains(&path)
 }
 
+/// The protected operation a request is for, by method and path template.
+fn protected_operation(method: &str, path: &str) -> Option<&'static oneprotect_contracts::contract::OperationSpec> {
+    let segments: Vec<&str> = path.split('/').collect();
+    oneprotect_contracts::contract::OPERATIONS.iter().find(|op| {
+        let template: Vec<&str> = op.path.split('/').collect();
+        op.security.is_some()
+            && op.method == method
+            && template.len() == segments.len()
+            && template.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
+    })
+}
+
 /// The faulty HTTP layer: wraps the real router.
 pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Response {
     let now = state.clock.now();
@@ -760,6 +780,21 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
                     }
                 }
             }
+        }
+        // The old stubs checked that a bearer was present, then the body, then the credential.
+        Fault::BodyJudgedBeforeCredential if req.method() != axum::http::Method::GET && req.headers().contains_key(axum::http::header::AUTHORIZATION) => {
+            let op = protected_operation(req.method().as_str(), &path);
+            let (parts, json, bytes) = read_json(req).await;
+            if let Some(schema) = op.and_then(|o| o.request_schema) {
+                if json.as_ref().is_some_and(|v| oneprotect_contracts::contract::forbidden_property(schema, v).is_some()) {
+                    return problem(400, ProblemCode::IdentityOverrideRejected);
+                }
+                let valid = json.as_ref().is_some_and(|v| oneprotect_contracts::contract::validate_schema(schema, v).is_ok());
+                if !valid {
+                    return problem(400, ProblemCode::RequestInvalid);
+                }
+            }
+            req = rebuild(parts, bytes.to_vec());
         }
         Fault::IdentityFieldsIgnored if is_heartbeat(&req) => {
             let (parts, json, bytes) = read_json(req).await;

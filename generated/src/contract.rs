@@ -18,9 +18,45 @@ pub enum ResponseSpec {
     /// No body.
     Empty,
 }
+/// Every operation of the contract: an implementation that must say
+/// something per operation (its audit action, whether it writes)
+/// matches on it exhaustively, so a new operation does not compile
+/// until it is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OperationId {
+    /// `exchangeEnrollmentToken`: `POST /api/v1/agent-enrollment/exchange`
+    ExchangeEnrollmentToken,
+    /// `listEnrollmentTokens`: `GET /api/v1/agent-enrollment/tokens`
+    ListEnrollmentTokens,
+    /// `issueEnrollmentToken`: `POST /api/v1/agent-enrollment/tokens`
+    IssueEnrollmentToken,
+    /// `revokeEnrollmentToken`: `POST /api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke`
+    RevokeEnrollmentToken,
+    /// `listAgents`: `GET /api/v1/agents`
+    ListAgents,
+    /// `getAgent`: `GET /api/v1/agents/{agent_id}`
+    GetAgent,
+    /// `rotateAgentCertificate`: `POST /api/v1/agents/{agent_id}/certificate/rotate`
+    RotateAgentCertificate,
+    /// `revokeAgent`: `POST /api/v1/agents/{agent_id}/revoke`
+    RevokeAgent,
+    /// `postAgentHeartbeat`: `POST /api/v1/agents/{agent_id}/telemetry/heartbeat`
+    PostAgentHeartbeat,
+    /// `listAuditEvents`: `GET /api/v1/audit-events`
+    ListAuditEvents,
+    /// `listEvents`: `GET /api/v1/events`
+    ListEvents,
+    /// `getHealth`: `GET /healthz`
+    GetHealth,
+    /// `getMetrics`: `GET /metrics`
+    GetMetrics,
+    /// `getReadiness`: `GET /readyz`
+    GetReadiness,
+}
 /// One operation of the contract.
 #[derive(Debug, Clone, Copy)]
 pub struct OperationSpec {
+    pub id: OperationId,
     pub operation_id: &'static str,
     pub method: &'static str,
     pub path: &'static str,
@@ -39,6 +75,7 @@ impl OperationSpec {
 /// Every operation, in path order.
 pub const OPERATIONS: &[OperationSpec] = &[
     OperationSpec {
+        id: OperationId::ExchangeEnrollmentToken,
         operation_id: "exchangeEnrollmentToken",
         method: "POST",
         path: "/api/v1/agent-enrollment/exchange",
@@ -57,6 +94,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::ListEnrollmentTokens,
         operation_id: "listEnrollmentTokens",
         method: "GET",
         path: "/api/v1/agent-enrollment/tokens",
@@ -72,6 +110,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::IssueEnrollmentToken,
         operation_id: "issueEnrollmentToken",
         method: "POST",
         path: "/api/v1/agent-enrollment/tokens",
@@ -89,6 +128,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::RevokeEnrollmentToken,
         operation_id: "revokeEnrollmentToken",
         method: "POST",
         path: "/api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke",
@@ -107,6 +147,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::ListAgents,
         operation_id: "listAgents",
         method: "GET",
         path: "/api/v1/agents",
@@ -122,6 +163,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::GetAgent,
         operation_id: "getAgent",
         method: "GET",
         path: "/api/v1/agents/{agent_id}",
@@ -138,6 +180,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::RotateAgentCertificate,
         operation_id: "rotateAgentCertificate",
         method: "POST",
         path: "/api/v1/agents/{agent_id}/certificate/rotate",
@@ -157,6 +200,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::RevokeAgent,
         operation_id: "revokeAgent",
         method: "POST",
         path: "/api/v1/agents/{agent_id}/revoke",
@@ -175,6 +219,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::PostAgentHeartbeat,
         operation_id: "postAgentHeartbeat",
         method: "POST",
         path: "/api/v1/agents/{agent_id}/telemetry/heartbeat",
@@ -193,6 +238,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::ListAuditEvents,
         operation_id: "listAuditEvents",
         method: "GET",
         path: "/api/v1/audit-events",
@@ -208,6 +254,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::ListEvents,
         operation_id: "listEvents",
         method: "GET",
         path: "/api/v1/events",
@@ -223,6 +270,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::GetHealth,
         operation_id: "getHealth",
         method: "GET",
         path: "/healthz",
@@ -231,6 +279,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         responses: &[(200u16, ResponseSpec::Json("HealthStatus")), (500u16, ResponseSpec::Json("Problem"))],
     },
     OperationSpec {
+        id: OperationId::GetMetrics,
         operation_id: "getMetrics",
         method: "GET",
         path: "/metrics",
@@ -239,6 +288,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         responses: &[(200u16, ResponseSpec::Text), (500u16, ResponseSpec::Json("Problem"))],
     },
     OperationSpec {
+        id: OperationId::GetReadiness,
         operation_id: "getReadiness",
         method: "GET",
         path: "/readyz",

@@ -279,12 +279,6 @@ async fn method_not_allowed(req: Request) -> Response {
     let ctx = RequestContext::from_parts(&parts);
     reject(StatusCode::METHOD_NOT_ALLOWED, ProblemCode::MethodNotAllowed, "Method not allowed", format!("{} is not allowed on this route", parts.method), &ctx)
 }
-///A caller that presented a bearer credential for the `agentRuntimeBearer` security scheme. The stub only checked that it is present; the implementation verifies it.
-#[derive(Debug, Clone)]
-pub struct AgentRuntimeBearer(pub BearerToken);
-///A caller that presented a bearer credential for the `tenantAdminBearer` security scheme. The stub only checked that it is present; the implementation verifies it.
-#[derive(Debug, Clone)]
-pub struct TenantAdminBearer(pub BearerToken);
 /// The query as read, before its bounds are judged.
 #[derive(Debug, Clone, serde::Deserialize)]
 struct ListEnrollmentTokensQueryRaw {
@@ -1153,10 +1147,31 @@ impl IntoResponse for GetReadinessResponse {
         }
     }
 }
-/// The platform API: one method per operation of specs/openapi.yaml.
-/// Stubs have already authenticated presence of credentials, parsed
-/// and schema-validated every input before a method is called.
+/// The platform API: one authenticator per security scheme and one
+/// method per operation of specs/openapi.yaml. A stub calls the
+/// authenticator first; only for a verified caller does it parse and
+/// schema-validate the parameters and the body, then call the method.
 pub trait Api: Send + Sync + 'static {
+    ///The verified caller of the `agentRuntimeBearer` security scheme, as the implementation's authenticator returns it.
+    type AgentRuntimeBearer: Send + 'static;
+    ///Verifies a `agentRuntimeBearer` bearer credential for `op` before anything else of the request is read (path parameters are passed unjudged, as routed). An `Err` is answered as it is, mapped to the operation's documented status.
+    fn authenticate_agent_runtime_bearer(
+        &self,
+        ctx: &RequestContext,
+        op: &'static crate::contract::OperationSpec,
+        path: &std::collections::HashMap<String, String>,
+        token: BearerToken,
+    ) -> impl Future<Output = Result<Self::AgentRuntimeBearer, ProblemBody>> + Send;
+    ///The verified caller of the `tenantAdminBearer` security scheme, as the implementation's authenticator returns it.
+    type TenantAdminBearer: Send + 'static;
+    ///Verifies a `tenantAdminBearer` bearer credential for `op` before anything else of the request is read (path parameters are passed unjudged, as routed). An `Err` is answered as it is, mapped to the operation's documented status.
+    fn authenticate_tenant_admin_bearer(
+        &self,
+        ctx: &RequestContext,
+        op: &'static crate::contract::OperationSpec,
+        path: &std::collections::HashMap<String, String>,
+        token: BearerToken,
+    ) -> impl Future<Output = Result<Self::TenantAdminBearer, ProblemBody>> + Send;
     ///`POST /api/v1/agent-enrollment/exchange`: Exchange an enrollment token, CSR and nonce for an agent identity
     fn exchange_enrollment_token(
         &self,
@@ -1167,33 +1182,33 @@ pub trait Api: Send + Sync + 'static {
     fn list_enrollment_tokens(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        auth: Self::TenantAdminBearer,
         query: ListEnrollmentTokensQuery,
     ) -> impl Future<Output = ListEnrollmentTokensResponse> + Send;
     ///`POST /api/v1/agent-enrollment/tokens`: Issue an enrollment token
     fn issue_enrollment_token(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        auth: Self::TenantAdminBearer,
         body: types::EnrollmentTokenIssueRequest,
     ) -> impl Future<Output = IssueEnrollmentTokenResponse> + Send;
     ///`POST /api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke`: Revoke an enrollment token
     fn revoke_enrollment_token(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        auth: Self::TenantAdminBearer,
         enrollment_token_id: uuid::Uuid,
         body: types::RevokeRequest,
     ) -> impl Future<Output = RevokeEnrollmentTokenResponse> + Send;
     ///`GET /api/v1/agents`: List agent identities
-    fn list_agents(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListAgentsQuery) -> impl Future<Output = ListAgentsResponse> + Send;
+    fn list_agents(&self, ctx: RequestContext, auth: Self::TenantAdminBearer, query: ListAgentsQuery) -> impl Future<Output = ListAgentsResponse> + Send;
     ///`GET /api/v1/agents/{agent_id}`: Get one agent identity
-    fn get_agent(&self, ctx: RequestContext, auth: TenantAdminBearer, agent_id: uuid::Uuid) -> impl Future<Output = GetAgentResponse> + Send;
+    fn get_agent(&self, ctx: RequestContext, auth: Self::TenantAdminBearer, agent_id: uuid::Uuid) -> impl Future<Output = GetAgentResponse> + Send;
     ///`POST /api/v1/agents/{agent_id}/certificate/rotate`: Rotate the agent's certificate record and runtime token
     fn rotate_agent_certificate(
         &self,
         ctx: RequestContext,
-        auth: AgentRuntimeBearer,
+        auth: Self::AgentRuntimeBearer,
         agent_id: uuid::Uuid,
         body: types::CertificateRotateRequest,
     ) -> impl Future<Output = RotateAgentCertificateResponse> + Send;
@@ -1201,7 +1216,7 @@ pub trait Api: Send + Sync + 'static {
     fn revoke_agent(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        auth: Self::TenantAdminBearer,
         agent_id: uuid::Uuid,
         body: types::RevokeRequest,
     ) -> impl Future<Output = RevokeAgentResponse> + Send;
@@ -1209,7 +1224,7 @@ pub trait Api: Send + Sync + 'static {
     fn post_agent_heartbeat(
         &self,
         ctx: RequestContext,
-        auth: AgentRuntimeBearer,
+        auth: Self::AgentRuntimeBearer,
         agent_id: uuid::Uuid,
         body: types::AgentHeartbeatTelemetryRequest,
     ) -> impl Future<Output = PostAgentHeartbeatResponse> + Send;
@@ -1217,11 +1232,11 @@ pub trait Api: Send + Sync + 'static {
     fn list_audit_events(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        auth: Self::TenantAdminBearer,
         query: ListAuditEventsQuery,
     ) -> impl Future<Output = ListAuditEventsResponse> + Send;
     ///`GET /api/v1/events`: List the tenant's emitted domain events (CloudEvents), newest last
-    fn list_events(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListEventsQuery) -> impl Future<Output = ListEventsResponse> + Send;
+    fn list_events(&self, ctx: RequestContext, auth: Self::TenantAdminBearer, query: ListEventsQuery) -> impl Future<Output = ListEventsResponse> + Send;
     ///`GET /healthz`: Liveness
     fn get_health(&self, ctx: RequestContext) -> impl Future<Output = GetHealthResponse> + Send;
     ///`GET /metrics`: Prometheus metrics in the text exposition format
@@ -1242,11 +1257,18 @@ fn body_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response 
 async fn handle_exchange_enrollment_token<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
+    let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let body: types::EnrollmentExchangeRequest = json_body(&parts, body, "EnrollmentExchangeRequest", 65536usize, &ctx).await?;
+        let body: types::EnrollmentExchangeRequest =
+            json_body(&parts, unread.take().unwrap_or_default(), "EnrollmentExchangeRequest", 65536usize, &ctx).await?;
         Ok(api.exchange_enrollment_token(ctx.clone(), body).await.into_response())
     }
     .await;
+    if outcome.is_err()
+        && let Some(rest) = unread.take()
+    {
+        discard(rest).await;
+    }
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1255,7 +1277,12 @@ async fn handle_list_enrollment_tokens<A: Api>(State(api): State<Arc<A>>, req: R
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
+        let params = std::collections::HashMap::new();
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[1usize], &params, token)
+            .await
+            .map_err(|problem| ListEnrollmentTokensResponse::from_problem(problem).into_response())?;
         let raw: ListEnrollmentTokensQueryRaw = query_params(&parts, &ctx)?;
         check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
@@ -1275,12 +1302,24 @@ async fn handle_list_enrollment_tokens<A: Api>(State(api): State<Arc<A>>, req: R
 async fn handle_issue_enrollment_token<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
+    let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
-        let body: types::EnrollmentTokenIssueRequest = json_body(&parts, body, "EnrollmentTokenIssueRequest", 65536usize, &ctx).await?;
+        let params = std::collections::HashMap::new();
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[2usize], &params, token)
+            .await
+            .map_err(|problem| IssueEnrollmentTokenResponse::from_problem(problem).into_response())?;
+        let body: types::EnrollmentTokenIssueRequest =
+            json_body(&parts, unread.take().unwrap_or_default(), "EnrollmentTokenIssueRequest", 65536usize, &ctx).await?;
         Ok(api.issue_enrollment_token(ctx.clone(), auth, body).await.into_response())
     }
     .await;
+    if outcome.is_err()
+        && let Some(rest) = unread.take()
+    {
+        discard(rest).await;
+    }
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1288,17 +1327,27 @@ async fn handle_issue_enrollment_token<A: Api>(State(api): State<Arc<A>>, req: R
 async fn handle_revoke_enrollment_token<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
+    let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
         let raw_params = RawPathParams::from_request_parts(&mut parts, &())
             .await
             .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
         let params = path_params(&raw_params);
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[3usize], &params, token)
+            .await
+            .map_err(|problem| RevokeEnrollmentTokenResponse::from_problem(problem).into_response())?;
         let enrollment_token_id = path_uuid(&params, "enrollment_token_id", &ctx)?;
-        let body: types::RevokeRequest = json_body(&parts, body, "RevokeRequest", 65536usize, &ctx).await?;
+        let body: types::RevokeRequest = json_body(&parts, unread.take().unwrap_or_default(), "RevokeRequest", 65536usize, &ctx).await?;
         Ok(api.revoke_enrollment_token(ctx.clone(), auth, enrollment_token_id, body).await.into_response())
     }
     .await;
+    if outcome.is_err()
+        && let Some(rest) = unread.take()
+    {
+        discard(rest).await;
+    }
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1307,7 +1356,12 @@ async fn handle_list_agents<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
+        let params = std::collections::HashMap::new();
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[4usize], &params, token)
+            .await
+            .map_err(|problem| ListAgentsResponse::from_problem(problem).into_response())?;
         let raw: ListAgentsQueryRaw = query_params(&parts, &ctx)?;
         check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
@@ -1328,11 +1382,15 @@ async fn handle_get_agent<A: Api>(State(api): State<Arc<A>>, req: Request) -> Re
     let (mut parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
         let raw_params = RawPathParams::from_request_parts(&mut parts, &())
             .await
             .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
         let params = path_params(&raw_params);
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[5usize], &params, token)
+            .await
+            .map_err(|problem| GetAgentResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
         Ok(api.get_agent(ctx.clone(), auth, agent_id).await.into_response())
     }
@@ -1344,17 +1402,27 @@ async fn handle_get_agent<A: Api>(State(api): State<Arc<A>>, req: Request) -> Re
 async fn handle_rotate_agent_certificate<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
+    let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let auth = AgentRuntimeBearer(bearer(&parts.headers, &ctx)?);
         let raw_params = RawPathParams::from_request_parts(&mut parts, &())
             .await
             .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
         let params = path_params(&raw_params);
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_agent_runtime_bearer(&ctx, &crate::contract::OPERATIONS[6usize], &params, token)
+            .await
+            .map_err(|problem| RotateAgentCertificateResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
-        let body: types::CertificateRotateRequest = json_body(&parts, body, "CertificateRotateRequest", 65536usize, &ctx).await?;
+        let body: types::CertificateRotateRequest = json_body(&parts, unread.take().unwrap_or_default(), "CertificateRotateRequest", 65536usize, &ctx).await?;
         Ok(api.rotate_agent_certificate(ctx.clone(), auth, agent_id, body).await.into_response())
     }
     .await;
+    if outcome.is_err()
+        && let Some(rest) = unread.take()
+    {
+        discard(rest).await;
+    }
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1362,17 +1430,27 @@ async fn handle_rotate_agent_certificate<A: Api>(State(api): State<Arc<A>>, req:
 async fn handle_revoke_agent<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
+    let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
         let raw_params = RawPathParams::from_request_parts(&mut parts, &())
             .await
             .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
         let params = path_params(&raw_params);
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[7usize], &params, token)
+            .await
+            .map_err(|problem| RevokeAgentResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
-        let body: types::RevokeRequest = json_body(&parts, body, "RevokeRequest", 65536usize, &ctx).await?;
+        let body: types::RevokeRequest = json_body(&parts, unread.take().unwrap_or_default(), "RevokeRequest", 65536usize, &ctx).await?;
         Ok(api.revoke_agent(ctx.clone(), auth, agent_id, body).await.into_response())
     }
     .await;
+    if outcome.is_err()
+        && let Some(rest) = unread.take()
+    {
+        discard(rest).await;
+    }
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1380,17 +1458,28 @@ async fn handle_revoke_agent<A: Api>(State(api): State<Arc<A>>, req: Request) ->
 async fn handle_post_agent_heartbeat<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
+    let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let auth = AgentRuntimeBearer(bearer(&parts.headers, &ctx)?);
         let raw_params = RawPathParams::from_request_parts(&mut parts, &())
             .await
             .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
         let params = path_params(&raw_params);
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_agent_runtime_bearer(&ctx, &crate::contract::OPERATIONS[8usize], &params, token)
+            .await
+            .map_err(|problem| PostAgentHeartbeatResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
-        let body: types::AgentHeartbeatTelemetryRequest = json_body(&parts, body, "AgentHeartbeatTelemetryRequest", 65536usize, &ctx).await?;
+        let body: types::AgentHeartbeatTelemetryRequest =
+            json_body(&parts, unread.take().unwrap_or_default(), "AgentHeartbeatTelemetryRequest", 65536usize, &ctx).await?;
         Ok(api.post_agent_heartbeat(ctx.clone(), auth, agent_id, body).await.into_response())
     }
     .await;
+    if outcome.is_err()
+        && let Some(rest) = unread.take()
+    {
+        discard(rest).await;
+    }
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1399,7 +1488,12 @@ async fn handle_list_audit_events<A: Api>(State(api): State<Arc<A>>, req: Reques
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
+        let params = std::collections::HashMap::new();
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[9usize], &params, token)
+            .await
+            .map_err(|problem| ListAuditEventsResponse::from_problem(problem).into_response())?;
         let raw: ListAuditEventsQueryRaw = query_params(&parts, &ctx)?;
         check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
@@ -1420,7 +1514,12 @@ async fn handle_list_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let auth = TenantAdminBearer(bearer(&parts.headers, &ctx)?);
+        let params = std::collections::HashMap::new();
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[10usize], &params, token)
+            .await
+            .map_err(|problem| ListEventsResponse::from_problem(problem).into_response())?;
         let raw: ListEventsQueryRaw = query_params(&parts, &ctx)?;
         check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(200i64), &ctx)?;
         check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;

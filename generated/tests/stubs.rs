@@ -2,6 +2,7 @@
 //! in-memory implementation of the `Api` trait is served on loopback and
 //! driven through the progenitor client and raw HTTP.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{TimeZone, Utc};
 use oneprotect_contracts::client::Client;
-use oneprotect_contracts::contract::ProblemCode;
+use oneprotect_contracts::contract::{OperationSpec, ProblemCode};
 use oneprotect_contracts::server::{self, *};
 use oneprotect_contracts::types;
 use reqwest::StatusCode;
@@ -23,7 +24,10 @@ const TENANT: &str = "tenant-fixture";
 /// prove the stub rejected a request before the implementation saw it.
 #[derive(Default)]
 struct EchoApi {
+    /// Operation methods called: none may run for a request the stub refused.
     calls: AtomicUsize,
+    /// Authenticator calls: the first thing a stub of a secured operation does.
+    authentications: AtomicUsize,
 }
 
 fn at(seconds: i64) -> chrono::DateTime<Utc> {
@@ -95,14 +99,44 @@ fn unauthorized(ctx: &RequestContext) -> types::Problem {
     server::problem(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", None, &ctx.request_id)
 }
 
-impl EchoApi {
-    fn admin_ok(&self, auth: &TenantAdminBearer) -> bool {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        auth.0.expose_secret() == ADMIN_TOKEN
-    }
-}
+/// A verified admin: only the authenticator makes one.
+#[derive(Debug)]
+struct Admin;
+
+/// A verified agent.
+#[derive(Debug)]
+struct Agent;
 
 impl Api for EchoApi {
+    type TenantAdminBearer = Admin;
+    type AgentRuntimeBearer = Agent;
+
+    async fn authenticate_tenant_admin_bearer(
+        &self,
+        ctx: &RequestContext,
+        _op: &'static OperationSpec,
+        _path: &HashMap<String, String>,
+        token: BearerToken,
+    ) -> Result<Admin, types::Problem> {
+        self.authentications.fetch_add(1, Ordering::SeqCst);
+        if token.expose_secret() == ADMIN_TOKEN { Ok(Admin) } else { Err(unauthorized(ctx)) }
+    }
+
+    async fn authenticate_agent_runtime_bearer(
+        &self,
+        ctx: &RequestContext,
+        _op: &'static OperationSpec,
+        _path: &HashMap<String, String>,
+        token: BearerToken,
+    ) -> Result<Agent, types::Problem> {
+        self.authentications.fetch_add(1, Ordering::SeqCst);
+        if token.expose_secret() == RUNTIME_TOKEN {
+            Ok(Agent)
+        } else {
+            Err(server::problem(StatusCode::FORBIDDEN, ProblemCode::IdentityRevoked, "Identity revoked", None, &ctx.request_id))
+        }
+    }
+
     async fn exchange_enrollment_token(&self, _ctx: RequestContext, body: types::EnrollmentExchangeRequest) -> ExchangeEnrollmentTokenResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let mut agent = identity(uuid::Uuid::from_u128(1), types::AgentStatus::Enrolled);
@@ -114,24 +148,15 @@ impl Api for EchoApi {
         })
     }
 
-    async fn list_enrollment_tokens(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListEnrollmentTokensQuery) -> ListEnrollmentTokensResponse {
-        if !self.admin_ok(&auth) {
-            return ListEnrollmentTokensResponse::from_problem(unauthorized(&ctx));
-        }
+    async fn list_enrollment_tokens(&self, _ctx: RequestContext, _auth: Admin, query: ListEnrollmentTokensQuery) -> ListEnrollmentTokensResponse {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let n = query.limit.map_or(50, std::num::NonZeroU32::get) as u128;
         let items = (0..n.min(3)).map(|i| metadata(uuid::Uuid::from_u128(i), 1, None, types::EnrollmentTokenStatus::Active)).collect();
         ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList { items, next_cursor: query.cursor.map(|c| format!("{}-next", c.as_str())) })
     }
 
-    async fn issue_enrollment_token(
-        &self,
-        ctx: RequestContext,
-        auth: TenantAdminBearer,
-        body: types::EnrollmentTokenIssueRequest,
-    ) -> IssueEnrollmentTokenResponse {
-        if !self.admin_ok(&auth) {
-            return IssueEnrollmentTokenResponse::from_problem(unauthorized(&ctx));
-        }
+    async fn issue_enrollment_token(&self, _ctx: RequestContext, _auth: Admin, body: types::EnrollmentTokenIssueRequest) -> IssueEnrollmentTokenResponse {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let meta = metadata(uuid::Uuid::from_u128(7), body.max_uses.get(), body.label.map(|l| l.to_string()), types::EnrollmentTokenStatus::Active);
         IssueEnrollmentTokenResponse::Created(types::EnrollmentTokenIssued { enrollment_token: "opet_fixture_not_a_secret".into(), token: meta })
     }
@@ -139,37 +164,31 @@ impl Api for EchoApi {
     async fn revoke_enrollment_token(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        _auth: Admin,
         enrollment_token_id: uuid::Uuid,
         _body: types::RevokeRequest,
     ) -> RevokeEnrollmentTokenResponse {
-        if !self.admin_ok(&auth) {
-            return RevokeEnrollmentTokenResponse::from_problem(unauthorized(&ctx));
-        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
         if enrollment_token_id.is_nil() {
             return RevokeEnrollmentTokenResponse::NotFound(server::problem(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found", None, &ctx.request_id));
         }
         RevokeEnrollmentTokenResponse::Ok(metadata(enrollment_token_id, 1, None, types::EnrollmentTokenStatus::Revoked))
     }
 
-    async fn list_agents(&self, ctx: RequestContext, auth: TenantAdminBearer, _query: ListAgentsQuery) -> ListAgentsResponse {
-        if !self.admin_ok(&auth) {
-            return ListAgentsResponse::from_problem(unauthorized(&ctx));
-        }
+    async fn list_agents(&self, _ctx: RequestContext, _auth: Admin, _query: ListAgentsQuery) -> ListAgentsResponse {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         ListAgentsResponse::Ok(types::AgentList { items: vec![identity(uuid::Uuid::from_u128(1), types::AgentStatus::Active)], next_cursor: None })
     }
 
-    async fn get_agent(&self, ctx: RequestContext, auth: TenantAdminBearer, agent_id: uuid::Uuid) -> GetAgentResponse {
-        if !self.admin_ok(&auth) {
-            return GetAgentResponse::from_problem(unauthorized(&ctx));
-        }
+    async fn get_agent(&self, _ctx: RequestContext, _auth: Admin, agent_id: uuid::Uuid) -> GetAgentResponse {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         GetAgentResponse::Ok(identity(agent_id, types::AgentStatus::Active))
     }
 
     async fn rotate_agent_certificate(
         &self,
         _ctx: RequestContext,
-        _auth: AgentRuntimeBearer,
+        _auth: Agent,
         agent_id: uuid::Uuid,
         _body: types::CertificateRotateRequest,
     ) -> RotateAgentCertificateResponse {
@@ -177,30 +196,19 @@ impl Api for EchoApi {
         RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse { certificate: certificate(agent_id), runtime_token: runtime_token() })
     }
 
-    async fn revoke_agent(&self, ctx: RequestContext, auth: TenantAdminBearer, agent_id: uuid::Uuid, _body: types::RevokeRequest) -> RevokeAgentResponse {
-        if !self.admin_ok(&auth) {
-            return RevokeAgentResponse::from_problem(unauthorized(&ctx));
-        }
+    async fn revoke_agent(&self, _ctx: RequestContext, _auth: Admin, agent_id: uuid::Uuid, _body: types::RevokeRequest) -> RevokeAgentResponse {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         RevokeAgentResponse::Ok(identity(agent_id, types::AgentStatus::Revoked))
     }
 
     async fn post_agent_heartbeat(
         &self,
         ctx: RequestContext,
-        auth: AgentRuntimeBearer,
+        _auth: Agent,
         agent_id: uuid::Uuid,
         body: types::AgentHeartbeatTelemetryRequest,
     ) -> PostAgentHeartbeatResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if auth.0.expose_secret() != RUNTIME_TOKEN {
-            return PostAgentHeartbeatResponse::from_problem(server::problem(
-                StatusCode::FORBIDDEN,
-                ProblemCode::IdentityRevoked,
-                "Identity revoked",
-                None,
-                &ctx.request_id,
-            ));
-        }
         if body.sequence == 429 {
             let body = server::problem(StatusCode::TOO_MANY_REQUESTS, ProblemCode::RateLimited, "Slow down", None, &ctx.request_id);
             return PostAgentHeartbeatResponse::TooManyRequests { body, retry_after: 17 };
@@ -213,17 +221,13 @@ impl Api for EchoApi {
         })
     }
 
-    async fn list_audit_events(&self, ctx: RequestContext, auth: TenantAdminBearer, _query: ListAuditEventsQuery) -> ListAuditEventsResponse {
-        if !self.admin_ok(&auth) {
-            return ListAuditEventsResponse::from_problem(unauthorized(&ctx));
-        }
+    async fn list_audit_events(&self, _ctx: RequestContext, _auth: Admin, _query: ListAuditEventsQuery) -> ListAuditEventsResponse {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         ListAuditEventsResponse::Ok(types::AuditEventList { items: vec![], next_cursor: None })
     }
 
-    async fn list_events(&self, ctx: RequestContext, auth: TenantAdminBearer, _query: ListEventsQuery) -> ListEventsResponse {
-        if !self.admin_ok(&auth) {
-            return ListEventsResponse::from_problem(unauthorized(&ctx));
-        }
+    async fn list_events(&self, _ctx: RequestContext, _auth: Admin, _query: ListEventsQuery) -> ListEventsResponse {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         ListEventsResponse::Ok(types::DomainEventList { items: vec![], next_cursor: None })
     }
 
@@ -468,6 +472,14 @@ async fn an_oversize_body_is_read_to_its_end_so_the_413_arrives_and_the_connecti
     let answer = raw_exchange(&h.base, text.as_bytes(), std::time::Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 415"), "{}", answer.lines().next().unwrap_or_default());
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "the connection survives a 415 with a large body: {answer}");
+    // Refused for its credential before the body is read: drained all the same.
+    let unauthenticated = format!(
+        "POST /api/v1/agent-enrollment/tokens HTTP/1.1\r\nhost: fixture\r\nauthorization: Bearer not-the-admin\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = raw_exchange(&h.base, unauthenticated.as_bytes(), std::time::Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{}", answer.lines().next().unwrap_or_default());
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "the connection survives a 401 with an unread body: {answer}");
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0);
 }
 
@@ -568,7 +580,6 @@ fn from_problem_maps_an_undocumented_status_to_a_500_internal_error() {
 fn bearer_token_debug_output_is_redacted() {
     let token = BearerToken::new("fixture-bearer-value");
     assert_eq!(format!("{token:?}"), "BearerToken([REDACTED])");
-    assert_eq!(format!("{:?}", TenantAdminBearer(token)), "TenantAdminBearer(BearerToken([REDACTED]))");
 }
 
 /// The stubs give each query parameter the type the client sends it as: a
@@ -589,4 +600,36 @@ async fn client_and_server_give_query_parameters_the_same_rust_types() {
     let _ = client.list_audit_events(audit.cursor.as_ref(), audit.limit).await;
     let events = ListEventsQuery { cursor: None, limit: NonZeroU32::new(1) };
     let _ = client.list_events(events.cursor.as_ref(), events.limit).await;
+}
+
+/// The stub asks the implementation's authenticator first: a refused
+/// credential is answered before a path parameter, a query or a body is
+/// judged, and no operation method runs.
+#[tokio::test]
+async fn a_refused_credential_is_answered_before_parameters_or_body_are_judged() {
+    let h = serve().await;
+    let http = reqwest::Client::new();
+    let resp = http.get(format!("{}/api/v1/agents/not-a-uuid", h.base)).bearer_auth("not-the-admin").send().await.expect("send");
+    assert_eq!(problem_of(resp, StatusCode::UNAUTHORIZED).await.code, "unauthenticated");
+    let resp = http.get(format!("{}/api/v1/agents?limit=0", h.base)).bearer_auth("not-the-admin").send().await.expect("send");
+    assert_eq!(problem_of(resp, StatusCode::UNAUTHORIZED).await.code, "unauthenticated");
+    let resp = http
+        .post(format!("{}/api/v1/agent-enrollment/tokens", h.base))
+        .bearer_auth("not-the-admin")
+        .header("content-type", "text/plain")
+        .body("x".repeat(128 * 1024))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(problem_of(resp, StatusCode::UNAUTHORIZED).await.code, "unauthenticated", "not 413 nor 415");
+    let resp = http
+        .post(format!("{}/api/v1/agents/{}/telemetry/heartbeat", h.base, uuid::Uuid::nil()))
+        .bearer_auth("not-the-runtime-token")
+        .json(&json!({"tenant_id": "someone-else"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(problem_of(resp, StatusCode::FORBIDDEN).await.code, "identity_revoked", "the authenticator's answer, not identity_override_rejected");
+    assert_eq!(h.api.calls.load(Ordering::SeqCst), 0, "no operation method ran");
+    assert_eq!(h.api.authentications.load(Ordering::SeqCst), 4, "each request was authenticated first");
 }

@@ -1,15 +1,19 @@
 //! The generated `Api` trait, implemented by translating to and from the
 //! service layer. No rule lives here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use oneprotect_contracts::contract::OperationSpec;
 use oneprotect_contracts::server::{self as stubs, *};
 use oneprotect_contracts::types;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::admin_auth::AdminPrincipal;
 use crate::error::Rejection;
 use crate::model::*;
+use crate::runtime_token::RuntimeClaims;
 use crate::service::{ExchangeInput, HeartbeatInput, IssueInput, PageRequest, Platform, RequestMeta, encode_cursor};
 
 #[derive(Debug, Clone)]
@@ -218,6 +222,30 @@ impl RetryAfter for RotateAgentCertificateResponse {
 }
 
 impl Api for HttpApi {
+    type TenantAdminBearer = AdminPrincipal;
+    type AgentRuntimeBearer = RuntimeClaims;
+
+    async fn authenticate_tenant_admin_bearer(
+        &self,
+        ctx: &RequestContext,
+        op: &'static OperationSpec,
+        _path: &HashMap<String, String>,
+        token: BearerToken,
+    ) -> Result<AdminPrincipal, types::Problem> {
+        self.platform.authenticate_admin(token.expose_secret(), op.id, &meta(ctx)).await.map_err(|r| problem(&r, ctx))
+    }
+
+    async fn authenticate_agent_runtime_bearer(
+        &self,
+        ctx: &RequestContext,
+        op: &'static OperationSpec,
+        path: &HashMap<String, String>,
+        token: BearerToken,
+    ) -> Result<RuntimeClaims, types::Problem> {
+        let agent_id = path.get("agent_id").map(String::as_str).unwrap_or_default();
+        self.platform.authenticate_runtime(token.expose_secret(), agent_id, op.id, &meta(ctx)).await.map_err(|r| problem(&r, ctx))
+    }
+
     async fn exchange_enrollment_token(&self, ctx: RequestContext, body: types::EnrollmentExchangeRequest) -> ExchangeEnrollmentTokenResponse {
         respond!(ExchangeEnrollmentTokenResponse, ctx, {
             let input = ExchangeInput {
@@ -238,9 +266,8 @@ impl Api for HttpApi {
         })
     }
 
-    async fn list_enrollment_tokens(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListEnrollmentTokensQuery) -> ListEnrollmentTokensResponse {
+    async fn list_enrollment_tokens(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListEnrollmentTokensQuery) -> ListEnrollmentTokensResponse {
         respond!(ListEnrollmentTokensResponse, ctx, {
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "enrollment_token.list", &meta(&ctx)).await?;
             let page = self.platform.list_enrollment_tokens(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             let now = self.platform.now();
             Ok(ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList {
@@ -253,12 +280,11 @@ impl Api for HttpApi {
     async fn issue_enrollment_token(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        admin: AdminPrincipal,
         body: types::EnrollmentTokenIssueRequest,
     ) -> IssueEnrollmentTokenResponse {
         respond!(IssueEnrollmentTokenResponse, ctx, {
             let m = meta(&ctx);
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), true, "enrollment_token.issue", &m).await?;
             let input = IssueInput {
                 ttl_seconds: body.ttl_seconds,
                 max_uses: body.max_uses.get(),
@@ -277,43 +303,39 @@ impl Api for HttpApi {
     async fn revoke_enrollment_token(
         &self,
         ctx: RequestContext,
-        auth: TenantAdminBearer,
+        admin: AdminPrincipal,
         enrollment_token_id: uuid::Uuid,
         body: types::RevokeRequest,
     ) -> RevokeEnrollmentTokenResponse {
         respond!(RevokeEnrollmentTokenResponse, ctx, {
             let m = meta(&ctx);
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), true, "enrollment_token.revoke", &m).await?;
             let record = self.platform.revoke_enrollment_token(&admin, enrollment_token_id, body.reason.map(|r| r.to_string()), &m).await?;
             Ok(RevokeEnrollmentTokenResponse::Ok(token_metadata(&record, self.platform.now())))
         })
     }
 
-    async fn list_agents(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListAgentsQuery) -> ListAgentsResponse {
+    async fn list_agents(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListAgentsQuery) -> ListAgentsResponse {
         respond!(ListAgentsResponse, ctx, {
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "agent.list", &meta(&ctx)).await?;
             let page = self.platform.list_agents(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             Ok(ListAgentsResponse::Ok(types::AgentList { items: page.items.iter().map(agent_identity).collect(), next_cursor: cursor(page.next_after) }))
         })
     }
 
-    async fn get_agent(&self, ctx: RequestContext, auth: TenantAdminBearer, agent_id: uuid::Uuid) -> GetAgentResponse {
-        respond!(GetAgentResponse, ctx, {
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "agent.get", &meta(&ctx)).await?;
-            Ok(GetAgentResponse::Ok(agent_identity(&self.platform.get_agent(&admin, agent_id).await?)))
-        })
+    async fn get_agent(&self, ctx: RequestContext, admin: AdminPrincipal, agent_id: uuid::Uuid) -> GetAgentResponse {
+        respond!(GetAgentResponse, ctx, Ok(GetAgentResponse::Ok(agent_identity(&self.platform.get_agent(&admin, agent_id).await?))))
     }
 
     async fn rotate_agent_certificate(
         &self,
         ctx: RequestContext,
-        auth: AgentRuntimeBearer,
+        auth: RuntimeClaims,
         agent_id: uuid::Uuid,
         body: types::CertificateRotateRequest,
     ) -> RotateAgentCertificateResponse {
         respond!(RotateAgentCertificateResponse, ctx, {
             let nonce = SecretString::from(body.nonce.to_string());
-            let r = self.platform.rotate_certificate(auth.0.expose_secret(), agent_id, &body.csr_pem, &nonce, &meta(&ctx)).await?;
+            debug_assert_eq!(auth.aid, agent_id, "the authenticator bound the token to the path");
+            let r = self.platform.rotate_certificate(auth, &body.csr_pem, &nonce, &meta(&ctx)).await?;
             Ok(RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse {
                 certificate: certificate(&r.certificate)?,
                 runtime_token: runtime_token(&r.runtime_token),
@@ -321,10 +343,9 @@ impl Api for HttpApi {
         })
     }
 
-    async fn revoke_agent(&self, ctx: RequestContext, auth: TenantAdminBearer, agent_id: uuid::Uuid, body: types::RevokeRequest) -> RevokeAgentResponse {
+    async fn revoke_agent(&self, ctx: RequestContext, admin: AdminPrincipal, agent_id: uuid::Uuid, body: types::RevokeRequest) -> RevokeAgentResponse {
         respond!(RevokeAgentResponse, ctx, {
             let m = meta(&ctx);
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), true, "agent.revoke", &m).await?;
             let identity = self.platform.revoke_agent(&admin, agent_id, body.reason.map(|r| r.to_string()), &m).await?;
             Ok(RevokeAgentResponse::Ok(agent_identity(&identity)))
         })
@@ -333,7 +354,7 @@ impl Api for HttpApi {
     async fn post_agent_heartbeat(
         &self,
         ctx: RequestContext,
-        auth: AgentRuntimeBearer,
+        auth: RuntimeClaims,
         agent_id: uuid::Uuid,
         body: types::AgentHeartbeatTelemetryRequest,
     ) -> PostAgentHeartbeatResponse {
@@ -352,7 +373,8 @@ impl Api for HttpApi {
                 memory_used_bytes: body.memory_used_bytes,
                 process_count: body.process_count,
             };
-            let r = self.platform.heartbeat(auth.0.expose_secret(), agent_id, input, &meta(&ctx)).await?;
+            debug_assert_eq!(auth.aid, agent_id, "the authenticator bound the token to the path");
+            let r = self.platform.heartbeat(auth, input, &meta(&ctx)).await?;
             Ok(PostAgentHeartbeatResponse::Ok(types::HeartbeatAccepted {
                 accepted_at: r.accepted_at,
                 agent_id: r.agent_id,
@@ -362,9 +384,8 @@ impl Api for HttpApi {
         })
     }
 
-    async fn list_audit_events(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListAuditEventsQuery) -> ListAuditEventsResponse {
+    async fn list_audit_events(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListAuditEventsQuery) -> ListAuditEventsResponse {
         respond!(ListAuditEventsResponse, ctx, {
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "audit.list", &meta(&ctx)).await?;
             let page = self.platform.list_audit(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             Ok(ListAuditEventsResponse::Ok(types::AuditEventList {
                 items: page.items.iter().map(audit_event).collect::<Result<_, _>>()?,
@@ -373,9 +394,8 @@ impl Api for HttpApi {
         })
     }
 
-    async fn list_events(&self, ctx: RequestContext, auth: TenantAdminBearer, query: ListEventsQuery) -> ListEventsResponse {
+    async fn list_events(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListEventsQuery) -> ListEventsResponse {
         respond!(ListEventsResponse, ctx, {
-            let admin = self.platform.authenticate_admin(auth.0.expose_secret(), false, "event.list", &meta(&ctx)).await?;
             let page = self.platform.list_events(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
             let items = page
                 .items

@@ -19,6 +19,13 @@ pub(super) const RATE_LIMIT_CHECKS: &[Check] = &[check!(
 
 pub(super) const CHECKS: &[Check] = &[
     check!("fail-closed.missing-bearer-is-401", FailClosed, BOTH, "every protected operation without a bearer is 401 unauthenticated", missing_bearer),
+    check!(
+        "fail-closed.credential-judged-before-body",
+        FailClosed,
+        BOTH,
+        "a protected operation with a bad credential and a malformed body is 401: nothing is judged before the credential",
+        credential_before_body
+    ),
     check!("fail-closed.alg-none-admin-token-rejected", FailClosed, BOTH, "an unsigned (alg none) admin token is 401", alg_none),
     check!("fail-closed.forged-admin-token-rejected", FailClosed, BOTH, "an admin token signed with another key is 401", forged_admin),
     check!("fail-closed.tampered-runtime-token-rejected", FailClosed, BOTH, "a runtime token with a changed payload or signature is 401", tampered_runtime),
@@ -85,6 +92,30 @@ pub async fn missing_bearer(ctx: &Ctx) -> Checked {
         expect_problem(&a, 401, ProblemCode::Unauthenticated).map_err(|e| e.context(op.operation_id))?;
     }
     Ok(())
+}
+
+/// A credential no deployment issues: well-formed for each scheme, signed by nobody.
+const NOT_A_CREDENTIAL_ADMIN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjb25mb3JtYW5jZSJ9.bm90LWEtc2lnbmF0dXJl";
+const NOT_A_CREDENTIAL_RUNTIME: &str = "oprt.v1.conformance.e30.bm90LWEtc2lnbmF0dXJl";
+
+pub async fn credential_before_body(ctx: &Ctx) -> Checked {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut tried = 0;
+    for op in oneprotect_contracts::contract::OPERATIONS.iter().filter(|o| o.security.is_some() && o.request_schema.is_some()) {
+        let route = op.route(|_| id.clone());
+        let (bearer, expected) = match op.security {
+            Some("agentRuntimeBearer") => (NOT_A_CREDENTIAL_RUNTIME, ProblemCode::RuntimeTokenInvalid),
+            _ => (NOT_A_CREDENTIAL_ADMIN, ProblemCode::Unauthenticated),
+        };
+        // An array is no object schema's instance: judged first, it would be 400.
+        let a = ctx.call_raw(&route, Some(bearer), Some(("[]".into(), "application/json"))).await?;
+        if a.status == 400 {
+            return Err(format!("{}: got 400 {} for a bad credential", op.operation_id, a.code()).into());
+        }
+        expect_problem(&a, 401, expected).map_err(|e| e.context(op.operation_id))?;
+        tried += 1;
+    }
+    ensure(tried >= 4, format!("only {tried} protected operations with a body in the contract"))
 }
 
 /// The issuer, audience and tenant of credential A: forgeries that differ
@@ -235,6 +266,9 @@ pub async fn viewer(ctx: &Ctx) -> Checked {
         };
         let a = ctx.call(&route, Some(&token), body.as_ref()).await?;
         expect_problem(&a, 403, ProblemCode::Forbidden).map_err(|e| e.context(op.operation_id))?;
+        // The role is judged with the credential, before the body.
+        let malformed = ctx.call_raw(&route, Some(&token), Some(("[]".into(), "application/json"))).await?;
+        expect_problem(&malformed, 403, ProblemCode::Forbidden).map_err(|e| e.context(format!("{} with a malformed body", op.operation_id)))?;
         tried += 1;
     }
     ensure(tried >= 3, format!("only {tried} write operations in the contract"))?;

@@ -8,6 +8,8 @@ use oneprotect_contracts::events;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use oneprotect_contracts::contract::OperationId;
+
 use super::{PageRequest, Platform, RequestMeta, bounded, data};
 use crate::admin_auth::AdminPrincipal;
 use crate::csr::verify_csr_pem;
@@ -54,34 +56,55 @@ type AgentFailure = (Rejection, Option<String>, Option<String>);
 
 /// The audited action of a heartbeat; also what lets a token from before a
 /// rotation through during the grace period (`binding`).
-const HEARTBEAT: &str = "agent.heartbeat";
+pub(super) const HEARTBEAT: &str = "agent.heartbeat";
 
 impl Platform {
-    /// Every rule that binds a runtime token to a stored identity, in order;
-    /// the first that fails decides the answer, and every failure is audited.
-    pub async fn authenticate_agent(&self, bearer: &str, path_agent_id: Uuid, action: &str, meta: &RequestMeta) -> Result<AgentCaller, Rejection> {
-        let outcome = async {
-            let claims = self.verify_agent_token(bearer, path_agent_id)?;
-            let fail = |r: Rejection| (r, Some(claims.tid.clone()), Some(claims.aid.to_string()));
-            let identity = self.store.get_identity(&claims.tid, claims.aid).await.map_err(|e| fail(e.into()))?;
-            match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
-                Ok(identity) => Ok(AgentCaller { identity: identity.clone(), claims }),
-                Err(refusal) => Err(fail(self.refusal(refusal, &claims, meta).await)),
+    /// The credential of an agent operation, judged before anything else of
+    /// the request: a signed, unexpired runtime token of a service account
+    /// with the heartbeat scope, for the agent the path names. Every failure
+    /// is audited under the operation's action.
+    pub async fn authenticate_runtime(&self, bearer: &str, path_agent_id: &str, op: OperationId, meta: &RequestMeta) -> Result<RuntimeClaims, Rejection> {
+        match self.verify_agent_token(bearer, path_agent_id) {
+            Ok(claims) => Ok(claims),
+            Err((rejection, tenant, actor)) => {
+                let target = Uuid::parse_str(path_agent_id).ok();
+                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), target, super::access(op).action, meta).await;
+                Err(rejection)
             }
         }
-        .await;
-        if let Err((rejection, tenant, actor)) = &outcome {
-            self.audit_agent_failure(rejection, tenant.as_deref(), actor.as_deref(), path_agent_id, action, meta).await;
-        }
-        outcome.map_err(|(r, _, _)| r)
     }
 
-    async fn audit_agent_failure(&self, rejection: &Rejection, tenant: Option<&str>, actor: Option<&str>, agent_id: Uuid, action: &str, meta: &RequestMeta) {
+    /// Every rule that binds verified token claims to the stored identity,
+    /// in order; the first that fails decides the answer, and every failure
+    /// is audited.
+    async fn bind_agent(&self, claims: RuntimeClaims, action: &str, meta: &RequestMeta) -> Result<AgentCaller, Rejection> {
+        let outcome = match self.store.get_identity(&claims.tid, claims.aid).await {
+            Err(e) => Err(e.into()),
+            Ok(identity) => match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
+                Ok(identity) => return Ok(AgentCaller { identity: identity.clone(), claims }),
+                Err(refusal) => Err(self.refusal(refusal, &claims, meta).await),
+            },
+        };
+        if let Err(rejection) = &outcome {
+            self.audit_agent_failure(rejection, Some(&claims.tid), Some(&claims.aid.to_string()), Some(claims.aid), action, meta).await;
+        }
+        outcome
+    }
+
+    async fn audit_agent_failure(
+        &self,
+        rejection: &Rejection,
+        tenant: Option<&str>,
+        actor: Option<&str>,
+        agent_id: Option<Uuid>,
+        action: &str,
+        meta: &RequestMeta,
+    ) {
         let record = self.audit(
             tenant.unwrap_or(UNATTRIBUTED_TENANT),
             ("agent", actor.unwrap_or("unknown")),
             action,
-            ("agent", Some(agent_id.to_string())),
+            ("agent", agent_id.map(|a| a.to_string())),
             Some(rejection),
             meta,
             BTreeMap::new(),
@@ -91,7 +114,7 @@ impl Platform {
 
     /// The stateless rules: a signed, unexpired runtime token of a service
     /// account, with the heartbeat scope, for the agent in the path.
-    fn verify_agent_token(&self, bearer: &str, path_agent_id: Uuid) -> Result<RuntimeClaims, AgentFailure> {
+    fn verify_agent_token(&self, bearer: &str, path_agent_id: &str) -> Result<RuntimeClaims, AgentFailure> {
         let now = self.clock.now();
         if !self.runtime_keys.is_available() {
             return Err((Rejection::RuntimeSecretUnavailable, None, None));
@@ -110,6 +133,9 @@ impl Platform {
         if claims.scope != SCOPE_AGENT_HEARTBEAT {
             return fail(Rejection::ScopeForbidden);
         }
+        let Ok(path_agent_id) = Uuid::parse_str(path_agent_id) else {
+            return fail(Rejection::ParameterInvalid("path parameter `agent_id` must be a UUID".into()));
+        };
         if claims.aid != path_agent_id {
             return fail(Rejection::ActorMismatch);
         }
@@ -165,14 +191,7 @@ impl Platform {
     /// it is seen. An identity's first heartbeat takes a second commit: the
     /// store asks for the first-contact records (asset discovery,
     /// activation audit) instead of every heartbeat building them.
-    pub async fn heartbeat(&self, bearer: &str, path_agent_id: Uuid, input: HeartbeatInput, meta: &RequestMeta) -> Result<HeartbeatResult, Rejection> {
-        let claims = match self.verify_agent_token(bearer, path_agent_id) {
-            Ok(claims) => claims,
-            Err((rejection, tenant, actor)) => {
-                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), path_agent_id, HEARTBEAT, meta).await;
-                return Err(rejection);
-            }
-        };
+    pub async fn heartbeat(&self, claims: RuntimeClaims, input: HeartbeatInput, meta: &RequestMeta) -> Result<HeartbeatResult, Rejection> {
         let now = self.clock.now();
         let sequence = i64::try_from(input.sequence).map_err(|_| Rejection::RequestInvalid("sequence is too large".into()))?;
         let mut outcome = self.store.commit_heartbeat(self.heartbeat_commit(&claims, &input, now, sequence, None)?).await?;
@@ -185,7 +204,7 @@ impl Platform {
             HeartbeatOutcome::Duplicate => true,
             HeartbeatOutcome::Refused(refusal) => {
                 let rejection = self.refusal(refusal, &claims, meta).await;
-                self.audit_agent_failure(&rejection, Some(&claims.tid), Some(&claims.aid.to_string()), path_agent_id, HEARTBEAT, meta).await;
+                self.audit_agent_failure(&rejection, Some(&claims.tid), Some(&claims.aid.to_string()), Some(claims.aid), HEARTBEAT, meta).await;
                 return Err(rejection);
             }
             HeartbeatOutcome::FirstContactRequired => {
@@ -262,13 +281,12 @@ impl Platform {
     /// during the rotation grace period only.
     pub async fn rotate_certificate(
         &self,
-        bearer: &str,
-        path_agent_id: Uuid,
+        claims: RuntimeClaims,
         csr_pem: &str,
         nonce: &SecretString,
         meta: &RequestMeta,
     ) -> Result<RotationResult, Rejection> {
-        let caller = self.authenticate_agent(bearer, path_agent_id, "agent.rotate", meta).await?;
+        let caller = self.bind_agent(claims, "agent.rotate", meta).await?;
         let (tenant, identity) = (caller.claims.tid.clone(), caller.identity);
         let actor = identity.agent_id.to_string();
         let reject = |r: Rejection| async {

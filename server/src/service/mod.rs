@@ -5,6 +5,7 @@
 mod agents;
 mod enrollment;
 
+use oneprotect_contracts::contract::OperationId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -150,6 +151,36 @@ impl PageRequest {
     }
 }
 
+/// What an operation is to the audit trail and to the admin role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The audit action of the operation.
+    pub action: &'static str,
+    /// Whether it changes anything (a `tenant_viewer` may not call it).
+    pub writes: bool,
+}
+
+/// Which operations write and the audit action of each: declared here once,
+/// for every operation of the contract (a new operation does not compile
+/// until it is added).
+pub fn access(op: OperationId) -> Access {
+    let (action, writes) = match op {
+        OperationId::IssueEnrollmentToken => ("enrollment_token.issue", true),
+        OperationId::ListEnrollmentTokens => ("enrollment_token.list", false),
+        OperationId::RevokeEnrollmentToken => ("enrollment_token.revoke", true),
+        OperationId::ExchangeEnrollmentToken => ("agent.exchange", true),
+        OperationId::ListAgents => ("agent.list", false),
+        OperationId::GetAgent => ("agent.get", false),
+        OperationId::RevokeAgent => ("agent.revoke", true),
+        OperationId::PostAgentHeartbeat => (agents::HEARTBEAT, true),
+        OperationId::RotateAgentCertificate => ("agent.rotate", true),
+        OperationId::ListAuditEvents => ("audit.list", false),
+        OperationId::ListEvents => ("event.list", false),
+        OperationId::GetHealth | OperationId::GetReadiness | OperationId::GetMetrics => ("operations.read", false),
+    };
+    Access { action, writes }
+}
+
 impl Platform {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, hash_key: HashKey, runtime_keys: RuntimeKeyring, admin: AdminVerifier, policy: Policy) -> Self {
         let limiter = RateLimiter::new(policy.failure_limit, policy.failure_window);
@@ -232,9 +263,14 @@ impl Platform {
     }
 
     /// Authenticates a tenant admin (or viewer, when `write` is false).
-    pub async fn authenticate_admin(&self, bearer: &str, write: bool, action: &str, meta: &RequestMeta) -> Result<AdminPrincipal, Rejection> {
+    /// The credential of an admin operation, judged before anything else of
+    /// the request: a valid admin token, with the `tenant_admin` role when
+    /// the operation writes. Every failure is audited under the operation's
+    /// action.
+    pub async fn authenticate_admin(&self, bearer: &str, op: OperationId, meta: &RequestMeta) -> Result<AdminPrincipal, Rejection> {
+        let Access { action, writes } = access(op);
         match self.admin.verify(bearer, self.clock.now()) {
-            Ok(p) if write && !p.can_write => {
+            Ok(p) if writes && !p.can_write => {
                 let rejection = Rejection::Forbidden("this operation requires the tenant_admin role");
                 let record = self.audit(
                     &p.tenant_id,

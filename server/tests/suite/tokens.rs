@@ -162,7 +162,42 @@ async fn forged_expired_and_confused_admin_tokens_are_rejected(backend: Backend)
     assert_problem(&list(bad_tenant).await, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
 }
 
+/// The credential is judged before anything else: an unauthenticated
+/// caller learns nothing of the validation rules, and a viewer is refused a
+/// write whatever it sends. Each refusal is audited once, nothing is written.
+async fn the_credential_is_judged_before_the_body(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let invalid = json!({"ttl_seconds": 0});
+    let forged = h.admin_token(TENANT_A, &["tenant_admin"], h.clock_now() + Duration::hours(1)) + "x";
+    let r = h.call(&ops::issue_enrollment_token(), Some(&forged), Some(&invalid)).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated);
+    assert!(!r.1.to_string().contains("ttl_seconds"), "the refusal says nothing about the body: {}", r.1);
+
+    let r = h.call(&ops::issue_enrollment_token(), Some(&h.viewer(TENANT_A)), Some(&invalid)).await;
+    assert_problem(&r, StatusCode::FORBIDDEN, ProblemCode::Forbidden);
+    let r = h.call(&ops::revoke_agent("not-a-uuid"), Some(&h.viewer(TENANT_A)), Some(&json!([]))).await;
+    assert_problem(&r, StatusCode::FORBIDDEN, ProblemCode::Forbidden);
+
+    let (agent, runtime, _) = h.enroll(TENANT_A).await;
+    let override_body = json!({"sequence": 1, "collected_at": "2026-11-22T10:00:00Z", "hostname": "h", "agent_version": "v", "tenant_id": TENANT_B});
+    let r = h.call(&ops::post_agent_heartbeat(&agent), Some(&format!("{runtime}x")), Some(&override_body)).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, ProblemCode::RuntimeTokenInvalid);
+    // With a valid credential the same body is judged, and refused for what it is.
+    let r = h.call(&ops::post_agent_heartbeat(&agent), Some(&runtime), Some(&override_body)).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, ProblemCode::IdentityOverrideRejected);
+    let r = h.call(&ops::post_agent_heartbeat("not-a-uuid"), Some(&runtime), Some(&override_body)).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid);
+
+    let (_, tokens) = h.call(&ops::list_enrollment_tokens(), Some(&h.admin(TENANT_A)), None).await;
+    assert_eq!(tokens["items"].as_array().map(Vec::len), Some(1), "only the enrollment's own token exists: {tokens}");
+    let audit = h.audit(TENANT_A).await;
+    let forbidden: Vec<_> = audit.iter().filter(|a| a["reason_code"] == "forbidden").collect();
+    assert_eq!(forbidden.len(), 2, "each viewer refusal audited once under its tenant: {audit:?}");
+    assert!(forbidden.iter().any(|a| a["action"] == "enrollment_token.issue") && forbidden.iter().any(|a| a["action"] == "agent.revoke"));
+}
+
 crate::both_backends!(
+    the_credential_is_judged_before_the_body,
     token_lifecycle_is_visible_in_list_and_revocation_stops_exchange,
     expired_exhausted_unknown_and_revoked_tokens_get_the_same_public_answer,
     fifty_parallel_exchanges_against_a_three_use_token_create_exactly_three_identities,

@@ -18,9 +18,25 @@ pub enum ResponseSpec {
     /// No body.
     Empty,
 }
+/// Every operation of the contract: an implementation that must say
+/// something per operation (its audit action, whether it writes)
+/// matches on it exhaustively, so a new operation does not compile
+/// until it is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OperationId {
+    /// `listBooks`: `GET /books`
+    ListBooks,
+    /// `addBook`: `POST /books`
+    AddBook,
+    /// `getBook`: `GET /books/{book_id}`
+    GetBook,
+    /// `getStatus`: `GET /status`
+    GetStatus,
+}
 /// One operation of the contract.
 #[derive(Debug, Clone, Copy)]
 pub struct OperationSpec {
+    pub id: OperationId,
     pub operation_id: &'static str,
     pub method: &'static str,
     pub path: &'static str,
@@ -39,6 +55,7 @@ impl OperationSpec {
 /// Every operation, in path order.
 pub const OPERATIONS: &[OperationSpec] = &[
     OperationSpec {
+        id: OperationId::ListBooks,
         operation_id: "listBooks",
         method: "GET",
         path: "/books",
@@ -53,6 +70,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::AddBook,
         operation_id: "addBook",
         method: "POST",
         path: "/books",
@@ -69,6 +87,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::GetBook,
         operation_id: "getBook",
         method: "GET",
         path: "/books/{book_id}",
@@ -84,6 +103,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         ],
     },
     OperationSpec {
+        id: OperationId::GetStatus,
         operation_id: "getStatus",
         method: "GET",
         path: "/status",

@@ -279,9 +279,6 @@ async fn method_not_allowed(req: Request) -> Response {
     let ctx = RequestContext::from_parts(&parts);
     reject(StatusCode::METHOD_NOT_ALLOWED, ProblemCode::MethodNotAllowed, "Method not allowed", format!("{} is not allowed on this route", parts.method), &ctx)
 }
-///A caller that presented a bearer credential for the `shelfBearer` security scheme. The stub only checked that it is present; the implementation verifies it.
-#[derive(Debug, Clone)]
-pub struct ShelfBearer(pub BearerToken);
 /// The query as read, before its bounds are judged.
 #[derive(Debug, Clone, serde::Deserialize)]
 struct ListBooksQueryRaw {
@@ -488,16 +485,27 @@ impl IntoResponse for GetStatusResponse {
         }
     }
 }
-/// The platform API: one method per operation of specs/openapi.yaml.
-/// Stubs have already authenticated presence of credentials, parsed
-/// and schema-validated every input before a method is called.
+/// The platform API: one authenticator per security scheme and one
+/// method per operation of specs/openapi.yaml. A stub calls the
+/// authenticator first; only for a verified caller does it parse and
+/// schema-validate the parameters and the body, then call the method.
 pub trait Api: Send + Sync + 'static {
+    ///The verified caller of the `shelfBearer` security scheme, as the implementation's authenticator returns it.
+    type ShelfBearer: Send + 'static;
+    ///Verifies a `shelfBearer` bearer credential for `op` before anything else of the request is read (path parameters are passed unjudged, as routed). An `Err` is answered as it is, mapped to the operation's documented status.
+    fn authenticate_shelf_bearer(
+        &self,
+        ctx: &RequestContext,
+        op: &'static crate::contract::OperationSpec,
+        path: &std::collections::HashMap<String, String>,
+        token: BearerToken,
+    ) -> impl Future<Output = Result<Self::ShelfBearer, ProblemBody>> + Send;
     ///`GET /books`: List books, optionally by one author
-    fn list_books(&self, ctx: RequestContext, auth: ShelfBearer, query: ListBooksQuery) -> impl Future<Output = ListBooksResponse> + Send;
+    fn list_books(&self, ctx: RequestContext, auth: Self::ShelfBearer, query: ListBooksQuery) -> impl Future<Output = ListBooksResponse> + Send;
     ///`POST /books`: Add a book
-    fn add_book(&self, ctx: RequestContext, auth: ShelfBearer, body: types::BookDraft) -> impl Future<Output = AddBookResponse> + Send;
+    fn add_book(&self, ctx: RequestContext, auth: Self::ShelfBearer, body: types::BookDraft) -> impl Future<Output = AddBookResponse> + Send;
     ///`GET /books/{book_id}`: One book
-    fn get_book(&self, ctx: RequestContext, auth: ShelfBearer, book_id: uuid::Uuid) -> impl Future<Output = GetBookResponse> + Send;
+    fn get_book(&self, ctx: RequestContext, auth: Self::ShelfBearer, book_id: uuid::Uuid) -> impl Future<Output = GetBookResponse> + Send;
     ///`GET /status`: Whether the shelf is open
     fn get_status(&self, ctx: RequestContext) -> impl Future<Output = GetStatusResponse> + Send;
 }
@@ -515,7 +523,12 @@ async fn handle_list_books<A: Api>(State(api): State<Arc<A>>, req: Request) -> R
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let auth = ShelfBearer(bearer(&parts.headers, &ctx)?);
+        let params = std::collections::HashMap::new();
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_shelf_bearer(&ctx, &crate::contract::OPERATIONS[0usize], &params, token)
+            .await
+            .map_err(|problem| ListBooksResponse::from_problem(problem).into_response())?;
         let raw: ListBooksQueryRaw = query_params(&parts, &ctx)?;
         check_length(raw.author.as_deref(), "author", 64usize, &ctx)?;
         check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(100i64), &ctx)?;
@@ -535,12 +548,23 @@ async fn handle_list_books<A: Api>(State(api): State<Arc<A>>, req: Request) -> R
 async fn handle_add_book<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
+    let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let auth = ShelfBearer(bearer(&parts.headers, &ctx)?);
-        let body: types::BookDraft = json_body(&parts, body, "BookDraft", 65536usize, &ctx).await?;
+        let params = std::collections::HashMap::new();
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_shelf_bearer(&ctx, &crate::contract::OPERATIONS[1usize], &params, token)
+            .await
+            .map_err(|problem| AddBookResponse::from_problem(problem).into_response())?;
+        let body: types::BookDraft = json_body(&parts, unread.take().unwrap_or_default(), "BookDraft", 65536usize, &ctx).await?;
         Ok(api.add_book(ctx.clone(), auth, body).await.into_response())
     }
     .await;
+    if outcome.is_err()
+        && let Some(rest) = unread.take()
+    {
+        discard(rest).await;
+    }
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -549,11 +573,15 @@ async fn handle_get_book<A: Api>(State(api): State<Arc<A>>, req: Request) -> Res
     let (mut parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let auth = ShelfBearer(bearer(&parts.headers, &ctx)?);
         let raw_params = RawPathParams::from_request_parts(&mut parts, &())
             .await
             .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
         let params = path_params(&raw_params);
+        let token = bearer(&parts.headers, &ctx)?;
+        let auth = api
+            .authenticate_shelf_bearer(&ctx, &crate::contract::OPERATIONS[2usize], &params, token)
+            .await
+            .map_err(|problem| GetBookResponse::from_problem(problem).into_response())?;
         let book_id = path_uuid(&params, "book_id", &ctx)?;
         Ok(api.get_book(ctx.clone(), auth, book_id).await.into_response())
     }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bookshelf_fixture::client::Client;
-use bookshelf_fixture::contract::{OPERATIONS, ProblemCode, ops};
+use bookshelf_fixture::contract::{OPERATIONS, OperationSpec, ProblemCode, ops};
 use bookshelf_fixture::server::{self, *};
 use bookshelf_fixture::types;
 
@@ -22,27 +22,30 @@ fn refuse(ctx: &RequestContext, status: http::StatusCode, code: ProblemCode) -> 
     server::problem(status, code, "Refused", None, &ctx.request_id)
 }
 
-impl Shelf {
-    fn allowed(auth: &ShelfBearer) -> bool {
-        auth.0.expose_secret() == TOKEN
-    }
-}
+/// The verified reader: only the authenticator makes one.
+struct Reader;
 
 impl Api for Shelf {
-    async fn list_books(&self, ctx: RequestContext, auth: ShelfBearer, query: ListBooksQuery) -> ListBooksResponse {
-        if !Shelf::allowed(&auth) {
-            return ListBooksResponse::from_problem(refuse(&ctx, http::StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated));
-        }
+    type ShelfBearer = Reader;
+
+    async fn authenticate_shelf_bearer(
+        &self,
+        ctx: &RequestContext,
+        _op: &'static OperationSpec,
+        _path: &std::collections::HashMap<String, String>,
+        token: BearerToken,
+    ) -> Result<Reader, types::Error> {
+        if token.expose_secret() == TOKEN { Ok(Reader) } else { Err(refuse(ctx, http::StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated)) }
+    }
+
+    async fn list_books(&self, _ctx: RequestContext, _auth: Reader, query: ListBooksQuery) -> ListBooksResponse {
         let books = self.books.lock().unwrap_or_else(|p| p.into_inner());
         let limit = query.limit.map_or(100, std::num::NonZeroU32::get) as usize;
         let items = books.iter().filter(|b| query.author.as_ref().is_none_or(|a| b.author.as_str() == a.as_str())).take(limit).cloned().collect();
         ListBooksResponse::Ok(types::BookList { items })
     }
 
-    async fn add_book(&self, ctx: RequestContext, auth: ShelfBearer, body: types::BookDraft) -> AddBookResponse {
-        if !Shelf::allowed(&auth) {
-            return AddBookResponse::from_problem(refuse(&ctx, http::StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated));
-        }
+    async fn add_book(&self, _ctx: RequestContext, _auth: Reader, body: types::BookDraft) -> AddBookResponse {
         let mut books = self.books.lock().unwrap_or_else(|p| p.into_inner());
         let book_id = uuid::Uuid::from_u128(books.len() as u128 + 1);
         let title: String = body.title.to_string();
@@ -57,10 +60,7 @@ impl Api for Shelf {
         AddBookResponse::Created(book)
     }
 
-    async fn get_book(&self, ctx: RequestContext, auth: ShelfBearer, book_id: uuid::Uuid) -> GetBookResponse {
-        if !Shelf::allowed(&auth) {
-            return GetBookResponse::from_problem(refuse(&ctx, http::StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated));
-        }
+    async fn get_book(&self, ctx: RequestContext, _auth: Reader, book_id: uuid::Uuid) -> GetBookResponse {
         match self.books.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|b| b.book_id == book_id) {
             Some(b) => GetBookResponse::Ok(b.clone()),
             None => GetBookResponse::from_problem(refuse(&ctx, http::StatusCode::NOT_FOUND, ProblemCode::BookMissing)),
