@@ -44,6 +44,9 @@ pub struct RequestContext {
     pub request_id: String,
     /// The TCP peer, when the server was started with connect info.
     pub remote_addr: Option<SocketAddr>,
+    /// The `X-Forwarded-For` header as sent (at most 1 KiB of text), for an
+    /// implementation that trusts the proxy in front to name the client.
+    pub forwarded_for: Option<String>,
 }
 
 impl RequestContext {
@@ -56,7 +59,8 @@ impl RequestContext {
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let remote_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        Self { request_id, remote_addr }
+        let forwarded_for = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 1024).map(str::to_owned);
+        Self { request_id, remote_addr, forwarded_for }
     }
 }
 

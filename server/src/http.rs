@@ -27,8 +27,11 @@ impl HttpApi {
     }
 }
 
-fn meta(ctx: &RequestContext) -> RequestMeta {
-    RequestMeta { request_id: ctx.request_id.clone(), remote_addr: ctx.remote_addr }
+impl HttpApi {
+    fn meta(&self, ctx: &RequestContext) -> RequestMeta {
+        let source = self.platform.source_of(ctx.remote_addr, ctx.forwarded_for.as_deref());
+        RequestMeta { request_id: ctx.request_id.clone(), remote_addr: ctx.remote_addr, source }
+    }
 }
 
 /// The `Problem` for a rejection; the stubs map it to the documented variant.
@@ -232,7 +235,7 @@ impl Api for HttpApi {
         _path: &HashMap<String, String>,
         token: BearerToken,
     ) -> Result<AdminPrincipal, types::Problem> {
-        self.platform.authenticate_admin(token.expose_secret(), op.id, &meta(ctx)).await.map_err(|r| problem(&r, ctx))
+        self.platform.authenticate_admin(token.expose_secret(), op.id, &self.meta(ctx)).await.map_err(|r| problem(&r, ctx))
     }
 
     async fn authenticate_agent_runtime_bearer(
@@ -243,7 +246,7 @@ impl Api for HttpApi {
         token: BearerToken,
     ) -> Result<RuntimeClaims, types::Problem> {
         let agent_id = path.get("agent_id").map(String::as_str).unwrap_or_default();
-        self.platform.authenticate_runtime(token.expose_secret(), agent_id, op.id, &meta(ctx)).await.map_err(|r| problem(&r, ctx))
+        self.platform.authenticate_runtime(token.expose_secret(), agent_id, op.id, &self.meta(ctx)).await.map_err(|r| problem(&r, ctx))
     }
 
     async fn exchange_enrollment_token(&self, ctx: RequestContext, body: types::EnrollmentExchangeRequest) -> ExchangeEnrollmentTokenResponse {
@@ -257,7 +260,7 @@ impl Api for HttpApi {
                 os_family: body.os_family.map(|o| o.to_string()),
                 hardware_fingerprint_hash: body.hardware_fingerprint_hash.map(|f| SecretString::from(f.to_string())),
             };
-            let r = self.platform.exchange(input, &meta(&ctx)).await?;
+            let r = self.platform.exchange(input, &self.meta(&ctx)).await?;
             Ok(ExchangeEnrollmentTokenResponse::Created(types::EnrollmentExchangeResponse {
                 agent: agent_identity(&r.identity),
                 certificate: certificate(&r.certificate)?,
@@ -284,7 +287,7 @@ impl Api for HttpApi {
         body: types::EnrollmentTokenIssueRequest,
     ) -> IssueEnrollmentTokenResponse {
         respond!(IssueEnrollmentTokenResponse, ctx, {
-            let m = meta(&ctx);
+            let m = self.meta(&ctx);
             let input = IssueInput {
                 ttl_seconds: body.ttl_seconds,
                 max_uses: body.max_uses.get(),
@@ -308,7 +311,7 @@ impl Api for HttpApi {
         body: types::RevokeRequest,
     ) -> RevokeEnrollmentTokenResponse {
         respond!(RevokeEnrollmentTokenResponse, ctx, {
-            let m = meta(&ctx);
+            let m = self.meta(&ctx);
             let record = self.platform.revoke_enrollment_token(&admin, enrollment_token_id, body.reason.map(|r| r.to_string()), &m).await?;
             Ok(RevokeEnrollmentTokenResponse::Ok(token_metadata(&record, self.platform.now())))
         })
@@ -335,7 +338,7 @@ impl Api for HttpApi {
         respond!(RotateAgentCertificateResponse, ctx, {
             let nonce = SecretString::from(body.nonce.to_string());
             debug_assert_eq!(auth.aid, agent_id, "the authenticator bound the token to the path");
-            let r = self.platform.rotate_certificate(auth, &body.csr_pem, &nonce, &meta(&ctx)).await?;
+            let r = self.platform.rotate_certificate(auth, &body.csr_pem, &nonce, &self.meta(&ctx)).await?;
             Ok(RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse {
                 certificate: certificate(&r.certificate)?,
                 runtime_token: runtime_token(&r.runtime_token),
@@ -345,7 +348,7 @@ impl Api for HttpApi {
 
     async fn revoke_agent(&self, ctx: RequestContext, admin: AdminPrincipal, agent_id: uuid::Uuid, body: types::RevokeRequest) -> RevokeAgentResponse {
         respond!(RevokeAgentResponse, ctx, {
-            let m = meta(&ctx);
+            let m = self.meta(&ctx);
             let identity = self.platform.revoke_agent(&admin, agent_id, body.reason.map(|r| r.to_string()), &m).await?;
             Ok(RevokeAgentResponse::Ok(agent_identity(&identity)))
         })
@@ -374,7 +377,7 @@ impl Api for HttpApi {
                 process_count: body.process_count,
             };
             debug_assert_eq!(auth.aid, agent_id, "the authenticator bound the token to the path");
-            let r = self.platform.heartbeat(auth, input, &meta(&ctx)).await?;
+            let r = self.platform.heartbeat(auth, input, &self.meta(&ctx)).await?;
             Ok(PostAgentHeartbeatResponse::Ok(types::HeartbeatAccepted {
                 accepted_at: r.accepted_at,
                 agent_id: r.agent_id,

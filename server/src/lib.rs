@@ -20,4 +20,5 @@ pub mod ratelimit;
 pub mod runtime_token;
 pub mod secrets;
 pub mod service;
+pub mod source;
 pub mod store;

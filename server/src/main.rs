@@ -81,6 +81,18 @@ struct ServeArgs {
     /// Silence after which an identity turns stale, in seconds.
     #[arg(long, env = "ONEPROTECT_STALE_AFTER_SECONDS", default_value_t = 604_800, value_parser = clap::value_parser!(i64).range(60..))]
     stale_after_seconds: i64,
+    /// Failed enrollment exchanges allowed per source address (and per token
+    /// id from one source) in each window; then 429 with Retry-After.
+    #[arg(long, env = "ONEPROTECT_EXCHANGE_FAILURE_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    exchange_failure_limit: u32,
+    /// The window of that limit, in seconds.
+    #[arg(long, env = "ONEPROTECT_EXCHANGE_FAILURE_WINDOW_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    exchange_failure_window_seconds: i64,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose
+    /// `X-Forwarded-For` names the client; by default none is trusted and
+    /// the TCP peer is the source.
+    #[arg(long, env = "ONEPROTECT_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: String,
 }
 
 #[derive(Args)]
@@ -149,6 +161,14 @@ fn mint(secret: &[u8], tenant: &str, subject: &str, role: Role, ttl: i64, issuer
 
 async fn serve(args: ServeArgs) -> ExitCode {
     init_logs(args.log_format);
+    // Configuration that can refuse the start is judged before any file or row is created.
+    let trusted_proxies = match oneprotect_server::source::TrustedProxies::parse(&args.trusted_proxies) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: ONEPROTECT_TRUSTED_PROXIES: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let mut secrets = match SecretInputs::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -195,6 +215,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let policy = Policy {
         runtime_token_ttl: chrono::Duration::seconds(args.runtime_token_ttl_seconds),
         stale_after: chrono::Duration::seconds(args.stale_after_seconds),
+        failure_limit: args.exchange_failure_limit,
+        failure_window: chrono::Duration::seconds(args.exchange_failure_window_seconds),
+        trusted_proxies,
         ..Policy::default()
     };
     let platform =

@@ -1,10 +1,19 @@
-//! Fixed-window counters of failed attempts, keyed by source address and by
-//! enrollment token id. Time comes from the injected clock.
+//! Fixed-window counters of failed enrollment exchanges. Time comes from the
+//! injected clock.
+//!
+//! Failures count against the source address, and against an enrollment
+//! token id only together with the source that failed on it: someone who
+//! sees a token id (viewers and events carry it) cannot lock its holder out
+//! from another address. A slot is taken *before* the work, atomically, and
+//! given back when the exchange succeeds, so a burst of parallel failures
+//! cannot run past the limit while earlier ones are still in flight.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
 
 /// Entries kept before expired windows are swept.
 const SWEEP_THRESHOLD: usize = 65_536;
@@ -16,15 +25,45 @@ pub struct RateLimiter {
     state: Mutex<HashMap<String, (DateTime<Utc>, u32)>>,
 }
 
+/// A slot taken on every key of one attempt; [`RateLimiter::settle`] keeps it
+/// (a failure) or gives it back (a success).
+#[derive(Debug)]
+#[must_use = "settle the permit: a failure keeps the slot, a success returns it"]
+pub struct Permit {
+    keys: Vec<String>,
+    window_starts: Vec<DateTime<Utc>>,
+}
+
+/// The keys one exchange attempt counts against.
+pub fn exchange_keys(source: Option<IpAddr>, token_id: Option<Uuid>) -> Vec<String> {
+    let mut keys = Vec::with_capacity(2);
+    if let Some(ip) = source {
+        keys.push(format!("src:{ip}"));
+        if let Some(id) = token_id {
+            keys.push(format!("token:{id}@{ip}"));
+        }
+    } else if let Some(id) = token_id {
+        // No source known (not over TCP): the token id alone.
+        keys.push(format!("token:{id}"));
+    }
+    keys
+}
+
 impl RateLimiter {
     /// At most `limit` failures per key per `window`.
     pub fn new(limit: u32, window: Duration) -> Self {
         Self { window, limit, state: Mutex::new(HashMap::new()) }
     }
 
-    /// `Err(seconds)` when any key is over its limit in the current window.
-    pub fn check(&self, keys: &[String], now: DateTime<Utc>) -> Result<(), u32> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// Takes one slot on every key, or none: `Err(seconds to wait)` when any
+    /// key has no slot left in its current window (failures and attempts
+    /// still in flight both hold slots).
+    pub fn acquire(&self, keys: &[String], now: DateTime<Utc>) -> Result<Permit, u32> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.len() > SWEEP_THRESHOLD {
+            let window = self.window;
+            state.retain(|_, (start, count)| *start + window > now || *count == 0);
+        }
         let mut wait = 0i64;
         for key in keys {
             if let Some((start, count)) = state.get(key) {
@@ -34,27 +73,40 @@ impl RateLimiter {
                 }
             }
         }
-        if wait > 0 { Err(u32::try_from(wait).unwrap_or(u32::MAX)) } else { Ok(()) }
-    }
-
-    /// How many keys the limiter holds (expired windows included until swept).
-    pub fn tracked_keys(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn record_failure(&self, keys: &[String], now: DateTime<Utc>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.len() > SWEEP_THRESHOLD {
-            let window = self.window;
-            state.retain(|_, (start, _)| *start + window > now);
+        if wait > 0 {
+            return Err(u32::try_from(wait).unwrap_or(u32::MAX));
         }
+        let mut window_starts = Vec::with_capacity(keys.len());
         for key in keys {
             let entry = state.entry(key.clone()).or_insert((now, 0));
             if entry.0 + self.window <= now {
                 *entry = (now, 0);
             }
             entry.1 = entry.1.saturating_add(1);
+            window_starts.push(entry.0);
         }
+        Ok(Permit { keys: keys.to_vec(), window_starts })
+    }
+
+    /// A failed attempt keeps its slots; a successful one gives them back
+    /// (in the window they were taken in; a later window starts clean anyway).
+    pub fn settle(&self, permit: Permit, failed: bool) {
+        if failed {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, start) in permit.keys.iter().zip(&permit.window_starts) {
+            if let Some(entry) = state.get_mut(key)
+                && entry.0 == *start
+            {
+                entry.1 = entry.1.saturating_sub(1);
+            }
+        }
+    }
+
+    /// How many keys the limiter holds (expired windows included until swept).
+    pub fn tracked_keys(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -66,33 +118,88 @@ mod tests {
         DateTime::from_timestamp(1_790_000_000, 0).expect("fixture time")
     }
 
+    fn fail(l: &RateLimiter, keys: &[String], now: DateTime<Utc>) -> Result<(), u32> {
+        l.acquire(keys, now).map(|p| l.settle(p, true))
+    }
+
     #[test]
     fn past_the_sweep_threshold_expired_windows_are_dropped_and_live_ones_kept() {
         let limiter = RateLimiter::new(3, Duration::seconds(60));
         for i in 0..=SWEEP_THRESHOLD {
-            limiter.record_failure(&[format!("ip:old-{i}")], t0());
+            fail(&limiter, &[format!("src:old-{i}")], t0()).expect("under the limit");
         }
-        let live = vec!["ip:live".to_owned()];
+        let live = vec!["src:live".to_owned()];
         for _ in 0..3 {
-            limiter.record_failure(&live, t0() + Duration::seconds(59));
+            fail(&limiter, &live, t0() + Duration::seconds(59)).expect("under the limit");
         }
         assert_eq!(limiter.tracked_keys(), SWEEP_THRESHOLD + 2, "nothing is swept below the threshold's next write");
         // Exactly one window after the old failures: they have expired.
-        limiter.record_failure(&["ip:new".to_owned()], t0() + Duration::seconds(60));
+        fail(&limiter, &["src:new".to_owned()], t0() + Duration::seconds(60)).expect("new key");
         assert_eq!(limiter.tracked_keys(), 2, "only the live key and the new one remain");
-        assert_eq!(limiter.check(&live, t0() + Duration::seconds(61)), Err(58), "the live key kept its count");
+        assert_eq!(limiter.acquire(&live, t0() + Duration::seconds(61)).map(|_| ()), Err(58), "the live key kept its count");
     }
 
     #[test]
     fn failures_past_the_limit_are_refused_until_the_window_ends() {
         let limiter = RateLimiter::new(3, Duration::seconds(60));
-        let keys = vec!["ip:127.0.0.1".to_owned()];
+        let keys = vec!["src:127.0.0.1".to_owned()];
         for _ in 0..3 {
-            assert_eq!(limiter.check(&keys, t0()), Ok(()));
-            limiter.record_failure(&keys, t0());
+            fail(&limiter, &keys, t0()).expect("under the limit");
         }
-        assert_eq!(limiter.check(&keys, t0() + Duration::seconds(10)), Err(50));
-        assert_eq!(limiter.check(&["ip:127.0.0.2".to_owned()], t0()), Ok(()), "other keys are independent");
-        assert_eq!(limiter.check(&keys, t0() + Duration::seconds(60)), Ok(()), "a new window starts clean");
+        assert_eq!(limiter.acquire(&keys, t0() + Duration::seconds(10)).map(|_| ()), Err(50));
+        assert!(limiter.acquire(&["src:127.0.0.2".to_owned()], t0()).is_ok(), "other keys are independent");
+        assert!(limiter.acquire(&keys, t0() + Duration::seconds(60)).is_ok(), "a new window starts clean");
+    }
+
+    #[test]
+    fn slots_are_taken_before_the_work_so_a_burst_in_flight_stops_at_the_limit() {
+        let limiter = RateLimiter::new(20, Duration::seconds(60));
+        let keys = exchange_keys(Some("198.51.100.7".parse().expect("ip")), Some(Uuid::nil()));
+        // 100 attempts all in flight at once, none settled yet.
+        let permits: Vec<_> = (0..100).filter_map(|_| limiter.acquire(&keys, t0()).ok()).collect();
+        assert_eq!(permits.len(), 20, "exactly the limit is let through");
+        for p in permits {
+            limiter.settle(p, true);
+        }
+    }
+
+    #[test]
+    fn a_success_gives_its_slot_back_and_a_failure_keeps_it() {
+        let limiter = RateLimiter::new(2, Duration::seconds(60));
+        let keys = vec!["src:192.0.2.1".to_owned()];
+        for _ in 0..10 {
+            let p = limiter.acquire(&keys, t0()).expect("successes never use up the budget");
+            limiter.settle(p, false);
+        }
+        fail(&limiter, &keys, t0()).expect("first failure");
+        fail(&limiter, &keys, t0()).expect("second failure");
+        assert!(limiter.acquire(&keys, t0()).is_err(), "two failures spend a limit of two");
+    }
+
+    #[test]
+    fn failures_on_a_token_id_from_other_sources_do_not_lock_out_its_holder() {
+        let limiter = RateLimiter::new(20, Duration::seconds(60));
+        let token = Some(Uuid::from_u128(7));
+        // 21 sources fail once each naming the holder's token id, and one
+        // source fails 20 times on it.
+        for i in 0..21u8 {
+            fail(&limiter, &exchange_keys(Some(format!("203.0.113.{i}").parse().expect("ip")), token), t0()).expect("one failure each");
+        }
+        let noisy = exchange_keys(Some("198.51.100.9".parse().expect("ip")), token);
+        for _ in 0..20 {
+            fail(&limiter, &noisy, t0()).expect("under the limit");
+        }
+        assert!(limiter.acquire(&noisy, t0()).is_err(), "the failing source is limited");
+        let holder = exchange_keys(Some("192.0.2.50".parse().expect("ip")), token);
+        assert!(limiter.acquire(&holder, t0()).is_ok(), "the holder, from its own address, is not");
+    }
+
+    #[test]
+    fn the_keys_are_the_source_and_the_token_at_that_source() {
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let id = Uuid::from_u128(1);
+        assert_eq!(exchange_keys(Some(ip), Some(id)), vec![format!("src:{ip}"), format!("token:{id}@{ip}")]);
+        assert_eq!(exchange_keys(Some(ip), None), vec![format!("src:{ip}")]);
+        assert_eq!(exchange_keys(None, Some(id)), vec![format!("token:{id}")]);
     }
 }

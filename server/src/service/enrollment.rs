@@ -12,6 +12,7 @@ use crate::admin_auth::AdminPrincipal;
 use crate::csr::{VerifiedCsr, verify_csr_pem};
 use crate::error::{Rejection, TokenFailure};
 use crate::model::*;
+use crate::ratelimit::exchange_keys;
 use crate::runtime_token::{IssuedRuntimeToken, claims_for};
 use crate::secrets;
 
@@ -134,37 +135,32 @@ impl Platform {
         }
     }
 
-    fn exchange_rate_keys(&self, meta: &RequestMeta, token_id: Option<Uuid>) -> Vec<String> {
-        let mut keys = Vec::with_capacity(2);
-        if let Some(addr) = meta.remote_addr {
-            keys.push(format!("ip:{}", addr.ip()));
-        }
-        if let Some(id) = token_id {
-            keys.push(format!("token:{id}"));
-        }
-        keys
-    }
-
     /// Exchanges an enrollment token, CSR and nonce for an identity. Every
     /// check that needs no state runs before a use of the token is consumed.
     pub async fn exchange(&self, input: ExchangeInput, meta: &RequestMeta) -> Result<ExchangeResult, Rejection> {
         let now = self.clock.now();
         let token_id = secrets::parse_enrollment_token(input.enrollment_token.expose_secret());
-        let rate_keys = self.exchange_rate_keys(meta, token_id);
-        if let Err(retry_after_seconds) = self.limiter.check(&rate_keys, now) {
-            self.metrics.inc("oneprotect_exchanges_total", "outcome", "rate_limited");
-            return Err(Rejection::RateLimited { retry_after_seconds });
-        }
+        // The slot is taken before the work: parallel failures cannot run past the limit.
+        let permit = match self.limiter.acquire(&exchange_keys(meta.source, token_id), now) {
+            Ok(p) => p,
+            Err(retry_after_seconds) => {
+                self.metrics.inc("oneprotect_exchanges_total", "outcome", "rate_limited");
+                return Err(Rejection::RateLimited { retry_after_seconds });
+            }
+        };
         let outcome = self.exchange_checked(input, token_id, meta).await;
-        match &outcome {
-            Ok(_) => self.metrics.inc("oneprotect_exchanges_total", "outcome", "enrolled"),
+        let failed = match &outcome {
+            Ok(_) => {
+                self.metrics.inc("oneprotect_exchanges_total", "outcome", "enrolled");
+                false
+            }
             Err(r) => {
                 self.metrics.inc("oneprotect_exchanges_total", "outcome", r.code().as_str());
-                if !matches!(r, Rejection::RuntimeSecretUnavailable | Rejection::StoreUnavailable | Rejection::Internal) {
-                    self.limiter.record_failure(&rate_keys, now);
-                }
+                // The platform's own failures are not the caller's.
+                !matches!(r, Rejection::RuntimeSecretUnavailable | Rejection::StoreUnavailable | Rejection::Internal)
             }
-        }
+        };
+        self.limiter.settle(permit, failed);
         outcome
     }
 

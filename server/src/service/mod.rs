@@ -7,7 +7,7 @@ mod enrollment;
 
 use oneprotect_contracts::contract::OperationId;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use chrono::Duration;
@@ -25,6 +25,7 @@ use crate::model::*;
 use crate::ratelimit::RateLimiter;
 use crate::runtime_token::RuntimeKeyring;
 use crate::secrets::HashKey;
+use crate::source::TrustedProxies;
 use crate::store::Store;
 
 pub const EVENT_SOURCE: &str = "/oneprotect/platform";
@@ -42,10 +43,12 @@ pub struct Policy {
     /// Silence after which an identity is stale.
     pub stale_after: Duration,
     pub certificate_validity: Duration,
-    /// Failed exchanges allowed per source address and per token id in
-    /// `failure_window`.
+    /// Failed exchanges allowed per source address, and per token id from
+    /// one source, in `failure_window`.
     pub failure_limit: u32,
     pub failure_window: Duration,
+    /// Proxies whose `X-Forwarded-For` names the source.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Policy {
@@ -59,6 +62,7 @@ impl Default for Policy {
             certificate_validity: Duration::days(365),
             failure_limit: 20,
             failure_window: Duration::minutes(1),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -68,6 +72,9 @@ impl Default for Policy {
 pub struct RequestMeta {
     pub request_id: String,
     pub remote_addr: Option<SocketAddr>,
+    /// The source address (`source::source_address`): the peer, or the
+    /// client a trusted proxy names. Telemetry, never identity.
+    pub source: Option<IpAddr>,
 }
 
 pub struct Platform {
@@ -267,6 +274,11 @@ impl Platform {
     /// the request: a valid admin token, with the `tenant_admin` role when
     /// the operation writes. Every failure is audited under the operation's
     /// action.
+    /// The source of a request from `peer` carrying `forwarded_for`.
+    pub fn source_of(&self, peer: Option<SocketAddr>, forwarded_for: Option<&str>) -> Option<IpAddr> {
+        crate::source::source_address(peer.map(|p| p.ip()), forwarded_for, &self.policy.trusted_proxies)
+    }
+
     pub async fn authenticate_admin(&self, bearer: &str, op: OperationId, meta: &RequestMeta) -> Result<AdminPrincipal, Rejection> {
         let Access { action, writes } = access(op);
         match self.admin.verify(bearer, self.clock.now()) {

@@ -219,6 +219,79 @@ async fn repeated_failed_exchanges_are_rate_limited_with_retry_after(backend: Ba
     assert_eq!(h.exchange(&h.exchange_body(&secret, &p256_csr())).await.0, StatusCode::CREATED, "the window passes with the clock");
 }
 
+/// Posts exchange bodies at once, each with an optional `X-Forwarded-For`; the statuses in order.
+async fn exchange_all(h: &Harness, requests: Vec<(serde_json::Value, Option<String>)>) -> Vec<u16> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (body, forwarded)) in requests.into_iter().enumerate() {
+        let (http, url) = (h.http.clone(), format!("{}/api/v1/agent-enrollment/exchange", h.base));
+        set.spawn(async move {
+            let mut req = http.post(url).json(&body);
+            if let Some(f) = forwarded {
+                req = req.header("x-forwarded-for", f);
+            }
+            (i, req.send().await.expect("send").status().as_u16())
+        });
+    }
+    let mut out = set.join_all().await;
+    out.sort();
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+fn wrong_secret_for(secret: &str) -> String {
+    let (id_part, _) = secret.rsplit_once('_').expect("an enrollment token has an id part");
+    format!("{id_part}_{}", "A".repeat(43))
+}
+
+/// Slots are taken before the work: 100 failures in flight at once against
+/// a limit of 20 are 20 refusals of the token and 80 of the rate.
+async fn a_parallel_burst_of_failed_exchanges_stops_exactly_at_the_limit(backend: Backend) {
+    let options = Options { policy: oneprotect_server::service::Policy { failure_limit: 20, ..Default::default() }, ..Options::default() };
+    let h = Harness::start_with(backend, options).await;
+    let unknown = oneprotect_server::secrets::mint_enrollment_token();
+    let unknown = secrecy::ExposeSecret::expose_secret(&unknown.secret).to_owned();
+    let csr = p256_csr();
+    let statuses = exchange_all(&h, (0..100).map(|_| (h.exchange_body(&unknown, &csr), None)).collect()).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 20, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 80, "{statuses:?}");
+}
+
+/// Failures count against the source, and against a token id only from the
+/// source that failed on it: whoever sees a token id cannot lock out its
+/// holder. Behind a trusted proxy the source is the client it names.
+async fn failures_on_a_token_id_from_other_sources_never_lock_out_its_holder(backend: Backend) {
+    let trusted = oneprotect_server::source::TrustedProxies::parse("127.0.0.1, ::1").expect("fixture proxies");
+    let policy = oneprotect_server::service::Policy { failure_limit: 20, trusted_proxies: trusted, ..Default::default() };
+    let h = Harness::start_with(backend, Options { policy, ..Options::default() }).await;
+    let (secret, _) = h.issue_token(TENANT_A, 1).await;
+    let wrong = wrong_secret_for(&secret);
+    let csr = p256_csr();
+    // 21 sources fail once each on the holder's token id, one source 20 times.
+    let mut requests: Vec<_> = (0..21).map(|i| (h.exchange_body(&wrong, &csr), Some(format!("203.0.113.{i}")))).collect();
+    requests.extend((0..20).map(|_| (h.exchange_body(&wrong, &csr), Some("198.51.100.9".to_owned()))));
+    let statuses = exchange_all(&h, requests).await;
+    assert!(statuses.iter().all(|s| *s == 401), "every failure is answered for what it is: {statuses:?}");
+    let noisy = exchange_all(&h, vec![(h.exchange_body(&wrong, &csr), Some("198.51.100.9".to_owned()))]).await;
+    assert_eq!(noisy, vec![429], "the source that failed 20 times is limited");
+    let holder = exchange_all(&h, vec![(h.exchange_body(&secret, &p256_csr()), Some("192.0.2.50".to_owned()))]).await;
+    assert_eq!(holder, vec![201], "the holder, from its own address, enrolls");
+}
+
+/// Without a trusted proxy, `X-Forwarded-For` is the client's own claim and
+/// changes nothing: the peer is the source.
+async fn an_untrusted_peer_cannot_spread_its_failures_with_x_forwarded_for(backend: Backend) {
+    let options = Options { policy: oneprotect_server::service::Policy { failure_limit: 3, ..Default::default() }, ..Options::default() };
+    let h = Harness::start_with(backend, options).await;
+    let unknown = oneprotect_server::secrets::mint_enrollment_token();
+    let unknown = secrecy::ExposeSecret::expose_secret(&unknown.secret).to_owned();
+    let csr = p256_csr();
+    for i in 0..3 {
+        let s = exchange_all(&h, vec![(h.exchange_body(&unknown, &csr), Some(format!("203.0.113.{i}")))]).await;
+        assert_eq!(s, vec![401]);
+    }
+    let s = exchange_all(&h, vec![(h.exchange_body(&unknown, &csr), Some("203.0.113.99".to_owned()))]).await;
+    assert_eq!(s, vec![429], "a fourth failure from the same peer is limited whatever it forwards");
+}
+
 async fn restarting_keeps_tokens_identities_and_runtime_tokens(backend: Backend) {
     let h = Harness::start(backend).await;
     let (agent, runtime, _) = h.enroll(TENANT_A).await;
@@ -245,5 +318,8 @@ crate::both_backends!(
     the_store_judges_the_token_before_the_nonce_and_a_refusal_writes_nothing,
     a_missing_runtime_secret_fails_closed_with_nothing_written,
     repeated_failed_exchanges_are_rate_limited_with_retry_after,
+    a_parallel_burst_of_failed_exchanges_stops_exactly_at_the_limit,
+    failures_on_a_token_id_from_other_sources_never_lock_out_its_holder,
+    an_untrusted_peer_cannot_spread_its_failures_with_x_forwarded_for,
     restarting_keeps_tokens_identities_and_runtime_tokens,
 );
