@@ -1,6 +1,5 @@
 //! Assembles the platform from configuration and serves it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -83,9 +82,8 @@ pub fn router(platform: Arc<Platform>) -> axum::Router {
 }
 
 /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, platform: Arc<Platform>) -> anyhow::Result<()> {
-    let app = router(platform).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+pub async fn serve(listener: tokio::net::TcpListener, platform: Arc<Platform>, limits: crate::listen::Limits) -> anyhow::Result<()> {
+    crate::listen::serve(listener, router(platform), limits, shutdown_signal()).await?;
     Ok(())
 }
 

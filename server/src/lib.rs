@@ -14,6 +14,7 @@ pub mod config;
 pub mod csr;
 pub mod error;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod ratelimit;

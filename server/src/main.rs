@@ -93,6 +93,18 @@ struct ServeArgs {
     /// the TCP peer is the source.
     #[arg(long, env = "ONEPROTECT_TRUSTED_PROXIES", default_value = "")]
     trusted_proxies: String,
+    /// Connections open at once; more are closed on accept (and logged).
+    #[arg(long, env = "ONEPROTECT_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Connections open at once from one source address.
+    #[arg(long, env = "ONEPROTECT_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections_per_source: u32,
+    /// Seconds a request head may take to arrive whole.
+    #[arg(long, env = "ONEPROTECT_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    header_read_timeout_seconds: u64,
+    /// Seconds a connection may stay silent before it is closed.
+    #[arg(long, env = "ONEPROTECT_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_timeout_seconds: u64,
 }
 
 #[derive(Args)]
@@ -247,7 +259,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     }
     tracing::info!(listen = %bound, "serving");
-    match oneprotect_server::app::serve(listener, platform).await {
+    let limits = oneprotect_server::listen::Limits {
+        max_connections: args.max_connections as usize,
+        max_per_source: args.max_connections_per_source as usize,
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_seconds),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout_seconds),
+    };
+    match oneprotect_server::app::serve(listener, platform, limits).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
