@@ -633,3 +633,25 @@ async fn a_refused_credential_is_answered_before_parameters_or_body_are_judged()
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0, "no operation method ran");
     assert_eq!(h.api.authentications.load(Ordering::SeqCst), 4, "each request was authenticated first");
 }
+
+/// Every answer — success, refusal by the stub, refusal by the
+/// implementation, unknown route — is marked not to be cached nor sniffed.
+#[tokio::test]
+async fn every_answer_is_no_store_and_nosniff() {
+    let h = serve().await;
+    let http = reqwest::Client::new();
+    let issue = serde_json::json!({"ttl_seconds": 600});
+    let answers = [
+        http.post(format!("{}/api/v1/agent-enrollment/tokens", h.base)).bearer_auth(ADMIN_TOKEN).json(&issue).send().await.expect("send"),
+        http.post(format!("{}/api/v1/agent-enrollment/tokens", h.base)).bearer_auth("not-the-admin").json(&issue).send().await.expect("send"),
+        http.get(format!("{}/api/v1/agents?limit=0", h.base)).bearer_auth(ADMIN_TOKEN).send().await.expect("send"),
+        http.get(format!("{}/no/such/route", h.base)).send().await.expect("send"),
+        http.get(format!("{}/metrics", h.base)).send().await.expect("send"),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [201, 401, 400, 404, 200]);
+    for r in &answers {
+        assert_eq!(r.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"), "{}", r.url());
+        assert_eq!(r.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"), "{}", r.url());
+    }
+}

@@ -47,6 +47,21 @@ pub struct VerifiedCsr {
     pub subject: String,
 }
 
+/// The signature algorithms a CSR may use: SHA-2 with ECDSA or RSA
+/// (PKCS#1 v1.5), and Ed25519. SHA-1 and MD5 signatures are refused.
+static STRONG_SIGNATURES: std::sync::LazyLock<[x509_parser::der_parser::oid::Oid<'static>; 7]> = std::sync::LazyLock::new(|| {
+    use x509_parser::oid_registry::*;
+    [
+        OID_SIG_ECDSA_WITH_SHA256,
+        OID_SIG_ECDSA_WITH_SHA384,
+        OID_SIG_ECDSA_WITH_SHA512,
+        OID_PKCS1_SHA256WITHRSA,
+        OID_PKCS1_SHA384WITHRSA,
+        OID_PKCS1_SHA512WITHRSA,
+        OID_SIG_ED25519,
+    ]
+});
+
 pub fn verify_csr_pem(pem_text: &str) -> Result<VerifiedCsr, String> {
     if pem_text.len() > MAX_CSR_PEM_BYTES {
         return Err(format!("the CSR exceeds {MAX_CSR_PEM_BYTES} bytes"));
@@ -89,6 +104,9 @@ pub fn verify_csr_pem(pem_text: &str) -> Result<VerifiedCsr, String> {
         _ if spki.algorithm.algorithm == OID_SIG_ED25519 => KeyAlgorithm::Ed25519,
         _ => return Err("unsupported public key algorithm: use ECDSA P-256/P-384, Ed25519 or RSA >= 2048".into()),
     };
+    if !STRONG_SIGNATURES.contains(&csr.signature_algorithm.algorithm) {
+        return Err("the CSR is signed with a weak or unsupported algorithm (SHA-1, MD5, …): sign it with SHA-256 or stronger, or Ed25519".into());
+    }
     csr.verify_signature().map_err(|_| "the CSR signature does not verify".to_string())?;
     Ok(VerifiedCsr { algorithm, public_key_sha256: sha256_hex(spki.raw), subject: info.subject.to_string() })
 }

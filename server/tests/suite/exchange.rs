@@ -36,14 +36,24 @@ async fn broken_weak_and_garbage_csrs_are_rejected_without_consuming_the_token(b
     broken[last] ^= 0x55;
     let broken = der_to_pem(&broken);
     let weak = openssl_csr(&["-newkey", "rsa:1024"]);
+    let sha1_rsa = openssl_csr(&["-newkey", "rsa:2048", "-sha1"]);
+    let md5_rsa = openssl_csr(&["-newkey", "rsa:2048", "-md5"]);
+    let sha1_ec = openssl_csr(&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-sha1"]);
     for (csr, what) in [
         (broken, "broken signature"),
         (weak, "1024-bit RSA"),
+        (sha1_rsa, "SHA-1 with RSA"),
+        (md5_rsa, "MD5 with RSA"),
+        (sha1_ec, "ECDSA with SHA-1"),
         ("-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n".into(), "garbage"),
         ("not pem at all".into(), "not PEM"),
     ] {
         let r = h.exchange(&h.exchange_body(&secret, &csr)).await;
         assert_problem(&r, StatusCode::BAD_REQUEST, ProblemCode::CsrInvalid);
+        if what.contains("SHA-1") || what.contains("MD5") {
+            let detail = r.1["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("weak or unsupported algorithm"), "{what}: refused for its algorithm, not another reason: {detail}");
+        }
         assert!(!r.1["detail"].as_str().unwrap_or_default().contains(csr_body(&csr)) || csr_body(&csr).is_empty(), "{what}: the CSR is not echoed");
     }
     let mut body = h.exchange_body(&secret, &good);

@@ -94,10 +94,15 @@ pub fn problem_response(p: &ProblemBody) -> Response {
     }
     response
 }
+/// The headers every answer carries: its request id, and that it is not to
+/// be cached (answers can carry a secret shown once, and identities) nor
+/// sniffed as another media type.
 fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
 }
 fn reject(status: StatusCode, code: ProblemCode, title: &str, detail: impl Into<String>, ctx: &RequestContext) -> Response {
     problem_response(&problem(status, code, title, Some(detail.into()), &ctx.request_id))
