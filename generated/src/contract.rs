@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 /// SHA-256 of the contract files this crate was generated from.
-pub const SPEC_SHA256: &str = "3e55805e56e5a468ff5fa5f76a352ef084d6280ebeeb182723e027407a270a75";
+pub const SPEC_SHA256: &str = "72800801cf345eb743cf3329fdd6bcc2f7da9c10017c94eba0cfd36e3fc4fdbd";
 /// The OpenAPI document, as JSON.
 pub const OPENAPI_JSON: &str = include_str!("schemas/openapi.json");
 /// `components/schemas` as one JSON Schema 2020-12 document (`$defs`).

@@ -58,6 +58,10 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestAgentVersion {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -107,6 +111,10 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestHostname {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -153,6 +161,10 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestOsFamily {
         if value.chars().count() > 32usize {
             return Err("longer than 32 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -198,6 +210,10 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestOsVersion {
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         if value.chars().count() > 128usize {
             return Err("longer than 128 characters".into());
+        }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
         Ok(Self(value.to_string()))
     }
@@ -493,6 +509,10 @@ impl ::std::str::FromStr for CertificateRotateRequestNonce {
         if value.chars().count() < 22usize {
             return Err("shorter than 22 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -740,6 +760,10 @@ impl ::std::str::FromStr for DiskUsageFileSystem {
         if value.chars().count() > 64usize {
             return Err("longer than 64 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -785,6 +809,10 @@ impl ::std::str::FromStr for DiskUsageMountPoint {
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         if value.chars().count() > 4096usize {
             return Err("longer than 4096 characters".into());
+        }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
         Ok(Self(value.to_string()))
     }
@@ -859,6 +887,10 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestAgentVersion {
         }
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
+        }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
         Ok(Self(value.to_string()))
     }
@@ -958,6 +990,10 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestEnrollmentToken {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -1056,6 +1092,10 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestHostname {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -1105,6 +1145,10 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestNonce {
         if value.chars().count() < 22usize {
             return Err("shorter than 22 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -1150,6 +1194,10 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestOsFamily {
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         if value.chars().count() > 32usize {
             return Err("longer than 32 characters".into());
+        }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
         Ok(Self(value.to_string()))
     }
@@ -1222,6 +1270,10 @@ impl ::std::str::FromStr for EnrollmentTokenIssueRequestLabel {
         if value.chars().count() > 128usize {
             return Err("longer than 128 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -1267,6 +1319,10 @@ impl ::std::str::FromStr for EnrollmentTokenIssueRequestSiteId {
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         if value.chars().count() > 64usize {
             return Err("longer than 64 characters".into());
+        }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
         Ok(Self(value.to_string()))
     }
@@ -1686,6 +1742,10 @@ impl ::std::str::FromStr for NetworkInterfaceMacAddress {
         if value.chars().count() > 64usize {
             return Err("longer than 64 characters".into());
         }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
+        }
         Ok(Self(value.to_string()))
     }
 }
@@ -1731,6 +1791,10 @@ impl ::std::str::FromStr for NetworkInterfaceName {
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         if value.chars().count() > 256usize {
             return Err("longer than 256 characters".into());
+        }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
         Ok(Self(value.to_string()))
     }
@@ -1804,6 +1868,10 @@ impl ::std::str::FromStr for RevokeRequestReason {
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         if value.chars().count() > 256usize {
             return Err("longer than 256 characters".into());
+        }
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
         Ok(Self(value.to_string()))
     }
