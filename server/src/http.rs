@@ -30,7 +30,7 @@ impl HttpApi {
 impl HttpApi {
     fn meta(&self, ctx: &RequestContext) -> RequestMeta {
         let source = self.platform.source_of(ctx.remote_addr, ctx.forwarded_for.as_deref());
-        RequestMeta { request_id: ctx.request_id.clone(), remote_addr: ctx.remote_addr, source }
+        RequestMeta { request_id: ctx.request_id.clone(), request_id_from_caller: ctx.request_id_from_caller, remote_addr: ctx.remote_addr, source }
     }
 }
 

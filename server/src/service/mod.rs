@@ -71,6 +71,8 @@ impl Default for Policy {
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
     pub request_id: String,
+    /// Whether the caller chose `request_id` (recorded so in audit).
+    pub request_id_from_caller: bool,
     pub remote_addr: Option<SocketAddr>,
     /// The source address (`source::source_address`): the peer, or the
     /// client a trusted proxy names. Telemetry, never identity.
@@ -226,9 +228,16 @@ impl Platform {
         target: (&str, Option<String>),
         rejection: Option<&Rejection>,
         meta: &RequestMeta,
-        details: BTreeMap<String, String>,
+        mut details: BTreeMap<String, String>,
     ) -> AuditRecord {
         let now = self.clock.now();
+        // Telemetry for tracing abuse, never identity.
+        if let Some(source) = meta.source {
+            details.insert("source_address".to_owned(), source.to_string());
+        }
+        if meta.request_id_from_caller {
+            details.insert("request_id_origin".to_owned(), "caller".to_owned());
+        }
         AuditRecord {
             audit_id: record_id(now),
             tenant_id: tenant_id.to_owned(),

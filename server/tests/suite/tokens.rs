@@ -196,7 +196,35 @@ async fn the_credential_is_judged_before_the_body(backend: Backend) {
     assert!(forbidden.iter().any(|a| a["action"] == "enrollment_token.issue") && forbidden.iter().any(|a| a["action"] == "agent.revoke"));
 }
 
+/// Audit records name where a request came from (resolved through trusted
+/// proxies) and whether its request id was the caller's.
+async fn audit_records_carry_the_source_address_and_a_caller_request_id_is_marked(backend: Backend) {
+    let trusted = oneprotect_server::source::TrustedProxies::parse("127.0.0.1, ::1").expect("fixture proxies");
+    let policy = oneprotect_server::service::Policy { trusted_proxies: trusted, failure_limit: 10_000, ..Default::default() };
+    let h = Harness::start_with(backend, Options { policy, ..Options::default() }).await;
+    let resp = h
+        .http
+        .post(format!("{}/api/v1/agent-enrollment/tokens", h.base))
+        .bearer_auth(h.viewer(TENANT_A))
+        .header("x-request-id", "caller-chosen-1")
+        .header("x-forwarded-for", "203.0.113.77")
+        .json(&json!({"ttl_seconds": 600}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    h.issue_token(TENANT_A, 1).await;
+    let audit = h.audit(TENANT_A).await;
+    let refused = audit.iter().find(|a| a["request_id"] == "caller-chosen-1").expect("the refusal is audited");
+    assert_eq!(refused["details"]["source_address"], "203.0.113.77", "the client the trusted proxy names: {refused}");
+    assert_eq!(refused["details"]["request_id_origin"], "caller");
+    let issued = audit.iter().find(|a| a["action"] == "enrollment_token.issue" && a["outcome"] == "success").expect("issue audited");
+    assert_eq!(issued["details"]["source_address"], "127.0.0.1", "without a forwarded client, the peer: {issued}");
+    assert!(issued["details"].get("request_id_origin").is_none(), "a server-made request id is not marked: {issued}");
+}
+
 crate::both_backends!(
+    audit_records_carry_the_source_address_and_a_caller_request_id_is_marked,
     the_credential_is_judged_before_the_body,
     token_lifecycle_is_visible_in_list_and_revocation_stops_exchange,
     expired_exhausted_unknown_and_revoked_tokens_get_the_same_public_answer,

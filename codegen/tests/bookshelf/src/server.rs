@@ -41,6 +41,8 @@ impl fmt::Debug for BearerToken {
 pub struct RequestContext {
     /// The caller's `x-request-id` when well formed, otherwise a fresh UUID.
     pub request_id: String,
+    /// Whether `request_id` is the caller's (and so only as trustworthy as the caller).
+    pub request_id_from_caller: bool,
     /// The TCP peer, when the server was started with connect info.
     pub remote_addr: Option<SocketAddr>,
     /// The `X-Forwarded-For` header as sent (at most 1 KiB of text), for an
@@ -49,16 +51,17 @@ pub struct RequestContext {
 }
 impl RequestContext {
     fn from_parts(parts: &Parts) -> Self {
-        let request_id = parts
+        let from_caller = parts
             .headers
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .map(str::to_owned);
+        let request_id_from_caller = from_caller.is_some();
+        let request_id = from_caller.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let remote_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let forwarded_for = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 1024).map(str::to_owned);
-        Self { request_id, remote_addr, forwarded_for }
+        Self { request_id, request_id_from_caller, remote_addr, forwarded_for }
     }
 }
 /// Builds a `Problem` with the stable `code` and the request id.
