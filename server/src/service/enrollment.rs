@@ -50,11 +50,26 @@ impl Platform {
     /// Issues a bounded enrollment token; its secret is returned once.
     pub async fn issue_enrollment_token(&self, admin: &AdminPrincipal, input: IssueInput, meta: &RequestMeta) -> Result<IssuedToken, Rejection> {
         let ttl = Duration::seconds(i64::from(input.ttl_seconds));
-        if ttl < Duration::minutes(1) || ttl > self.policy.max_enrollment_token_ttl {
-            return Err(Rejection::RequestInvalid(format!("ttl_seconds must be between 60 and {}", self.policy.max_enrollment_token_ttl.num_seconds())));
-        }
-        if input.max_uses == 0 || input.max_uses > self.policy.max_enrollment_token_uses {
-            return Err(Rejection::RequestInvalid(format!("max_uses must be between 1 and {}", self.policy.max_enrollment_token_uses)));
+        let out_of_bounds = if ttl < Duration::minutes(1) || ttl > self.policy.max_enrollment_token_ttl {
+            Some(format!("ttl_seconds must be between 60 and {}", self.policy.max_enrollment_token_ttl.num_seconds()))
+        } else if input.max_uses == 0 || input.max_uses > self.policy.max_enrollment_token_uses {
+            Some(format!("max_uses must be between 1 and {}", self.policy.max_enrollment_token_uses))
+        } else {
+            None
+        };
+        if let Some(detail) = out_of_bounds {
+            let rejection = Rejection::RequestInvalid(detail);
+            let record = self.audit(
+                &admin.tenant_id,
+                ("tenant_admin", &admin.subject),
+                "enrollment_token.issue",
+                ("enrollment_token", None),
+                Some(&rejection),
+                meta,
+                BTreeMap::new(),
+            );
+            self.audit_rejection(record, None).await;
+            return Err(rejection);
         }
         let now = self.clock.now();
         let minted = secrets::mint_enrollment_token();
@@ -164,21 +179,43 @@ impl Platform {
         outcome
     }
 
-    async fn exchange_checked(&self, input: ExchangeInput, token_id: Option<Uuid>, meta: &RequestMeta) -> Result<ExchangeResult, Rejection> {
-        if !self.runtime_keys.is_available() {
-            tracing::error!("exchange refused: ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET is not configured");
-            return Err(Rejection::RuntimeSecretUnavailable);
-        }
-        if !secrets::nonce_is_well_formed(input.nonce.expose_secret()) {
-            return Err(Rejection::NonceInvalid);
-        }
-        let csr: VerifiedCsr = verify_csr_pem(&input.csr_pem).map_err(Rejection::CsrInvalid)?;
-        if let Some(fp) = &input.hardware_fingerprint_hash {
-            let fp = fp.expose_secret();
-            if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                return Err(Rejection::RequestInvalid("hardware_fingerprint_hash must be 64 lowercase hex characters".into()));
+    /// The rules that need no state, in order; a refusal is audited (under
+    /// no tenant: no token has been verified yet) and consumes nothing.
+    async fn exchange_stateless(&self, input: &ExchangeInput, token_id: Option<Uuid>, meta: &RequestMeta) -> Result<VerifiedCsr, Rejection> {
+        let judged = (|| {
+            if !self.runtime_keys.is_available() {
+                tracing::error!("exchange refused: ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET is not configured");
+                return Err(Rejection::RuntimeSecretUnavailable);
             }
+            if !secrets::nonce_is_well_formed(input.nonce.expose_secret()) {
+                return Err(Rejection::NonceInvalid);
+            }
+            let csr: VerifiedCsr = verify_csr_pem(&input.csr_pem).map_err(Rejection::CsrInvalid)?;
+            if let Some(fp) = &input.hardware_fingerprint_hash {
+                let fp = fp.expose_secret();
+                if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    return Err(Rejection::RequestInvalid("hardware_fingerprint_hash must be 64 lowercase hex characters".into()));
+                }
+            }
+            Ok(csr)
+        })();
+        if let Err(rejection) = &judged {
+            let record = self.audit(
+                UNATTRIBUTED_TENANT,
+                ("anonymous", "enrollment_token"),
+                "agent.exchange",
+                ("enrollment_token", token_id.map(|t| t.to_string())),
+                Some(rejection),
+                meta,
+                BTreeMap::new(),
+            );
+            self.audit_rejection(record, None).await;
         }
+        judged
+    }
+
+    async fn exchange_checked(&self, input: ExchangeInput, token_id: Option<Uuid>, meta: &RequestMeta) -> Result<ExchangeResult, Rejection> {
+        let csr = self.exchange_stateless(&input, token_id, meta).await?;
 
         let Some(token_id) = token_id else {
             return Err(self.enrollment_failed(UNATTRIBUTED_TENANT, None, TokenFailure::Malformed, meta).await);

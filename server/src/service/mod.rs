@@ -278,16 +278,15 @@ impl Platform {
         }
     }
 
-    /// Authenticates a tenant admin (or viewer, when `write` is false).
-    /// The credential of an admin operation, judged before anything else of
-    /// the request: a valid admin token, with the `tenant_admin` role when
-    /// the operation writes. Every failure is audited under the operation's
-    /// action.
     /// The source of a request from `peer` carrying `forwarded_for`.
     pub fn source_of(&self, peer: Option<SocketAddr>, forwarded_for: Option<&str>) -> Option<IpAddr> {
         crate::source::source_address(peer.map(|p| p.ip()), forwarded_for, &self.policy.trusted_proxies)
     }
 
+    /// The credential of an admin operation, judged before anything else of
+    /// the request: a valid admin token, with the `tenant_admin` role when
+    /// the operation writes. Every failure is audited under the operation's
+    /// action.
     pub async fn authenticate_admin(&self, bearer: &str, op: OperationId, meta: &RequestMeta) -> Result<AdminPrincipal, Rejection> {
         let Access { action, writes } = access(op);
         match self.admin.verify(bearer, self.clock.now()) {

@@ -305,6 +305,70 @@ async fn an_untrusted_peer_cannot_spread_its_failures_with_x_forwarded_for(backe
     assert_eq!(s, vec![429], "a fourth failure from the same peer is limited whatever it forwards");
 }
 
+/// Every refusal of the exchange the service decides is audited exactly
+/// once, with its precise reason, under the tenant that can be known: none
+/// before a token is verified, the token's once it is.
+async fn every_exchange_refusal_is_audited_exactly_once_under_the_tenant_it_can_name(backend: Backend) {
+    use oneprotect_server::secrets::{b64, random_bytes};
+    use oneprotect_server::service::{ExchangeInput, RequestMeta};
+    use secrecy::{ExposeSecret, SecretString};
+    use serde_json::json;
+    let h = Harness::start(backend).await;
+    let p = platform(h.store.clone(), h.clock.clone(), &Options::default());
+    let csr = p256_csr();
+    let fresh_nonce = || b64(&random_bytes::<24>());
+    let input = |token: &str, csr: &str, nonce: String, fingerprint: Option<&str>| ExchangeInput {
+        enrollment_token: SecretString::from(token.to_owned()),
+        csr_pem: csr.to_owned(),
+        nonce: SecretString::from(nonce),
+        hostname: "host-1.fixture".into(),
+        agent_version: "0.1.0".into(),
+        os_family: None,
+        hardware_fingerprint_hash: fingerprint.map(|f| SecretString::from(f.to_owned())),
+    };
+    let meta = |id: &str| RequestMeta { request_id: id.to_owned(), request_id_from_caller: false, remote_addr: None, source: None };
+
+    let (two_uses, _) = h.issue_token(TENANT_A, 2).await;
+    let (one_use, _) = h.issue_token(TENANT_A, 1).await;
+    let (revoked, revoked_id) = h.issue_token(TENANT_A, 1).await;
+    h.call(&ops::revoke_enrollment_token(&revoked_id), Some(&h.admin(TENANT_A)), Some(&json!({}))).await;
+    let short_lived = h.issue(TENANT_A, json!({"ttl_seconds": 60})).await["enrollment_token"].as_str().expect("secret").to_owned();
+    let unknown = oneprotect_server::secrets::mint_enrollment_token();
+    let unknown = unknown.secret.expose_secret().to_owned();
+    let replayed_nonce = fresh_nonce();
+    assert!(p.exchange(input(&one_use, &csr, fresh_nonce(), None), &meta("setup-1")).await.is_ok());
+    assert!(p.exchange(input(&two_uses, &csr, replayed_nonce.clone(), None), &meta("setup-2")).await.is_ok());
+
+    let cases: Vec<(&str, ExchangeInput, &str, &str)> = vec![
+        ("nonce", input(&two_uses, &csr, "short".into(), None), "nonce_invalid", UNATTRIBUTED),
+        ("csr", input(&two_uses, "not a csr", fresh_nonce(), None), "csr_invalid", UNATTRIBUTED),
+        ("fingerprint", input(&two_uses, &csr, fresh_nonce(), Some(&"AB".repeat(32))), "request_invalid", UNATTRIBUTED),
+        ("malformed", input("garbage", &csr, fresh_nonce(), None), "token_unknown", UNATTRIBUTED),
+        ("unknown", input(&unknown, &csr, fresh_nonce(), None), "token_unknown", UNATTRIBUTED),
+        ("wrong-secret", input(&wrong_secret_for(&two_uses), &csr, fresh_nonce(), None), "token_unknown", TENANT_A),
+        ("revoked", input(&revoked, &csr, fresh_nonce(), None), "token_revoked", TENANT_A),
+        ("exhausted", input(&one_use, &csr, fresh_nonce(), None), "token_exhausted", TENANT_A),
+        ("replayed", input(&two_uses, &csr, replayed_nonce, None), "nonce_replayed", TENANT_A),
+    ];
+    h.clock.advance(Duration::seconds(61));
+    let mut all = cases;
+    all.push(("expired", input(&short_lived, &csr, fresh_nonce(), None), "token_expired", TENANT_A));
+    for (name, case, reason, tenant) in all {
+        let refused = p.exchange(case, &meta(name)).await;
+        assert!(refused.is_err(), "{name}: refused");
+        for t in [UNATTRIBUTED, TENANT_A] {
+            let records: Vec<_> = h.store.list_audit(t, None, 200).await.expect("audit").items.into_iter().filter(|a| a.request_id == name).collect();
+            let expected = usize::from(t == tenant);
+            assert_eq!(records.len(), expected, "{name}: {expected} record(s) under {t}: {records:?}");
+            if let Some(a) = records.first() {
+                assert_eq!((a.action.as_str(), a.outcome.as_str(), a.reason_code.as_deref()), ("agent.exchange", "failure", Some(reason)), "{name}");
+            }
+        }
+    }
+}
+
+const UNATTRIBUTED: &str = oneprotect_server::model::UNATTRIBUTED_TENANT;
+
 async fn restarting_keeps_tokens_identities_and_runtime_tokens(backend: Backend) {
     let h = Harness::start(backend).await;
     let (agent, runtime, _) = h.enroll(TENANT_A).await;
@@ -334,5 +398,6 @@ crate::both_backends!(
     a_parallel_burst_of_failed_exchanges_stops_exactly_at_the_limit,
     failures_on_a_token_id_from_other_sources_never_lock_out_its_holder,
     an_untrusted_peer_cannot_spread_its_failures_with_x_forwarded_for,
+    every_exchange_refusal_is_audited_exactly_once_under_the_tenant_it_can_name,
     restarting_keeps_tokens_identities_and_runtime_tokens,
 );
