@@ -215,6 +215,15 @@ mod tests {
         sig[0] ^= 1;
         let tampered_sig = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3], b64(&sig));
         assert_eq!(ring.verify(&tampered_sig, now()), Err(RuntimeTokenFailure::BadSignature));
+        // A forgery with changed claims and a truncated or empty MAC: a
+        // comparison over the shorter length would accept it.
+        let full = unb64(parts[4]).expect("sig");
+        for mac in [b64(&full[..full.len() / 2]), b64(&full[..1]), String::new()] {
+            let forged_token = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], forged_body, mac);
+            assert!(ring.verify(&forged_token, now()).is_err(), "a {}-character MAC is refused", mac.len());
+            let same_claims = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3], mac);
+            assert!(ring.verify(&same_claims, now()).is_err(), "a truncated MAC is refused even on genuine claims");
+        }
         assert_eq!(ring.verify("oprt.v1.only.three", now()), Err(RuntimeTokenFailure::Malformed));
         assert_eq!(ring.verify("eyJhbGciOiJub25lIn0.e30.", now()), Err(RuntimeTokenFailure::Malformed));
     }

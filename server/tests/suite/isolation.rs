@@ -33,6 +33,8 @@ async fn another_tenants_agents_and_tokens_answer_404_and_never_appear_in_lists(
     assert!(!h.audit(TENANT_A).await.iter().any(|a| a["actor_id"] == "admin@tenant-b"), "B's attempts are not written into A's trail");
     let (_, v) = h.call(&ops::get_agent(&agent), Some(&h.admin(TENANT_A)), None).await;
     assert_eq!(v["status"], "enrolled", "tenant B's attempt changed nothing");
+    // The 404 is not enough: the token B tried to revoke is still active and still enrolls.
+    assert_eq!(h.token_metadata(TENANT_A, &token_id).await["status"], "active", "tenant B's revoke wrote nothing");
 }
 
 async fn pagination_walks_every_item_once_and_rejects_forged_cursors(backend: Backend) {
