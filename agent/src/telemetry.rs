@@ -80,7 +80,7 @@ impl Collector {
                     "mount_point": truncate(&d.mount_point().to_string_lossy(), 4096),
                     "file_system": truncate(&d.file_system().to_string_lossy(), 64),
                     "total_bytes": d.total_space(),
-                    "used_bytes": d.total_space().saturating_sub(d.available_space()),
+                    "used_bytes": df_used(d.mount_point(), d.total_space().saturating_sub(d.available_space())),
                 })
             })
             .collect();
@@ -157,6 +157,23 @@ fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }
 
+/// Bytes used on the file system at `mount` as `df` reports them: blocks
+/// that are not free (`f_blocks - f_bfree`). Total minus *available* would
+/// count the blocks reserved for root as used (201 GB "used" where `df`
+/// says 28 GB was measured). `fallback` where statvfs is not available.
+#[cfg(unix)]
+fn df_used(mount: &std::path::Path, fallback: u64) -> u64 {
+    match rustix::fs::statvfs(mount) {
+        Ok(s) => s.f_blocks.saturating_sub(s.f_bfree).saturating_mul(s.f_frsize),
+        Err(_) => fallback,
+    }
+}
+
+#[cfg(not(unix))]
+fn df_used(_mount: &std::path::Path, fallback: u64) -> u64 {
+    fallback
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +205,17 @@ mod tests {
         for fs in ["ext4", "xfs", "btrfs", "apfs", "NTFS"] {
             assert!(!is_pseudo_file_system(fs));
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn disk_use_is_what_df_reports_not_total_minus_available() {
+        let Ok(out) = std::process::Command::new("df").args(["-B1", "--output=used", "/"]).output() else { return };
+        let Some(df) = String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()) else { return };
+        let ours = df_used(std::path::Path::new("/"), 0);
+        // Measured a moment apart on a live file system: within 256 MiB.
+        assert!(ours.abs_diff(df) < 256 << 20, "df says {df} bytes used, the agent {ours}");
+        let fallback = df_used(std::path::Path::new("/no/such/mount"), 7);
+        assert_eq!(fallback, 7, "without statvfs the fallback is reported");
     }
 }
