@@ -35,6 +35,58 @@ impl DatabaseUrl {
     }
 }
 
+impl DatabaseUrl {
+    /// What the logs may say about the store: its kind and, for SQLite, the
+    /// file; never a PostgreSQL URL, which can carry a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite {}", path.display()),
+            Self::Postgres(_) => "postgres".to_owned(),
+        }
+    }
+}
+
+/// The database URL: the flag or `ONEPROTECT_DATABASE_URL`, else the
+/// contents of the file `ONEPROTECT_DATABASE_URL_FILE` names, else — in
+/// development mode only — the default SQLite file.
+pub fn database_url(given: Option<&str>, dev: bool) -> Result<String, String> {
+    if let Some(u) = given.filter(|u| !u.is_empty()) {
+        return Ok(u.to_owned());
+    }
+    if let Some(bytes) = env_secret("ONEPROTECT_DATABASE_URL")? {
+        return String::from_utf8(bytes).map_err(|_| "ONEPROTECT_DATABASE_URL_FILE holds no UTF-8 text".to_owned());
+    }
+    if dev {
+        return Ok(DEFAULT_SQLITE_FILE.to_owned());
+    }
+    Err("no database is configured: set ONEPROTECT_DATABASE_URL (or ONEPROTECT_DATABASE_URL_FILE); outside development mode the server does not create ./oneprotect.db by itself".into())
+}
+
+/// `ONEPROTECT_*` variables read outside the command-line definitions.
+const OTHER_VARIABLES: [&str; 8] = [
+    "ONEPROTECT_LOG",
+    "ONEPROTECT_DATABASE_URL_FILE",
+    "ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET",
+    "ONEPROTECT_AGENT_RUNTIME_TOKEN_PREVIOUS_SECRETS",
+    "ONEPROTECT_ADMIN_JWT_SECRET",
+    "ONEPROTECT_ADMIN_JWT_PUBLIC_KEY_FILE",
+    "ONEPROTECT_ADMIN_JWKS_FILE",
+    "ONEPROTECT_TOKEN_HASH_KEY",
+];
+
+/// `ONEPROTECT_*` variables in `vars` that nothing reads (a typo would
+/// otherwise fall back to a default silently). `cli` names the variables
+/// the command line reads; every secret also has its `_FILE` form.
+pub fn unknown_variables(vars: impl Iterator<Item = String>, cli: &[String]) -> Vec<String> {
+    let known = |name: &str| {
+        let base = name.strip_suffix("_FILE").unwrap_or(name);
+        cli.iter().any(|c| c == name) || OTHER_VARIABLES.contains(&name) || OTHER_VARIABLES.contains(&base)
+    };
+    let mut unknown: Vec<String> = vars.filter(|v| v.starts_with("ONEPROTECT_") && !known(v)).collect();
+    unknown.sort();
+    unknown
+}
+
 /// Where the admin JWT verification key comes from.
 #[derive(Debug, Clone)]
 pub enum AdminKeySource {
@@ -126,6 +178,12 @@ impl DevSecrets {
             Self { admin_jwt_secret: b64(&random_bytes::<48>()), runtime_token_secret: b64(&random_bytes::<48>()), token_hash_key: b64(&random_bytes::<48>()) };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            // Owner-only, as the secrets inside it.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
         }
         let text = serde_json::to_string_pretty(&secrets).map_err(|e| e.to_string())?;
         write_private(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -42,8 +42,10 @@ enum Command {
 #[derive(Args)]
 struct CommonArgs {
     /// `postgres://…` selects PostgreSQL; anything else is an SQLite file.
-    #[arg(long, env = "ONEPROTECT_DATABASE_URL", default_value = config::DEFAULT_SQLITE_FILE)]
-    database_url: String,
+    /// Also read from the file ONEPROTECT_DATABASE_URL_FILE names. Outside
+    /// development mode it is required (no silent ./oneprotect.db).
+    #[arg(long, env = "ONEPROTECT_DATABASE_URL")]
+    database_url: Option<String>,
     /// Expected `iss` of admin tokens.
     #[arg(long, env = "ONEPROTECT_ADMIN_JWT_ISSUER", default_value = config::DEFAULT_ISSUER)]
     admin_jwt_issuer: String,
@@ -171,6 +173,19 @@ fn mint(secret: &[u8], tenant: &str, subject: &str, role: Role, ttl: i64, issuer
     mint_hs256(secret, &claims)
 }
 
+/// Every `ONEPROTECT_*` variable a command-line definition reads.
+fn cli_variables() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        out.extend(cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()));
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     init_logs(args.log_format);
     // Configuration that can refuse the start is judged before any file or row is created.
@@ -193,6 +208,28 @@ async fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: no secrets configured and {} is not a loopback address; set the ONEPROTECT_* secrets (see --help) or pass --dev", args.listen);
         return ExitCode::from(EXIT_CONFIG);
     }
+    let url = match config::database_url(args.common.database_url.as_deref(), dev).and_then(|u| DatabaseUrl::parse(Some(&u))) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: ONEPROTECT_DATABASE_URL: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // The address is taken, and the store reached, before any file is created.
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let store = match oneprotect_server::app::open_store(&url, args.migration_database_url.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot open the store ({}): {e}", url.describe());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let mut dev_admin_token = None;
     if dev {
         let dev_secrets = match DevSecrets::load_or_create(std::path::Path::new(config::DEV_SECRETS_FILE)) {
@@ -210,20 +247,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 mint(s, "tenant-dev", "admin@localhost", Role::Admin, 12 * 3600, &args.common.admin_jwt_issuer, &args.common.admin_jwt_audience).ok();
         }
     }
-    let url = match DatabaseUrl::parse(Some(&args.common.database_url)) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("error: ONEPROTECT_DATABASE_URL: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let store = match oneprotect_server::app::open_store(&url, args.migration_database_url.as_deref()).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot open the store: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
+
     let policy = Policy {
         runtime_token_ttl: chrono::Duration::seconds(args.runtime_token_ttl_seconds),
         stale_after: chrono::Duration::seconds(args.stale_after_seconds),
@@ -240,25 +264,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.listen);
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
     let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if dev {
         eprintln!("\n*** DEVELOPMENT MODE — NOT FOR PRODUCTION ***");
         eprintln!("Secrets were generated and are kept in {} (mode 0600).", config::DEV_SECRETS_FILE);
-        eprintln!("Store: {url:?}. Listening on http://{bound}");
+        eprintln!("Store: {}. Listening on http://{bound}", url.describe());
         if let Some(token) = dev_admin_token {
             eprintln!("Tenant-admin token for tenant-dev (12 h):\n");
             println!("{token}");
             eprintln!();
         }
     }
-    tracing::info!(listen = %bound, "serving");
+    tracing::info!(listen = %bound, store = %url.describe(), "serving");
     let limits = oneprotect_server::listen::Limits {
         max_connections: args.max_connections as usize,
         max_per_source: args.max_connections_per_source as usize,
@@ -275,7 +292,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn migrate(args: MigrateArgs) -> ExitCode {
-    match DatabaseUrl::parse(Some(&args.common.database_url)) {
+    match config::database_url(args.common.database_url.as_deref(), false).and_then(|u| DatabaseUrl::parse(Some(&u))) {
         Ok(DatabaseUrl::Sqlite(path)) => match oneprotect_server::store::sqlite::SqliteStore::migrate_file(&path) {
             Ok(n) => {
                 println!("{}: migrations current ({n} applied now)", path.display());
@@ -332,7 +349,14 @@ fn admin_token(args: AdminTokenArgs) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // A misspelled variable would fall back to a default without a word.
+    let unknown = config::unknown_variables(std::env::vars().map(|(k, _)| k), &cli_variables());
+    if !unknown.is_empty() {
+        eprintln!("error: unknown configuration variable(s) {}; `oneprotect-server <command> --help` lists what each command reads", unknown.join(", "));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match cli.command {
         Command::Serve(a) => serve(a).await,
         Command::Migrate(a) => migrate(a).await,
         Command::AdminToken(a) => admin_token(a),

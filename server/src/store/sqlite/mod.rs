@@ -78,7 +78,10 @@ fn owner_only(path: &Path) -> StoreResult<()> {
 }
 
 fn configure(conn: &Connection) -> StoreResult<()> {
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;").map_err(backend)
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 67108864;",
+    )
+    .map_err(backend)
 }
 
 /// Applies every migration not yet recorded; returns how many ran.

@@ -1,0 +1,113 @@
+//! The server binary as an operator starts it: configuration refused before
+//! anything is created, files owner-only, nothing falling back silently.
+//! Each test runs the binary in its own directory with a clean environment.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Fixture secrets (not real ones): 48 characters each.
+const FIXTURE_SECRETS: [(&str, &str); 3] = [
+    ("ONEPROTECT_ADMIN_JWT_SECRET", "fixture-admin-secret-not-real-000000000000000000"),
+    ("ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET", "fixture-runtime-secret-not-real-0000000000000000"),
+    ("ONEPROTECT_TOKEN_HASH_KEY", "fixture-hash-key-not-real-00000000000000000000000"),
+];
+
+fn server(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oneprotect-server"));
+    c.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = server(dir, args, env).output().expect("run the server binary");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Starts `serve` and waits (at most 30 s) until it reports that it serves.
+fn start(dir: &Path, env: &[(&str, &str)]) -> Child {
+    let mut child = server(dir, &["serve", "--listen", "127.0.0.1:0"], env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap_or_default();
+        if line.contains("serving") || Instant::now() > deadline {
+            break;
+        }
+    }
+    child
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn outside_development_mode_a_missing_database_url_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out) = run(dir.path(), &["serve", "--listen", "0.0.0.0:0"], &FIXTURE_SECRETS);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("ONEPROTECT_DATABASE_URL"), "{out}");
+    assert!(entries(dir.path()).is_empty(), "no file was created: {:?}", entries(dir.path()));
+}
+
+#[test]
+fn an_unknown_oneprotect_variable_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out) = run(dir.path(), &["serve"], &[("ONEPROTECT_LISTEN_ADDRESS", "127.0.0.1:9999")]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("ONEPROTECT_LISTEN_ADDRESS"), "{out}");
+    assert!(entries(dir.path()).is_empty());
+    // Every variable the binary documents is known: none of them is refused.
+    let (_, out) = run(dir.path(), &["migrate"], &[("ONEPROTECT_DATABASE_URL_FILE", "/nonexistent"), ("ONEPROTECT_LOG", "info")]);
+    assert!(!out.contains("unknown configuration variable"), "known variables are accepted: {out}");
+    assert!(out.contains("cannot read /nonexistent"), "the URL file is read and its failure named: {out}");
+}
+
+#[test]
+fn an_address_in_use_refuses_the_start_before_any_file_is_created() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out) = run(dir.path(), &["serve", "--listen", &addr], &[]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("cannot listen"), "{out}");
+    assert!(entries(dir.path()).is_empty(), "no database and no development secrets: {:?}", entries(dir.path()));
+}
+
+#[test]
+fn the_database_url_can_come_from_a_file_and_names_the_store_in_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("db-url"), "sqlite:from-file.db\n").expect("write");
+    let url_file = dir.path().join("db-url").to_string_lossy().into_owned();
+    let mut env = FIXTURE_SECRETS.to_vec();
+    env.push(("ONEPROTECT_DATABASE_URL_FILE", &url_file));
+    let child = start(dir.path(), &env);
+    stop(child);
+    assert!(dir.path().join("from-file.db").exists(), "the store is the file's URL: {:?}", entries(dir.path()));
+    assert!(!dir.path().join("oneprotect.db").exists(), "no default database next to it");
+}
+
+#[cfg(unix)]
+#[test]
+fn development_secrets_live_in_an_owner_only_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = start(dir.path(), &[]);
+    stop(child);
+    let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join(".oneprotect-dev")), 0o700);
+    assert_eq!(mode(&dir.path().join(".oneprotect-dev/secrets.json")), 0o600);
+    assert_eq!(mode(&dir.path().join("oneprotect.db")), 0o600);
+}
