@@ -322,9 +322,11 @@ pub async fn failed_exchanges_rate_limited(ctx: &Ctx) -> Checked {
     // A token id made for this check, never a real token's: the limit this
     // trips locks nobody else out.
     let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
-    let wrong = match secret.rsplit_once('_') {
-        Some((id_part, _)) => format!("{id_part}_{}", "A".repeat(43)),
-        None => return Err("the enrollment token has no id part".into()),
+    // `opet_<id>_<secret>`: the secret is base64url and can itself contain `_`.
+    let mut fields = secret.splitn(3, '_');
+    let wrong = match (fields.next(), fields.next()) {
+        (Some(prefix), Some(id)) => format!("{prefix}_{id}_{}", "A".repeat(43)),
+        _ => return Err("the enrollment token has no id part".into()),
     };
     let route = ops::exchange_enrollment_token();
     for attempt in 1..=RATE_LIMIT_ATTEMPTS {

@@ -250,9 +250,12 @@ async fn exchange_all(h: &Harness, requests: Vec<(serde_json::Value, Option<Stri
     out.into_iter().map(|(_, s)| s).collect()
 }
 
+/// The same token id with another secret. The secret part is base64url and
+/// can itself contain `_`: the id is the second `_`-separated field.
 fn wrong_secret_for(secret: &str) -> String {
-    let (id_part, _) = secret.rsplit_once('_').expect("an enrollment token has an id part");
-    format!("{id_part}_{}", "A".repeat(43))
+    let mut fields = secret.splitn(3, '_');
+    let (prefix, id) = (fields.next().expect("prefix"), fields.next().expect("an enrollment token has an id part"));
+    format!("{prefix}_{id}_{}", "A".repeat(43))
 }
 
 /// Slots are taken before the work: 100 failures in flight at once against
@@ -401,3 +404,15 @@ crate::both_backends!(
     every_exchange_refusal_is_audited_exactly_once_under_the_tenant_it_can_name,
     restarting_keeps_tokens_identities_and_runtime_tokens,
 );
+
+#[test]
+fn a_wrong_secret_for_a_token_keeps_its_id_whatever_its_secret_contains() {
+    use secrecy::ExposeSecret;
+    for _ in 0..1000 {
+        let minted = oneprotect_server::secrets::mint_enrollment_token();
+        let secret = minted.secret.expose_secret();
+        let wrong = wrong_secret_for(secret);
+        assert_ne!(wrong, secret);
+        assert_eq!(oneprotect_server::secrets::parse_enrollment_token(&wrong), Some(minted.id), "{secret}");
+    }
+}
