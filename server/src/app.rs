@@ -64,21 +64,23 @@ pub fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, secrets: SecretInp
     Ok(Platform::new(store, clock, hash_key, runtime, admin, policy))
 }
 
-/// Logs one line per request: operation route, status, latency, request
-/// id. Never headers, bodies or query strings.
-async fn access_log(req: Request, next: Next) -> Response {
+/// Logs one line per request (operation route, status, latency, request
+/// id; never headers, bodies or query strings) and records its latency.
+async fn access_log(axum::extract::State(platform): axum::extract::State<Arc<Platform>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
     let request_id = response.headers().get(oneprotect_contracts::server::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    tracing::info!(%method, route, status = response.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1000.0, request_id, "request");
+    let seconds = started.elapsed().as_secs_f64();
+    platform.observe_request(route, method.as_str(), response.status().as_u16(), seconds);
+    tracing::info!(%method, route, status = response.status().as_u16(), latency_ms = seconds * 1000.0, request_id, "request");
     response
 }
 
 pub fn router(platform: Arc<Platform>) -> axum::Router {
-    oneprotect_contracts::server::router(Arc::new(HttpApi::new(platform))).layer(axum::middleware::from_fn(access_log))
+    oneprotect_contracts::server::router(Arc::new(HttpApi::new(platform.clone()))).layer(axum::middleware::from_fn_with_state(platform, access_log))
 }
 
 /// Serves until SIGINT or SIGTERM, then drains in-flight requests.

@@ -208,6 +208,11 @@ impl Platform {
         self.clock.now()
     }
 
+    /// Records the answer time of one HTTP request (see `metrics`).
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.metrics.observe_request(route, method, status, seconds);
+    }
+
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
     }

@@ -192,7 +192,25 @@ async fn the_asset_row_follows_its_facts_at_once_and_its_last_seen_time_at_the_r
     assert_eq!(asset(&h).await.first_seen_at, t0);
 }
 
+/// `/metrics` describes every series (`# HELP`, `# TYPE`) and times each
+/// route by its template, method and status.
+async fn metrics_describe_every_series_and_time_each_route(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (agent, runtime, _) = h.enroll(TENANT_A).await;
+    assert_eq!(h.heartbeat(&agent, &runtime, 1).await.0, StatusCode::OK);
+    let text = h.http.get(format!("{}/metrics", h.base)).send().await.expect("send").text().await.expect("text");
+    let types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    assert!(types.len() >= 3, "{text}");
+    for name in &types {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP line: {text}");
+    }
+    let route = "route=\"/api/v1/agents/{agent_id}/telemetry/heartbeat\",method=\"POST\",status=\"200\"";
+    assert!(text.contains(&format!("oneprotect_http_request_duration_seconds_count{{{route}}} 1")), "{text}");
+    assert!(!text.contains(&agent), "series are labelled by route template, never by an id: {text}");
+}
+
 crate::both_backends!(
+    metrics_describe_every_series_and_time_each_route,
     accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second_event,
     tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed,
     unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_code_and_an_audit_record,
