@@ -77,7 +77,12 @@ fn status(config: &Config) -> (u8, String) {
                 .iter()
                 .map(|f| serde_json::json!({ "file": f, "owner_only": state::check_owner_only(&dir.file(f)).is_ok() }))
                 .collect();
-            let out = serde_json::json!({ "identity": identity, "state_dir": config.state_dir, "files": files });
+            let out = serde_json::json!({
+                "identity": identity,
+                "state_dir": config.state_dir,
+                "files": files,
+                "last_accepted_heartbeat": dir.last_accepted_heartbeat(),
+            });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             (exit::OK, "enrolled".into())
         }

@@ -94,6 +94,8 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
     let mut renew_backoff = Backoff::default();
     let mut renew_not_before = Utc::now();
     let mut pending_sequence: Option<u64> = None;
+    // Failed attempts since the last accepted heartbeat; recovery is logged once.
+    let mut failed_attempts: u32 = 0;
     let mut delay = Duration::ZERO;
     let stopped = if crate::faults::active("sigterm-exits-1") { exit::RUNTIME } else { exit::OK };
     let mut memory_sequence = 0u64;
@@ -161,6 +163,13 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
             Ok(accepted) => {
                 let accepted = accepted.into_inner();
                 tracing::debug!(sequence, duplicate = accepted.duplicate, "heartbeat accepted");
+                if failed_attempts > 0 {
+                    tracing::info!(failed_attempts, "heartbeats recovered");
+                    failed_attempts = 0;
+                }
+                if let Err(e) = dir.record_accepted_heartbeat(sequence, accepted.accepted_at) {
+                    tracing::warn!(error = %e, "cannot record the last accepted heartbeat");
+                }
                 backoff.reset();
                 pending_sequence = None;
                 delay = splayed(config.heartbeat_interval, &mut rng);
@@ -177,6 +186,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                     );
                 }
                 Reaction::Retry => {
+                    failed_attempts += 1;
                     pending_sequence = Some(sequence);
                     let retry_after = if crate::faults::active("heartbeat-ignores-retry-after") { None } else { retry_after };
                     delay = backoff.next_delay(retry_after, &mut rng);
@@ -189,6 +199,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                 }
             },
             Err(CallError::Transport(e)) => {
+                failed_attempts += 1;
                 pending_sequence = Some(sequence);
                 delay = backoff.next_delay(None, &mut rng);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the platform; backing off");

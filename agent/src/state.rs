@@ -14,6 +14,8 @@ pub const KEY_FILE: &str = "agent.key";
 pub const TOKEN_FILE: &str = "runtime.token";
 pub const CERTIFICATE_FILE: &str = "certificate.json";
 pub const SEQUENCE_FILE: &str = "sequence";
+/// When the platform last accepted a heartbeat, and its sequence (for `status`).
+pub const LAST_HEARTBEAT_FILE: &str = "last-heartbeat.json";
 
 /// Non-secret facts about the enrolled identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +136,17 @@ impl StateDir {
 
     /// The next heartbeat sequence, persisted before it is used so a restart
     /// never reuses a number the platform already accepted.
+    /// Records that the platform accepted heartbeat `sequence` at `at`.
+    pub fn record_accepted_heartbeat(&self, sequence: u64, at: DateTime<Utc>) -> Result<(), StateError> {
+        let text = serde_json::json!({ "accepted_at": at, "sequence": sequence }).to_string();
+        self.write_private(LAST_HEARTBEAT_FILE, text.as_bytes())
+    }
+
+    /// The last accepted heartbeat, when one was recorded.
+    pub fn last_accepted_heartbeat(&self) -> Option<serde_json::Value> {
+        std::fs::read_to_string(self.file(LAST_HEARTBEAT_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok())
+    }
+
     pub fn next_sequence(&self) -> Result<u64, StateError> {
         let path = self.file(SEQUENCE_FILE);
         let current = match std::fs::read_to_string(&path) {

@@ -223,6 +223,10 @@ fn enroll_heartbeat_list_active_then_revocation_stops_the_agent_with_the_403_cod
     });
     let listed = server.get(&format!("/api/v1/agents/{agent_id}"));
     assert_eq!(listed["status"], "active");
+    let status = Command::new(agent_binary()).arg("--config").arg(&files.config).arg("status").output().expect("status");
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert!(status["last_accepted_heartbeat"]["sequence"].as_u64().is_some_and(|s| s >= 1), "status shows the last accepted heartbeat: {status}");
+    assert!(status["last_accepted_heartbeat"]["accepted_at"].is_string(), "{status}");
     assert_eq!(listed["hostname"].as_str(), sysinfo_hostname().as_deref());
 
     let revoke = server

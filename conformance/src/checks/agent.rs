@@ -206,7 +206,12 @@ pub async fn backoff(ctx: &Ctx) -> Checked {
         ensure(g[i] <= Duration::from_secs(*ceiling) + slack, format!("retry {} waited {:?}, above the {ceiling}s ceiling", i + 1, g[i]))?;
     }
     let sequences: Vec<u64> = platform.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, b)| b["sequence"].as_u64().unwrap_or(0)).collect();
-    ensure(sequences[..4].iter().all(|s| *s == sequences[0]), format!("retries must resend the same sequence: {sequences:?}"))
+    ensure(sequences[..4].iter().all(|s| *s == sequences[0]), format!("retries must resend the same sequence: {sequences:?}"))?;
+    // An operator sees the recovery once, not only the failures.
+    agent.terminate()?;
+    ensure(agent.wait_exit(DEADLINE).is_some(), "the agent did not stop on SIGTERM")?;
+    let logs = agent.output();
+    ensure(logs.matches("heartbeats recovered").count() == 1, "the recovery after failures is not logged once")
 }
 
 pub async fn sigterm(ctx: &Ctx) -> Checked {
