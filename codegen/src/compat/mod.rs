@@ -249,6 +249,25 @@ fn resolve<'v>(d: &mut Differ, file: &str, root: &'v Value, value: &'v Value, po
     (v, p)
 }
 
+/// `info.version` of `file` (OpenAPI or AsyncAPI): one informational change
+/// that says whether the major number went up, which the gate reads.
+fn version_change(d: &mut Differ, file: &str, base: &Value, rev: &Value) {
+    let (bv, rv) = (base.pointer("/info/version"), rev.pointer("/info/version"));
+    d.examine(file, "/info/version");
+    if bv != rv {
+        let show = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("none").to_string();
+        let bump = if major_version(rv) > major_version(bv) { " (a new major version)" } else { "" };
+        d.emit(
+            "api-version-changed",
+            file,
+            Some("/info/version"),
+            Some("/info/version"),
+            "info",
+            format!("info.version went from {} to {}{bump}", show(bv), show(rv)),
+        );
+    }
+}
+
 /// `major` of a `major.minor.patch` version string.
 pub fn major_version(v: Option<&Value>) -> Option<u64> {
     v?.as_str()?.split('.').next()?.trim_start_matches('v').parse().ok()

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use super::schema::{self, At, Site};
-use super::{Differ, major_version, resolve};
+use super::{Differ, resolve};
 use crate::diagnostics::escape_token;
 use crate::load::OPENAPI_FILE;
 use crate::openapi::MAX_BODY_EXT;
@@ -44,25 +44,12 @@ pub(super) fn diff(d: &mut Differ) {
                 (None, None) => {}
             }
         }
-        d.examine(FILE, format!("{ptr}/parameters"));
+        d.examine_exact(FILE, format!("{ptr}/parameters"));
     }
 }
 
 fn metadata(d: &mut Differ, base: &Value, rev: &Value) {
-    let (bv, rv) = (base.pointer("/info/version"), rev.pointer("/info/version"));
-    d.examine(FILE, "/info/version");
-    if bv != rv {
-        let show = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("none").to_string();
-        let bump = if major_version(rv) > major_version(bv) { " (a new major version)" } else { "" };
-        d.emit(
-            "api-version-changed",
-            FILE,
-            Some("/info/version"),
-            Some("/info/version"),
-            "info",
-            format!("info.version went from {} to {}{bump}", show(bv), show(rv)),
-        );
-    }
+    super::version_change(d, FILE, base, rev);
     for key in ["openapi", "info", "servers", "tags", "externalDocs"] {
         d.examine(FILE, format!("/{key}"));
         if key != "info" && base.get(key) != rev.get(key) {
