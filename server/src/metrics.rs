@@ -103,7 +103,7 @@ mod tests {
         m.inc("oneprotect_exchanges_total", "outcome", "enrolled");
         m.inc("oneprotect_exchanges_total", "outcome", "rate_limited");
         for s in [0.001, 0.02, 0.02, 0.3, 20.0] {
-            m.observe_request("/api/v1/agents/{agent_id}", "GET", 200, s);
+            m.observe_request("/fixture/things/{thing_id}", "GET", 200, s);
         }
         let text = m.render();
         for name in ["oneprotect_exchanges_total", REQUEST_DURATION] {
@@ -112,11 +112,11 @@ mod tests {
         assert!(text.contains("# TYPE oneprotect_exchanges_total counter"));
         assert!(text.contains(&format!("# TYPE {REQUEST_DURATION} histogram")));
         let bucket = |le: &str| {
-            let prefix = format!("{REQUEST_DURATION}_bucket{{route=\"/api/v1/agents/{{agent_id}}\",method=\"GET\",status=\"200\",le=\"{le}\"}} ");
+            let prefix = format!("{REQUEST_DURATION}_bucket{{route=\"/fixture/things/{{thing_id}}\",method=\"GET\",status=\"200\",le=\"{le}\"}} ");
             text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("no bucket {le}: {text}"))
         };
         assert_eq!((bucket("0.005"), bucket("0.025"), bucket("0.5"), bucket("10"), bucket("+Inf")), (1, 3, 4, 4, 5));
-        assert!(text.contains(&format!("{REQUEST_DURATION}_count{{route=\"/api/v1/agents/{{agent_id}}\",method=\"GET\",status=\"200\"}} 5")));
+        assert!(text.contains(&format!("{REQUEST_DURATION}_count{{route=\"/fixture/things/{{thing_id}}\",method=\"GET\",status=\"200\"}} 5")));
         // Every sample line is `name{labels} number` or `name number`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap_or_default();
