@@ -68,20 +68,21 @@ impl PerSource {
 /// Logs refusals at most once a second, with how many there were.
 #[derive(Debug)]
 struct RefusalLog {
-    last: Mutex<(Instant, u64)>,
+    /// When the last line was written (none yet), and refusals since.
+    last: Mutex<(Option<Instant>, u64)>,
 }
 
 impl RefusalLog {
     fn new() -> Self {
-        Self { last: Mutex::new((Instant::now() - Duration::from_secs(2), 0)) }
+        Self { last: Mutex::new((None, 0)) }
     }
 
     fn note(&self, reason: &'static str, peer: SocketAddr) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.1 += 1;
-        if last.0.elapsed() >= Duration::from_secs(1) {
+        if last.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             tracing::warn!(reason, source = %peer.ip(), refused = last.1, "connection refused");
-            *last = (Instant::now(), 0);
+            *last = (Some(Instant::now()), 0);
         }
     }
 }
