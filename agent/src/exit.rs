@@ -35,7 +35,8 @@ pub fn reaction_to_status(status: u16) -> Reaction {
         200..=299 => Reaction::Accepted,
         401 => Reaction::Stop(IDENTITY_UNKNOWN),
         403 => Reaction::Stop(IDENTITY_REJECTED),
-        408 | 429 | 500..=599 => Reaction::Retry,
+        // A redirect is a misconfigured platform or proxy, never followed: back off.
+        300..=399 | 408 | 429 | 500..=599 => Reaction::Retry,
         _ => Reaction::Skip,
     }
 }
@@ -53,6 +54,9 @@ mod tests {
             assert_eq!(reaction_to_status(s), Reaction::Retry, "{s}");
         }
         assert_eq!(reaction_to_status(400), Reaction::Skip);
+        for s in [301, 302, 307, 308] {
+            assert_eq!(reaction_to_status(s), Reaction::Retry, "a redirect is backed off from: {s}");
+        }
         assert_eq!(reaction_to_status(413), Reaction::Skip);
         let codes = [OK, RUNTIME, CONFIG, IDENTITY_UNKNOWN, IDENTITY_REJECTED, ENROLLMENT_REFUSED];
         let distinct: std::collections::BTreeSet<u8> = codes.iter().copied().collect();

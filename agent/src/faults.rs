@@ -24,6 +24,7 @@ pub const NAMES: &[&str] = &[
     "sigterm-ignored-while-waiting",
     "sequence-restarts-at-one",
     "enroll-ignores-retry-after",
+    "follows-redirects",
 ];
 
 #[cfg(feature = "fault-injection")]

@@ -51,7 +51,11 @@ pub fn classify(e: Error<Problem>) -> CallError {
 
 /// The generated client, with the runtime token as its bearer when given.
 pub fn client(config: &Config, bearer: Option<&SecretString>) -> Result<Client, String> {
-    let mut builder = reqwest::Client::builder().user_agent(USER_AGENT).timeout(Duration::from_secs(30)).connect_timeout(Duration::from_secs(10));
+    // Nothing about an agent call is redirected: a 3xx is an answer to back
+    // off from, never a place to send the bearer, the CSR or telemetry.
+    let redirects = if crate::faults::active("follows-redirects") { reqwest::redirect::Policy::limited(10) } else { reqwest::redirect::Policy::none() };
+    let mut builder =
+        reqwest::Client::builder().user_agent(USER_AGENT).timeout(Duration::from_secs(30)).connect_timeout(Duration::from_secs(10)).redirect(redirects);
     if let Some(ca) = &config.ca_bundle {
         let pem = std::fs::read(ca).map_err(|e| format!("ca_bundle {}: {e}", ca.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_bundle {}: {e}", ca.display()))?;

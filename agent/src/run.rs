@@ -190,7 +190,20 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                     pending_sequence = Some(sequence);
                     let retry_after = if crate::faults::active("heartbeat-ignores-retry-after") { None } else { retry_after };
                     delay = backoff.next_delay(retry_after, &mut rng);
-                    tracing::warn!(status, code = code.as_deref().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "heartbeat not accepted; backing off");
+                    if (300..400).contains(&status) {
+                        tracing::warn!(
+                            status,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "the platform answered a redirect; agent calls are never redirected: fix platform_url"
+                        );
+                    } else {
+                        tracing::warn!(
+                            status,
+                            code = code.as_deref().unwrap_or(""),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "heartbeat not accepted; backing off"
+                        );
+                    }
                 }
                 Reaction::Skip | Reaction::Accepted => {
                     pending_sequence = None;

@@ -253,6 +253,7 @@ impl Fault {
 /// (`agent/src/faults.rs`), with the checks each fails and a fragment of
 /// the message.
 pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
+    ("follows-redirects", &[("fail-closed.agent-refuses-redirects", "followed the redirect to another origin")]),
     ("certificate-world-readable", &[("redaction.agent-files-owner-only", "certificate.json has mode 644")]),
     ("token-left-in-config", &[("redaction.agent-token-removed-from-config", "the enrollment token is still in the config")]),
     ("nonce-logged", &[("redaction.agent-logs-hold-no-secret", "appears in the agent's output")]),

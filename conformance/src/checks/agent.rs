@@ -61,6 +61,13 @@ pub(super) const CHECKS: &[Check] = &[
         "an enrollment answered 429 with Retry-After is retried no sooner than that, with a fresh nonce",
         enrollment_retry_after
     ),
+    check!(
+        "fail-closed.agent-refuses-redirects",
+        FailClosed,
+        AGENT,
+        "a heartbeat answered with a redirect to another origin is not followed: nothing, and no credential, reaches that origin, and the agent keeps running",
+        refuses_redirects
+    ),
     check!("fail-closed.agent-bodies-match-contract", FailClosed, AGENT, "every body the agent sends validates against the contract", bodies_match_contract),
     check!("redaction.agent-logs-hold-no-secret", Redaction, AGENT, "the agent's stdout/stderr at trace level contain no token, key, CSR or nonce", logs_clean),
 ];
@@ -212,6 +219,20 @@ pub async fn backoff(ctx: &Ctx) -> Checked {
     ensure(agent.wait_exit(DEADLINE).is_some(), "the agent did not stop on SIGTERM")?;
     let logs = agent.output();
     ensure(logs.matches("heartbeats recovered").count() == 1, "the recovery after failures is not logged once")
+}
+
+pub async fn refuses_redirects(ctx: &Ctx) -> Checked {
+    // Another origin that records whatever reaches it.
+    let elsewhere = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any()).respond_with(wiremock::ResponseTemplate::new(200)).mount(&elsewhere).await;
+    let target = format!("{}/api/v1/agents/{AGENT_ID}/telemetry/heartbeat", elsewhere.uri());
+    let redirect = Reply::json(307, serde_json::json!({})).insert_header("location", &target);
+    let (platform, run) = enrolled(ctx, vec![], redirect).await?;
+    let mut agent = run.spawn("run")?;
+    wait_for(&platform.heartbeats, 2, DEADLINE).await?;
+    ensure(agent.0.try_wait().map(|s| s.is_none()).unwrap_or(false), "the agent exited on a redirect")?;
+    let reached = elsewhere.received_requests().await.unwrap_or_default();
+    ensure(reached.is_empty(), format!("{} request(s) followed the redirect to another origin", reached.len()))
 }
 
 pub async fn sigterm(ctx: &Ctx) -> Checked {
