@@ -18,7 +18,7 @@ Problem bodies are served as `application/json` so that generated clients
 receive them typed.
 
 
-Version: 2.0.0*/
+Version: 2.1.0*/
 pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
@@ -51,7 +51,7 @@ impl Client {
 }
 impl ClientInfo<()> for Client {
     fn api_version() -> &'static str {
-        "2.0.0"
+        "2.1.0"
     }
     fn baseurl(&self) -> &str {
         self.baseurl.as_str()
@@ -521,6 +521,38 @@ impl Client {
             403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
             500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
             503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+            _ => Err(Error::UnexpectedResponse(response)),
+        }
+    }
+    /**The OpenAPI document this deployment implements
+
+    The contract the server was built from, as JSON, so reviewers and
+    tools can compare what a deployment claims with what they expect.
+    Public: it holds no secret and no tenant data.
+
+
+    Sends a `GET` request to `/api/v1/openapi.json`
+
+    */
+    pub async fn get_open_api_document<'a>(&'a self) -> Result<ResponseValue<types::OpenApiDocument>, Error<types::Problem>> {
+        let url = format!("{}/api/v1/openapi.json", self.baseurl,);
+        let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        #[allow(unused_mut)]
+        let mut request = self
+            .client
+            .get(url)
+            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .headers(header_map)
+            .build()?;
+        let info = OperationInfo { operation_id: "get_open_api_document" };
+        self.pre(&mut request, &info).await?;
+        let result = self.exec(request, &info).await;
+        self.post(&result, &info).await?;
+        let response = result?;
+        match response.status().as_u16() {
+            200u16 => ResponseValue::from_response(response).await,
+            500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
             _ => Err(Error::UnexpectedResponse(response)),
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 /// SHA-256 of the contract files this crate was generated from.
-pub const SPEC_SHA256: &str = "72800801cf345eb743cf3329fdd6bcc2f7da9c10017c94eba0cfd36e3fc4fdbd";
+pub const SPEC_SHA256: &str = "6831e0ed2f6545612d40335c1416dfde38bc19962dd609c455838dfb3273ad53";
 /// The OpenAPI document, as JSON.
 pub const OPENAPI_JSON: &str = include_str!("schemas/openapi.json");
 /// `components/schemas` as one JSON Schema 2020-12 document (`$defs`).
@@ -46,6 +46,8 @@ pub enum OperationId {
     ListAuditEvents,
     /// `listEvents`: `GET /api/v1/events`
     ListEvents,
+    /// `getOpenApiDocument`: `GET /api/v1/openapi.json`
+    GetOpenApiDocument,
     /// `getHealth`: `GET /healthz`
     GetHealth,
     /// `getMetrics`: `GET /metrics`
@@ -268,6 +270,15 @@ pub const OPERATIONS: &[OperationSpec] = &[
             (500u16, ResponseSpec::Json("Problem")),
             (503u16, ResponseSpec::Json("Problem")),
         ],
+    },
+    OperationSpec {
+        id: OperationId::GetOpenApiDocument,
+        operation_id: "getOpenApiDocument",
+        method: "GET",
+        path: "/api/v1/openapi.json",
+        security: None,
+        request_schema: None,
+        responses: &[(200u16, ResponseSpec::Json("OpenApiDocument")), (500u16, ResponseSpec::Json("Problem"))],
     },
     OperationSpec {
         id: OperationId::GetHealth,
@@ -570,20 +581,25 @@ pub mod ops {
         let path = String::from("/api/v1/events");
         Route { op: &OPERATIONS[10usize], path }
     }
+    /// `GET /api/v1/openapi.json` (`getOpenApiDocument`), its path parameters inserted as given.
+    pub fn get_open_api_document() -> Route {
+        let path = String::from("/api/v1/openapi.json");
+        Route { op: &OPERATIONS[11usize], path }
+    }
     /// `GET /healthz` (`getHealth`), its path parameters inserted as given.
     pub fn get_health() -> Route {
         let path = String::from("/healthz");
-        Route { op: &OPERATIONS[11usize], path }
+        Route { op: &OPERATIONS[12usize], path }
     }
     /// `GET /metrics` (`getMetrics`), its path parameters inserted as given.
     pub fn get_metrics() -> Route {
         let path = String::from("/metrics");
-        Route { op: &OPERATIONS[12usize], path }
+        Route { op: &OPERATIONS[13usize], path }
     }
     /// `GET /readyz` (`getReadiness`), its path parameters inserted as given.
     pub fn get_readiness() -> Route {
         let path = String::from("/readyz");
-        Route { op: &OPERATIONS[13usize], path }
+        Route { op: &OPERATIONS[14usize], path }
     }
 }
 /// The operation with this `operationId`.

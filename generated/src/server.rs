@@ -1055,6 +1055,39 @@ impl IntoResponse for ListEventsResponse {
         }
     }
 }
+///Every response `getOpenApiDocument` documents, one variant per status.
+#[derive(Debug)]
+pub enum GetOpenApiDocumentResponse {
+    ///200: The OpenAPI document.
+    Ok(types::OpenApiDocument),
+    ///500: An unexpected failure (`internal_error`); nothing was partially written.
+    InternalError(types::Problem),
+}
+impl GetOpenApiDocumentResponse {
+    /// The HTTP status of this response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+    /// The documented variant for `p.status`; an undocumented status
+    /// becomes a 500 `internal_error`, so the contract always holds.
+    pub fn from_problem(p: ProblemBody) -> Self {
+        match p.status {
+            500u16 => Self::InternalError(p),
+            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+        }
+    }
+}
+impl IntoResponse for GetOpenApiDocumentResponse {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+        }
+    }
+}
 ///Every response `getHealth` documents, one variant per status.
 #[derive(Debug)]
 pub enum GetHealthResponse {
@@ -1249,6 +1282,8 @@ pub trait Api: Send + Sync + 'static {
     ) -> impl Future<Output = ListAuditEventsResponse> + Send;
     ///`GET /api/v1/events`: List the tenant's emitted domain events (CloudEvents), newest last
     fn list_events(&self, ctx: RequestContext, auth: Self::TenantAdminBearer, query: ListEventsQuery) -> impl Future<Output = ListEventsResponse> + Send;
+    ///`GET /api/v1/openapi.json`: The OpenAPI document this deployment implements
+    fn get_open_api_document(&self, ctx: RequestContext) -> impl Future<Output = GetOpenApiDocumentResponse> + Send;
     ///`GET /healthz`: Liveness
     fn get_health(&self, ctx: RequestContext) -> impl Future<Output = GetHealthResponse> + Send;
     ///`GET /metrics`: Prometheus metrics in the text exposition format
@@ -1548,6 +1583,14 @@ async fn handle_list_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
 }
+async fn handle_get_open_api_document<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let ctx = RequestContext::from_parts(&parts);
+    let outcome: Result<Response, Response> = async { Ok(api.get_open_api_document(ctx.clone()).await.into_response()) }.await;
+    let mut response = outcome.unwrap_or_else(|rejection| rejection);
+    set_request_id(response.headers_mut(), &ctx.request_id);
+    response
+}
 async fn handle_get_health<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
@@ -1587,6 +1630,7 @@ pub fn router<A: Api>(api: Arc<A>) -> axum::Router {
         .route("/api/v1/agents/{agent_id}/telemetry/heartbeat", axum::routing::post(handle_post_agent_heartbeat::<A>))
         .route("/api/v1/audit-events", axum::routing::get(handle_list_audit_events::<A>))
         .route("/api/v1/events", axum::routing::get(handle_list_events::<A>))
+        .route("/api/v1/openapi.json", axum::routing::get(handle_get_open_api_document::<A>))
         .route("/healthz", axum::routing::get(handle_get_health::<A>))
         .route("/metrics", axum::routing::get(handle_get_metrics::<A>))
         .route("/readyz", axum::routing::get(handle_get_readiness::<A>))

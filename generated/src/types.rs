@@ -1821,6 +1821,70 @@ impl<'de> ::serde::Deserialize<'de> for NetworkInterfaceName {
             .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
     }
 }
+///An OpenAPI 3.0 document; its top-level fields are named so clients keep every one, their contents are not constrained here.
+#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+pub struct OpenApiDocument {
+    #[serde(default, skip_serializing_if = "::serde_json::Map::is_empty")]
+    pub components: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    #[serde(rename = "externalDocs", default, skip_serializing_if = "::serde_json::Map::is_empty")]
+    pub external_docs: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    pub info: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    pub openapi: OpenApiDocumentOpenapi,
+    pub paths: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+    pub security: ::std::vec::Vec<::serde_json::Map<::std::string::String, ::serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+    pub servers: ::std::vec::Vec<::serde_json::Map<::std::string::String, ::serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+    pub tags: ::std::vec::Vec<::serde_json::Map<::std::string::String, ::serde_json::Value>>,
+}
+///`OpenApiDocumentOpenapi`
+#[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[serde(transparent)]
+pub struct OpenApiDocumentOpenapi(::std::string::String);
+impl ::std::ops::Deref for OpenApiDocumentOpenapi {
+    type Target = ::std::string::String;
+    fn deref(&self) -> &::std::string::String {
+        &self.0
+    }
+}
+impl ::std::convert::From<OpenApiDocumentOpenapi> for ::std::string::String {
+    fn from(value: OpenApiDocumentOpenapi) -> Self {
+        value.0
+    }
+}
+impl ::std::str::FromStr for OpenApiDocumentOpenapi {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^3\\.0\\.[0-9]+$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^3\\.0\\.[0-9]+$\"".into());
+        }
+        Ok(Self(value.to_string()))
+    }
+}
+impl ::std::convert::TryFrom<&str> for OpenApiDocumentOpenapi {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for OpenApiDocumentOpenapi {
+    type Error = self::error::ConversionError;
+    fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl<'de> ::serde::Deserialize<'de> for OpenApiDocumentOpenapi {
+    fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+    where
+        D: ::serde::Deserializer<'de>,
+    {
+        ::std::string::String::deserialize(deserializer)?
+            .parse()
+            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+    }
+}
 ///An RFC 9457 problem with a stable machine `code`.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 pub struct Problem {

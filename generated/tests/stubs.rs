@@ -245,6 +245,12 @@ impl Api for EchoApi {
         ))
     }
 
+    async fn get_open_api_document(&self, _ctx: RequestContext) -> GetOpenApiDocumentResponse {
+        GetOpenApiDocumentResponse::Ok(
+            serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).expect("the embedded contract reads as an OpenApiDocument"),
+        )
+    }
+
     async fn get_metrics(&self, _ctx: RequestContext) -> GetMetricsResponse {
         GetMetricsResponse::Ok("# TYPE fixture_up gauge\nfixture_up 1\n".into())
     }

@@ -423,6 +423,13 @@ impl Api for HttpApi {
         }
     }
 
+    async fn get_open_api_document(&self, ctx: RequestContext) -> GetOpenApiDocumentResponse {
+        match serde_json::from_str::<types::OpenApiDocument>(oneprotect_contracts::contract::OPENAPI_JSON) {
+            Ok(doc) => GetOpenApiDocumentResponse::Ok(doc),
+            Err(_) => GetOpenApiDocumentResponse::from_problem(problem(&Rejection::Internal, &ctx)),
+        }
+    }
+
     async fn get_metrics(&self, _ctx: RequestContext) -> GetMetricsResponse {
         GetMetricsResponse::Ok(self.platform.metrics_text())
     }

@@ -185,7 +185,7 @@ pub fn access(op: OperationId) -> Access {
         OperationId::RotateAgentCertificate => ("agent.rotate", true),
         OperationId::ListAuditEvents => ("audit.list", false),
         OperationId::ListEvents => ("event.list", false),
-        OperationId::GetHealth | OperationId::GetReadiness | OperationId::GetMetrics => ("operations.read", false),
+        OperationId::GetHealth | OperationId::GetReadiness | OperationId::GetMetrics | OperationId::GetOpenApiDocument => ("operations.read", false),
     };
     Access { action, writes }
 }

@@ -209,7 +209,20 @@ async fn metrics_describe_every_series_and_time_each_route(backend: Backend) {
     assert!(!text.contains(&agent), "series are labelled by route template, never by an id: {text}");
 }
 
+/// The deployment serves the contract it implements, whole: every
+/// top-level field survives the typed answer.
+async fn the_served_contract_is_the_one_the_server_was_built_from(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let resp = h.http.get(format!("{}/api/v1/openapi.json", h.base)).send().await.expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let served: serde_json::Value = resp.json().await.expect("json");
+    let built: serde_json::Value = serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).expect("embedded contract");
+    assert_eq!(served, built, "the served document is the embedded one, nothing dropped");
+    assert!(served["components"]["schemas"]["Problem"].is_object());
+}
+
 crate::both_backends!(
+    the_served_contract_is_the_one_the_server_was_built_from,
     metrics_describe_every_series_and_time_each_route,
     accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second_event,
     tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed,
