@@ -424,9 +424,12 @@ impl Api for HttpApi {
     }
 
     async fn get_open_api_document(&self, ctx: RequestContext) -> GetOpenApiDocumentResponse {
-        match serde_json::from_str::<types::OpenApiDocument>(oneprotect_contracts::contract::OPENAPI_JSON) {
-            Ok(doc) => GetOpenApiDocumentResponse::Ok(doc),
-            Err(_) => GetOpenApiDocumentResponse::from_problem(problem(&Rejection::Internal, &ctx)),
+        // Parsed once: the document is embedded and never changes.
+        static DOCUMENT: std::sync::LazyLock<Option<types::OpenApiDocument>> =
+            std::sync::LazyLock::new(|| serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).ok());
+        match DOCUMENT.as_ref() {
+            Some(doc) => GetOpenApiDocumentResponse::Ok(doc.clone()),
+            None => GetOpenApiDocumentResponse::from_problem(problem(&Rejection::Internal, &ctx)),
         }
     }
 

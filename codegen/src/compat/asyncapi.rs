@@ -56,12 +56,10 @@ fn document(d: &mut Differ, base: &Value, rev: &Value) {
             let ptr = format!("{section}/{}", escape_token(name));
             match (b.get(name), r.get(name)) {
                 (Some(_), None) => {
-                    d.examine(FILE, ptr.clone());
-                    d.emit(removed, FILE, Some(&ptr), None, section.trim_start_matches('/'), format!("`{name}` was removed"));
+                    d.removed(removed, FILE, &ptr, section.trim_start_matches('/'), format!("`{name}` was removed"));
                 }
                 (None, Some(_)) => {
-                    d.examine(FILE, ptr.clone());
-                    d.emit(added, FILE, None, Some(&ptr), section.trim_start_matches('/'), format!("`{name}` was added"));
+                    d.added(added, FILE, &ptr, section.trim_start_matches('/'), format!("`{name}` was added"));
                 }
                 _ => {}
             }
@@ -76,12 +74,10 @@ fn channels(d: &mut Differ, base: &Value, rev: &Value) {
         let context = format!("channel {name}");
         match (b.get(name), r.get(name)) {
             (Some(_), None) => {
-                d.examine(FILE, ptr.clone());
-                d.emit("channel-removed", FILE, Some(&ptr), None, &context, format!("channel `{name}` was removed"));
+                d.removed("channel-removed", FILE, &ptr, &context, format!("channel `{name}` was removed"));
             }
             (None, Some(_)) => {
-                d.examine(FILE, ptr.clone());
-                d.emit("channel-added", FILE, None, Some(&ptr), &context, format!("channel `{name}` was added"));
+                d.added("channel-added", FILE, &ptr, &context, format!("channel `{name}` was added"));
             }
             (Some(bc), Some(rc)) => {
                 let ap = format!("{ptr}/address");
@@ -103,12 +99,10 @@ fn messages(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
         let mp = format!("{ptr}/messages/{}", escape_token(name));
         match (b.get(name), r.get(name)) {
             (Some(_), None) => {
-                d.examine(FILE, mp.clone());
-                d.emit("channel-message-removed", FILE, Some(&mp), None, context, format!("message `{name}` was removed from the channel"));
+                d.removed("channel-message-removed", FILE, &mp, context, format!("message `{name}` was removed from the channel"));
             }
             (None, Some(_)) => {
-                d.examine(FILE, mp.clone());
-                d.emit("channel-message-added", FILE, None, Some(&mp), context, format!("message `{name}` was added to the channel"));
+                d.added("channel-message-added", FILE, &mp, context, format!("message `{name}` was added to the channel"));
             }
             (Some(bm), Some(rm)) => {
                 let (bm, bp) = resolve(d, FILE, base, bm, mp.clone());

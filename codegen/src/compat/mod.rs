@@ -218,6 +218,18 @@ impl Differ<'_> {
         self.examined_exact.insert((file.to_string(), pointer.into()));
     }
 
+    /// Something present only in the base: judged whole, reported at its base pointer.
+    fn removed(&mut self, rule: &str, file: &str, pointer: &str, context: &str, detail: String) {
+        self.examine(file, pointer);
+        self.emit(rule, file, Some(pointer), None, context, detail);
+    }
+
+    /// Something present only in the revision: judged whole, reported at its revision pointer.
+    fn added(&mut self, rule: &str, file: &str, pointer: &str, context: &str, detail: String) {
+        self.examine(file, pointer);
+        self.emit(rule, file, None, Some(pointer), context, detail);
+    }
+
     /// Records a change under `rule`; its level and reason come from the catalogue.
     fn emit(&mut self, rule: &str, file: &str, base_ptr: Option<&str>, rev_ptr: Option<&str>, context: &str, detail: String) {
         let (level, why) = match rules::lookup(rule) {

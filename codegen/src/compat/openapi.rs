@@ -33,12 +33,10 @@ pub(super) fn diff(d: &mut Differ) {
             let context = format!("{} {path}", method.to_uppercase());
             match (bitem.get(method), ritem.get(method)) {
                 (Some(_), None) => {
-                    d.examine(FILE, op_ptr.clone());
-                    d.emit("endpoint-removed", FILE, Some(&op_ptr), None, &context, format!("{context} was removed"));
+                    d.removed("endpoint-removed", FILE, &op_ptr, &context, format!("{context} was removed"));
                 }
                 (None, Some(_)) => {
-                    d.examine(FILE, op_ptr.clone());
-                    d.emit("endpoint-added", FILE, None, Some(&op_ptr), &context, format!("{context} was added"));
+                    d.added("endpoint-added", FILE, &op_ptr, &context, format!("{context} was added"));
                 }
                 (Some(bo), Some(ro)) => operation(d, base, rev, &context, &op_ptr, (bitem, bo), (ritem, ro)),
                 (None, None) => {}
@@ -77,12 +75,10 @@ fn security_schemes(d: &mut Differ, base: &Value, rev: &Value) {
         let context = format!("security scheme {name}");
         match (b.get(name), r.get(name)) {
             (Some(_), None) => {
-                d.examine(FILE, ptr.clone());
-                d.emit("security-scheme-removed", FILE, Some(&ptr), None, &context, format!("security scheme `{name}` was removed"));
+                d.removed("security-scheme-removed", FILE, &ptr, &context, format!("security scheme `{name}` was removed"));
             }
             (None, Some(_)) => {
-                d.examine(FILE, ptr.clone());
-                d.emit("security-scheme-added", FILE, None, Some(&ptr), &context, format!("security scheme `{name}` was added"));
+                d.added("security-scheme-added", FILE, &ptr, &context, format!("security scheme `{name}` was added"));
             }
             (Some(bs), Some(rs)) => {
                 let principal = crate::openapi::PRINCIPAL_EXT;
@@ -127,12 +123,10 @@ fn components(d: &mut Differ, base: &Value, rev: &Value) {
             let context = format!("components/{kind}");
             match (b.get(name), r.get(name)) {
                 (Some(_), None) => {
-                    d.examine(FILE, ptr.clone());
-                    d.emit(removed, FILE, Some(&ptr), None, &context, format!("`{name}` was removed"));
+                    d.removed(removed, FILE, &ptr, &context, format!("`{name}` was removed"));
                 }
                 (None, Some(_)) => {
-                    d.examine(FILE, ptr.clone());
-                    d.emit(added, FILE, None, Some(&ptr), &context, format!("`{name}` was added"));
+                    d.added(added, FILE, &ptr, &context, format!("`{name}` was added"));
                 }
                 _ => {}
             }
@@ -273,8 +267,7 @@ fn request_body(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &
     match (bo.get("requestBody"), ro.get("requestBody")) {
         (None, None) => {}
         (Some(_), None) => {
-            d.examine(FILE, p.clone());
-            d.emit("request-body-removed", FILE, Some(&p), None, &ctx, "the request body was removed".to_string());
+            d.removed("request-body-removed", FILE, &p, &ctx, "the request body was removed".to_string());
         }
         (None, Some(rb)) => {
             d.examine(FILE, p.clone());
@@ -311,12 +304,10 @@ fn media(
         let rm = format!("{rp}/content/{}", escape_token(mt));
         match (b.get(mt), r.get(mt)) {
             (Some(_), None) => {
-                d.examine(FILE, bm.clone());
-                d.emit(removed, FILE, Some(&bm), None, context, format!("media type `{mt}` was removed"));
+                d.removed(removed, FILE, &bm, context, format!("media type `{mt}` was removed"));
             }
             (None, Some(_)) => {
-                d.examine(FILE, rm.clone());
-                d.emit(added, FILE, None, Some(&rm), context, format!("media type `{mt}` was added"));
+                d.added(added, FILE, &rm, context, format!("media type `{mt}` was added"));
             }
             (Some(bv), Some(rv)) => {
                 if let (Some(bs), Some(rs)) = (bv.get("schema"), rv.get("schema")) {
@@ -374,12 +365,10 @@ fn headers(d: &mut Differ, base: &Value, rev: &Value, context: &str, (bp, bv): (
         let rh = format!("{rp}/headers/{}", escape_token(name));
         match (b.get(name), r.get(name)) {
             (Some(_), None) => {
-                d.examine(FILE, bh.clone());
-                d.emit("response-header-removed", FILE, Some(&bh), None, context, format!("header `{name}` was removed"));
+                d.removed("response-header-removed", FILE, &bh, context, format!("header `{name}` was removed"));
             }
             (None, Some(_)) => {
-                d.examine(FILE, rh.clone());
-                d.emit("response-header-added", FILE, None, Some(&rh), context, format!("header `{name}` was added"));
+                d.added("response-header-added", FILE, &rh, context, format!("header `{name}` was added"));
             }
             (Some(bx), Some(rx)) => {
                 let (bx, bxp) = resolve(d, FILE, base, bx, bh);
