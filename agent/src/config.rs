@@ -10,6 +10,9 @@ use serde::Deserialize;
 pub const DEFAULT_INTERVAL_SECONDS: u64 = 60;
 const MIN_INTERVAL_SECONDS: u64 = 1;
 const MAX_INTERVAL_SECONDS: u64 = 86_400;
+pub const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 30;
+const MIN_REQUEST_TIMEOUT_SECONDS: u64 = 1;
+const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 300;
 
 #[cfg(windows)]
 pub const DEFAULT_CONFIG_PATH: &str = r"C:\ProgramData\OneProtect\agent.yaml";
@@ -29,6 +32,7 @@ struct RawConfig {
     enrollment_token_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     heartbeat_interval: Option<u64>,
+    request_timeout: Option<u64>,
     ca_bundle: Option<PathBuf>,
     log_level: Option<String>,
 }
@@ -42,6 +46,8 @@ pub struct Config {
     pub enrollment_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub heartbeat_interval: Duration,
+    /// Every call to the platform, connection included, ends within this.
+    pub request_timeout: Duration,
     pub ca_bundle: Option<PathBuf>,
     pub log_level: String,
     /// The enrollment token came from the config file itself.
@@ -114,6 +120,14 @@ impl Config {
             return Err(key("heartbeat_interval", format!("must be between {MIN_INTERVAL_SECONDS} and {MAX_INTERVAL_SECONDS} seconds")));
         }
 
+        let request_timeout = match env("ONEPROTECT_AGENT_REQUEST_TIMEOUT") {
+            Some(v) => v.parse::<u64>().map_err(|_| key("request_timeout", "must be a whole number of seconds".into()))?,
+            None => raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECONDS),
+        };
+        if !(MIN_REQUEST_TIMEOUT_SECONDS..=MAX_REQUEST_TIMEOUT_SECONDS).contains(&request_timeout) {
+            return Err(key("request_timeout", format!("must be between {MIN_REQUEST_TIMEOUT_SECONDS} and {MAX_REQUEST_TIMEOUT_SECONDS} seconds")));
+        }
+
         let log_level = env("ONEPROTECT_AGENT_LOG_LEVEL").or(raw.log_level).unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(key("log_level", "must be one of error, warn, info, debug, trace".into()));
@@ -137,6 +151,7 @@ impl Config {
             enrollment_token_file: env("ONEPROTECT_AGENT_ENROLLMENT_TOKEN_FILE").map(PathBuf::from).or(raw.enrollment_token_file),
             state_dir: env("ONEPROTECT_AGENT_STATE_DIR").map(PathBuf::from).or(raw.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             heartbeat_interval: Duration::from_secs(heartbeat_interval),
+            request_timeout: Duration::from_secs(request_timeout),
             ca_bundle,
             log_level,
         })
@@ -182,6 +197,7 @@ mod tests {
         let c = parse("platform_url: https://platform.example/\n").expect("valid");
         assert_eq!(c.platform_url, "https://platform.example");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(60));
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert!(c.enrollment_token.is_none());
     }
@@ -193,6 +209,9 @@ mod tests {
         assert!(err("platform_url: http://platform.example\n").contains("`platform_url` must use https"));
         assert!(err("platform_url: https://p.example\nheartbeat_interval: 0\n").contains("`heartbeat_interval` must be between"));
         assert!(err("platform_url: https://p.example\nheartbeat_interval: soon\n").contains("heartbeat_interval"));
+        assert!(err("platform_url: https://p.example\nrequest_timeout: 0\n").contains("`request_timeout` must be between 1 and 300"));
+        assert!(err("platform_url: https://p.example\nrequest_timeout: 301\n").contains("`request_timeout` must be between 1 and 300"));
+        assert_eq!(parse("platform_url: https://p.example\nrequest_timeout: 300\n").map(|c| c.request_timeout), Ok(Duration::from_secs(300)));
         assert!(err("platform_url: https://p.example\nlog_level: loud\n").contains("`log_level`"));
         assert!(err("platform_url: https://p.example\nca_bundle: /nonexistent/ca.pem\n").contains("`ca_bundle`"));
         assert!(err("platform_url: https://p.example\nplatfrom_url: typo\n").contains("platfrom_url"), "unknown keys are named");

@@ -167,6 +167,8 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
             Err(CallError::Status { status, code, .. }) => {
                 return (exit::ENROLLMENT_REFUSED, format!("the platform refused the enrollment: {status} {}", code.as_deref().unwrap_or("(no code)")));
             }
+            // Retrying cannot make a certificate verify: say so at once.
+            Err(CallError::Certificate(e)) => return (exit::CONFIG, e),
             Err(CallError::Transport(e)) => {
                 let delay = backoff.next_delay(None, &mut rng).max(Duration::from_millis(200));
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "cannot reach the platform; retrying with a fresh nonce");

@@ -25,6 +25,8 @@ pub const NAMES: &[&str] = &[
     "sequence-restarts-at-one",
     "enroll-ignores-retry-after",
     "follows-redirects",
+    "reads-whole-body",
+    "request-never-times-out",
 ];
 
 #[cfg(feature = "fault-injection")]

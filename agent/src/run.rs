@@ -132,7 +132,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                         tracing::warn!(status, code = code.as_deref().unwrap_or(""), retry_in_ms = wait.as_millis() as u64, "runtime token renewal failed");
                     }
                 },
-                Err(CallError::Transport(e)) => {
+                Err(CallError::Transport(e) | CallError::Certificate(e)) => {
                     let wait = renew_backoff.next_delay(None, &mut rng);
                     renew_not_before = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "runtime token renewal failed");
@@ -211,7 +211,10 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                     tracing::error!(status, code = code.as_deref().unwrap_or(""), "heartbeat refused as malformed; skipping this sample");
                 }
             },
-            Err(CallError::Transport(e)) => {
+            // A certificate that does not verify is backed off from like any
+            // transport failure: the platform may be mid-way through replacing
+            // its certificate, and the message names the problem.
+            Err(CallError::Transport(e) | CallError::Certificate(e)) => {
                 failed_attempts += 1;
                 pending_sequence = Some(sequence);
                 delay = backoff.next_delay(None, &mut rng);

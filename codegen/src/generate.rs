@@ -15,6 +15,7 @@ use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::openapi::ResponseBody;
 
 const SERVER_RUNTIME: &str = include_str!("../templates/server_runtime.rs");
+const CLIENT_RUNTIME: &str = include_str!("../templates/client_runtime.rs");
 
 /// Relative path under `generated/src/` → file contents.
 pub type Files = BTreeMap<String, String>;
@@ -89,7 +90,10 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
             .with_interface(progenitor::InterfaceStyle::Positional)
             .with_tag(progenitor::TagStyle::Merged)
             .with_derive("PartialEq")
-            .with_map_type("::std::collections::BTreeMap");
+            .with_map_type("::std::collections::BTreeMap")
+            // The client's hooks (templates/client_runtime.rs) bound every response body.
+            .with_inner_type(quote!(ClientOptions))
+            .with_hooks(progenitor::HooksMode::Expected);
         let mut generator = progenitor::Generator::new(&settings);
         generator.generate_tokens(&spec).map_err(|e| e.to_string())
     })?;
@@ -107,7 +111,11 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
         })
         .unwrap_or_default();
     files.insert("types.rs".into(), fmt(quote! { #![allow(clippy::all, unused_imports)] #types_tokens }, &openapi_file)?);
-    files.insert("client.rs".into(), fmt(quote! { #![allow(clippy::all, unused_imports)] pub use crate::types; #client_tokens }, &openapi_file)?);
+    let client_runtime: TokenStream = CLIENT_RUNTIME.parse().map_err(|e| fail("codegen/templates/client_runtime.rs", format!("{e}")))?;
+    files.insert(
+        "client.rs".into(),
+        fmt(quote! { #![allow(clippy::all, unused_imports)] pub use crate::types; #client_tokens #client_runtime }, &openapi_file)?,
+    );
 
     // Event payload structs (typify), envelope and validation.
     let mut event_modules = Vec::new();
@@ -138,6 +146,10 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
     files.insert("schemas/openapi.schema.json".into(), bundle_text);
     let openapi_json = serde_json::to_string(&c.raw.openapi).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
     files.insert("schemas/openapi.json".into(), openapi_json);
+    if c.config.events {
+        let asyncapi_json = serde_json::to_string(&c.raw.asyncapi).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
+        files.insert("schemas/asyncapi.json".into(), asyncapi_json);
+    }
     files.insert("contract.rs".into(), fmt(contract_module(c), &openapi_file)?);
 
     // Server stubs.
@@ -403,6 +415,14 @@ fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenStream {
 
 fn contract_module(c: &Contracts) -> TokenStream {
     let sha = &c.raw.spec_sha256;
+    let asyncapi_json = if c.config.events {
+        quote! {
+            /// The AsyncAPI document, as JSON.
+            pub const ASYNCAPI_JSON: &str = include_str!("schemas/asyncapi.json");
+        }
+    } else {
+        quote! {}
+    };
     let ops = c.api.operations.iter().map(|op| {
         let id = &op.id;
         let method = op.method.to_uppercase();
@@ -458,6 +478,8 @@ fn contract_module(c: &Contracts) -> TokenStream {
 
         /// The OpenAPI document, as JSON.
         pub const OPENAPI_JSON: &str = include_str!("schemas/openapi.json");
+
+        #asyncapi_json
 
         /// `components/schemas` as one JSON Schema 2020-12 document (`$defs`).
         pub const SCHEMA_BUNDLE_JSON: &str = include_str!("schemas/openapi.schema.json");

@@ -30,11 +30,35 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub headers: Vec<(String, String)>,
+    /// Whitespace sent after the JSON body (still valid JSON): a large answer.
+    pub padding: usize,
+    /// How long the answer is held back: a hung platform.
+    pub delay: Duration,
 }
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Self {
-        Self { status, body, headers: vec![("content-type".into(), "application/json".into())] }
+        Self { status, body, headers: vec![("content-type".into(), "application/json".into())], padding: 0, delay: Duration::ZERO }
+    }
+
+    /// This answer followed by `bytes` of whitespace.
+    pub fn padded(mut self, bytes: usize) -> Self {
+        self.padding = bytes;
+        self
+    }
+
+    /// This answer, sent only after `delay`.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// The body as the transcript shows it (padding counted, not copied).
+    fn transcript_body(&self) -> String {
+        match self.padding {
+            0 => self.body.to_string(),
+            n => format!("{} (followed by {n} bytes of whitespace)", self.body),
+        }
     }
 
     pub fn insert_header(mut self, name: &str, value: &str) -> Self {
@@ -43,7 +67,16 @@ impl Reply {
     }
 
     fn template(&self) -> ResponseTemplate {
-        let mut t = ResponseTemplate::new(self.status).set_body_json(&self.body);
+        let mut t = if self.padding == 0 {
+            ResponseTemplate::new(self.status).set_body_json(&self.body)
+        } else {
+            let mut bytes = self.body.to_string().into_bytes();
+            bytes.resize(bytes.len() + self.padding, b' ');
+            ResponseTemplate::new(self.status).set_body_raw(bytes, "application/json")
+        };
+        if !self.delay.is_zero() {
+            t = t.set_delay(self.delay);
+        }
         for (k, v) in &self.headers {
             t = t.insert_header(k.as_str(), v.as_str());
         }
@@ -76,7 +109,7 @@ impl Respond for Scripted {
             request_body: Some(String::from_utf8_lossy(&request.body).into_owned()),
             status: reply.status,
             response_headers: reply.headers.clone(),
-            response_body: reply.body.to_string(),
+            response_body: reply.transcript_body(),
         });
         reply.template()
     }
@@ -249,6 +282,15 @@ impl AgentRun {
         Ok(Self { dir, config, state, bin: bin.to_path_buf(), fault: None })
     }
 
+    /// Adds `line` (a `key: value` setting) to the agent's configuration.
+    pub fn with_setting(self, line: &str) -> Result<Self, String> {
+        let mut text = std::fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&self.config, text).map_err(|e| e.to_string())?;
+        Ok(self)
+    }
+
     /// Runs a fault-injection build of the agent with one fault chosen
     /// (the harness's self-test only).
     pub fn with_fault(mut self, fault: Option<&str>) -> Self {
@@ -315,6 +357,22 @@ impl Process {
             let _ = s.read_to_string(&mut out);
         }
         out
+    }
+
+    /// The highest resident set size the process has reached (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> Result<u64, String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).map_err(|e| format!("cannot read the agent's memory use: {e}"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or("no VmHWM in /proc/<pid>/status")?;
+        Ok(kib * 1024)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
     }
 
     pub fn terminate(&self) -> Result<(), String> {

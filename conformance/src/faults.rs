@@ -254,6 +254,8 @@ impl Fault {
 /// the message.
 pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
     ("follows-redirects", &[("fail-closed.agent-refuses-redirects", "followed the redirect to another origin")]),
+    ("reads-whole-body", &[("fail-closed.agent-caps-response-bodies", "the body was read whole")]),
+    ("request-never-times-out", &[("fail-closed.agent-times-out-a-hung-platform", "did not end at request_timeout")]),
     ("certificate-world-readable", &[("redaction.agent-files-owner-only", "certificate.json has mode 644")]),
     ("token-left-in-config", &[("redaction.agent-token-removed-from-config", "the enrollment token is still in the config")]),
     ("nonce-logged", &[("redaction.agent-logs-hold-no-secret", "appears in the agent's output")]),
@@ -274,6 +276,7 @@ pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
             ("fail-closed.agent-stops-cleanly-on-sigterm", "exit code Some(1) after SIGTERM"),
             ("fail-closed.agent-stops-at-once-while-waiting", "exit code Some(1) after SIGTERM"),
             ("fail-closed.agent-renews-before-expiry", "did not stop cleanly after renewal"),
+            ("fail-closed.agent-times-out-a-hung-platform", "exit code Some(1) after SIGTERM"),
         ],
     ),
     ("cpu-usage-summed-over-cores", &[("fail-closed.agent-bodies-match-contract", "heartbeat body")]),
@@ -356,6 +359,9 @@ impl FaultyStore {
 impl Store for FaultyStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
+    }
+    fn write_queue(&self) -> oneprotect_server::store::batch::WriteQueueSnapshot {
+        self.inner.write_queue()
     }
     async fn ready(&self) -> StoreResult<()> {
         self.inner.ready().await

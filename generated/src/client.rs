@@ -18,10 +18,11 @@ Problem bodies are served as `application/json` so that generated clients
 receive them typed.
 
 
-Version: 2.1.0*/
+Version: 2.2.0*/
 pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
+    pub(crate) inner: ClientOptions,
 }
 impl Client {
     /// Create a new client.
@@ -29,7 +30,7 @@ impl Client {
     /// `baseurl` is the base URL provided to the internal
     /// `reqwest::Client`, and should include a scheme and hostname,
     /// as well as port and a path stem if applicable.
-    pub fn new(baseurl: &str) -> Self {
+    pub fn new(baseurl: &str, inner: ClientOptions) -> Self {
         #[cfg(not(target_arch = "wasm32"))]
         let client = {
             let dur = ::std::time::Duration::from_secs(15u64);
@@ -37,7 +38,7 @@ impl Client {
         };
         #[cfg(target_arch = "wasm32")]
         let client = reqwest::ClientBuilder::new();
-        Self::new_with_client(baseurl, client.build().unwrap())
+        Self::new_with_client(baseurl, client.build().unwrap(), inner)
     }
     /// Construct a new client with an existing `reqwest::Client`,
     /// allowing more control over its configuration.
@@ -45,13 +46,13 @@ impl Client {
     /// `baseurl` is the base URL provided to the internal
     /// `reqwest::Client`, and should include a scheme and hostname,
     /// as well as port and a path stem if applicable.
-    pub fn new_with_client(baseurl: &str, client: reqwest::Client) -> Self {
-        Self { baseurl: baseurl.to_string(), client }
+    pub fn new_with_client(baseurl: &str, client: reqwest::Client, inner: ClientOptions) -> Self {
+        Self { baseurl: baseurl.to_string(), client, inner }
     }
 }
-impl ClientInfo<()> for Client {
+impl ClientInfo<ClientOptions> for Client {
     fn api_version() -> &'static str {
-        "2.1.0"
+        "2.2.0"
     }
     fn baseurl(&self) -> &str {
         self.baseurl.as_str()
@@ -59,11 +60,18 @@ impl ClientInfo<()> for Client {
     fn client(&self) -> &reqwest::Client {
         &self.client
     }
-    fn inner(&self) -> &() {
-        &()
+    fn inner(&self) -> &ClientOptions {
+        &self.inner
     }
 }
-impl ClientHooks<()> for &Client {}
+const _: () = {
+    #[allow(dead_code)]
+    fn assert_client_hooks()
+    where
+        Client: ClientHooks<ClientOptions>,
+    {
+    }
+};
 #[allow(clippy::all)]
 impl Client {
     /**Exchange an enrollment token, CSR and nonce for an agent identity
@@ -444,6 +452,38 @@ impl Client {
             _ => Err(Error::UnexpectedResponse(response)),
         }
     }
+    /**The AsyncAPI document of the events this deployment emits
+
+    The event contract (channels, messages, CloudEvents payloads) the
+    server was built from, as JSON. Public: it holds no secret and no
+    tenant data.
+
+
+    Sends a `GET` request to `/api/v1/asyncapi.json`
+
+    */
+    pub async fn get_async_api_document<'a>(&'a self) -> Result<ResponseValue<types::AsyncApiDocument>, Error<types::Problem>> {
+        let url = format!("{}/api/v1/asyncapi.json", self.baseurl,);
+        let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        #[allow(unused_mut)]
+        let mut request = self
+            .client
+            .get(url)
+            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .headers(header_map)
+            .build()?;
+        let info = OperationInfo { operation_id: "get_async_api_document" };
+        self.pre(&mut request, &info).await?;
+        let result = self.exec(request, &info).await;
+        self.post(&result, &info).await?;
+        let response = result?;
+        match response.status().as_u16() {
+            200u16 => ResponseValue::from_response(response).await,
+            500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+            _ => Err(Error::UnexpectedResponse(response)),
+        }
+    }
     /**List the tenant's audit records
 
     Sends a `GET` request to `/api/v1/audit-events`
@@ -638,4 +678,84 @@ impl Client {
 pub mod prelude {
     #[allow(unused_imports)]
     pub use super::Client;
+}
+/// How a [`Client`] reads answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The largest response body read, in bytes. A longer body (announced
+    /// by `Content-Length` or found while streaming) fails the call with
+    /// [`ResponseTooLarge`] before more than this is held in memory.
+    pub max_response_bytes: usize,
+}
+impl Default for ClientOptions {
+    /// 1 MiB: far above any answer of the contract, far below what would
+    /// hurt a small host.
+    fn default() -> Self {
+        Self { max_response_bytes: 1024 * 1024 }
+    }
+}
+/// A response body longer than [`ClientOptions::max_response_bytes`]; it is
+/// the source of the call's `Error::ResponseBodyError`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseTooLarge {
+    pub limit: usize,
+}
+impl std::fmt::Display for ResponseTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the response body is larger than the {} bytes this client reads", self.limit)
+    }
+}
+impl std::error::Error for ResponseTooLarge {}
+impl progenitor_client::ClientHooks<ClientOptions> for Client {
+    async fn exec(&self, request: reqwest::Request, _info: &OperationInfo) -> reqwest::Result<reqwest::Response> {
+        let response = progenitor_client::ClientInfo::client(self).execute(request).await?;
+        Ok(bounded_response(response, progenitor_client::ClientInfo::inner(self).max_response_bytes))
+    }
+}
+/// The same response whose body fails once more than `limit` bytes arrive
+/// (at once when `Content-Length` already says so).
+fn bounded_response(response: reqwest::Response, limit: usize) -> reqwest::Response {
+    let announced = response.content_length().map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+    let remaining = if announced.is_some_and(|n| n > limit) { None } else { Some(limit) };
+    let bounded = BoundedBody { inner: body, remaining, limit };
+    reqwest::Response::from(http::Response::from_parts(parts, reqwest::Body::wrap(bounded)))
+}
+/// A body that yields at most `limit` bytes; `remaining` is `None` once the
+/// limit is known to be exceeded.
+struct BoundedBody {
+    inner: reqwest::Body,
+    remaining: Option<usize>,
+    limit: usize,
+}
+impl http_body::Body for BoundedBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let Some(remaining) = this.remaining else {
+            return Poll::Ready(Some(Err(Box::new(ResponseTooLarge { limit: this.limit }))));
+        };
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, bytes::Bytes::len);
+                if len > remaining {
+                    this.remaining = None;
+                    return Poll::Ready(Some(Err(Box::new(ResponseTooLarge { limit: this.limit }))));
+                }
+                this.remaining = Some(remaining - len);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.remaining.is_some() && self.inner.is_end_stream()
+    }
 }

@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 /// SHA-256 of the contract files this crate was generated from.
-pub const SPEC_SHA256: &str = "6831e0ed2f6545612d40335c1416dfde38bc19962dd609c455838dfb3273ad53";
+pub const SPEC_SHA256: &str = "161ab6023335ae0fb28a877c187058b02479426f5b4905cc8f1e6ddedb4aa9de";
 /// The OpenAPI document, as JSON.
 pub const OPENAPI_JSON: &str = include_str!("schemas/openapi.json");
+/// The AsyncAPI document, as JSON.
+pub const ASYNCAPI_JSON: &str = include_str!("schemas/asyncapi.json");
 /// `components/schemas` as one JSON Schema 2020-12 document (`$defs`).
 pub const SCHEMA_BUNDLE_JSON: &str = include_str!("schemas/openapi.schema.json");
 /// What a documented response carries.
@@ -42,6 +44,8 @@ pub enum OperationId {
     RevokeAgent,
     /// `postAgentHeartbeat`: `POST /api/v1/agents/{agent_id}/telemetry/heartbeat`
     PostAgentHeartbeat,
+    /// `getAsyncApiDocument`: `GET /api/v1/asyncapi.json`
+    GetAsyncApiDocument,
     /// `listAuditEvents`: `GET /api/v1/audit-events`
     ListAuditEvents,
     /// `listEvents`: `GET /api/v1/events`
@@ -238,6 +242,15 @@ pub const OPERATIONS: &[OperationSpec] = &[
             (500u16, ResponseSpec::Json("Problem")),
             (503u16, ResponseSpec::Json("Problem")),
         ],
+    },
+    OperationSpec {
+        id: OperationId::GetAsyncApiDocument,
+        operation_id: "getAsyncApiDocument",
+        method: "GET",
+        path: "/api/v1/asyncapi.json",
+        security: None,
+        request_schema: None,
+        responses: &[(200u16, ResponseSpec::Json("AsyncApiDocument")), (500u16, ResponseSpec::Json("Problem"))],
     },
     OperationSpec {
         id: OperationId::ListAuditEvents,
@@ -571,35 +584,40 @@ pub mod ops {
         let path = String::from("/api/v1/agents/{agent_id}/telemetry/heartbeat").replace("{agent_id}", &agent_id.to_string());
         Route { op: &OPERATIONS[8usize], path }
     }
+    /// `GET /api/v1/asyncapi.json` (`getAsyncApiDocument`), its path parameters inserted as given.
+    pub fn get_async_api_document() -> Route {
+        let path = String::from("/api/v1/asyncapi.json");
+        Route { op: &OPERATIONS[9usize], path }
+    }
     /// `GET /api/v1/audit-events` (`listAuditEvents`), its path parameters inserted as given.
     pub fn list_audit_events() -> Route {
         let path = String::from("/api/v1/audit-events");
-        Route { op: &OPERATIONS[9usize], path }
+        Route { op: &OPERATIONS[10usize], path }
     }
     /// `GET /api/v1/events` (`listEvents`), its path parameters inserted as given.
     pub fn list_events() -> Route {
         let path = String::from("/api/v1/events");
-        Route { op: &OPERATIONS[10usize], path }
+        Route { op: &OPERATIONS[11usize], path }
     }
     /// `GET /api/v1/openapi.json` (`getOpenApiDocument`), its path parameters inserted as given.
     pub fn get_open_api_document() -> Route {
         let path = String::from("/api/v1/openapi.json");
-        Route { op: &OPERATIONS[11usize], path }
+        Route { op: &OPERATIONS[12usize], path }
     }
     /// `GET /healthz` (`getHealth`), its path parameters inserted as given.
     pub fn get_health() -> Route {
         let path = String::from("/healthz");
-        Route { op: &OPERATIONS[12usize], path }
+        Route { op: &OPERATIONS[13usize], path }
     }
     /// `GET /metrics` (`getMetrics`), its path parameters inserted as given.
     pub fn get_metrics() -> Route {
         let path = String::from("/metrics");
-        Route { op: &OPERATIONS[13usize], path }
+        Route { op: &OPERATIONS[14usize], path }
     }
     /// `GET /readyz` (`getReadiness`), its path parameters inserted as given.
     pub fn get_readiness() -> Route {
         let path = String::from("/readyz");
-        Route { op: &OPERATIONS[14usize], path }
+        Route { op: &OPERATIONS[15usize], path }
     }
 }
 /// The operation with this `operationId`.

@@ -949,6 +949,39 @@ impl IntoResponse for PostAgentHeartbeatResponse {
         }
     }
 }
+///Every response `getAsyncApiDocument` documents, one variant per status.
+#[derive(Debug)]
+pub enum GetAsyncApiDocumentResponse {
+    ///200: The AsyncAPI document.
+    Ok(types::AsyncApiDocument),
+    ///500: An unexpected failure (`internal_error`); nothing was partially written.
+    InternalError(types::Problem),
+}
+impl GetAsyncApiDocumentResponse {
+    /// The HTTP status of this response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+    /// The documented variant for `p.status`; an undocumented status
+    /// becomes a 500 `internal_error`, so the contract always holds.
+    pub fn from_problem(p: ProblemBody) -> Self {
+        match p.status {
+            500u16 => Self::InternalError(p),
+            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+        }
+    }
+}
+impl IntoResponse for GetAsyncApiDocumentResponse {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+        }
+    }
+}
 ///Every response `listAuditEvents` documents, one variant per status.
 #[derive(Debug)]
 pub enum ListAuditEventsResponse {
@@ -1273,6 +1306,8 @@ pub trait Api: Send + Sync + 'static {
         agent_id: uuid::Uuid,
         body: types::AgentHeartbeatTelemetryRequest,
     ) -> impl Future<Output = PostAgentHeartbeatResponse> + Send;
+    ///`GET /api/v1/asyncapi.json`: The AsyncAPI document of the events this deployment emits
+    fn get_async_api_document(&self, ctx: RequestContext) -> impl Future<Output = GetAsyncApiDocumentResponse> + Send;
     ///`GET /api/v1/audit-events`: List the tenant's audit records
     fn list_audit_events(
         &self,
@@ -1531,6 +1566,14 @@ async fn handle_post_agent_heartbeat<A: Api>(State(api): State<Arc<A>>, req: Req
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
 }
+async fn handle_get_async_api_document<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let ctx = RequestContext::from_parts(&parts);
+    let outcome: Result<Response, Response> = async { Ok(api.get_async_api_document(ctx.clone()).await.into_response()) }.await;
+    let mut response = outcome.unwrap_or_else(|rejection| rejection);
+    set_request_id(response.headers_mut(), &ctx.request_id);
+    response
+}
 async fn handle_list_audit_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
@@ -1538,7 +1581,7 @@ async fn handle_list_audit_events<A: Api>(State(api): State<Arc<A>>, req: Reques
         let params = std::collections::HashMap::new();
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
-            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[9usize], &params, token)
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[10usize], &params, token)
             .await
             .map_err(|problem| ListAuditEventsResponse::from_problem(problem).into_response())?;
         let raw: ListAuditEventsQueryRaw = query_params(&parts, &ctx)?;
@@ -1564,7 +1607,7 @@ async fn handle_list_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
         let params = std::collections::HashMap::new();
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
-            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[10usize], &params, token)
+            .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[11usize], &params, token)
             .await
             .map_err(|problem| ListEventsResponse::from_problem(problem).into_response())?;
         let raw: ListEventsQueryRaw = query_params(&parts, &ctx)?;
@@ -1628,6 +1671,7 @@ pub fn router<A: Api>(api: Arc<A>) -> axum::Router {
         .route("/api/v1/agents/{agent_id}/certificate/rotate", axum::routing::post(handle_rotate_agent_certificate::<A>))
         .route("/api/v1/agents/{agent_id}/revoke", axum::routing::post(handle_revoke_agent::<A>))
         .route("/api/v1/agents/{agent_id}/telemetry/heartbeat", axum::routing::post(handle_post_agent_heartbeat::<A>))
+        .route("/api/v1/asyncapi.json", axum::routing::get(handle_get_async_api_document::<A>))
         .route("/api/v1/audit-events", axum::routing::get(handle_list_audit_events::<A>))
         .route("/api/v1/events", axum::routing::get(handle_list_events::<A>))
         .route("/api/v1/openapi.json", axum::routing::get(handle_get_open_api_document::<A>))

@@ -317,6 +317,114 @@ impl ::std::convert::TryFrom<::std::string::String> for AgentStatus {
         value.parse()
     }
 }
+///An AsyncAPI 3 document; its top-level fields are named so clients keep every one, their contents are not constrained here.
+#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+pub struct AsyncApiDocument {
+    pub asyncapi: AsyncApiDocumentAsyncapi,
+    pub channels: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    #[serde(default, skip_serializing_if = "::serde_json::Map::is_empty")]
+    pub components: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    #[serde(rename = "defaultContentType", skip_serializing_if = "::std::option::Option::is_none")]
+    pub default_content_type: ::std::option::Option<AsyncApiDocumentDefaultContentType>,
+    pub info: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    #[serde(default, skip_serializing_if = "::serde_json::Map::is_empty")]
+    pub operations: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+    #[serde(default, skip_serializing_if = "::serde_json::Map::is_empty")]
+    pub servers: ::serde_json::Map<::std::string::String, ::serde_json::Value>,
+}
+///`AsyncApiDocumentAsyncapi`
+#[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[serde(transparent)]
+pub struct AsyncApiDocumentAsyncapi(::std::string::String);
+impl ::std::ops::Deref for AsyncApiDocumentAsyncapi {
+    type Target = ::std::string::String;
+    fn deref(&self) -> &::std::string::String {
+        &self.0
+    }
+}
+impl ::std::convert::From<AsyncApiDocumentAsyncapi> for ::std::string::String {
+    fn from(value: AsyncApiDocumentAsyncapi) -> Self {
+        value.0
+    }
+}
+impl ::std::str::FromStr for AsyncApiDocumentAsyncapi {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^3\\.[0-9]+\\.[0-9]+$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^3\\.[0-9]+\\.[0-9]+$\"".into());
+        }
+        Ok(Self(value.to_string()))
+    }
+}
+impl ::std::convert::TryFrom<&str> for AsyncApiDocumentAsyncapi {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for AsyncApiDocumentAsyncapi {
+    type Error = self::error::ConversionError;
+    fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl<'de> ::serde::Deserialize<'de> for AsyncApiDocumentAsyncapi {
+    fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+    where
+        D: ::serde::Deserializer<'de>,
+    {
+        ::std::string::String::deserialize(deserializer)?
+            .parse()
+            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+    }
+}
+///`AsyncApiDocumentDefaultContentType`
+#[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[serde(transparent)]
+pub struct AsyncApiDocumentDefaultContentType(::std::string::String);
+impl ::std::ops::Deref for AsyncApiDocumentDefaultContentType {
+    type Target = ::std::string::String;
+    fn deref(&self) -> &::std::string::String {
+        &self.0
+    }
+}
+impl ::std::convert::From<AsyncApiDocumentDefaultContentType> for ::std::string::String {
+    fn from(value: AsyncApiDocumentDefaultContentType) -> Self {
+        value.0
+    }
+}
+impl ::std::str::FromStr for AsyncApiDocumentDefaultContentType {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        if value.chars().count() > 255usize {
+            return Err("longer than 255 characters".into());
+        }
+        Ok(Self(value.to_string()))
+    }
+}
+impl ::std::convert::TryFrom<&str> for AsyncApiDocumentDefaultContentType {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for AsyncApiDocumentDefaultContentType {
+    type Error = self::error::ConversionError;
+    fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl<'de> ::serde::Deserialize<'de> for AsyncApiDocumentDefaultContentType {
+    fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+    where
+        D: ::serde::Deserializer<'de>,
+    {
+        ::std::string::String::deserialize(deserializer)?
+            .parse()
+            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+    }
+}
 ///`AuditEvent`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 pub struct AuditEvent {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{TimeZone, Utc};
-use oneprotect_contracts::client::Client;
+use oneprotect_contracts::client::{Client, ClientOptions};
 use oneprotect_contracts::contract::{OperationSpec, ProblemCode};
 use oneprotect_contracts::server::{self, *};
 use oneprotect_contracts::types;
@@ -251,6 +251,12 @@ impl Api for EchoApi {
         )
     }
 
+    async fn get_async_api_document(&self, _ctx: RequestContext) -> GetAsyncApiDocumentResponse {
+        GetAsyncApiDocumentResponse::Ok(
+            serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON).expect("the embedded event contract reads as an AsyncApiDocument"),
+        )
+    }
+
     async fn get_metrics(&self, _ctx: RequestContext) -> GetMetricsResponse {
         GetMetricsResponse::Ok("# TYPE fixture_up gauge\nfixture_up 1\n".into())
     }
@@ -278,7 +284,7 @@ fn client_with(base: &str, bearer: Option<&str>) -> Client {
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
     }
     let http = reqwest::Client::builder().default_headers(headers).build().expect("client");
-    Client::new_with_client(base, http)
+    Client::new_with_client(base, http, ClientOptions::default())
 }
 
 async fn problem_of(resp: reqwest::Response, status: StatusCode) -> types::Problem {

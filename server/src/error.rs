@@ -198,7 +198,7 @@ impl From<crate::store::StoreError> for Rejection {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::Unavailable(_) => Self::StoreUnavailable,
-            crate::store::StoreError::Backend(_) | crate::store::StoreError::Corrupt(_) => Self::Internal,
+            crate::store::StoreError::Backend(_) | crate::store::StoreError::Corrupt(_) | crate::store::StoreError::Misconfigured(_) => Self::Internal,
         }
     }
 }

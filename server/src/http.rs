@@ -433,6 +433,15 @@ impl Api for HttpApi {
         }
     }
 
+    async fn get_async_api_document(&self, ctx: RequestContext) -> GetAsyncApiDocumentResponse {
+        static DOCUMENT: std::sync::LazyLock<Option<types::AsyncApiDocument>> =
+            std::sync::LazyLock::new(|| serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON).ok());
+        match DOCUMENT.as_ref() {
+            Some(doc) => GetAsyncApiDocumentResponse::Ok(doc.clone()),
+            None => GetAsyncApiDocumentResponse::from_problem(problem(&Rejection::Internal, &ctx)),
+        }
+    }
+
     async fn get_metrics(&self, _ctx: RequestContext) -> GetMetricsResponse {
         GetMetricsResponse::Ok(self.platform.metrics_text())
     }

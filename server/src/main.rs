@@ -227,7 +227,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot open the store ({}): {e}", url.describe());
-            return ExitCode::from(EXIT_RUNTIME);
+            let misconfigured = matches!(e.downcast_ref(), Some(oneprotect_server::store::StoreError::Misconfigured(_)));
+            return ExitCode::from(if misconfigured { EXIT_CONFIG } else { EXIT_RUNTIME });
         }
     };
     let mut dev_admin_token = None;

@@ -5,14 +5,21 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use crate::store::batch::{BATCH_SIZE_BOUNDS, WriteQueueSnapshot};
+
 /// What each metric counts, for its `# HELP` line.
-const HELP: [(&str, &str); 5] = [
+const HELP: [(&str, &str); 7] = [
     ("oneprotect_enrollment_tokens_issued_total", "Enrollment tokens issued."),
     ("oneprotect_exchanges_total", "Enrollment exchanges, by outcome: enrolled, rate_limited, or the problem code of the refusal."),
     ("oneprotect_heartbeats_total", "Heartbeats accepted, by outcome: accepted or duplicate."),
     ("oneprotect_rejections_total", "Refusals the service decided and audited, by reason."),
     (REQUEST_DURATION, "Seconds to answer an HTTP request, by route template, method and status."),
+    (QUEUE_DEPTH, "Writes waiting for the store's writer (SQLite: every write; PostgreSQL: heartbeats)."),
+    (BATCH_SIZE, "Writes committed per transaction by the store's writer."),
 ];
+
+const QUEUE_DEPTH: &str = "oneprotect_store_write_queue_depth";
+const BATCH_SIZE: &str = "oneprotect_store_write_batch_size";
 
 const REQUEST_DURATION: &str = "oneprotect_http_request_duration_seconds";
 
@@ -62,7 +69,8 @@ impl Metrics {
         h.count += 1;
     }
 
-    pub fn render(&self) -> String {
+    /// Every metric, the store's write queue included.
+    pub fn render(&self, queue: &WriteQueueSnapshot) -> String {
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = String::new();
@@ -89,6 +97,17 @@ impl Metrics {
             let _ = writeln!(out, "{REQUEST_DURATION}_sum{{{labels}}} {}", h.sum);
             let _ = writeln!(out, "{REQUEST_DURATION}_count{{{labels}}} {}", h.count);
         }
+        let _ = writeln!(out, "# HELP {QUEUE_DEPTH} {}", help(QUEUE_DEPTH));
+        let _ = writeln!(out, "# TYPE {QUEUE_DEPTH} gauge");
+        let _ = writeln!(out, "{QUEUE_DEPTH} {}", queue.queued);
+        let _ = writeln!(out, "# HELP {BATCH_SIZE} {}", help(BATCH_SIZE));
+        let _ = writeln!(out, "# TYPE {BATCH_SIZE} histogram");
+        for (bound, n) in BATCH_SIZE_BOUNDS.iter().zip(queue.cumulative) {
+            let _ = writeln!(out, "{BATCH_SIZE}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "{BATCH_SIZE}_bucket{{le=\"+Inf\"}} {}", queue.batches);
+        let _ = writeln!(out, "{BATCH_SIZE}_sum {}", queue.writes);
+        let _ = writeln!(out, "{BATCH_SIZE}_count {}", queue.batches);
         out
     }
 }
@@ -105,7 +124,7 @@ mod tests {
         for s in [0.001, 0.02, 0.02, 0.3, 20.0] {
             m.observe_request("/fixture/things/{thing_id}", "GET", 200, s);
         }
-        let text = m.render();
+        let text = m.render(&WriteQueueSnapshot::default());
         for name in ["oneprotect_exchanges_total", REQUEST_DURATION] {
             assert!(text.contains(&format!("# HELP {name} ")), "{text}");
         }
@@ -128,6 +147,6 @@ mod tests {
     fn label_values_are_escaped() {
         let m = Metrics::default();
         m.inc("oneprotect_rejections_total", "reason", "a\"b\\c");
-        assert!(m.render().contains("reason=\"a\\\"b\\\\c\""), "{}", m.render());
+        assert!(m.render(&WriteQueueSnapshot::default()).contains("reason=\"a\\\"b\\\\c\""), "{}", m.render(&WriteQueueSnapshot::default()));
     }
 }

@@ -111,3 +111,44 @@ fn development_secrets_live_in_an_owner_only_directory() {
     assert_eq!(mode(&dir.path().join(".oneprotect-dev/secrets.json")), 0o600);
     assert_eq!(mode(&dir.path().join("oneprotect.db")), 0o600);
 }
+
+#[test]
+fn an_unreachable_database_is_named_by_its_address_and_the_reason() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("postgres://fixture-role:fixture-password-not-real@127.0.0.1:{port}/oneprotect");
+    let mut env = FIXTURE_SECRETS.to_vec();
+    env.push(("ONEPROTECT_DATABASE_URL", &url));
+    let (code, out) = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &env);
+    assert_eq!(code, Some(1), "an unreachable database is a runtime failure: {out}");
+    assert!(out.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}: connection refused")), "{out}");
+    assert!(!out.contains("fixture-password-not-real"), "the URL's password is never printed: {out}");
+    assert!(entries(dir.path()).is_empty(), "nothing was created: {:?}", entries(dir.path()));
+}
+
+/// Runs `sql` as the test superuser (`ONEPROTECT_TEST_POSTGRES_URL`).
+fn as_superuser(sql: &str) {
+    use sqlx::Executor;
+    let admin = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.expect("PostgreSQL must be reachable for this test");
+        conn.execute(sqlx::AssertSqlSafe(sql.to_owned())).await.expect(sql);
+    });
+}
+
+#[test]
+fn a_privileged_database_role_is_a_configuration_error_that_names_the_fix() {
+    let name = format!("op_cli_{}", std::process::id());
+    as_superuser(&format!("CREATE DATABASE {name}"));
+    let admin = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = format!("{}/{name}", admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = FIXTURE_SECRETS.to_vec();
+    env.push(("ONEPROTECT_DATABASE_URL", &url));
+    let (code, out) = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &env);
+    as_superuser(&format!("DROP DATABASE {name} WITH (FORCE)"));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("superuser") && out.contains("CREATE ROLE") && out.contains("migrate --app-role"), "{out}");
+}

@@ -68,6 +68,20 @@ pub(super) const CHECKS: &[Check] = &[
         "a heartbeat answered with a redirect to another origin is not followed: nothing, and no credential, reaches that origin, and the agent keeps running",
         refuses_redirects
     ),
+    check!(
+        "fail-closed.agent-caps-response-bodies",
+        FailClosed,
+        AGENT,
+        "a heartbeat answered with a 32 MiB body is not read whole: the agent's peak memory stays under 16 MiB, it says why, backs off and keeps running",
+        caps_response_bodies
+    ),
+    check!(
+        "fail-closed.agent-times-out-a-hung-platform",
+        FailClosed,
+        AGENT,
+        "a heartbeat the platform never answers ends at the configured request_timeout and is retried after a back-off; SIGTERM during a hung request stops the agent with exit 0 within 2 seconds",
+        times_out_hung_platform
+    ),
     check!("fail-closed.agent-bodies-match-contract", FailClosed, AGENT, "every body the agent sends validates against the contract", bodies_match_contract),
     check!("redaction.agent-logs-hold-no-secret", Redaction, AGENT, "the agent's stdout/stderr at trace level contain no token, key, CSR or nonce", logs_clean),
 ];
@@ -233,6 +247,47 @@ pub async fn refuses_redirects(ctx: &Ctx) -> Checked {
     ensure(agent.0.try_wait().map(|s| s.is_none()).unwrap_or(false), "the agent exited on a redirect")?;
     let reached = elsewhere.received_requests().await.unwrap_or_default();
     ensure(reached.is_empty(), format!("{} request(s) followed the redirect to another origin", reached.len()))
+}
+
+/// The answer `caps_response_bodies` sends, and the peak memory it allows
+/// (twice the agent's 8 MB budget, half the answer).
+const HUGE_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+const PEAK_RSS_LIMIT: u64 = 16 * 1024 * 1024;
+
+pub async fn caps_response_bodies(ctx: &Ctx) -> Checked {
+    let (platform, run) = enrolled(ctx, vec![], accepted().padded(HUGE_ANSWER_BYTES)).await?;
+    let mut agent = run.spawn("run")?;
+    wait_for(&platform.heartbeats, 3, DEADLINE).await?;
+    let peak = agent.peak_rss()?;
+    ensure(agent.running(), "the agent exited on an oversized answer")?;
+    agent.terminate()?;
+    agent.wait_exit(Duration::from_secs(2));
+    ensure(
+        peak <= PEAK_RSS_LIMIT,
+        format!("peak RSS {:.1} MiB while answered with 32 MiB bodies (limit 16 MiB): the body was read whole", peak as f64 / 1048576.0),
+    )?;
+    ensure(agent.output().contains("larger than"), "the agent did not log that the answer was too large")
+}
+
+pub async fn times_out_hung_platform(ctx: &Ctx) -> Checked {
+    let bin = bin(ctx)?;
+    let hung = accepted().delayed(Duration::from_secs(60));
+    let platform = mock_platform(ctx.recorder(), vec![], vec![], hung).await;
+    let run = agent_run(ctx, &bin, &platform.server.uri(), 1)?.with_setting("request_timeout: 2")?;
+    let (code, _) = run.run_to_end("enroll")?;
+    ensure(code == Some(0), format!("enroll exited {code:?}"))?;
+    let mut agent = run.spawn("run")?;
+    wait_for(&platform.heartbeats, 2, Duration::from_secs(15))
+        .await
+        .map_err(|_| "no second heartbeat within 15 s: the hung heartbeat did not end at request_timeout: 2".to_owned())?;
+    let first_gap = gaps(&platform.heartbeats)[0];
+    ensure(first_gap >= Duration::from_millis(1900), format!("retried after {first_gap:?}, before the 2 s request timeout ended the first"))?;
+    ensure(agent.running(), "the agent exited on a hung platform")?;
+    let sent = std::time::Instant::now();
+    agent.terminate()?;
+    let exit = agent.wait_exit(Duration::from_secs(2)).ok_or("still running 2 s after SIGTERM during a hung heartbeat")?;
+    ensure(exit.code() == Some(0), format!("exit code {:?} after SIGTERM", exit.code()))?;
+    ensure(sent.elapsed() <= Duration::from_secs(2), "stopped too slowly")
 }
 
 pub async fn sigterm(ctx: &Ctx) -> Checked {

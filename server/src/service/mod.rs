@@ -185,7 +185,9 @@ pub fn access(op: OperationId) -> Access {
         OperationId::RotateAgentCertificate => ("agent.rotate", true),
         OperationId::ListAuditEvents => ("audit.list", false),
         OperationId::ListEvents => ("event.list", false),
-        OperationId::GetHealth | OperationId::GetReadiness | OperationId::GetMetrics | OperationId::GetOpenApiDocument => ("operations.read", false),
+        OperationId::GetHealth | OperationId::GetReadiness | OperationId::GetMetrics | OperationId::GetOpenApiDocument | OperationId::GetAsyncApiDocument => {
+            ("operations.read", false)
+        }
     };
     Access { action, writes }
 }
@@ -214,7 +216,7 @@ impl Platform {
     }
 
     pub fn metrics_text(&self) -> String {
-        self.metrics.render()
+        self.metrics.render(&self.store.write_queue())
     }
 
     pub async fn ready(&self) -> Result<(), Rejection> {

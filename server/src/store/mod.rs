@@ -20,6 +20,10 @@ pub enum StoreError {
     Backend(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The store is reachable but set up so that the server must not use it
+    /// (a privileged PostgreSQL role): a configuration error, exit code 2.
+    #[error("{0}")]
+    Misconfigured(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -28,6 +32,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    /// The write queue's depth and batch sizes (SQLite: every write;
+    /// PostgreSQL: heartbeats, the only batched write).
+    fn write_queue(&self) -> batch::WriteQueueSnapshot;
 
     /// Reachable and migrated to the latest version.
     async fn ready(&self) -> StoreResult<()>;

@@ -207,11 +207,17 @@ async fn metrics_describe_every_series_and_time_each_route(backend: Backend) {
     let route = "route=\"/api/v1/agents/{agent_id}/telemetry/heartbeat\",method=\"POST\",status=\"200\"";
     assert!(text.contains(&format!("oneprotect_http_request_duration_seconds_count{{{route}}} 1")), "{text}");
     assert!(!text.contains(&agent), "series are labelled by route template, never by an id: {text}");
+    // The heartbeat went through the store's writer: one batch at least,
+    // nothing left waiting.
+    let sample = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+    assert_eq!(sample("oneprotect_store_write_queue_depth"), Some(0), "{text}");
+    assert!(sample("oneprotect_store_write_batch_size_count").is_some_and(|n| n >= 1), "{text}");
+    assert!(sample("oneprotect_store_write_batch_size_sum") >= sample("oneprotect_store_write_batch_size_count"), "{text}");
 }
 
 /// The deployment serves the contract it implements, whole: every
 /// top-level field survives the typed answer.
-async fn the_served_contract_is_the_one_the_server_was_built_from(backend: Backend) {
+async fn the_served_contracts_are_the_ones_the_server_was_built_from(backend: Backend) {
     let h = Harness::start(backend).await;
     let resp = h.http.get(format!("{}/api/v1/openapi.json", h.base)).send().await.expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
@@ -219,10 +225,16 @@ async fn the_served_contract_is_the_one_the_server_was_built_from(backend: Backe
     let built: serde_json::Value = serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).expect("embedded contract");
     assert_eq!(served, built, "the served document is the embedded one, nothing dropped");
     assert!(served["components"]["schemas"]["Problem"].is_object());
+    let resp = h.http.get(format!("{}/api/v1/asyncapi.json", h.base)).send().await.expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let served: serde_json::Value = resp.json().await.expect("json");
+    let built: serde_json::Value = serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON).expect("embedded event contract");
+    assert_eq!(served, built, "the served event contract is the embedded one, nothing dropped");
+    assert!(served["channels"].as_object().is_some_and(|c| !c.is_empty()));
 }
 
 crate::both_backends!(
-    the_served_contract_is_the_one_the_server_was_built_from,
+    the_served_contracts_are_the_ones_the_server_was_built_from,
     metrics_describe_every_series_and_time_each_route,
     accepted_heartbeats_activate_the_identity_and_duplicates_emit_no_second_event,
     tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed,

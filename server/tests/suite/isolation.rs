@@ -104,3 +104,30 @@ async fn postgres_app_role_raw_sql_sees_no_row_of_another_tenant() {
         sqlx::query_scalar("SELECT oneprotect_enrollment_token_tenant($1)").bind(uuid::Uuid::new_v4()).fetch_one(&mut conn).await.expect("resolver");
     assert_eq!(resolved, None);
 }
+
+/// PostgreSQL only: a database lost while the server runs (dropped, its
+/// connections terminated) is answered 503 `store_unavailable` on every
+/// kind of call, never 500: callers retry a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_database_lost_while_running_answers_503_store_unavailable() {
+    use sqlx::{Connection, Executor};
+    let h = Harness::start(Backend::Postgres).await;
+    let (agent, runtime, _) = h.enroll(TENANT_A).await;
+    assert_eq!(h.heartbeat(&agent, &runtime, 1).await.0, StatusCode::OK);
+    let pg = h.pg.as_ref().expect("pg");
+    let admin_url = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect as the test superuser");
+    admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", pg.name))).await.expect("drop the database under the server");
+
+    for sequence in [2, 3] {
+        let (status, body) = h.heartbeat(&agent, &runtime, sequence).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "heartbeat {sequence}: {body}");
+        assert_eq!(body["code"], "store_unavailable", "{body}");
+    }
+    let listed = h.http.get(format!("{}/api/v1/agents", h.base)).bearer_auth(h.viewer(TENANT_A)).send().await.expect("send");
+    assert_eq!(listed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = listed.json().await.expect("problem");
+    assert_eq!(body["code"], "store_unavailable", "{body}");
+    let ready = h.http.get(format!("{}/readyz", h.base)).send().await.expect("send");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

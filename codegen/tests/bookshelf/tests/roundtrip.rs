@@ -87,7 +87,7 @@ fn client(base: &str, bearer: Option<&str>) -> Client {
     if let Some(token) = bearer {
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
     }
-    Client::new_with_client(base, reqwest::Client::builder().default_headers(headers).build().expect("client"))
+    Client::new_with_client(base, reqwest::Client::builder().default_headers(headers).build().expect("client"), Default::default())
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use self::heartbeat::{apply_heartbeat_alone, apply_heartbeat_batch};
 use self::rows::*;
-use super::batch::{HeartbeatBatcher, ShardedBatcher};
+use super::batch::{HeartbeatBatcher, ShardedBatcher, WriteQueueSnapshot, WriteQueueStats};
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
@@ -43,6 +43,8 @@ pub struct PgStore {
     /// Heartbeats per batched write statement (see `heartbeat::write_chunk`).
     write_chunk: usize,
     batcher: std::sync::Arc<tokio::sync::OnceCell<ShardedBatcher>>,
+    /// The heartbeat queue of every shard.
+    write_stats: std::sync::Arc<WriteQueueStats>,
     /// A privileged connection used only to dump rows for inspection.
     inspection: Option<PgPool>,
 }
@@ -53,6 +55,14 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// The driver's text without its generic prefix: "connection refused (os
+/// error 111)" rather than "error communicating with database: …".
+fn plain_reason(reason: &str) -> String {
+    let reason = reason.strip_prefix("error communicating with database: ").unwrap_or(reason);
+    let mut chars = reason.chars();
+    chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default()
+}
+
 impl PgStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
         // A broken connection surfaces as an error on its first statement
@@ -60,6 +70,21 @@ impl PgStore {
         // costing every transaction a ping.
         let options: PgConnectOptions = url.parse().map_err(backend)?;
         let write_chunk = heartbeat::write_chunk(options.get_socket().is_some() || options.get_host().starts_with('/'));
+        let at = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
+        // One connection first: the pool retries until its timeout and then
+        // reports only "pool timed out", while this names the reason
+        // (refused, unknown host, authentication) with the address, never
+        // the credentials.
+        let probe = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await.map_err(|e| match backend(e) {
+            StoreError::Unavailable(reason) | StoreError::Backend(reason) => {
+                StoreError::Unavailable(format!("cannot reach PostgreSQL at {at}: {}", plain_reason(&reason)))
+            }
+            other => other,
+        })?;
+        let _ = sqlx::Connection::close(probe).await;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(5))
@@ -67,7 +92,7 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        Ok(Self { pool, write_chunk, batcher: std::sync::Arc::default(), inspection: None })
+        Ok(Self { pool, write_chunk, batcher: std::sync::Arc::default(), write_stats: std::sync::Arc::default(), inspection: None })
     }
 
     /// Adds a privileged connection used only by `dump_all_rows`.
@@ -87,8 +112,11 @@ impl PgStore {
                 .await
                 .map_err(backend)?;
         if superuser || bypass || owned > 0 {
-            return Err(StoreError::Unavailable(
-                "the database role is a superuser, has BYPASSRLS or owns the tables; connect as the application role created by `oneprotect-server migrate --app-role`".into(),
+            return Err(StoreError::Misconfigured(
+                "the database role is a superuser, has BYPASSRLS or owns the tables, so row-level security would not apply to it; connect as an \
+                 unprivileged application role (create it with `CREATE ROLE <name> LOGIN NOSUPERUSER NOBYPASSRLS`, then grant it with \
+                 `oneprotect-server migrate --app-role <name>`)"
+                    .into(),
             ));
         }
         Ok(())
@@ -161,6 +189,10 @@ pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usi
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn write_queue(&self) -> WriteQueueSnapshot {
+        self.write_stats.snapshot()
     }
 
     async fn ready(&self) -> StoreResult<()> {
@@ -385,11 +417,11 @@ impl Store for PgStore {
     }
 
     async fn commit_heartbeat(&self, c: HeartbeatCommit) -> StoreResult<HeartbeatOutcome> {
-        let (pool, chunk) = (self.pool.clone(), self.write_chunk);
+        let (pool, chunk, stats) = (self.pool.clone(), self.write_chunk, self.write_stats.clone());
         let batcher = self
             .batcher
             .get_or_init(|| async move {
-                HeartbeatBatcher::spawn_sharded(HEARTBEAT_SHARDS, move |commits: Vec<HeartbeatCommit>| {
+                HeartbeatBatcher::spawn_sharded(HEARTBEAT_SHARDS, &stats, move |commits: Vec<HeartbeatCommit>| {
                     let pool = pool.clone();
                     async move {
                         match apply_heartbeat_batch(&pool, &commits, chunk).await {

@@ -8,11 +8,26 @@ use uuid::Uuid;
 use crate::model::*;
 use crate::store::{StoreError, StoreResult};
 
+/// A driver error as the service sees it: the database out of reach
+/// (answered 503 `store_unavailable`, which callers retry) or a failure of
+/// the statement itself (500).
 pub(super) fn backend(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
-        other => StoreError::Backend(other.to_string()),
-    }
+    let unreachable = match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_means_unreachable(&code)),
+        _ => false,
+    };
+    if unreachable { StoreError::Unavailable(e.to_string()) } else { StoreError::Backend(e.to_string()) }
+}
+
+/// SQLSTATEs that say the database, not the statement, failed: connection
+/// exceptions (class 08), insufficient resources (53: too many connections,
+/// disk full), operator intervention (57P01–57P05: shutdown, a terminated
+/// connection, the server not accepting connections yet), a database that
+/// no longer exists (3D000) and a login refused (28: the role's password or
+/// its right to log in was taken away).
+pub(super) fn sqlstate_means_unreachable(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("28") || code.starts_with("57P") || code == "3D000"
 }
 
 pub(super) fn u32_of(v: i32, what: &str) -> StoreResult<u32> {

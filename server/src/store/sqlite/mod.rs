@@ -175,6 +175,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn write_queue(&self) -> crate::store::batch::WriteQueueSnapshot {
+        self.writer.stats().snapshot()
+    }
+
     async fn ready(&self) -> StoreResult<()> {
         self.read(|conn| {
             let latest: Option<i64> = conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0)).map_err(backend)?;

@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::backend;
-use crate::store::batch::{MAX_BATCH, QUEUE_CAPACITY};
+use crate::store::batch::{MAX_BATCH, QUEUE_CAPACITY, WriteQueueStats};
 use crate::store::{StoreError, StoreResult};
 
 /// A queued write, type-erased so that one queue carries every kind.
@@ -75,6 +75,7 @@ type Queued = Box<dyn Operation>;
 #[derive(Debug, Clone)]
 pub(super) struct Writer {
     queue: mpsc::Sender<Queued>,
+    stats: std::sync::Arc<WriteQueueStats>,
 }
 
 impl Writer {
@@ -82,6 +83,8 @@ impl Writer {
     /// batch that committed, before its callers are answered.
     pub(super) fn spawn(mut conn: Connection, committed: impl Fn() + Send + 'static) -> StoreResult<Self> {
         let (queue, mut rx) = mpsc::channel::<Queued>(QUEUE_CAPACITY);
+        let stats = std::sync::Arc::new(WriteQueueStats::default());
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("oneprotect-sqlite-writer".into())
             .spawn(move || {
@@ -89,6 +92,7 @@ impl Writer {
                 while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
                     let mut batch;
                     (batch, held) = drain(first, &mut rx);
+                    writer_stats.drained(batch.len());
                     let outcome = apply_batch(&mut conn, &mut batch);
                     if outcome.is_ok() {
                         committed();
@@ -99,7 +103,11 @@ impl Writer {
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("could not start the SQLite writer: {e}")))?;
-        Ok(Self { queue })
+        Ok(Self { queue, stats })
+    }
+
+    pub(super) fn stats(&self) -> &WriteQueueStats {
+        &self.stats
     }
 
     /// Queues `write` and waits until the batch holding it committed.
@@ -128,7 +136,11 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel();
         let operation: Queued = Box::new(Pending { write, result: None, reply, alone });
-        self.queue.send(operation).await.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?;
+        self.stats.enqueued();
+        if self.queue.send(operation).await.is_err() {
+            self.stats.abandoned();
+            return Err(StoreError::Unavailable("the SQLite writer stopped".into()));
+        }
         answer.await.map_err(|_| StoreError::Unavailable("the SQLite writer stopped before committing".into()))?
     }
 }
