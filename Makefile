@@ -15,7 +15,7 @@ conformance: ## The main job: the conformance suite on the embedded default (loc
 
 .DEFAULT_GOAL := help
 
-.PHONY: help conformance bench generate validate-contracts check-compat contract-diff validate-contracts-external test lint fmt ci agent agent-footprint agent-cross mutants
+.PHONY: help conformance bench generate validate-contracts check-compat contract-diff validate-contracts-external test lint fmt ci agent agent-footprint agent-cross mutants package check-packages
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -62,6 +62,14 @@ ci: validate-contracts check-compat validate-contracts-external lint test ## Eve
 
 agent: ## Build the endpoint agent with the size-optimised profile (target/agent/)
 	$(CARGO) build --profile agent -p oneprotect-agent
+
+package: ## Debian packages of the server (release) and the agent (agent profile) with cargo-deb, into $(TARGET_DIR)/debian/
+	command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
+	$(CARGO) deb -p oneprotect-server
+	$(CARGO) deb -p oneprotect-agent --profile agent
+
+check-packages: package ## Build the packages, then check their contents, modes, units and maintainer scripts with dpkg-deb
+	./tools/check-packages.sh $(TARGET_DIR)/debian
 
 agent-footprint: ## Print the agent's stripped size, RSS after heartbeats and CPU per heartbeat
 	./tools/agent-footprint.sh

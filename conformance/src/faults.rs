@@ -508,8 +508,8 @@ impl Store for FaultyStore {
     }
     async fn append_audit(&self, a: &AuditRecord, e: Option<&OutboxEvent>) -> StoreResult<()> {
         if self.fault == Fault::RefusalAuditedUnderOtherTenant
-            && a.outcome == "failure"
-            && a.actor_type == "tenant_admin"
+            && a.outcome == oneprotect_server::model::AuditOutcome::Failure
+            && a.actor_type == oneprotect_server::model::ActorType::TenantAdmin
             && let Some(other) = self.other_tenant(&a.tenant_id)
         {
             let mut moved = a.clone();
@@ -780,8 +780,8 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
         Fault::AgentFromToken if is_heartbeat(&req) => {
             if let Some((claims, _)) = bearer.as_deref().and_then(runtime_parts) {
                 let segments: Vec<String> = path.split('/').map(str::to_owned).collect();
-                if segments.len() > 4 && segments[4] != claims.aid.to_string() {
-                    let rewritten = format!("/api/v1/agents/{}/telemetry/heartbeat", claims.aid);
+                if segments.len() > 4 && segments[4] != claims.agent_id.to_string() {
+                    let rewritten = format!("/api/v1/agents/{}/telemetry/heartbeat", claims.agent_id);
                     if let Ok(uri) = rewritten.parse() {
                         *req.uri_mut() = uri;
                     }

@@ -192,13 +192,3 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
-
-/// Storage failures never leak their text to callers.
-impl From<crate::store::StoreError> for Rejection {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Unavailable(_) => Self::StoreUnavailable,
-            crate::store::StoreError::Backend(_) | crate::store::StoreError::Corrupt(_) | crate::store::StoreError::Misconfigured(_) => Self::Internal,
-        }
-    }
-}

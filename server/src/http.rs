@@ -103,10 +103,10 @@ fn certificate(c: &CertificateRecord) -> Result<types::DeviceCertificate, Reject
         "rsa" => Alg::Rsa,
         _ => return Err(Rejection::Internal),
     };
-    let status = match c.status.as_str() {
-        "active" => types::DeviceCertificateStatus::Active,
-        "superseded" => types::DeviceCertificateStatus::Superseded,
-        _ => types::DeviceCertificateStatus::Revoked,
+    let status = match c.status {
+        CertificateStatus::Active => types::DeviceCertificateStatus::Active,
+        CertificateStatus::Superseded => types::DeviceCertificateStatus::Superseded,
+        CertificateStatus::Revoked => types::DeviceCertificateStatus::Revoked,
     };
     Ok(types::DeviceCertificate {
         agent_id: c.agent_id,
@@ -133,12 +133,11 @@ fn runtime_token(t: &crate::runtime_token::IssuedRuntimeToken) -> types::Runtime
 
 fn audit_event(a: &AuditRecord) -> Result<types::AuditEvent, Rejection> {
     use types::{AuditEventActorType as Actor, AuditEventOutcome as Outcome};
-    let actor_type = match a.actor_type.as_str() {
-        "tenant_admin" => Actor::TenantAdmin,
-        "agent" => Actor::Agent,
-        "anonymous" => Actor::Anonymous,
-        "system" => Actor::System,
-        _ => return Err(Rejection::Internal),
+    let actor_type = match a.actor_type {
+        ActorType::TenantAdmin => Actor::TenantAdmin,
+        ActorType::Agent => Actor::Agent,
+        ActorType::Anonymous => Actor::Anonymous,
+        ActorType::System => Actor::System,
     };
     Ok(types::AuditEvent {
         action: a.action.clone(),
@@ -147,7 +146,10 @@ fn audit_event(a: &AuditRecord) -> Result<types::AuditEvent, Rejection> {
         audit_id: a.audit_id,
         details: a.details.clone(),
         occurred_at: a.occurred_at,
-        outcome: if a.outcome == "success" { Outcome::Success } else { Outcome::Failure },
+        outcome: match a.outcome {
+            AuditOutcome::Success => Outcome::Success,
+            AuditOutcome::Failure => Outcome::Failure,
+        },
         reason_code: a.reason_code.clone(),
         request_id: a.request_id.clone(),
         target_id: a.target_id.clone(),
@@ -337,7 +339,7 @@ impl Api for HttpApi {
     ) -> RotateAgentCertificateResponse {
         respond!(RotateAgentCertificateResponse, ctx, {
             let nonce = SecretString::from(body.nonce.to_string());
-            debug_assert_eq!(auth.aid, agent_id, "the authenticator bound the token to the path");
+            debug_assert_eq!(auth.agent_id, agent_id, "the authenticator bound the token to the path");
             let r = self.platform.rotate_certificate(auth, &body.csr_pem, &nonce, &self.meta(&ctx)).await?;
             Ok(RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse {
                 certificate: certificate(&r.certificate)?,
@@ -376,7 +378,7 @@ impl Api for HttpApi {
                 memory_used_bytes: body.memory_used_bytes,
                 process_count: body.process_count,
             };
-            debug_assert_eq!(auth.aid, agent_id, "the authenticator bound the token to the path");
+            debug_assert_eq!(auth.agent_id, agent_id, "the authenticator bound the token to the path");
             let r = self.platform.heartbeat(auth, input, &self.meta(&ctx)).await?;
             Ok(PostAgentHeartbeatResponse::Ok(types::HeartbeatAccepted {
                 accepted_at: r.accepted_at,

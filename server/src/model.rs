@@ -61,28 +61,59 @@ impl EnrollmentTokenRecord {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentStatus {
-    Enrolled,
-    Active,
-    Stale,
-    Revoked,
-}
-
-impl AgentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enrolled => "enrolled",
-            Self::Active => "active",
-            Self::Stale => "stale",
-            Self::Revoked => "revoked",
+/// A closed set of values stored as text: `as_str` is the stored (and
+/// wire) spelling, `parse` its inverse (`None` for anything else, which a
+/// store reports as corrupt data).
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
         }
-    }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Enrolled, Self::Active, Self::Stale, Self::Revoked].into_iter().find(|v| v.as_str() == s)
-    }
+        impl $name {
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
+
+text_enum!(
+    /// Where an agent identity stands.
+    AgentStatus { Enrolled => "enrolled", Active => "active", Stale => "stale", Revoked => "revoked" }
+);
+
+text_enum!(
+    /// Where a certificate record stands: the identity's current one, one a
+    /// rotation replaced, or one revoked with its identity.
+    CertificateStatus { Active => "active", Superseded => "superseded", Revoked => "revoked" }
+);
+
+text_enum!(
+    /// Who acted, as an audit record names them.
+    ActorType { TenantAdmin => "tenant_admin", Agent => "agent", Anonymous => "anonymous", System => "system" }
+);
+
+text_enum!(
+    /// How an audited action ended.
+    AuditOutcome { Success => "success", Failure => "failure" }
+);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentIdentityRecord {
@@ -203,8 +234,7 @@ pub struct CertificateRecord {
     pub serial_number: String,
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
-    /// active, superseded or revoked
-    pub status: String,
+    pub status: CertificateStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,14 +242,12 @@ pub struct AuditRecord {
     pub audit_id: Uuid,
     pub tenant_id: String,
     pub occurred_at: DateTime<Utc>,
-    /// tenant_admin, agent, anonymous or system
-    pub actor_type: String,
+    pub actor_type: ActorType,
     pub actor_id: String,
     pub action: String,
     pub target_type: String,
     pub target_id: Option<String>,
-    /// success or failure
-    pub outcome: String,
+    pub outcome: AuditOutcome,
     pub reason_code: Option<String>,
     pub request_id: String,
     pub details: BTreeMap<String, String>,
@@ -533,12 +561,12 @@ mod tests {
                     audit_id: Uuid::nil(),
                     tenant_id: i.tenant_id.clone(),
                     occurred_at: now,
-                    actor_type: "agent".into(),
+                    actor_type: ActorType::Agent,
                     actor_id: "fixture".into(),
                     action: "agent.activate".into(),
                     target_type: "agent".into(),
                     target_id: None,
-                    outcome: "success".into(),
+                    outcome: AuditOutcome::Success,
                     reason_code: None,
                     request_id: "fixture".into(),
                     details: BTreeMap::new(),

@@ -23,16 +23,19 @@ const MAX_TOKEN_BYTES: usize = 4096;
 /// What a runtime token asserts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeClaims {
-    /// Tenant.
-    pub tid: String,
+    /// Tenant. (The wire names are short: the token rides on every heartbeat.)
+    #[serde(rename = "tid")]
+    pub tenant_id: String,
     /// Agent id (the actor).
-    pub aid: uuid::Uuid,
-    /// Collector id.
-    pub cid: uuid::Uuid,
-    /// Asset id.
-    pub asid: uuid::Uuid,
+    #[serde(rename = "aid")]
+    pub agent_id: uuid::Uuid,
+    #[serde(rename = "cid")]
+    pub collector_id: uuid::Uuid,
+    #[serde(rename = "asid")]
+    pub asset_id: uuid::Uuid,
     /// The certificate record the token was issued with; rotation supersedes it.
-    pub crt: uuid::Uuid,
+    #[serde(rename = "crt")]
+    pub certificate_id: uuid::Uuid,
     pub scope: String,
     /// Subject type: always `service_account` for agents.
     pub sub_type: String,
@@ -141,11 +144,11 @@ pub fn claims_for(
     ttl: Duration,
 ) -> RuntimeClaims {
     RuntimeClaims {
-        tid: tenant_id.to_owned(),
-        aid: agent_id,
-        cid: collector_id,
-        asid: asset_id,
-        crt: certificate_id,
+        tenant_id: tenant_id.to_owned(),
+        agent_id,
+        collector_id,
+        asset_id,
+        certificate_id,
         scope: SCOPE_AGENT_HEARTBEAT.to_owned(),
         sub_type: SUBJECT_SERVICE_ACCOUNT.to_owned(),
         iat: now.timestamp(),
@@ -207,7 +210,7 @@ mod tests {
         let token = ring.issue(&claims()).expect("issue").token.expose_secret().to_owned();
         let parts: Vec<&str> = token.split('.').collect();
         let mut forged = claims();
-        forged.tid = "tenant-b".into();
+        forged.tenant_id = "tenant-b".into();
         let forged_body = b64(&serde_json::to_vec(&forged).expect("json"));
         let tampered_payload = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], forged_body, parts[4]);
         assert_eq!(ring.verify(&tampered_payload, now()), Err(RuntimeTokenFailure::BadSignature));

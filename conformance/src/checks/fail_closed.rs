@@ -284,8 +284,8 @@ pub async fn collector_binding(ctx: &Ctx) -> Checked {
     for (what, sequence) in [("collector", 1), ("asset", 2)] {
         let mut claims = crate::faults::claims_from_enrollment(&enrolled, now)?;
         match what {
-            "collector" => claims.cid = uuid::Uuid::new_v4(),
-            _ => claims.asid = uuid::Uuid::new_v4(),
+            "collector" => claims.collector_id = uuid::Uuid::new_v4(),
+            _ => claims.asset_id = uuid::Uuid::new_v4(),
         }
         let token = crate::faults::sign_runtime(&secret, &claims);
         ctx.remember(&token);

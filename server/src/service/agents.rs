@@ -78,7 +78,7 @@ impl Platform {
     /// in order; the first that fails decides the answer, and every failure
     /// is audited.
     async fn bind_agent(&self, claims: RuntimeClaims, action: &str, meta: &RequestMeta) -> Result<AgentCaller, Rejection> {
-        let outcome = match self.store.get_identity(&claims.tid, claims.aid).await {
+        let outcome = match self.store.get_identity(&claims.tenant_id, claims.agent_id).await {
             Err(e) => Err(e.into()),
             Ok(identity) => match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
                 Ok(identity) => return Ok(AgentCaller { identity: identity.clone(), claims }),
@@ -86,7 +86,7 @@ impl Platform {
             },
         };
         if let Err(rejection) = &outcome {
-            self.audit_agent_failure(rejection, Some(&claims.tid), Some(&claims.aid.to_string()), Some(claims.aid), action, meta).await;
+            self.audit_agent_failure(rejection, Some(&claims.tenant_id), Some(&claims.agent_id.to_string()), Some(claims.agent_id), action, meta).await;
         }
         outcome
     }
@@ -102,7 +102,7 @@ impl Platform {
     ) {
         let record = self.audit(
             tenant.unwrap_or(UNATTRIBUTED_TENANT),
-            ("agent", actor.unwrap_or("unknown")),
+            (ActorType::Agent, actor.unwrap_or("unknown")),
             action,
             ("agent", agent_id.map(|a| a.to_string())),
             Some(rejection),
@@ -126,7 +126,7 @@ impl Platform {
             return Err((Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Malformed), None, None));
         }
         let claims = self.runtime_keys.verify(bearer, now).map_err(|f| (Rejection::RuntimeTokenInvalid(f), None, None))?;
-        let fail = |r: Rejection| Err((r, Some(claims.tid.clone()), Some(claims.aid.to_string())));
+        let fail = |r: Rejection| Err((r, Some(claims.tenant_id.clone()), Some(claims.agent_id.to_string())));
         if claims.sub_type != SUBJECT_SERVICE_ACCOUNT {
             return fail(Rejection::NotServiceAccount);
         }
@@ -136,7 +136,7 @@ impl Platform {
         let Ok(path_agent_id) = Uuid::parse_str(path_agent_id) else {
             return fail(Rejection::ParameterInvalid("path parameter `agent_id` must be a UUID".into()));
         };
-        if claims.aid != path_agent_id {
+        if claims.agent_id != path_agent_id {
             return fail(Rejection::ActorMismatch);
         }
         Ok(claims)
@@ -147,9 +147,9 @@ impl Platform {
     /// rotation, and only during the grace period.
     fn binding(&self, claims: &RuntimeClaims, action: &str) -> AgentBinding {
         AgentBinding {
-            collector_id: claims.cid,
-            asset_id: claims.asid,
-            certificate_id: claims.crt,
+            collector_id: claims.collector_id,
+            asset_id: claims.asset_id,
+            certificate_id: claims.certificate_id,
             stale_after: self.policy.stale_after,
             rotation_grace: (action == HEARTBEAT).then_some(self.policy.rotation_grace),
         }
@@ -166,15 +166,15 @@ impl Platform {
             IdentityRefusal::Stale { marked } => {
                 if !marked {
                     let record = self.audit(
-                        &claims.tid,
-                        ("system", "staleness"),
+                        &claims.tenant_id,
+                        (ActorType::System, "staleness"),
                         "agent.mark_stale",
-                        ("agent", Some(claims.aid.to_string())),
+                        ("agent", Some(claims.agent_id.to_string())),
                         None,
                         meta,
                         BTreeMap::new(),
                     );
-                    if let Err(e) = self.store.mark_identity_stale(&claims.tid, claims.aid, &record).await {
+                    if let Err(e) = self.store.mark_identity_stale(&claims.tenant_id, claims.agent_id, &record).await {
                         tracing::error!(error = %e, "could not persist a stale identity");
                     }
                 }
@@ -204,7 +204,7 @@ impl Platform {
             HeartbeatOutcome::Duplicate => true,
             HeartbeatOutcome::Refused(refusal) => {
                 let rejection = self.refusal(refusal, &claims, meta).await;
-                self.audit_agent_failure(&rejection, Some(&claims.tid), Some(&claims.aid.to_string()), Some(claims.aid), HEARTBEAT, meta).await;
+                self.audit_agent_failure(&rejection, Some(&claims.tenant_id), Some(&claims.agent_id.to_string()), Some(claims.agent_id), HEARTBEAT, meta).await;
                 return Err(rejection);
             }
             HeartbeatOutcome::FirstContactRequired => {
@@ -213,7 +213,7 @@ impl Platform {
             }
         };
         self.metrics.inc("oneprotect_heartbeats_total", "outcome", if duplicate { "duplicate" } else { "accepted" });
-        Ok(HeartbeatResult { agent_id: claims.aid, status: AgentStatus::Active, accepted_at: now, duplicate })
+        Ok(HeartbeatResult { agent_id: claims.agent_id, status: AgentStatus::Active, accepted_at: now, duplicate })
     }
 
     /// What one heartbeat asks the store to write.
@@ -226,8 +226,8 @@ impl Platform {
         first_contact: Option<FirstContact>,
     ) -> Result<HeartbeatCommit, Rejection> {
         Ok(HeartbeatCommit {
-            tenant_id: claims.tid.clone(),
-            agent_id: claims.aid,
+            tenant_id: claims.tenant_id.clone(),
+            agent_id: claims.agent_id,
             binding: self.binding(claims, HEARTBEAT),
             now,
             sequence,
@@ -243,8 +243,8 @@ impl Platform {
     /// The `asset.telemetry.received` event of one heartbeat.
     fn telemetry_event(&self, claims: &RuntimeClaims, input: &HeartbeatInput, now: DateTime<Utc>) -> Result<OutboxEvent, Rejection> {
         let data = events::AssetTelemetryReceivedData {
-            agent_id: claims.aid,
-            asset_id: claims.asid,
+            agent_id: claims.agent_id,
+            asset_id: claims.asset_id,
             sequence: input.sequence,
             received_at: now,
             hostname: Some(bounded(&input.hostname)?),
@@ -255,24 +255,32 @@ impl Platform {
             memory_used_bytes: input.memory_used_bytes,
             process_count: input.process_count,
         };
-        self.event(&claims.tid, &claims.asid.to_string(), data)
+        self.event(&claims.tenant_id, &claims.asset_id.to_string(), data)
     }
 
     /// What an identity's first heartbeat writes besides its telemetry.
     fn first_contact(&self, claims: &RuntimeClaims, input: &HeartbeatInput, now: DateTime<Utc>, meta: &RequestMeta) -> Result<FirstContact, Rejection> {
         let data = events::AssetDiscoveredData {
-            asset_id: claims.asid,
-            agent_id: claims.aid,
-            collector_id: claims.cid,
+            asset_id: claims.asset_id,
+            agent_id: claims.agent_id,
+            collector_id: claims.collector_id,
             hostname: bounded(&input.hostname)?,
             os_family: input.os_family.as_deref().map(bounded).transpose()?,
             os_version: input.os_version.as_deref().map(bounded).transpose()?,
             discovered_at: now,
         };
-        let actor = claims.aid.to_string();
+        let actor = claims.agent_id.to_string();
         Ok(FirstContact {
-            discovered_event: self.event(&claims.tid, &claims.asid.to_string(), data)?,
-            activation_audit: self.audit(&claims.tid, ("agent", &actor), "agent.activate", ("agent", Some(actor.clone())), None, meta, BTreeMap::new()),
+            discovered_event: self.event(&claims.tenant_id, &claims.asset_id.to_string(), data)?,
+            activation_audit: self.audit(
+                &claims.tenant_id,
+                (ActorType::Agent, &actor),
+                "agent.activate",
+                ("agent", Some(actor.clone())),
+                None,
+                meta,
+                BTreeMap::new(),
+            ),
         })
     }
 
@@ -287,10 +295,10 @@ impl Platform {
         meta: &RequestMeta,
     ) -> Result<RotationResult, Rejection> {
         let caller = self.bind_agent(claims, "agent.rotate", meta).await?;
-        let (tenant, identity) = (caller.claims.tid.clone(), caller.identity);
+        let (tenant, identity) = (caller.claims.tenant_id.clone(), caller.identity);
         let actor = identity.agent_id.to_string();
         let reject = |r: Rejection| async {
-            let record = self.audit(&tenant, ("agent", &actor), "agent.rotate", ("agent", Some(actor.clone())), Some(&r), meta, BTreeMap::new());
+            let record = self.audit(&tenant, (ActorType::Agent, &actor), "agent.rotate", ("agent", Some(actor.clone())), Some(&r), meta, BTreeMap::new());
             self.audit_rejection(record, None).await;
             r
         };
@@ -312,7 +320,7 @@ impl Platform {
             serial_number: secrets::hex(&secrets::random_bytes::<16>()),
             not_before: now,
             not_after: now + self.policy.certificate_validity,
-            status: "active".to_owned(),
+            status: CertificateStatus::Active,
         };
         let claims =
             claims_for(&tenant, identity.agent_id, identity.collector_id, identity.asset_id, certificate.certificate_id, now, self.policy.runtime_token_ttl);
@@ -322,7 +330,7 @@ impl Platform {
         details.insert("certificate_id".to_owned(), certificate.certificate_id.to_string());
         details.insert("runtime_token_sha256".to_owned(), runtime_token.sha256.clone());
         details.insert("runtime_token_key_id".to_owned(), runtime_token.key_id.clone());
-        let audit = self.audit(&tenant, ("agent", &actor), "agent.rotate", ("agent", Some(actor.clone())), None, meta, details);
+        let audit = self.audit(&tenant, (ActorType::Agent, &actor), "agent.rotate", ("agent", Some(actor.clone())), None, meta, details);
         let payload: events::AgentCertificateRotatedData = data(serde_json::json!({
             "agent_id": identity.agent_id,
             "previous_certificate_id": identity.certificate_id,
@@ -337,7 +345,7 @@ impl Platform {
             agent_id: identity.agent_id,
             now,
             nonce_hash: secrets::nonce_hash(&self.hash_key, &tenant, nonce.expose_secret()),
-            presented_certificate_id: caller.claims.crt,
+            presented_certificate_id: caller.claims.certificate_id,
             certificate: certificate.clone(),
             audit,
             event,
@@ -379,7 +387,7 @@ impl Platform {
         meta: &RequestMeta,
     ) -> Result<AgentIdentityRecord, Rejection> {
         let now = self.clock.now();
-        let actor = ("tenant_admin", admin.subject.as_str());
+        let actor = (ActorType::TenantAdmin, admin.subject.as_str());
         let target = ("agent", Some(agent_id.to_string()));
         let mut details = BTreeMap::new();
         if let Some(r) = &reason {

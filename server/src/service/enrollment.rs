@@ -61,7 +61,7 @@ impl Platform {
             let rejection = Rejection::RequestInvalid(detail);
             let record = self.audit(
                 &admin.tenant_id,
-                ("tenant_admin", &admin.subject),
+                (ActorType::TenantAdmin, &admin.subject),
                 "enrollment_token.issue",
                 ("enrollment_token", None),
                 Some(&rejection),
@@ -93,7 +93,7 @@ impl Platform {
         details.insert("expires_at".to_owned(), record.expires_at.to_rfc3339());
         let audit = self.audit(
             &admin.tenant_id,
-            ("tenant_admin", &admin.subject),
+            (ActorType::TenantAdmin, &admin.subject),
             "enrollment_token.issue",
             ("enrollment_token", Some(record.id.to_string())),
             None,
@@ -129,7 +129,7 @@ impl Platform {
         meta: &RequestMeta,
     ) -> Result<EnrollmentTokenRecord, Rejection> {
         let now = self.clock.now();
-        let actor = ("tenant_admin", admin.subject.as_str());
+        let actor = (ActorType::TenantAdmin, admin.subject.as_str());
         let target = ("enrollment_token", Some(id.to_string()));
         let mut details = BTreeMap::new();
         if let Some(r) = &reason {
@@ -202,7 +202,7 @@ impl Platform {
         if let Err(rejection) = &judged {
             let record = self.audit(
                 UNATTRIBUTED_TENANT,
-                ("anonymous", "enrollment_token"),
+                (ActorType::Anonymous, "enrollment_token"),
                 "agent.exchange",
                 ("enrollment_token", token_id.map(|t| t.to_string())),
                 Some(rejection),
@@ -243,7 +243,7 @@ impl Platform {
             serial_number: secrets::hex(&secrets::random_bytes::<16>()),
             not_before: now,
             not_after: now + self.policy.certificate_validity,
-            status: "active".to_owned(),
+            status: CertificateStatus::Active,
         };
         let identity = AgentIdentityRecord {
             agent_id,
@@ -275,7 +275,8 @@ impl Platform {
         details.insert("runtime_token_sha256".to_owned(), runtime_token.sha256.clone());
         details.insert("runtime_token_key_id".to_owned(), runtime_token.key_id.clone());
         details.insert("runtime_token_expires_at".to_owned(), runtime_token.expires_at.to_rfc3339());
-        let audit = self.audit(&tenant, ("anonymous", "enrollment_token"), "agent.exchange", ("agent", Some(agent_id.to_string())), None, meta, details);
+        let audit =
+            self.audit(&tenant, (ActorType::Anonymous, "enrollment_token"), "agent.exchange", ("agent", Some(agent_id.to_string())), None, meta, details);
         let payload: events::AgentEnrolledData = data(serde_json::json!({
             "agent_id": agent_id,
             "collector_id": identity.collector_id,
@@ -305,7 +306,7 @@ impl Platform {
                 let rejection = Rejection::NonceReplayed;
                 let record = self.audit(
                     &tenant,
-                    ("anonymous", "enrollment_token"),
+                    (ActorType::Anonymous, "enrollment_token"),
                     "agent.exchange",
                     ("enrollment_token", Some(token_id.to_string())),
                     Some(&rejection),
@@ -332,7 +333,7 @@ impl Platform {
         let rejection = Rejection::EnrollmentTokenInvalid(failure);
         let record = self.audit(
             tenant,
-            ("anonymous", "enrollment_token"),
+            (ActorType::Anonymous, "enrollment_token"),
             "agent.exchange",
             ("enrollment_token", token_id.map(|t| t.to_string())),
             Some(&rejection),

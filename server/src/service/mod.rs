@@ -230,7 +230,7 @@ impl Platform {
     fn audit(
         &self,
         tenant_id: &str,
-        actor: (&str, &str),
+        actor: (ActorType, &str),
         action: &str,
         target: (&str, Option<String>),
         rejection: Option<&Rejection>,
@@ -249,12 +249,12 @@ impl Platform {
             audit_id: record_id(now),
             tenant_id: tenant_id.to_owned(),
             occurred_at: now,
-            actor_type: actor.0.to_owned(),
+            actor_type: actor.0,
             actor_id: actor.1.to_owned(),
             action: action.to_owned(),
             target_type: target.0.to_owned(),
             target_id: target.1,
-            outcome: if rejection.is_some() { "failure" } else { "success" }.to_owned(),
+            outcome: if rejection.is_some() { AuditOutcome::Failure } else { AuditOutcome::Success },
             reason_code: rejection.map(|r| r.reason().to_owned()),
             request_id: meta.request_id.clone(),
             details,
@@ -301,7 +301,7 @@ impl Platform {
                 let rejection = Rejection::Forbidden("this operation requires the tenant_admin role");
                 let record = self.audit(
                     &p.tenant_id,
-                    ("tenant_admin", &p.subject),
+                    (ActorType::TenantAdmin, &p.subject),
                     action,
                     ("tenant", Some(p.tenant_id.clone())),
                     Some(&rejection),
@@ -320,7 +320,7 @@ impl Platform {
                 });
                 let mut details = BTreeMap::new();
                 details.insert("failure".to_owned(), format!("{failure:?}").to_ascii_lowercase());
-                let record = self.audit(UNATTRIBUTED_TENANT, ("anonymous", "anonymous"), action, ("tenant", None), Some(&rejection), meta, details);
+                let record = self.audit(UNATTRIBUTED_TENANT, (ActorType::Anonymous, "anonymous"), action, ("tenant", None), Some(&rejection), meta, details);
                 self.audit_rejection(record, None).await;
                 Err(rejection)
             }

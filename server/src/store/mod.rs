@@ -28,6 +28,23 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A stored text value read back as its domain type; anything else is
+/// corrupt data.
+pub(crate) fn stored<T>(parsed: Option<T>, what: &str) -> StoreResult<T> {
+    parsed.ok_or_else(|| StoreError::Corrupt(what.to_owned()))
+}
+
+/// Storage failures never leak their text to callers: an unreachable store
+/// is 503 `store_unavailable` (retried), anything else 500.
+impl From<StoreError> for crate::error::Rejection {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Self::StoreUnavailable,
+            StoreError::Backend(_) | StoreError::Corrupt(_) | StoreError::Misconfigured(_) => Self::Internal,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.

@@ -45,12 +45,12 @@ fn commit(identity: &AgentIdentityRecord, now: chrono::DateTime<chrono::Utc>, se
                 audit_id: Uuid::new_v4(),
                 tenant_id: tenant.into(),
                 occurred_at: now,
-                actor_type: "agent".into(),
+                actor_type: oneprotect_server::model::ActorType::Agent,
                 actor_id: agent.to_string(),
                 action: "agent.activate".into(),
                 target_type: "agent".into(),
                 target_id: None,
-                outcome: "success".into(),
+                outcome: oneprotect_server::model::AuditOutcome::Success,
                 reason_code: None,
                 request_id: "fixture".into(),
                 details: Default::default(),
@@ -67,7 +67,10 @@ async fn telemetry_events(store: &Arc<dyn Store>, tenant: &str) -> usize {
     store.list_events(tenant, None, 200).await.map(|p| p.items.iter().filter(|e| e.event_type == "asset.telemetry.received").count()).unwrap_or(0)
 }
 
-async fn acknowledged_heartbeats_survive_a_crash_before_the_next_flush(backend: Backend) {
+/// Writers abandoned mid-stream and the store reopened: what was
+/// acknowledged is there. (The process is not killed here: see
+/// `acknowledged_heartbeats_survive_a_sigkill_of_the_server_process`.)
+async fn acknowledged_heartbeats_survive_abandoned_writers_and_a_reopen(backend: Backend) {
     let mut h = Harness::start(backend).await;
     let mut agents = Vec::new();
     for _ in 0..8 {
@@ -111,6 +114,120 @@ async fn acknowledged_heartbeats_survive_a_crash_before_the_next_flush(backend: 
     let stored = events.iter().filter(|e| e.event_type == "asset.telemetry.received").count();
     assert!(stored >= acknowledged.len().min(150), "every acknowledged heartbeat's event is durable ({stored} < {})", acknowledged.len());
     let _ = (clock, tmp);
+}
+
+/// The server binary, serving `database_url` with the harness's fixture
+/// secrets; returns the child and the address it serves on.
+fn spawn_server(database_url: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("fixture secrets are text");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oneprotect-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--database-url", database_url])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ONEPROTECT_ADMIN_JWT_SECRET", text(ADMIN_SECRET))
+        .env("ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET", text(RUNTIME_SECRET))
+        .env("ONEPROTECT_TOKEN_HASH_KEY", text(HASH_KEY))
+        .env("ONEPROTECT_ADMIN_JWT_ISSUER", ISSUER)
+        .env("ONEPROTECT_ADMIN_JWT_AUDIENCE", AUDIENCE)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the server binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let listen = loop {
+        let line = lines.next().and_then(Result::ok).unwrap_or_else(|| panic!("the server exited before serving: {:?}", child.try_wait()));
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if record["fields"]["message"] == "serving" {
+            break record["fields"]["listen"].as_str().expect("the serving line names the address").to_owned();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (child, format!("http://{listen}"))
+}
+
+/// A real crash: the server process is killed with SIGKILL while eight
+/// agents heartbeat through it, then the store is reopened. Every
+/// heartbeat the process answered 200 is durable, with its event.
+async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend: Backend) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sqlite_path = tmp.path().join("oneprotect.db");
+    let pg = match backend {
+        Backend::Postgres => Some(PgDatabase::create().await),
+        Backend::Sqlite => None,
+    };
+    // Enroll in-process with the real clock, so the child accepts the runtime tokens.
+    let store = open_store(backend, pg.as_ref(), Some(&sqlite_path)).await;
+    let clock = Arc::new(oneprotect_server::clock::ManualClock::new(chrono::Utc::now()));
+    let h = Harness::serve(store, clock, Options::default(), None, None, None).await;
+    let mut agents = Vec::new();
+    for _ in 0..8 {
+        let (agent, runtime, _) = h.enroll(TENANT_A).await;
+        agents.push((agent, runtime));
+    }
+    drop(h);
+    let url = match &pg {
+        Some(pg) => pg.app_url(),
+        None => sqlite_path.to_string_lossy().into_owned(),
+    };
+    let (mut child, base) = spawn_server(&url);
+
+    let acknowledged: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for (agent, runtime) in agents.clone() {
+        let (http, base, acknowledged, enough) = (http.clone(), base.clone(), acknowledged.clone(), enough.clone());
+        tasks.push(tokio::spawn(async move {
+            for sequence in 1..=10_000u64 {
+                let body =
+                    serde_json::json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": "host-1.fixture", "agent_version": "0.1.0"});
+                let url = format!("{base}/api/v1/agents/{agent}/telemetry/heartbeat");
+                let Ok(resp) = http.post(url).bearer_auth(&runtime).json(&body).send().await else { return };
+                if resp.status() != StatusCode::OK {
+                    return;
+                }
+                let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
+                acked.push((agent.clone(), sequence));
+                if acked.len() >= 400 {
+                    enough.notify_one();
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), enough.notified()).await.expect("400 heartbeats acknowledged");
+    child.kill().expect("SIGKILL the server");
+    let _ = child.wait();
+    for t in &tasks {
+        t.abort();
+    }
+    let acknowledged = acknowledged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+    let reopened = open_store(backend, pg.as_ref(), Some(&sqlite_path)).await;
+    let mut events_per_agent = std::collections::BTreeMap::<String, usize>::new();
+    let mut after = None;
+    loop {
+        let page = reopened.list_events(TENANT_A, after, 500).await.expect("events");
+        for e in page.items.iter().filter(|e| e.event_type == "asset.telemetry.received") {
+            let agent = serde_json::from_str::<serde_json::Value>(&e.payload).ok().and_then(|p| p["data"]["agent_id"].as_str().map(str::to_owned));
+            *events_per_agent.entry(agent.unwrap_or_default()).or_default() += 1;
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    for (agent, _) in &agents {
+        let highest = acknowledged.iter().filter(|(a, _)| a == agent).map(|(_, s)| *s).max().unwrap_or(0);
+        let identity = reopened.get_identity(TENANT_A, Uuid::parse_str(agent).expect("uuid")).await.expect("read").expect("identity");
+        assert!(identity.last_sequence.unwrap_or(0) >= highest as i64, "agent {agent}: heartbeat {highest} was acknowledged, then lost");
+        let events = events_per_agent.get(agent).copied().unwrap_or(0);
+        assert!(events as u64 >= highest, "agent {agent}: {highest} heartbeats acknowledged, {events} telemetry events stored");
+    }
+    drop(reopened);
+    let _ = tmp;
 }
 
 async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Backend) {
@@ -269,7 +386,8 @@ crate::both_backends!(
     a_first_heartbeat_without_its_first_contact_records_writes_nothing_and_asks_for_them,
     a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant,
     one_failing_heartbeat_does_not_fail_the_rest_of_its_batch,
-    acknowledged_heartbeats_survive_a_crash_before_the_next_flush,
+    acknowledged_heartbeats_survive_abandoned_writers_and_a_reopen,
+    acknowledged_heartbeats_survive_a_sigkill_of_the_server_process,
     a_revocation_during_a_batch_refuses_every_later_heartbeat,
     duplicates_inside_one_batch_emit_a_single_event,
 );

@@ -44,7 +44,7 @@ async fn tampered_expired_unknown_key_and_wrong_scope_runtime_tokens_fail_closed
     let (agent, runtime, enrolled) = h.enroll(TENANT_A).await;
     let parts: Vec<&str> = runtime.split('.').collect();
     let mut forged = claims_of(&enrolled, h.clock_now());
-    forged.tid = TENANT_B.into();
+    forged.tenant_id = TENANT_B.into();
     let tampered_payload =
         format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], oneprotect_server::secrets::b64(&serde_json::to_vec(&forged).expect("json")), parts[4]);
     assert_problem(&h.heartbeat(&agent, &tampered_payload, 1).await, StatusCode::UNAUTHORIZED, ProblemCode::RuntimeTokenInvalid);
@@ -84,18 +84,18 @@ async fn unknown_revoked_stale_actor_and_collector_mismatches_each_get_their_cod
     assert_eq!(audited_failures(&h, TENANT_A, "actor_mismatch").await, 1);
 
     let mut wrong_collector = claims_of(&enrolled, h.clock_now());
-    wrong_collector.cid = Uuid::new_v4();
+    wrong_collector.collector_id = Uuid::new_v4();
     assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&wrong_collector), 1).await, StatusCode::FORBIDDEN, ProblemCode::CollectorMismatch);
     assert_eq!(audited_failures(&h, TENANT_A, "collector_mismatch").await, 1);
 
     let ghost_id = Uuid::new_v4();
     let mut ghost = claims_of(&enrolled, h.clock_now());
-    ghost.aid = ghost_id;
+    ghost.agent_id = ghost_id;
     assert_problem(&h.heartbeat(&ghost_id.to_string(), &h.runtime_token_for(&ghost), 1).await, StatusCode::UNAUTHORIZED, ProblemCode::IdentityUnknown);
     assert_eq!(audited_failures(&h, TENANT_A, "identity_unknown").await, 1);
 
     let mut cross = claims_of(&enrolled, h.clock_now());
-    cross.tid = TENANT_B.into();
+    cross.tenant_id = TENANT_B.into();
     assert_problem(&h.heartbeat(&agent, &h.runtime_token_for(&cross), 1).await, StatusCode::UNAUTHORIZED, ProblemCode::IdentityUnknown);
 
     assert_eq!(h.heartbeat(&agent, &runtime, 1).await.0, StatusCode::OK);

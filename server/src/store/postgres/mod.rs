@@ -15,7 +15,7 @@ use uuid::Uuid;
 use self::heartbeat::{apply_heartbeat_alone, apply_heartbeat_batch};
 use self::rows::*;
 use super::batch::{HeartbeatBatcher, ShardedBatcher, WriteQueueSnapshot, WriteQueueStats};
-use super::{Store, StoreError, StoreResult, TABLES};
+use super::{Store, StoreError, StoreResult, TABLES, stored};
 use crate::error::TokenFailure;
 use crate::model::*;
 
@@ -524,7 +524,7 @@ impl Store for PgStore {
                 serial_number: r.try_get("serial_number").map_err(backend)?,
                 not_before: r.try_get("not_before").map_err(backend)?,
                 not_after: r.try_get("not_after").map_err(backend)?,
-                status: r.try_get("status").map_err(backend)?,
+                status: stored(CertificateStatus::parse(r.try_get("status").map_err(backend)?), "certificate status")?,
             })
         })
         .transpose()
@@ -551,12 +551,12 @@ impl Store for PgStore {
                         audit_id: r.try_get("audit_id").map_err(backend)?,
                         tenant_id: r.try_get("tenant_id").map_err(backend)?,
                         occurred_at: r.try_get("occurred_at").map_err(backend)?,
-                        actor_type: r.try_get("actor_type").map_err(backend)?,
+                        actor_type: stored(ActorType::parse(r.try_get("actor_type").map_err(backend)?), "audit actor type")?,
                         actor_id: r.try_get("actor_id").map_err(backend)?,
                         action: r.try_get("action").map_err(backend)?,
                         target_type: r.try_get("target_type").map_err(backend)?,
                         target_id: r.try_get("target_id").map_err(backend)?,
-                        outcome: r.try_get("outcome").map_err(backend)?,
+                        outcome: stored(AuditOutcome::parse(r.try_get("outcome").map_err(backend)?), "audit outcome")?,
                         reason_code: r.try_get("reason_code").map_err(backend)?,
                         request_id: r.try_get("request_id").map_err(backend)?,
                         details: serde_json::from_value(details).map_err(|_| StoreError::Corrupt("audit details".into()))?,

@@ -20,7 +20,7 @@ use self::checkpoint::{Checkpointer, WAL_BACKSTOP_PAGES};
 use self::heartbeat::apply_heartbeat;
 use self::rows::*;
 use self::writer::Writer;
-use super::{Store, StoreError, StoreResult, TABLES};
+use super::{Store, StoreError, StoreResult, TABLES, stored};
 use crate::error::TokenFailure;
 use crate::model::*;
 
@@ -511,7 +511,7 @@ impl Store for SqliteStore {
                     serial_number: serial,
                     not_before: time(nb)?,
                     not_after: time(na)?,
-                    status,
+                    status: stored(CertificateStatus::parse(String::as_str(&status)), "certificate status")?,
                 })
             })
             .transpose()
@@ -568,12 +568,12 @@ impl Store for SqliteStore {
                         audit_id: uuid_of(&id)?,
                         tenant_id: tenant,
                         occurred_at: time(at)?,
-                        actor_type,
+                        actor_type: stored(ActorType::parse(String::as_str(&actor_type)), "audit actor type")?,
                         actor_id,
                         action,
                         target_type,
                         target_id,
-                        outcome,
+                        outcome: stored(AuditOutcome::parse(String::as_str(&outcome)), "audit outcome")?,
                         reason_code,
                         request_id,
                         details: serde_json::from_str(&details).map_err(|_| StoreError::Corrupt("audit details".into()))?,

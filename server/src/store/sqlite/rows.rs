@@ -183,12 +183,12 @@ pub(super) fn insert_audit(tx: &Connection, a: &AuditRecord) -> rusqlite::Result
         a.audit_id.to_string(),
         a.tenant_id,
         micros(a.occurred_at),
-        a.actor_type,
+        a.actor_type.as_str(),
         a.actor_id,
         a.action,
         a.target_type,
         a.target_id,
-        a.outcome,
+        a.outcome.as_str(),
         a.reason_code,
         a.request_id,
         details
@@ -222,7 +222,7 @@ pub(super) fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusq
         c.serial_number,
         micros(c.not_before),
         micros(c.not_after),
-        c.status
+        c.status.as_str()
     ])?;
     Ok(())
 }
