@@ -39,7 +39,9 @@ pub type Outcome = (u8, String);
 fn read_token(config: &Config, options: &EnrollOptions) -> Result<(SecretString, TokenSource), String> {
     if options.token_stdin {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read the token from stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the token from stdin: {e}"))?;
         let t = text.trim();
         if t.is_empty() {
             return Err("no enrollment token on stdin".into());
@@ -47,7 +49,8 @@ fn read_token(config: &Config, options: &EnrollOptions) -> Result<(SecretString,
         return Ok((SecretString::from(t.to_owned()), TokenSource::Stdin));
     }
     if let Some(path) = options.token_file.clone().or_else(|| config.enrollment_token_file.clone()) {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("enrollment token file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("enrollment token file {}: {e}", path.display()))?;
         let t = text.trim();
         if t.is_empty() {
             return Err(format!("enrollment token file {} is empty", path.display()));
@@ -55,7 +58,9 @@ fn read_token(config: &Config, options: &EnrollOptions) -> Result<(SecretString,
         return Ok((SecretString::from(t.to_owned()), TokenSource::File(path)));
     }
     match &config.enrollment_token {
-        Some(t) => Ok((t.clone(), if config.token_in_file { TokenSource::Config } else { TokenSource::Environment })),
+        Some(t) => {
+            Ok((t.clone(), if config.token_in_file { TokenSource::Config } else { TokenSource::Environment }))
+        }
         None => Err(format!(
             "no enrollment token: set `enrollment_token` or `enrollment_token_file` in {}, or pass --token-file / --token-stdin",
             config.path.display()
@@ -67,7 +72,8 @@ fn remove_token(config: &Config, source: &TokenSource) -> Result<(), String> {
     match source {
         TokenSource::Config if crate::faults::active("token-left-in-config") => Ok(()),
         TokenSource::Config => {
-            let text = std::fs::read_to_string(&config.path).map_err(|e| format!("{}: {e}", config.path.display()))?;
+            let text = std::fs::read_to_string(&config.path)
+                .map_err(|e| format!("{}: {e}", config.path.display()))?;
             let without = remove_enrollment_token(&text);
             rewrite_keeping_mode(&config.path, without.as_bytes()).map_err(|e| e.to_string())
         }
@@ -79,7 +85,13 @@ fn remove_token(config: &Config, source: &TokenSource) -> Result<(), String> {
 pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
     let state = StateDir::new(&config.state_dir);
     if state.is_enrolled() && !options.force {
-        return (exit::CONFIG, format!("already enrolled (state in {}); pass --force to enroll again", config.state_dir.display()));
+        return (
+            exit::CONFIG,
+            format!(
+                "already enrolled (state in {}); pass --force to enroll again",
+                config.state_dir.display()
+            ),
+        );
     }
     let (token, source) = match read_token(config, &options) {
         Ok(t) => t,
@@ -90,7 +102,8 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
         Err(e) => return (exit::CONFIG, e),
     };
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into());
-    let fingerprint = crate::fingerprint::machine_id().map(|id| crate::fingerprint::fingerprint_hash(id.expose_secret()));
+    let fingerprint =
+        crate::fingerprint::machine_id().map(|id| crate::fingerprint::fingerprint_hash(id.expose_secret()));
     let mut backoff = Backoff::default();
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut first_attempt: Option<(crate::platform::KeyAndCsr, SecretString)> = None;
@@ -103,7 +116,10 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
         let keys = if crate::faults::active("nonce-reused-on-retry") {
             let (k, n) = first_attempt.get_or_insert((keys, nonce.clone()));
             nonce = n.clone();
-            crate::platform::KeyAndCsr { private_key_pem: k.private_key_pem.clone(), csr_pem: k.csr_pem.clone() }
+            crate::platform::KeyAndCsr {
+                private_key_pem: k.private_key_pem.clone(),
+                csr_pem: k.csr_pem.clone(),
+            }
         } else {
             keys
         };
@@ -121,7 +137,13 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
         });
         let body: types::EnrollmentExchangeRequest = match serde_json::from_value(body) {
             Ok(b) => b,
-            Err(_) => return (exit::CONFIG, "the enrollment token or host facts do not fit the contract (is the token complete?)".into()),
+            Err(_) => {
+                return (
+                    exit::CONFIG,
+                    "the enrollment token or host facts do not fit the contract (is the token complete?)"
+                        .into(),
+                );
+            }
         };
         tracing::info!(attempt, "exchanging the enrollment token");
         match api.exchange_enrollment_token(&body).await.map_err(classify) {
@@ -142,19 +164,29 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
                 let runtime_token = SecretString::from(enrolled.runtime_token.token);
                 let certificate = serde_json::to_value(&enrolled.certificate).unwrap_or_default();
                 if let Err(e) = state.save(&identity, &runtime_token, &keys.private_key_pem, &certificate) {
-                    return (exit::RUNTIME, format!("enrolled as {} but could not save the identity: {e}", identity.agent_id));
+                    return (
+                        exit::RUNTIME,
+                        format!("enrolled as {} but could not save the identity: {e}", identity.agent_id),
+                    );
                 }
                 if let Err(e) = remove_token(config, &source) {
                     return (
                         exit::RUNTIME,
-                        format!("enrolled as {}, but the enrollment token could not be removed: {e}; remove it by hand", identity.agent_id),
+                        format!(
+                            "enrolled as {}, but the enrollment token could not be removed: {e}; remove it by hand",
+                            identity.agent_id
+                        ),
                     );
                 }
                 tracing::info!(agent_id = %identity.agent_id, tenant_id = %identity.tenant_id, "enrolled");
-                return (exit::OK, format!("enrolled as agent {} (tenant {})", identity.agent_id, identity.tenant_id));
+                return (
+                    exit::OK,
+                    format!("enrolled as agent {} (tenant {})", identity.agent_id, identity.tenant_id),
+                );
             }
             Err(CallError::Status { status, code, retry_after }) if status == 429 || status >= 500 => {
-                let retry_after = if crate::faults::active("enroll-ignores-retry-after") { None } else { retry_after };
+                let retry_after =
+                    if crate::faults::active("enroll-ignores-retry-after") { None } else { retry_after };
                 let delay = backoff.next_delay(retry_after, &mut rng);
                 tracing::warn!(
                     status,
@@ -165,7 +197,13 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
                 tokio::time::sleep(delay).await;
             }
             Err(CallError::Status { status, code, .. }) => {
-                return (exit::ENROLLMENT_REFUSED, format!("the platform refused the enrollment: {status} {}", code.as_deref().unwrap_or("(no code)")));
+                return (
+                    exit::ENROLLMENT_REFUSED,
+                    format!(
+                        "the platform refused the enrollment: {status} {}",
+                        code.as_deref().unwrap_or("(no code)")
+                    ),
+                );
             }
             // Retrying cannot make a certificate verify: say so at once.
             Err(CallError::Certificate(e)) => return (exit::CONFIG, e),

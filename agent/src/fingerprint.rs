@@ -10,13 +10,19 @@ use sha2::Sha256;
 const FINGERPRINT_KEY: &[u8] = b"oneprotect-agent/hardware-fingerprint/v1";
 
 #[cfg(target_os = "linux")]
-const MACHINE_ID_SOURCES: &[&str] = &["/etc/machine-id", "/var/lib/dbus/machine-id", "/sys/class/dmi/id/product_uuid"];
+const MACHINE_ID_SOURCES: &[&str] =
+    &["/etc/machine-id", "/var/lib/dbus/machine-id", "/sys/class/dmi/id/product_uuid"];
 #[cfg(not(target_os = "linux"))]
 const MACHINE_ID_SOURCES: &[&str] = &[];
 
 /// The first non-empty machine id from the platform's usual sources.
 pub fn machine_id() -> Option<SecretString> {
-    MACHINE_ID_SOURCES.iter().filter_map(|p| std::fs::read_to_string(p).ok()).map(|s| s.trim().to_owned()).find(|s| !s.is_empty()).map(SecretString::from)
+    MACHINE_ID_SOURCES
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .map(SecretString::from)
 }
 
 /// Hex HMAC-SHA256 of a machine id.
@@ -38,7 +44,8 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(!a.contains("fixture"));
         use sha2::Digest;
-        let plain: String = sha2::Sha256::digest(b"fixture-machine-id-0001").iter().map(|b| format!("{b:02x}")).collect();
+        let plain: String =
+            sha2::Sha256::digest(b"fixture-machine-id-0001").iter().map(|b| format!("{b:02x}")).collect();
         assert_ne!(a, plain, "keyed, not a bare hash");
     }
 }

@@ -11,11 +11,17 @@ use oneprotect_agent::run::{run, shutdown_signal};
 use oneprotect_agent::state::{self, StateDir};
 
 #[derive(Parser)]
-#[command(name = "oneprotect-agent", version, about = "The OneProtect endpoint agent: enroll once, then heartbeat host telemetry")]
-#[command(after_help = "Exit codes:\n  0  clean stop (SIGINT/SIGTERM) or success\n  1  transient failure retries did not overcome\n  \
+#[command(
+    name = "oneprotect-agent",
+    version,
+    about = "The OneProtect endpoint agent: enroll once, then heartbeat host telemetry"
+)]
+#[command(
+    after_help = "Exit codes:\n  0  clean stop (SIGINT/SIGTERM) or success\n  1  transient failure retries did not overcome\n  \
 2  configuration or usage error\n  3  identity unknown to the platform (401): re-enroll\n  \
 4  identity rejected (403): revoked, stale or forbidden\n  5  enrollment refused by the platform\n\
-Environment overrides: ONEPROTECT_AGENT_PLATFORM_URL, _STATE_DIR, _HEARTBEAT_INTERVAL, _CA_BUNDLE, _LOG_LEVEL, _ENROLLMENT_TOKEN, _ENROLLMENT_TOKEN_FILE")]
+Environment overrides: ONEPROTECT_AGENT_PLATFORM_URL, _STATE_DIR, _HEARTBEAT_INTERVAL, _CA_BUNDLE, _LOG_LEVEL, _ENROLLMENT_TOKEN, _ENROLLMENT_TOKEN_FILE"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "ONEPROTECT_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -53,8 +59,13 @@ fn init_logs(level: &str) {
     let level: tracing::Level = level.parse().unwrap_or(tracing::Level::INFO);
     // Only the agent's own events at the chosen level: dependencies stay at
     // warn so that no HTTP library ever logs a header at trace level.
-    let filter = tracing_subscriber::filter::Targets::new().with_target("oneprotect_agent", level).with_default(tracing::Level::WARN);
-    let _ = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false)).with(filter).try_init();
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("oneprotect_agent", level)
+        .with_default(tracing::Level::WARN);
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
+        .with(filter)
+        .try_init();
 }
 
 fn finish((code, message): (u8, String)) -> ExitCode {
@@ -96,7 +107,10 @@ fn collect() -> ExitCode {
             // Two samples so that CPU usage is a measured delta.
             let _ = c.sample(0, env!("CARGO_PKG_VERSION"));
             std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
-            println!("{}", serde_json::to_string_pretty(&c.sample(0, env!("CARGO_PKG_VERSION"))).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&c.sample(0, env!("CARGO_PKG_VERSION"))).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => finish((exit::RUNTIME, e)),
@@ -119,7 +133,9 @@ fn main() -> ExitCode {
         Err(e) => return finish((exit::RUNTIME, format!("cannot start the runtime: {e}"))),
     };
     match cli.command {
-        Command::Enroll { token_file, token_stdin, force } => finish(runtime.block_on(enroll(&config, EnrollOptions { force, token_file, token_stdin }))),
+        Command::Enroll { token_file, token_stdin, force } => {
+            finish(runtime.block_on(enroll(&config, EnrollOptions { force, token_file, token_stdin })))
+        }
         Command::Run => finish(runtime.block_on(run(&config, shutdown_signal()))),
         Command::Status => finish(status(&config)),
         Command::Collect => collect(),

@@ -36,7 +36,9 @@ impl std::fmt::Display for CallError {
         match self {
             Self::Transport(e) => write!(f, "transport error: {e}"),
             Self::Certificate(e) => write!(f, "{e}"),
-            Self::Status { status, code, .. } => write!(f, "platform answered {status} ({})", code.as_deref().unwrap_or("no code")),
+            Self::Status { status, code, .. } => {
+                write!(f, "platform answered {status} ({})", code.as_deref().unwrap_or("no code"))
+            }
         }
     }
 }
@@ -76,9 +78,10 @@ fn transport(e: reqwest::Error) -> CallError {
     }
     // rustls names a certificate that does not verify "invalid peer certificate: <reason>".
     match text.find("invalid peer certificate") {
-        Some(at) => {
-            CallError::Certificate(format!("certificate verification failed for {host} ({}): check ca_bundle against the platform's certificate", &text[at..]))
-        }
+        Some(at) => CallError::Certificate(format!(
+            "certificate verification failed for {host} ({}): check ca_bundle against the platform's certificate",
+            &text[at..]
+        )),
         None => CallError::Transport(text),
     }
 }
@@ -87,27 +90,41 @@ fn transport(e: reqwest::Error) -> CallError {
 pub fn client(config: &Config, bearer: Option<&SecretString>) -> Result<Client, String> {
     // Nothing about an agent call is redirected: a 3xx is an answer to back
     // off from, never a place to send the bearer, the CSR or telemetry.
-    let redirects = if crate::faults::active("follows-redirects") { reqwest::redirect::Policy::limited(10) } else { reqwest::redirect::Policy::none() };
-    let timeout = if crate::faults::active("request-never-times-out") { Duration::from_secs(86_400) } else { config.request_timeout };
-    let mut builder = reqwest::Client::builder().user_agent(USER_AGENT).timeout(timeout).connect_timeout(Duration::from_secs(10)).redirect(redirects);
+    let redirects = if crate::faults::active("follows-redirects") {
+        reqwest::redirect::Policy::limited(10)
+    } else {
+        reqwest::redirect::Policy::none()
+    };
+    let timeout = if crate::faults::active("request-never-times-out") {
+        Duration::from_secs(86_400)
+    } else {
+        config.request_timeout
+    };
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(redirects);
     if let Some(ca) = &config.ca_bundle {
         let pem = std::fs::read(ca).map_err(|e| format!("ca_bundle {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_bundle {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca_bundle {}: {e}", ca.display()))?;
         if certs.is_empty() {
             return Err(format!("ca_bundle {}: no certificate found", ca.display()));
         }
         builder = builder.tls_certs_only(certs);
     }
     if let Some(token) = bearer {
-        let mut value =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| "the runtime token is not a valid header value".to_string())?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| "the runtime token is not a valid header value".to_string())?;
         value.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, value);
         builder = builder.default_headers(headers);
     }
     let http = builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let max_response_bytes = if crate::faults::active("reads-whole-body") { usize::MAX } else { MAX_RESPONSE_BYTES };
+    let max_response_bytes =
+        if crate::faults::active("reads-whole-body") { usize::MAX } else { MAX_RESPONSE_BYTES };
     Ok(Client::new_with_client(&config.platform_url, http, ClientOptions { max_response_bytes }))
 }
 
@@ -119,7 +136,8 @@ pub struct KeyAndCsr {
 
 /// ECDSA P-256 key and a PKCS#10 request naming the host.
 pub fn new_key_and_csr(hostname: &str) -> Result<KeyAndCsr, String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| format!("cannot generate a key: {e}"))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate a key: {e}"))?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, hostname.chars().take(64).collect::<String>());
@@ -160,12 +178,14 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio_rustls::rustls;
         let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
-        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], key)
-            .expect("server config");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -175,7 +195,10 @@ mod tests {
                 let mut buf = [0u8; 4096];
                 let _ = tls.read(&mut buf).await;
                 let body = r#"{"status":"ok"}"#;
-                let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = tls.write_all(answer.as_bytes()).await;
                 let _ = tls.shutdown().await;
             }
@@ -186,7 +209,10 @@ mod tests {
     fn config_trusting(dir: &std::path::Path, port: u16, ca: &rcgen::CertifiedKey<rcgen::KeyPair>) -> Config {
         let bundle = dir.join("ca.pem");
         std::fs::write(&bundle, ca.cert.pem()).expect("write bundle");
-        let text = format!("platform_url: https://localhost:{port}\nca_bundle: {}\nrequest_timeout: 5\n", bundle.display());
+        let text = format!(
+            "platform_url: https://localhost:{port}\nca_bundle: {}\nrequest_timeout: 5\n",
+            bundle.display()
+        );
         Config::parse(&text, std::path::Path::new("agent.yaml")).expect("config")
     }
 

@@ -36,7 +36,13 @@ fn renewal_due(state: &AgentState) -> bool {
 fn load(config: &Config) -> Result<AgentState, Outcome> {
     let dir = StateDir::new(&config.state_dir);
     if !dir.is_enrolled() {
-        return Err((exit::CONFIG, format!("not enrolled: no identity in {}; run `oneprotect-agent enroll` first", config.state_dir.display())));
+        return Err((
+            exit::CONFIG,
+            format!(
+                "not enrolled: no identity in {}; run `oneprotect-agent enroll` first",
+                config.state_dir.display()
+            ),
+        ));
     }
     dir.load().map_err(|e| match e {
         StateError::TooOpen { .. } => (exit::CONFIG, format!("refusing to run: {e}")),
@@ -48,9 +54,12 @@ fn load(config: &Config) -> Result<AgentState, Outcome> {
 async fn rotate(api: &Client, dir: &StateDir, state: &mut AgentState) -> Result<(), CallError> {
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into());
     let keys = new_key_and_csr(&hostname).map_err(CallError::Transport)?;
-    let body: types::CertificateRotateRequest = serde_json::from_value(serde_json::json!({ "csr_pem": keys.csr_pem, "nonce": new_nonce().expose_secret() }))
-        .map_err(|e| CallError::Transport(format!("rotation request does not fit the contract: {e}")))?;
-    let rotated = api.rotate_agent_certificate(&state.identity.agent_id, &body).await.map_err(classify)?.into_inner();
+    let body: types::CertificateRotateRequest = serde_json::from_value(
+        serde_json::json!({ "csr_pem": keys.csr_pem, "nonce": new_nonce().expose_secret() }),
+    )
+    .map_err(|e| CallError::Transport(format!("rotation request does not fit the contract: {e}")))?;
+    let rotated =
+        api.rotate_agent_certificate(&state.identity.agent_id, &body).await.map_err(classify)?.into_inner();
     let token = SecretString::from(rotated.runtime_token.token);
     let mut identity = state.identity.clone();
     identity.certificate_id = rotated.certificate.certificate_id;
@@ -63,10 +72,14 @@ async fn rotate(api: &Client, dir: &StateDir, state: &mut AgentState) -> Result<
             crate::faults::loosen(&dir.file(KEY_FILE));
         }
         dir.write_private(TOKEN_FILE, token.expose_secret().as_bytes())?;
-        dir.write_private(CERTIFICATE_FILE, &serde_json::to_vec_pretty(&rotated.certificate).unwrap_or_default())?;
+        dir.write_private(
+            CERTIFICATE_FILE,
+            &serde_json::to_vec_pretty(&rotated.certificate).unwrap_or_default(),
+        )?;
         dir.write_private(IDENTITY_FILE, &serde_json::to_vec_pretty(&identity).unwrap_or_default())
     };
-    persist().map_err(|e| CallError::Transport(format!("rotated, but could not save the new identity: {e}")))?;
+    persist()
+        .map_err(|e| CallError::Transport(format!("rotated, but could not save the new identity: {e}")))?;
     *state = AgentState { identity, runtime_token: token, private_key_pem: keys.private_key_pem };
     tracing::info!(certificate_id = %state.identity.certificate_id, "runtime token and certificate record rotated");
     Ok(())
@@ -124,12 +137,23 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                 }
                 Err(CallError::Status { status, code, retry_after }) => match reaction_to_status(status) {
                     Reaction::Stop(code_out) => {
-                        return (code_out, format!("the platform rejected the identity during renewal: {status} {}", code.as_deref().unwrap_or("")));
+                        return (
+                            code_out,
+                            format!(
+                                "the platform rejected the identity during renewal: {status} {}",
+                                code.as_deref().unwrap_or("")
+                            ),
+                        );
                     }
                     _ => {
                         let wait = renew_backoff.next_delay(retry_after, &mut rng);
                         renew_not_before = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                        tracing::warn!(status, code = code.as_deref().unwrap_or(""), retry_in_ms = wait.as_millis() as u64, "runtime token renewal failed");
+                        tracing::warn!(
+                            status,
+                            code = code.as_deref().unwrap_or(""),
+                            retry_in_ms = wait.as_millis() as u64,
+                            "runtime token renewal failed"
+                        );
                     }
                 },
                 Err(CallError::Transport(e) | CallError::Certificate(e)) => {
@@ -188,7 +212,11 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                 Reaction::Retry => {
                     failed_attempts += 1;
                     pending_sequence = Some(sequence);
-                    let retry_after = if crate::faults::active("heartbeat-ignores-retry-after") { None } else { retry_after };
+                    let retry_after = if crate::faults::active("heartbeat-ignores-retry-after") {
+                        None
+                    } else {
+                        retry_after
+                    };
                     delay = backoff.next_delay(retry_after, &mut rng);
                     if (300..400).contains(&status) {
                         tracing::warn!(
@@ -208,7 +236,11 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
                 Reaction::Skip | Reaction::Accepted => {
                     pending_sequence = None;
                     delay = splayed(config.heartbeat_interval, &mut rng);
-                    tracing::error!(status, code = code.as_deref().unwrap_or(""), "heartbeat refused as malformed; skipping this sample");
+                    tracing::error!(
+                        status,
+                        code = code.as_deref().unwrap_or(""),
+                        "heartbeat refused as malformed; skipping this sample"
+                    );
                 }
             },
             // A certificate that does not verify is backed off from like any

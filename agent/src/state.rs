@@ -82,7 +82,8 @@ impl StateDir {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))?;
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(&self.dir))?;
         }
         Ok(())
     }
@@ -122,8 +123,9 @@ impl StateDir {
 
     pub fn load(&self) -> Result<AgentState, StateError> {
         let identity_path = self.file(IDENTITY_FILE);
-        let identity: Identity = serde_json::from_str(&self.read_private(IDENTITY_FILE)?)
-            .map_err(|e| StateError::Invalid { path: identity_path.display().to_string(), reason: e.to_string() })?;
+        let identity: Identity = serde_json::from_str(&self.read_private(IDENTITY_FILE)?).map_err(|e| {
+            StateError::Invalid { path: identity_path.display().to_string(), reason: e.to_string() }
+        })?;
         let runtime_token = SecretString::from(self.read_private(TOKEN_FILE)?.trim().to_owned());
         let private_key_pem = SecretString::from(self.read_private(KEY_FILE)?);
         Ok(AgentState { identity, runtime_token, private_key_pem })
@@ -131,7 +133,8 @@ impl StateDir {
 
     pub fn load_identity(&self) -> Result<Identity, StateError> {
         let path = self.file(IDENTITY_FILE);
-        serde_json::from_str(&self.read_private(IDENTITY_FILE)?).map_err(|e| StateError::Invalid { path: path.display().to_string(), reason: e.to_string() })
+        serde_json::from_str(&self.read_private(IDENTITY_FILE)?)
+            .map_err(|e| StateError::Invalid { path: path.display().to_string(), reason: e.to_string() })
     }
 
     /// The next heartbeat sequence, persisted before it is used so a restart
@@ -144,13 +147,18 @@ impl StateDir {
 
     /// The last accepted heartbeat, when one was recorded.
     pub fn last_accepted_heartbeat(&self) -> Option<serde_json::Value> {
-        std::fs::read_to_string(self.file(LAST_HEARTBEAT_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok())
+        std::fs::read_to_string(self.file(LAST_HEARTBEAT_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
     }
 
     pub fn next_sequence(&self) -> Result<u64, StateError> {
         let path = self.file(SEQUENCE_FILE);
         let current = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<u64>().map_err(|_| StateError::Invalid { path: path.display().to_string(), reason: "not a number".into() })?,
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| StateError::Invalid {
+                path: path.display().to_string(),
+                reason: "not a number".into(),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io(&path)(e)),
         };
@@ -240,7 +248,14 @@ mod tests {
     fn every_state_file_is_owner_only_and_the_directory_is_0700() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(tmp.path().join("state"));
-        state.save(&identity(), &SecretString::from("fixture-token"), &SecretString::from("fixture-key"), &serde_json::json!({})).expect("save");
+        state
+            .save(
+                &identity(),
+                &SecretString::from("fixture-token"),
+                &SecretString::from("fixture-key"),
+                &serde_json::json!({}),
+            )
+            .expect("save");
         assert_eq!(mode(state.path()), 0o700);
         for f in [IDENTITY_FILE, KEY_FILE, TOKEN_FILE, CERTIFICATE_FILE, SEQUENCE_FILE] {
             assert_eq!(mode(&state.file(f)), 0o600, "{f}");
@@ -289,8 +304,11 @@ mod tests {
         write_private_atomic(&target, b"old").expect("write");
         write_private_atomic(&target, b"new").expect("replace");
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "new");
-        let leftovers: Vec<_> =
-            std::fs::read_dir(tmp.path()).expect("dir").filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
         assert!(leftovers.is_empty());
     }
 
@@ -298,8 +316,11 @@ mod tests {
     fn a_world_readable_secret_file_is_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(tmp.path());
-        state.save(&identity(), &SecretString::from("t"), &SecretString::from("k"), &serde_json::json!({})).expect("save");
-        std::fs::set_permissions(state.file(KEY_FILE), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        state
+            .save(&identity(), &SecretString::from("t"), &SecretString::from("k"), &serde_json::json!({}))
+            .expect("save");
+        std::fs::set_permissions(state.file(KEY_FILE), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
         assert!(matches!(state.load(), Err(StateError::TooOpen { mode: 0o644, .. })));
     }
 

@@ -4,7 +4,10 @@
 use chrono::Utc;
 use oneprotect_contracts::types::AgentHeartbeatTelemetryRequest;
 use serde_json::{Value, json};
-use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, Networks, ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System};
+use sysinfo::{
+    CpuRefreshKind, Disks, MemoryRefreshKind, Networks, ProcessRefreshKind, ProcessesToUpdate, RefreshKind,
+    System,
+};
 
 /// File systems that are not storage: never reported as disks.
 const PSEUDO_FILE_SYSTEMS: &[&str] = &[
@@ -56,10 +59,14 @@ impl std::fmt::Debug for Collector {
 
 impl Collector {
     pub fn new() -> Result<Self, String> {
-        let kind = RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing().with_usage()).with_memory(MemoryRefreshKind::nothing().with_ram());
-        let system = System::new_with_specifics(kind).map_err(|e| format!("cannot read system information: {e}"))?;
+        let kind = RefreshKind::nothing()
+            .with_cpu(CpuRefreshKind::nothing().with_usage())
+            .with_memory(MemoryRefreshKind::nothing().with_ram());
+        let system =
+            System::new_with_specifics(kind).map_err(|e| format!("cannot read system information: {e}"))?;
         let disks = Disks::new_with_refreshed_list().map_err(|e| format!("cannot read disks: {e}"))?;
-        let networks = Networks::new_with_refreshed_list().map_err(|e| format!("cannot read network interfaces: {e}"))?;
+        let networks = Networks::new_with_refreshed_list()
+            .map_err(|e| format!("cannot read network interfaces: {e}"))?;
         Ok(Self { system, disks, networks })
     }
 
@@ -95,7 +102,8 @@ impl Collector {
                 let mut ips: Vec<String> = data.ip_networks().iter().map(|n| n.addr.to_string()).collect();
                 ips.sort();
                 ips.truncate(256);
-                let mut iface = json!({ "name": truncate(&name.to_string_lossy(), 256), "ip_addresses": ips });
+                let mut iface =
+                    json!({ "name": truncate(&name.to_string_lossy(), 256), "ip_addresses": ips });
                 if !data.mac_address().is_unspecified() {
                     iface["mac_address"] = Value::String(data.mac_address().to_string());
                 }
@@ -129,7 +137,11 @@ impl Collector {
     /// One sample as the generated request type. The type's constrained
     /// fields enforce the contract's bounds; the platform validates the
     /// full schema on receipt.
-    pub fn heartbeat(&mut self, sequence: u64, agent_version: &str) -> Result<AgentHeartbeatTelemetryRequest, String> {
+    pub fn heartbeat(
+        &mut self,
+        sequence: u64,
+        agent_version: &str,
+    ) -> Result<AgentHeartbeatTelemetryRequest, String> {
         let mut sample = self.sample(sequence, agent_version);
         if crate::faults::active("cpu-usage-summed-over-cores") {
             let cores = sample["cpu_count"].as_u64().unwrap_or(1).max(2);
@@ -143,12 +155,19 @@ impl Collector {
     fn process_count(&mut self) -> usize {
         #[cfg(target_os = "linux")]
         if let Ok(entries) = std::fs::read_dir("/proc") {
-            return entries.filter_map(Result::ok).filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))).count();
+            return entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+                .count();
         }
         self.system.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing());
         let n = self.system.processes().len();
         // Drop the table again: only the count is needed.
-        self.system.refresh_processes_specifics(ProcessesToUpdate::Some(&[]), true, ProcessRefreshKind::nothing());
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[]),
+            true,
+            ProcessRefreshKind::nothing(),
+        );
         n
     }
 }
@@ -182,14 +201,23 @@ mod tests {
     fn a_sample_validates_against_the_contract_with_plausible_values() {
         let mut c = Collector::new().expect("collector");
         let sample = c.sample(1, "0.1.0-test");
-        assert_eq!(oneprotect_contracts::contract::validate_schema("AgentHeartbeatTelemetryRequest", &sample), Ok(()));
+        assert_eq!(
+            oneprotect_contracts::contract::validate_schema("AgentHeartbeatTelemetryRequest", &sample),
+            Ok(())
+        );
         assert!(sample["cpu_count"].as_u64().unwrap_or(0) >= 1, "{sample}");
         assert!(sample["memory_total_bytes"].as_u64().unwrap_or(0) > 0);
         assert!(!sample["disks"].as_array().map(Vec::is_empty).unwrap_or(true), "at least one disk");
-        assert!(!sample["network_interfaces"].as_array().map(Vec::is_empty).unwrap_or(true), "at least one interface");
+        assert!(
+            !sample["network_interfaces"].as_array().map(Vec::is_empty).unwrap_or(true),
+            "at least one interface"
+        );
         assert!(sample["process_count"].as_u64().unwrap_or(0) >= 1);
         for d in sample["disks"].as_array().into_iter().flatten() {
-            assert!(!is_pseudo_file_system(d["file_system"].as_str().unwrap_or_default()), "pseudo file systems are filtered: {d}");
+            assert!(
+                !is_pseudo_file_system(d["file_system"].as_str().unwrap_or_default()),
+                "pseudo file systems are filtered: {d}"
+            );
         }
         for key in ["tenant_id", "agent_id", "collector_id", "asset_id", "site_id"] {
             assert!(sample.get(key).is_none(), "telemetry never carries identity ({key})");
@@ -210,8 +238,14 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn disk_use_is_what_df_reports_not_total_minus_available() {
-        let Ok(out) = std::process::Command::new("df").args(["-B1", "--output=used", "/"]).output() else { return };
-        let Some(df) = String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()) else { return };
+        let Ok(out) = std::process::Command::new("df").args(["-B1", "--output=used", "/"]).output() else {
+            return;
+        };
+        let Some(df) =
+            String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok())
+        else {
+            return;
+        };
         let ours = df_used(std::path::Path::new("/"), 0);
         // Measured a moment apart on a live file system: within 256 MiB.
         assert!(ours.abs_diff(df) < 256 << 20, "df says {df} bytes used, the agent {ours}");

@@ -26,7 +26,10 @@ fn server_binary() -> PathBuf {
     let bin = target_dir().join(format!("oneprotect-server{}", std::env::consts::EXE_SUFFIX));
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "-p", "oneprotect-server", "--bin", "oneprotect-server"]).status().expect("cargo build");
+        let status = Command::new(cargo)
+            .args(["build", "-p", "oneprotect-server", "--bin", "oneprotect-server"])
+            .status()
+            .expect("cargo build");
         assert!(status.success(), "building oneprotect-server failed");
     }
     bin
@@ -104,8 +107,11 @@ fn start_server(db: &Path) -> Server {
         assert!(start.elapsed() < DEADLINE, "the server did not become ready");
         std::thread::sleep(Duration::from_millis(25));
     }
-    let out =
-        Command::new(server_binary()).args(["admin-token", "--tenant", TENANT]).env("ONEPROTECT_ADMIN_JWT_SECRET", ADMIN_SECRET).output().expect("admin-token");
+    let out = Command::new(server_binary())
+        .args(["admin-token", "--tenant", TENANT])
+        .env("ONEPROTECT_ADMIN_JWT_SECRET", ADMIN_SECRET)
+        .output()
+        .expect("admin-token");
     let admin = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
     Server { _process: process, base, admin, http }
 }
@@ -125,7 +131,13 @@ impl Server {
     }
 
     fn get(&self, path: &str) -> Value {
-        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.admin).send().expect("get").json().expect("json")
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .expect("get")
+            .json()
+            .expect("json")
     }
 
     fn wait_for(&self, what: &str, mut check: impl FnMut(&Server) -> bool) {
@@ -170,7 +182,8 @@ fn enroll(files: &AgentFiles) -> String {
 
 fn secrets_of(files: &AgentFiles, token: &str) -> Vec<String> {
     let mut secrets = vec![token.to_owned()];
-    secrets.push(std::fs::read_to_string(files.state.join("runtime.token")).expect("token").trim().to_owned());
+    secrets
+        .push(std::fs::read_to_string(files.state.join("runtime.token")).expect("token").trim().to_owned());
     let key = std::fs::read_to_string(files.state.join("agent.key")).expect("key");
     secrets.extend(key.lines().filter(|l| !l.starts_with("-----") && l.len() > 16).map(str::to_owned));
     secrets
@@ -181,7 +194,9 @@ fn assert_no_secret(logs: &str, secrets: &[String]) {
         assert!(!logs.contains(s.as_str()), "a secret appeared in the agent's trace-level logs");
     }
     assert!(
-        !logs.contains("PRIVATE KEY") && !logs.contains("CERTIFICATE REQUEST") && !logs.to_ascii_lowercase().contains("bearer "),
+        !logs.contains("PRIVATE KEY")
+            && !logs.contains("CERTIFICATE REQUEST")
+            && !logs.to_ascii_lowercase().contains("bearer "),
         "no key, CSR or bearer in logs"
     );
 }
@@ -201,8 +216,15 @@ fn enroll_heartbeat_list_active_then_revocation_stops_the_agent_with_the_403_cod
     let enroll_logs = enroll(&files);
 
     let config = std::fs::read_to_string(&files.config).expect("config");
-    assert!(!config.contains(&token) && !config.contains("enrollment_token"), "the token is removed from the config");
-    assert!(config.contains("# OneProtect agent (e2e fixture)") && config.contains("log_level: trace # everything"), "comments and other keys are kept");
+    assert!(
+        !config.contains(&token) && !config.contains("enrollment_token"),
+        "the token is removed from the config"
+    );
+    assert!(
+        config.contains("# OneProtect agent (e2e fixture)")
+            && config.contains("log_level: trace # everything"),
+        "comments and other keys are kept"
+    );
     #[cfg(unix)]
     for f in ["identity.json", "agent.key", "runtime.token", "certificate.json", "sequence"] {
         assert_eq!(mode(&files.state.join(f)), 0o600, "{f}");
@@ -210,7 +232,12 @@ fn enroll_heartbeat_list_active_then_revocation_stops_the_agent_with_the_403_cod
     let again = agent(&files, "enroll").output().expect("enroll");
     assert_eq!(again.status.code(), Some(2), "enrolling twice without --force refuses");
 
-    let status = Command::new(agent_binary()).arg("--config").arg(&files.config).arg("status").output().expect("status");
+    let status = Command::new(agent_binary())
+        .arg("--config")
+        .arg(&files.config)
+        .arg("status")
+        .output()
+        .expect("status");
     let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
     let secrets = secrets_of(&files, &token);
     assert_no_secret(&status_text, &secrets);
@@ -219,13 +246,23 @@ fn enroll_heartbeat_list_active_then_revocation_stops_the_agent_with_the_403_cod
 
     let mut running = Process(agent(&files, "run").spawn().expect("run"));
     server.wait_for("two heartbeats", |s| {
-        s.get("/api/v1/events?limit=200")["items"].as_array().is_some_and(|e| e.iter().filter(|e| e["type"] == "asset.telemetry.received").count() >= 2)
+        s.get("/api/v1/events?limit=200")["items"]
+            .as_array()
+            .is_some_and(|e| e.iter().filter(|e| e["type"] == "asset.telemetry.received").count() >= 2)
     });
     let listed = server.get(&format!("/api/v1/agents/{agent_id}"));
     assert_eq!(listed["status"], "active");
-    let status = Command::new(agent_binary()).arg("--config").arg(&files.config).arg("status").output().expect("status");
+    let status = Command::new(agent_binary())
+        .arg("--config")
+        .arg(&files.config)
+        .arg("status")
+        .output()
+        .expect("status");
     let status: Value = serde_json::from_slice(&status.stdout).expect("status json");
-    assert!(status["last_accepted_heartbeat"]["sequence"].as_u64().is_some_and(|s| s >= 1), "status shows the last accepted heartbeat: {status}");
+    assert!(
+        status["last_accepted_heartbeat"]["sequence"].as_u64().is_some_and(|s| s >= 1),
+        "status shows the last accepted heartbeat: {status}"
+    );
     assert!(status["last_accepted_heartbeat"]["accepted_at"].is_string(), "{status}");
     assert_eq!(listed["hostname"].as_str(), sysinfo_hostname().as_deref());
 
@@ -239,7 +276,10 @@ fn enroll_heartbeat_list_active_then_revocation_stops_the_agent_with_the_403_cod
     assert!(revoke.status().is_success());
     let exit = running.wait_exit(DEADLINE).expect("the agent stops after revocation");
     assert_eq!(exit.code(), Some(4), "403 → exit code 4");
-    assert!(files.state.join("agent.key").exists() && files.state.join("identity.json").exists(), "files are kept");
+    assert!(
+        files.state.join("agent.key").exists() && files.state.join("identity.json").exists(),
+        "files are kept"
+    );
     let run_logs = running.stderr();
     assert!(run_logs.contains("TRACE") || run_logs.contains("DEBUG"), "the agent logged at trace level");
     assert_no_secret(&format!("{enroll_logs}{run_logs}"), &secrets);
@@ -264,8 +304,16 @@ fn a_wiped_server_database_makes_the_running_agent_exit_with_the_401_code() {
     // Same secrets, empty database, same port is not needed: point the agent at the new server.
     let server = start_server(&tmp.path().join("wiped.db"));
     let config = std::fs::read_to_string(&files.config).expect("config");
-    let rewritten: String =
-        config.lines().map(|l| if l.starts_with("platform_url:") { format!("platform_url: {}\n", server.base) } else { format!("{l}\n") }).collect();
+    let rewritten: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("platform_url:") {
+                format!("platform_url: {}\n", server.base)
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
     std::fs::write(&files.config, rewritten).expect("config");
     let mut running = Process(agent(&files, "run").spawn().expect("run"));
     let exit = running.wait_exit(DEADLINE).expect("the agent stops");
@@ -295,7 +343,10 @@ fn collect_prints_one_sample_that_validates_against_the_contract() {
     let out = Command::new(agent_binary()).arg("collect").output().expect("collect");
     assert_eq!(out.status.code(), Some(0));
     let sample: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(oneprotect_contracts::contract::validate_schema("AgentHeartbeatTelemetryRequest", &sample), Ok(()));
+    assert_eq!(
+        oneprotect_contracts::contract::validate_schema("AgentHeartbeatTelemetryRequest", &sample),
+        Ok(())
+    );
     assert!(sample["cpu_count"].as_u64().unwrap_or(0) >= 1);
     assert!(sample["memory_total_bytes"].as_u64().unwrap_or(0) > 0);
     assert!(!sample["disks"].as_array().map(Vec::is_empty).unwrap_or(true));
@@ -310,11 +361,18 @@ fn a_token_file_is_deleted_after_enrollment_and_a_bad_config_exits_with_the_conf
     let files = agent_files(&server.base, "");
     let token_file = files.dir.path().join("token");
     std::fs::write(&token_file, &token).expect("token file");
-    let out = Command::new(agent_binary()).arg("--config").arg(&files.config).args(["enroll", "--token-file"]).arg(&token_file).output().expect("enroll");
+    let out = Command::new(agent_binary())
+        .arg("--config")
+        .arg(&files.config)
+        .args(["enroll", "--token-file"])
+        .arg(&token_file)
+        .output()
+        .expect("enroll");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!token_file.exists(), "the token file is deleted");
     std::fs::write(&files.config, "platform_url: http://192.0.2.10:8080\n").expect("config");
-    let out = Command::new(agent_binary()).arg("--config").arg(&files.config).arg("run").output().expect("run");
+    let out =
+        Command::new(agent_binary()).arg("--config").arg(&files.config).arg("run").output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("platform_url"), "the error names the key");
 }
@@ -328,6 +386,9 @@ fn a_refused_enrollment_exits_with_the_enrollment_code_and_keeps_the_token() {
     let out = agent(&files, "enroll").output().expect("enroll");
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("enrollment_token_invalid"));
-    assert!(std::fs::read_to_string(&files.config).expect("config").contains("enrollment_token"), "a failed enrollment keeps the token");
+    assert!(
+        std::fs::read_to_string(&files.config).expect("config").contains("enrollment_token"),
+        "a failed enrollment keeps the token"
+    );
     assert!(!files.state.join("identity.json").exists());
 }

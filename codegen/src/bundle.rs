@@ -33,7 +33,10 @@ fn convert(value: &Value) -> Value {
                     "example" | "xml" | "externalDocs" | "nullable" | "discriminator" => {}
                     // Property maps: keys are names, not keywords.
                     "properties" => {
-                        let props = v.as_object().map(|p| p.iter().map(|(n, s)| (n.clone(), convert(s))).collect::<Map<_, _>>()).unwrap_or_default();
+                        let props = v
+                            .as_object()
+                            .map(|p| p.iter().map(|(n, s)| (n.clone(), convert(s))).collect::<Map<_, _>>())
+                            .unwrap_or_default();
                         out.insert(k.clone(), Value::Object(props));
                     }
                     _ if k.starts_with("x-") => {}
@@ -74,7 +77,10 @@ pub fn compile_def(bundle: &Value, name: &str) -> Result<jsonschema::Validator, 
 /// Violations as (instance pointer, message without the offending value).
 /// (keyword, instance pointer, message) of every violation.
 pub fn rejections(validator: &jsonschema::Validator, instance: &Value) -> Vec<(String, String, String)> {
-    validator.iter_errors(instance).map(|e| (e.kind().keyword().to_string(), e.instance_path().to_string(), e.masked().to_string())).collect()
+    validator
+        .iter_errors(instance)
+        .map(|e| (e.kind().keyword().to_string(), e.instance_path().to_string(), e.masked().to_string()))
+        .collect()
 }
 
 pub fn violations(validator: &jsonschema::Validator, instance: &Value) -> Vec<(String, String)> {

@@ -104,7 +104,8 @@ impl Default for Statuses {
 impl Config {
     /// Reads `path`; relative paths in it are resolved against its directory.
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new(""));
         for p in [&mut config.specs, &mut config.out, &mut config.rustfmt_config] {
@@ -113,7 +114,11 @@ impl Config {
             }
         }
         if config.problem.schema.is_empty() || !crate::openapi::is_pascal_ident(&config.problem.schema) {
-            return Err(format!("{}: problem.schema `{}` is not a PascalCase schema name", path.display(), config.problem.schema));
+            return Err(format!(
+                "{}: problem.schema `{}` is not a PascalCase schema name",
+                path.display(),
+                config.problem.schema
+            ));
         }
         Ok(config)
     }

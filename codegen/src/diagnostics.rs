@@ -19,7 +19,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: impl Into<String>, pointer: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { file: file.into(), pointer: pointer.into(), message: message.into(), hint: None, position: None }
+        Self {
+            file: file.into(),
+            pointer: pointer.into(),
+            message: message.into(),
+            hint: None,
+            position: None,
+        }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -31,7 +37,9 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, column)) => write!(f, "error: {}:{line}:{column}: #{}: {}", self.file, self.pointer, self.message)?,
+            Some((line, column)) => {
+                write!(f, "error: {}:{line}:{column}: #{}: {}", self.file, self.pointer, self.message)?
+            }
             None => write!(f, "error: {}#{}: {}", self.file, self.pointer, self.message)?,
         }
         if let Some(hint) = &self.hint {
@@ -89,11 +97,16 @@ impl Diagnostics {
     /// Fills in each diagnostic's line and column from the files under
     /// `specs_dir` (`display_root` is how file names start).
     pub fn locate(&mut self, specs_dir: &std::path::Path, display_root: &str) {
-        let mut cache: std::collections::BTreeMap<String, Option<crate::locate::LineIndex>> = Default::default();
+        let mut cache: std::collections::BTreeMap<String, Option<crate::locate::LineIndex>> =
+            Default::default();
         for d in &mut self.0 {
-            let Some(rel) = d.file.strip_prefix(display_root).map(|r| r.trim_start_matches('/').to_string()) else { continue };
-            let index =
-                cache.entry(rel.clone()).or_insert_with(|| std::fs::read_to_string(specs_dir.join(&rel)).ok().map(|t| crate::locate::LineIndex::new(&t)));
+            let Some(rel) = d.file.strip_prefix(display_root).map(|r| r.trim_start_matches('/').to_string())
+            else {
+                continue;
+            };
+            let index = cache.entry(rel.clone()).or_insert_with(|| {
+                std::fs::read_to_string(specs_dir.join(&rel)).ok().map(|t| crate::locate::LineIndex::new(&t))
+            });
             if let Some(index) = index {
                 d.position = Some(index.position_of(&d.pointer));
             }
@@ -113,7 +126,10 @@ impl Diagnostics {
                         serde_json::json!({"file": d.file, "line": pos(d).0, "column": pos(d).1, "pointer": d.pointer, "message": d.message, "fix": d.hint})
                     })
                     .collect();
-                format!("{}\n", serde_json::to_string_pretty(&serde_json::json!({"errors": items})).unwrap_or_default())
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&serde_json::json!({"errors": items})).unwrap_or_default()
+                )
             }
             DiagnosticFormat::Sarif => {
                 let results: Vec<_> = self

@@ -8,7 +8,18 @@ use crate::diagnostics::{Diagnostic, Diagnostics, escape_token, pointer};
 use crate::load::{ASYNCAPI_FILE, EVENTS_DIR, RawContracts, event_file_parts};
 use crate::openapi::pascal_case;
 
-pub const ENVELOPE_FIELDS: [&str; 10] = ["specversion", "id", "source", "type", "time", "datacontenttype", "dataschema", "subject", "tenantid", "data"];
+pub const ENVELOPE_FIELDS: [&str; 10] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "tenantid",
+    "data",
+];
 
 /// One event type and what the generators need of it.
 #[derive(Debug, Clone)]
@@ -31,12 +42,17 @@ impl EventModel {
     /// The folder of its examples under `specs/examples/events/`: the event
     /// type for version 1, `<type>.v<N>` after it.
     pub fn example_dir(&self) -> String {
-        if self.version == 1 { self.event_type.clone() } else { format!("{}.v{}", self.event_type, self.version) }
+        if self.version == 1 {
+            self.event_type.clone()
+        } else {
+            format!("{}.v{}", self.event_type, self.version)
+        }
     }
 }
 
 /// Property-name fragments that must never appear in an event payload.
-const SECRET_FRAGMENTS: [&str; 8] = ["secret", "password", "private", "csr", "pem", "nonce", "bearer", "credential"];
+const SECRET_FRAGMENTS: [&str; 8] =
+    ["secret", "password", "private", "csr", "pem", "nonce", "bearer", "credential"];
 
 fn secret_like(name: &str) -> Option<&'static str> {
     let lower = name.to_ascii_lowercase();
@@ -62,26 +78,42 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Vec<EventModel> {
         let versioned = if version == 1 { String::new() } else { format!("V{version}") };
         if let Err(e) = jsonschema::meta::validate(schema) {
             diags.push(
-                Diagnostic::new(&file, e.instance_path().to_string(), format!("not a valid JSON Schema: {}", e.masked()))
-                    .hint("fix the schema so it validates against its $schema meta-schema"),
+                Diagnostic::new(
+                    &file,
+                    e.instance_path().to_string(),
+                    format!("not a valid JSON Schema: {}", e.masked()),
+                )
+                .hint("fix the schema so it validates against its $schema meta-schema"),
             );
             continue;
         }
         check_event_refs(schema, schema, String::new(), &file, diags);
-        let declared = schema.pointer("/properties/type/enum").and_then(Value::as_array).cloned().unwrap_or_default();
+        let declared =
+            schema.pointer("/properties/type/enum").and_then(Value::as_array).cloned().unwrap_or_default();
         if declared.len() != 1 || declared[0].as_str() != Some(&event_type) {
             diags.push(
-                Diagnostic::new(&file, "/properties/type/enum", format!("must be exactly [\"{event_type}\"] to match the file name"))
-                    .hint("rename the file or fix the enum"),
+                Diagnostic::new(
+                    &file,
+                    "/properties/type/enum",
+                    format!("must be exactly [\"{event_type}\"] to match the file name"),
+                )
+                .hint("rename the file or fix the enum"),
             );
         }
-        let required: BTreeSet<&str> =
-            schema.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let required: BTreeSet<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         for field in ENVELOPE_FIELDS {
             if !required.contains(field) {
                 diags.push(
-                    Diagnostic::new(&file, "/required", format!("CloudEvents envelope field `{field}` is not required"))
-                        .hint(format!("add `{field}` to the top-level `required`")),
+                    Diagnostic::new(
+                        &file,
+                        "/required",
+                        format!("CloudEvents envelope field `{field}` is not required"),
+                    )
+                    .hint(format!("add `{field}` to the top-level `required`")),
                 );
             }
             if schema.pointer(&format!("/properties/{field}")).is_none() {
@@ -95,15 +127,27 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Vec<EventModel> {
         let expected_ref = format!("#/$defs/{data_type}");
         if schema.pointer("/properties/data/$ref").and_then(Value::as_str) != Some(expected_ref.as_str()) {
             diags.push(
-                Diagnostic::new(&file, "/properties/data", format!("`data` must be `{{\"$ref\": \"{expected_ref}\"}}`"))
-                    .hint(format!("define the payload as $defs/{data_type}")),
+                Diagnostic::new(
+                    &file,
+                    "/properties/data",
+                    format!("`data` must be `{{\"$ref\": \"{expected_ref}\"}}`"),
+                )
+                .hint(format!("define the payload as $defs/{data_type}")),
             );
         }
-        let dataschema = schema.pointer("/properties/dataschema/enum/0").and_then(Value::as_str).unwrap_or_default().to_string();
+        let dataschema = schema
+            .pointer("/properties/dataschema/enum/0")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if dataschema.is_empty() {
             diags.push(
-                Diagnostic::new(&file, "/properties/dataschema", "`dataschema` must pin the schema URI with a one-value enum")
-                    .hint("set `enum: [\"<$id of this file>\"]`"),
+                Diagnostic::new(
+                    &file,
+                    "/properties/dataschema",
+                    "`dataschema` must pin the schema URI with a one-value enum",
+                )
+                .hint("set `enum: [\"<$id of this file>\"]`"),
             );
         }
         if let Some(defs) = schema.get("$defs").and_then(Value::as_object) {
@@ -112,8 +156,19 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Vec<EventModel> {
             }
         }
         if diags.len() == before {
-            let module = if version == 1 { event_type.replace('.', "_") } else { format!("{}_v{version}", event_type.replace('.', "_")) };
-            models.push(EventModel { module, event_type, file_name: file_name.clone(), version, data_type, dataschema });
+            let module = if version == 1 {
+                event_type.replace('.', "_")
+            } else {
+                format!("{}_v{version}", event_type.replace('.', "_"))
+            };
+            models.push(EventModel {
+                module,
+                event_type,
+                file_name: file_name.clone(),
+                version,
+                data_type,
+                dataschema,
+            });
         }
     }
     check_asyncapi(raw, diags);
@@ -126,11 +181,18 @@ fn check_event_refs(root: &Value, value: &Value, ptr: String, file: &str, diags:
             if let Some(r) = map.get("$ref").and_then(Value::as_str) {
                 if !r.starts_with("#/$defs/") {
                     diags.push(
-                        Diagnostic::new(file, format!("{ptr}/$ref"), format!("`{r}`: event schemas must be self-contained"))
-                            .hint("point refs at `#/$defs/<Name>`; typify cannot follow external refs"),
+                        Diagnostic::new(
+                            file,
+                            format!("{ptr}/$ref"),
+                            format!("`{r}`: event schemas must be self-contained"),
+                        )
+                        .hint("point refs at `#/$defs/<Name>`; typify cannot follow external refs"),
                     );
                 } else if root.pointer(&r[1..]).is_none() {
-                    diags.push(Diagnostic::new(file, format!("{ptr}/$ref"), format!("dangling $ref `{r}`")).hint("define the target under $defs"));
+                    diags.push(
+                        Diagnostic::new(file, format!("{ptr}/$ref"), format!("dangling $ref `{r}`"))
+                            .hint("define the target under $defs"),
+                    );
                 }
             }
             for (k, v) in map {
@@ -151,12 +213,18 @@ fn check_payload(schema: &Value, ptr: &str, file: &str, diags: &mut Diagnostics)
     for kw in ["anyOf", "oneOf", "not", "allOf", "if"] {
         if map.contains_key(kw) {
             diags.push(
-                Diagnostic::new(file, format!("{ptr}/{kw}"), format!("`{kw}` is not supported in event payloads"))
-                    .hint("typify generates unusable types for it; use one object schema"),
+                Diagnostic::new(
+                    file,
+                    format!("{ptr}/{kw}"),
+                    format!("`{kw}` is not supported in event payloads"),
+                )
+                .hint("typify generates unusable types for it; use one object schema"),
             );
         }
     }
-    if map.get("type").and_then(Value::as_str) == Some("object") && map.get("additionalProperties") != Some(&Value::Bool(false)) {
+    if map.get("type").and_then(Value::as_str) == Some("object")
+        && map.get("additionalProperties") != Some(&Value::Bool(false))
+    {
         diags.push(
             Diagnostic::new(file, ptr, "event payload objects must set `additionalProperties: false`")
                 .hint("a closed payload cannot smuggle a secret in an undeclared field"),
@@ -185,26 +253,41 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
     match doc.get("asyncapi").and_then(Value::as_str) {
         Some(v) if v.starts_with("3.") => {}
         other => {
-            diags.push(Diagnostic::new(&file, "/asyncapi", format!("AsyncAPI version {other:?} is not supported")).hint("use `asyncapi: 3.0.0`"));
+            diags.push(
+                Diagnostic::new(&file, "/asyncapi", format!("AsyncAPI version {other:?} is not supported"))
+                    .hint("use `asyncapi: 3.0.0`"),
+            );
             return;
         }
     }
-    let messages = doc.pointer("/components/messages").and_then(Value::as_object).cloned().unwrap_or_default();
+    let messages =
+        doc.pointer("/components/messages").and_then(Value::as_object).cloned().unwrap_or_default();
     let mut referenced: BTreeMap<String, String> = BTreeMap::new();
     for (key, msg) in &messages {
         let ptr = pointer(["components", "messages", key]);
-        let payload_ref = msg.pointer("/payload/$ref").or_else(|| msg.pointer("/payload/schema/$ref")).and_then(Value::as_str);
+        let payload_ref = msg
+            .pointer("/payload/$ref")
+            .or_else(|| msg.pointer("/payload/schema/$ref"))
+            .and_then(Value::as_str);
         let Some(r) = payload_ref else {
             diags.push(
-                Diagnostic::new(&file, format!("{ptr}/payload"), "message payload must be a $ref to a file in events/")
-                    .hint("write `payload: {$ref: './events/<type>.v1.schema.json'}`"),
+                Diagnostic::new(
+                    &file,
+                    format!("{ptr}/payload"),
+                    "message payload must be a $ref to a file in events/",
+                )
+                .hint("write `payload: {$ref: './events/<type>.v1.schema.json'}`"),
             );
             continue;
         };
         let Some(target) = r.strip_prefix("./events/").or_else(|| r.strip_prefix("events/")) else {
             diags.push(
-                Diagnostic::new(&file, format!("{ptr}/payload/$ref"), format!("`{r}` does not point into events/"))
-                    .hint("reference './events/<type>.v1.schema.json'"),
+                Diagnostic::new(
+                    &file,
+                    format!("{ptr}/payload/$ref"),
+                    format!("`{r}` does not point into events/"),
+                )
+                .hint("reference './events/<type>.v1.schema.json'"),
             );
             continue;
         };
@@ -218,19 +301,30 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
         let Some((event_type, _)) = event_file_parts(target) else { continue };
         if msg.get("name").and_then(Value::as_str) != Some(event_type) {
             diags.push(
-                Diagnostic::new(&file, format!("{ptr}/name"), format!("message name must be the event type `{event_type}`"))
-                    .hint(format!("set `name: {event_type}`")),
+                Diagnostic::new(
+                    &file,
+                    format!("{ptr}/name"),
+                    format!("message name must be the event type `{event_type}`"),
+                )
+                .hint(format!("set `name: {event_type}`")),
             );
         }
         if let Some(first) = referenced.insert(target.to_string(), ptr.clone()) {
-            diags.push(Diagnostic::new(&file, &ptr, format!("`{target}` is already the payload of {first}")).hint("one message per event version"));
+            diags.push(
+                Diagnostic::new(&file, &ptr, format!("`{target}` is already the payload of {first}"))
+                    .hint("one message per event version"),
+            );
         }
     }
     for name in raw.event_schemas.keys() {
         if !referenced.contains_key(name) {
             diags.push(
-                Diagnostic::new(raw.file(&format!("{EVENTS_DIR}/{name}")), "", "event schema is not the payload of any AsyncAPI message")
-                    .hint("add a channel, an operation and a message for it in specs/asyncapi.yaml"),
+                Diagnostic::new(
+                    raw.file(&format!("{EVENTS_DIR}/{name}")),
+                    "",
+                    "event schema is not the payload of any AsyncAPI message",
+                )
+                .hint("add a channel, an operation and a message for it in specs/asyncapi.yaml"),
             );
         }
     }
@@ -241,13 +335,21 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
             if let Some(msgs) = ch.get("messages").and_then(Value::as_object) {
                 for (m_name, m) in msgs {
                     let m_ptr = pointer(["channels", ch_name, "messages", m_name, "$ref"]);
-                    match m.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/messages/")) {
+                    match m
+                        .get("$ref")
+                        .and_then(Value::as_str)
+                        .and_then(|r| r.strip_prefix("#/components/messages/"))
+                    {
                         Some(target) if messages.contains_key(target) => {
                             carried.insert(target.to_string());
                         }
                         _ => diags.push(
-                            Diagnostic::new(&file, m_ptr, "channel message must reference components/messages")
-                                .hint("write `$ref: '#/components/messages/<name>'`"),
+                            Diagnostic::new(
+                                &file,
+                                m_ptr,
+                                "channel message must reference components/messages",
+                            )
+                            .hint("write `$ref: '#/components/messages/<name>'`"),
                         ),
                     }
                 }
@@ -257,8 +359,12 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
     for key in messages.keys() {
         if !carried.contains(key) {
             diags.push(
-                Diagnostic::new(&file, pointer(["components", "messages", key]), "message is not carried by any channel")
-                    .hint("add it to a channel's `messages`"),
+                Diagnostic::new(
+                    &file,
+                    pointer(["components", "messages", key]),
+                    "message is not carried by any channel",
+                )
+                .hint("add it to a channel's `messages`"),
             );
         }
     }

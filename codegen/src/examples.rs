@@ -11,7 +11,13 @@ use crate::events::EventModel;
 use crate::load::{EXAMPLES_DIR, Example, REJECTIONS_FILE, RawContracts};
 use crate::openapi::ApiModel;
 
-pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_doc: &Value, diags: &mut Diagnostics) {
+pub fn check(
+    raw: &RawContracts,
+    api: &ApiModel,
+    events: &[EventModel],
+    bundle_doc: &Value,
+    diags: &mut Diagnostics,
+) {
     let mut covered = BTreeSet::new();
     for ex in &raw.openapi_examples {
         if !api.schema_names.contains(&ex.target) {
@@ -23,9 +29,11 @@ pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_d
         }
         match bundle::compile_def(bundle_doc, &ex.target) {
             Ok(v) => judge(ex, &v, diags),
-            Err(e) => {
-                diags.push(Diagnostic::new(raw.file("openapi.yaml"), format!("/components/schemas/{}", ex.target), format!("schema does not compile: {e}")))
-            }
+            Err(e) => diags.push(Diagnostic::new(
+                raw.file("openapi.yaml"),
+                format!("/components/schemas/{}", ex.target),
+                format!("schema does not compile: {e}"),
+            )),
         }
         if ex.expect_valid {
             covered.insert(ex.target.clone());
@@ -34,8 +42,12 @@ pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_d
     for name in api.body_schemas() {
         if !covered.contains(&name) {
             diags.push(
-                Diagnostic::new(raw.file("openapi.yaml"), format!("/components/schemas/{name}"), "body schema has no valid example")
-                    .hint(format!("add {}/{EXAMPLES_DIR}/openapi/{name}/valid.json", raw.display_root)),
+                Diagnostic::new(
+                    raw.file("openapi.yaml"),
+                    format!("/components/schemas/{name}"),
+                    "body schema has no valid example",
+                )
+                .hint(format!("add {}/{EXAMPLES_DIR}/openapi/{name}/valid.json", raw.display_root)),
             );
         }
     }
@@ -44,14 +56,19 @@ pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_d
     for ex in &raw.event_examples {
         let Some(model) = events.iter().find(|m| m.example_dir() == ex.target) else {
             diags.push(
-                Diagnostic::new(&ex.file, "", format!("no event type `{}` in specs/events", ex.target))
-                    .hint("name the example folder after the event type (`<type>.v<N>` for versions after 1)"),
+                Diagnostic::new(&ex.file, "", format!("no event type `{}` in specs/events", ex.target)).hint(
+                    "name the example folder after the event type (`<type>.v<N>` for versions after 1)",
+                ),
             );
             continue;
         };
         match bundle::compile(&raw.event_schemas[&model.file_name]) {
             Ok(v) => judge(ex, &v, diags),
-            Err(e) => diags.push(Diagnostic::new(raw.file(&format!("events/{}", model.file_name)), "", format!("schema does not compile: {e}"))),
+            Err(e) => diags.push(Diagnostic::new(
+                raw.file(&format!("events/{}", model.file_name)),
+                "",
+                format!("schema does not compile: {e}"),
+            )),
         }
         if ex.expect_valid {
             covered.insert(ex.target.clone());
@@ -59,11 +76,18 @@ pub fn check(raw: &RawContracts, api: &ApiModel, events: &[EventModel], bundle_d
     }
     for model in events {
         if !covered.contains(&model.example_dir()) {
-            diags.push(Diagnostic::new(raw.file(&format!("events/{}", model.file_name)), "", "event has no valid example").hint(format!(
-                "add {}/{EXAMPLES_DIR}/events/{}/valid.json",
-                raw.display_root,
-                model.example_dir()
-            )));
+            diags.push(
+                Diagnostic::new(
+                    raw.file(&format!("events/{}", model.file_name)),
+                    "",
+                    "event has no valid example",
+                )
+                .hint(format!(
+                    "add {}/{EXAMPLES_DIR}/events/{}/valid.json",
+                    raw.display_root,
+                    model.example_dir()
+                )),
+            );
         }
     }
 }
@@ -73,8 +97,12 @@ fn judge(ex: &Example, validator: &jsonschema::Validator, diags: &mut Diagnostic
     if ex.expect_valid {
         for (_, ptr, msg) in rejections {
             diags.push(
-                Diagnostic::new(&ex.file, ptr, format!("example does not match schema `{}`: {msg}", ex.target))
-                    .hint("fix the example, or the schema if the example is right"),
+                Diagnostic::new(
+                    &ex.file,
+                    ptr,
+                    format!("example does not match schema `{}`: {msg}", ex.target),
+                )
+                .hint("fix the example, or the schema if the example is right"),
             );
         }
         return;
@@ -87,7 +115,11 @@ fn judge(ex: &Example, validator: &jsonschema::Validator, diags: &mut Diagnostic
         return;
     }
     let name = ex.file.rsplit('/').next().unwrap_or_default();
-    let found = rejections.iter().map(|(k, p, _)| format!("`{k}` at `{}`", if p.is_empty() { "/" } else { p })).collect::<Vec<_>>().join(", ");
+    let found = rejections
+        .iter()
+        .map(|(k, p, _)| format!("`{k}` at `{}`", if p.is_empty() { "/" } else { p }))
+        .collect::<Vec<_>>()
+        .join(", ");
     match &ex.expect_rejection {
         None => {
             let (k, p, _) = &rejections[0];

@@ -61,7 +61,8 @@ fn response_enum(op: &Operation) -> TokenStream {
         let v = format_ident!("{}", status_variant(r.status));
         let code = r.status;
         let vdoc = format!("{}: {}", r.status, r.description.trim());
-        let status_tokens = quote! { StatusCode::from_u16(#code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR) };
+        let status_tokens =
+            quote! { StatusCode::from_u16(#code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR) };
         let ty = body_type(&r.body);
         let write_body = match &r.body {
             ResponseBody::Json(_) => quote! { body_response(#status_tokens, &body) },
@@ -167,7 +168,11 @@ fn response_enum(op: &Operation) -> TokenStream {
 
 /// The client's type for a string query parameter, when progenitor made one
 /// (a constrained string becomes `types::<Operation><Param>`).
-fn client_string_type(op: &Operation, p: &crate::openapi::Param, types: &BTreeSet<String>) -> Option<proc_macro2::Ident> {
+fn client_string_type(
+    op: &Operation,
+    p: &crate::openapi::Param,
+    types: &BTreeSet<String>,
+) -> Option<proc_macro2::Ident> {
     let name = format!("{}{}", pascal_case(&op.id), pascal_case(&p.name));
     (matches!(p.ty, ParamType::String { .. }) && types.contains(&name)).then(|| format_ident!("{}", name))
 }
@@ -182,7 +187,9 @@ fn query_struct(op: &Operation, types: &BTreeSet<String>) -> Option<TokenStream>
     let base_ty = |p: &crate::openapi::Param| match &p.ty {
         ParamType::Uuid => quote! { uuid::Uuid },
         ParamType::String { .. } => quote! { String },
-        ParamType::Integer { rust, .. } => syn::parse_str::<syn::Type>(rust).map_or_else(|_| quote! { i64 }, |t| quote! { #t }),
+        ParamType::Integer { rust, .. } => {
+            syn::parse_str::<syn::Type>(rust).map_or_else(|_| quote! { i64 }, |t| quote! { #t })
+        }
     };
     let optional = |p: &crate::openapi::Param, ty: TokenStream| {
         if p.required {
@@ -230,7 +237,12 @@ fn query_struct(op: &Operation, types: &BTreeSet<String>) -> Option<TokenStream>
 fn trait_method(op: &Operation) -> TokenStream {
     let method = format_ident!("{}", snake_case(&op.id));
     let response = format_ident!("{}Response", pascal_case(&op.id));
-    let doc = format!("`{} {}`{}", op.method.to_uppercase(), op.path, op.summary.as_ref().map(|s| format!(": {s}")).unwrap_or_default());
+    let doc = format!(
+        "`{} {}`{}",
+        op.method.to_uppercase(),
+        op.path,
+        op.summary.as_ref().map(|s| format!(": {s}")).unwrap_or_default()
+    );
     let mut args = vec![quote! { ctx: RequestContext }];
     if let Some(scheme) = &op.security {
         let s = format_ident!("{}", pascal_case(scheme));
@@ -425,7 +437,8 @@ pub fn generate(api: &ApiModel, types: &BTreeSet<String>) -> TokenStream {
         by_path.entry(op.path.as_str()).or_default().push(op);
     }
     let routes = by_path.iter().map(|(path, ops)| {
-        let method_and_handler = |op: &Operation| (format_ident!("{}", op.method), format_ident!("handle_{}", snake_case(&op.id)));
+        let method_and_handler =
+            |op: &Operation| (format_ident!("{}", op.method), format_ident!("handle_{}", snake_case(&op.id)));
         let (m, h) = method_and_handler(ops[0]);
         let rest = ops[1..].iter().map(|op| {
             let (m, h) = method_and_handler(op);

@@ -44,7 +44,11 @@ fn guarded<T>(file: &str, what: &str, f: impl FnOnce() -> Result<T, String>) -> 
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(fail(file, format!("{what} failed: {e}"))),
         Err(panic) => {
-            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             Err(fail(file, format!("{what} panicked: {msg}")))
         }
     }
@@ -68,7 +72,12 @@ fn rustfmt(source: &str, config: &Path) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run rustfmt ({e}); install it with `rustup component add rustfmt`"))?;
-    child.stdin.take().ok_or("rustfmt stdin unavailable")?.write_all(source.as_bytes()).map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .ok_or("rustfmt stdin unavailable")?
+        .write_all(source.as_bytes())
+        .map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!("rustfmt failed: {}", String::from_utf8_lossy(&out.stderr)));
@@ -80,10 +89,13 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
     let head = header();
     let openapi_file = c.raw.file(crate::load::OPENAPI_FILE);
     let mut files = Files::new();
-    let fmt = |tokens: TokenStream, file: &str| format_rust(tokens, &head, rustfmt_config).map_err(|e| fail(file, e));
+    let fmt = |tokens: TokenStream, file: &str| {
+        format_rust(tokens, &head, rustfmt_config).map_err(|e| fail(file, e))
+    };
 
     // Client and shared types (progenitor).
-    let spec: openapiv3::OpenAPI = serde_json::from_value(c.raw.openapi.clone()).map_err(|e| fail(&openapi_file, e.to_string()))?;
+    let spec: openapiv3::OpenAPI =
+        serde_json::from_value(c.raw.openapi.clone()).map_err(|e| fail(&openapi_file, e.to_string()))?;
     let client_tokens = guarded(&openapi_file, "progenitor", || {
         let mut settings = progenitor::GenerationSettings::default();
         settings
@@ -110,8 +122,12 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
                 .collect()
         })
         .unwrap_or_default();
-    files.insert("types.rs".into(), fmt(quote! { #![allow(clippy::all, unused_imports)] #types_tokens }, &openapi_file)?);
-    let client_runtime: TokenStream = CLIENT_RUNTIME.parse().map_err(|e| fail("codegen/templates/client_runtime.rs", format!("{e}")))?;
+    files.insert(
+        "types.rs".into(),
+        fmt(quote! { #![allow(clippy::all, unused_imports)] #types_tokens }, &openapi_file)?,
+    );
+    let client_runtime: TokenStream =
+        CLIENT_RUNTIME.parse().map_err(|e| fail("codegen/templates/client_runtime.rs", format!("{e}")))?;
     files.insert(
         "client.rs".into(),
         fmt(quote! { #![allow(clippy::all, unused_imports)] pub use crate::types; #client_tokens #client_runtime }, &openapi_file)?,
@@ -125,35 +141,47 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
             let schema = &c.raw.event_schemas[&model.file_name];
             let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
             let tokens = guarded(&file, "typify", || {
-                let defs: BTreeMap<String, schemars::schema::Schema> = serde_json::from_value(defs).map_err(|e| e.to_string())?;
+                let defs: BTreeMap<String, schemars::schema::Schema> =
+                    serde_json::from_value(defs).map_err(|e| e.to_string())?;
                 let mut settings = typify::TypeSpaceSettings::default();
-                settings.with_struct_builder(false).with_derive("PartialEq".into()).with_map_type("::std::collections::BTreeMap");
+                settings
+                    .with_struct_builder(false)
+                    .with_derive("PartialEq".into())
+                    .with_map_type("::std::collections::BTreeMap");
                 let mut space = typify::TypeSpace::new(&settings);
                 space.add_ref_types(defs).map_err(|e| e.to_string())?;
                 tolerant(space.to_stream())
             })?;
             let module = format_ident!("{}", model.module);
-            let doc = format!("Payload types of `{}` (from specs/events/{}).", model.event_type, model.file_name);
+            let doc =
+                format!("Payload types of `{}` (from specs/events/{}).", model.event_type, model.file_name);
             event_modules.push(quote! { #[doc = #doc] pub mod #module { #tokens } });
-            files.insert(format!("schemas/events/{}", model.file_name), c.raw.event_schema_texts[&model.file_name].clone());
+            files.insert(
+                format!("schemas/events/{}", model.file_name),
+                c.raw.event_schema_texts[&model.file_name].clone(),
+            );
         }
         let events_tokens = events_module(c, event_modules);
         files.insert("events.rs".into(), fmt(events_tokens, &openapi_file)?);
     }
 
     // Contract tables and schema validation.
-    let bundle_text = serde_json::to_string_pretty(&c.bundle).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
+    let bundle_text =
+        serde_json::to_string_pretty(&c.bundle).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
     files.insert("schemas/openapi.schema.json".into(), bundle_text);
-    let openapi_json = serde_json::to_string(&c.raw.openapi).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
+    let openapi_json =
+        serde_json::to_string(&c.raw.openapi).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
     files.insert("schemas/openapi.json".into(), openapi_json);
     if c.config.events {
-        let asyncapi_json = serde_json::to_string(&c.raw.asyncapi).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
+        let asyncapi_json =
+            serde_json::to_string(&c.raw.asyncapi).map_err(|e| fail(&openapi_file, e.to_string()))? + "\n";
         files.insert("schemas/asyncapi.json".into(), asyncapi_json);
     }
     files.insert("contract.rs".into(), fmt(contract_module(c), &openapi_file)?);
 
     // Server stubs.
-    let runtime: TokenStream = SERVER_RUNTIME.parse().map_err(|e| fail("codegen/templates/server_runtime.rs", format!("{e}")))?;
+    let runtime: TokenStream =
+        SERVER_RUNTIME.parse().map_err(|e| fail("codegen/templates/server_runtime.rs", format!("{e}")))?;
     let server = crate::gen_server::generate(&c.api, &type_names);
     // Rejections are axum `Response`s and bodies are returned by value, as
     // axum handlers do; boxing them would only add allocations.
@@ -170,7 +198,10 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
 
     let crate_doc = format!(" Rust generated from {} in `specs/`.", c.config.name);
     let (events_doc, events_mod) = if c.config.events {
-        (quote! { #![doc = " - [`events`]: CloudEvents envelope, payload structs and schema validation."] }, quote! { pub mod events; })
+        (
+            quote! { #![doc = " - [`events`]: CloudEvents envelope, payload structs and schema validation."] },
+            quote! { pub mod events; },
+        )
     } else {
         (quote! {}, quote! {})
     };
@@ -195,7 +226,11 @@ pub fn generate(c: &Contracts, rustfmt_config: &Path) -> Result<Files, Diagnosti
 /// Moves progenitor's inline `pub mod types { … }` into its own file.
 fn split_types(tokens: TokenStream) -> Result<(TokenStream, TokenStream), String> {
     let mut file: syn::File = syn::parse2(tokens).map_err(|e| e.to_string())?;
-    let index = file.items.iter().position(|item| matches!(item, syn::Item::Mod(m) if m.ident == "types")).ok_or("progenitor output has no `types` module")?;
+    let index = file
+        .items
+        .iter()
+        .position(|item| matches!(item, syn::Item::Mod(m) if m.ident == "types"))
+        .ok_or("progenitor output has no `types` module")?;
     let syn::Item::Mod(module) = file.items.remove(index) else { return Err("unexpected item".into()) };
     let mut content = module.content.map(|(_, items)| items).unwrap_or_default();
     tolerate_unknown_fields(&mut content);
@@ -209,7 +244,10 @@ fn split_types(tokens: TokenStream) -> Result<(TokenStream, TokenStream), String
 /// conformance harness every answer, `events::validate` every event), where
 /// `additionalProperties: false` still refuses a leaked field.
 fn tolerate_unknown_fields(items: &mut [syn::Item]) {
-    let deny = |attr: &syn::Attribute| attr.path().is_ident("serde") && attr.to_token_stream().to_string().replace(' ', "") == "#[serde(deny_unknown_fields)]";
+    let deny = |attr: &syn::Attribute| {
+        attr.path().is_ident("serde")
+            && attr.to_token_stream().to_string().replace(' ', "") == "#[serde(deny_unknown_fields)]"
+    };
     for item in items {
         match item {
             syn::Item::Struct(s) => s.attrs.retain(|a| !deny(a)),
@@ -449,18 +487,31 @@ fn contract_module(c: &Contracts) -> TokenStream {
             OperationSpec { id: OperationId::#variant, operation_id: #id, method: #method, path: #path, security: #security, request_schema: #request, responses: &[#(#responses),*] }
         }
     });
-    let id_variants: Vec<_> = c.api.operations.iter().map(|op| format_ident!("{}", crate::openapi::pascal_case(&op.id))).collect();
-    let id_docs: Vec<String> = c.api.operations.iter().map(|op| format!(" `{}`: `{} {}`", op.id, op.method.to_uppercase(), op.path)).collect();
-    let forbidden = c.api.forbidden_properties.iter().map(|(schema, props)| quote! { (#schema, &[#(#props),*]) });
+    let id_variants: Vec<_> =
+        c.api.operations.iter().map(|op| format_ident!("{}", crate::openapi::pascal_case(&op.id))).collect();
+    let id_docs: Vec<String> = c
+        .api
+        .operations
+        .iter()
+        .map(|op| format!(" `{}`: `{} {}`", op.id, op.method.to_uppercase(), op.path))
+        .collect();
+    let forbidden =
+        c.api.forbidden_properties.iter().map(|(schema, props)| quote! { (#schema, &[#(#props),*]) });
     let codes = &c.api.problem_codes;
-    let code_variants: Vec<_> = codes.iter().map(|c| format_ident!("{}", crate::openapi::pascal_case(c))).collect();
+    let code_variants: Vec<_> =
+        codes.iter().map(|c| format_ident!("{}", crate::openapi::pascal_case(c))).collect();
     let code_count = codes.len();
     let handles = c.api.operations.iter().enumerate().map(|(index, op)| {
         let name = format_ident!("{}", crate::openapi::snake_case(&op.id));
         let args: Vec<_> = op.path_params.iter().map(|p| format_ident!("{}", p.name)).collect();
         let placeholders: Vec<String> = op.path_params.iter().map(|p| format!("{{{}}}", p.name)).collect();
         let path = &op.path;
-        let doc = format!(" `{} {}` (`{}`), its path parameters inserted as given.", op.method.to_uppercase(), op.path, op.id);
+        let doc = format!(
+            " `{} {}` (`{}`), its path parameters inserted as given.",
+            op.method.to_uppercase(),
+            op.path,
+            op.id
+        );
         quote! {
             #[doc = #doc]
             pub fn #name(#(#args: impl std::fmt::Display),*) -> Route {
@@ -742,7 +793,9 @@ pub fn drift(out_dir: &Path, files: &Files) -> Vec<String> {
     for (rel, expected) in files {
         match std::fs::read_to_string(out_dir.join(rel)) {
             Ok(actual) if &actual == expected => {}
-            Ok(actual) => problems.push(format!("{rel}: differs from the spec{}", short_diff(&actual, expected))),
+            Ok(actual) => {
+                problems.push(format!("{rel}: differs from the spec{}", short_diff(&actual, expected)))
+            }
             Err(_) => problems.push(format!("{rel}: missing")),
         }
     }

@@ -21,7 +21,8 @@ pub const EVENT_SCHEMA_SUFFIX: &str = ".schema.json";
 pub fn event_file_parts(name: &str) -> Option<(&str, u32)> {
     let stem = name.strip_suffix(EVENT_SCHEMA_SUFFIX)?;
     let (event_type, version) = stem.rsplit_once(".v")?;
-    let digits_only = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
+    let digits_only =
+        !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
     let n: u32 = if digits_only { version.parse().ok()? } else { return None };
     (!event_type.is_empty()).then_some((event_type, n))
 }
@@ -81,7 +82,10 @@ fn read(path: &Path, display: &str, diags: &mut Diagnostics) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) => {
-            diags.push(Diagnostic::new(display, "", format!("cannot read file: {e}")).hint("create the file or pass the right --specs directory"));
+            diags.push(
+                Diagnostic::new(display, "", format!("cannot read file: {e}"))
+                    .hint("create the file or pass the right --specs directory"),
+            );
             None
         }
     }
@@ -95,13 +99,19 @@ fn parse_yaml(text: &str, display: &str, diags: &mut Diagnostics) -> Option<Valu
     if let Err(e) = serde_norway::from_str::<serde_norway::Value>(text)
         && e.to_string().contains("duplicate entry")
     {
-        diags.push(Diagnostic::new(display, "", format!("duplicate key: {e}")).hint("keep one of the two keys; YAML would keep only the last"));
+        diags.push(
+            Diagnostic::new(display, "", format!("duplicate key: {e}"))
+                .hint("keep one of the two keys; YAML would keep only the last"),
+        );
         return None;
     }
     match serde_norway::from_str::<Value>(text) {
         Ok(v) => Some(v),
         Err(e) => {
-            diags.push(Diagnostic::new(display, "", format!("not valid YAML: {e}")).hint("fix the YAML syntax at the reported line"));
+            diags.push(
+                Diagnostic::new(display, "", format!("not valid YAML: {e}"))
+                    .hint("fix the YAML syntax at the reported line"),
+            );
             None
         }
     }
@@ -111,7 +121,10 @@ fn parse_json(text: &str, display: &str, diags: &mut Diagnostics) -> Option<Valu
     match serde_json::from_str::<Value>(text) {
         Ok(v) => Some(v),
         Err(e) => {
-            diags.push(Diagnostic::new(display, "", format!("not valid JSON: {e}")).hint("fix the JSON syntax at the reported line"));
+            diags.push(
+                Diagnostic::new(display, "", format!("not valid JSON: {e}"))
+                    .hint("fix the JSON syntax at the reported line"),
+            );
             None
         }
     }
@@ -135,7 +148,8 @@ pub fn load(specs_dir: &Path, display_root: &str, events: bool) -> Result<RawCon
     let mut diags = Diagnostics::default();
     let disp = |name: &str| format!("{display_root}/{name}");
 
-    let openapi_text = read(&specs_dir.join(OPENAPI_FILE), &disp(OPENAPI_FILE), &mut diags).unwrap_or_default();
+    let openapi_text =
+        read(&specs_dir.join(OPENAPI_FILE), &disp(OPENAPI_FILE), &mut diags).unwrap_or_default();
     let openapi = parse_yaml(&openapi_text, &disp(OPENAPI_FILE), &mut diags).unwrap_or(Value::Null);
     let (asyncapi_text, asyncapi) = if events {
         let text = read(&specs_dir.join(ASYNCAPI_FILE), &disp(ASYNCAPI_FILE), &mut diags).unwrap_or_default();
@@ -164,10 +178,10 @@ pub fn load(specs_dir: &Path, display_root: &str, events: bool) -> Result<RawCon
                 let name = file_name(&path);
                 let display = disp(&format!("{EVENTS_DIR}/{name}"));
                 if event_file_parts(&name).is_none() {
-                    diags.push(
-                        Diagnostic::new(display, "", "unexpected file in specs/events")
-                            .hint(format!("event schemas are named <event.type>.v<N>{EVENT_SCHEMA_SUFFIX}, N counting from 1")),
-                    );
+                    diags
+                        .push(Diagnostic::new(display, "", "unexpected file in specs/events").hint(format!(
+                        "event schemas are named <event.type>.v<N>{EVENT_SCHEMA_SUFFIX}, N counting from 1"
+                    )));
                     continue;
                 }
                 if let Some(text) = read(&path, &display, &mut diags)
@@ -185,10 +199,17 @@ pub fn load(specs_dir: &Path, display_root: &str, events: bool) -> Result<RawCon
     let mut openapi_examples = Vec::new();
     let mut event_examples = Vec::new();
     let kinds: &[&str] = if events { &["openapi", "events"] } else { &["openapi"] };
-    for (kind, out) in [("openapi", &mut openapi_examples), ("events", &mut event_examples)].into_iter().filter(|(k, _)| kinds.contains(k)) {
+    for (kind, out) in [("openapi", &mut openapi_examples), ("events", &mut event_examples)]
+        .into_iter()
+        .filter(|(k, _)| kinds.contains(k))
+    {
         let dir = specs_dir.join(EXAMPLES_DIR).join(kind);
         let Ok(targets) = sorted_entries(&dir) else {
-            diags.push(Diagnostic::new(disp(&format!("{EXAMPLES_DIR}/{kind}")), "", "missing examples directory"));
+            diags.push(Diagnostic::new(
+                disp(&format!("{EXAMPLES_DIR}/{kind}")),
+                "",
+                "missing examples directory",
+            ));
             continue;
         };
         for target_dir in targets.into_iter().filter(|p| p.is_dir()) {
@@ -230,7 +251,13 @@ pub fn load(specs_dir: &Path, display_root: &str, events: bool) -> Result<RawCon
                 if let Some(text) = read(&path, &display, &mut diags)
                     && let Some(value) = parse_json(&text, &display, &mut diags)
                 {
-                    out.push(Example { file: display, target: target.clone(), expect_valid, expect_rejection: None, value });
+                    out.push(Example {
+                        file: display,
+                        target: target.clone(),
+                        expect_valid,
+                        expect_rejection: None,
+                        value,
+                    });
                 }
             }
             for ex in out[first..].iter_mut().filter(|e| !e.expect_valid) {
@@ -239,8 +266,12 @@ pub fn load(specs_dir: &Path, display_root: &str, events: bool) -> Result<RawCon
             }
             for name in expectations.keys() {
                 diags.push(
-                    Diagnostic::new(&rejections_display, pointer([name.as_str()]), format!("`{name}` is not an invalid example in this folder"))
-                        .hint("remove the entry or restore the example"),
+                    Diagnostic::new(
+                        &rejections_display,
+                        pointer([name.as_str()]),
+                        format!("`{name}` is not an invalid example in this folder"),
+                    )
+                    .hint("remove the entry or restore the example"),
                 );
             }
         }

@@ -17,7 +17,11 @@ const EXIT_DRIFT: u8 = 3;
 const EXIT_TOOL: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "oneprotect-codegen", version, about = "Validate the OneProtect contracts and generate Rust from them")]
+#[command(
+    name = "oneprotect-codegen",
+    version,
+    about = "Validate the OneProtect contracts and generate Rust from them"
+)]
 #[command(
     after_help = "Exit codes: 0 ok, 1 contract errors or a refused incompatible change, 2 tool failure, 3 generated code is stale (run `make generate`)."
 )]
@@ -97,7 +101,10 @@ fn compat(config: &Config, base: &str, format: Format, gate: bool) -> ExitCode {
     print!("{}", compat::output::render(format, &report, &root, refusals.as_deref()));
     match refusals {
         Some(r) if !r.is_empty() => {
-            eprintln!("error: {} contract change(s) break existing clients or consumers without a declared version; see `refused:` above", r.len());
+            eprintln!(
+                "error: {} contract change(s) break existing clients or consumers without a declared version; see `refused:` above",
+                r.len()
+            );
             ExitCode::from(EXIT_INVALID)
         }
         _ => ExitCode::SUCCESS,
@@ -163,7 +170,11 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Generate => match oneprotect_codegen::generate::write(&config.out, &files) {
             Ok(changed) => {
-                println!("generated {} files into {} ({changed} changed): {summary}", files.len(), config.out.display());
+                println!(
+                    "generated {} files into {} ({changed} changed): {summary}",
+                    files.len(),
+                    config.out.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -180,7 +191,9 @@ fn main() -> ExitCode {
                 for d in &drift {
                     eprintln!("drift: {}/{d}", config.out.display());
                 }
-                eprintln!("error: generated code is stale relative to specs/; run `make generate` and commit the result");
+                eprintln!(
+                    "error: generated code is stale relative to specs/; run `make generate` and commit the result"
+                );
                 ExitCode::from(EXIT_DRIFT)
             }
         }

@@ -184,11 +184,19 @@ pub fn check(raw: &RawContracts, config: &Config, diags: &mut Diagnostics) -> Op
     match doc.get("openapi").and_then(Value::as_str) {
         Some(v) if v.starts_with("3.0.") => {}
         Some(v) => {
-            ctx.err("/openapi", format!("OpenAPI version `{v}` is not supported: progenitor and openapiv3 accept only 3.0.x"), "set `openapi: 3.0.3`");
+            ctx.err(
+                "/openapi",
+                format!("OpenAPI version `{v}` is not supported: progenitor and openapiv3 accept only 3.0.x"),
+                "set `openapi: 3.0.3`",
+            );
             return None;
         }
         None => {
-            ctx.err("/openapi", "missing `openapi` version field", "add `openapi: 3.0.3` at the top of the document");
+            ctx.err(
+                "/openapi",
+                "missing `openapi` version field",
+                "add `openapi: 3.0.3` at the top of the document",
+            );
             return None;
         }
     }
@@ -201,7 +209,11 @@ pub fn check(raw: &RawContracts, config: &Config, diags: &mut Diagnostics) -> Op
     if let Err(e) = serde_path_to_error::deserialize::<_, openapiv3::OpenAPI>(doc) {
         let path = e.path().to_string();
         let ptr = if path == "." { String::new() } else { pointer(path.split('.')) };
-        ctx.err(&ptr, format!("not a valid OpenAPI 3.0 document: {}", e.inner()), "compare the object with the OpenAPI 3.0.3 specification");
+        ctx.err(
+            &ptr,
+            format!("not a valid OpenAPI 3.0 document: {}", e.inner()),
+            "compare the object with the OpenAPI 3.0.3 specification",
+        );
         return None;
     }
 
@@ -221,7 +233,9 @@ pub fn check(raw: &RawContracts, config: &Config, diags: &mut Diagnostics) -> Op
         schema_names.insert(name.clone());
         check_schema(&mut ctx, schema, &ptr);
         if let Some(list) = schema.get(FORBIDDEN_PROPERTIES_EXT) {
-            let props = list.as_array().map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect::<Vec<_>>());
+            let props = list
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect::<Vec<_>>());
             match props {
                 Some(p) if !p.is_empty() => {
                     forbidden_properties.insert(name.clone(), p);
@@ -268,8 +282,11 @@ pub fn check(raw: &RawContracts, config: &Config, diags: &mut Diagnostics) -> Op
                     "list the codes the platform answers with; `ProblemCode` is generated from them and clients tolerate codes added later",
                 ),
             }
-            let required: BTreeSet<&str> =
-                p.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let required: BTreeSet<&str> = p
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             for field in ["type", "title", "status", "code", "request_id"] {
                 if !required.contains(field) {
                     ctx.err(
@@ -288,9 +305,11 @@ pub fn check(raw: &RawContracts, config: &Config, diags: &mut Diagnostics) -> Op
                     );
                     continue;
                 };
-                let (got_ty, got_format) = (prop.get("type").and_then(Value::as_str), prop.get("format").and_then(Value::as_str));
+                let (got_ty, got_format) =
+                    (prop.get("type").and_then(Value::as_str), prop.get("format").and_then(Value::as_str));
                 if got_ty != Some(ty) || (format.is_some() && got_format != format) {
-                    let want = format.map_or(format!("`type: {ty}`"), |f| format!("`type: {ty}` with `format: {f}`"));
+                    let want = format
+                        .map_or(format!("`type: {ty}`"), |f| format!("`type: {ty}` with `format: {f}`"));
                     ctx.err(
                         &format!("/components/schemas/{problem}/properties/{field}"),
                         format!("{problem}.{field} must be {want}; the server runtime builds it so"),
@@ -307,7 +326,14 @@ pub fn check(raw: &RawContracts, config: &Config, diags: &mut Diagnostics) -> Op
     let principals = check_security_schemes(&mut ctx);
     let security_schemes: Vec<String> = principals.keys().cloned().collect();
     let operations = check_operations(&mut ctx, &principals);
-    Some(ApiModel { operations, security_schemes, principals, forbidden_properties, schema_names, problem_codes })
+    Some(ApiModel {
+        operations,
+        security_schemes,
+        principals,
+        forbidden_properties,
+        schema_names,
+        problem_codes,
+    })
 }
 
 fn check_refs(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
@@ -318,7 +344,11 @@ fn check_refs(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
                 match r.as_str() {
                     Some(r) if r.starts_with("#/") => {
                         if ctx.doc.pointer(&r[1..]).is_none() {
-                            ctx.err(&here, format!("dangling $ref `{r}`: nothing at that pointer"), "define the target or fix the reference");
+                            ctx.err(
+                                &here,
+                                format!("dangling $ref `{r}`: nothing at that pointer"),
+                                "define the target or fix the reference",
+                            );
                         }
                     }
                     Some(r) => ctx.err(
@@ -326,7 +356,9 @@ fn check_refs(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
                         format!("external $ref `{r}` is not supported by the generators"),
                         "move the target into components and reference it as `#/components/...`",
                     ),
-                    None => ctx.err(&here, "$ref must be a string", "write `$ref: '#/components/schemas/Name'`"),
+                    None => {
+                        ctx.err(&here, "$ref must be a string", "write `$ref: '#/components/schemas/Name'`")
+                    }
                 }
             }
             for (k, v) in map {
@@ -353,14 +385,25 @@ fn check_schema(ctx: &mut Ctx<'_>, schema: &Value, ptr: &str) {
         }
     }
     if map.get("nullable").and_then(Value::as_bool) == Some(true) {
-        ctx.err(&format!("{ptr}/nullable"), "`nullable` is not supported", "make the property optional (leave it out of `required`) instead");
+        ctx.err(
+            &format!("{ptr}/nullable"),
+            "`nullable` is not supported",
+            "make the property optional (leave it out of `required`) instead",
+        );
     }
     if let Some(all) = map.get("allOf").and_then(Value::as_array)
         && all.len() > 1
     {
-        ctx.err(&format!("{ptr}/allOf"), "`allOf` with more than one member is not supported by typify", "flatten the properties into one object schema");
+        ctx.err(
+            &format!("{ptr}/allOf"),
+            "`allOf` with more than one member is not supported by typify",
+            "flatten the properties into one object schema",
+        );
     }
-    if map.get("type").and_then(Value::as_str) == Some("object") && !map.contains_key("additionalProperties") && map.contains_key("properties") {
+    if map.get("type").and_then(Value::as_str) == Some("object")
+        && !map.contains_key("additionalProperties")
+        && map.contains_key("properties")
+    {
         ctx.err(
             ptr,
             "object schema does not say whether extra properties are allowed",
@@ -404,9 +447,12 @@ fn check_extensions(ctx: &mut Ctx<'_>, value: &Value, tokens: &mut Vec<String>) 
             for (k, v) in map {
                 if k.starts_with("x-oneprotect-") {
                     let ptr = pointer(tokens.iter().map(String::as_str).chain([k.as_str()]));
-                    let at_operation = tokens.len() == 3 && tokens[0] == "paths" && METHODS.contains(&tokens[2].as_str());
-                    let at_component_schema = tokens.len() == 3 && tokens[0] == "components" && tokens[1] == "schemas";
-                    let at_security_scheme = tokens.len() == 3 && tokens[0] == "components" && tokens[1] == "securitySchemes";
+                    let at_operation =
+                        tokens.len() == 3 && tokens[0] == "paths" && METHODS.contains(&tokens[2].as_str());
+                    let at_component_schema =
+                        tokens.len() == 3 && tokens[0] == "components" && tokens[1] == "schemas";
+                    let at_security_scheme =
+                        tokens.len() == 3 && tokens[0] == "components" && tokens[1] == "securitySchemes";
                     match k.as_str() {
                         MAX_BODY_EXT if at_operation => match v.as_u64() {
                             Some(n) if (1..=MAX_BODY_CEILING).contains(&n) => {}
@@ -475,13 +521,27 @@ fn check_extensible_enums(ctx: &mut Ctx<'_>, value: &Value, ptr: String) {
         Value::Object(map) => {
             if let Some(list) = map.get(EXTENSIBLE_ENUM) {
                 let here = format!("{ptr}/{EXTENSIBLE_ENUM}");
-                let strings: Option<Vec<&str>> = list.as_array().map(|a| a.iter().filter_map(Value::as_str).collect());
-                let unique = strings.as_ref().is_some_and(|v| v.iter().collect::<BTreeSet<_>>().len() == v.len());
-                if !(list.as_array().is_some_and(|a| !a.is_empty() && strings.as_ref().is_some_and(|v| v.len() == a.len())) && unique) {
-                    ctx.err(&here, format!("`{EXTENSIBLE_ENUM}` must be a non-empty list of distinct strings"), "list each value once, as a string");
+                let strings: Option<Vec<&str>> =
+                    list.as_array().map(|a| a.iter().filter_map(Value::as_str).collect());
+                let unique =
+                    strings.as_ref().is_some_and(|v| v.iter().collect::<BTreeSet<_>>().len() == v.len());
+                if !(list
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty() && strings.as_ref().is_some_and(|v| v.len() == a.len()))
+                    && unique)
+                {
+                    ctx.err(
+                        &here,
+                        format!("`{EXTENSIBLE_ENUM}` must be a non-empty list of distinct strings"),
+                        "list each value once, as a string",
+                    );
                 }
                 if map.get("type").and_then(Value::as_str) != Some("string") {
-                    ctx.err(&here, format!("`{EXTENSIBLE_ENUM}` applies to `type: string` only"), "declare the schema as `type: string`");
+                    ctx.err(
+                        &here,
+                        format!("`{EXTENSIBLE_ENUM}` applies to `type: string` only"),
+                        "declare the schema as `type: string`",
+                    );
                 }
                 if map.contains_key("enum") {
                     ctx.err(
@@ -516,17 +576,31 @@ const PROBLEM_FIELDS: [(&str, &str, Option<&str>); 6] = [
 
 fn check_security_schemes(ctx: &mut Ctx<'_>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let schemes = ctx.doc.pointer("/components/securitySchemes").and_then(Value::as_object).cloned().unwrap_or_default();
+    let schemes = ctx
+        .doc
+        .pointer("/components/securitySchemes")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     for (name, scheme) in &schemes {
         let ptr = pointer(["components", "securitySchemes", name]);
         let ok = scheme.get("type").and_then(Value::as_str) == Some("http")
-            && scheme.get("scheme").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() == Some("bearer");
+            && scheme.get("scheme").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref()
+                == Some("bearer");
         if !ok {
-            ctx.err(&ptr, "only HTTP bearer security schemes are supported by the server stubs", "use `type: http` with `scheme: bearer`");
+            ctx.err(
+                &ptr,
+                "only HTTP bearer security schemes are supported by the server stubs",
+                "use `type: http` with `scheme: bearer`",
+            );
             continue;
         }
         if !is_camel_ident(name) {
-            ctx.err(&ptr, format!("security scheme name `{name}` is not a lowerCamelCase identifier"), "rename it, e.g. `tenantAdminBearer`");
+            ctx.err(
+                &ptr,
+                format!("security scheme name `{name}` is not a lowerCamelCase identifier"),
+                "rename it, e.g. `tenantAdminBearer`",
+            );
             continue;
         }
         match scheme.get(PRINCIPAL_EXT).and_then(Value::as_str) {
@@ -561,7 +635,17 @@ fn check_operations(ctx: &mut Ctx<'_>, principals: &BTreeMap<String, String>) ->
                 continue;
             }
             let ptr = format!("{item_ptr}/{method}");
-            if let Some(op) = check_operation(ctx, path, method, op, &ptr, &template_params, global_security.as_ref(), principals, item.get("parameters")) {
+            if let Some(op) = check_operation(
+                ctx,
+                path,
+                method,
+                op,
+                &ptr,
+                &template_params,
+                global_security.as_ref(),
+                principals,
+                item.get("parameters"),
+            ) {
                 if let Some(first) = seen.get(&op.id) {
                     ctx.err(
                         &format!("{ptr}/operationId"),
@@ -602,7 +686,11 @@ fn check_operation(
             String::new()
         }
         None => {
-            ctx.err(ptr, format!("{} {path} has no operationId", method.to_uppercase()), "add a unique lowerCamelCase operationId");
+            ctx.err(
+                ptr,
+                format!("{} {path} has no operationId", method.to_uppercase()),
+                "add a unique lowerCamelCase operationId",
+            );
             String::new()
         }
     };
@@ -611,8 +699,12 @@ fn check_operation(
     let security_value = op.get("security").or(global_security);
     let mut security = None;
     if let Some(reqs) = security_value.and_then(Value::as_array) {
-        let non_empty: Vec<&Map<String, Value>> = reqs.iter().filter_map(Value::as_object).filter(|m| !m.is_empty()).collect();
-        if non_empty.len() > 1 || non_empty.iter().any(|m| m.len() > 1) || (non_empty.len() == 1 && reqs.len() > 1) {
+        let non_empty: Vec<&Map<String, Value>> =
+            reqs.iter().filter_map(Value::as_object).filter(|m| !m.is_empty()).collect();
+        if non_empty.len() > 1
+            || non_empty.iter().any(|m| m.len() > 1)
+            || (non_empty.len() == 1 && reqs.len() > 1)
+        {
             ctx.err(
                 &format!("{ptr}/security"),
                 "alternative or combined security requirements are not supported",
@@ -623,7 +715,11 @@ fn check_operation(
             if principals.contains_key(&name) {
                 security = Some(name);
             } else {
-                ctx.err(&format!("{ptr}/security/0"), format!("unknown security scheme `{name}`"), "define it under components/securitySchemes");
+                ctx.err(
+                    &format!("{ptr}/security/0"),
+                    format!("unknown security scheme `{name}`"),
+                    "define it under components/securitySchemes",
+                );
             }
         }
     }
@@ -632,7 +728,10 @@ fn check_operation(
     let mut path_params = Vec::new();
     let mut query_params = Vec::new();
     let mut params: Vec<(Value, String)> = Vec::new();
-    for (src, base) in [(item_params, pointer(["paths", path, "parameters"])), (op.get("parameters"), format!("{ptr}/parameters"))] {
+    for (src, base) in [
+        (item_params, pointer(["paths", path, "parameters"])),
+        (op.get("parameters"), format!("{ptr}/parameters")),
+    ] {
         if let Some(list) = src.and_then(Value::as_array) {
             for (i, p) in list.iter().enumerate() {
                 let p_ptr = format!("{base}/{i}");
@@ -648,9 +747,14 @@ fn check_operation(
         let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
         let schema = p.get("schema").cloned().unwrap_or(Value::Null);
         check_parameter_schema(ctx, &schema, &format!("{p_ptr}/schema"), &name);
-        let ty = match (schema.get("type").and_then(Value::as_str), schema.get("format").and_then(Value::as_str)) {
+        let ty = match (
+            schema.get("type").and_then(Value::as_str),
+            schema.get("format").and_then(Value::as_str),
+        ) {
             (Some("string"), Some("uuid")) => ParamType::Uuid,
-            (Some("string"), _) => ParamType::String { max_length: schema.get("maxLength").and_then(Value::as_u64) },
+            (Some("string"), _) => {
+                ParamType::String { max_length: schema.get("maxLength").and_then(Value::as_u64) }
+            }
             (Some("integer"), _) => {
                 let min = schema.get("minimum").and_then(Value::as_i64);
                 let rust = integer_rust_type(schema.get("format").and_then(Value::as_str), min);
@@ -666,16 +770,33 @@ fn check_operation(
             }
         };
         if !is_snake_ident(&name) {
-            ctx.err(&format!("{p_ptr}/name"), format!("parameter name `{name}` is not snake_case"), "use snake_case names such as `agent_id`");
+            ctx.err(
+                &format!("{p_ptr}/name"),
+                format!("parameter name `{name}` is not snake_case"),
+                "use snake_case names such as `agent_id`",
+            );
         }
-        let param = Param { name: name.clone(), required, ty, description: p.get("description").and_then(Value::as_str).map(String::from) };
+        let param = Param {
+            name: name.clone(),
+            required,
+            ty,
+            description: p.get("description").and_then(Value::as_str).map(String::from),
+        };
         match location {
             "path" => {
                 if !required {
-                    ctx.err(&format!("{p_ptr}/required"), format!("path parameter `{name}` must be required"), "add `required: true`");
+                    ctx.err(
+                        &format!("{p_ptr}/required"),
+                        format!("path parameter `{name}` must be required"),
+                        "add `required: true`",
+                    );
                 }
                 if !template_params.contains(&name) {
-                    ctx.err(&p_ptr, format!("path parameter `{name}` does not appear in `{path}`"), "fix the name or the path template");
+                    ctx.err(
+                        &p_ptr,
+                        format!("path parameter `{name}` does not appear in `{path}`"),
+                        "fix the name or the path template",
+                    );
                 }
                 path_params.push(param);
             }
@@ -689,7 +810,11 @@ fn check_operation(
     }
     for name in template_params {
         if !path_params.iter().any(|p| &p.name == name) {
-            ctx.err(ptr, format!("path template parameter `{name}` is not declared"), format!("add a `{name}` path parameter"));
+            ctx.err(
+                ptr,
+                format!("path template parameter `{name}` is not declared"),
+                format!("add a `{name}` path parameter"),
+            );
         }
     }
 
@@ -749,7 +874,11 @@ fn check_operation(
         let body = if content.is_empty() {
             ResponseBody::Empty
         } else if content.len() > 1 {
-            ctx.err(&format!("{res_ptr}/content"), "a response must have exactly one media type", "keep one of them");
+            ctx.err(
+                &format!("{res_ptr}/content"),
+                "a response must have exactly one media type",
+                "keep one of them",
+            );
             continue;
         } else if let Some(media) = content.get("application/json") {
             match schema_ref_name(media) {
@@ -765,7 +894,11 @@ fn check_operation(
             }
         } else if let Some(media) = content.get("text/plain") {
             if media.pointer("/schema/type").and_then(Value::as_str) != Some("string") {
-                ctx.err(&format!("{res_ptr}/content/text~1plain/schema"), "text/plain responses must have `type: string`", "set the schema to `type: string`");
+                ctx.err(
+                    &format!("{res_ptr}/content/text~1plain/schema"),
+                    "text/plain responses must have `type: string`",
+                    "set the schema to `type: string`",
+                );
             }
             ResponseBody::Text
         } else {
@@ -780,7 +913,10 @@ fn check_operation(
         if status >= 400 && body != ResponseBody::Json(ctx.config.problem.schema.clone()) {
             ctx.err(
                 &res_ptr,
-                format!("{status} response must use the {} schema as `application/json`", ctx.config.problem.schema),
+                format!(
+                    "{status} response must use the {} schema as `application/json`",
+                    ctx.config.problem.schema
+                ),
                 "reference one of components/responses (BadRequest, Unauthorized, …)",
             );
         }
@@ -796,7 +932,11 @@ fn check_operation(
                 match ty {
                     Some("integer") => headers.push(ResponseHeader { name: h_name.clone(), integer: true }),
                     Some("string") => headers.push(ResponseHeader { name: h_name.clone(), integer: false }),
-                    _ => ctx.err(&h_ptr, "response headers must be integer or string", "give the header a `schema` with `type: integer` or `type: string`"),
+                    _ => ctx.err(
+                        &h_ptr,
+                        "response headers must be integer or string",
+                        "give the header a `schema` with `type: integer` or `type: string`",
+                    ),
                 }
             }
         }
@@ -816,15 +956,19 @@ fn check_operation(
     // Statuses every operation of a given shape must document.
     let documented: BTreeSet<u16> = responses.iter().map(|r| r.status).collect();
     let st = &ctx.config.statuses;
-    let mut required: Vec<(u16, &str)> = st.every.iter().map(|s| (*s, "every operation can fail unexpectedly")).collect();
+    let mut required: Vec<(u16, &str)> =
+        st.every.iter().map(|s| (*s, "every operation can fail unexpectedly")).collect();
     if security.is_some() {
         required.extend(st.authenticated.iter().map(|s| (*s, "the operation requires credentials")));
     }
     match security.as_ref().and_then(|s| principals.get(s)).map(String::as_str) {
         Some("tenant-admin") => {
-            required.extend(st.tenant_admin.iter().map(|s| (*s, "a tenant admin credential can lack the role")));
+            required
+                .extend(st.tenant_admin.iter().map(|s| (*s, "a tenant admin credential can lack the role")));
             if !path_params.is_empty() {
-                required.extend(st.tenant_admin_resource.iter().map(|s| (*s, "the path names a tenant-scoped resource")));
+                required.extend(
+                    st.tenant_admin_resource.iter().map(|s| (*s, "the path names a tenant-scoped resource")),
+                );
             }
         }
         Some(_) => required.extend(st.agent.iter().map(|s| (*s, "an agent identity can be revoked"))),
@@ -873,7 +1017,11 @@ fn check_operation(
 }
 
 fn schema_ref_name(media: &Value) -> Option<String> {
-    media.pointer("/schema/$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/")).map(String::from)
+    media
+        .pointer("/schema/$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        .map(String::from)
 }
 
 fn path_template_params(path: &str) -> BTreeSet<String> {
@@ -899,7 +1047,8 @@ pub fn is_camel_ident(s: &str) -> bool {
 
 fn is_snake_ident(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// `issueEnrollmentToken` → `issue_enrollment_token`.

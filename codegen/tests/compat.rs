@@ -29,7 +29,11 @@ fn base_docs() -> Vec<(String, Value)> {
     let mut docs = Vec::new();
     for rel in ["openapi.yaml", "asyncapi.yaml", "events/thing.happened.v1.schema.json"] {
         let text = std::fs::read_to_string(root.join(rel)).expect("fixture file");
-        let v: Value = if rel.ends_with(".json") { serde_json::from_str(&text).expect("json") } else { serde_norway::from_str(&text).expect("yaml") };
+        let v: Value = if rel.ends_with(".json") {
+            serde_json::from_str(&text).expect("json")
+        } else {
+            serde_norway::from_str(&text).expect("yaml")
+        };
         docs.push((rel.to_string(), v));
     }
     docs
@@ -38,13 +42,21 @@ fn base_docs() -> Vec<(String, Value)> {
 fn write_docs(dir: &Path, docs: &[(String, Value)]) {
     std::fs::create_dir_all(dir.join("events")).expect("mkdir");
     for (rel, v) in docs {
-        let text = if rel.ends_with(".json") { serde_json::to_string_pretty(v).expect("json") } else { serde_norway::to_string(v).expect("yaml") };
+        let text = if rel.ends_with(".json") {
+            serde_json::to_string_pretty(v).expect("json")
+        } else {
+            serde_norway::to_string(v).expect("yaml")
+        };
         std::fs::write(dir.join(rel), text).expect("write");
     }
 }
 
 fn doc_mut<'d>(docs: &'d mut [(String, Value)], file: &str) -> &'d mut Value {
-    &mut docs.iter_mut().find(|(f, _)| f == file).unwrap_or_else(|| panic!("no {file} in the fixture contract")).1
+    &mut docs
+        .iter_mut()
+        .find(|(f, _)| f == file)
+        .unwrap_or_else(|| panic!("no {file} in the fixture contract"))
+        .1
 }
 
 /// JSON Patch (RFC 6902) add/replace/remove, plus whole-file delete and copy.
@@ -54,7 +66,12 @@ fn apply(docs: &mut Vec<(String, Value)>, edit: &Value) {
     match op {
         "delete-file" => docs.retain(|(f, _)| f != file),
         "copy-file" => {
-            let from = docs.iter().find(|(f, _)| f == edit["from"].as_str().expect("from")).expect("source").1.clone();
+            let from = docs
+                .iter()
+                .find(|(f, _)| f == edit["from"].as_str().expect("from"))
+                .expect("source")
+                .1
+                .clone();
             docs.push((file.to_string(), from));
         }
         _ => {
@@ -91,7 +108,8 @@ fn diff_docs(base: &[(String, Value)], revision: &[(String, Value)]) -> (Report,
 }
 
 fn spec_fixture(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixtures().join("spec").join(format!("{name}.yaml"))).expect("fixture");
+    let text =
+        std::fs::read_to_string(fixtures().join("spec").join(format!("{name}.yaml"))).expect("fixture");
     serde_norway::from_str(&text).expect("fixture yaml")
 }
 
@@ -128,7 +146,8 @@ const SITES: [(&str, &str, &str); 4] = [
 
 /// (rule id, level) of every change of a schema fixture planted at a site.
 fn run_schema_fixture(name: &str, site: usize) -> Vec<(String, Level)> {
-    let text = std::fs::read_to_string(fixtures().join("schema").join(format!("{name}.yaml"))).expect("fixture");
+    let text =
+        std::fs::read_to_string(fixtures().join("schema").join(format!("{name}.yaml"))).expect("fixture");
     let fx: Value = serde_norway::from_str(&text).expect("yaml");
     let (_, file, ptr) = SITES[site];
     let (mut base, mut rev) = (base_docs(), base_docs());
@@ -142,7 +161,8 @@ fn run_schema_fixture(name: &str, site: usize) -> Vec<(String, Level)> {
 fn each_schema_edit_is_judged_at_every_site_in_the_direction_data_flows() {
     let mut failures = Vec::new();
     for name in sorted_names("schema") {
-        let text = std::fs::read_to_string(fixtures().join("schema").join(format!("{name}.yaml"))).expect("fixture");
+        let text =
+            std::fs::read_to_string(fixtures().join("schema").join(format!("{name}.yaml"))).expect("fixture");
         let fx: Value = serde_norway::from_str(&text).expect("yaml");
         let inbound = level(fx["request"].as_str().expect("request level"));
         let outbound = level(fx["response"].as_str().expect("response level"));
@@ -173,12 +193,20 @@ fn each_spec_edit_is_classified_by_exactly_its_rule() {
     let mut failures = Vec::new();
     for name in sorted_names("spec") {
         let fx = spec_fixture(&name);
-        let expect: BTreeSet<String> = fx["expect"].as_array().expect("expect").iter().map(|v| v.as_str().expect("id").to_string()).collect();
+        let expect: BTreeSet<String> = fx["expect"]
+            .as_array()
+            .expect("expect")
+            .iter()
+            .map(|v| v.as_str().expect("id").to_string())
+            .collect();
         assert!(expect.contains(&name), "fixture {name} must expect its own rule");
         let (report, ..) = run_spec_fixture(&fx);
         let got: BTreeSet<String> = report.changes.iter().map(|c| c.rule.clone()).collect();
         if got != expect {
-            failures.push(format!("{name}: expected {expect:?}, got {got:?}\n{}", output::render(output::Format::Human, &report, "base", None)));
+            failures.push(format!(
+                "{name}: expected {expect:?}, got {got:?}\n{}",
+                output::render(output::Format::Human, &report, "base", None)
+            ));
         }
         let lvl = rules::lookup(&name).map(|r| r.level);
         if report.changes.iter().any(|c| c.rule == name && Some(c.level) != lvl) {
@@ -196,7 +224,10 @@ fn every_rule_in_the_catalogue_has_a_fixture() {
         .iter()
         .map(|r| r.id.as_str())
         .filter(|id| {
-            !spec_rules.contains(*id) && !SITES.iter().any(|(p, ..)| id.strip_prefix(&format!("{p}-")).is_some_and(|k| schema_kinds.iter().any(|s| s == k)))
+            !spec_rules.contains(*id)
+                && !SITES.iter().any(|(p, ..)| {
+                    id.strip_prefix(&format!("{p}-")).is_some_and(|k| schema_kinds.iter().any(|s| s == k))
+                })
         })
         .collect();
     assert!(missing.is_empty(), "rules without a fixture: {missing:?}");
@@ -207,9 +238,17 @@ fn every_rule_in_the_catalogue_has_a_fixture() {
 fn an_edit_no_rule_judges_is_reported_unclassified_not_dropped() {
     for (file, pointer, value) in [
         ("openapi.yaml", "/components/schemas/Thing/properties/x/readOnly", Value::Bool(true)),
-        ("openapi.yaml", "/components/schemas/Thing/properties/x/oneOf", serde_json::json!([{"type": "string"}, {"type": "integer"}])),
+        (
+            "openapi.yaml",
+            "/components/schemas/Thing/properties/x/oneOf",
+            serde_json::json!([{"type": "string"}, {"type": "integer"}]),
+        ),
         ("openapi.yaml", "/paths/~1things/get/x-vendor-flag", Value::Bool(true)),
-        ("events/thing.happened.v1.schema.json", "/properties/data/properties/x/const", Value::String("a".into())),
+        (
+            "events/thing.happened.v1.schema.json",
+            "/properties/data/properties/x/const",
+            Value::String("a".into()),
+        ),
     ] {
         let base = base_docs();
         let mut rev = base.clone();
@@ -229,7 +268,10 @@ fn identical_contracts_have_no_changes_and_reordered_keys_are_not_a_change() {
     assert!(compat::diff(&a, &a).changes.is_empty());
     let base = base_docs();
     let mut rev = base.clone();
-    apply(&mut rev, &serde_json::json!({"file": "openapi.yaml", "op": "replace", "path": "/components/schemas/Thing/required", "value": ["id"]}));
+    apply(
+        &mut rev,
+        &serde_json::json!({"file": "openapi.yaml", "op": "replace", "path": "/components/schemas/Thing/required", "value": ["id"]}),
+    );
     let (report, ..) = diff_docs(&base, &rev);
     assert!(report.changes.is_empty(), "{:?}", report.changes);
 }
@@ -244,7 +286,8 @@ fn a_change_names_its_line_in_both_versions() {
     assert!(rev_line > 1, "{c:?}");
     let real = Spec::from_dir(&fixtures().join("base")).expect("base");
     let mut edited = real.clone();
-    edited.files.get_mut("openapi.yaml").expect("openapi").value["components"]["parameters"]["Filter"]["required"] = Value::Bool(true);
+    edited.files.get_mut("openapi.yaml").expect("openapi").value["components"]["parameters"]["Filter"]["required"] =
+        Value::Bool(true);
     let report = compat::diff(&real, &edited);
     let text = std::fs::read_to_string(fixtures().join("base/openapi.yaml")).expect("text");
     let filter_line = text.lines().position(|l| l.trim() == "Filter:").expect("Filter line") + 1;
@@ -290,7 +333,11 @@ fn the_gate_refuses_an_event_schema_broken_in_place_and_accepts_the_same_change_
     let refused = gate_of(&in_place);
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].change.rule, "event-payload-property-removed");
-    assert!(refused[0].resolution.contains("events/thing.happened.v2.schema.json"), "{}", refused[0].resolution);
+    assert!(
+        refused[0].resolution.contains("events/thing.happened.v2.schema.json"),
+        "{}",
+        refused[0].resolution
+    );
 
     let mut base = base_docs();
     let v2_doc = {
@@ -320,7 +367,13 @@ fn the_gate_refuses_an_unclassified_change_and_says_how_to_resolve_it() {
 
 #[test]
 fn non_breaking_and_informational_changes_pass_the_gate() {
-    for name in ["endpoint-added", "request-parameter-added-optional", "doc-changed", "response-error-status-added", "event-schema-added"] {
+    for name in [
+        "endpoint-added",
+        "request-parameter-added-optional",
+        "doc-changed",
+        "response-error-status-added",
+        "event-schema-added",
+    ] {
         assert!(gate_of(&spec_fixture(name)).is_empty(), "{name} was refused");
     }
 }
@@ -331,7 +384,9 @@ fn reports_render_as_json_junit_and_github_annotations() {
     let (report, b, r) = run_spec_fixture(&fx);
     let refusals = gate::judge(&report, &b, &r);
 
-    let json: Value = serde_json::from_str(&output::render(output::Format::Json, &report, "specs", Some(&refusals))).expect("json output parses");
+    let json: Value =
+        serde_json::from_str(&output::render(output::Format::Json, &report, "specs", Some(&refusals)))
+            .expect("json output parses");
     assert_eq!(json["summary"]["breaking"], 1);
     assert_eq!(json["summary"]["refused"], 1);
     assert_eq!(json["changes"][0]["rule"], "request-parameter-became-required");
@@ -358,7 +413,14 @@ fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=Fixture", "-c", "user.email=fixture@example.invalid", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Fixture",
+            "-c",
+            "user.email=fixture@example.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .status()
         .expect("git")
@@ -377,23 +439,37 @@ fn check_compat_against_a_git_revision_fails_naming_the_rule_and_passes_with_the
     git(repo, &["commit", "-q", "-m", "base"]);
 
     let mut rev = base_docs();
-    apply(&mut rev, &serde_json::json!({"file": "openapi.yaml", "op": "remove", "path": "/components/schemas/Thing/properties/x"}));
+    apply(
+        &mut rev,
+        &serde_json::json!({"file": "openapi.yaml", "op": "remove", "path": "/components/schemas/Thing/properties/x"}),
+    );
     write_docs(&specs, &rev);
-    let run =
-        || Command::new(env!("CARGO_BIN_EXE_oneprotect-codegen")).current_dir(repo).args(["check-compat", "--base", "main"]).output().expect("codegen runs");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_oneprotect-codegen"))
+            .current_dir(repo)
+            .args(["check-compat", "--base", "main"])
+            .output()
+            .expect("codegen runs")
+    };
     let out = run();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("response-body-property-removed"), "{stdout}");
     assert!(stdout.contains("specs/openapi.yaml:"), "{stdout}");
 
-    apply(&mut rev, &serde_json::json!({"file": "openapi.yaml", "op": "replace", "path": "/info/version", "value": "2.0.0"}));
+    apply(
+        &mut rev,
+        &serde_json::json!({"file": "openapi.yaml", "op": "replace", "path": "/info/version", "value": "2.0.0"}),
+    );
     write_docs(&specs, &rev);
     let out = run();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
-    let missing =
-        Command::new(env!("CARGO_BIN_EXE_oneprotect-codegen")).current_dir(repo).args(["check-compat", "--base", "no-such-ref"]).output().expect("runs");
+    let missing = Command::new(env!("CARGO_BIN_EXE_oneprotect-codegen"))
+        .current_dir(repo)
+        .args(["check-compat", "--base", "no-such-ref"])
+        .output()
+        .expect("runs");
     assert_eq!(missing.status.code(), Some(2), "an unresolvable base is a tool failure, not a pass");
 }
 
@@ -401,7 +477,10 @@ fn check_compat_against_a_git_revision_fails_naming_the_rule_and_passes_with_the
 fn the_rule_catalogue_page_is_current() {
     let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/compat-rules.md");
     let on_disk = std::fs::read_to_string(&page).unwrap_or_default();
-    assert!(on_disk == rules::markdown(), "docs/compat-rules.md is stale: run `cargo run -p oneprotect-codegen -- rules > docs/compat-rules.md`");
+    assert!(
+        on_disk == rules::markdown(),
+        "docs/compat-rules.md is stale: run `cargo run -p oneprotect-codegen -- rules > docs/compat-rules.md`"
+    );
 }
 
 #[test]
@@ -417,5 +496,8 @@ fn a_declared_principal_that_changes_is_a_breaking_scheme_change() {
         &serde_json::json!({"file": "openapi.yaml", "op": "replace", "path": "/components/securitySchemes/adminBearer/x-oneprotect-principal", "value": "agent"}),
     );
     let (report, ..) = diff_docs(&base, &rev);
-    assert_eq!(report.changes.iter().map(|c| (c.rule.as_str(), c.level)).collect::<Vec<_>>(), [("security-scheme-changed", Level::Breaking)]);
+    assert_eq!(
+        report.changes.iter().map(|c| (c.rule.as_str(), c.level)).collect::<Vec<_>>(),
+        [("security-scheme-changed", Level::Breaking)]
+    );
 }

@@ -29,7 +29,10 @@ fn codegen(dir: &Path, command: &str) -> (i32, String) {
         .arg(workspace().join("rustfmt.toml"))
         .output()
         .expect("run oneprotect-codegen");
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -41,7 +44,10 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                out.push((path.strip_prefix(dir).expect("prefix").display().to_string(), std::fs::read(&path).expect("read")));
+                out.push((
+                    path.strip_prefix(dir).expect("prefix").display().to_string(),
+                    std::fs::read(&path).expect("read"),
+                ));
             }
         }
     }
@@ -77,17 +83,24 @@ fn an_unregenerated_spec_change_is_drift_and_make_generate_fixes_it() {
     assert_eq!(code, 3, "{output}");
     assert!(output.contains("drift: generated/src/types.rs"), "names the stale file: {output}");
     assert!(output.contains("make generate"), "says how to fix it: {output}");
-    assert!(output.lines().any(|l| l.starts_with('+') && l.contains("version")), "shows the generated line that is missing: {output}");
+    assert!(
+        output.lines().any(|l| l.starts_with('+') && l.contains("version")),
+        "shows the generated line that is missing: {output}"
+    );
     assert!(output.contains("@@ line "), "as a short diff hunk: {output}");
     for untouched in ["events.rs", "server.rs", "lib.rs"] {
-        assert!(!output.contains(&format!("drift: generated/src/{untouched}")), "a spec edit does not stale {untouched} through its header: {output}");
+        assert!(
+            !output.contains(&format!("drift: generated/src/{untouched}")),
+            "a spec edit does not stale {untouched} through its header: {output}"
+        );
     }
 
     let (code, output) = codegen(tmp.path(), "generate");
     assert_eq!(code, 0, "{output}");
     let first = snapshot(&tmp.path().join("generated/src"));
     assert!(
-        String::from_utf8_lossy(&first.iter().find(|(p, _)| p == "types.rs").expect("types.rs").1).contains("pub version:"),
+        String::from_utf8_lossy(&first.iter().find(|(p, _)| p == "types.rs").expect("types.rs").1)
+            .contains("pub version:"),
         "the new property is generated"
     );
     let (code, output) = codegen(tmp.path(), "check");
@@ -119,8 +132,13 @@ fn a_second_contract_with_its_own_codegen_toml_is_valid_and_its_generated_code_i
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("4 operations, 5 schemas, 0 event types"), "{text}");
-    let lib = std::fs::read_to_string(workspace().join("codegen/tests/bookshelf/src/lib.rs")).expect("lib.rs");
+    let lib =
+        std::fs::read_to_string(workspace().join("codegen/tests/bookshelf/src/lib.rs")).expect("lib.rs");
     assert!(!lib.contains("pub mod events"), "a contract without events has no events module");
-    let server = std::fs::read_to_string(workspace().join("codegen/tests/bookshelf/src/server.rs")).expect("server.rs");
-    assert!(server.contains("pub type ProblemBody = types::Error;") && server.contains("\"https://bookshelf.example/problems/\""));
+    let server = std::fs::read_to_string(workspace().join("codegen/tests/bookshelf/src/server.rs"))
+        .expect("server.rs");
+    assert!(
+        server.contains("pub type ProblemBody = types::Error;")
+            && server.contains("\"https://bookshelf.example/problems/\"")
+    );
 }

@@ -41,7 +41,8 @@ impl Fixture {
 
     fn edit_openapi(&self, f: impl FnOnce(&mut Value)) {
         let path = self.path("openapi.yaml");
-        let mut doc: Value = serde_norway::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
+        let mut doc: Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
         f(&mut doc);
         std::fs::write(&path, serde_norway::to_string(&doc).expect("to yaml")).expect("write");
     }
@@ -56,7 +57,9 @@ impl Fixture {
 }
 
 fn assert_reports(diags: &Diagnostics, file: &str, pointer: &str, needle: &str) {
-    let hit = diags.iter().any(|d| d.file == file && d.pointer == pointer && d.message.contains(needle) && d.hint.is_some());
+    let hit = diags
+        .iter()
+        .any(|d| d.file == file && d.pointer == pointer && d.message.contains(needle) && d.hint.is_some());
     assert!(hit, "expected `{needle}` at {file}#{pointer}, got:\n{diags}");
 }
 
@@ -64,9 +67,16 @@ fn assert_reports(diags: &Diagnostics, file: &str, pointer: &str, needle: &str) 
 fn the_real_contracts_are_valid() {
     let contracts = validate(&real_specs(), "specs").unwrap_or_else(|d| panic!("{d}"));
     // Counted from the documents themselves, not written down here.
-    let doc: Value = serde_norway::from_str(&std::fs::read_to_string(real_specs().join("openapi.yaml")).expect("read")).expect("yaml");
+    let doc: Value =
+        serde_norway::from_str(&std::fs::read_to_string(real_specs().join("openapi.yaml")).expect("read"))
+            .expect("yaml");
     let methods = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
-    let operations: usize = doc["paths"].as_object().expect("paths").values().map(|item| methods.iter().filter(|m| item.get(**m).is_some()).count()).sum();
+    let operations: usize = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| methods.iter().filter(|m| item.get(**m).is_some()).count())
+        .sum();
     assert_eq!(contracts.api.operations.len(), operations);
     let event_files = std::fs::read_dir(real_specs().join("events")).expect("events").count();
     assert_eq!(contracts.events.len(), event_files);
@@ -82,8 +92,16 @@ fn openapi_3_1_is_rejected_naming_the_version_field() {
 #[test]
 fn a_dangling_ref_is_rejected_at_its_pointer() {
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["AgentList"]["properties"]["items"]["items"]["$ref"] = json!("#/components/schemas/NoSuchThing"));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/AgentList/properties/items/items/$ref", "dangling $ref");
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["AgentList"]["properties"]["items"]["items"]["$ref"] =
+            json!("#/components/schemas/NoSuchThing")
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/AgentList/properties/items/items/$ref",
+        "dangling $ref",
+    );
 }
 
 #[test]
@@ -92,7 +110,9 @@ fn a_duplicate_operation_id_is_rejected() {
     f.edit_openapi(|doc| doc["paths"]["/api/v1/agents"]["get"]["operationId"] = json!("getAgent"));
     let diags = f.errors();
     assert!(
-        diags.iter().any(|d| d.file == "specs/openapi.yaml" && d.message.contains("duplicate operationId `getAgent`") && d.pointer.ends_with("/operationId")),
+        diags.iter().any(|d| d.file == "specs/openapi.yaml"
+            && d.message.contains("duplicate operationId `getAgent`")
+            && d.pointer.ends_with("/operationId")),
         "{diags}"
     );
 }
@@ -103,20 +123,32 @@ fn an_event_schema_missing_from_asyncapi_is_rejected() {
     let schema = std::fs::read_to_string(f.path("events/agent.revoked.v1.schema.json")).expect("read");
     std::fs::write(
         f.path("events/agent.quarantined.v1.schema.json"),
-        schema.replace("agent.revoked", "agent.quarantined").replace("AgentRevokedData", "AgentQuarantinedData"),
+        schema
+            .replace("agent.revoked", "agent.quarantined")
+            .replace("AgentRevokedData", "AgentQuarantinedData"),
     )
     .expect("write");
     std::fs::create_dir_all(f.path("examples/events/agent.quarantined")).expect("mkdir");
     let example = std::fs::read_to_string(f.path("examples/events/agent.revoked/valid.json")).expect("read");
-    std::fs::write(f.path("examples/events/agent.quarantined/valid.json"), example.replace("agent.revoked", "agent.quarantined")).expect("write");
-    assert_reports(&f.errors(), "specs/events/agent.quarantined.v1.schema.json", "", "not the payload of any AsyncAPI message");
+    std::fs::write(
+        f.path("examples/events/agent.quarantined/valid.json"),
+        example.replace("agent.revoked", "agent.quarantined"),
+    )
+    .expect("write");
+    assert_reports(
+        &f.errors(),
+        "specs/events/agent.quarantined.v1.schema.json",
+        "",
+        "not the payload of any AsyncAPI message",
+    );
 }
 
 #[test]
 fn an_example_that_does_not_match_its_schema_is_rejected_at_the_instance_pointer() {
     let f = Fixture::new();
     let path = f.path("examples/openapi/EnrollmentExchangeRequest/valid.json");
-    let mut example: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let mut example: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
     example["hostname"] = json!(42);
     std::fs::write(&path, example.to_string()).expect("write");
     assert_reports(
@@ -130,40 +162,71 @@ fn an_example_that_does_not_match_its_schema_is_rejected_at_the_instance_pointer
 #[test]
 fn an_invalid_example_the_schema_accepts_is_rejected() {
     let f = Fixture::new();
-    let ok = std::fs::read_to_string(f.path("examples/openapi/RevokeRequest/valid-empty.json")).expect("read");
+    let ok =
+        std::fs::read_to_string(f.path("examples/openapi/RevokeRequest/valid-empty.json")).expect("read");
     std::fs::write(f.path("examples/openapi/RevokeRequest/invalid-but-accepted.json"), ok).expect("write");
-    assert_reports(&f.errors(), "specs/examples/openapi/RevokeRequest/invalid-but-accepted.json", "", "invalid example is accepted");
+    assert_reports(
+        &f.errors(),
+        "specs/examples/openapi/RevokeRequest/invalid-but-accepted.json",
+        "",
+        "invalid example is accepted",
+    );
 }
 
 #[test]
 fn a_missing_documented_status_is_rejected() {
     let f = Fixture::new();
     f.edit_openapi(|doc| {
-        doc["paths"]["/api/v1/agent-enrollment/exchange"]["post"]["responses"].as_object_mut().expect("responses").remove("413");
+        doc["paths"]["/api/v1/agent-enrollment/exchange"]["post"]["responses"]
+            .as_object_mut()
+            .expect("responses")
+            .remove("413");
     });
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1exchange/post/responses", "does not document 413");
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/paths/~1api~1v1~1agent-enrollment~1exchange/post/responses",
+        "does not document 413",
+    );
 }
 
 #[test]
 fn constructs_the_generators_cannot_handle_are_errors_before_generation() {
     let f = Fixture::new();
     f.edit_openapi(|doc| {
-        doc["components"]["schemas"]["RevokeRequest"]["properties"]["reason"]["anyOf"] = json!([{"type": "string"}, {"type": "integer"}]);
+        doc["components"]["schemas"]["RevokeRequest"]["properties"]["reason"]["anyOf"] =
+            json!([{"type": "string"}, {"type": "integer"}]);
         doc["components"]["schemas"]["AgentList"]["properties"]["next_cursor"]["nullable"] = json!(true);
         doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"] =
             json!({"application/health+json": {"schema": {"$ref": "#/components/schemas/HealthStatus"}}});
     });
     let diags = f.errors();
-    assert_reports(&diags, "specs/openapi.yaml", "/components/schemas/RevokeRequest/properties/reason/anyOf", "`anyOf` is not supported");
-    assert_reports(&diags, "specs/openapi.yaml", "/components/schemas/AgentList/properties/next_cursor/nullable", "`nullable` is not supported");
-    assert_reports(&diags, "specs/openapi.yaml", "/paths/~1healthz/get/responses/200/content", "media type `application/health+json` is not supported");
+    assert_reports(
+        &diags,
+        "specs/openapi.yaml",
+        "/components/schemas/RevokeRequest/properties/reason/anyOf",
+        "`anyOf` is not supported",
+    );
+    assert_reports(
+        &diags,
+        "specs/openapi.yaml",
+        "/components/schemas/AgentList/properties/next_cursor/nullable",
+        "`nullable` is not supported",
+    );
+    assert_reports(
+        &diags,
+        "specs/openapi.yaml",
+        "/paths/~1healthz/get/responses/200/content",
+        "media type `application/health+json` is not supported",
+    );
 }
 
 #[test]
 fn an_event_payload_field_that_could_carry_a_secret_is_rejected() {
     let f = Fixture::new();
     let path = f.path("events/agent.enrolled.v1.schema.json");
-    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let mut schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
     schema["$defs"]["AgentEnrolledData"]["properties"]["runtime_token"] = json!({"type": "string"});
     std::fs::write(&path, serde_json::to_string_pretty(&schema).expect("json")).expect("write");
     assert_reports(
@@ -178,10 +241,16 @@ fn an_event_payload_field_that_could_carry_a_secret_is_rejected() {
 fn an_external_ref_in_an_event_schema_is_rejected() {
     let f = Fixture::new();
     let path = f.path("events/agent.revoked.v1.schema.json");
-    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let mut schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
     schema["properties"]["data"]["$ref"] = json!("common.json#/$defs/AgentRevokedData");
     std::fs::write(&path, serde_json::to_string_pretty(&schema).expect("json")).expect("write");
-    assert_reports(&f.errors(), "specs/events/agent.revoked.v1.schema.json", "/properties/data/$ref", "self-contained");
+    assert_reports(
+        &f.errors(),
+        "specs/events/agent.revoked.v1.schema.json",
+        "/properties/data/$ref",
+        "self-contained",
+    );
 }
 
 #[test]
@@ -189,7 +258,10 @@ fn invalid_yaml_is_reported_with_the_file_not_a_panic() {
     let f = Fixture::new();
     std::fs::write(f.path("openapi.yaml"), "openapi: [unclosed\n").expect("write");
     let diags = f.errors();
-    assert!(diags.iter().any(|d| d.file == "specs/openapi.yaml" && d.message.starts_with("not valid YAML")), "{diags}");
+    assert!(
+        diags.iter().any(|d| d.file == "specs/openapi.yaml" && d.message.starts_with("not valid YAML")),
+        "{diags}"
+    );
 }
 
 #[test]
@@ -197,19 +269,28 @@ fn a_duplicate_yaml_key_is_an_error_with_its_line_not_a_silent_overwrite() {
     let f = Fixture::new();
     let path = f.path("openapi.yaml");
     let text = std::fs::read_to_string(&path).expect("read");
-    let changed = text.replacen("      operationId: listAgents\n", "      operationId: listAgents\n      operationId: listEveryAgent\n", 1);
+    let changed = text.replacen(
+        "      operationId: listAgents\n",
+        "      operationId: listAgents\n      operationId: listEveryAgent\n",
+        1,
+    );
     assert_ne!(text, changed, "the fixture edit applies");
     std::fs::write(&path, changed).expect("write");
     let diags = f.errors();
     let text = diags.to_string();
-    assert!(text.contains("duplicate key") && text.contains("operationId") && text.contains("line "), "names the key and its line: {text}");
+    assert!(
+        text.contains("duplicate key") && text.contains("operationId") && text.contains("line "),
+        "names the key and its line: {text}"
+    );
 }
 
 #[test]
 fn a_second_version_of_an_event_lives_beside_the_first_and_is_generated_as_its_own_type() {
     let f = Fixture::new();
     let v1 = std::fs::read_to_string(f.path("events/agent.revoked.v1.schema.json")).expect("read");
-    let v2 = v1.replace("agent.revoked.v1.schema.json", "agent.revoked.v2.schema.json").replace("AgentRevokedData", "AgentRevokedV2Data");
+    let v2 = v1
+        .replace("agent.revoked.v1.schema.json", "agent.revoked.v2.schema.json")
+        .replace("AgentRevokedData", "AgentRevokedV2Data");
     std::fs::write(f.path("events/agent.revoked.v2.schema.json"), v2).expect("write");
     let asyncapi = std::fs::read_to_string(f.path("asyncapi.yaml")).expect("read");
     let asyncapi = asyncapi
@@ -224,14 +305,22 @@ fn a_second_version_of_an_event_lives_beside_the_first_and_is_generated_as_its_o
     std::fs::write(f.path("asyncapi.yaml"), asyncapi).expect("write");
     std::fs::create_dir_all(f.path("examples/events/agent.revoked.v2")).expect("mkdir");
     let example = std::fs::read_to_string(f.path("examples/events/agent.revoked/valid.json")).expect("read");
-    std::fs::write(f.path("examples/events/agent.revoked.v2/valid.json"), example.replace("agent.revoked.v1", "agent.revoked.v2")).expect("write");
+    std::fs::write(
+        f.path("examples/events/agent.revoked.v2/valid.json"),
+        example.replace("agent.revoked.v1", "agent.revoked.v2"),
+    )
+    .expect("write");
 
     let contracts = validate(f.dir.path(), "specs").unwrap_or_else(|d| panic!("{d}"));
     let v2 = contracts.events.iter().find(|m| m.version == 2).expect("version 2 is a model");
-    assert_eq!((v2.event_type.as_str(), v2.module.as_str(), v2.data_type.as_str()), ("agent.revoked", "agent_revoked_v2", "AgentRevokedV2Data"));
+    assert_eq!(
+        (v2.event_type.as_str(), v2.module.as_str(), v2.data_type.as_str()),
+        ("agent.revoked", "agent_revoked_v2", "AgentRevokedV2Data")
+    );
     assert_eq!(contracts.events.iter().filter(|m| m.event_type == "agent.revoked").count(), 2);
 
-    let files = oneprotect_codegen::generate::generate(&contracts, &real_specs().join("../rustfmt.toml")).unwrap_or_else(|d| panic!("{d}"));
+    let files = oneprotect_codegen::generate::generate(&contracts, &real_specs().join("../rustfmt.toml"))
+        .unwrap_or_else(|d| panic!("{d}"));
     let events = &files["events.rs"];
     assert!(events.contains("pub mod agent_revoked_v2"), "a module per version");
     assert!(events.contains("pub const EVENT_TYPES: [&str; 8usize]"), "one type, two versions");
@@ -249,10 +338,15 @@ fn a_second_version_of_an_event_lives_beside_the_first_and_is_generated_as_its_o
 #[test]
 fn an_event_file_without_a_version_is_rejected() {
     let f = Fixture::new();
-    std::fs::copy(f.path("events/agent.revoked.v1.schema.json"), f.path("events/agent.revoked.schema.json")).expect("copy");
+    std::fs::copy(f.path("events/agent.revoked.v1.schema.json"), f.path("events/agent.revoked.schema.json"))
+        .expect("copy");
     assert_reports(&f.errors(), "specs/events/agent.revoked.schema.json", "", "unexpected file");
     let g = Fixture::new();
-    std::fs::copy(g.path("events/agent.revoked.v1.schema.json"), g.path("events/agent.revoked.v0.schema.json")).expect("copy");
+    std::fs::copy(
+        g.path("events/agent.revoked.v1.schema.json"),
+        g.path("events/agent.revoked.v0.schema.json"),
+    )
+    .expect("copy");
     assert_reports(&g.errors(), "specs/events/agent.revoked.v0.schema.json", "", "unexpected file");
 }
 
@@ -260,7 +354,10 @@ fn an_event_file_without_a_version_is_rejected() {
 fn every_diagnostic_names_its_line_and_column_and_renders_as_json_sarif_and_github() {
     use oneprotect_codegen::diagnostics::DiagnosticFormat;
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["AgentList"]["properties"]["items"]["items"]["$ref"] = json!("#/components/schemas/NoSuchThing"));
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["AgentList"]["properties"]["items"]["items"]["$ref"] =
+            json!("#/components/schemas/NoSuchThing")
+    });
     let diags = f.errors();
     let d = diags.iter().find(|d| d.message.contains("dangling $ref")).expect("dangling ref reported");
     let text = std::fs::read_to_string(f.path("openapi.yaml")).expect("read");
@@ -268,10 +365,21 @@ fn every_diagnostic_names_its_line_and_column_and_renders_as_json_sarif_and_gith
     let at = text.lines().nth(line - 1).expect("line exists");
     assert!(at.contains("NoSuchThing"), "line {line} is `{at}`");
     assert_eq!(column, at.len() - at.trim_start().len() + 1);
-    assert!(diags.to_string().contains(&format!("specs/openapi.yaml:{line}:{column}: #/components/schemas/AgentList")), "{diags}");
+    assert!(
+        diags
+            .to_string()
+            .contains(&format!("specs/openapi.yaml:{line}:{column}: #/components/schemas/AgentList")),
+        "{diags}"
+    );
 
     let json: Value = serde_json::from_str(&diags.render(DiagnosticFormat::Json)).expect("json");
-    assert!(json["errors"].as_array().expect("errors").iter().any(|e| e["line"] == line && e["file"] == "specs/openapi.yaml"));
+    assert!(
+        json["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .any(|e| e["line"] == line && e["file"] == "specs/openapi.yaml")
+    );
     let sarif: Value = serde_json::from_str(&diags.render(DiagnosticFormat::Sarif)).expect("sarif");
     assert_eq!(sarif["version"], "2.1.0");
     let results = sarif["runs"][0]["results"].as_array().expect("results");
@@ -285,12 +393,18 @@ fn every_diagnostic_names_its_line_and_column_and_renders_as_json_sarif_and_gith
 
 #[test]
 fn composition_or_nullable_in_a_parameter_schema_is_rejected() {
-    for (kw, value) in [("oneOf", json!([{"type": "integer"}, {"type": "string"}])), ("nullable", json!(true)), ("anyOf", json!([{"type": "integer"}]))] {
+    for (kw, value) in [
+        ("oneOf", json!([{"type": "integer"}, {"type": "string"}])),
+        ("nullable", json!(true)),
+        ("anyOf", json!([{"type": "integer"}])),
+    ] {
         let f = Fixture::new();
         f.edit_openapi(|doc| doc["components"]["parameters"]["Limit"]["schema"][kw] = value.clone());
         let diags = f.errors();
         assert!(
-            diags.iter().any(|d| d.pointer.ends_with(&format!("/schema/{kw}")) && d.message.contains("parameter `limit`") && d.hint.is_some()),
+            diags.iter().any(|d| d.pointer.ends_with(&format!("/schema/{kw}"))
+                && d.message.contains("parameter `limit`")
+                && d.hint.is_some()),
             "{kw}: {diags}"
         );
     }
@@ -301,19 +415,41 @@ fn a_misspelled_malformed_or_misplaced_oneprotect_extension_is_rejected() {
     let op = "/api/v1/agent-enrollment/tokens";
     let f = Fixture::new();
     f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-byte"] = json!(1024));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-byte", "unknown extension");
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-byte",
+        "unknown extension",
+    );
 
     let f = Fixture::new();
     f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-bytes"] = json!("1MB"));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-bytes", "whole number of bytes");
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-bytes",
+        "whole number of bytes",
+    );
 
     let f = Fixture::new();
     f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-bytes"] = json!(0));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-bytes", "whole number of bytes");
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/paths/~1api~1v1~1agent-enrollment~1tokens/post/x-oneprotect-max-body-bytes",
+        "whole number of bytes",
+    );
 
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["x-oneprotect-max-body-bytes"] = json!(1024));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/x-oneprotect-max-body-bytes", "not allowed here");
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["x-oneprotect-max-body-bytes"] = json!(1024)
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/x-oneprotect-max-body-bytes",
+        "not allowed here",
+    );
 
     let f = Fixture::new();
     f.edit_openapi(|doc| doc["paths"][op]["post"]["x-oneprotect-max-body-bytes"] = json!(131072));
@@ -334,45 +470,106 @@ fn specification_extensions_are_accepted_where_openapi_allows_them() {
 #[test]
 fn a_problem_field_of_the_wrong_type_is_rejected_before_it_generates_code_that_does_not_compile() {
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["status"] = json!({"type": "integer", "format": "int64"}));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/status", "format: uint16");
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["properties"]["status"] =
+            json!({"type": "integer", "format": "int64"})
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/properties/status",
+        "format: uint16",
+    );
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["code"] = json!({"type": "integer"}));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code", "must be `type: string`");
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["properties"]["code"] = json!({"type": "integer"})
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/properties/code",
+        "must be `type: string`",
+    );
 }
 
 #[test]
 fn problem_codes_must_be_listed_as_an_extensible_enum_of_distinct_strings() {
     let f = Fixture::new();
     f.edit_openapi(|doc| {
-        doc["components"]["schemas"]["Problem"]["properties"]["code"].as_object_mut().expect("code").remove("x-extensible-enum");
+        doc["components"]["schemas"]["Problem"]["properties"]["code"]
+            .as_object_mut()
+            .expect("code")
+            .remove("x-extensible-enum");
     });
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code", "must list every code");
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/properties/code",
+        "must list every code",
+    );
 
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"] = json!(["not_found", "not_found"]));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code/x-extensible-enum", "distinct strings");
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"] =
+            json!(["not_found", "not_found"])
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/properties/code/x-extensible-enum",
+        "distinct strings",
+    );
 
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"] = json!(["Not Found"]));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code/x-extensible-enum/0", "snake_case");
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"] =
+            json!(["Not Found"])
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/properties/code/x-extensible-enum/0",
+        "snake_case",
+    );
 
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["properties"]["status"]["x-extensible-enum"] = json!(["a"]));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/status/x-extensible-enum", "`type: string` only");
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["properties"]["status"]["x-extensible-enum"] = json!(["a"])
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/properties/status/x-extensible-enum",
+        "`type: string` only",
+    );
 }
 
 #[test]
 fn who_holds_a_credential_is_declared_on_the_scheme_and_decides_the_required_refusals() {
     let f = Fixture::new();
     f.edit_openapi(|doc| {
-        doc["components"]["securitySchemes"]["agentRuntimeBearer"].as_object_mut().expect("scheme").remove("x-oneprotect-principal");
+        doc["components"]["securitySchemes"]["agentRuntimeBearer"]
+            .as_object_mut()
+            .expect("scheme")
+            .remove("x-oneprotect-principal");
     });
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/securitySchemes/agentRuntimeBearer/x-oneprotect-principal", "must say who holds");
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/securitySchemes/agentRuntimeBearer/x-oneprotect-principal",
+        "must say who holds",
+    );
 
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["securitySchemes"]["agentRuntimeBearer"]["x-oneprotect-principal"] = json!("robot"));
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/securitySchemes/agentRuntimeBearer/x-oneprotect-principal", "must say who holds");
+    f.edit_openapi(|doc| {
+        doc["components"]["securitySchemes"]["agentRuntimeBearer"]["x-oneprotect-principal"] = json!("robot")
+    });
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/securitySchemes/agentRuntimeBearer/x-oneprotect-principal",
+        "must say who holds",
+    );
 
     // The scheme's name no longer matters: renamed without "Admin", a
     // tenant-admin operation must still document 403 and 404.
@@ -382,7 +579,8 @@ fn who_holds_a_credential_is_declared_on_the_scheme_and_decides_the_required_ref
     std::fs::write(&path, text).expect("write");
     f.validate().unwrap_or_else(|d| panic!("a renamed scheme is still valid: {d}"));
     f.edit_openapi(|doc| {
-        let responses = doc["paths"]["/api/v1/agents/{agent_id}"]["get"]["responses"].as_object_mut().expect("responses");
+        let responses =
+            doc["paths"]["/api/v1/agents/{agent_id}"]["get"]["responses"].as_object_mut().expect("responses");
         responses.remove("403");
         responses.remove("404");
     });
@@ -403,9 +601,9 @@ fn an_invalid_example_rejected_for_another_reason_than_it_names_fails() {
     let diags = f.errors();
     let file = "specs/examples/openapi/EnrollmentTokenIssueRequest/invalid-ttl-over-30-days.json";
     assert!(
-        diags
-            .iter()
-            .any(|d| d.file == file && d.message.contains("rejected for another reason than `maximum` at `/ttl_seconds`") && d.message.contains("`required`")),
+        diags.iter().any(|d| d.file == file
+            && d.message.contains("rejected for another reason than `maximum` at `/ttl_seconds`")
+            && d.message.contains("`required`")),
         "{diags}"
     );
 }
@@ -414,22 +612,41 @@ fn an_invalid_example_rejected_for_another_reason_than_it_names_fails() {
 fn every_invalid_example_says_what_it_must_be_rejected_for_and_every_entry_names_an_example() {
     let f = Fixture::new();
     let folder = f.path("examples/openapi/EnrollmentTokenIssueRequest");
-    std::fs::copy(folder.join("invalid-missing-ttl.json"), folder.join("invalid-unexplained.json")).expect("copy");
-    assert_reports(&f.errors(), "specs/examples/openapi/EnrollmentTokenIssueRequest/invalid-unexplained.json", "", "does not say what it must be rejected for");
+    std::fs::copy(folder.join("invalid-missing-ttl.json"), folder.join("invalid-unexplained.json"))
+        .expect("copy");
+    assert_reports(
+        &f.errors(),
+        "specs/examples/openapi/EnrollmentTokenIssueRequest/invalid-unexplained.json",
+        "",
+        "does not say what it must be rejected for",
+    );
 
     let g = Fixture::new();
     let rejections = g.path("examples/openapi/EnrollmentTokenIssueRequest/rejections.yaml");
     let text = std::fs::read_to_string(&rejections).expect("read");
-    std::fs::write(&rejections, format!("{text}invalid-gone.json: {{keyword: required, pointer: ''}}\n")).expect("write");
-    assert_reports(&g.errors(), "specs/examples/openapi/EnrollmentTokenIssueRequest/rejections.yaml", "/invalid-gone.json", "not an invalid example");
+    std::fs::write(&rejections, format!("{text}invalid-gone.json: {{keyword: required, pointer: ''}}\n"))
+        .expect("write");
+    assert_reports(
+        &g.errors(),
+        "specs/examples/openapi/EnrollmentTokenIssueRequest/rejections.yaml",
+        "/invalid-gone.json",
+        "not an invalid example",
+    );
 }
 
 #[test]
 fn a_problem_code_the_generated_runtime_answers_with_must_be_listed() {
     let f = Fixture::new();
     f.edit_openapi(|doc| {
-        let codes = doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"].as_array_mut().expect("codes");
+        let codes = doc["components"]["schemas"]["Problem"]["properties"]["code"]["x-extensible-enum"]
+            .as_array_mut()
+            .expect("codes");
         codes.retain(|c| c != "payload_too_large");
     });
-    assert_reports(&f.errors(), "specs/openapi.yaml", "/components/schemas/Problem/properties/code/x-extensible-enum", "`payload_too_large`");
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/properties/code/x-extensible-enum",
+        "`payload_too_large`",
+    );
 }

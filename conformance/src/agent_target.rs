@@ -18,7 +18,8 @@ use crate::ctx::{Exchange, Recorder};
 
 pub const AGENT_ID: &str = "5a1c0f6e-3b2d-4c8e-9f70-112233445566";
 pub const RUNTIME_TOKEN: &str = "oprt.v1.kmock.FIXTURE-mock-runtime-token-not-a-secret-0000";
-pub const ENROLLMENT_TOKEN: &str = "opet_00112233445566778899aabbccddeeff_FIXTURE-mock-enrollment-token-00000000";
+pub const ENROLLMENT_TOKEN: &str =
+    "opet_00112233445566778899aabbccddeeff_FIXTURE-mock-enrollment-token-00000000";
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub type Recorded = Arc<Mutex<Vec<(Instant, Value)>>>;
@@ -38,7 +39,13 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Self {
-        Self { status, body, headers: vec![("content-type".into(), "application/json".into())], padding: 0, delay: Duration::ZERO }
+        Self {
+            status,
+            body,
+            headers: vec![("content-type".into(), "application/json".into())],
+            padding: 0,
+            delay: Duration::ZERO,
+        }
     }
 
     /// This answer followed by `bytes` of whitespace.
@@ -97,15 +104,29 @@ struct Scripted {
 impl Respond for Scripted {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let body = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
-        let bearer = request.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+        let bearer = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
         self.bearers.lock().unwrap_or_else(|p| p.into_inner()).push(bearer.to_owned());
         self.log.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), body));
-        let reply = self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front().unwrap_or_else(|| self.fallback.clone());
+        let reply = self
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+            .unwrap_or_else(|| self.fallback.clone());
         self.transcript.lock().unwrap_or_else(|p| p.into_inner()).push(Exchange {
             check: None,
             method: request.method.to_string(),
             path: request.url.path().to_owned(),
-            request_headers: request.headers.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+            request_headers: request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
             request_body: Some(String::from_utf8_lossy(&request.body).into_owned()),
             status: reply.status,
             response_headers: reply.headers.clone(),
@@ -152,11 +173,17 @@ pub fn rotated_response() -> Reply {
 }
 
 pub fn accepted() -> Reply {
-    Reply::json(200, json!({"agent_id": AGENT_ID, "status": "active", "accepted_at": chrono::Utc::now(), "duplicate": false}))
+    Reply::json(
+        200,
+        json!({"agent_id": AGENT_ID, "status": "active", "accepted_at": chrono::Utc::now(), "duplicate": false}),
+    )
 }
 
 pub fn problem(status: u16, code: ProblemCode) -> Reply {
-    Reply::json(status, json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "request_id": "mock"}))
+    Reply::json(
+        status,
+        json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "request_id": "mock"}),
+    )
 }
 
 pub struct MockPlatform {
@@ -189,7 +216,12 @@ impl MockPlatform {
     }
 }
 
-pub async fn mock_platform(recorder: Recorder, exchange: Vec<Reply>, heartbeat: Vec<Reply>, heartbeat_fallback: Reply) -> MockPlatform {
+pub async fn mock_platform(
+    recorder: Recorder,
+    exchange: Vec<Reply>,
+    heartbeat: Vec<Reply>,
+    heartbeat_fallback: Reply,
+) -> MockPlatform {
     mock_platform_enrolling(recorder, exchange, enrolled_response(), heartbeat, heartbeat_fallback).await
 }
 
@@ -207,13 +239,14 @@ pub async fn mock_platform_enrolling(
     let rotations: Recorded = Arc::default();
     let heartbeat_bearers: Arc<Mutex<Vec<String>>> = Arc::default();
     let transcript: Arc<Mutex<Vec<Exchange>>> = Arc::default();
-    let scripted = |script: Vec<Reply>, fallback: Reply, log: &Recorded, bearers: Arc<Mutex<Vec<String>>>| Scripted {
-        script: Mutex::new(script.into()),
-        fallback,
-        log: log.clone(),
-        bearers,
-        transcript: transcript.clone(),
-    };
+    let scripted =
+        |script: Vec<Reply>, fallback: Reply, log: &Recorded, bearers: Arc<Mutex<Vec<String>>>| Scripted {
+            script: Mutex::new(script.into()),
+            fallback,
+            log: log.clone(),
+            bearers,
+            transcript: transcript.clone(),
+        };
     Mock::given(method("POST"))
         .and(path("/api/v1/agent-enrollment/exchange"))
         .respond_with(scripted(exchange, enrolled, &exchanges, Arc::default()))
@@ -361,7 +394,8 @@ impl Process {
 
     /// The highest resident set size the process has reached (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> Result<u64, String> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).map_err(|e| format!("cannot read the agent's memory use: {e}"))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .map_err(|e| format!("cannot read the agent's memory use: {e}"))?;
         let kib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -376,7 +410,10 @@ impl Process {
     }
 
     pub fn terminate(&self) -> Result<(), String> {
-        let status = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().map_err(|e| e.to_string())?;
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
         if status.success() { Ok(()) } else { Err("kill -TERM failed".into()) }
     }
 }

@@ -156,17 +156,30 @@ pub struct BenchResult {
 }
 
 fn http(concurrency: usize) -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(concurrency * 2).tcp_nodelay(true).build().unwrap_or_default()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default()
 }
 
 async fn status_error(resp: reqwest::Response) -> String {
     let status = resp.status().as_u16();
-    let code = resp.json::<Value>().await.ok().and_then(|v| v["code"].as_str().map(str::to_owned)).unwrap_or_default();
+    let code = resp
+        .json::<Value>()
+        .await
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     format!("{status} {code}")
 }
 
 /// Enrolls `n` agents (CSRs made before timing) and measures the exchange rate.
-pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> Result<(Measure, Arc<Vec<Agent>>), String> {
+pub async fn enroll(
+    platform: &LocalPlatform,
+    n: usize,
+    concurrency: usize,
+) -> Result<(Measure, Arc<Vec<Agent>>), String> {
     let ctx = &platform.ctx;
     let mut secrets = Vec::new();
     for _ in 0..n.div_ceil(10_000) {
@@ -186,17 +199,34 @@ pub async fn enroll(platform: &LocalPlatform, n: usize, concurrency: usize) -> R
     let enrolled: Arc<Mutex<Vec<Agent>>> = Arc::default();
     let (b, e) = (bodies.clone(), enrolled.clone());
     let m = drive(concurrency, MAX_DURATION, n, move |_, i| {
-        let (client, url, body, enrolled, base) = (client.clone(), url.clone(), b[i].clone(), e.clone(), base.clone());
+        let (client, url, body, enrolled, base) =
+            (client.clone(), url.clone(), b[i].clone(), e.clone(), base.clone());
         async move {
-            let resp = client.post(&url).json(&body).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
+            let resp = client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("transport {}", e.without_url()))?;
             if resp.status().as_u16() != 201 {
                 return Err(status_error(resp).await);
             }
             let v: Value = resp.json().await.map_err(|_| "unreadable".to_string())?;
             let id = v["agent"]["agent_id"].as_str().unwrap_or_default().to_owned();
-            let uuid_at = |p: &str| v.pointer(p).and_then(Value::as_str).and_then(|s| uuid::Uuid::parse_str(s).ok()).unwrap_or_default();
-            let binding = [uuid_at("/agent/collector_id"), uuid_at("/agent/asset_id"), uuid_at("/agent/certificate_id")];
-            let heartbeat_url = reqwest::Url::parse(&format!("{base}/api/v1/agents/{id}/telemetry/heartbeat")).map_err(|_| "heartbeat url".to_string())?;
+            let uuid_at = |p: &str| {
+                v.pointer(p)
+                    .and_then(Value::as_str)
+                    .and_then(|s| uuid::Uuid::parse_str(s).ok())
+                    .unwrap_or_default()
+            };
+            let binding = [
+                uuid_at("/agent/collector_id"),
+                uuid_at("/agent/asset_id"),
+                uuid_at("/agent/certificate_id"),
+            ];
+            let heartbeat_url =
+                reqwest::Url::parse(&format!("{base}/api/v1/agents/{id}/telemetry/heartbeat"))
+                    .map_err(|_| "heartbeat url".to_string())?;
             enrolled.lock().await.push(Agent {
                 heartbeat_url,
                 binding,
@@ -235,14 +265,19 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn new(platform: &LocalPlatform, agents: Arc<Vec<Agent>>, concurrency: usize) -> Result<Self, String> {
+    pub fn new(
+        platform: &LocalPlatform,
+        agents: Arc<Vec<Agent>>,
+        concurrency: usize,
+    ) -> Result<Self, String> {
         if agents.is_empty() {
             return Err("no agents enrolled".into());
         }
         Ok(Self {
             concurrency,
             client: http(concurrency),
-            healthz_url: reqwest::Url::parse(&format!("{}/healthz", platform.ctx.base)).map_err(|e| e.to_string())?,
+            healthz_url: reqwest::Url::parse(&format!("{}/healthz", platform.ctx.base))
+                .map_err(|e| e.to_string())?,
             agents,
             next_agent: Arc::default(),
             store: platform.ctx.local.store.clone().ok_or("no store")?,
@@ -254,7 +289,8 @@ impl Workload {
         drive(self.concurrency, duration, usize::MAX, move |_, _| {
             let (client, url) = (client.clone(), url.clone());
             async move {
-                let resp = client.get(url).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
+                let resp =
+                    client.get(url).send().await.map_err(|e| format!("transport {}", e.without_url()))?;
                 if resp.status().is_success() { Ok(()) } else { Err(status_error(resp).await) }
             }
         })
@@ -293,7 +329,11 @@ impl Workload {
             async move {
                 let agent = &agents[i];
                 let commit = direct_commit(agent, i, seq as i64)?;
-                let outcome = if batched { store.commit_heartbeat(commit).await } else { store.commit_heartbeat_unbatched(commit).await };
+                let outcome = if batched {
+                    store.commit_heartbeat(commit).await
+                } else {
+                    store.commit_heartbeat_unbatched(commit).await
+                };
                 match outcome {
                     Ok(oneprotect_server::model::HeartbeatOutcome::Accepted) => Ok(()),
                     Ok(other) => Err(format!("{other:?}")),
@@ -335,10 +375,20 @@ fn heartbeat_body(sequence: usize, i: usize) -> HeartbeatBody {
 
 /// A CloudEvent as the platform writes it for `agent`'s heartbeat, so the
 /// naive baseline stores the same bytes as the real path.
-fn bench_event<D: oneprotect_contracts::events::EventData>(agent: &Agent, now: chrono::DateTime<chrono::Utc>, data: D) -> OutboxEvent {
+fn bench_event<D: oneprotect_contracts::events::EventData>(
+    agent: &Agent,
+    now: chrono::DateTime<chrono::Utc>,
+    data: D,
+) -> OutboxEvent {
     let id = uuid::Uuid::now_v7().to_string();
-    let envelope =
-        oneprotect_contracts::events::Envelope::new(id.clone(), "/oneprotect/platform", now, agent.binding[1].to_string(), agent.tenant.clone(), data);
+    let envelope = oneprotect_contracts::events::Envelope::new(
+        id.clone(),
+        "/oneprotect/platform",
+        now,
+        agent.binding[1].to_string(),
+        agent.tenant.clone(),
+        data,
+    );
     OutboxEvent {
         event_id: id,
         tenant_id: agent.tenant.clone(),
@@ -427,26 +477,48 @@ pub fn markdown(r: &BenchResult) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "### {} — {} agents, concurrency {}\n", r.backend, r.agents, r.concurrency);
-    let _ = writeln!(out, "| measure | ops | ops/s | p50 ms | p95 ms | p99 ms | max ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let _ = writeln!(
+        out,
+        "| measure | ops | ops/s | p50 ms | p95 ms | p99 ms | max ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
     for m in &r.measures {
-        let errors = if m.errors.is_empty() { "none".to_owned() } else { m.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ") };
+        let errors = if m.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            m.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} |",
             m.name, m.operations, m.per_second, m.p50_ms, m.p95_ms, m.p99_ms, m.max_ms
         );
     }
-    let rate = |prefix: &str| r.measures.iter().find(|m| m.name.starts_with(prefix)).map(|m| m.per_second).unwrap_or(0.0);
+    let rate = |prefix: &str| {
+        r.measures.iter().find(|m| m.name.starts_with(prefix)).map(|m| m.per_second).unwrap_or(0.0)
+    };
     let hb = rate("POST heartbeat");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let ratio = |f: fn(&RoundRates) -> f64| {
         let (median, min, max) = spread(r.rounds.iter().map(f).collect());
         format!("**{median:.2}** (rounds {min:.2}–{max:.2})")
     };
-    let _ = writeln!(out, "\nRatios are the median over {} rounds of figures measured seconds apart:\n", r.rounds.len());
-    let _ = writeln!(out, "- heartbeat / healthz ceiling: {} (target ≥ 0.50)", ratio(|x| x.heartbeat / x.healthz.max(1.0)));
-    let _ = writeln!(out, "- heartbeat / naive store write: {} (target ≥ 2.0)", ratio(|x| x.heartbeat / x.naive.max(1.0)));
-    let _ = writeln!(out, "- group-committed / naive store write: {}", ratio(|x| x.grouped / x.naive.max(1.0)));
+    let _ = writeln!(
+        out,
+        "\nRatios are the median over {} rounds of figures measured seconds apart:\n",
+        r.rounds.len()
+    );
+    let _ = writeln!(
+        out,
+        "- heartbeat / healthz ceiling: {} (target ≥ 0.50)",
+        ratio(|x| x.heartbeat / x.healthz.max(1.0))
+    );
+    let _ = writeln!(
+        out,
+        "- heartbeat / naive store write: {} (target ≥ 2.0)",
+        ratio(|x| x.heartbeat / x.naive.max(1.0))
+    );
+    let _ =
+        writeln!(out, "- group-committed / naive store write: {}", ratio(|x| x.grouped / x.naive.max(1.0)));
     let _ = writeln!(
         out,
         "- agents at a 60 s interval: **{:.0}** per server ({:.0} per core); target 1,000,000 per server + database pair\n",

@@ -179,7 +179,13 @@ impl Answer {
 }
 
 impl Ctx {
-    pub fn new(base: &str, http: reqwest::Client, admin_a: SecretString, admin_b: SecretString, local: LocalPowers) -> Self {
+    pub fn new(
+        base: &str,
+        http: reqwest::Client,
+        admin_a: SecretString,
+        admin_b: SecretString,
+        local: LocalPowers,
+    ) -> Self {
         let run_id = format!("conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         Self {
             base: base.trim_end_matches('/').to_owned(),
@@ -211,7 +217,8 @@ impl Ctx {
     }
 
     pub fn secrets(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.secrets.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let mut all: Vec<String> =
+            self.secrets.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
         all.push(self.admin_a.expose_secret().to_owned());
         all.push(self.admin_b.expose_secret().to_owned());
         all
@@ -226,7 +233,11 @@ impl Ctx {
     /// platform) to the transcript of the check running now.
     pub fn recorder(&self) -> Recorder {
         Recorder {
-            check: if self.recording.load(std::sync::atomic::Ordering::Relaxed) { CURRENT_CHECK.try_with(|c| *c).ok() } else { None },
+            check: if self.recording.load(std::sync::atomic::Ordering::Relaxed) {
+                CURRENT_CHECK.try_with(|c| *c).ok()
+            } else {
+                None
+            },
             sink: self.recorded.clone(),
         }
     }
@@ -239,7 +250,8 @@ impl Ctx {
     /// The exchanges `check` sent, taken out of those kept.
     pub fn take_exchanges_of(&self, check: &str) -> Vec<Exchange> {
         let mut all = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
-        let (mine, rest): (Vec<Exchange>, Vec<Exchange>) = std::mem::take(&mut *all).into_iter().partition(|e| e.check == Some(check));
+        let (mine, rest): (Vec<Exchange>, Vec<Exchange>) =
+            std::mem::take(&mut *all).into_iter().partition(|e| e.check == Some(check));
         *all = rest;
         mine
     }
@@ -250,25 +262,47 @@ impl Ctx {
 
     /// Sends a request; the answer must be a documented status with a body
     /// matching its schema, or the call fails.
-    pub async fn call(&self, route: &Route, bearer: Option<&str>, body: Option<&Value>) -> Result<Answer, String> {
+    pub async fn call(
+        &self,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
         self.call_raw(route, bearer, body.map(|b| (b.to_string(), "application/json"))).await
     }
 
     /// As `call`, with any URL and body. A 429 is the deployment protecting
     /// itself, not an answer to judge: the request is sent again after the
     /// `Retry-After` it names (bounded), and the wait is reported.
-    pub async fn call_raw(&self, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+    pub async fn call_raw(
+        &self,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<(String, &str)>,
+    ) -> Result<Answer, String> {
         self.call_raw_at(&self.base, route, bearer, body).await
     }
 
     /// As `call_raw`, at another base URL of the same platform.
-    pub async fn call_raw_at(&self, base: &str, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+    pub async fn call_raw_at(
+        &self,
+        base: &str,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<(String, &str)>,
+    ) -> Result<Answer, String> {
         let mut attempt = 0;
         loop {
             let answer = self.call_once_at(base, route, bearer, body.clone()).await?;
-            let wait = answer.retry_after.as_deref().and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
+            let wait = answer
+                .retry_after
+                .as_deref()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             match wait {
-                Some(wait) if answer.status == 429 && attempt < RATE_LIMIT_RETRIES && wait <= MAX_RETRY_AFTER => {
+                Some(wait)
+                    if answer.status == 429 && attempt < RATE_LIMIT_RETRIES && wait <= MAX_RETRY_AFTER =>
+                {
                     attempt += 1;
                     {
                         let mut t = self.throttling.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,14 +322,26 @@ impl Ctx {
     }
 
     /// One request, one answer (429 included), checked against the contract.
-    pub async fn call_once(&self, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+    pub async fn call_once(
+        &self,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<(String, &str)>,
+    ) -> Result<Answer, String> {
         self.call_once_at(&self.base, route, bearer, body).await
     }
 
-    async fn call_once_at(&self, base: &str, route: &Route, bearer: Option<&str>, body: Option<(String, &str)>) -> Result<Answer, String> {
+    async fn call_once_at(
+        &self,
+        base: &str,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<(String, &str)>,
+    ) -> Result<Answer, String> {
         let operation = route.operation_id();
         let url = format!("{base}{}", route.path);
-        let (status, headers, text) = self.send(route.method(), &url, bearer, body).await.map_err(|e| format!("{operation}: {e}"))?;
+        let (status, headers, text) =
+            self.send(route.method(), &url, bearer, body).await.map_err(|e| format!("{operation}: {e}"))?;
         let retry_after = headers.iter().find(|(k, _)| k == "retry-after").map(|(_, v)| v.clone());
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         check_against_contract(operation, status, &body)?;
@@ -327,7 +373,8 @@ impl Ctx {
         let resp = self.http.execute(request).await.map_err(|e| crate::preflight::describe(&e))?;
         let status = resp.status().as_u16();
         let response_headers = header_list(resp.headers());
-        let text = resp.text().await.map_err(|e| format!("unreadable body: {}", crate::preflight::describe(&e)))?;
+        let text =
+            resp.text().await.map_err(|e| format!("unreadable body: {}", crate::preflight::describe(&e)))?;
         if self.recording.load(std::sync::atomic::Ordering::Relaxed) {
             let path = url.strip_prefix(&self.base).unwrap_or(url).to_owned();
             self.recorded.lock().unwrap_or_else(|p| p.into_inner()).push(Exchange {
@@ -357,7 +404,12 @@ impl Ctx {
     }
 
     /// Issues a token for `ttl_seconds` labelled with the run id.
-    pub async fn issue_token_for(&self, tenant: Tenant, max_uses: u32, ttl_seconds: u32) -> Result<(String, String), String> {
+    pub async fn issue_token_for(
+        &self,
+        tenant: Tenant,
+        max_uses: u32,
+        ttl_seconds: u32,
+    ) -> Result<(String, String), String> {
         let body = typed(types::EnrollmentTokenIssueRequest {
             ttl_seconds,
             max_uses: std::num::NonZeroU32::new(max_uses).ok_or("max_uses must be at least 1")?,
@@ -463,7 +515,12 @@ impl Ctx {
 
     /// Reads pages from `cursor` to the end: the items and the cursor that
     /// fetched the last page (`None` when that was the first request).
-    async fn read_pages(&self, tenant: Tenant, listing: Listing, mut cursor: Option<String>) -> Result<(Vec<Value>, Option<String>), String> {
+    async fn read_pages(
+        &self,
+        tenant: Tenant,
+        listing: Listing,
+        mut cursor: Option<String>,
+    ) -> Result<(Vec<Value>, Option<String>), String> {
         let operation = listing.operation();
         let mut items = Vec::new();
         for _ in 0..MAX_LIST_PAGES {
@@ -481,7 +538,9 @@ impl Ctx {
                 None => return Ok((items, cursor)),
             }
         }
-        Err(format!("{operation} of tenant {tenant:?} has more than {MAX_LIST_PAGES} pages of {LIST_PAGE_SIZE}; the run reads no further"))
+        Err(format!(
+            "{operation} of tenant {tenant:?} has more than {MAX_LIST_PAGES} pages of {LIST_PAGE_SIZE}; the run reads no further"
+        ))
     }
 
     /// Revokes every token and agent this run created, found by the run's
@@ -489,7 +548,9 @@ impl Ctx {
     /// returns what could not be revoked.
     pub async fn cleanup(&self) -> Vec<String> {
         let mut failures = Vec::new();
-        let reason = match fit("the revoke reason", format!("{} cleanup", self.run_id)).and_then(|r| typed(types::RevokeRequest { reason: Some(r) })) {
+        let reason = match fit("the revoke reason", format!("{} cleanup", self.run_id))
+            .and_then(|r| typed(types::RevokeRequest { reason: Some(r) }))
+        {
             Ok(body) => body,
             Err(e) => return vec![e],
         };
@@ -538,17 +599,30 @@ impl Ctx {
                 Ok(tokens) => left.extend(
                     tokens
                         .iter()
-                        .filter(|t| t["label"].as_str().is_some_and(|l| l.contains(&self.run_id)) && t["status"] == "active")
-                        .map(|t| format!("token {} is still active after cleanup", t["enrollment_token_id"].as_str().unwrap_or("?"))),
+                        .filter(|t| {
+                            t["label"].as_str().is_some_and(|l| l.contains(&self.run_id))
+                                && t["status"] == "active"
+                        })
+                        .map(|t| {
+                            format!(
+                                "token {} is still active after cleanup",
+                                t["enrollment_token_id"].as_str().unwrap_or("?")
+                            )
+                        }),
                 ),
                 Err(e) => left.push(format!("cannot verify the cleanup: {e}")),
             }
             match self.list(tenant, Listing::Agents).await {
                 Ok(agents) => left.extend(
-                    agents
-                        .iter()
-                        .filter(|a| a["hostname"] == host.as_str() && a["status"] != "revoked")
-                        .map(|a| format!("agent {} is still {} after cleanup", a["agent_id"].as_str().unwrap_or("?"), a["status"])),
+                    agents.iter().filter(|a| a["hostname"] == host.as_str() && a["status"] != "revoked").map(
+                        |a| {
+                            format!(
+                                "agent {} is still {} after cleanup",
+                                a["agent_id"].as_str().unwrap_or("?"),
+                                a["status"]
+                            )
+                        },
+                    ),
                 ),
                 Err(e) => left.push(format!("cannot verify the cleanup: {e}")),
             }
@@ -559,7 +633,11 @@ impl Ctx {
     /// The time the platform sees: its manual clock on the local target,
     /// the real time elsewhere.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        self.local.clock.as_ref().map(|c| oneprotect_server::clock::Clock::now(c.as_ref())).unwrap_or_else(chrono::Utc::now)
+        self.local
+            .clock
+            .as_ref()
+            .map(|c| oneprotect_server::clock::Clock::now(c.as_ref()))
+            .unwrap_or_else(chrono::Utc::now)
     }
 
     /// A check that needs a local power skips on other targets.
@@ -569,7 +647,10 @@ impl Ctx {
 }
 
 fn header_list(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
-    headers.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
 }
 
 /// Fails unless the status is documented for the operation and the body

@@ -27,7 +27,8 @@ pub const REPORT_HTML: &str = "report.html";
 pub const TRANSCRIPTS: &str = "transcripts";
 
 /// Bodies' fields that hold a secret whatever their value looks like.
-const SECRET_FIELDS: &[&str] = &["enrollment_token", "csr_pem", "nonce", "token", "hardware_fingerprint_hash", "private_key_pem"];
+const SECRET_FIELDS: &[&str] =
+    &["enrollment_token", "csr_pem", "nonce", "token", "hardware_fingerprint_hash", "private_key_pem"];
 
 /// What the manifest says about the run besides its files.
 #[derive(Debug, Clone)]
@@ -47,7 +48,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// SHA-256 of the catalogue as a reviewer sees it: ids, families, targets
 /// and promises, in order.
 pub fn catalogue_sha256() -> String {
-    let rows: Vec<String> = crate::checks::CATALOGUE.iter().map(|c| format!("{}\t{}\t{:?}\t{}", c.id, c.family.as_str(), c.targets, c.promise)).collect();
+    let rows: Vec<String> = crate::checks::CATALOGUE
+        .iter()
+        .map(|c| format!("{}\t{}\t{:?}\t{}", c.id, c.family.as_str(), c.targets, c.promise))
+        .collect();
     sha256_hex(rows.join("\n").as_bytes())
 }
 
@@ -122,7 +126,9 @@ impl Redactor {
             Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
                     match v {
-                        Value::String(s) if SECRET_FIELDS.contains(&k.as_str()) => *v = Value::String(self.tag(s)),
+                        Value::String(s) if SECRET_FIELDS.contains(&k.as_str()) => {
+                            *v = Value::String(self.tag(s))
+                        }
                         other => self.fields(other),
                     }
                 }
@@ -137,7 +143,9 @@ impl Redactor {
             .iter()
             .map(|(k, v)| {
                 let value = match v.strip_prefix("Bearer ") {
-                    Some(token) if k.eq_ignore_ascii_case("authorization") => format!("Bearer {}", self.tag(token)),
+                    Some(token) if k.eq_ignore_ascii_case("authorization") => {
+                        format!("Bearer {}", self.tag(token))
+                    }
                     _ => self.text(v),
                 };
                 (k.clone(), Value::String(value))
@@ -161,7 +169,8 @@ fn file_name(check_id: &str) -> String {
 
 /// Writes the bundle into `dir` (created if missing, refused if not empty).
 pub fn write(dir: &Path, report: &Report, secrets: &[String], facts: &RunFacts) -> Result<(), String> {
-    if dir.exists() && std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.next().is_some() {
+    if dir.exists() && std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.next().is_some()
+    {
         return Err(format!("{} is not empty; the evidence bundle goes into a new directory", dir.display()));
     }
     std::fs::create_dir_all(dir.join(TRANSCRIPTS)).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -182,7 +191,8 @@ pub fn write(dir: &Path, report: &Report, secrets: &[String], facts: &RunFacts) 
     }
     put(REPORT_JSON.into(), redactor.text(&report.json()).into_bytes())?;
     put(REPORT_HTML.into(), redactor.text(&html(report, &redacted)).into_bytes())?;
-    let outcomes: BTreeMap<&str, &Outcome> = report.results.iter().map(|r| (r.id.as_str(), &r.outcome)).collect();
+    let outcomes: BTreeMap<&str, &Outcome> =
+        report.results.iter().map(|r| (r.id.as_str(), &r.outcome)).collect();
     let manifest = json!({
         "suite": {"name": "oneprotect-conformance", "version": env!("CARGO_PKG_VERSION")},
         "catalogue_sha256": catalogue_sha256(),
@@ -202,12 +212,15 @@ pub fn write(dir: &Path, report: &Report, secrets: &[String], facts: &RunFacts) 
 
 /// Every problem `verify` finds, one line each.
 pub fn verify(dir: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read(dir.join(MANIFEST)).map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
-    let manifest: Value = serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST} is not JSON: {e}"))?;
+    let text =
+        std::fs::read(dir.join(MANIFEST)).map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
+    let manifest: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST} is not JSON: {e}"))?;
     let files = manifest["files"].as_object().ok_or(format!("{MANIFEST} lists no files"))?;
     let mut problems = Vec::new();
     for (name, digest) in files {
-        let path = safe_join(dir, name).ok_or_else(|| format!("{MANIFEST} names a path outside the bundle: {name}"))?;
+        let path = safe_join(dir, name)
+            .ok_or_else(|| format!("{MANIFEST} names a path outside the bundle: {name}"))?;
         match std::fs::read(&path) {
             Ok(bytes) if Some(sha256_hex(&bytes).as_str()) == digest.as_str() => {}
             Ok(_) => problems.push(format!("{name}: changed (its SHA-256 differs from the manifest)")),
@@ -243,7 +256,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;color:#1b1b1b;padding:0 1em}\
@@ -255,7 +272,11 @@ details{margin:.4em 0 .8em 1em}pre{background:#f5f5f5;padding:.6em;overflow-x:au
 /// The self-contained HTML report: no script, no external resource.
 pub fn html(report: &Report, transcripts: &BTreeMap<&str, Vec<Value>>) -> String {
     let total = report.total();
-    let verdict = if report.passed() { "<span class=\"pass\">PASSED</span>" } else { "<span class=\"fail\">FAILED</span>" };
+    let verdict = if report.passed() {
+        "<span class=\"pass\">PASSED</span>"
+    } else {
+        "<span class=\"fail\">FAILED</span>"
+    };
     let mut out = String::new();
     let _ = write!(
         out,
@@ -277,7 +298,11 @@ pub fn html(report: &Report, transcripts: &BTreeMap<&str, Vec<Value>>) -> String
     );
     out.push_str("<table id=\"families\"><tr><th>family</th><th>passed</th><th>failed</th><th>skipped</th><th>expected failures</th></tr>");
     for (family, c) in report.counts() {
-        let _ = write!(out, "<tr><td>{family}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", c.passed, c.failed, c.skipped, c.expected_failures);
+        let _ = write!(
+            out,
+            "<tr><td>{family}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            c.passed, c.failed, c.skipped, c.expected_failures
+        );
     }
     out.push_str("</table>");
     for note in report.notes.iter().chain(&report.run_errors).chain(&report.cleanup_failures) {

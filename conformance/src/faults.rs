@@ -177,64 +177,151 @@ impl Fault {
     /// The checks this fault fails, each with a fragment of its message.
     pub fn caught_by(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Self::LeakSecretInList => &[("redaction.issued-secret-shown-once", "the enrollment secret appears in the token list")],
+            Self::LeakSecretInList => {
+                &[("redaction.issued-secret-shown-once", "the enrollment secret appears in the token list")]
+            }
             Self::NonceInAuditDetails => &[
                 ("redaction.audit-and-events-carry-no-secret", "appears in the audit trail"),
                 ("redaction.store-holds-no-secret", "appears in a stored row of audit_events"),
             ],
-            Self::RawNonceStored => &[("redaction.store-holds-no-secret", "appears in a stored row of agent_enrollment_nonces")],
+            Self::RawNonceStored => {
+                &[("redaction.store-holds-no-secret", "appears in a stored row of agent_enrollment_nonces")]
+            }
             Self::RawFingerprintStored => &[
                 ("redaction.fingerprint-never-stored-raw", "the fingerprint hash is stored as sent"),
                 ("redaction.store-holds-no-secret", "appears in a stored row of agent_identities"),
             ],
-            Self::LogBearer | Self::LogRotationAnswer => &[("redaction.logs-hold-no-secret", "appears in the server logs")],
-            Self::EchoRejectedValue => &[("redaction.problems-do-not-echo-input", "the rejection echoes the submitted value")],
+            Self::LogBearer | Self::LogRotationAnswer => {
+                &[("redaction.logs-hold-no-secret", "appears in the server logs")]
+            }
+            Self::EchoRejectedValue => {
+                &[("redaction.problems-do-not-echo-input", "the rejection echoes the submitted value")]
+            }
             Self::SkipNonceCheck => &[
                 ("replay.nonce-reuse-rejected", "expected 409 nonce_replayed, got 201"),
                 ("replay.nonce-scoped-to-tenant", "expected 409 nonce_replayed, got 201"),
             ],
-            Self::NonceScopedPerToken => &[("replay.nonce-scoped-to-tenant", "expected 409 nonce_replayed, got 201")],
-            Self::IssueOneUseTooMany => &[("replay.single-use-token-exhausted", "expected 401 enrollment_token_invalid, got 201")],
-            Self::EqualSequenceAccepted => &[("replay.duplicate-heartbeat-acknowledged-once", "not acknowledged as a duplicate")],
-            Self::SkipRotationNonce => &[("replay.rotation-nonce-reuse-rejected", "expected 409 nonce_replayed, got 200")],
+            Self::NonceScopedPerToken => {
+                &[("replay.nonce-scoped-to-tenant", "expected 409 nonce_replayed, got 201")]
+            }
+            Self::IssueOneUseTooMany => {
+                &[("replay.single-use-token-exhausted", "expected 401 enrollment_token_invalid, got 201")]
+            }
+            Self::EqualSequenceAccepted => {
+                &[("replay.duplicate-heartbeat-acknowledged-once", "not acknowledged as a duplicate")]
+            }
+            Self::SkipRotationNonce => {
+                &[("replay.rotation-nonce-reuse-rejected", "expected 409 nonce_replayed, got 200")]
+            }
             Self::TokenTtlIgnored => &[
                 ("expiry.enrollment-token-expires", "expected 401 enrollment_token_invalid, got 201"),
-                ("expiry.enrollment-token-expires-in-real-time", "expected 401 enrollment_token_invalid, got 201"),
-                ("expiry.enrollment-token-refused-at-its-expiry-instant", "expected 401 enrollment_token_invalid, got 201"),
+                (
+                    "expiry.enrollment-token-expires-in-real-time",
+                    "expected 401 enrollment_token_invalid, got 201",
+                ),
+                (
+                    "expiry.enrollment-token-refused-at-its-expiry-instant",
+                    "expected 401 enrollment_token_invalid, got 201",
+                ),
             ],
-            Self::TokenExpiryInclusive => &[("expiry.enrollment-token-refused-at-its-expiry-instant", "expected 401 enrollment_token_invalid, got 201")],
-            Self::RuntimeExpiryIgnored => &[("expiry.runtime-token-expires", "expected 401 runtime_token_invalid, got 200")],
-            Self::GraceNeverEnds => &[("expiry.rotated-token-superseded-after-grace", "expected 401 runtime_token_invalid, got 200")],
-            Self::StaleNeverJudged => &[("expiry.silent-identity-goes-stale", "expected 403 identity_stale, got 200")],
-            Self::AdminExpIgnored => &[("expiry.expired-admin-token-rejected", "expected 401 unauthenticated, got 200")],
-            Self::AdminNbfIgnored => &[("expiry.admin-token-not-yet-valid-rejected", "expected 401 unauthenticated, got 200")],
-            Self::SkipTenantPredicate => &[("tenant-isolation.cross-tenant-agent-read-is-404", "expected 404 not_found, got 200")],
-            Self::RevokeAcrossTenants => &[("tenant-isolation.cross-tenant-revokes-are-404", "expected 404 not_found, got 200")],
-            Self::ListEventsAcrossTenants => &[("tenant-isolation.lists-are-tenant-scoped", "listEvents of tenant B shows tenant A's agent")],
-            Self::AgentFromToken => &[("tenant-isolation.cross-agent-heartbeat-refused", "expected 403 actor_mismatch, got 200")],
-            Self::RefusalAuditedUnderOtherTenant => &[("tenant-isolation.refusal-audited-under-its-tenant", "is not in tenant A's audit trail")],
-            Self::DefaultPrincipal => &[("fail-closed.missing-bearer-is-401", "expected 401 unauthenticated, got 200")],
-            Self::AcceptAlgNone => &[("fail-closed.alg-none-admin-token-rejected", "expected 401 unauthenticated, got 200")],
-            Self::AcceptAnySignature => &[("fail-closed.forged-admin-token-rejected", "expected 401 unauthenticated, got 200")],
-            Self::AcceptTamperedRuntimeToken => &[("fail-closed.tampered-runtime-token-rejected", "expected 401 runtime_token_invalid, got 200")],
-            Self::TruncatedMacAccepted => &[("fail-closed.tampered-runtime-token-rejected", "truncated MAC: expected 401 runtime_token_invalid, got 200")],
-            Self::ScopeIgnored => &[("fail-closed.wrong-scope-runtime-token-rejected", "expected 403 scope_forbidden, got 200")],
-            Self::AdminAcceptedAsAgent => &[("fail-closed.admin-token-at-agent-endpoint-rejected", "expected 403 not_service_account, got 200")],
-            Self::RevokeIdentityNotWritten => &[("fail-closed.revoked-identity-refused", "expected 403 identity_revoked, got 200")],
-            Self::RevokeTokenNotWritten => &[("fail-closed.revoked-token-refused", "expected 401 enrollment_token_invalid, got 201")],
-            Self::CsrCheckedAfterRedeem => &[("fail-closed.malformed-csr-keeps-the-token", "expected 400 csr_invalid, got 401 enrollment_token_invalid")],
-            Self::OversizeAs400 => &[("fail-closed.malformed-and-oversize-bodies-rejected", "expected 413 payload_too_large, got 400 request_invalid")],
-            Self::IdentityFieldsIgnored => &[("fail-closed.identity-override-rejected", "expected 400 identity_override_rejected, got 200")],
+            Self::TokenExpiryInclusive => &[(
+                "expiry.enrollment-token-refused-at-its-expiry-instant",
+                "expected 401 enrollment_token_invalid, got 201",
+            )],
+            Self::RuntimeExpiryIgnored => {
+                &[("expiry.runtime-token-expires", "expected 401 runtime_token_invalid, got 200")]
+            }
+            Self::GraceNeverEnds => &[(
+                "expiry.rotated-token-superseded-after-grace",
+                "expected 401 runtime_token_invalid, got 200",
+            )],
+            Self::StaleNeverJudged => {
+                &[("expiry.silent-identity-goes-stale", "expected 403 identity_stale, got 200")]
+            }
+            Self::AdminExpIgnored => {
+                &[("expiry.expired-admin-token-rejected", "expected 401 unauthenticated, got 200")]
+            }
+            Self::AdminNbfIgnored => {
+                &[("expiry.admin-token-not-yet-valid-rejected", "expected 401 unauthenticated, got 200")]
+            }
+            Self::SkipTenantPredicate => {
+                &[("tenant-isolation.cross-tenant-agent-read-is-404", "expected 404 not_found, got 200")]
+            }
+            Self::RevokeAcrossTenants => {
+                &[("tenant-isolation.cross-tenant-revokes-are-404", "expected 404 not_found, got 200")]
+            }
+            Self::ListEventsAcrossTenants => &[(
+                "tenant-isolation.lists-are-tenant-scoped",
+                "listEvents of tenant B shows tenant A's agent",
+            )],
+            Self::AgentFromToken => {
+                &[("tenant-isolation.cross-agent-heartbeat-refused", "expected 403 actor_mismatch, got 200")]
+            }
+            Self::RefusalAuditedUnderOtherTenant => {
+                &[("tenant-isolation.refusal-audited-under-its-tenant", "is not in tenant A's audit trail")]
+            }
+            Self::DefaultPrincipal => {
+                &[("fail-closed.missing-bearer-is-401", "expected 401 unauthenticated, got 200")]
+            }
+            Self::AcceptAlgNone => {
+                &[("fail-closed.alg-none-admin-token-rejected", "expected 401 unauthenticated, got 200")]
+            }
+            Self::AcceptAnySignature => {
+                &[("fail-closed.forged-admin-token-rejected", "expected 401 unauthenticated, got 200")]
+            }
+            Self::AcceptTamperedRuntimeToken => &[(
+                "fail-closed.tampered-runtime-token-rejected",
+                "expected 401 runtime_token_invalid, got 200",
+            )],
+            Self::TruncatedMacAccepted => &[(
+                "fail-closed.tampered-runtime-token-rejected",
+                "truncated MAC: expected 401 runtime_token_invalid, got 200",
+            )],
+            Self::ScopeIgnored => {
+                &[("fail-closed.wrong-scope-runtime-token-rejected", "expected 403 scope_forbidden, got 200")]
+            }
+            Self::AdminAcceptedAsAgent => &[(
+                "fail-closed.admin-token-at-agent-endpoint-rejected",
+                "expected 403 not_service_account, got 200",
+            )],
+            Self::RevokeIdentityNotWritten => {
+                &[("fail-closed.revoked-identity-refused", "expected 403 identity_revoked, got 200")]
+            }
+            Self::RevokeTokenNotWritten => {
+                &[("fail-closed.revoked-token-refused", "expected 401 enrollment_token_invalid, got 201")]
+            }
+            Self::CsrCheckedAfterRedeem => &[(
+                "fail-closed.malformed-csr-keeps-the-token",
+                "expected 400 csr_invalid, got 401 enrollment_token_invalid",
+            )],
+            Self::OversizeAs400 => &[(
+                "fail-closed.malformed-and-oversize-bodies-rejected",
+                "expected 413 payload_too_large, got 400 request_invalid",
+            )],
+            Self::IdentityFieldsIgnored => &[(
+                "fail-closed.identity-override-rejected",
+                "expected 400 identity_override_rejected, got 200",
+            )],
             Self::ViewerMayRevoke => &[("fail-closed.viewer-cannot-write", "expected 403 forbidden, got")],
-            Self::SecretlessAnswers500 => &[("fail-closed.missing-runtime-secret-is-503", "expected 503 runtime_secret_unavailable, got 500 internal_error")],
+            Self::SecretlessAnswers500 => &[(
+                "fail-closed.missing-runtime-secret-is-503",
+                "expected 503 runtime_secret_unavailable, got 500 internal_error",
+            )],
             Self::PlainTextNotFound => &[("fail-closed.unknown-routes-are-problems", "the 404 is not JSON")],
             Self::BodyJudgedBeforeCredential => &[
                 ("fail-closed.credential-judged-before-body", "got 400 request_invalid"),
                 ("fail-closed.viewer-cannot-write", "expected 403 forbidden, got 400 request_invalid"),
             ],
-            Self::CollectorCheckRemoved => &[("fail-closed.collector-binding-enforced", "expected 403 collector_mismatch, got 200")],
-            Self::LimiterNeverTrips => &[("fail-closed.failed-exchanges-are-rate-limited", "no 429 after 200 failed exchanges")],
-            Self::RlsNotForced => &[("tenant-isolation.row-level-security-forced", "audit_events: row-level security is not forced")],
+            Self::CollectorCheckRemoved => {
+                &[("fail-closed.collector-binding-enforced", "expected 403 collector_mismatch, got 200")]
+            }
+            Self::LimiterNeverTrips => {
+                &[("fail-closed.failed-exchanges-are-rate-limited", "no 429 after 200 failed exchanges")]
+            }
+            Self::RlsNotForced => &[(
+                "tenant-isolation.row-level-security-forced",
+                "audit_events: row-level security is not forced",
+            )],
         }
     }
 
@@ -253,11 +340,20 @@ impl Fault {
 /// (`agent/src/faults.rs`), with the checks each fails and a fragment of
 /// the message.
 pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
-    ("follows-redirects", &[("fail-closed.agent-refuses-redirects", "followed the redirect to another origin")]),
+    (
+        "follows-redirects",
+        &[("fail-closed.agent-refuses-redirects", "followed the redirect to another origin")],
+    ),
     ("reads-whole-body", &[("fail-closed.agent-caps-response-bodies", "the body was read whole")]),
-    ("request-never-times-out", &[("fail-closed.agent-times-out-a-hung-platform", "did not end at request_timeout")]),
+    (
+        "request-never-times-out",
+        &[("fail-closed.agent-times-out-a-hung-platform", "did not end at request_timeout")],
+    ),
     ("certificate-world-readable", &[("redaction.agent-files-owner-only", "certificate.json has mode 644")]),
-    ("token-left-in-config", &[("redaction.agent-token-removed-from-config", "the enrollment token is still in the config")]),
+    (
+        "token-left-in-config",
+        &[("redaction.agent-token-removed-from-config", "the enrollment token is still in the config")],
+    ),
     ("nonce-logged", &[("redaction.agent-logs-hold-no-secret", "appears in the agent's output")]),
     (
         "nonce-reused-on-retry",
@@ -280,21 +376,43 @@ pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     ("cpu-usage-summed-over-cores", &[("fail-closed.agent-bodies-match-contract", "heartbeat body")]),
-    ("renewal-never-fires", &[("fail-closed.agent-renews-before-expiry", "no renewal of a 3 s runtime token")]),
-    ("renewed-key-world-readable", &[("fail-closed.agent-renews-before-expiry", "the renewed key has mode 644")]),
-    ("sigterm-ignored-while-waiting", &[("fail-closed.agent-stops-at-once-while-waiting", "still running 1 s after SIGTERM")]),
-    ("sequence-restarts-at-one", &[("replay.agent-sequence-continues-across-restarts", "after a restart the sequence went back to 1")]),
-    ("enroll-ignores-retry-after", &[("fail-closed.agent-enrollment-honours-retry-after", "before Retry-After: 2")]),
+    (
+        "renewal-never-fires",
+        &[("fail-closed.agent-renews-before-expiry", "no renewal of a 3 s runtime token")],
+    ),
+    (
+        "renewed-key-world-readable",
+        &[("fail-closed.agent-renews-before-expiry", "the renewed key has mode 644")],
+    ),
+    (
+        "sigterm-ignored-while-waiting",
+        &[("fail-closed.agent-stops-at-once-while-waiting", "still running 1 s after SIGTERM")],
+    ),
+    (
+        "sequence-restarts-at-one",
+        &[("replay.agent-sequence-continues-across-restarts", "after a restart the sequence went back to 1")],
+    ),
+    (
+        "enroll-ignores-retry-after",
+        &[("fail-closed.agent-enrollment-honours-retry-after", "before Retry-After: 2")],
+    ),
 ];
 
 pub fn sign_runtime(secret: &[u8], claims: &RuntimeClaims) -> String {
-    RuntimeKeyring::new(Some(secret.to_vec()), vec![]).ok().and_then(|r| r.issue(claims)).map(|t| t.token.expose_secret().to_owned()).unwrap_or_default()
+    RuntimeKeyring::new(Some(secret.to_vec()), vec![])
+        .ok()
+        .and_then(|r| r.issue(claims))
+        .map(|t| t.token.expose_secret().to_owned())
+        .unwrap_or_default()
 }
 
 /// Runtime claims for the identity an exchange answer describes, issued at
 /// `now` for one hour (to forge tokens only an insider with the secret could make).
 pub fn claims_from_enrollment(enrolled: &Value, now: DateTime<Utc>) -> Result<RuntimeClaims, String> {
-    let id = |p: &str| Uuid::parse_str(enrolled.pointer(p).and_then(|v| v.as_str()).unwrap_or_default()).map_err(|e| format!("{p}: {e}"));
+    let id = |p: &str| {
+        Uuid::parse_str(enrolled.pointer(p).and_then(|v| v.as_str()).unwrap_or_default())
+            .map_err(|e| format!("{p}: {e}"))
+    };
     let tenant = enrolled.pointer("/agent/tenant_id").and_then(|v| v.as_str()).unwrap_or_default();
     Ok(oneprotect_server::runtime_token::claims_for(
         tenant,
@@ -311,7 +429,14 @@ pub fn mint_admin(ctx: &Ctx, secret: &[u8], tenant: &str, role: &str, exp: DateT
     mint_admin_with(ctx, secret, tenant, role, exp, None)
 }
 
-pub fn mint_admin_with(ctx: &Ctx, secret: &[u8], tenant: &str, role: &str, exp: DateTime<Utc>, nbf: Option<DateTime<Utc>>) -> String {
+pub fn mint_admin_with(
+    ctx: &Ctx,
+    secret: &[u8],
+    tenant: &str,
+    role: &str,
+    exp: DateTime<Utc>,
+    nbf: Option<DateTime<Utc>>,
+) -> String {
     let claims = AdminClaims {
         sub: format!("{}@conformance", ctx.run_id),
         tenant_id: tenant.into(),
@@ -366,7 +491,12 @@ impl Store for FaultyStore {
     async fn ready(&self) -> StoreResult<()> {
         self.inner.ready().await
     }
-    async fn insert_enrollment_token(&self, t: &EnrollmentTokenRecord, a: &AuditRecord, e: &OutboxEvent) -> StoreResult<()> {
+    async fn insert_enrollment_token(
+        &self,
+        t: &EnrollmentTokenRecord,
+        a: &AuditRecord,
+        e: &OutboxEvent,
+    ) -> StoreResult<()> {
         let mut t = t.clone();
         match self.fault {
             Fault::IssueOneUseTooMany => t.max_uses += 1,
@@ -376,10 +506,21 @@ impl Store for FaultyStore {
         }
         self.inner.insert_enrollment_token(&t, a, e).await
     }
-    async fn list_enrollment_tokens(&self, tenant: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>> {
+    async fn list_enrollment_tokens(
+        &self,
+        tenant: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<EnrollmentTokenRecord>> {
         self.inner.list_enrollment_tokens(tenant, after, limit).await
     }
-    async fn revoke_enrollment_token(&self, tenant: &str, id: Uuid, a: &AuditRecord, e: &OutboxEvent) -> StoreResult<RevokeOutcome<EnrollmentTokenRecord>> {
+    async fn revoke_enrollment_token(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        a: &AuditRecord,
+        e: &OutboxEvent,
+    ) -> StoreResult<RevokeOutcome<EnrollmentTokenRecord>> {
         match self.fault {
             Fault::RevokeTokenNotWritten => {
                 return Ok(match self.inner.find_enrollment_token(id).await? {
@@ -433,7 +574,12 @@ impl Store for FaultyStore {
         }
         self.inner.get_identity(tenant, agent_id).await
     }
-    async fn list_identities(&self, tenant: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>> {
+    async fn list_identities(
+        &self,
+        tenant: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AgentIdentityRecord>> {
         self.inner.list_identities(tenant, after, limit).await
     }
     async fn revoke_identity(
@@ -474,7 +620,11 @@ impl Store for FaultyStore {
             Fault::EqualSequenceAccepted => {
                 let retry = c.clone();
                 match self.inner.commit_heartbeat(c).await? {
-                    HeartbeatOutcome::Duplicate => self.inner.commit_heartbeat(HeartbeatCommit { sequence: retry.sequence + 1, ..retry }).await,
+                    HeartbeatOutcome::Duplicate => {
+                        self.inner
+                            .commit_heartbeat(HeartbeatCommit { sequence: retry.sequence + 1, ..retry })
+                            .await
+                    }
                     other => Ok(other),
                 }
             }
@@ -518,10 +668,20 @@ impl Store for FaultyStore {
         }
         self.inner.append_audit(a, e).await
     }
-    async fn list_audit(&self, tenant: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>> {
+    async fn list_audit(
+        &self,
+        tenant: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AuditRecord>> {
         self.inner.list_audit(tenant, after, limit).await
     }
-    async fn list_events(&self, tenant: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>> {
+    async fn list_events(
+        &self,
+        tenant: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<OutboxEvent>> {
         if self.fault == Fault::ListEventsAcrossTenants {
             let mut items = Vec::new();
             for t in &self.tenants {
@@ -550,7 +710,11 @@ pub struct HttpFaultState {
 }
 
 fn bearer_of(req: &Request) -> Option<String> {
-    req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_owned)
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
 }
 
 fn set_bearer(req: &mut Request, token: &str) {
@@ -560,7 +724,8 @@ fn set_bearer(req: &mut Request, token: &str) {
 }
 
 fn json_part(part: &str) -> Option<Value> {
-    oneprotect_server::secrets::unb64(part.trim_end_matches('=')).and_then(|b| serde_json::from_slice(&b).ok())
+    oneprotect_server::secrets::unb64(part.trim_end_matches('='))
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// An admin JWT's header and claims, unverified.
@@ -583,7 +748,8 @@ fn runtime_parts(token: &str) -> Option<(RuntimeClaims, String)> {
 
 fn problem(status: u16, code: ProblemCode) -> Response {
     let body = json!({"type": format!("urn:oneprotect:problem:{code}"), "title": code, "status": status, "code": code, "detail": "faulty variant", "request_id": "faulty-variant"});
-    let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
 }
 
@@ -602,7 +768,9 @@ fn rebuild(mut parts: axum::http::request::Parts, body: Vec<u8>) -> Request {
     Request::from_parts(parts, Body::from(body))
 }
 
-async fn response_json(response: Response) -> (axum::http::response::Parts, Option<Value>, axum::body::Bytes) {
+async fn response_json(
+    response: Response,
+) -> (axum::http::response::Parts, Option<Value>, axum::body::Bytes) {
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
     let json = serde_json::from_slice(&bytes).ok();
@@ -626,12 +794,16 @@ fn known_path(path: &str) -> bool {
     let segments: Vec<&str> = path.split('/').collect();
     oneprotect_contracts::contract::OPERATIONS.iter().any(|op| {
         let template: Vec<&str> = op.path.split('/').collect();
-        template.len() == segments.len() && template.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
+        template.len() == segments.len()
+            && template.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
     }) || ["/healthz", "/readyz", "/metrics"].contains(&path)
 }
 
 /// The protected operation a request is for, by method and path template.
-fn protected_operation(method: &str, path: &str) -> Option<&'static oneprotect_contracts::contract::OperationSpec> {
+fn protected_operation(
+    method: &str,
+    path: &str,
+) -> Option<&'static oneprotect_contracts::contract::OperationSpec> {
     let segments: Vec<&str> = path.split('/').collect();
     oneprotect_contracts::contract::OPERATIONS.iter().find(|op| {
         let template: Vec<&str> = op.path.split('/').collect();
@@ -667,11 +839,18 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
                 seen.nonce = json["nonce"].as_str().map(str::to_owned);
                 seen.fingerprint = json["hardware_fingerprint_hash"].as_str().map(str::to_owned);
             }
-            if fault == Fault::CsrCheckedAfterRedeem && oneprotect_server::csr::verify_csr_pem(json["csr_pem"].as_str().unwrap_or_default()).is_err() {
+            if fault == Fault::CsrCheckedAfterRedeem
+                && oneprotect_server::csr::verify_csr_pem(json["csr_pem"].as_str().unwrap_or_default())
+                    .is_err()
+            {
                 json["csr_pem"] = json!(crate::ctx::p256_csr());
                 body = json.to_string().into_bytes();
                 let response = next.run(rebuild(parts, body)).await;
-                return if response.status().as_u16() == 201 { problem(400, ProblemCode::CsrInvalid) } else { response };
+                return if response.status().as_u16() == 201 {
+                    problem(400, ProblemCode::CsrInvalid)
+                } else {
+                    response
+                };
             }
             if fault == Fault::EchoRejectedValue {
                 let submitted = json["enrollment_token"].as_str().unwrap_or_default().to_owned();
@@ -693,7 +872,11 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
             tracing::info!(authorization = %bearer.clone().unwrap_or_default(), "faulty variant: request received");
         }
         Fault::DefaultPrincipal
-            if bearer.is_none() && path.starts_with("/api/v1/") && !is_exchange && !path.contains("/telemetry/") && !path.contains("/certificate/") =>
+            if bearer.is_none()
+                && path.starts_with("/api/v1/")
+                && !is_exchange
+                && !path.contains("/telemetry/")
+                && !path.contains("/certificate/") =>
         {
             let claims = AdminClaims {
                 sub: "default@faulty".into(),
@@ -708,12 +891,26 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
                 set_bearer(&mut req, &t);
             }
         }
-        Fault::AcceptAlgNone | Fault::AcceptAnySignature | Fault::AdminExpIgnored | Fault::AdminNbfIgnored | Fault::ViewerMayRevoke => {
+        Fault::AcceptAlgNone
+        | Fault::AcceptAnySignature
+        | Fault::AdminExpIgnored
+        | Fault::AdminNbfIgnored
+        | Fault::ViewerMayRevoke => {
             if let Some((header, mut claims)) = bearer.as_deref().and_then(admin_parts) {
                 let alg = header["alg"].as_str().unwrap_or_default().to_ascii_lowercase();
-                let verifies = oneprotect_server::admin_auth::AdminVerifier::hs256(&state.admin_secret, &claims.iss, &claims.aud)
-                    .ok()
-                    .is_some_and(|v| v.verify(bearer.as_deref().unwrap_or_default(), DateTime::from_timestamp(claims.exp - 60, 0).unwrap_or(now)).is_ok());
+                let verifies = oneprotect_server::admin_auth::AdminVerifier::hs256(
+                    &state.admin_secret,
+                    &claims.iss,
+                    &claims.aud,
+                )
+                .ok()
+                .is_some_and(|v| {
+                    v.verify(
+                        bearer.as_deref().unwrap_or_default(),
+                        DateTime::from_timestamp(claims.exp - 60, 0).unwrap_or(now),
+                    )
+                    .is_ok()
+                });
                 let replace = match fault {
                     Fault::AcceptAlgNone => alg == "none",
                     Fault::AcceptAnySignature => alg == "hs256" && !verifies,
@@ -725,7 +922,9 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
                         claims.nbf = None;
                         true
                     }
-                    Fault::ViewerMayRevoke if path.ends_with("/revoke") && claims.roles.iter().any(|r| r == "tenant_viewer") => {
+                    Fault::ViewerMayRevoke
+                        if path.ends_with("/revoke") && claims.roles.iter().any(|r| r == "tenant_viewer") =>
+                    {
                         claims.roles = vec!["tenant_admin".into()];
                         true
                     }
@@ -736,20 +935,30 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
                 }
             }
         }
-        Fault::AcceptTamperedRuntimeToken | Fault::TruncatedMacAccepted | Fault::ScopeIgnored | Fault::RuntimeExpiryIgnored => {
+        Fault::AcceptTamperedRuntimeToken
+        | Fault::TruncatedMacAccepted
+        | Fault::ScopeIgnored
+        | Fault::RuntimeExpiryIgnored => {
             if let Some((mut claims, mac)) = bearer.as_deref().and_then(runtime_parts) {
                 let ring = RuntimeKeyring::new(Some(state.runtime_secret.clone()), vec![]).ok();
-                let verifies_at = |at: DateTime<Utc>| ring.as_ref().is_some_and(|r| r.verify(bearer.as_deref().unwrap_or_default(), at).is_ok());
+                let verifies_at = |at: DateTime<Utc>| {
+                    ring.as_ref().is_some_and(|r| r.verify(bearer.as_deref().unwrap_or_default(), at).is_ok())
+                };
                 let correct = sign_runtime(&state.runtime_secret, &claims);
                 let correct_mac = correct.rsplit('.').next().unwrap_or_default().to_owned();
                 let replace = match fault {
                     Fault::AcceptTamperedRuntimeToken => !verifies_at(now),
-                    Fault::TruncatedMacAccepted => mac.len() < correct_mac.len() && correct_mac.starts_with(&mac),
+                    Fault::TruncatedMacAccepted => {
+                        mac.len() < correct_mac.len() && correct_mac.starts_with(&mac)
+                    }
                     Fault::ScopeIgnored if claims.scope != "agent_heartbeat" => {
                         claims.scope = "agent_heartbeat".into();
                         true
                     }
-                    Fault::RuntimeExpiryIgnored if !verifies_at(now) && verifies_at(DateTime::from_timestamp(claims.iat, 0).unwrap_or(now)) => {
+                    Fault::RuntimeExpiryIgnored
+                        if !verifies_at(now)
+                            && verifies_at(DateTime::from_timestamp(claims.iat, 0).unwrap_or(now)) =>
+                    {
                         claims.exp = now.timestamp() + 3600;
                         true
                     }
@@ -789,14 +998,22 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
             }
         }
         // The old stubs checked that a bearer was present, then the body, then the credential.
-        Fault::BodyJudgedBeforeCredential if req.method() != axum::http::Method::GET && req.headers().contains_key(axum::http::header::AUTHORIZATION) => {
+        Fault::BodyJudgedBeforeCredential
+            if req.method() != axum::http::Method::GET
+                && req.headers().contains_key(axum::http::header::AUTHORIZATION) =>
+        {
             let op = protected_operation(req.method().as_str(), &path);
             let (parts, json, bytes) = read_json(req).await;
             if let Some(schema) = op.and_then(|o| o.request_schema) {
-                if json.as_ref().is_some_and(|v| oneprotect_contracts::contract::forbidden_property(schema, v).is_some()) {
+                if json
+                    .as_ref()
+                    .is_some_and(|v| oneprotect_contracts::contract::forbidden_property(schema, v).is_some())
+                {
                     return problem(400, ProblemCode::IdentityOverrideRejected);
                 }
-                let valid = json.as_ref().is_some_and(|v| oneprotect_contracts::contract::validate_schema(schema, v).is_ok());
+                let valid = json
+                    .as_ref()
+                    .is_some_and(|v| oneprotect_contracts::contract::validate_schema(schema, v).is_ok());
                 if !valid {
                     return problem(400, ProblemCode::RequestInvalid);
                 }
@@ -826,8 +1043,12 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
 
     // Responses.
     match fault {
-        Fault::OversizeAs400 if response.status().as_u16() == 413 => problem(400, ProblemCode::RequestInvalid),
-        Fault::PlainTextNotFound if response.status().as_u16() == 404 && !known_path(&path) => (axum::http::StatusCode::NOT_FOUND, "Not Found").into_response(),
+        Fault::OversizeAs400 if response.status().as_u16() == 413 => {
+            problem(400, ProblemCode::RequestInvalid)
+        }
+        Fault::PlainTextNotFound if response.status().as_u16() == 404 && !known_path(&path) => {
+            (axum::http::StatusCode::NOT_FOUND, "Not Found").into_response()
+        }
         Fault::LogRotationAnswer if is_rotation => {
             let (parts, _, bytes) = response_json(response).await;
             tracing::debug!(answer = %String::from_utf8_lossy(&bytes), "faulty variant: rotation answered");
@@ -837,13 +1058,17 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
             let (parts, json, bytes) = response_json(response).await;
             let Some(mut json) = json else { return respond(parts, bytes.to_vec()) };
             if is_issue {
-                if let (Some(id), Some(secret)) = (json["token"]["enrollment_token_id"].as_str(), json["enrollment_token"].as_str()) {
+                if let (Some(id), Some(secret)) =
+                    (json["token"]["enrollment_token_id"].as_str(), json["enrollment_token"].as_str())
+                {
                     observed(&state.seen).issued.insert(id.to_owned(), secret.to_owned());
                 }
             } else if let Some(items) = json["items"].as_array_mut() {
                 let seen = observed(&state.seen);
                 for item in items {
-                    if let Some(secret) = item["enrollment_token_id"].as_str().and_then(|id| seen.issued.get(id)) {
+                    if let Some(secret) =
+                        item["enrollment_token_id"].as_str().and_then(|id| seen.issued.get(id))
+                    {
                         item["label"] = Value::String(secret.clone());
                     }
                 }

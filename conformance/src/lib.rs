@@ -32,7 +32,8 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [Family::Redaction, Family::Replay, Family::Expiry, Family::TenantIsolation, Family::FailClosed];
+    pub const ALL: [Family; 5] =
+        [Family::Redaction, Family::Replay, Family::Expiry, Family::TenantIsolation, Family::FailClosed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -133,7 +134,10 @@ pub fn ensure(condition: bool, message: impl Into<String>) -> Checked {
 
 /// Fails unless the answer has this status and problem code.
 pub fn expect_problem(a: &ctx::Answer, status: u16, code: ProblemCode) -> Checked {
-    ensure(a.status == status && a.code() == code, format!("expected {status} {code}, got {} {}", a.status, a.code()))
+    ensure(
+        a.status == status && a.code() == code,
+        format!("expected {status} {code}, got {} {}", a.status, a.code()),
+    )
 }
 
 /// The two tenants a run works in: A owns what the checks create, B is the

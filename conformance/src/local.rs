@@ -31,7 +31,11 @@ pub fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = buffer.clone();
-        let _ = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || LogWriter(writer.clone())).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
         buffer
     })
     .clone()
@@ -85,22 +89,30 @@ impl PgDatabase {
     }
 
     fn superuser_url(&self) -> String {
-        let user = self.admin_url.strip_prefix("postgres://").and_then(|r| r.split_once('@')).map(|(u, _)| u.to_owned()).unwrap_or_else(|| "postgres".into());
+        let user = self
+            .admin_url
+            .strip_prefix("postgres://")
+            .and_then(|r| r.split_once('@'))
+            .map(|(u, _)| u.to_owned())
+            .unwrap_or_else(|| "postgres".into());
         pg_url(&self.admin_url, &user, &self.name)
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let (url, name, owner, app) = (self.admin_url.clone(), self.name.clone(), self.owner.clone(), self.app.clone());
+        let (url, name, owner, app) =
+            (self.admin_url.clone(), self.name.clone(), self.owner.clone(), self.app.clone());
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 use sqlx::{Connection, Executor};
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    for sql in
-                        [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("DROP ROLE IF EXISTS {app}"), format!("DROP ROLE IF EXISTS {owner}")]
-                    {
+                    for sql in [
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                        format!("DROP ROLE IF EXISTS {app}"),
+                        format!("DROP ROLE IF EXISTS {owner}"),
+                    ] {
                         let _ = conn.execute(sqlx::AssertSqlSafe(sql)).await;
                     }
                 }
@@ -126,13 +138,18 @@ impl Drop for LocalPlatform {
     }
 }
 
-async fn serve(platform: Arc<Platform>, fault: Option<HttpFaultState>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+async fn serve(
+    platform: Arc<Platform>,
+    fault: Option<HttpFaultState>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     // The faulty layer wraps the router only when a fault is chosen, so the
     // real platform (and the benchmark) runs exactly as it ships.
     let router = oneprotect_server::app::router(platform);
     let router = match fault {
         // Outside the router, so a rewritten path is routed anew.
-        Some(fault) => axum::Router::new().fallback_service(router).layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next))),
+        Some(fault) => axum::Router::new()
+            .fallback_service(router)
+            .layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next))),
         None => router,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -143,8 +160,14 @@ async fn serve(platform: Arc<Platform>, fault: Option<HttpFaultState>) -> anyhow
     Ok((base, handle))
 }
 
-fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, runtime_secret: Option<&[u8]>, policy: Policy) -> anyhow::Result<Platform> {
-    let runtime = RuntimeKeyring::new(runtime_secret.map(<[u8]>::to_vec), vec![]).map_err(anyhow::Error::msg)?;
+fn platform(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    runtime_secret: Option<&[u8]>,
+    policy: Policy,
+) -> anyhow::Result<Platform> {
+    let runtime =
+        RuntimeKeyring::new(runtime_secret.map(<[u8]>::to_vec), vec![]).map_err(anyhow::Error::msg)?;
     let admin = AdminVerifier::hs256(FIXTURE_ADMIN_SECRET, ISSUER, AUDIENCE).map_err(anyhow::Error::msg)?;
     let hash_key = HashKey::new(FIXTURE_HASH_KEY.to_vec()).map_err(anyhow::Error::msg)?;
     Ok(Platform::new(store, clock, hash_key, runtime, admin, policy))
@@ -156,22 +179,39 @@ pub async fn start(database: Option<&str>, fault: Option<Fault>) -> anyhow::Resu
 }
 
 /// As `start`; `capture_logs: false` leaves logging off (benchmarks).
-pub async fn start_with(database: Option<&str>, fault: Option<Fault>, capture_logs: bool) -> anyhow::Result<LocalPlatform> {
+pub async fn start_with(
+    database: Option<&str>,
+    fault: Option<Fault>,
+    capture_logs: bool,
+) -> anyhow::Result<LocalPlatform> {
     start_with_policy(database, fault, capture_logs, Policy::default()).await
 }
 
 /// As `start_with`, under a given policy (`Policy::default()` is what a
 /// deployment runs with).
-pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, capture_logs: bool, policy: Policy) -> anyhow::Result<LocalPlatform> {
+pub async fn start_with_policy(
+    database: Option<&str>,
+    fault: Option<Fault>,
+    capture_logs: bool,
+    policy: Policy,
+) -> anyhow::Result<LocalPlatform> {
     let logs = capture_logs.then(captured_logs);
     let tmp = tempfile::tempdir()?;
     let (store, pg): (Arc<dyn Store>, Option<PgDatabase>) = match database {
-        None => (Arc::new(oneprotect_server::store::sqlite::SqliteStore::open(&tmp.path().join("conformance.db"))?), None),
+        None => (
+            Arc::new(oneprotect_server::store::sqlite::SqliteStore::open(
+                &tmp.path().join("conformance.db"),
+            )?),
+            None,
+        ),
         Some(url) => {
             let db = PgDatabase::create(url).await?;
-            oneprotect_server::store::postgres::migrate(&pg_url(url, &db.owner, &db.name), Some(&db.app)).await?;
-            let store =
-                oneprotect_server::store::postgres::PgStore::connect(&pg_url(url, &db.app, &db.name)).await?.with_inspection(&db.superuser_url()).await?;
+            oneprotect_server::store::postgres::migrate(&pg_url(url, &db.owner, &db.name), Some(&db.app))
+                .await?;
+            let store = oneprotect_server::store::postgres::PgStore::connect(&pg_url(url, &db.app, &db.name))
+                .await?
+                .with_inspection(&db.superuser_url())
+                .await?;
             store.ensure_unprivileged().await?;
             (Arc::new(store), Some(db))
         }
@@ -179,7 +219,8 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
     if fault == Some(Fault::RlsNotForced) {
         let db = pg.as_ref().ok_or_else(|| anyhow::anyhow!("the RlsNotForced fault needs PostgreSQL"))?;
         use sqlx::{Connection, Executor};
-        let mut conn = sqlx::PgConnection::connect(&pg_url(db.admin_url.as_str(), &db.owner, &db.name)).await?;
+        let mut conn =
+            sqlx::PgConnection::connect(&pg_url(db.admin_url.as_str(), &db.owner, &db.name)).await?;
         conn.execute("ALTER TABLE audit_events NO FORCE ROW LEVEL SECURITY").await?;
     }
     let manual = Arc::new(ManualClock::new(chrono::Utc::now()));
@@ -190,7 +231,12 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
     };
     let seen = crate::faults::Shared::default();
     let platform_store: Arc<dyn Store> = match fault {
-        Some(f) => Arc::new(FaultyStore { inner: store.clone(), fault: f, tenants: vec![TENANT_A.into(), TENANT_B.into()], seen: seen.clone() }),
+        Some(f) => Arc::new(FaultyStore {
+            inner: store.clone(),
+            fault: f,
+            tenants: vec![TENANT_A.into(), TENANT_B.into()],
+            seen: seen.clone(),
+        }),
         None => store.clone(),
     };
     let http_state = |secretless: bool| {
@@ -204,9 +250,21 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
             seen: seen.clone(),
         })
     };
-    let (base, main) =
-        serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), Some(FIXTURE_RUNTIME_SECRET), policy.clone())?), http_state(false)).await?;
-    let (secretless, second) = serve(Arc::new(platform(platform_store.clone(), platform_clock.clone(), None, policy)?), http_state(true)).await?;
+    let (base, main) = serve(
+        Arc::new(platform(
+            platform_store.clone(),
+            platform_clock.clone(),
+            Some(FIXTURE_RUNTIME_SECRET),
+            policy.clone(),
+        )?),
+        http_state(false),
+    )
+    .await?;
+    let (secretless, second) = serve(
+        Arc::new(platform(platform_store.clone(), platform_clock.clone(), None, policy)?),
+        http_state(true),
+    )
+    .await?;
 
     let admin = |tenant: &str| {
         let claims = oneprotect_server::admin_auth::AdminClaims {
@@ -240,7 +298,8 @@ pub async fn start_with_policy(database: Option<&str>, fault: Option<Fault>, cap
         waits.advance(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()));
         Box::pin(async {})
     });
-    let mut ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers).with_sleeper(sleeper);
+    let mut ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers)
+        .with_sleeper(sleeper);
     ctx.allow_waits = true;
     Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers: vec![main, second] })
 }

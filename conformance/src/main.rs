@@ -12,7 +12,11 @@ use oneprotect_conformance::{Target, evidence, local, preflight, profile, runner
 use secrecy::SecretString;
 
 #[derive(Parser)]
-#[command(name = "oneprotect-conformance", version, about = "Checks that a OneProtect deployment and agent keep the contract's security promises")]
+#[command(
+    name = "oneprotect-conformance",
+    version,
+    about = "Checks that a OneProtect deployment and agent keep the contract's security promises"
+)]
 #[command(
     after_help = "Exit codes: 0 every applicable check passed, 1 a check failed (or cleanup failed), 2 could not run (usage, preflight), 130 interrupted (after cleanup)."
 )]
@@ -110,7 +114,9 @@ fn secret(value: Option<String>, file: Option<PathBuf>, name: &str) -> Result<Se
         return Ok(SecretString::from(v.trim().to_owned()));
     }
     if let Some(path) = file {
-        return std::fs::read_to_string(&path).map(|t| SecretString::from(t.trim().to_owned())).map_err(|e| format!("{}: {e}", path.display()));
+        return std::fs::read_to_string(&path)
+            .map(|t| SecretString::from(t.trim().to_owned()))
+            .map_err(|e| format!("{}: {e}", path.display()));
     }
     Err(format!("the http target needs --{name} (or --{name}-file, or the environment variable)"))
 }
@@ -157,7 +163,9 @@ impl Running {
 async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String> {
     match target {
         TargetArg::Local => {
-            let platform = local::start(args.database.as_deref(), None).await.map_err(|e| format!("cannot start the local platform: {e}"))?;
+            let platform = local::start(args.database.as_deref(), None)
+                .await
+                .map_err(|e| format!("cannot start the local platform: {e}"))?;
             Ok(Running::Local(Box::new(platform)))
         }
         TargetArg::Http => {
@@ -165,10 +173,12 @@ async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String>
             preflight::parse_base_url(&base)?;
             let a = secret(args.admin_token_a.clone(), args.admin_token_a_file.clone(), "admin-token-a")?;
             let b = secret(args.admin_token_b.clone(), args.admin_token_b_file.clone(), "admin-token-b")?;
-            let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_info(true);
+            let mut http =
+                reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_info(true);
             if let Some(ca) = &args.ca_bundle {
                 let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
                 http = http.tls_certs_only(certs);
             }
             let http = http.build().map_err(|e| e.to_string())?;
@@ -178,13 +188,22 @@ async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String>
             Ok(Running::Remote(Box::new(ctx)))
         }
         TargetArg::Agent => {
-            let bin = args
-                .agent_bin
-                .clone()
-                .or_else(|| std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(format!("oneprotect-agent{}", std::env::consts::EXE_SUFFIX)))));
-            let bin = bin.filter(|b| b.exists()).ok_or("the agent target needs --agent-bin (no oneprotect-agent next to this binary)")?;
+            let bin = args.agent_bin.clone().or_else(|| {
+                std::env::current_exe().ok().and_then(|e| {
+                    e.parent().map(|d| d.join(format!("oneprotect-agent{}", std::env::consts::EXE_SUFFIX)))
+                })
+            });
+            let bin = bin
+                .filter(|b| b.exists())
+                .ok_or("the agent target needs --agent-bin (no oneprotect-agent next to this binary)")?;
             let powers = LocalPowers { agent_bin: Some(bin), ..LocalPowers::default() };
-            let ctx = Ctx::new("http://127.0.0.1:9", reqwest::Client::new(), SecretString::from(String::new()), SecretString::from(String::new()), powers);
+            let ctx = Ctx::new(
+                "http://127.0.0.1:9",
+                reqwest::Client::new(),
+                SecretString::from(String::new()),
+                SecretString::from(String::new()),
+                powers,
+            );
             Ok(Running::Remote(Box::new(ctx)))
         }
     }
@@ -203,15 +222,20 @@ fn merge_profile(args: &mut RunArgs, profile: &profile::Profile) -> Result<(), S
     if args.target.is_none()
         && let Some(t) = &profile.target
     {
-        args.target = Some(TargetArg::from_str(t, true).map_err(|_| format!("profile: unknown target {t:?} (http, local or agent)"))?);
+        args.target = Some(
+            TargetArg::from_str(t, true)
+                .map_err(|_| format!("profile: unknown target {t:?} (http, local or agent)"))?,
+        );
     }
     args.base_url = args.base_url.take().or_else(|| profile.base_url.clone());
     args.ca_bundle = args.ca_bundle.take().or_else(|| profile.ca_bundle.clone());
     if args.admin_token_a.is_none() {
-        args.admin_token_a_file = args.admin_token_a_file.take().or_else(|| profile.admin_token_a_file.clone());
+        args.admin_token_a_file =
+            args.admin_token_a_file.take().or_else(|| profile.admin_token_a_file.clone());
     }
     if args.admin_token_b.is_none() {
-        args.admin_token_b_file = args.admin_token_b_file.take().or_else(|| profile.admin_token_b_file.clone());
+        args.admin_token_b_file =
+            args.admin_token_b_file.take().or_else(|| profile.admin_token_b_file.clone());
     }
     args.database = args.database.take().or_else(|| profile.database.clone());
     args.agent_bin = args.agent_bin.take().or_else(|| profile.agent_bin.clone());
@@ -254,7 +278,10 @@ async fn run(mut args: RunArgs) -> ExitCode {
     if let Some(dir) = &args.evidence
         && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
     {
-        eprintln!("error: --evidence {} is not empty; the evidence bundle goes into a new directory", dir.display());
+        eprintln!(
+            "error: --evidence {} is not empty; the evidence bundle goes into a new directory",
+            dir.display()
+        );
         return ExitCode::from(2);
     }
     let running = match build_ctx(&args, target_arg).await {
@@ -290,14 +317,22 @@ async fn run(mut args: RunArgs) -> ExitCode {
     if let Some(dir) = &args.evidence {
         let facts = evidence::RunFacts {
             target_url: (t != Target::Agent).then(|| ctx.base.clone()),
-            tls_certificate_sha256: ctx.tls_certificate_sha256.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            tls_certificate_sha256: ctx
+                .tls_certificate_sha256
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             profile: profile.as_ref().and_then(|p| serde_json::to_value(p).ok()),
         };
         if let Err(e) = evidence::write(dir, &report, &ctx.secrets(), &facts) {
             eprintln!("error: evidence: {e}");
             return ExitCode::from(2);
         }
-        eprintln!("evidence written to {} (check it with `oneprotect-conformance verify {}`)", dir.display(), dir.display());
+        eprintln!(
+            "evidence written to {} (check it with `oneprotect-conformance verify {}`)",
+            dir.display(),
+            dir.display()
+        );
     }
     if args.output.is_some() || !matches!(args.format, Format::Human) {
         let total = report.total();
@@ -315,8 +350,15 @@ async fn main() -> ExitCode {
         Command::List => {
             let mut text = String::new();
             for c in CATALOGUE.iter() {
-                let targets: Vec<String> = c.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
-                text.push_str(&format!("{:<55} {:<17} {:<12} {}\n", c.id, c.family.as_str(), targets.join(","), c.promise));
+                let targets: Vec<String> =
+                    c.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+                text.push_str(&format!(
+                    "{:<55} {:<17} {:<12} {}\n",
+                    c.id,
+                    c.family.as_str(),
+                    targets.join(","),
+                    c.promise
+                ));
             }
             let _ = out(&text);
             ExitCode::SUCCESS

@@ -40,9 +40,18 @@ impl Profile {
     /// the catalogue, once, with a reason.
     pub fn load(path: &Path, catalogue: &[Check]) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("profile {}: {e}", path.display()))?;
-        let mut profile: Profile = serde_norway::from_str(&text).map_err(|e| format!("profile {}: {e}", path.display()))?;
+        let mut profile: Profile =
+            serde_norway::from_str(&text).map_err(|e| format!("profile {}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut profile.ca_bundle, &mut profile.admin_token_a_file, &mut profile.admin_token_b_file, &mut profile.agent_bin].into_iter().flatten() {
+        for p in [
+            &mut profile.ca_bundle,
+            &mut profile.admin_token_a_file,
+            &mut profile.admin_token_b_file,
+            &mut profile.agent_bin,
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -50,10 +59,18 @@ impl Profile {
         let mut seen = std::collections::BTreeSet::new();
         for f in &profile.expected_failures {
             if !catalogue.iter().any(|c| c.id == f.check) {
-                return Err(format!("profile {}: expected failure {:?} is not a check of this catalogue", path.display(), f.check));
+                return Err(format!(
+                    "profile {}: expected failure {:?} is not a check of this catalogue",
+                    path.display(),
+                    f.check
+                ));
             }
             if f.reason.trim().is_empty() {
-                return Err(format!("profile {}: expected failure {} has no reason", path.display(), f.check));
+                return Err(format!(
+                    "profile {}: expected failure {} has no reason",
+                    path.display(),
+                    f.check
+                ));
             }
             if !seen.insert(f.check.as_str()) {
                 return Err(format!("profile {}: {} is declared twice", path.display(), f.check));
@@ -79,21 +96,32 @@ pub fn apply_expected_failures(report: &mut Report, expected: &BTreeMap<&str, &s
 /// What keeps a run from certifying its target: a check the target could
 /// run that did not run, a failure nobody declared, a declared failure
 /// that passed (the profile is stale), or a run error.
-pub fn certification_problems(report: &Report, target: Target, expected: &BTreeMap<&str, &str>) -> Vec<String> {
+pub fn certification_problems(
+    report: &Report,
+    target: Target,
+    expected: &BTreeMap<&str, &str>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for r in &report.results {
         match &r.outcome {
-            Outcome::NotRequested(why) => problems.push(format!("{}: the target could run it but this run did not ({why})", r.id)),
-            Outcome::Fail(_) => problems.push(format!("{}: failed, and the profile does not declare it", r.id)),
-            Outcome::Pass if expected.contains_key(r.id.as_str()) => {
-                problems.push(format!("{}: declared as an expected failure but passed; remove it from the profile", r.id))
+            Outcome::NotRequested(why) => {
+                problems.push(format!("{}: the target could run it but this run did not ({why})", r.id))
             }
+            Outcome::Fail(_) => {
+                problems.push(format!("{}: failed, and the profile does not declare it", r.id))
+            }
+            Outcome::Pass if expected.contains_key(r.id.as_str()) => problems.push(format!(
+                "{}: declared as an expected failure but passed; remove it from the profile",
+                r.id
+            )),
             _ => {}
         }
     }
     for id in expected.keys() {
         if !report.results.iter().any(|r| r.id == *id) {
-            problems.push(format!("{id}: declared as an expected failure but not run against the {target:?} target"));
+            problems.push(format!(
+                "{id}: declared as an expected failure but not run against the {target:?} target"
+            ));
         }
     }
     problems.extend(report.run_errors.iter().map(|e| format!("run error: {e}")));

@@ -77,7 +77,11 @@ impl Report {
 
     /// Exit 0 only when every applicable check passed and cleanup succeeded.
     pub fn passed(&self) -> bool {
-        self.total().failed == 0 && self.cleanup_failures.is_empty() && self.run_errors.is_empty() && self.certification.is_empty() && self.total().passed > 0
+        self.total().failed == 0
+            && self.cleanup_failures.is_empty()
+            && self.run_errors.is_empty()
+            && self.certification.is_empty()
+            && self.total().passed > 0
     }
 
     pub fn human(&self) -> String {
@@ -134,16 +138,39 @@ impl Report {
     pub fn junit(&self) -> String {
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let t = self.total();
-        let _ =
-            writeln!(out, "<testsuites name=\"oneprotect-conformance\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">", self.results.len(), t.failed, t.skipped);
+        let _ = writeln!(
+            out,
+            "<testsuites name=\"oneprotect-conformance\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+            self.results.len(),
+            t.failed,
+            t.skipped
+        );
         for family in Family::ALL {
             let results: Vec<_> = self.results.iter().filter(|r| r.family == family).collect();
             let failures = results.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).count();
-            let skipped = results.iter().filter(|r| matches!(r.outcome, Outcome::Skip(_) | Outcome::NotRequested(_) | Outcome::ExpectedFailure(_))).count();
-            let _ = writeln!(out, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">", family.as_str(), results.len());
+            let skipped = results
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.outcome,
+                        Outcome::Skip(_) | Outcome::NotRequested(_) | Outcome::ExpectedFailure(_)
+                    )
+                })
+                .count();
+            let _ = writeln!(
+                out,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">",
+                family.as_str(),
+                results.len()
+            );
             for r in results {
                 let secs = r.duration_ms as f64 / 1000.0;
-                let _ = write!(out, "    <testcase classname=\"{}\" name=\"{}\" time=\"{secs:.3}\">", family.as_str(), xml(&r.id));
+                let _ = write!(
+                    out,
+                    "    <testcase classname=\"{}\" name=\"{}\" time=\"{secs:.3}\">",
+                    family.as_str(),
+                    xml(&r.id)
+                );
                 match &r.outcome {
                     Outcome::Pass => {}
                     Outcome::Fail(d) => {

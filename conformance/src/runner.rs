@@ -13,7 +13,9 @@ use crate::{Check, Ctx, Outcome, Target};
 pub fn selected<'a>(checks: &'a [Check], target: Target, only: &[String]) -> Vec<&'a Check> {
     checks
         .iter()
-        .filter(|c| c.targets.contains(&target) || (target == Target::Http && c.targets.contains(&Target::Local)))
+        .filter(|c| {
+            c.targets.contains(&target) || (target == Target::Http && c.targets.contains(&Target::Local))
+        })
         .filter(|c| only.is_empty() || only.iter().any(|o| o == c.id || o == c.family.as_str()))
         .collect()
 }
@@ -24,10 +26,17 @@ async fn run_one(ctx: &Ctx, target: Target, check: &Check) -> (CheckResult, Vec<
     let outcome = if check.targets.contains(&target) {
         crate::ctx::CURRENT_CHECK.scope(check.id, (check.run)(ctx)).await
     } else {
-        Outcome::Skip("needs the local target (a controllable clock, the secrets or storage inspection)".into())
+        Outcome::Skip(
+            "needs the local target (a controllable clock, the secrets or storage inspection)".into(),
+        )
     };
-    let result =
-        CheckResult { id: check.id.to_owned(), family: check.family, promise: check.promise.to_owned(), outcome, duration_ms: started.elapsed().as_millis() };
+    let result = CheckResult {
+        id: check.id.to_owned(),
+        family: check.family,
+        promise: check.promise.to_owned(),
+        outcome,
+        duration_ms: started.elapsed().as_millis(),
+    };
     (result, ctx.take_exchanges_of(check.id))
 }
 
@@ -48,7 +57,8 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
     // wait. The local target's waits move its one clock, which the other
     // checks rely on: there every check takes its turn.
     let beside = target == Target::Http && ctx.allow_waits;
-    let (waiting, ordinary): (Vec<&Check>, Vec<&Check>) = checks.iter().copied().partition(|c| beside && c.waits && c.targets.contains(&target));
+    let (waiting, ordinary): (Vec<&Check>, Vec<&Check>) =
+        checks.iter().copied().partition(|c| beside && c.waits && c.targets.contains(&target));
     let waits = async {
         let mut out = Vec::new();
         for check in &waiting {

@@ -17,8 +17,10 @@ async fn bundle() -> (tempfile::TempDir, Vec<String>, Report) {
     let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
     let dir = tempfile::tempdir().expect("tempdir");
-    let facts = RunFacts { target_url: Some(platform.ctx.base.clone()), tls_certificate_sha256: None, profile: None };
-    evidence::write(&dir.path().join("bundle"), &report, &platform.ctx.secrets(), &facts).expect("write the bundle");
+    let facts =
+        RunFacts { target_url: Some(platform.ctx.base.clone()), tls_certificate_sha256: None, profile: None };
+    evidence::write(&dir.path().join("bundle"), &report, &platform.ctx.secrets(), &facts)
+        .expect("write the bundle");
     (dir, platform.ctx.secrets(), report)
 }
 
@@ -32,7 +34,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn report_schema() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../specs/conformance/report.schema.json")).expect("report schema");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../specs/conformance/report.schema.json"
+    ))
+    .expect("report schema");
     let schema: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
     jsonschema::options().should_validate_formats(true).build(&schema).expect("a valid JSON Schema")
 }
@@ -40,7 +46,8 @@ fn report_schema() -> jsonschema::Validator {
 fn assert_valid_report(json: &str) {
     let value: serde_json::Value = serde_json::from_str(json).expect("report is JSON");
     let validator = report_schema();
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    let errors: Vec<String> =
+        validator.iter_errors(&value).map(|e| format!("{}: {e}", e.instance_path())).collect();
     assert!(errors.is_empty(), "the report does not match specs/conformance/report.schema.json: {errors:?}");
 }
 
@@ -63,9 +70,18 @@ async fn no_secret_of_the_run_appears_anywhere_in_the_bundle_and_secrets_stay_co
             *tags.entry(tag.chars().take(12).collect()).or_default() += 1;
         }
     }
-    assert!(tags.values().any(|n| *n >= 2), "one enrollment token's tag appears in its issue answer and its exchange");
-    let transcript = std::fs::read_to_string(root.join("transcripts/replay.nonce-reuse-rejected.json")).expect("transcript");
-    assert!(transcript.contains("<nonce:") && transcript.contains("<csr:") && transcript.contains("Bearer <admin_jwt:"), "secrets are labelled");
+    assert!(
+        tags.values().any(|n| *n >= 2),
+        "one enrollment token's tag appears in its issue answer and its exchange"
+    );
+    let transcript = std::fs::read_to_string(root.join("transcripts/replay.nonce-reuse-rejected.json"))
+        .expect("transcript");
+    assert!(
+        transcript.contains("<nonce:")
+            && transcript.contains("<csr:")
+            && transcript.contains("Bearer <admin_jwt:"),
+        "secrets are labelled"
+    );
     assert_eq!(report.transcripts.len(), report.results.len(), "every check has a transcript");
 }
 
@@ -82,7 +98,13 @@ async fn verify_accepts_the_bundle_and_names_a_changed_a_missing_and_an_unlisted
     std::fs::remove_file(root.join("report.html")).expect("remove");
     std::fs::write(root.join("extra.txt"), "not from the run").expect("write");
     let problems = evidence::verify(&root).expect("verify");
-    assert!(problems.contains(&"transcripts/replay.nonce-reuse-rejected.json: changed (its SHA-256 differs from the manifest)".to_owned()), "{problems:?}");
+    assert!(
+        problems.contains(
+            &"transcripts/replay.nonce-reuse-rejected.json: changed (its SHA-256 differs from the manifest)"
+                .to_owned()
+        ),
+        "{problems:?}"
+    );
     assert!(problems.contains(&"report.html: missing".to_owned()), "{problems:?}");
     assert!(problems.contains(&"extra.txt: not in the manifest".to_owned()), "{problems:?}");
     assert_eq!(problems.len(), 3, "{problems:?}");
@@ -93,23 +115,39 @@ async fn the_bundle_report_and_the_manifest_describe_the_run() {
     let (dir, _, report) = bundle().await;
     let root = dir.path().join("bundle");
     assert_valid_report(&std::fs::read_to_string(root.join("report.json")).expect("report.json"));
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).expect("manifest")).expect("json");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).expect("manifest"))
+            .expect("json");
     assert_eq!(manifest["contract_sha256"], oneprotect_contracts::contract::SPEC_SHA256);
     assert_eq!(manifest["catalogue_sha256"], evidence::catalogue_sha256());
     assert_eq!(manifest["target"]["kind"], "local");
     assert_eq!(manifest["outcomes"].as_object().map(|o| o.len()), Some(report.results.len()));
-    assert_eq!(manifest["files"].as_object().map(|f| f.len()), Some(report.results.len() + 2), "a transcript per check and two reports");
+    assert_eq!(
+        manifest["files"].as_object().map(|f| f.len()),
+        Some(report.results.len() + 2),
+        "a transcript per check and two reports"
+    );
 }
 
 #[test]
 fn reports_with_every_outcome_validate_against_the_report_schema() {
     use oneprotect_conformance::report::CheckResult;
     use oneprotect_conformance::{Family, Outcome};
-    let result = |id: &str, outcome: Outcome| CheckResult { id: id.into(), family: Family::Replay, promise: "p".into(), outcome, duration_ms: 1 };
+    let result = |id: &str, outcome: Outcome| CheckResult {
+        id: id.into(),
+        family: Family::Replay,
+        promise: "p".into(),
+        outcome,
+        duration_ms: 1,
+    };
     let report = Report {
         run_id: "conf-0123456789ab".into(),
         target: Target::Http,
-        results: vec![result("replay.a", Outcome::Pass), result("replay.b", Outcome::Fail("x".into())), result("replay.c", Outcome::Skip("y".into()))],
+        results: vec![
+            result("replay.a", Outcome::Pass),
+            result("replay.b", Outcome::Fail("x".into())),
+            result("replay.c", Outcome::Skip("y".into())),
+        ],
         cleanup_failures: vec!["token t".into()],
         run_errors: vec![],
         notes: vec!["note".into()],
@@ -148,7 +186,13 @@ async fn the_html_report_renders_from_disk_in_headless_chromium_with_no_network(
         let (browser, profile, url) = (browser.clone(), profile.clone(), url.clone());
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(browser)
-                .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                ])
                 .arg(format!("--user-data-dir={}", profile.display()))
                 .args(extra)
                 .arg(url)
@@ -166,22 +210,34 @@ async fn the_html_report_renders_from_disk_in_headless_chromium_with_no_network(
     );
     assert!(dom.contains("id=\"replay.nonce-reuse-rejected\""), "every check is in the document");
     let png = dir.path().join("report.png");
-    let shot = headless(vec![format!("--screenshot={}", png.display()), "--window-size=1200,1600".into()]).await.expect("join");
+    let shot = headless(vec![format!("--screenshot={}", png.display()), "--window-size=1200,1600".into()])
+        .await
+        .expect("join");
     assert!(png.exists(), "chromium wrote a screenshot: {}", String::from_utf8_lossy(&shot.stderr));
     let bytes = std::fs::read(&png).expect("png");
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
-    assert!(bytes.len() > 20_000, "the screenshot shows a rendered page, not a blank one ({} bytes)", bytes.len());
+    assert!(
+        bytes.len() > 20_000,
+        "the screenshot shows a rendered page, not a blank one ({} bytes)",
+        bytes.len()
+    );
     if let Ok(keep) = std::env::var("ONEPROTECT_KEEP_REPORT_SCREENSHOT") {
         let _ = std::fs::copy(&png, keep);
     }
 }
 
 fn agent_binary() -> PathBuf {
-    let dir = std::env::current_exe().ok().and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf)).expect("target dir");
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .expect("target dir");
     let bin = dir.join(format!("oneprotect-agent{}", std::env::consts::EXE_SUFFIX));
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = std::process::Command::new(cargo).args(["build", "-p", "oneprotect-agent", "--bin", "oneprotect-agent"]).status().is_ok_and(|s| s.success());
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "-p", "oneprotect-agent", "--bin", "oneprotect-agent"])
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(ok, "building oneprotect-agent failed");
     }
     bin
@@ -190,23 +246,40 @@ fn agent_binary() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_checks_carry_the_agents_requests_and_the_mocks_answers_redacted() {
     use oneprotect_conformance::agent_target::{ENROLLMENT_TOKEN, RENEWED_RUNTIME_TOKEN, RUNTIME_TOKEN};
-    let powers = oneprotect_conformance::ctx::LocalPowers { agent_bin: Some(agent_binary()), ..Default::default() };
-    let ctx = oneprotect_conformance::Ctx::new("http://127.0.0.1:9", reqwest::Client::new(), String::new().into(), String::new().into(), powers);
+    let powers =
+        oneprotect_conformance::ctx::LocalPowers { agent_bin: Some(agent_binary()), ..Default::default() };
+    let ctx = oneprotect_conformance::Ctx::new(
+        "http://127.0.0.1:9",
+        reqwest::Client::new(),
+        String::new().into(),
+        String::new().into(),
+        powers,
+    );
     ctx.record_exchanges();
-    let only = ["redaction.agent-token-removed-from-config".to_owned(), "fail-closed.agent-renews-before-expiry".to_owned()];
+    let only = [
+        "redaction.agent-token-removed-from-config".to_owned(),
+        "fail-closed.agent-renews-before-expiry".to_owned(),
+    ];
     let checks = runner::selected(&CATALOGUE, Target::Agent, &only);
     let report = runner::run(&ctx, Target::Agent, &checks, false).await;
     assert!(report.passed(), "{}", report.human());
     let dir = tempfile::tempdir().expect("tempdir");
     let facts = RunFacts { target_url: None, tls_certificate_sha256: None, profile: None };
     evidence::write(&dir.path().join("bundle"), &report, &ctx.secrets(), &facts).expect("write");
-    let renewal = std::fs::read_to_string(dir.path().join("bundle/transcripts/fail-closed.agent-renews-before-expiry.json")).expect("transcript");
+    let renewal = std::fs::read_to_string(
+        dir.path().join("bundle/transcripts/fail-closed.agent-renews-before-expiry.json"),
+    )
+    .expect("transcript");
     for path in ["/api/v1/agent-enrollment/exchange", "/certificate/rotate", "/telemetry/heartbeat"] {
         assert!(renewal.contains(path), "the transcript shows the agent's {path} request");
     }
     for secret in [ENROLLMENT_TOKEN, RUNTIME_TOKEN, RENEWED_RUNTIME_TOKEN, "BEGIN CERTIFICATE REQUEST"] {
         for path in files(&dir.path().join("bundle")) {
-            assert!(!std::fs::read_to_string(&path).expect("text").contains(secret), "{secret} appears in {}", path.display());
+            assert!(
+                !std::fs::read_to_string(&path).expect("text").contains(secret),
+                "{secret} appears in {}",
+                path.display()
+            );
         }
     }
     assert!(renewal.contains("Bearer <runtime_token:"), "the bearer is tagged");

@@ -24,9 +24,11 @@ async fn seed(ctx: &Ctx) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_consecutive_http_runs_pass_on_a_tenant_with_history_under_production_limits() {
-    let platform = local::start_with_policy(None, None, true, Policy::default()).await.expect("local platform");
+    let platform =
+        local::start_with_policy(None, None, true, Policy::default()).await.expect("local platform");
     seed(&platform.ctx).await;
-    let events = platform.ctx.list(Tenant::A, oneprotect_conformance::ctx::Listing::Events).await.expect("events");
+    let events =
+        platform.ctx.list(Tenant::A, oneprotect_conformance::ctx::Listing::Events).await.expect("events");
     assert!(events.len() > 1_000, "the tenant holds {} events", events.len());
 
     // Waiting for a Retry-After moves the platform's clock: it sees no other time.
@@ -38,8 +40,14 @@ async fn ten_consecutive_http_runs_pass_on_a_tenant_with_history_under_productio
     let checks = runner::selected(&CATALOGUE, Target::Http, &[]);
     let mut throttled = 0;
     for run in 1..=10 {
-        let ctx = Ctx::new(&platform.ctx.base, reqwest::Client::new(), platform.ctx.admin_a.clone(), platform.ctx.admin_b.clone(), LocalPowers::default())
-            .with_sleeper(sleeper.clone());
+        let ctx = Ctx::new(
+            &platform.ctx.base,
+            reqwest::Client::new(),
+            platform.ctx.admin_a.clone(),
+            platform.ctx.admin_b.clone(),
+            LocalPowers::default(),
+        )
+        .with_sleeper(sleeper.clone());
         preflight::preflight(&ctx).await.expect("preflight");
         let report = runner::run(&ctx, Target::Http, &checks, false).await;
         assert!(report.passed(), "run {run}:\n{}", report.human());

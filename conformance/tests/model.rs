@@ -77,7 +77,9 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
     let clock = ctx.local.clock.clone().ok_or("no clock")?;
     let mut m = Model::default();
     for (step, op) in ops.iter().enumerate() {
-        let mismatch = |expected: u16, actual: u16, code: &str| format!("step {step} {op:?}: model says {expected}, server answered {actual} {code}");
+        let mismatch = |expected: u16, actual: u16, code: &str| {
+            format!("step {step} {op:?}: model says {expected}, server answered {actual} {code}")
+        };
         match op {
             Op::IssueToken { tenant_b, max_uses } => {
                 let (secret, id) = ctx.issue_token(tenant(*tenant_b), *max_uses).await?;
@@ -94,7 +96,8 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             Op::RevokeToken { token } => {
                 let Some(t) = m.tokens.get_mut(*token) else { continue };
                 let admin = ctx.admin(tenant(t.tenant_b)).to_owned();
-                let a = ctx.call(&ops::revoke_enrollment_token(&t.id), Some(&admin), Some(&json!({}))).await?;
+                let a =
+                    ctx.call(&ops::revoke_enrollment_token(&t.id), Some(&admin), Some(&json!({}))).await?;
                 if a.status != 200 {
                     return Err(mismatch(200, a.status, a.code()));
                 }
@@ -130,7 +133,11 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::Heartbeat { agent, repeat_sequence } => {
                 let Some(ag) = m.agents.get_mut(*agent) else { continue };
-                let sequence = if *repeat_sequence && ag.last_sequence > 0 { ag.last_sequence } else { ag.last_sequence + 1 };
+                let sequence = if *repeat_sequence && ag.last_sequence > 0 {
+                    ag.last_sequence
+                } else {
+                    ag.last_sequence + 1
+                };
                 let a = ctx.heartbeat(&ag.id, &ag.runtime, sequence).await?;
                 let expected = if ag.revoked { 403 } else { 200 };
                 if a.status != expected {
@@ -139,7 +146,10 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
                 if expected == 200 {
                     let duplicate = sequence <= ag.last_sequence;
                     if a.body["duplicate"] != duplicate {
-                        return Err(format!("step {step} {op:?}: duplicate flag {} but the model says {duplicate}", a.body["duplicate"]));
+                        return Err(format!(
+                            "step {step} {op:?}: duplicate flag {} but the model says {duplicate}",
+                            a.body["duplicate"]
+                        ));
                     }
                     ag.last_sequence = ag.last_sequence.max(sequence);
                 }
@@ -148,7 +158,8 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
                 let Some(ag) = m.agents.get_mut(*agent) else { continue };
                 let nonce = oneprotect_conformance::random_nonce();
                 let body = json!({"csr_pem": oneprotect_conformance::ctx::p256_csr(), "nonce": nonce});
-                let a = ctx.call(&ops::rotate_agent_certificate(&ag.id), Some(&ag.runtime), Some(&body)).await?;
+                let a =
+                    ctx.call(&ops::rotate_agent_certificate(&ag.id), Some(&ag.runtime), Some(&body)).await?;
                 let expected = if ag.revoked { 403 } else { 200 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));
@@ -160,7 +171,9 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::RevokeAgent { agent, as_tenant_b } => {
                 let Some(ag) = m.agents.get_mut(*agent) else { continue };
-                let a = ctx.call(&ops::revoke_agent(&ag.id), Some(ctx.admin(tenant(*as_tenant_b))), Some(&json!({}))).await?;
+                let a = ctx
+                    .call(&ops::revoke_agent(&ag.id), Some(ctx.admin(tenant(*as_tenant_b))), Some(&json!({})))
+                    .await?;
                 let expected = if *as_tenant_b == ag.tenant_b { 200 } else { 404 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));
@@ -171,7 +184,8 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
             }
             Op::ReadAgent { agent, as_tenant_b } => {
                 let Some(ag) = m.agents.get(*agent) else { continue };
-                let a = ctx.call(&ops::get_agent(&ag.id), Some(ctx.admin(tenant(*as_tenant_b))), None).await?;
+                let a =
+                    ctx.call(&ops::get_agent(&ag.id), Some(ctx.admin(tenant(*as_tenant_b))), None).await?;
                 let expected = if *as_tenant_b == ag.tenant_b { 200 } else { 404 };
                 if a.status != expected {
                     return Err(mismatch(expected, a.status, a.code()));
@@ -185,7 +199,10 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
                         "enrolled"
                     };
                     if a.body["status"] != status {
-                        return Err(format!("step {step} {op:?}: status {} but the model says {status}", a.body["status"]));
+                        return Err(format!(
+                            "step {step} {op:?}: status {} but the model says {status}",
+                            a.body["status"]
+                        ));
                     }
                 }
             }
@@ -198,9 +215,15 @@ async fn run_sequence(database: Option<&str>, ops: &[Op]) -> Result<(), String> 
     // Final state: every token's use count agrees.
     for t in &m.tokens {
         let tokens = ctx.list(tenant(t.tenant_b), oneprotect_conformance::ctx::Listing::Tokens).await?;
-        let listed = tokens.iter().find(|x| x["enrollment_token_id"] == t.id.as_str()).ok_or("token missing from its tenant's list")?;
+        let listed = tokens
+            .iter()
+            .find(|x| x["enrollment_token_id"] == t.id.as_str())
+            .ok_or("token missing from its tenant's list")?;
         if listed["use_count"].as_u64() != Some(u64::from(t.uses)) {
-            return Err(format!("token {} has use_count {} but the model says {}", t.id, listed["use_count"], t.uses));
+            return Err(format!(
+                "token {} has use_count {} but the model says {}",
+                t.id, listed["use_count"], t.uses
+            ));
         }
     }
     Ok(())
@@ -211,7 +234,11 @@ fn cases(default: u32) -> u32 {
 }
 
 fn check(database: Option<&str>, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     rt.block_on(run_sequence(database, &ops)).map_err(TestCaseError::fail)
 }
 

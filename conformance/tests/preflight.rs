@@ -22,14 +22,21 @@ async fn conformance(args: Vec<String>) -> Run {
             .stdin(Stdio::null())
             .output()
             .expect("run oneprotect-conformance");
-        Run { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned(), stdout: String::from_utf8_lossy(&out.stdout).into_owned() }
+        Run {
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        }
     })
     .await
     .expect("join")
 }
 
 fn http_args(base: &str, a: &str, b: &str) -> Vec<String> {
-    ["run", "--target", "http", "--base-url", base, "--admin-token-a", a, "--admin-token-b", b].iter().map(|s| (*s).to_owned()).collect()
+    ["run", "--target", "http", "--base-url", base, "--admin-token-a", a, "--admin-token-b", b]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 /// Exit 2, one line on stderr that names the cause, nothing on stdout.
@@ -87,10 +94,16 @@ async fn a_certificate_the_ca_bundle_does_not_vouch_for_fails_verification() {
     // A TLS server on loopback whose self-signed certificate no bundle
     // trusts: the run must stop at the handshake.
     let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
     let config = tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .with_single_cert(
+            vec![cert.der().clone()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -109,7 +122,12 @@ async fn a_certificate_the_ca_bundle_does_not_vouch_for_fails_verification() {
 fn listing_the_catalogue_into_a_closed_pipe_exits_cleanly() {
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
-    let status = Command::new(env!("CARGO_BIN_EXE_oneprotect-conformance")).arg("list").stdout(writer).stderr(Stdio::null()).status().expect("run list");
+    let status = Command::new(env!("CARGO_BIN_EXE_oneprotect-conformance"))
+        .arg("list")
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run list");
     assert_eq!(status.code(), Some(0), "no panic (101) when the reader is gone");
 }
 
@@ -117,8 +135,13 @@ fn listing_the_catalogue_into_a_closed_pipe_exits_cleanly() {
 async fn a_viewer_credential_and_a_base_url_that_is_not_the_api_root_are_named() {
     let platform = local::start(None, None).await.expect("local platform");
     let secret = platform.ctx.local.admin_secret.clone().expect("fixture secret");
-    let viewer =
-        oneprotect_conformance::faults::mint_admin(&platform.ctx, &secret, "tenant-a", "tenant_viewer", chrono::Utc::now() + chrono::Duration::hours(1));
+    let viewer = oneprotect_conformance::faults::mint_admin(
+        &platform.ctx,
+        &secret,
+        "tenant-a",
+        "tenant_viewer",
+        chrono::Utc::now() + chrono::Duration::hours(1),
+    );
     let b = platform.ctx.admin(Tenant::B).to_owned();
     let run = conformance(http_args(&platform.ctx.base, &viewer, &b)).await;
     assert_one_line_refusal(&run, "credential A has roles [\"tenant_viewer\"]; the suite needs tenant_admin");

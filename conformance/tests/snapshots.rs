@@ -51,7 +51,9 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
     let platform = local::start(None, None).await.expect("local platform");
     let ctx = &platform.ctx;
     let mut transcript = Vec::new();
-    let mut record = |step: &str, status: u16, body: &Value| transcript.push(json!({"step": step, "status": status, "body": redact(body, &ctx.run_id)}));
+    let mut record = |step: &str, status: u16, body: &Value| {
+        transcript.push(json!({"step": step, "status": status, "body": redact(body, &ctx.run_id)}))
+    };
 
     let issued = ctx
         .call(
@@ -63,7 +65,10 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
         .expect("issue");
     record("issue enrollment token", issued.status, &issued.body);
     let secret = issued.body["enrollment_token"].as_str().expect("secret").to_owned();
-    let enrolled = ctx.exchange(&ctx.exchange_body(&secret).expect("a well-formed exchange body")).await.expect("exchange");
+    let enrolled = ctx
+        .exchange(&ctx.exchange_body(&secret).expect("a well-formed exchange body"))
+        .await
+        .expect("exchange");
     record("exchange", enrolled.status, &enrolled.body);
     let agent = enrolled.body["agent"]["agent_id"].as_str().expect("agent").to_owned();
     let runtime = enrolled.body["runtime_token"]["token"].as_str().expect("runtime").to_owned();
@@ -71,7 +76,10 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
     record("heartbeat", hb.status, &hb.body);
     let dup = ctx.heartbeat(&agent, &runtime, 1).await.expect("heartbeat");
     record("duplicate heartbeat", dup.status, &dup.body);
-    let refused = ctx.exchange(&ctx.exchange_body(&secret).expect("a well-formed exchange body")).await.expect("exchange");
+    let refused = ctx
+        .exchange(&ctx.exchange_body(&secret).expect("a well-formed exchange body"))
+        .await
+        .expect("exchange");
     record("exchange with the used token", refused.status, &refused.body);
     for (step, route) in [
         ("list tokens", ops::list_enrollment_tokens()),
@@ -82,8 +90,14 @@ async fn the_canonical_enrollment_scenario_has_a_stable_redacted_shape() {
         let a = ctx.call(&route, Some(ctx.admin(oneprotect_conformance::Tenant::A)), None).await.expect(step);
         record(step, a.status, &a.body);
     }
-    let revoked =
-        ctx.call(&ops::revoke_agent(&agent), Some(ctx.admin(oneprotect_conformance::Tenant::A)), Some(&json!({"reason": "snapshot"}))).await.expect("revoke");
+    let revoked = ctx
+        .call(
+            &ops::revoke_agent(&agent),
+            Some(ctx.admin(oneprotect_conformance::Tenant::A)),
+            Some(&json!({"reason": "snapshot"})),
+        )
+        .await
+        .expect("revoke");
     record("revoke agent", revoked.status, &revoked.body);
     let after = ctx.heartbeat(&agent, &runtime, 2).await.expect("heartbeat");
     record("heartbeat after revocation", after.status, &after.body);

@@ -91,12 +91,18 @@ impl Client {
     ) -> Result<ResponseValue<types::EnrollmentExchangeResponse>, Error<types::Problem>> {
         let url = format!("{}/api/v1/agent-enrollment/exchange", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .post(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .json(&body)
             .headers(header_map)
             .build()?;
@@ -135,12 +141,18 @@ impl Client {
     ) -> Result<ResponseValue<types::EnrollmentTokenList>, Error<types::Problem>> {
         let url = format!("{}/api/v1/agent-enrollment/tokens", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .query(&progenitor_client::QueryParam::new("cursor", &cursor))
             .query(&progenitor_client::QueryParam::new("limit", &limit))
             .headers(header_map)
@@ -176,12 +188,18 @@ impl Client {
     ) -> Result<ResponseValue<types::EnrollmentTokenIssued>, Error<types::Problem>> {
         let url = format!("{}/api/v1/agent-enrollment/tokens", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .post(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .json(&body)
             .headers(header_map)
             .build()?;
@@ -214,14 +232,24 @@ impl Client {
         enrollment_token_id: &'a ::uuid::Uuid,
         body: &'a types::RevokeRequest,
     ) -> Result<ResponseValue<types::EnrollmentTokenMetadata>, Error<types::Problem>> {
-        let url = format!("{}/api/v1/agent-enrollment/tokens/{}/revoke", self.baseurl, encode_path(&enrollment_token_id.to_string()),);
+        let url = format!(
+            "{}/api/v1/agent-enrollment/tokens/{}/revoke",
+            self.baseurl,
+            encode_path(&enrollment_token_id.to_string()),
+        );
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .post(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .json(&body)
             .headers(header_map)
             .build()?;
@@ -258,12 +286,18 @@ impl Client {
     ) -> Result<ResponseValue<types::AgentList>, Error<types::Problem>> {
         let url = format!("{}/api/v1/agents", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .query(&progenitor_client::QueryParam::new("cursor", &cursor))
             .query(&progenitor_client::QueryParam::new("limit", &limit))
             .headers(header_map)
@@ -290,15 +324,24 @@ impl Client {
     Sends a `GET` request to `/api/v1/agents/{agent_id}`
 
     */
-    pub async fn get_agent<'a>(&'a self, agent_id: &'a ::uuid::Uuid) -> Result<ResponseValue<types::AgentIdentity>, Error<types::Problem>> {
+    pub async fn get_agent<'a>(
+        &'a self,
+        agent_id: &'a ::uuid::Uuid,
+    ) -> Result<ResponseValue<types::AgentIdentity>, Error<types::Problem>> {
         let url = format!("{}/api/v1/agents/{}", self.baseurl, encode_path(&agent_id.to_string()),);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .headers(header_map)
             .build()?;
         let info = OperationInfo { operation_id: "get_agent" };
@@ -332,14 +375,24 @@ impl Client {
         agent_id: &'a ::uuid::Uuid,
         body: &'a types::CertificateRotateRequest,
     ) -> Result<ResponseValue<types::CertificateRotateResponse>, Error<types::Problem>> {
-        let url = format!("{}/api/v1/agents/{}/certificate/rotate", self.baseurl, encode_path(&agent_id.to_string()),);
+        let url = format!(
+            "{}/api/v1/agents/{}/certificate/rotate",
+            self.baseurl,
+            encode_path(&agent_id.to_string()),
+        );
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .post(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .json(&body)
             .headers(header_map)
             .build()?;
@@ -378,12 +431,18 @@ impl Client {
     ) -> Result<ResponseValue<types::AgentIdentity>, Error<types::Problem>> {
         let url = format!("{}/api/v1/agents/{}/revoke", self.baseurl, encode_path(&agent_id.to_string()),);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .post(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .json(&body)
             .headers(header_map)
             .build()?;
@@ -423,14 +482,24 @@ impl Client {
         agent_id: &'a ::uuid::Uuid,
         body: &'a types::AgentHeartbeatTelemetryRequest,
     ) -> Result<ResponseValue<types::HeartbeatAccepted>, Error<types::Problem>> {
-        let url = format!("{}/api/v1/agents/{}/telemetry/heartbeat", self.baseurl, encode_path(&agent_id.to_string()),);
+        let url = format!(
+            "{}/api/v1/agents/{}/telemetry/heartbeat",
+            self.baseurl,
+            encode_path(&agent_id.to_string()),
+        );
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .post(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .json(&body)
             .headers(header_map)
             .build()?;
@@ -462,15 +531,23 @@ impl Client {
     Sends a `GET` request to `/api/v1/asyncapi.json`
 
     */
-    pub async fn get_async_api_document<'a>(&'a self) -> Result<ResponseValue<types::AsyncApiDocument>, Error<types::Problem>> {
+    pub async fn get_async_api_document<'a>(
+        &'a self,
+    ) -> Result<ResponseValue<types::AsyncApiDocument>, Error<types::Problem>> {
         let url = format!("{}/api/v1/asyncapi.json", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .headers(header_map)
             .build()?;
         let info = OperationInfo { operation_id: "get_async_api_document" };
@@ -499,12 +576,18 @@ impl Client {
     ) -> Result<ResponseValue<types::AuditEventList>, Error<types::Problem>> {
         let url = format!("{}/api/v1/audit-events", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .query(&progenitor_client::QueryParam::new("cursor", &cursor))
             .query(&progenitor_client::QueryParam::new("limit", &limit))
             .headers(header_map)
@@ -539,12 +622,18 @@ impl Client {
     ) -> Result<ResponseValue<types::DomainEventList>, Error<types::Problem>> {
         let url = format!("{}/api/v1/events", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .query(&progenitor_client::QueryParam::new("cursor", &cursor))
             .query(&progenitor_client::QueryParam::new("limit", &limit))
             .headers(header_map)
@@ -574,15 +663,23 @@ impl Client {
     Sends a `GET` request to `/api/v1/openapi.json`
 
     */
-    pub async fn get_open_api_document<'a>(&'a self) -> Result<ResponseValue<types::OpenApiDocument>, Error<types::Problem>> {
+    pub async fn get_open_api_document<'a>(
+        &'a self,
+    ) -> Result<ResponseValue<types::OpenApiDocument>, Error<types::Problem>> {
         let url = format!("{}/api/v1/openapi.json", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .headers(header_map)
             .build()?;
         let info = OperationInfo { operation_id: "get_open_api_document" };
@@ -601,15 +698,23 @@ impl Client {
     Sends a `GET` request to `/healthz`
 
     */
-    pub async fn get_health<'a>(&'a self) -> Result<ResponseValue<types::HealthStatus>, Error<types::Problem>> {
+    pub async fn get_health<'a>(
+        &'a self,
+    ) -> Result<ResponseValue<types::HealthStatus>, Error<types::Problem>> {
         let url = format!("{}/healthz", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .headers(header_map)
             .build()?;
         let info = OperationInfo { operation_id: "get_health" };
@@ -631,7 +736,10 @@ impl Client {
     pub async fn get_metrics<'a>(&'a self) -> Result<ResponseValue<ByteStream>, Error<types::Problem>> {
         let url = format!("{}/metrics", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self.client.get(url).headers(header_map).build()?;
         let info = OperationInfo { operation_id: "get_metrics" };
@@ -650,15 +758,23 @@ impl Client {
     Sends a `GET` request to `/readyz`
 
     */
-    pub async fn get_readiness<'a>(&'a self) -> Result<ResponseValue<types::HealthStatus>, Error<types::Problem>> {
+    pub async fn get_readiness<'a>(
+        &'a self,
+    ) -> Result<ResponseValue<types::HealthStatus>, Error<types::Problem>> {
         let url = format!("{}/readyz", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .headers(header_map)
             .build()?;
         let info = OperationInfo { operation_id: "get_readiness" };
@@ -707,7 +823,11 @@ impl std::fmt::Display for ResponseTooLarge {
 }
 impl std::error::Error for ResponseTooLarge {}
 impl progenitor_client::ClientHooks<ClientOptions> for Client {
-    async fn exec(&self, request: reqwest::Request, _info: &OperationInfo) -> reqwest::Result<reqwest::Response> {
+    async fn exec(
+        &self,
+        request: reqwest::Request,
+        _info: &OperationInfo,
+    ) -> reqwest::Result<reqwest::Response> {
         let response = progenitor_client::ClientInfo::client(self).execute(request).await?;
         Ok(bounded_response(response, progenitor_client::ClientInfo::inner(self).max_response_bytes))
     }

@@ -250,7 +250,10 @@ pub const OPERATIONS: &[OperationSpec] = &[
         path: "/api/v1/asyncapi.json",
         security: None,
         request_schema: None,
-        responses: &[(200u16, ResponseSpec::Json("AsyncApiDocument")), (500u16, ResponseSpec::Json("Problem"))],
+        responses: &[
+            (200u16, ResponseSpec::Json("AsyncApiDocument")),
+            (500u16, ResponseSpec::Json("Problem")),
+        ],
     },
     OperationSpec {
         id: OperationId::ListAuditEvents,
@@ -291,7 +294,10 @@ pub const OPERATIONS: &[OperationSpec] = &[
         path: "/api/v1/openapi.json",
         security: None,
         request_schema: None,
-        responses: &[(200u16, ResponseSpec::Json("OpenApiDocument")), (500u16, ResponseSpec::Json("Problem"))],
+        responses: &[
+            (200u16, ResponseSpec::Json("OpenApiDocument")),
+            (500u16, ResponseSpec::Json("Problem")),
+        ],
     },
     OperationSpec {
         id: OperationId::GetHealth,
@@ -318,11 +324,16 @@ pub const OPERATIONS: &[OperationSpec] = &[
         path: "/readyz",
         security: None,
         request_schema: None,
-        responses: &[(200u16, ResponseSpec::Json("HealthStatus")), (500u16, ResponseSpec::Json("Problem")), (503u16, ResponseSpec::Json("Problem"))],
+        responses: &[
+            (200u16, ResponseSpec::Json("HealthStatus")),
+            (500u16, ResponseSpec::Json("Problem")),
+            (503u16, ResponseSpec::Json("Problem")),
+        ],
     },
 ];
 /// Request schemas and the identity properties they may not carry.
-pub const FORBIDDEN_PROPERTIES: &[(&str, &[&str])] = &[("AgentHeartbeatTelemetryRequest", &["tenant_id", "agent_id", "collector_id", "asset_id", "site_id"])];
+pub const FORBIDDEN_PROPERTIES: &[(&str, &[&str])] =
+    &[("AgentHeartbeatTelemetryRequest", &["tenant_id", "agent_id", "collector_id", "asset_id", "site_id"])];
 /// One request target: an operation of the contract and the concrete
 /// path (and query) to send it to. Built by the functions in [`ops`],
 /// so a test or check naming an operation the contract no longer has
@@ -555,8 +566,8 @@ pub mod ops {
     }
     /// `POST /api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke` (`revokeEnrollmentToken`), its path parameters inserted as given.
     pub fn revoke_enrollment_token(enrollment_token_id: impl std::fmt::Display) -> Route {
-        let path =
-            String::from("/api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke").replace("{enrollment_token_id}", &enrollment_token_id.to_string());
+        let path = String::from("/api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke")
+            .replace("{enrollment_token_id}", &enrollment_token_id.to_string());
         Route { op: &OPERATIONS[3usize], path }
     }
     /// `GET /api/v1/agents` (`listAgents`), its path parameters inserted as given.
@@ -571,17 +582,20 @@ pub mod ops {
     }
     /// `POST /api/v1/agents/{agent_id}/certificate/rotate` (`rotateAgentCertificate`), its path parameters inserted as given.
     pub fn rotate_agent_certificate(agent_id: impl std::fmt::Display) -> Route {
-        let path = String::from("/api/v1/agents/{agent_id}/certificate/rotate").replace("{agent_id}", &agent_id.to_string());
+        let path = String::from("/api/v1/agents/{agent_id}/certificate/rotate")
+            .replace("{agent_id}", &agent_id.to_string());
         Route { op: &OPERATIONS[6usize], path }
     }
     /// `POST /api/v1/agents/{agent_id}/revoke` (`revokeAgent`), its path parameters inserted as given.
     pub fn revoke_agent(agent_id: impl std::fmt::Display) -> Route {
-        let path = String::from("/api/v1/agents/{agent_id}/revoke").replace("{agent_id}", &agent_id.to_string());
+        let path =
+            String::from("/api/v1/agents/{agent_id}/revoke").replace("{agent_id}", &agent_id.to_string());
         Route { op: &OPERATIONS[7usize], path }
     }
     /// `POST /api/v1/agents/{agent_id}/telemetry/heartbeat` (`postAgentHeartbeat`), its path parameters inserted as given.
     pub fn post_agent_heartbeat(agent_id: impl std::fmt::Display) -> Route {
-        let path = String::from("/api/v1/agents/{agent_id}/telemetry/heartbeat").replace("{agent_id}", &agent_id.to_string());
+        let path = String::from("/api/v1/agents/{agent_id}/telemetry/heartbeat")
+            .replace("{agent_id}", &agent_id.to_string());
         Route { op: &OPERATIONS[8usize], path }
     }
     /// `GET /api/v1/asyncapi.json` (`getAsyncApiDocument`), its path parameters inserted as given.
@@ -637,8 +651,14 @@ impl std::fmt::Display for SchemaViolation {
     }
 }
 static VALIDATORS: LazyLock<BTreeMap<String, jsonschema::Validator>> = LazyLock::new(|| {
-    let Ok(bundle) = serde_json::from_str::<serde_json::Value>(SCHEMA_BUNDLE_JSON) else { return BTreeMap::new() };
-    let names: Vec<String> = bundle.get("$defs").and_then(|d| d.as_object()).map(|d| d.keys().cloned().collect()).unwrap_or_default();
+    let Ok(bundle) = serde_json::from_str::<serde_json::Value>(SCHEMA_BUNDLE_JSON) else {
+        return BTreeMap::new();
+    };
+    let names: Vec<String> = bundle
+        .get("$defs")
+        .and_then(|d| d.as_object())
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
     names
         .into_iter()
         .filter_map(|name| {
@@ -653,17 +673,27 @@ static VALIDATORS: LazyLock<BTreeMap<String, jsonschema::Validator>> = LazyLock:
 /// An unknown schema name is itself a violation (fail closed).
 pub fn validate_schema(schema: &str, instance: &serde_json::Value) -> Result<(), Vec<SchemaViolation>> {
     let Some(validator) = VALIDATORS.get(schema) else {
-        return Err(vec![SchemaViolation { pointer: String::new(), message: format!("unknown schema `{schema}`") }]);
+        return Err(vec![SchemaViolation {
+            pointer: String::new(),
+            message: format!("unknown schema `{schema}`"),
+        }]);
     };
     if validator.is_valid(instance) {
         return Ok(());
     }
-    let violations: Vec<SchemaViolation> =
-        validator.iter_errors(instance).map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() }).collect();
+    let violations: Vec<SchemaViolation> = validator
+        .iter_errors(instance)
+        .map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() })
+        .collect();
     if violations.is_empty() { Ok(()) } else { Err(violations) }
 }
 /// The first identity property `instance` carries that `schema` forbids.
 pub fn forbidden_property(schema: &str, instance: &serde_json::Value) -> Option<&'static str> {
     let object = instance.as_object()?;
-    FORBIDDEN_PROPERTIES.iter().filter(|(s, _)| *s == schema).flat_map(|(_, props)| props.iter()).find(|p| object.contains_key(**p)).copied()
+    FORBIDDEN_PROPERTIES
+        .iter()
+        .filter(|(s, _)| *s == schema)
+        .flat_map(|(_, props)| props.iter())
+        .find(|p| object.contains_key(**p))
+        .copied()
 }

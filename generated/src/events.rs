@@ -34,7 +34,8 @@ pub mod agent_certificate_rotated {
     impl ::std::str::FromStr for AgentCertificateRotatedDataPublicKeySha256 {
         type Err = self::error::ConversionError;
         fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{64}$").unwrap());
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{64}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{64}$\"".into());
             }
@@ -49,7 +50,9 @@ pub mod agent_certificate_rotated {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentCertificateRotatedDataPublicKeySha256 {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -58,9 +61,9 @@ pub mod agent_certificate_rotated {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     /// Error types.
@@ -142,7 +145,9 @@ pub mod agent_enrolled {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrolledDataAgentVersion {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -151,9 +156,9 @@ pub mod agent_enrolled {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AgentEnrolledDataHostname`
@@ -188,7 +193,9 @@ pub mod agent_enrolled {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrolledDataHostname {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -197,9 +204,9 @@ pub mod agent_enrolled {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///Hex SHA-256 of the public key (public, not secret).
@@ -220,7 +227,8 @@ pub mod agent_enrolled {
     impl ::std::str::FromStr for AgentEnrolledDataPublicKeySha256 {
         type Err = self::error::ConversionError;
         fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{64}$").unwrap());
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{64}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{64}$\"".into());
             }
@@ -235,7 +243,9 @@ pub mod agent_enrolled {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrolledDataPublicKeySha256 {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -244,9 +254,9 @@ pub mod agent_enrolled {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AgentEnrolledDataSiteId`
@@ -281,7 +291,9 @@ pub mod agent_enrolled {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrolledDataSiteId {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -290,9 +302,9 @@ pub mod agent_enrolled {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     /// Error types.
@@ -333,7 +345,9 @@ pub mod agent_enrollment_failed {
         pub reason: AgentEnrollmentFailedDataReason,
     }
     ///`AgentEnrollmentFailedDataReason`
-    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[derive(
+        ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+    )]
     pub enum AgentEnrollmentFailedDataReason {
         #[serde(rename = "token_unknown")]
         TokenUnknown,
@@ -382,7 +396,9 @@ pub mod agent_enrollment_failed {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrollmentFailedDataReason {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -463,7 +479,9 @@ pub mod agent_enrollment_token_issued {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrollmentTokenIssuedDataIssuedBy {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -472,9 +490,9 @@ pub mod agent_enrollment_token_issued {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AgentEnrollmentTokenIssuedDataLabel`
@@ -509,7 +527,9 @@ pub mod agent_enrollment_token_issued {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrollmentTokenIssuedDataLabel {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -518,9 +538,9 @@ pub mod agent_enrollment_token_issued {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AgentEnrollmentTokenIssuedDataSiteId`
@@ -555,7 +575,9 @@ pub mod agent_enrollment_token_issued {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrollmentTokenIssuedDataSiteId {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -564,9 +586,9 @@ pub mod agent_enrollment_token_issued {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     /// Error types.
@@ -639,7 +661,9 @@ pub mod agent_enrollment_token_revoked {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrollmentTokenRevokedDataReason {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -648,9 +672,9 @@ pub mod agent_enrollment_token_revoked {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AgentEnrollmentTokenRevokedDataRevokedBy`
@@ -685,7 +709,9 @@ pub mod agent_enrollment_token_revoked {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentEnrollmentTokenRevokedDataRevokedBy {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -694,9 +720,9 @@ pub mod agent_enrollment_token_revoked {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     /// Error types.
@@ -769,7 +795,9 @@ pub mod agent_revoked {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentRevokedDataReason {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -778,9 +806,9 @@ pub mod agent_revoked {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AgentRevokedDataRevokedBy`
@@ -815,7 +843,9 @@ pub mod agent_revoked {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AgentRevokedDataRevokedBy {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -824,9 +854,9 @@ pub mod agent_revoked {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     /// Error types.
@@ -903,7 +933,9 @@ pub mod asset_discovered {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AssetDiscoveredDataHostname {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -912,9 +944,9 @@ pub mod asset_discovered {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AssetDiscoveredDataOsFamily`
@@ -949,7 +981,9 @@ pub mod asset_discovered {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AssetDiscoveredDataOsFamily {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -958,9 +992,9 @@ pub mod asset_discovered {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     ///`AssetDiscoveredDataOsVersion`
@@ -995,7 +1029,9 @@ pub mod asset_discovered {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AssetDiscoveredDataOsVersion {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1004,9 +1040,9 @@ pub mod asset_discovered {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     /// Error types.
@@ -1092,7 +1128,9 @@ pub mod asset_telemetry_received {
     }
     impl ::std::convert::TryFrom<::std::string::String> for AssetTelemetryReceivedDataHostname {
         type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1101,9 +1139,9 @@ pub mod asset_telemetry_received {
         where
             D: ::serde::Deserializer<'de>,
         {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
         }
     }
     /// Error types.
@@ -1171,14 +1209,29 @@ pub const EVENT_TYPES: [&str; 8usize] = [
 /// Every published (type, `dataschema`) pair: a type keeps its old
 /// versions beside new ones, oldest first.
 pub const EVENT_VERSIONS: [(&str, &str); 8usize] = [
-    ("agent.certificate.rotated", "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json"),
+    (
+        "agent.certificate.rotated",
+        "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json",
+    ),
     ("agent.enrolled", "https://schemas.oneprotect.dev/events/agent.enrolled.v1.schema.json"),
-    ("agent.enrollment.failed", "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json"),
-    ("agent.enrollment_token.issued", "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json"),
-    ("agent.enrollment_token.revoked", "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json"),
+    (
+        "agent.enrollment.failed",
+        "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json",
+    ),
+    (
+        "agent.enrollment_token.issued",
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json",
+    ),
+    (
+        "agent.enrollment_token.revoked",
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json",
+    ),
     ("agent.revoked", "https://schemas.oneprotect.dev/events/agent.revoked.v1.schema.json"),
     ("asset.discovered", "https://schemas.oneprotect.dev/events/asset.discovered.v1.schema.json"),
-    ("asset.telemetry.received", "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json"),
+    (
+        "asset.telemetry.received",
+        "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json",
+    ),
 ];
 /// A payload type that knows its CloudEvents `type` and schema.
 pub trait EventData: serde::Serialize {
@@ -1187,7 +1240,8 @@ pub trait EventData: serde::Serialize {
 }
 impl EventData for agent_certificate_rotated::AgentCertificateRotatedData {
     const EVENT_TYPE: &'static str = "agent.certificate.rotated";
-    const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json";
+    const DATASCHEMA: &'static str =
+        "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json";
 }
 impl EventData for agent_enrolled::AgentEnrolledData {
     const EVENT_TYPE: &'static str = "agent.enrolled";
@@ -1195,15 +1249,18 @@ impl EventData for agent_enrolled::AgentEnrolledData {
 }
 impl EventData for agent_enrollment_failed::AgentEnrollmentFailedData {
     const EVENT_TYPE: &'static str = "agent.enrollment.failed";
-    const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json";
+    const DATASCHEMA: &'static str =
+        "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json";
 }
 impl EventData for agent_enrollment_token_issued::AgentEnrollmentTokenIssuedData {
     const EVENT_TYPE: &'static str = "agent.enrollment_token.issued";
-    const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json";
+    const DATASCHEMA: &'static str =
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json";
 }
 impl EventData for agent_enrollment_token_revoked::AgentEnrollmentTokenRevokedData {
     const EVENT_TYPE: &'static str = "agent.enrollment_token.revoked";
-    const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json";
+    const DATASCHEMA: &'static str =
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json";
 }
 impl EventData for agent_revoked::AgentRevokedData {
     const EVENT_TYPE: &'static str = "agent.revoked";
@@ -1215,7 +1272,8 @@ impl EventData for asset_discovered::AssetDiscoveredData {
 }
 impl EventData for asset_telemetry_received::AssetTelemetryReceivedData {
     const EVENT_TYPE: &'static str = "asset.telemetry.received";
-    const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json";
+    const DATASCHEMA: &'static str =
+        "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json";
 }
 /// CloudEvents 1.0 structured-mode envelope with the `tenantid` extension.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -1262,7 +1320,9 @@ pub fn schema_json(dataschema: &str) -> Option<&'static str> {
         "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json" => {
             Some(include_str!("schemas/events/agent.certificate.rotated.v1.schema.json"))
         }
-        "https://schemas.oneprotect.dev/events/agent.enrolled.v1.schema.json" => Some(include_str!("schemas/events/agent.enrolled.v1.schema.json")),
+        "https://schemas.oneprotect.dev/events/agent.enrolled.v1.schema.json" => {
+            Some(include_str!("schemas/events/agent.enrolled.v1.schema.json"))
+        }
         "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json" => {
             Some(include_str!("schemas/events/agent.enrollment.failed.v1.schema.json"))
         }
@@ -1272,8 +1332,12 @@ pub fn schema_json(dataschema: &str) -> Option<&'static str> {
         "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json" => {
             Some(include_str!("schemas/events/agent.enrollment_token.revoked.v1.schema.json"))
         }
-        "https://schemas.oneprotect.dev/events/agent.revoked.v1.schema.json" => Some(include_str!("schemas/events/agent.revoked.v1.schema.json")),
-        "https://schemas.oneprotect.dev/events/asset.discovered.v1.schema.json" => Some(include_str!("schemas/events/asset.discovered.v1.schema.json")),
+        "https://schemas.oneprotect.dev/events/agent.revoked.v1.schema.json" => {
+            Some(include_str!("schemas/events/agent.revoked.v1.schema.json"))
+        }
+        "https://schemas.oneprotect.dev/events/asset.discovered.v1.schema.json" => {
+            Some(include_str!("schemas/events/asset.discovered.v1.schema.json"))
+        }
         "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json" => {
             Some(include_str!("schemas/events/asset.telemetry.received.v1.schema.json"))
         }
@@ -1332,11 +1396,14 @@ pub fn validate(event: &serde_json::Value) -> Result<(), EventValidationError> {
         .find(|(t, ds)| *t == event_type && Some(*ds) == declared)
         .or_else(|| EVENT_VERSIONS.iter().find(|(t, _)| *t == event_type))
         .ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
-    let validator = VALIDATORS.get(version.1).ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
+    let validator =
+        VALIDATORS.get(version.1).ok_or_else(|| EventValidationError::UnknownType(event_type.to_owned()))?;
     if validator.is_valid(event) {
         return Ok(());
     }
-    let violations: Vec<SchemaViolation> =
-        validator.iter_errors(event).map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() }).collect();
+    let violations: Vec<SchemaViolation> = validator
+        .iter_errors(event)
+        .map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() })
+        .collect();
     if violations.is_empty() { Ok(()) } else { Err(EventValidationError::Invalid(violations)) }
 }

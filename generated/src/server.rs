@@ -55,17 +55,32 @@ impl RequestContext {
             .headers
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
             .map(str::to_owned);
         let request_id_from_caller = from_caller.is_some();
         let request_id = from_caller.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let remote_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        let forwarded_for = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 1024).map(str::to_owned);
+        let forwarded_for = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 1024)
+            .map(str::to_owned);
         Self { request_id, request_id_from_caller, remote_addr, forwarded_for }
     }
 }
 /// Builds a `Problem` with the stable `code` and the request id.
-pub fn problem(status: StatusCode, code: ProblemCode, title: &str, detail: Option<String>, request_id: &str) -> ProblemBody {
+pub fn problem(
+    status: StatusCode,
+    code: ProblemCode,
+    title: &str,
+    detail: Option<String>,
+    request_id: &str,
+) -> ProblemBody {
     ProblemBody {
         type_: format!("{PROBLEM_TYPE_PREFIX}{code}"),
         title: title.to_owned(),
@@ -80,7 +95,13 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, request_
     let bytes = match serde_json::to_vec(body) {
         Ok(b) => b,
         Err(_) => {
-            return problem_response(&problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, request_id));
+            return problem_response(&problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                request_id,
+            ));
         }
     };
     let mut response = (status, bytes).into_response();
@@ -107,15 +128,26 @@ fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
 }
-fn reject(status: StatusCode, code: ProblemCode, title: &str, detail: impl Into<String>, ctx: &RequestContext) -> Response {
+fn reject(
+    status: StatusCode,
+    code: ProblemCode,
+    title: &str,
+    detail: impl Into<String>,
+    ctx: &RequestContext,
+) -> Response {
     problem_response(&problem(status, code, title, Some(detail.into()), &ctx.request_id))
 }
 /// Extracts `Authorization: Bearer <token>`; anything else is 401 `unauthenticated`.
 fn bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<BearerToken, Response> {
-    let unauthenticated = |detail: &str| reject(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", detail, ctx);
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthenticated("this operation requires a bearer token"))?;
+    let unauthenticated = |detail: &str| {
+        reject(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", detail, ctx)
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("this operation requires a bearer token"))?;
     let value = value.to_str().map_err(|_| unauthenticated("the Authorization header is not valid text"))?;
-    let (scheme, token) = value.split_once(' ').ok_or_else(|| unauthenticated("use `Authorization: Bearer <token>`"))?;
+    let (scheme, token) =
+        value.split_once(' ').ok_or_else(|| unauthenticated("use `Authorization: Bearer <token>`"))?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err(unauthenticated("use `Authorization: Bearer <token>`"));
@@ -130,10 +162,20 @@ fn path_params(params: &RawPathParams) -> std::collections::HashMap<String, Stri
     params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 #[allow(dead_code)]
-fn path_uuid(params: &std::collections::HashMap<String, String>, name: &str, ctx: &RequestContext) -> Result<uuid::Uuid, Response> {
+fn path_uuid(
+    params: &std::collections::HashMap<String, String>,
+    name: &str,
+    ctx: &RequestContext,
+) -> Result<uuid::Uuid, Response> {
     let raw = params.get(name).map(String::as_str).unwrap_or_default();
     uuid::Uuid::parse_str(raw).map_err(|_| {
-        reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", format!("path parameter `{name}` must be a UUID"), ctx)
+        reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::ParameterInvalid,
+            "Invalid parameter",
+            format!("path parameter `{name}` must be a UUID"),
+            ctx,
+        )
     })
 }
 #[allow(dead_code)]
@@ -143,8 +185,15 @@ fn path_string(params: &std::collections::HashMap<String, String>, name: &str) -
 #[allow(dead_code)]
 fn query_params<T: DeserializeOwned>(parts: &Parts, ctx: &RequestContext) -> Result<T, Response> {
     let raw = parts.uri.query().unwrap_or_default();
-    serde_urlencoded::from_str::<T>(raw)
-        .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a query parameter is malformed", ctx))
+    serde_urlencoded::from_str::<T>(raw).map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::ParameterInvalid,
+            "Invalid parameter",
+            "a query parameter is malformed",
+            ctx,
+        )
+    })
 }
 /// An integer query parameter as `i64` for the range check (saturating).
 trait AsI64 {
@@ -164,11 +213,21 @@ as_i64! {
     i64::try_from(v.get()).unwrap_or(i64::MAX),
 }
 #[allow(dead_code)]
-fn check_integer(value: Option<i64>, name: &str, min: Option<i64>, max: Option<i64>, ctx: &RequestContext) -> Result<(), Response> {
+fn check_integer(
+    value: Option<i64>,
+    name: &str,
+    min: Option<i64>,
+    max: Option<i64>,
+    ctx: &RequestContext,
+) -> Result<(), Response> {
     if let Some(v) = value
         && (min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m))
     {
-        let range = format!("{}..={}", min.map(|m| m.to_string()).unwrap_or_default(), max.map(|m| m.to_string()).unwrap_or_default());
+        let range = format!(
+            "{}..={}",
+            min.map(|m| m.to_string()).unwrap_or_default(),
+            max.map(|m| m.to_string()).unwrap_or_default()
+        );
         return Err(reject(
             StatusCode::BAD_REQUEST,
             ProblemCode::ParameterInvalid,
@@ -200,7 +259,9 @@ fn check_length(value: Option<&str>, name: &str, max: usize, ctx: &RequestContex
 /// Up to this bound the answer is delivered and the connection stays usable.
 const DISCARD_LIMIT: usize = 1 << 20;
 const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-async fn next_frame(body: &mut axum::body::Body) -> Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>> {
+async fn next_frame(
+    body: &mut axum::body::Body,
+) -> Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>> {
     std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx)).await
 }
 /// Reads and drops what remains of a refused body, within the bounds above.
@@ -219,8 +280,15 @@ async fn discard(mut body: axum::body::Body) {
 /// Reads, size-limits, parses and schema-validates a JSON body. Error
 /// details name the field, never echo its value.
 #[allow(dead_code)]
-async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, schema: &str, limit: usize, ctx: &RequestContext) -> Result<T, Response> {
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+async fn json_body<T: DeserializeOwned>(
+    parts: &Parts,
+    body: axum::body::Body,
+    schema: &str,
+    limit: usize,
+    ctx: &RequestContext,
+) -> Result<T, Response> {
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         discard(body).await;
@@ -232,8 +300,20 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
             ctx,
         ));
     }
-    let too_large = || reject(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::PayloadTooLarge, "Payload too large", format!("the body exceeds {limit} bytes"), ctx);
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemCode::PayloadTooLarge,
+            "Payload too large",
+            format!("the body exceeds {limit} bytes"),
+            ctx,
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         discard(body).await;
         return Err(too_large());
@@ -268,17 +348,36 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
         ));
     }
     if let Err(violations) = crate::contract::validate_schema(schema, &value) {
-        let detail =
-            violations.iter().take(5).map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message)).collect::<Vec<_>>().join("; ");
-        return Err(reject(StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid, "Invalid request body", detail, ctx));
+        let detail = violations
+            .iter()
+            .take(5)
+            .map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::RequestInvalid,
+            "Invalid request body",
+            detail,
+            ctx,
+        ));
     }
-    serde_json::from_value(value)
-        .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid, "Invalid request body", format!("the body does not match `{schema}`"), ctx))
+    serde_json::from_value(value).map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::RequestInvalid,
+            "Invalid request body",
+            format!("the body does not match `{schema}`"),
+            ctx,
+        )
+    })
 }
 #[allow(dead_code)]
 fn text_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 async fn not_found(req: Request) -> Response {
@@ -289,7 +388,13 @@ async fn not_found(req: Request) -> Response {
 async fn method_not_allowed(req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    reject(StatusCode::METHOD_NOT_ALLOWED, ProblemCode::MethodNotAllowed, "Method not allowed", format!("{} is not allowed on this route", parts.method), &ctx)
+    reject(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ProblemCode::MethodNotAllowed,
+        "Method not allowed",
+        format!("{} is not allowed on this route", parts.method),
+        &ctx,
+    )
 }
 /// The query as read, before its bounds are judged.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -379,13 +484,25 @@ impl ExchangeEnrollmentTokenResponse {
         match self {
             Self::Created(_) => StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Conflict(_) => StatusCode::from_u16(409u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::PayloadTooLarge(_) => StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::UnsupportedMediaType(_) => StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::TooManyRequests { .. } => StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::PayloadTooLarge(_) => {
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::UnsupportedMediaType(_) => {
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::TooManyRequests { .. } => {
+                StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -400,28 +517,61 @@ impl ExchangeEnrollmentTokenResponse {
             429u16 => Self::TooManyRequests { body: p, retry_after: 1 },
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for ExchangeEnrollmentTokenResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Created(body) => body_response(StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Conflict(body) => body_response(StatusCode::from_u16(409u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::PayloadTooLarge(body) => body_response(StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::UnsupportedMediaType(body) => body_response(StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Created(body) => body_response(
+                StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Conflict(body) => body_response(
+                StatusCode::from_u16(409u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::PayloadTooLarge(body) => body_response(
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::UnsupportedMediaType(body) => body_response(
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
             Self::TooManyRequests { body, retry_after } => {
-                let mut response = body_response(StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body);
+                let mut response = body_response(
+                    StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    &body,
+                );
                 if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
                     response.headers_mut().insert("retry-after", value);
                 }
                 response
             }
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -447,10 +597,16 @@ impl ListEnrollmentTokensResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -462,19 +618,43 @@ impl ListEnrollmentTokensResponse {
             403u16 => Self::Forbidden(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for ListEnrollmentTokensResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -504,12 +684,22 @@ impl IssueEnrollmentTokenResponse {
         match self {
             Self::Created(_) => StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::PayloadTooLarge(_) => StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::UnsupportedMediaType(_) => StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::PayloadTooLarge(_) => {
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::UnsupportedMediaType(_) => {
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -523,21 +713,51 @@ impl IssueEnrollmentTokenResponse {
             415u16 => Self::UnsupportedMediaType(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for IssueEnrollmentTokenResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Created(body) => body_response(StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::PayloadTooLarge(body) => body_response(StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::UnsupportedMediaType(body) => body_response(StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Created(body) => body_response(
+                StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::PayloadTooLarge(body) => body_response(
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::UnsupportedMediaType(body) => body_response(
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -569,13 +789,23 @@ impl RevokeEnrollmentTokenResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::NotFound(_) => StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::PayloadTooLarge(_) => StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::UnsupportedMediaType(_) => StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::PayloadTooLarge(_) => {
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::UnsupportedMediaType(_) => {
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -590,22 +820,55 @@ impl RevokeEnrollmentTokenResponse {
             415u16 => Self::UnsupportedMediaType(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for RevokeEnrollmentTokenResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::NotFound(body) => body_response(StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::PayloadTooLarge(body) => body_response(StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::UnsupportedMediaType(body) => body_response(StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::NotFound(body) => body_response(
+                StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::PayloadTooLarge(body) => body_response(
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::UnsupportedMediaType(body) => body_response(
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -631,10 +894,16 @@ impl ListAgentsResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -646,19 +915,43 @@ impl ListAgentsResponse {
             403u16 => Self::Forbidden(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for ListAgentsResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -686,11 +979,17 @@ impl GetAgentResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::NotFound(_) => StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -703,20 +1002,47 @@ impl GetAgentResponse {
             404u16 => Self::NotFound(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetAgentResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::NotFound(body) => body_response(StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::NotFound(body) => body_response(
+                StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -754,14 +1080,26 @@ impl RotateAgentCertificateResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::Conflict(_) => StatusCode::from_u16(409u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::PayloadTooLarge(_) => StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::UnsupportedMediaType(_) => StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::TooManyRequests { .. } => StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::PayloadTooLarge(_) => {
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::UnsupportedMediaType(_) => {
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::TooManyRequests { .. } => {
+                StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -777,29 +1115,65 @@ impl RotateAgentCertificateResponse {
             429u16 => Self::TooManyRequests { body: p, retry_after: 1 },
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for RotateAgentCertificateResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Conflict(body) => body_response(StatusCode::from_u16(409u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::PayloadTooLarge(body) => body_response(StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::UnsupportedMediaType(body) => body_response(StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Conflict(body) => body_response(
+                StatusCode::from_u16(409u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::PayloadTooLarge(body) => body_response(
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::UnsupportedMediaType(body) => body_response(
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
             Self::TooManyRequests { body, retry_after } => {
-                let mut response = body_response(StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body);
+                let mut response = body_response(
+                    StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    &body,
+                );
                 if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
                     response.headers_mut().insert("retry-after", value);
                 }
                 response
             }
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -831,13 +1205,23 @@ impl RevokeAgentResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::NotFound(_) => StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::PayloadTooLarge(_) => StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::UnsupportedMediaType(_) => StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::PayloadTooLarge(_) => {
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::UnsupportedMediaType(_) => {
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -852,22 +1236,55 @@ impl RevokeAgentResponse {
             415u16 => Self::UnsupportedMediaType(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for RevokeAgentResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::NotFound(body) => body_response(StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::PayloadTooLarge(body) => body_response(StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::UnsupportedMediaType(body) => body_response(StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::NotFound(body) => body_response(
+                StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::PayloadTooLarge(body) => body_response(
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::UnsupportedMediaType(body) => body_response(
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -903,13 +1320,25 @@ impl PostAgentHeartbeatResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::PayloadTooLarge(_) => StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::UnsupportedMediaType(_) => StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::TooManyRequests { .. } => StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::PayloadTooLarge(_) => {
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::UnsupportedMediaType(_) => {
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::TooManyRequests { .. } => {
+                StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -924,28 +1353,61 @@ impl PostAgentHeartbeatResponse {
             429u16 => Self::TooManyRequests { body: p, retry_after: 1 },
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for PostAgentHeartbeatResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::PayloadTooLarge(body) => body_response(StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::UnsupportedMediaType(body) => body_response(StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::PayloadTooLarge(body) => body_response(
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::UnsupportedMediaType(body) => body_response(
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
             Self::TooManyRequests { body, retry_after } => {
-                let mut response = body_response(StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body);
+                let mut response = body_response(
+                    StatusCode::from_u16(429u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    &body,
+                );
                 if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
                     response.headers_mut().insert("retry-after", value);
                 }
                 response
             }
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -962,7 +1424,9 @@ impl GetAsyncApiDocumentResponse {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -970,15 +1434,27 @@ impl GetAsyncApiDocumentResponse {
     pub fn from_problem(p: ProblemBody) -> Self {
         match p.status {
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetAsyncApiDocumentResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -1004,10 +1480,16 @@ impl ListAuditEventsResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -1019,19 +1501,43 @@ impl ListAuditEventsResponse {
             403u16 => Self::Forbidden(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for ListAuditEventsResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -1057,10 +1563,16 @@ impl ListEventsResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -1072,19 +1584,43 @@ impl ListEventsResponse {
             403u16 => Self::Forbidden(p),
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for ListEventsResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -1101,7 +1637,9 @@ impl GetOpenApiDocumentResponse {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -1109,15 +1647,27 @@ impl GetOpenApiDocumentResponse {
     pub fn from_problem(p: ProblemBody) -> Self {
         match p.status {
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetOpenApiDocumentResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -1134,7 +1684,9 @@ impl GetHealthResponse {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -1142,15 +1694,27 @@ impl GetHealthResponse {
     pub fn from_problem(p: ProblemBody) -> Self {
         match p.status {
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetHealthResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -1167,7 +1731,9 @@ impl GetMetricsResponse {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -1175,15 +1741,26 @@ impl GetMetricsResponse {
     pub fn from_problem(p: ProblemBody) -> Self {
         match p.status {
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetMetricsResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => text_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => {
+                text_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body)
+            }
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -1202,8 +1779,12 @@ impl GetReadinessResponse {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::ServiceUnavailable(_) => StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -1212,16 +1793,31 @@ impl GetReadinessResponse {
         match p.status {
             500u16 => Self::InternalError(p),
             503u16 => Self::ServiceUnavailable(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetReadinessResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::ServiceUnavailable(body) => body_response(StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -1279,9 +1875,19 @@ pub trait Api: Send + Sync + 'static {
         body: types::RevokeRequest,
     ) -> impl Future<Output = RevokeEnrollmentTokenResponse> + Send;
     ///`GET /api/v1/agents`: List agent identities
-    fn list_agents(&self, ctx: RequestContext, auth: Self::TenantAdminBearer, query: ListAgentsQuery) -> impl Future<Output = ListAgentsResponse> + Send;
+    fn list_agents(
+        &self,
+        ctx: RequestContext,
+        auth: Self::TenantAdminBearer,
+        query: ListAgentsQuery,
+    ) -> impl Future<Output = ListAgentsResponse> + Send;
     ///`GET /api/v1/agents/{agent_id}`: Get one agent identity
-    fn get_agent(&self, ctx: RequestContext, auth: Self::TenantAdminBearer, agent_id: uuid::Uuid) -> impl Future<Output = GetAgentResponse> + Send;
+    fn get_agent(
+        &self,
+        ctx: RequestContext,
+        auth: Self::TenantAdminBearer,
+        agent_id: uuid::Uuid,
+    ) -> impl Future<Output = GetAgentResponse> + Send;
     ///`POST /api/v1/agents/{agent_id}/certificate/rotate`: Rotate the agent's certificate record and runtime token
     fn rotate_agent_certificate(
         &self,
@@ -1307,7 +1913,10 @@ pub trait Api: Send + Sync + 'static {
         body: types::AgentHeartbeatTelemetryRequest,
     ) -> impl Future<Output = PostAgentHeartbeatResponse> + Send;
     ///`GET /api/v1/asyncapi.json`: The AsyncAPI document of the events this deployment emits
-    fn get_async_api_document(&self, ctx: RequestContext) -> impl Future<Output = GetAsyncApiDocumentResponse> + Send;
+    fn get_async_api_document(
+        &self,
+        ctx: RequestContext,
+    ) -> impl Future<Output = GetAsyncApiDocumentResponse> + Send;
     ///`GET /api/v1/audit-events`: List the tenant's audit records
     fn list_audit_events(
         &self,
@@ -1316,9 +1925,17 @@ pub trait Api: Send + Sync + 'static {
         query: ListAuditEventsQuery,
     ) -> impl Future<Output = ListAuditEventsResponse> + Send;
     ///`GET /api/v1/events`: List the tenant's emitted domain events (CloudEvents), newest last
-    fn list_events(&self, ctx: RequestContext, auth: Self::TenantAdminBearer, query: ListEventsQuery) -> impl Future<Output = ListEventsResponse> + Send;
+    fn list_events(
+        &self,
+        ctx: RequestContext,
+        auth: Self::TenantAdminBearer,
+        query: ListEventsQuery,
+    ) -> impl Future<Output = ListEventsResponse> + Send;
     ///`GET /api/v1/openapi.json`: The OpenAPI document this deployment implements
-    fn get_open_api_document(&self, ctx: RequestContext) -> impl Future<Output = GetOpenApiDocumentResponse> + Send;
+    fn get_open_api_document(
+        &self,
+        ctx: RequestContext,
+    ) -> impl Future<Output = GetOpenApiDocumentResponse> + Send;
     ///`GET /healthz`: Liveness
     fn get_health(&self, ctx: RequestContext) -> impl Future<Output = GetHealthResponse> + Send;
     ///`GET /metrics`: Prometheus metrics in the text exposition format
@@ -1341,8 +1958,14 @@ async fn handle_exchange_enrollment_token<A: Api>(State(api): State<Arc<A>>, req
     let ctx = RequestContext::from_parts(&parts);
     let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let body: types::EnrollmentExchangeRequest =
-            json_body(&parts, unread.take().unwrap_or_default(), "EnrollmentExchangeRequest", 65536usize, &ctx).await?;
+        let body: types::EnrollmentExchangeRequest = json_body(
+            &parts,
+            unread.take().unwrap_or_default(),
+            "EnrollmentExchangeRequest",
+            65536usize,
+            &ctx,
+        )
+        .await?;
         Ok(api.exchange_enrollment_token(ctx.clone(), body).await.into_response())
     }
     .await;
@@ -1370,9 +1993,17 @@ async fn handle_list_enrollment_tokens<A: Api>(State(api): State<Arc<A>>, req: R
         check_length(raw.cursor.as_deref(), "cursor", 128usize, &ctx)?;
         let query = ListEnrollmentTokensQuery {
             limit: raw.limit,
-            cursor: raw.cursor.map(types::ListEnrollmentTokensCursor::try_from).transpose().map_err(|_| {
-                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
-            })?,
+            cursor: raw.cursor.map(types::ListEnrollmentTokensCursor::try_from).transpose().map_err(
+                |_| {
+                    reject(
+                        StatusCode::BAD_REQUEST,
+                        ProblemCode::ParameterInvalid,
+                        "Invalid parameter",
+                        "query parameter `cursor` is malformed",
+                        &ctx,
+                    )
+                },
+            )?,
         };
         Ok(api.list_enrollment_tokens(ctx.clone(), auth, query).await.into_response())
     }
@@ -1392,8 +2023,14 @@ async fn handle_issue_enrollment_token<A: Api>(State(api): State<Arc<A>>, req: R
             .authenticate_tenant_admin_bearer(&ctx, &crate::contract::OPERATIONS[2usize], &params, token)
             .await
             .map_err(|problem| IssueEnrollmentTokenResponse::from_problem(problem).into_response())?;
-        let body: types::EnrollmentTokenIssueRequest =
-            json_body(&parts, unread.take().unwrap_or_default(), "EnrollmentTokenIssueRequest", 65536usize, &ctx).await?;
+        let body: types::EnrollmentTokenIssueRequest = json_body(
+            &parts,
+            unread.take().unwrap_or_default(),
+            "EnrollmentTokenIssueRequest",
+            65536usize,
+            &ctx,
+        )
+        .await?;
         Ok(api.issue_enrollment_token(ctx.clone(), auth, body).await.into_response())
     }
     .await;
@@ -1411,9 +2048,15 @@ async fn handle_revoke_enrollment_token<A: Api>(State(api): State<Arc<A>>, req: 
     let ctx = RequestContext::from_parts(&parts);
     let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let raw_params = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
+        let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await.map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::ParameterInvalid,
+                "Invalid parameter",
+                "a path parameter is malformed",
+                &ctx,
+            )
+        })?;
         let params = path_params(&raw_params);
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
@@ -1421,7 +2064,8 @@ async fn handle_revoke_enrollment_token<A: Api>(State(api): State<Arc<A>>, req: 
             .await
             .map_err(|problem| RevokeEnrollmentTokenResponse::from_problem(problem).into_response())?;
         let enrollment_token_id = path_uuid(&params, "enrollment_token_id", &ctx)?;
-        let body: types::RevokeRequest = json_body(&parts, unread.take().unwrap_or_default(), "RevokeRequest", 65536usize, &ctx).await?;
+        let body: types::RevokeRequest =
+            json_body(&parts, unread.take().unwrap_or_default(), "RevokeRequest", 65536usize, &ctx).await?;
         Ok(api.revoke_enrollment_token(ctx.clone(), auth, enrollment_token_id, body).await.into_response())
     }
     .await;
@@ -1450,7 +2094,13 @@ async fn handle_list_agents<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
         let query = ListAgentsQuery {
             limit: raw.limit,
             cursor: raw.cursor.map(types::ListAgentsCursor::try_from).transpose().map_err(|_| {
-                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    ProblemCode::ParameterInvalid,
+                    "Invalid parameter",
+                    "query parameter `cursor` is malformed",
+                    &ctx,
+                )
             })?,
         };
         Ok(api.list_agents(ctx.clone(), auth, query).await.into_response())
@@ -1464,9 +2114,15 @@ async fn handle_get_agent<A: Api>(State(api): State<Arc<A>>, req: Request) -> Re
     let (mut parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let raw_params = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
+        let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await.map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::ParameterInvalid,
+                "Invalid parameter",
+                "a path parameter is malformed",
+                &ctx,
+            )
+        })?;
         let params = path_params(&raw_params);
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
@@ -1486,9 +2142,15 @@ async fn handle_rotate_agent_certificate<A: Api>(State(api): State<Arc<A>>, req:
     let ctx = RequestContext::from_parts(&parts);
     let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let raw_params = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
+        let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await.map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::ParameterInvalid,
+                "Invalid parameter",
+                "a path parameter is malformed",
+                &ctx,
+            )
+        })?;
         let params = path_params(&raw_params);
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
@@ -1496,7 +2158,14 @@ async fn handle_rotate_agent_certificate<A: Api>(State(api): State<Arc<A>>, req:
             .await
             .map_err(|problem| RotateAgentCertificateResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
-        let body: types::CertificateRotateRequest = json_body(&parts, unread.take().unwrap_or_default(), "CertificateRotateRequest", 65536usize, &ctx).await?;
+        let body: types::CertificateRotateRequest = json_body(
+            &parts,
+            unread.take().unwrap_or_default(),
+            "CertificateRotateRequest",
+            65536usize,
+            &ctx,
+        )
+        .await?;
         Ok(api.rotate_agent_certificate(ctx.clone(), auth, agent_id, body).await.into_response())
     }
     .await;
@@ -1514,9 +2183,15 @@ async fn handle_revoke_agent<A: Api>(State(api): State<Arc<A>>, req: Request) ->
     let ctx = RequestContext::from_parts(&parts);
     let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let raw_params = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
+        let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await.map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::ParameterInvalid,
+                "Invalid parameter",
+                "a path parameter is malformed",
+                &ctx,
+            )
+        })?;
         let params = path_params(&raw_params);
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
@@ -1524,7 +2199,8 @@ async fn handle_revoke_agent<A: Api>(State(api): State<Arc<A>>, req: Request) ->
             .await
             .map_err(|problem| RevokeAgentResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
-        let body: types::RevokeRequest = json_body(&parts, unread.take().unwrap_or_default(), "RevokeRequest", 65536usize, &ctx).await?;
+        let body: types::RevokeRequest =
+            json_body(&parts, unread.take().unwrap_or_default(), "RevokeRequest", 65536usize, &ctx).await?;
         Ok(api.revoke_agent(ctx.clone(), auth, agent_id, body).await.into_response())
     }
     .await;
@@ -1542,9 +2218,15 @@ async fn handle_post_agent_heartbeat<A: Api>(State(api): State<Arc<A>>, req: Req
     let ctx = RequestContext::from_parts(&parts);
     let mut unread = Some(body);
     let outcome: Result<Response, Response> = async {
-        let raw_params = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
+        let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await.map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::ParameterInvalid,
+                "Invalid parameter",
+                "a path parameter is malformed",
+                &ctx,
+            )
+        })?;
         let params = path_params(&raw_params);
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
@@ -1552,8 +2234,14 @@ async fn handle_post_agent_heartbeat<A: Api>(State(api): State<Arc<A>>, req: Req
             .await
             .map_err(|problem| PostAgentHeartbeatResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
-        let body: types::AgentHeartbeatTelemetryRequest =
-            json_body(&parts, unread.take().unwrap_or_default(), "AgentHeartbeatTelemetryRequest", 65536usize, &ctx).await?;
+        let body: types::AgentHeartbeatTelemetryRequest = json_body(
+            &parts,
+            unread.take().unwrap_or_default(),
+            "AgentHeartbeatTelemetryRequest",
+            65536usize,
+            &ctx,
+        )
+        .await?;
         Ok(api.post_agent_heartbeat(ctx.clone(), auth, agent_id, body).await.into_response())
     }
     .await;
@@ -1569,7 +2257,8 @@ async fn handle_post_agent_heartbeat<A: Api>(State(api): State<Arc<A>>, req: Req
 async fn handle_get_async_api_document<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    let outcome: Result<Response, Response> = async { Ok(api.get_async_api_document(ctx.clone()).await.into_response()) }.await;
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_async_api_document(ctx.clone()).await.into_response()) }.await;
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1590,7 +2279,13 @@ async fn handle_list_audit_events<A: Api>(State(api): State<Arc<A>>, req: Reques
         let query = ListAuditEventsQuery {
             limit: raw.limit,
             cursor: raw.cursor.map(types::ListAuditEventsCursor::try_from).transpose().map_err(|_| {
-                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    ProblemCode::ParameterInvalid,
+                    "Invalid parameter",
+                    "query parameter `cursor` is malformed",
+                    &ctx,
+                )
             })?,
         };
         Ok(api.list_audit_events(ctx.clone(), auth, query).await.into_response())
@@ -1616,7 +2311,13 @@ async fn handle_list_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
         let query = ListEventsQuery {
             limit: raw.limit,
             cursor: raw.cursor.map(types::ListEventsCursor::try_from).transpose().map_err(|_| {
-                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `cursor` is malformed", &ctx)
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    ProblemCode::ParameterInvalid,
+                    "Invalid parameter",
+                    "query parameter `cursor` is malformed",
+                    &ctx,
+                )
             })?,
         };
         Ok(api.list_events(ctx.clone(), auth, query).await.into_response())
@@ -1629,7 +2330,8 @@ async fn handle_list_events<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
 async fn handle_get_open_api_document<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    let outcome: Result<Response, Response> = async { Ok(api.get_open_api_document(ctx.clone()).await.into_response()) }.await;
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_open_api_document(ctx.clone()).await.into_response()) }.await;
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1637,7 +2339,8 @@ async fn handle_get_open_api_document<A: Api>(State(api): State<Arc<A>>, req: Re
 async fn handle_get_health<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    let outcome: Result<Response, Response> = async { Ok(api.get_health(ctx.clone()).await.into_response()) }.await;
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_health(ctx.clone()).await.into_response()) }.await;
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1645,7 +2348,8 @@ async fn handle_get_health<A: Api>(State(api): State<Arc<A>>, req: Request) -> R
 async fn handle_get_metrics<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    let outcome: Result<Response, Response> = async { Ok(api.get_metrics(ctx.clone()).await.into_response()) }.await;
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_metrics(ctx.clone()).await.into_response()) }.await;
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1653,7 +2357,8 @@ async fn handle_get_metrics<A: Api>(State(api): State<Arc<A>>, req: Request) -> 
 async fn handle_get_readiness<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    let outcome: Result<Response, Response> = async { Ok(api.get_readiness(ctx.clone()).await.into_response()) }.await;
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_readiness(ctx.clone()).await.into_response()) }.await;
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
@@ -1663,14 +2368,29 @@ async fn handle_get_readiness<A: Api>(State(api): State<Arc<A>>, req: Request) -
 /// `Problem`.
 pub fn router<A: Api>(api: Arc<A>) -> axum::Router {
     axum::Router::new()
-        .route("/api/v1/agent-enrollment/exchange", axum::routing::post(handle_exchange_enrollment_token::<A>))
-        .route("/api/v1/agent-enrollment/tokens", axum::routing::get(handle_list_enrollment_tokens::<A>).post(handle_issue_enrollment_token::<A>))
-        .route("/api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke", axum::routing::post(handle_revoke_enrollment_token::<A>))
+        .route(
+            "/api/v1/agent-enrollment/exchange",
+            axum::routing::post(handle_exchange_enrollment_token::<A>),
+        )
+        .route(
+            "/api/v1/agent-enrollment/tokens",
+            axum::routing::get(handle_list_enrollment_tokens::<A>).post(handle_issue_enrollment_token::<A>),
+        )
+        .route(
+            "/api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke",
+            axum::routing::post(handle_revoke_enrollment_token::<A>),
+        )
         .route("/api/v1/agents", axum::routing::get(handle_list_agents::<A>))
         .route("/api/v1/agents/{agent_id}", axum::routing::get(handle_get_agent::<A>))
-        .route("/api/v1/agents/{agent_id}/certificate/rotate", axum::routing::post(handle_rotate_agent_certificate::<A>))
+        .route(
+            "/api/v1/agents/{agent_id}/certificate/rotate",
+            axum::routing::post(handle_rotate_agent_certificate::<A>),
+        )
         .route("/api/v1/agents/{agent_id}/revoke", axum::routing::post(handle_revoke_agent::<A>))
-        .route("/api/v1/agents/{agent_id}/telemetry/heartbeat", axum::routing::post(handle_post_agent_heartbeat::<A>))
+        .route(
+            "/api/v1/agents/{agent_id}/telemetry/heartbeat",
+            axum::routing::post(handle_post_agent_heartbeat::<A>),
+        )
         .route("/api/v1/asyncapi.json", axum::routing::get(handle_get_async_api_document::<A>))
         .route("/api/v1/audit-events", axum::routing::get(handle_list_audit_events::<A>))
         .route("/api/v1/events", axum::routing::get(handle_list_events::<A>))

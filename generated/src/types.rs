@@ -58,7 +58,8 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestAgentVersion {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -82,9 +83,9 @@ impl<'de> ::serde::Deserialize<'de> for AgentHeartbeatTelemetryRequestAgentVersi
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`AgentHeartbeatTelemetryRequestHostname`
@@ -111,7 +112,8 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestHostname {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -135,9 +137,9 @@ impl<'de> ::serde::Deserialize<'de> for AgentHeartbeatTelemetryRequestHostname {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`AgentHeartbeatTelemetryRequestOsFamily`
@@ -161,7 +163,8 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestOsFamily {
         if value.chars().count() > 32usize {
             return Err("longer than 32 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -185,9 +188,9 @@ impl<'de> ::serde::Deserialize<'de> for AgentHeartbeatTelemetryRequestOsFamily {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`AgentHeartbeatTelemetryRequestOsVersion`
@@ -211,7 +214,8 @@ impl ::std::str::FromStr for AgentHeartbeatTelemetryRequestOsVersion {
         if value.chars().count() > 128usize {
             return Err("longer than 128 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -235,9 +239,9 @@ impl<'de> ::serde::Deserialize<'de> for AgentHeartbeatTelemetryRequestOsVersion 
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`AgentIdentity`
@@ -272,7 +276,9 @@ pub struct AgentList {
     pub next_cursor: ::std::option::Option<::std::string::String>,
 }
 ///`AgentStatus`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum AgentStatus {
     #[serde(rename = "enrolled")]
     Enrolled,
@@ -350,7 +356,8 @@ impl ::std::convert::From<AsyncApiDocumentAsyncapi> for ::std::string::String {
 impl ::std::str::FromStr for AsyncApiDocumentAsyncapi {
     type Err = self::error::ConversionError;
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^3\\.[0-9]+\\.[0-9]+$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^3\\.[0-9]+\\.[0-9]+$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^3\\.[0-9]+\\.[0-9]+$\"".into());
         }
@@ -374,9 +381,9 @@ impl<'de> ::serde::Deserialize<'de> for AsyncApiDocumentAsyncapi {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`AsyncApiDocumentDefaultContentType`
@@ -420,9 +427,9 @@ impl<'de> ::serde::Deserialize<'de> for AsyncApiDocumentDefaultContentType {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`AuditEvent`
@@ -448,7 +455,9 @@ pub struct AuditEvent {
     pub tenant_id: ::std::string::String,
 }
 ///`AuditEventActorType`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum AuditEventActorType {
     #[serde(rename = "tenant_admin")]
     TenantAdmin,
@@ -501,7 +510,9 @@ pub struct AuditEventList {
     pub next_cursor: ::std::option::Option<::std::string::String>,
 }
 ///`AuditEventOutcome`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum AuditEventOutcome {
     #[serde(rename = "success")]
     Success,
@@ -588,9 +599,9 @@ impl<'de> ::serde::Deserialize<'de> for CertificateRotateRequestCsrPem {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`CertificateRotateRequestNonce`
@@ -617,7 +628,8 @@ impl ::std::str::FromStr for CertificateRotateRequestNonce {
         if value.chars().count() < 22usize {
             return Err("shorter than 22 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
         }
@@ -641,9 +653,9 @@ impl<'de> ::serde::Deserialize<'de> for CertificateRotateRequestNonce {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`CertificateRotateResponse`
@@ -668,7 +680,9 @@ pub struct CloudEvent {
     pub type_: ::std::string::String,
 }
 ///`CloudEventDatacontenttype`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum CloudEventDatacontenttype {
     #[serde(rename = "application/json")]
     ApplicationJson,
@@ -702,7 +716,9 @@ impl ::std::convert::TryFrom<::std::string::String> for CloudEventDatacontenttyp
     }
 }
 ///`CloudEventSpecversion`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum CloudEventSpecversion {
     #[serde(rename = "1.0")]
     X10,
@@ -751,7 +767,9 @@ pub struct DeviceCertificate {
     pub subject: ::std::string::String,
 }
 ///`DeviceCertificatePublicKeyAlgorithm`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum DeviceCertificatePublicKeyAlgorithm {
     #[serde(rename = "ecdsa-p256")]
     EcdsaP256,
@@ -797,7 +815,9 @@ impl ::std::convert::TryFrom<::std::string::String> for DeviceCertificatePublicK
     }
 }
 ///`DeviceCertificateStatus`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum DeviceCertificateStatus {
     #[serde(rename = "active")]
     Active,
@@ -868,7 +888,8 @@ impl ::std::str::FromStr for DiskUsageFileSystem {
         if value.chars().count() > 64usize {
             return Err("longer than 64 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -892,9 +913,9 @@ impl<'de> ::serde::Deserialize<'de> for DiskUsageFileSystem {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`DiskUsageMountPoint`
@@ -918,7 +939,8 @@ impl ::std::str::FromStr for DiskUsageMountPoint {
         if value.chars().count() > 4096usize {
             return Err("longer than 4096 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -942,9 +964,9 @@ impl<'de> ::serde::Deserialize<'de> for DiskUsageMountPoint {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`DomainEventList`
@@ -996,7 +1018,8 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestAgentVersion {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1020,9 +1043,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestAgentVersion {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///A PEM PKCS#10 certificate signing request (ECDSA P-256/P-384, Ed25519 or RSA >= 2048).
@@ -1069,9 +1092,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestCsrPem {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///The enrollment token secret.
@@ -1098,7 +1121,8 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestEnrollmentToken {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1122,9 +1146,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestEnrollmentToken
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///Hex SHA-256 (keyed on the agent) of a stable machine id. Never the raw value.
@@ -1171,9 +1195,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestHardwareFingerp
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///Telemetry only; never identity.
@@ -1200,7 +1224,8 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestHostname {
         if value.chars().count() < 1usize {
             return Err("shorter than 1 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1224,9 +1249,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestHostname {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///A fresh random value (base64url, at least 128 bits) for this attempt; single use per tenant.
@@ -1253,7 +1278,8 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestNonce {
         if value.chars().count() < 22usize {
             return Err("shorter than 22 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
         }
@@ -1277,9 +1303,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestNonce {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`EnrollmentExchangeRequestOsFamily`
@@ -1303,7 +1329,8 @@ impl ::std::str::FromStr for EnrollmentExchangeRequestOsFamily {
         if value.chars().count() > 32usize {
             return Err("longer than 32 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1327,9 +1354,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestOsFamily {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`EnrollmentExchangeResponse`
@@ -1378,7 +1405,8 @@ impl ::std::str::FromStr for EnrollmentTokenIssueRequestLabel {
         if value.chars().count() > 128usize {
             return Err("longer than 128 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1402,9 +1430,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentTokenIssueRequestLabel {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///Binds every identity enrolled with this token to this site.
@@ -1428,7 +1456,8 @@ impl ::std::str::FromStr for EnrollmentTokenIssueRequestSiteId {
         if value.chars().count() > 64usize {
             return Err("longer than 64 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1452,9 +1481,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentTokenIssueRequestSiteId {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`EnrollmentTokenIssued`
@@ -1494,7 +1523,9 @@ pub struct EnrollmentTokenMetadata {
     pub use_count: u32,
 }
 ///`EnrollmentTokenStatus`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum EnrollmentTokenStatus {
     #[serde(rename = "active")]
     Active,
@@ -1547,7 +1578,9 @@ pub struct HealthStatus {
     pub status: HealthStatusStatus,
 }
 ///`HealthStatusStatus`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum HealthStatusStatus {
     #[serde(rename = "ok")]
     Ok,
@@ -1630,9 +1663,9 @@ impl<'de> ::serde::Deserialize<'de> for ListAgentsCursor {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`ListAuditEventsCursor`
@@ -1676,9 +1709,9 @@ impl<'de> ::serde::Deserialize<'de> for ListAuditEventsCursor {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`ListEnrollmentTokensCursor`
@@ -1722,9 +1755,9 @@ impl<'de> ::serde::Deserialize<'de> for ListEnrollmentTokensCursor {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`ListEventsCursor`
@@ -1768,9 +1801,9 @@ impl<'de> ::serde::Deserialize<'de> for ListEventsCursor {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`NetworkInterface`
@@ -1824,9 +1857,9 @@ impl<'de> ::serde::Deserialize<'de> for NetworkInterfaceIpAddressesItem {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///Telemetry only; never identity.
@@ -1850,7 +1883,8 @@ impl ::std::str::FromStr for NetworkInterfaceMacAddress {
         if value.chars().count() > 64usize {
             return Err("longer than 64 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1874,9 +1908,9 @@ impl<'de> ::serde::Deserialize<'de> for NetworkInterfaceMacAddress {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`NetworkInterfaceName`
@@ -1900,7 +1934,8 @@ impl ::std::str::FromStr for NetworkInterfaceName {
         if value.chars().count() > 256usize {
             return Err("longer than 256 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -1924,9 +1959,9 @@ impl<'de> ::serde::Deserialize<'de> for NetworkInterfaceName {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///An OpenAPI 3.0 document; its top-level fields are named so clients keep every one, their contents are not constrained here.
@@ -1964,7 +1999,8 @@ impl ::std::convert::From<OpenApiDocumentOpenapi> for ::std::string::String {
 impl ::std::str::FromStr for OpenApiDocumentOpenapi {
     type Err = self::error::ConversionError;
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^3\\.0\\.[0-9]+$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^3\\.0\\.[0-9]+$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^3\\.0\\.[0-9]+$\"".into());
         }
@@ -1988,9 +2024,9 @@ impl<'de> ::serde::Deserialize<'de> for OpenApiDocumentOpenapi {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///An RFC 9457 problem with a stable machine `code`.
@@ -2041,7 +2077,8 @@ impl ::std::str::FromStr for RevokeRequestReason {
         if value.chars().count() > 256usize {
             return Err("longer than 256 characters".into());
         }
-        static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[^\\u0000-\\u001F\\u007F]*$").unwrap());
         if PATTERN.find(value).is_none() {
             return Err("doesn't match pattern \"^[^\\u0000-\\u001F\\u007F]*$\"".into());
         }
@@ -2065,9 +2102,9 @@ impl<'de> ::serde::Deserialize<'de> for RevokeRequestReason {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`RuntimeToken`
@@ -2081,7 +2118,9 @@ pub struct RuntimeToken {
     pub token_type: RuntimeTokenTokenType,
 }
 ///`RuntimeTokenScope`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum RuntimeTokenScope {
     #[serde(rename = "agent_heartbeat")]
     AgentHeartbeat,
@@ -2115,7 +2154,9 @@ impl ::std::convert::TryFrom<::std::string::String> for RuntimeTokenScope {
     }
 }
 ///`RuntimeTokenTokenType`
-#[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[derive(
+    ::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd,
+)]
 pub enum RuntimeTokenTokenType {
     Bearer,
 }

@@ -38,8 +38,14 @@ async fn serve_once(body: Vec<u8>, framing: Framing) -> String {
             }
         }
         let head = match framing {
-            Framing::ContentLength => format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()),
-            Framing::Chunked => "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_owned(),
+            Framing::ContentLength => format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            ),
+            Framing::Chunked => {
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_owned()
+            }
         };
         if socket.write_all(head.as_bytes()).await.is_err() {
             return;
@@ -65,9 +71,14 @@ async fn serve_once(body: Vec<u8>, framing: Framing) -> String {
     format!("http://{addr}")
 }
 
-async fn health(len: usize, limit: usize, framing: Framing) -> Result<types::HealthStatus, Error<types::Problem>> {
+async fn health(
+    len: usize,
+    limit: usize,
+    framing: Framing,
+) -> Result<types::HealthStatus, Error<types::Problem>> {
     let base = serve_once(health_body(len), framing).await;
-    let client = Client::new_with_client(&base, reqwest::Client::new(), ClientOptions { max_response_bytes: limit });
+    let client =
+        Client::new_with_client(&base, reqwest::Client::new(), ClientOptions { max_response_bytes: limit });
     client.get_health().await.map(|r| r.into_inner())
 }
 

@@ -72,21 +72,39 @@ fn an_envelope_built_in_rust_validates_and_a_tampered_one_does_not() {
         "agent_id": "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "revoked_by": "admin@fixture", "revoked_at": "2026-11-05T12:00:00Z"
     }))
     .expect("data");
-    let time = chrono::DateTime::parse_from_rfc3339("2026-11-05T12:00:00Z").expect("time").with_timezone(&chrono::Utc);
-    let envelope = events::Envelope::new("evt-1", "/oneprotect/test", time, "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "tenant-fixture", data);
+    let time = chrono::DateTime::parse_from_rfc3339("2026-11-05T12:00:00Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let envelope = events::Envelope::new(
+        "evt-1",
+        "/oneprotect/test",
+        time,
+        "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+        "tenant-fixture",
+        data,
+    );
     let mut value = serde_json::to_value(&envelope).expect("serialize");
     assert_eq!(value["type"], events::AGENT_REVOKED);
     assert_eq!(events::validate(&value), Ok(()));
     value["data"]["nonce"] = Value::String("fixture".into());
-    assert!(matches!(events::validate(&value), Err(events::EventValidationError::Invalid(_))), "a payload with an undeclared field is refused");
+    assert!(
+        matches!(events::validate(&value), Err(events::EventValidationError::Invalid(_))),
+        "a payload with an undeclared field is refused"
+    );
     value["type"] = Value::String("agent.unknown".into());
-    assert_eq!(events::validate(&value), Err(events::EventValidationError::UnknownType("agent.unknown".into())));
+    assert_eq!(
+        events::validate(&value),
+        Err(events::EventValidationError::UnknownType("agent.unknown".into()))
+    );
 }
 
 #[test]
 fn typed_handles_build_the_documented_path_and_query() {
     let r = contract::ops::revoke_enrollment_token("tok-1");
-    assert_eq!((r.method(), r.path.as_str(), r.operation_id()), ("POST", "/api/v1/agent-enrollment/tokens/tok-1/revoke", "revokeEnrollmentToken"));
+    assert_eq!(
+        (r.method(), r.path.as_str(), r.operation_id()),
+        ("POST", "/api/v1/agent-enrollment/tokens/tok-1/revoke", "revokeEnrollmentToken")
+    );
     let r = contract::ops::list_agents().query("limit", 200).query("cursor", "a b/c=");
     assert_eq!(r.path, "/api/v1/agents?limit=200&cursor=a%20b%2Fc%3D");
     let by_spec = contract::operation("getAgent").expect("getAgent").route(|name| format!("<{name}>"));
@@ -103,7 +121,10 @@ fn the_operation_table_matches_the_contract() {
         .as_object()
         .expect("paths")
         .values()
-        .map(|item| item.as_object().map_or(0, |o| o.keys().filter(|k| !k.starts_with("x-") && *k != "parameters").count()))
+        .map(|item| {
+            item.as_object()
+                .map_or(0, |o| o.keys().filter(|k| !k.starts_with("x-") && *k != "parameters").count())
+        })
         .sum();
     assert_eq!(contract::OPERATIONS.len(), documented);
     let heartbeat = contract::ops::post_agent_heartbeat("a").op;
@@ -113,7 +134,12 @@ fn the_operation_table_matches_the_contract() {
     assert_eq!(heartbeat.response(200), Some(contract::ResponseSpec::Json("HeartbeatAccepted")));
     assert_eq!(heartbeat.response(404), None);
     for op in contract::OPERATIONS {
-        assert_eq!(op.response(500), Some(contract::ResponseSpec::Json("Problem")), "{} documents 500", op.operation_id);
+        assert_eq!(
+            op.response(500),
+            Some(contract::ResponseSpec::Json("Problem")),
+            "{} documents 500",
+            op.operation_id
+        );
     }
 }
 
@@ -122,16 +148,24 @@ fn problem_codes_are_typed_and_a_code_added_later_still_reads() {
     use oneprotect_contracts::contract::ProblemCode;
     for code in ProblemCode::ALL {
         assert_eq!(ProblemCode::parse(code.as_str()), Some(code));
-        assert_eq!(serde_json::to_value(code).expect("serializes"), serde_json::Value::String(code.as_str().into()));
+        assert_eq!(
+            serde_json::to_value(code).expect("serializes"),
+            serde_json::Value::String(code.as_str().into())
+        );
     }
     assert_eq!(ProblemCode::parse("not_found"), Some(ProblemCode::NotFound));
     // A later release may answer a code this build does not know: the typed
     // Problem still reads, and the code is simply not one of ours.
-    let later =
-        serde_json::json!({"type": "urn:oneprotect:problem:quota_exceeded", "title": "Quota", "status": 429, "code": "quota_exceeded", "request_id": "r"});
-    let p: oneprotect_contracts::types::Problem = serde_json::from_value(later).expect("an unknown code reads");
+    let later = serde_json::json!({"type": "urn:oneprotect:problem:quota_exceeded", "title": "Quota", "status": 429, "code": "quota_exceeded", "request_id": "r"});
+    let p: oneprotect_contracts::types::Problem =
+        serde_json::from_value(later).expect("an unknown code reads");
     assert_eq!(ProblemCode::parse(&p.code), None);
-    let openapi: serde_json::Value = serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).expect("json");
-    let listed = openapi.pointer("/components/schemas/Problem/properties/code/x-extensible-enum").and_then(|v| v.as_array()).expect("listed").len();
+    let openapi: serde_json::Value =
+        serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).expect("json");
+    let listed = openapi
+        .pointer("/components/schemas/Problem/properties/code/x-extensible-enum")
+        .and_then(|v| v.as_array())
+        .expect("listed")
+        .len();
     assert_eq!(ProblemCode::ALL.len(), listed, "one variant per listed code");
 }

@@ -34,7 +34,12 @@ fn at(seconds: i64) -> chrono::DateTime<Utc> {
     Utc.timestamp_opt(1_790_000_000 + seconds, 0).single().expect("valid fixture time")
 }
 
-fn metadata(id: uuid::Uuid, max_uses: u32, label: Option<String>, status: types::EnrollmentTokenStatus) -> types::EnrollmentTokenMetadata {
+fn metadata(
+    id: uuid::Uuid,
+    max_uses: u32,
+    label: Option<String>,
+    status: types::EnrollmentTokenStatus,
+) -> types::EnrollmentTokenMetadata {
     types::EnrollmentTokenMetadata {
         collector_id: None,
         created_at: at(0),
@@ -96,7 +101,13 @@ fn runtime_token() -> types::RuntimeToken {
 }
 
 fn unauthorized(ctx: &RequestContext) -> types::Problem {
-    server::problem(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", None, &ctx.request_id)
+    server::problem(
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::Unauthenticated,
+        "Authentication required",
+        None,
+        &ctx.request_id,
+    )
 }
 
 /// A verified admin: only the authenticator makes one.
@@ -133,11 +144,21 @@ impl Api for EchoApi {
         if token.expose_secret() == RUNTIME_TOKEN {
             Ok(Agent)
         } else {
-            Err(server::problem(StatusCode::FORBIDDEN, ProblemCode::IdentityRevoked, "Identity revoked", None, &ctx.request_id))
+            Err(server::problem(
+                StatusCode::FORBIDDEN,
+                ProblemCode::IdentityRevoked,
+                "Identity revoked",
+                None,
+                &ctx.request_id,
+            ))
         }
     }
 
-    async fn exchange_enrollment_token(&self, _ctx: RequestContext, body: types::EnrollmentExchangeRequest) -> ExchangeEnrollmentTokenResponse {
+    async fn exchange_enrollment_token(
+        &self,
+        _ctx: RequestContext,
+        body: types::EnrollmentExchangeRequest,
+    ) -> ExchangeEnrollmentTokenResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let mut agent = identity(uuid::Uuid::from_u128(1), types::AgentStatus::Enrolled);
         agent.hostname = Some(body.hostname.to_string());
@@ -148,17 +169,40 @@ impl Api for EchoApi {
         })
     }
 
-    async fn list_enrollment_tokens(&self, _ctx: RequestContext, _auth: Admin, query: ListEnrollmentTokensQuery) -> ListEnrollmentTokensResponse {
+    async fn list_enrollment_tokens(
+        &self,
+        _ctx: RequestContext,
+        _auth: Admin,
+        query: ListEnrollmentTokensQuery,
+    ) -> ListEnrollmentTokensResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let n = query.limit.map_or(50, std::num::NonZeroU32::get) as u128;
-        let items = (0..n.min(3)).map(|i| metadata(uuid::Uuid::from_u128(i), 1, None, types::EnrollmentTokenStatus::Active)).collect();
-        ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList { items, next_cursor: query.cursor.map(|c| format!("{}-next", c.as_str())) })
+        let items = (0..n.min(3))
+            .map(|i| metadata(uuid::Uuid::from_u128(i), 1, None, types::EnrollmentTokenStatus::Active))
+            .collect();
+        ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList {
+            items,
+            next_cursor: query.cursor.map(|c| format!("{}-next", c.as_str())),
+        })
     }
 
-    async fn issue_enrollment_token(&self, _ctx: RequestContext, _auth: Admin, body: types::EnrollmentTokenIssueRequest) -> IssueEnrollmentTokenResponse {
+    async fn issue_enrollment_token(
+        &self,
+        _ctx: RequestContext,
+        _auth: Admin,
+        body: types::EnrollmentTokenIssueRequest,
+    ) -> IssueEnrollmentTokenResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let meta = metadata(uuid::Uuid::from_u128(7), body.max_uses.get(), body.label.map(|l| l.to_string()), types::EnrollmentTokenStatus::Active);
-        IssueEnrollmentTokenResponse::Created(types::EnrollmentTokenIssued { enrollment_token: "opet_fixture_not_a_secret".into(), token: meta })
+        let meta = metadata(
+            uuid::Uuid::from_u128(7),
+            body.max_uses.get(),
+            body.label.map(|l| l.to_string()),
+            types::EnrollmentTokenStatus::Active,
+        );
+        IssueEnrollmentTokenResponse::Created(types::EnrollmentTokenIssued {
+            enrollment_token: "opet_fixture_not_a_secret".into(),
+            token: meta,
+        })
     }
 
     async fn revoke_enrollment_token(
@@ -170,14 +214,33 @@ impl Api for EchoApi {
     ) -> RevokeEnrollmentTokenResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if enrollment_token_id.is_nil() {
-            return RevokeEnrollmentTokenResponse::NotFound(server::problem(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found", None, &ctx.request_id));
+            return RevokeEnrollmentTokenResponse::NotFound(server::problem(
+                StatusCode::NOT_FOUND,
+                ProblemCode::NotFound,
+                "Not found",
+                None,
+                &ctx.request_id,
+            ));
         }
-        RevokeEnrollmentTokenResponse::Ok(metadata(enrollment_token_id, 1, None, types::EnrollmentTokenStatus::Revoked))
+        RevokeEnrollmentTokenResponse::Ok(metadata(
+            enrollment_token_id,
+            1,
+            None,
+            types::EnrollmentTokenStatus::Revoked,
+        ))
     }
 
-    async fn list_agents(&self, _ctx: RequestContext, _auth: Admin, _query: ListAgentsQuery) -> ListAgentsResponse {
+    async fn list_agents(
+        &self,
+        _ctx: RequestContext,
+        _auth: Admin,
+        _query: ListAgentsQuery,
+    ) -> ListAgentsResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        ListAgentsResponse::Ok(types::AgentList { items: vec![identity(uuid::Uuid::from_u128(1), types::AgentStatus::Active)], next_cursor: None })
+        ListAgentsResponse::Ok(types::AgentList {
+            items: vec![identity(uuid::Uuid::from_u128(1), types::AgentStatus::Active)],
+            next_cursor: None,
+        })
     }
 
     async fn get_agent(&self, _ctx: RequestContext, _auth: Admin, agent_id: uuid::Uuid) -> GetAgentResponse {
@@ -193,10 +256,19 @@ impl Api for EchoApi {
         _body: types::CertificateRotateRequest,
     ) -> RotateAgentCertificateResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse { certificate: certificate(agent_id), runtime_token: runtime_token() })
+        RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse {
+            certificate: certificate(agent_id),
+            runtime_token: runtime_token(),
+        })
     }
 
-    async fn revoke_agent(&self, _ctx: RequestContext, _auth: Admin, agent_id: uuid::Uuid, _body: types::RevokeRequest) -> RevokeAgentResponse {
+    async fn revoke_agent(
+        &self,
+        _ctx: RequestContext,
+        _auth: Admin,
+        agent_id: uuid::Uuid,
+        _body: types::RevokeRequest,
+    ) -> RevokeAgentResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         RevokeAgentResponse::Ok(identity(agent_id, types::AgentStatus::Revoked))
     }
@@ -210,7 +282,13 @@ impl Api for EchoApi {
     ) -> PostAgentHeartbeatResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if body.sequence == 429 {
-            let body = server::problem(StatusCode::TOO_MANY_REQUESTS, ProblemCode::RateLimited, "Slow down", None, &ctx.request_id);
+            let body = server::problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                ProblemCode::RateLimited,
+                "Slow down",
+                None,
+                &ctx.request_id,
+            );
             return PostAgentHeartbeatResponse::TooManyRequests { body, retry_after: 17 };
         }
         PostAgentHeartbeatResponse::Ok(types::HeartbeatAccepted {
@@ -221,18 +299,31 @@ impl Api for EchoApi {
         })
     }
 
-    async fn list_audit_events(&self, _ctx: RequestContext, _auth: Admin, _query: ListAuditEventsQuery) -> ListAuditEventsResponse {
+    async fn list_audit_events(
+        &self,
+        _ctx: RequestContext,
+        _auth: Admin,
+        _query: ListAuditEventsQuery,
+    ) -> ListAuditEventsResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         ListAuditEventsResponse::Ok(types::AuditEventList { items: vec![], next_cursor: None })
     }
 
-    async fn list_events(&self, _ctx: RequestContext, _auth: Admin, _query: ListEventsQuery) -> ListEventsResponse {
+    async fn list_events(
+        &self,
+        _ctx: RequestContext,
+        _auth: Admin,
+        _query: ListEventsQuery,
+    ) -> ListEventsResponse {
         self.calls.fetch_add(1, Ordering::SeqCst);
         ListEventsResponse::Ok(types::DomainEventList { items: vec![], next_cursor: None })
     }
 
     async fn get_health(&self, _ctx: RequestContext) -> GetHealthResponse {
-        GetHealthResponse::Ok(types::HealthStatus { checks: Default::default(), status: types::HealthStatusStatus::Ok })
+        GetHealthResponse::Ok(types::HealthStatus {
+            checks: Default::default(),
+            status: types::HealthStatusStatus::Ok,
+        })
     }
 
     async fn get_readiness(&self, ctx: RequestContext) -> GetReadinessResponse {
@@ -247,13 +338,15 @@ impl Api for EchoApi {
 
     async fn get_open_api_document(&self, _ctx: RequestContext) -> GetOpenApiDocumentResponse {
         GetOpenApiDocumentResponse::Ok(
-            serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).expect("the embedded contract reads as an OpenApiDocument"),
+            serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON)
+                .expect("the embedded contract reads as an OpenApiDocument"),
         )
     }
 
     async fn get_async_api_document(&self, _ctx: RequestContext) -> GetAsyncApiDocumentResponse {
         GetAsyncApiDocumentResponse::Ok(
-            serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON).expect("the embedded event contract reads as an AsyncApiDocument"),
+            serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON)
+                .expect("the embedded event contract reads as an AsyncApiDocument"),
         )
     }
 
@@ -289,11 +382,13 @@ fn client_with(base: &str, bearer: Option<&str>) -> Client {
 
 async fn problem_of(resp: reqwest::Response, status: StatusCode) -> types::Problem {
     assert_eq!(resp.status(), status);
-    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let content_type =
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert_eq!(content_type, "application/json", "problems are typed JSON, never plain text");
     let request_id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let text = resp.text().await.expect("body");
-    let problem: types::Problem = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not a Problem ({e}): {text}"));
+    let problem: types::Problem =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not a Problem ({e}): {text}"));
     assert_eq!(problem.status, status.as_u16());
     assert_eq!(Some(problem.request_id.clone()), request_id, "the body and header carry the same request id");
     problem
@@ -337,12 +432,21 @@ async fn every_operation_round_trips_typed_bodies_through_the_generated_client()
     assert_eq!(issued.token.label.as_deref(), Some("fixture label"));
 
     let cursor: types::ListEnrollmentTokensCursor = "c1".parse().expect("cursor");
-    let list = admin.list_enrollment_tokens(Some(&cursor), NonZeroU32::new(2)).await.expect("list").into_inner();
+    let list =
+        admin.list_enrollment_tokens(Some(&cursor), NonZeroU32::new(2)).await.expect("list").into_inner();
     assert_eq!(list.items.len(), 2, "the limit query parameter reached the implementation");
-    assert_eq!(list.next_cursor.as_deref(), Some("c1-next"), "the cursor query parameter reached the implementation");
+    assert_eq!(
+        list.next_cursor.as_deref(),
+        Some("c1-next"),
+        "the cursor query parameter reached the implementation"
+    );
 
     let token_id = uuid::Uuid::from_u128(9);
-    let revoked = admin.revoke_enrollment_token(&token_id, &types::RevokeRequest { reason: None }).await.expect("revoke").into_inner();
+    let revoked = admin
+        .revoke_enrollment_token(&token_id, &types::RevokeRequest { reason: None })
+        .await
+        .expect("revoke")
+        .into_inner();
     assert_eq!(revoked.enrollment_token_id, token_id);
     assert_eq!(revoked.status, types::EnrollmentTokenStatus::Revoked);
 
@@ -353,11 +457,17 @@ async fn every_operation_round_trips_typed_bodies_through_the_generated_client()
     assert_eq!(admin.list_agents(None, None).await.expect("agents").into_inner().items.len(), 1);
     assert_eq!(admin.get_agent(&agent_id).await.expect("agent").into_inner().agent_id, agent_id);
     assert_eq!(
-        admin.revoke_agent(&agent_id, &types::RevokeRequest { reason: None }).await.expect("revoke agent").into_inner().status,
+        admin
+            .revoke_agent(&agent_id, &types::RevokeRequest { reason: None })
+            .await
+            .expect("revoke agent")
+            .into_inner()
+            .status,
         types::AgentStatus::Revoked
     );
 
-    let accepted = agent.post_agent_heartbeat(&agent_id, &heartbeat(5)).await.expect("heartbeat").into_inner();
+    let accepted =
+        agent.post_agent_heartbeat(&agent_id, &heartbeat(5)).await.expect("heartbeat").into_inner();
     assert_eq!(accepted.agent_id, agent_id);
     assert!(!accepted.duplicate);
 
@@ -365,11 +475,23 @@ async fn every_operation_round_trips_typed_bodies_through_the_generated_client()
         json!({"csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nX\n-----END CERTIFICATE REQUEST-----\n", "nonce": "fixture-nonce-BBBBBBBBBBBBBBBB"}),
     )
     .expect("rotate");
-    assert_eq!(agent.rotate_agent_certificate(&agent_id, &rotate).await.expect("rotate").into_inner().certificate.agent_id, agent_id);
+    assert_eq!(
+        agent
+            .rotate_agent_certificate(&agent_id, &rotate)
+            .await
+            .expect("rotate")
+            .into_inner()
+            .certificate
+            .agent_id,
+        agent_id
+    );
 
     assert!(admin.list_audit_events(None, None).await.expect("audit").into_inner().items.is_empty());
     assert!(admin.list_events(None, None).await.expect("events").into_inner().items.is_empty());
-    assert_eq!(anonymous.get_health().await.expect("health").into_inner().status, types::HealthStatusStatus::Ok);
+    assert_eq!(
+        anonymous.get_health().await.expect("health").into_inner().status,
+        types::HealthStatusStatus::Ok
+    );
     let metrics = anonymous.get_metrics().await.expect("metrics");
     assert_eq!(metrics.status(), StatusCode::OK);
 
@@ -391,13 +513,27 @@ async fn missing_bearer_on_protected_operation_is_401_problem_before_the_impleme
         ("POST", "/api/v1/agent-enrollment/tokens".to_owned()),
         ("POST", format!("/api/v1/agents/{}/telemetry/heartbeat", uuid::Uuid::from_u128(1))),
     ] {
-        let resp = http.request(method.parse().expect("method"), format!("{}{path}", h.base)).json(&json!({})).send().await.expect("send");
+        let resp = http
+            .request(method.parse().expect("method"), format!("{}{path}", h.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
         let problem = problem_of(resp, StatusCode::UNAUTHORIZED).await;
         assert_eq!(problem.code, "unauthenticated", "{method} {path}");
     }
-    let resp = http.get(format!("{}/api/v1/agents", h.base)).header("authorization", "Basic Zm9vOmJhcg==").send().await.expect("send");
-    assert_eq!(problem_of(resp, StatusCode::UNAUTHORIZED).await.code, "unauthenticated", "a non-bearer scheme is not a bearer");
+    let resp = http
+        .get(format!("{}/api/v1/agents", h.base))
+        .header("authorization", "Basic Zm9vOmJhcg==")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        problem_of(resp, StatusCode::UNAUTHORIZED).await.code,
+        "unauthenticated",
+        "a non-bearer scheme is not a bearer"
+    );
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0, "the trait was never called");
 }
 
@@ -434,7 +570,8 @@ async fn wrong_media_type_is_415_and_oversize_body_is_413() {
     let resp = http.post(&url).header("content-type", "text/plain").body("hello").send().await.expect("send");
     assert_eq!(problem_of(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE).await.code, "unsupported_media_type");
     let huge = format!("{{\"csr_pem\": \"{}\"}}", "A".repeat(70 * 1024));
-    let resp = http.post(&url).header("content-type", "application/json").body(huge).send().await.expect("send");
+    let resp =
+        http.post(&url).header("content-type", "application/json").body(huge).send().await.expect("send");
     assert_eq!(problem_of(resp, StatusCode::PAYLOAD_TOO_LARGE).await.code, "payload_too_large");
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0);
 }
@@ -476,14 +613,22 @@ async fn an_oversize_body_is_read_to_its_end_so_the_413_arrives_and_the_connecti
     request.push_str("GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n");
     let answer = raw_exchange(&h.base, request.as_bytes(), std::time::Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{}", answer.lines().next().unwrap_or_default());
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "the next request on the connection is answered too: {answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        2,
+        "the next request on the connection is answered too: {answer}"
+    );
     let text = format!(
         "POST /api/v1/agent-enrollment/exchange HTTP/1.1\r\nhost: fixture\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let answer = raw_exchange(&h.base, text.as_bytes(), std::time::Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 415"), "{}", answer.lines().next().unwrap_or_default());
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "the connection survives a 415 with a large body: {answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        2,
+        "the connection survives a 415 with a large body: {answer}"
+    );
     // Refused for its credential before the body is read: drained all the same.
     let unauthenticated = format!(
         "POST /api/v1/agent-enrollment/tokens HTTP/1.1\r\nhost: fixture\r\nauthorization: Bearer not-the-admin\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n",
@@ -491,7 +636,11 @@ async fn an_oversize_body_is_read_to_its_end_so_the_413_arrives_and_the_connecti
     );
     let answer = raw_exchange(&h.base, unauthenticated.as_bytes(), std::time::Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{}", answer.lines().next().unwrap_or_default());
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "the connection survives a 401 with an unread body: {answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        2,
+        "the connection survives a 401 with an unread body: {answer}"
+    );
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0);
 }
 
@@ -506,7 +655,11 @@ async fn a_refused_body_is_drained_only_up_to_its_bound() {
     let started = std::time::Instant::now();
     let answer = raw_exchange(&h.base, &request, std::time::Duration::from_secs(30)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{}", answer.lines().next().unwrap_or_default());
-    assert!(started.elapsed() < std::time::Duration::from_secs(4), "answered after {:?}, not at the bound", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "answered after {:?}, not at the bound",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -515,7 +668,12 @@ async fn schema_bounds_are_enforced_and_the_rejection_never_echoes_the_value() {
     let marker = "FIXTURE-SECRET-MARKER";
     let mut body = serde_json::to_value(exchange_request()).expect("json");
     body["enrollment_token"] = Value::String(format!("{marker}{}", "x".repeat(300)));
-    let resp = reqwest::Client::new().post(format!("{}/api/v1/agent-enrollment/exchange", h.base)).json(&body).send().await.expect("send");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent-enrollment/exchange", h.base))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     let problem = problem_of(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(problem.code, "request_invalid");
     let detail = problem.detail.unwrap_or_default();
@@ -531,13 +689,20 @@ async fn heartbeat_body_carrying_identity_fields_is_rejected_as_identity_overrid
     for field in ["tenant_id", "agent_id", "collector_id", "asset_id", "site_id"] {
         let mut body = serde_json::to_value(heartbeat(1)).expect("json");
         body[field] = Value::String("someone-else".into());
-        let resp = reqwest::Client::new().post(&url).bearer_auth(RUNTIME_TOKEN).json(&body).send().await.expect("send");
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(RUNTIME_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
         let problem = problem_of(resp, StatusCode::BAD_REQUEST).await;
         assert_eq!(problem.code, "identity_override_rejected", "{field}");
     }
     let mut body = serde_json::to_value(heartbeat(1)).expect("json");
     body["kernel_version"] = Value::String("6.1".into());
-    let resp = reqwest::Client::new().post(&url).bearer_auth(RUNTIME_TOKEN).json(&body).send().await.expect("send");
+    let resp =
+        reqwest::Client::new().post(&url).bearer_auth(RUNTIME_TOKEN).json(&body).send().await.expect("send");
     assert_eq!(resp.status(), StatusCode::OK, "extra telemetry facts ride on additional properties");
 }
 
@@ -545,10 +710,20 @@ async fn heartbeat_body_carrying_identity_fields_is_rejected_as_identity_overrid
 async fn malformed_path_and_query_parameters_are_400_problems() {
     let h = serve().await;
     let http = reqwest::Client::new();
-    let resp = http.get(format!("{}/api/v1/agents/not-a-uuid", h.base)).bearer_auth(ADMIN_TOKEN).send().await.expect("send");
+    let resp = http
+        .get(format!("{}/api/v1/agents/not-a-uuid", h.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(problem_of(resp, StatusCode::BAD_REQUEST).await.code, "parameter_invalid");
     for query in ["limit=0", "limit=201", "limit=ten", &format!("cursor={}", "c".repeat(129))] {
-        let resp = http.get(format!("{}/api/v1/agents?{query}", h.base)).bearer_auth(ADMIN_TOKEN).send().await.expect("send");
+        let resp = http
+            .get(format!("{}/api/v1/agents?{query}", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("send");
         assert_eq!(problem_of(resp, StatusCode::BAD_REQUEST).await.code, "parameter_invalid", "{query}");
     }
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0);
@@ -569,7 +744,12 @@ async fn documented_headers_and_request_ids_reach_the_client() {
     let problem = problem_of(resp, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(problem.request_id, "req-fixture-1", "a well-formed caller request id is kept");
 
-    let resp = reqwest::Client::new().get(format!("{}/healthz", h.base)).header("x-request-id", "bad id with spaces").send().await.expect("send");
+    let resp = reqwest::Client::new()
+        .get(format!("{}/healthz", h.base))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .expect("send");
     let id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "a malformed caller request id is replaced: {id}");
 }
@@ -604,9 +784,14 @@ async fn client_and_server_give_query_parameters_the_same_rust_types() {
     let query = ListAgentsQuery { cursor: None, limit: NonZeroU32::new(2) };
     let page = client.list_agents(query.cursor.as_ref(), query.limit).await.expect("lists");
     assert!(page.into_inner().items.len() <= 2);
-    let cursor: types::ListEnrollmentTokensCursor = "page-2".to_string().try_into().expect("a short cursor fits");
+    let cursor: types::ListEnrollmentTokensCursor =
+        "page-2".to_string().try_into().expect("a short cursor fits");
     let tokens = ListEnrollmentTokensQuery { cursor: Some(cursor), limit: NonZeroU32::new(1) };
-    let page = client.list_enrollment_tokens(tokens.cursor.as_ref(), tokens.limit).await.expect("lists tokens").into_inner();
+    let page = client
+        .list_enrollment_tokens(tokens.cursor.as_ref(), tokens.limit)
+        .await
+        .expect("lists tokens")
+        .into_inner();
     assert_eq!(page.next_cursor.as_deref(), Some("page-2-next"), "the typed cursor arrived as sent");
     let audit = ListAuditEventsQuery { cursor: None, limit: NonZeroU32::new(1) };
     let _ = client.list_audit_events(audit.cursor.as_ref(), audit.limit).await;
@@ -621,9 +806,19 @@ async fn client_and_server_give_query_parameters_the_same_rust_types() {
 async fn a_refused_credential_is_answered_before_parameters_or_body_are_judged() {
     let h = serve().await;
     let http = reqwest::Client::new();
-    let resp = http.get(format!("{}/api/v1/agents/not-a-uuid", h.base)).bearer_auth("not-the-admin").send().await.expect("send");
+    let resp = http
+        .get(format!("{}/api/v1/agents/not-a-uuid", h.base))
+        .bearer_auth("not-the-admin")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(problem_of(resp, StatusCode::UNAUTHORIZED).await.code, "unauthenticated");
-    let resp = http.get(format!("{}/api/v1/agents?limit=0", h.base)).bearer_auth("not-the-admin").send().await.expect("send");
+    let resp = http
+        .get(format!("{}/api/v1/agents?limit=0", h.base))
+        .bearer_auth("not-the-admin")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(problem_of(resp, StatusCode::UNAUTHORIZED).await.code, "unauthenticated");
     let resp = http
         .post(format!("{}/api/v1/agent-enrollment/tokens", h.base))
@@ -641,7 +836,11 @@ async fn a_refused_credential_is_answered_before_parameters_or_body_are_judged()
         .send()
         .await
         .expect("send");
-    assert_eq!(problem_of(resp, StatusCode::FORBIDDEN).await.code, "identity_revoked", "the authenticator's answer, not identity_override_rejected");
+    assert_eq!(
+        problem_of(resp, StatusCode::FORBIDDEN).await.code,
+        "identity_revoked",
+        "the authenticator's answer, not identity_override_rejected"
+    );
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0, "no operation method ran");
     assert_eq!(h.api.authentications.load(Ordering::SeqCst), 4, "each request was authenticated first");
 }
@@ -654,16 +853,40 @@ async fn every_answer_is_no_store_and_nosniff() {
     let http = reqwest::Client::new();
     let issue = serde_json::json!({"ttl_seconds": 600});
     let answers = [
-        http.post(format!("{}/api/v1/agent-enrollment/tokens", h.base)).bearer_auth(ADMIN_TOKEN).json(&issue).send().await.expect("send"),
-        http.post(format!("{}/api/v1/agent-enrollment/tokens", h.base)).bearer_auth("not-the-admin").json(&issue).send().await.expect("send"),
-        http.get(format!("{}/api/v1/agents?limit=0", h.base)).bearer_auth(ADMIN_TOKEN).send().await.expect("send"),
+        http.post(format!("{}/api/v1/agent-enrollment/tokens", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&issue)
+            .send()
+            .await
+            .expect("send"),
+        http.post(format!("{}/api/v1/agent-enrollment/tokens", h.base))
+            .bearer_auth("not-the-admin")
+            .json(&issue)
+            .send()
+            .await
+            .expect("send"),
+        http.get(format!("{}/api/v1/agents?limit=0", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("send"),
         http.get(format!("{}/no/such/route", h.base)).send().await.expect("send"),
         http.get(format!("{}/metrics", h.base)).send().await.expect("send"),
     ];
     let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
     assert_eq!(statuses, [201, 401, 400, 404, 200]);
     for r in &answers {
-        assert_eq!(r.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"), "{}", r.url());
-        assert_eq!(r.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"), "{}", r.url());
+        assert_eq!(
+            r.headers().get("cache-control").and_then(|v| v.to_str().ok()),
+            Some("no-store"),
+            "{}",
+            r.url()
+        );
+        assert_eq!(
+            r.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "{}",
+            r.url()
+        );
     }
 }

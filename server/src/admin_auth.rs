@@ -71,16 +71,24 @@ impl std::fmt::Debug for AdminVerifier {
 /// token can name the internal `_unattributed` bucket or inject text.
 pub fn tenant_id_is_valid(t: &str) -> bool {
     let mut bytes = t.bytes();
-    (1..=64).contains(&t.len()) && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric()) && bytes.all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    (1..=64).contains(&t.len())
+        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl AdminVerifier {
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Result<Self, String> {
         if secret.len() < crate::secrets::MIN_KEY_BYTES {
-            return Err(format!("the admin JWT secret must be at least {} bytes", crate::secrets::MIN_KEY_BYTES));
+            return Err(format!(
+                "the admin JWT secret must be at least {} bytes",
+                crate::secrets::MIN_KEY_BYTES
+            ));
         }
         let mut keys = BTreeMap::new();
-        keys.insert(String::new(), VerifyKey { key: DecodingKey::from_secret(secret), alg: Algorithm::HS256 });
+        keys.insert(
+            String::new(),
+            VerifyKey { key: DecodingKey::from_secret(secret), alg: Algorithm::HS256 },
+        );
         Ok(Self { keys, issuer: issuer.into(), audience: audience.into() })
     }
 
@@ -105,7 +113,8 @@ impl AdminVerifier {
     /// A JWKS document; every key needs a `kid`, and its algorithm comes
     /// from the key type, never from the token.
     pub fn jwks(json: &[u8], issuer: &str, audience: &str) -> Result<Self, String> {
-        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(json).map_err(|e| format!("the JWKS file is not valid: {e}"))?;
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_slice(json).map_err(|e| format!("the JWKS file is not valid: {e}"))?;
         let mut keys = BTreeMap::new();
         for jwk in &set.keys {
             let kid = jwk.common.key_id.clone().ok_or("every JWKS key needs a `kid`")?;
@@ -141,7 +150,8 @@ impl AdminVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let data = jsonwebtoken::decode::<AdminClaims>(token, &key.key, &validation).map_err(|_| AdminAuthFailure::Invalid)?;
+        let data = jsonwebtoken::decode::<AdminClaims>(token, &key.key, &validation)
+            .map_err(|_| AdminAuthFailure::Invalid)?;
         let claims = data.claims;
         if now.timestamp() >= claims.exp + LEEWAY_SECONDS {
             return Err(AdminAuthFailure::Expired);
@@ -163,7 +173,8 @@ impl AdminVerifier {
 
 /// Mints an HS256 tenant-admin token (the `admin-token` subcommand and tests).
 pub fn mint_hs256(secret: &[u8], claims: &AdminClaims) -> Result<String, String> {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret)).map_err(|e| e.to_string())
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -190,7 +201,8 @@ mod tests {
         let now = Utc::now();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("fixture key");
         let public_pem = key.public_key_pem();
-        let verifier = AdminVerifier::public_key_pem(public_pem.as_bytes(), ISSUER, AUDIENCE).expect("verifier");
+        let verifier =
+            AdminVerifier::public_key_pem(public_pem.as_bytes(), ISSUER, AUDIENCE).expect("verifier");
 
         let es256 = jsonwebtoken::encode(
             &Header::new(Algorithm::ES256),
@@ -201,7 +213,11 @@ mod tests {
         assert_eq!(verifier.verify(&es256, now).map(|p| p.tenant_id), Ok("tenant-a".to_owned()));
 
         let confused = mint_hs256(public_pem.as_bytes(), &claims(now)).expect("sign");
-        assert_eq!(verifier.verify(&confused, now), Err(AdminAuthFailure::Invalid), "algorithm confusion is refused");
+        assert_eq!(
+            verifier.verify(&confused, now),
+            Err(AdminAuthFailure::Invalid),
+            "algorithm confusion is refused"
+        );
     }
 
     #[test]
@@ -215,7 +231,10 @@ mod tests {
         assert!(!p.can_write);
         let admin = mint_hs256(secret, &claims(now)).expect("sign");
         assert!(verifier.verify(&admin, now).expect("valid").can_write);
-        assert_eq!(verifier.verify(&admin, now + chrono::Duration::seconds(600 + LEEWAY_SECONDS)), Err(AdminAuthFailure::Expired));
+        assert_eq!(
+            verifier.verify(&admin, now + chrono::Duration::seconds(600 + LEEWAY_SECONDS)),
+            Err(AdminAuthFailure::Expired)
+        );
     }
 
     const SECRET: &[u8] = b"fixture-admin-secret-long-enough-000000000";
@@ -225,7 +244,9 @@ mod tests {
     }
 
     fn verify_claims(c: &AdminClaims, now: DateTime<Utc>) -> Result<AdminPrincipal, AdminAuthFailure> {
-        AdminVerifier::hs256(SECRET, ISSUER, AUDIENCE).expect("verifier").verify(&mint_hs256(SECRET, c).expect("sign"), now)
+        AdminVerifier::hs256(SECRET, ISSUER, AUDIENCE)
+            .expect("verifier")
+            .verify(&mint_hs256(SECRET, c).expect("sign"), now)
     }
 
     #[test]
@@ -235,7 +256,11 @@ mod tests {
         c.exp = now.timestamp() - LEEWAY_SECONDS + 1;
         assert!(verify_claims(&c, now).is_ok(), "inside the leeway");
         c.exp = now.timestamp() - LEEWAY_SECONDS;
-        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Expired), "the leeway's last instant is past");
+        assert_eq!(
+            verify_claims(&c, now),
+            Err(AdminAuthFailure::Expired),
+            "the leeway's last instant is past"
+        );
         c.exp = now.timestamp() + 10;
         assert!(verify_claims(&c, now).is_ok(), "a token with ten seconds left is valid");
     }
@@ -266,7 +291,11 @@ mod tests {
         assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Invalid));
         c.sub = "admin@fixture".into();
         c.tenant_id = "_unattributed".into();
-        assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::Invalid), "no token names the unattributed bucket");
+        assert_eq!(
+            verify_claims(&c, now),
+            Err(AdminAuthFailure::Invalid),
+            "no token names the unattributed bucket"
+        );
         c.tenant_id = "tenant-a".into();
         c.roles = vec!["auditor".into()];
         assert_eq!(verify_claims(&c, now), Err(AdminAuthFailure::NoRole));
@@ -278,8 +307,11 @@ mod tests {
         // One configured key: a token's `kid` does not matter.
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("any-kid".into());
-        let with_kid = jsonwebtoken::encode(&header, &claims(now), &EncodingKey::from_secret(SECRET)).expect("sign");
-        assert!(AdminVerifier::hs256(SECRET, ISSUER, AUDIENCE).expect("verifier").verify(&with_kid, now).is_ok());
+        let with_kid =
+            jsonwebtoken::encode(&header, &claims(now), &EncodingKey::from_secret(SECRET)).expect("sign");
+        assert!(
+            AdminVerifier::hs256(SECRET, ISSUER, AUDIENCE).expect("verifier").verify(&with_kid, now).is_ok()
+        );
 
         // A key set: the `kid` chooses the key, and an unknown one is refused.
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("fixture key");
@@ -287,7 +319,8 @@ mod tests {
         use base64::Engine;
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256", "x": b64(&der[1..33]), "y": b64(&der[33..65])}]});
-        let verifier = AdminVerifier::jwks(jwks.to_string().as_bytes(), ISSUER, AUDIENCE).expect("jwks verifier");
+        let verifier =
+            AdminVerifier::jwks(jwks.to_string().as_bytes(), ISSUER, AUDIENCE).expect("jwks verifier");
         let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("encoding key");
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some("k1".into());

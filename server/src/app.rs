@@ -37,10 +37,16 @@ pub async fn open_store(url: &DatabaseUrl, migration_url: Option<&str>) -> anyho
     })
 }
 
-pub fn admin_verifier(source: &AdminKeySource, issuer: &str, audience: &str) -> anyhow::Result<AdminVerifier> {
+pub fn admin_verifier(
+    source: &AdminKeySource,
+    issuer: &str,
+    audience: &str,
+) -> anyhow::Result<AdminVerifier> {
     let v = match source {
         AdminKeySource::Hs256Secret(s) => AdminVerifier::hs256(s, issuer, audience),
-        AdminKeySource::PublicKeyPem(p) => AdminVerifier::public_key_pem(&std::fs::read(p)?, issuer, audience),
+        AdminKeySource::PublicKeyPem(p) => {
+            AdminVerifier::public_key_pem(&std::fs::read(p)?, issuer, audience)
+        }
         AdminKeySource::Jwks(p) => AdminVerifier::jwks(&std::fs::read(p)?, issuer, audience),
     };
     v.map_err(anyhow::Error::msg)
@@ -48,14 +54,24 @@ pub fn admin_verifier(source: &AdminKeySource, issuer: &str, audience: &str) -> 
 
 /// Builds the platform from secrets. A missing runtime secret is allowed:
 /// exchange and heartbeat then fail closed with 503.
-pub fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, secrets: SecretInputs, issuer: &str, audience: &str, policy: Policy) -> anyhow::Result<Platform> {
+pub fn platform(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    secrets: SecretInputs,
+    issuer: &str,
+    audience: &str,
+    policy: Policy,
+) -> anyhow::Result<Platform> {
     let admin = secrets.admin_key.as_ref().ok_or_else(|| {
         anyhow::anyhow!("no admin JWT key: set ONEPROTECT_ADMIN_JWT_SECRET, ONEPROTECT_ADMIN_JWT_PUBLIC_KEY_FILE or ONEPROTECT_ADMIN_JWKS_FILE")
     })?;
     let admin = admin_verifier(admin, issuer, audience)?;
-    let hash_key = secrets.token_hash_key.ok_or_else(|| anyhow::anyhow!("ONEPROTECT_TOKEN_HASH_KEY is required (the key of the enrollment token hashes)"))?;
+    let hash_key = secrets.token_hash_key.ok_or_else(|| {
+        anyhow::anyhow!("ONEPROTECT_TOKEN_HASH_KEY is required (the key of the enrollment token hashes)")
+    })?;
     let hash_key = HashKey::new(hash_key).map_err(anyhow::Error::msg)?;
-    let runtime = RuntimeKeyring::new(secrets.runtime_secret, secrets.runtime_previous).map_err(anyhow::Error::msg)?;
+    let runtime =
+        RuntimeKeyring::new(secrets.runtime_secret, secrets.runtime_previous).map_err(anyhow::Error::msg)?;
     if !runtime.is_available() {
         tracing::warn!(
             "ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET is not set: enrollment exchange and heartbeats will fail closed with 503 runtime_secret_unavailable"
@@ -66,12 +82,20 @@ pub fn platform(store: Arc<dyn Store>, clock: Arc<dyn Clock>, secrets: SecretInp
 
 /// Logs one line per request (operation route, status, latency, request
 /// id; never headers, bodies or query strings) and records its latency.
-async fn access_log(axum::extract::State(platform): axum::extract::State<Arc<Platform>>, req: Request, next: Next) -> Response {
+async fn access_log(
+    axum::extract::State(platform): axum::extract::State<Arc<Platform>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    let request_id = response.headers().get(oneprotect_contracts::server::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let request_id = response
+        .headers()
+        .get(oneprotect_contracts::server::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let seconds = started.elapsed().as_secs_f64();
     platform.observe_request(route, method.as_str(), response.status().as_u16(), seconds);
@@ -80,11 +104,16 @@ async fn access_log(axum::extract::State(platform): axum::extract::State<Arc<Pla
 }
 
 pub fn router(platform: Arc<Platform>) -> axum::Router {
-    oneprotect_contracts::server::router(Arc::new(HttpApi::new(platform.clone()))).layer(axum::middleware::from_fn_with_state(platform, access_log))
+    oneprotect_contracts::server::router(Arc::new(HttpApi::new(platform.clone())))
+        .layer(axum::middleware::from_fn_with_state(platform, access_log))
 }
 
 /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, platform: Arc<Platform>, limits: crate::listen::Limits) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    platform: Arc<Platform>,
+    limits: crate::listen::Limits,
+) -> anyhow::Result<()> {
     crate::listen::serve(listener, router(platform), limits, shutdown_signal()).await?;
     Ok(())
 }

@@ -23,7 +23,9 @@ impl DatabaseUrl {
     pub fn parse(url: Option<&str>) -> Result<Self, String> {
         match url {
             None | Some("") => Ok(Self::Sqlite(PathBuf::from(DEFAULT_SQLITE_FILE))),
-            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(Self::Postgres(u.to_owned())),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(Self::Postgres(u.to_owned()))
+            }
             Some(u) => {
                 let path = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")).unwrap_or(u);
                 if path.is_empty() {
@@ -54,7 +56,8 @@ pub fn database_url(given: Option<&str>, dev: bool) -> Result<String, String> {
         return Ok(u.to_owned());
     }
     if let Some(bytes) = env_secret("ONEPROTECT_DATABASE_URL")? {
-        return String::from_utf8(bytes).map_err(|_| "ONEPROTECT_DATABASE_URL_FILE holds no UTF-8 text".to_owned());
+        return String::from_utf8(bytes)
+            .map_err(|_| "ONEPROTECT_DATABASE_URL_FILE holds no UTF-8 text".to_owned());
     }
     if dev {
         return Ok(DEFAULT_SQLITE_FILE.to_owned());
@@ -123,7 +126,9 @@ pub fn env_secret(name: &str) -> Result<Option<Vec<u8>>, String> {
 
 fn check_len(name: &str, v: &[u8]) -> Result<(), String> {
     if v.len() < MIN_KEY_BYTES {
-        return Err(format!("{name} must be at least {MIN_KEY_BYTES} bytes (generate one with `openssl rand -base64 48`)"));
+        return Err(format!(
+            "{name} must be at least {MIN_KEY_BYTES} bytes (generate one with `openssl rand -base64 48`)"
+        ));
     }
     Ok(())
 }
@@ -135,7 +140,14 @@ impl SecretInputs {
             check_len("ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET", s)?;
         }
         let runtime_previous: Vec<Vec<u8>> = env_secret("ONEPROTECT_AGENT_RUNTIME_TOKEN_PREVIOUS_SECRETS")?
-            .map(|v| String::from_utf8_lossy(&v).split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec()).collect())
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.as_bytes().to_vec())
+                    .collect()
+            })
             .unwrap_or_default();
         for p in &runtime_previous {
             check_len("each ONEPROTECT_AGENT_RUNTIME_TOKEN_PREVIOUS_SECRETS entry", p)?;
@@ -156,7 +168,10 @@ impl SecretInputs {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.runtime_secret.is_none() && self.runtime_previous.is_empty() && self.admin_key.is_none() && self.token_hash_key.is_none()
+        self.runtime_secret.is_none()
+            && self.runtime_previous.is_empty()
+            && self.admin_key.is_none()
+            && self.token_hash_key.is_none()
     }
 }
 
@@ -174,15 +189,19 @@ impl DevSecrets {
         if let Ok(text) = std::fs::read_to_string(path) {
             return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()));
         }
-        let secrets =
-            Self { admin_jwt_secret: b64(&random_bytes::<48>()), runtime_token_secret: b64(&random_bytes::<48>()), token_hash_key: b64(&random_bytes::<48>()) };
+        let secrets = Self {
+            admin_jwt_secret: b64(&random_bytes::<48>()),
+            runtime_token_secret: b64(&random_bytes::<48>()),
+            token_hash_key: b64(&random_bytes::<48>()),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             // Owner-only, as the secrets inside it.
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("{}: {e}", dir.display()))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
             }
         }
         let text = serde_json::to_string_pretty(&secrets).map_err(|e| e.to_string())?;

@@ -4,7 +4,9 @@
 //! whose self-signature verifies. Error texts describe the problem, never
 //! the request's content.
 
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+};
 use x509_parser::prelude::*;
 use x509_parser::public_key::PublicKey;
 
@@ -49,31 +51,34 @@ pub struct VerifiedCsr {
 
 /// The signature algorithms a CSR may use: SHA-2 with ECDSA or RSA
 /// (PKCS#1 v1.5), and Ed25519. SHA-1 and MD5 signatures are refused.
-static STRONG_SIGNATURES: std::sync::LazyLock<[x509_parser::der_parser::oid::Oid<'static>; 7]> = std::sync::LazyLock::new(|| {
-    use x509_parser::oid_registry::*;
-    [
-        OID_SIG_ECDSA_WITH_SHA256,
-        OID_SIG_ECDSA_WITH_SHA384,
-        OID_SIG_ECDSA_WITH_SHA512,
-        OID_PKCS1_SHA256WITHRSA,
-        OID_PKCS1_SHA384WITHRSA,
-        OID_PKCS1_SHA512WITHRSA,
-        OID_SIG_ED25519,
-    ]
-});
+static STRONG_SIGNATURES: std::sync::LazyLock<[x509_parser::der_parser::oid::Oid<'static>; 7]> =
+    std::sync::LazyLock::new(|| {
+        use x509_parser::oid_registry::*;
+        [
+            OID_SIG_ECDSA_WITH_SHA256,
+            OID_SIG_ECDSA_WITH_SHA384,
+            OID_SIG_ECDSA_WITH_SHA512,
+            OID_PKCS1_SHA256WITHRSA,
+            OID_PKCS1_SHA384WITHRSA,
+            OID_PKCS1_SHA512WITHRSA,
+            OID_SIG_ED25519,
+        ]
+    });
 
 pub fn verify_csr_pem(pem_text: &str) -> Result<VerifiedCsr, String> {
     if pem_text.len() > MAX_CSR_PEM_BYTES {
         return Err(format!("the CSR exceeds {MAX_CSR_PEM_BYTES} bytes"));
     }
-    let (rest, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).map_err(|_| "the CSR is not PEM".to_string())?;
+    let (rest, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
+        .map_err(|_| "the CSR is not PEM".to_string())?;
     if !rest.iter().all(u8::is_ascii_whitespace) {
         return Err("the CSR PEM has trailing data".into());
     }
     if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
         return Err("the PEM block is not a CERTIFICATE REQUEST".into());
     }
-    let (rest, csr) = X509CertificationRequest::from_der(&pem.contents).map_err(|_| "the CSR is not valid PKCS#10 DER".to_string())?;
+    let (rest, csr) = X509CertificationRequest::from_der(&pem.contents)
+        .map_err(|_| "the CSR is not valid PKCS#10 DER".to_string())?;
     if !rest.is_empty() {
         return Err("the CSR DER has trailing data".into());
     }
@@ -102,7 +107,11 @@ pub fn verify_csr_pem(pem_text: &str) -> Result<VerifiedCsr, String> {
             KeyAlgorithm::Rsa
         }
         _ if spki.algorithm.algorithm == OID_SIG_ED25519 => KeyAlgorithm::Ed25519,
-        _ => return Err("unsupported public key algorithm: use ECDSA P-256/P-384, Ed25519 or RSA >= 2048".into()),
+        _ => {
+            return Err(
+                "unsupported public key algorithm: use ECDSA P-256/P-384, Ed25519 or RSA >= 2048".into()
+            );
+        }
     };
     if !STRONG_SIGNATURES.contains(&csr.signature_algorithm.algorithm) {
         return Err("the CSR is signed with a weak or unsupported algorithm (SHA-1, MD5, …): sign it with SHA-256 or stronger, or Ed25519".into());

@@ -80,8 +80,14 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
-            Self::RequestInvalid(_) | Self::ParameterInvalid(_) | Self::CsrInvalid(_) | Self::NonceInvalid => 400,
-            Self::Unauthenticated(_) | Self::EnrollmentTokenInvalid(_) | Self::RuntimeTokenInvalid(_) | Self::IdentityUnknown => 401,
+            Self::RequestInvalid(_)
+            | Self::ParameterInvalid(_)
+            | Self::CsrInvalid(_)
+            | Self::NonceInvalid => 400,
+            Self::Unauthenticated(_)
+            | Self::EnrollmentTokenInvalid(_)
+            | Self::RuntimeTokenInvalid(_)
+            | Self::IdentityUnknown => 401,
             Self::Forbidden(_)
             | Self::IdentityRevoked
             | Self::IdentityStale
@@ -164,9 +170,13 @@ impl Rejection {
     pub fn detail(&self) -> Option<String> {
         Some(match self {
             Self::RequestInvalid(d) | Self::ParameterInvalid(d) | Self::CsrInvalid(d) => d.clone(),
-            Self::NonceInvalid => "the nonce must be 22 to 128 base64url characters (at least 128 random bits)".into(),
+            Self::NonceInvalid => {
+                "the nonce must be 22 to 128 base64url characters (at least 128 random bits)".into()
+            }
             Self::Unauthenticated(d) | Self::Forbidden(d) => (*d).into(),
-            Self::EnrollmentTokenInvalid(_) => "the enrollment token is not valid; ask your administrator for a new one".into(),
+            Self::EnrollmentTokenInvalid(_) => {
+                "the enrollment token is not valid; ask your administrator for a new one".into()
+            }
             Self::RuntimeTokenInvalid(_) => "the runtime token is not valid; rotate it or re-enroll".into(),
             Self::IdentityUnknown => "no such agent identity; the agent must enroll again".into(),
             Self::IdentityRevoked => "this agent identity was revoked".into(),
@@ -178,7 +188,9 @@ impl Rejection {
             Self::NotFound => "no such resource".into(),
             Self::NonceReplayed => "this nonce was already used; generate a fresh one per attempt".into(),
             Self::RateLimited { retry_after_seconds } => format!("retry after {retry_after_seconds} seconds"),
-            Self::RuntimeSecretUnavailable => "the platform cannot issue or verify runtime tokens right now".into(),
+            Self::RuntimeSecretUnavailable => {
+                "the platform cannot issue or verify runtime tokens right now".into()
+            }
             Self::StoreUnavailable => "the platform store is unavailable".into(),
             Self::Internal => return None,
         })

@@ -14,7 +14,9 @@ use crate::admin_auth::AdminPrincipal;
 use crate::error::Rejection;
 use crate::model::*;
 use crate::runtime_token::RuntimeClaims;
-use crate::service::{ExchangeInput, HeartbeatInput, IssueInput, PageRequest, Platform, RequestMeta, encode_cursor};
+use crate::service::{
+    ExchangeInput, HeartbeatInput, IssueInput, PageRequest, Platform, RequestMeta, encode_cursor,
+};
 
 #[derive(Debug, Clone)]
 pub struct HttpApi {
@@ -30,16 +32,30 @@ impl HttpApi {
 impl HttpApi {
     fn meta(&self, ctx: &RequestContext) -> RequestMeta {
         let source = self.platform.source_of(ctx.remote_addr, ctx.forwarded_for.as_deref());
-        RequestMeta { request_id: ctx.request_id.clone(), request_id_from_caller: ctx.request_id_from_caller, remote_addr: ctx.remote_addr, source }
+        RequestMeta {
+            request_id: ctx.request_id.clone(),
+            request_id_from_caller: ctx.request_id_from_caller,
+            remote_addr: ctx.remote_addr,
+            source,
+        }
     }
 }
 
 /// The `Problem` for a rejection; the stubs map it to the documented variant.
 fn problem(r: &Rejection, ctx: &RequestContext) -> types::Problem {
-    stubs::problem(StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), r.code(), r.title(), r.detail(), &ctx.request_id)
+    stubs::problem(
+        StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        r.code(),
+        r.title(),
+        r.detail(),
+        &ctx.request_id,
+    )
 }
 
-fn token_status(r: &EnrollmentTokenRecord, now: chrono::DateTime<chrono::Utc>) -> types::EnrollmentTokenStatus {
+fn token_status(
+    r: &EnrollmentTokenRecord,
+    now: chrono::DateTime<chrono::Utc>,
+) -> types::EnrollmentTokenStatus {
     match r.status_at(now) {
         TokenStatus::Active => types::EnrollmentTokenStatus::Active,
         TokenStatus::Revoked => types::EnrollmentTokenStatus::Revoked,
@@ -48,7 +64,10 @@ fn token_status(r: &EnrollmentTokenRecord, now: chrono::DateTime<chrono::Utc>) -
     }
 }
 
-fn token_metadata(r: &EnrollmentTokenRecord, now: chrono::DateTime<chrono::Utc>) -> types::EnrollmentTokenMetadata {
+fn token_metadata(
+    r: &EnrollmentTokenRecord,
+    now: chrono::DateTime<chrono::Utc>,
+) -> types::EnrollmentTokenMetadata {
     types::EnrollmentTokenMetadata {
         collector_id: r.collector_id,
         created_at: r.created_at,
@@ -237,7 +256,10 @@ impl Api for HttpApi {
         _path: &HashMap<String, String>,
         token: BearerToken,
     ) -> Result<AdminPrincipal, types::Problem> {
-        self.platform.authenticate_admin(token.expose_secret(), op.id, &self.meta(ctx)).await.map_err(|r| problem(&r, ctx))
+        self.platform
+            .authenticate_admin(token.expose_secret(), op.id, &self.meta(ctx))
+            .await
+            .map_err(|r| problem(&r, ctx))
     }
 
     async fn authenticate_agent_runtime_bearer(
@@ -248,10 +270,17 @@ impl Api for HttpApi {
         token: BearerToken,
     ) -> Result<RuntimeClaims, types::Problem> {
         let agent_id = path.get("agent_id").map(String::as_str).unwrap_or_default();
-        self.platform.authenticate_runtime(token.expose_secret(), agent_id, op.id, &self.meta(ctx)).await.map_err(|r| problem(&r, ctx))
+        self.platform
+            .authenticate_runtime(token.expose_secret(), agent_id, op.id, &self.meta(ctx))
+            .await
+            .map_err(|r| problem(&r, ctx))
     }
 
-    async fn exchange_enrollment_token(&self, ctx: RequestContext, body: types::EnrollmentExchangeRequest) -> ExchangeEnrollmentTokenResponse {
+    async fn exchange_enrollment_token(
+        &self,
+        ctx: RequestContext,
+        body: types::EnrollmentExchangeRequest,
+    ) -> ExchangeEnrollmentTokenResponse {
         respond!(ExchangeEnrollmentTokenResponse, ctx, {
             let input = ExchangeInput {
                 enrollment_token: SecretString::from(body.enrollment_token.to_string()),
@@ -260,7 +289,9 @@ impl Api for HttpApi {
                 hostname: body.hostname.to_string(),
                 agent_version: body.agent_version.to_string(),
                 os_family: body.os_family.map(|o| o.to_string()),
-                hardware_fingerprint_hash: body.hardware_fingerprint_hash.map(|f| SecretString::from(f.to_string())),
+                hardware_fingerprint_hash: body
+                    .hardware_fingerprint_hash
+                    .map(|f| SecretString::from(f.to_string())),
             };
             let r = self.platform.exchange(input, &self.meta(&ctx)).await?;
             Ok(ExchangeEnrollmentTokenResponse::Created(types::EnrollmentExchangeResponse {
@@ -271,9 +302,20 @@ impl Api for HttpApi {
         })
     }
 
-    async fn list_enrollment_tokens(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListEnrollmentTokensQuery) -> ListEnrollmentTokensResponse {
+    async fn list_enrollment_tokens(
+        &self,
+        ctx: RequestContext,
+        admin: AdminPrincipal,
+        query: ListEnrollmentTokensQuery,
+    ) -> ListEnrollmentTokensResponse {
         respond!(ListEnrollmentTokensResponse, ctx, {
-            let page = self.platform.list_enrollment_tokens(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
+            let page = self
+                .platform
+                .list_enrollment_tokens(
+                    &admin,
+                    PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?,
+                )
+                .await?;
             let now = self.platform.now();
             Ok(ListEnrollmentTokensResponse::Ok(types::EnrollmentTokenList {
                 items: page.items.iter().map(|t| token_metadata(t, now)).collect(),
@@ -314,20 +356,46 @@ impl Api for HttpApi {
     ) -> RevokeEnrollmentTokenResponse {
         respond!(RevokeEnrollmentTokenResponse, ctx, {
             let m = self.meta(&ctx);
-            let record = self.platform.revoke_enrollment_token(&admin, enrollment_token_id, body.reason.map(|r| r.to_string()), &m).await?;
+            let record = self
+                .platform
+                .revoke_enrollment_token(&admin, enrollment_token_id, body.reason.map(|r| r.to_string()), &m)
+                .await?;
             Ok(RevokeEnrollmentTokenResponse::Ok(token_metadata(&record, self.platform.now())))
         })
     }
 
-    async fn list_agents(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListAgentsQuery) -> ListAgentsResponse {
+    async fn list_agents(
+        &self,
+        ctx: RequestContext,
+        admin: AdminPrincipal,
+        query: ListAgentsQuery,
+    ) -> ListAgentsResponse {
         respond!(ListAgentsResponse, ctx, {
-            let page = self.platform.list_agents(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
-            Ok(ListAgentsResponse::Ok(types::AgentList { items: page.items.iter().map(agent_identity).collect(), next_cursor: cursor(page.next_after) }))
+            let page = self
+                .platform
+                .list_agents(
+                    &admin,
+                    PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?,
+                )
+                .await?;
+            Ok(ListAgentsResponse::Ok(types::AgentList {
+                items: page.items.iter().map(agent_identity).collect(),
+                next_cursor: cursor(page.next_after),
+            }))
         })
     }
 
-    async fn get_agent(&self, ctx: RequestContext, admin: AdminPrincipal, agent_id: uuid::Uuid) -> GetAgentResponse {
-        respond!(GetAgentResponse, ctx, Ok(GetAgentResponse::Ok(agent_identity(&self.platform.get_agent(&admin, agent_id).await?))))
+    async fn get_agent(
+        &self,
+        ctx: RequestContext,
+        admin: AdminPrincipal,
+        agent_id: uuid::Uuid,
+    ) -> GetAgentResponse {
+        respond!(
+            GetAgentResponse,
+            ctx,
+            Ok(GetAgentResponse::Ok(agent_identity(&self.platform.get_agent(&admin, agent_id).await?)))
+        )
     }
 
     async fn rotate_agent_certificate(
@@ -348,10 +416,17 @@ impl Api for HttpApi {
         })
     }
 
-    async fn revoke_agent(&self, ctx: RequestContext, admin: AdminPrincipal, agent_id: uuid::Uuid, body: types::RevokeRequest) -> RevokeAgentResponse {
+    async fn revoke_agent(
+        &self,
+        ctx: RequestContext,
+        admin: AdminPrincipal,
+        agent_id: uuid::Uuid,
+        body: types::RevokeRequest,
+    ) -> RevokeAgentResponse {
         respond!(RevokeAgentResponse, ctx, {
             let m = self.meta(&ctx);
-            let identity = self.platform.revoke_agent(&admin, agent_id, body.reason.map(|r| r.to_string()), &m).await?;
+            let identity =
+                self.platform.revoke_agent(&admin, agent_id, body.reason.map(|r| r.to_string()), &m).await?;
             Ok(RevokeAgentResponse::Ok(agent_identity(&identity)))
         })
     }
@@ -389,9 +464,20 @@ impl Api for HttpApi {
         })
     }
 
-    async fn list_audit_events(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListAuditEventsQuery) -> ListAuditEventsResponse {
+    async fn list_audit_events(
+        &self,
+        ctx: RequestContext,
+        admin: AdminPrincipal,
+        query: ListAuditEventsQuery,
+    ) -> ListAuditEventsResponse {
         respond!(ListAuditEventsResponse, ctx, {
-            let page = self.platform.list_audit(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
+            let page = self
+                .platform
+                .list_audit(
+                    &admin,
+                    PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?,
+                )
+                .await?;
             Ok(ListAuditEventsResponse::Ok(types::AuditEventList {
                 items: page.items.iter().map(audit_event).collect::<Result<_, _>>()?,
                 next_cursor: cursor(page.next_after),
@@ -399,27 +485,49 @@ impl Api for HttpApi {
         })
     }
 
-    async fn list_events(&self, ctx: RequestContext, admin: AdminPrincipal, query: ListEventsQuery) -> ListEventsResponse {
+    async fn list_events(
+        &self,
+        ctx: RequestContext,
+        admin: AdminPrincipal,
+        query: ListEventsQuery,
+    ) -> ListEventsResponse {
         respond!(ListEventsResponse, ctx, {
-            let page = self.platform.list_events(&admin, PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?).await?;
+            let page = self
+                .platform
+                .list_events(
+                    &admin,
+                    PageRequest::parse(query.cursor.as_ref().map(|c| c.as_str()), query.limit)?,
+                )
+                .await?;
             let items = page
                 .items
                 .into_iter()
-                .map(|e| serde_json::from_str::<types::CloudEvent>(&e.payload).map_err(|_| Rejection::Internal))
+                .map(|e| {
+                    serde_json::from_str::<types::CloudEvent>(&e.payload).map_err(|_| Rejection::Internal)
+                })
                 .collect::<Result<_, _>>()?;
             Ok(ListEventsResponse::Ok(types::DomainEventList { items, next_cursor: cursor(page.next_after) }))
         })
     }
 
     async fn get_health(&self, _ctx: RequestContext) -> GetHealthResponse {
-        GetHealthResponse::Ok(types::HealthStatus { checks: Default::default(), status: types::HealthStatusStatus::Ok })
+        GetHealthResponse::Ok(types::HealthStatus {
+            checks: Default::default(),
+            status: types::HealthStatusStatus::Ok,
+        })
     }
 
     async fn get_readiness(&self, ctx: RequestContext) -> GetReadinessResponse {
         match self.platform.ready().await {
             Ok(()) => {
-                let checks = [("store".to_owned(), "ok".to_owned()), ("migrations".to_owned(), "ok".to_owned())].into_iter().collect();
-                GetReadinessResponse::Ok(types::HealthStatus { checks, status: types::HealthStatusStatus::Ok })
+                let checks =
+                    [("store".to_owned(), "ok".to_owned()), ("migrations".to_owned(), "ok".to_owned())]
+                        .into_iter()
+                        .collect();
+                GetReadinessResponse::Ok(types::HealthStatus {
+                    checks,
+                    status: types::HealthStatusStatus::Ok,
+                })
             }
             Err(r) => GetReadinessResponse::from_problem(problem(&r, &ctx)),
         }
@@ -428,7 +536,9 @@ impl Api for HttpApi {
     async fn get_open_api_document(&self, ctx: RequestContext) -> GetOpenApiDocumentResponse {
         // Parsed once: the document is embedded and never changes.
         static DOCUMENT: std::sync::LazyLock<Option<types::OpenApiDocument>> =
-            std::sync::LazyLock::new(|| serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).ok());
+            std::sync::LazyLock::new(|| {
+                serde_json::from_str(oneprotect_contracts::contract::OPENAPI_JSON).ok()
+            });
         match DOCUMENT.as_ref() {
             Some(doc) => GetOpenApiDocumentResponse::Ok(doc.clone()),
             None => GetOpenApiDocumentResponse::from_problem(problem(&Rejection::Internal, &ctx)),
@@ -437,7 +547,9 @@ impl Api for HttpApi {
 
     async fn get_async_api_document(&self, ctx: RequestContext) -> GetAsyncApiDocumentResponse {
         static DOCUMENT: std::sync::LazyLock<Option<types::AsyncApiDocument>> =
-            std::sync::LazyLock::new(|| serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON).ok());
+            std::sync::LazyLock::new(|| {
+                serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON).ok()
+            });
         match DOCUMENT.as_ref() {
             Some(doc) => GetAsyncApiDocumentResponse::Ok(doc.clone()),
             None => GetAsyncApiDocumentResponse::from_problem(problem(&Rejection::Internal, &ctx)),

@@ -35,7 +35,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 4096, max_per_source: 256, header_read_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) }
+        Self {
+            max_connections: 4096,
+            max_per_source: 256,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -90,7 +95,12 @@ impl RefusalLog {
 /// Serves `app` on `listener` within `limits` until `shutdown` completes,
 /// then lets open connections finish their requests (bounded by the idle
 /// timeout).
-pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_source = Arc::new(PerSource::default());
     let refusals = Arc::new(RefusalLog::new());
@@ -123,11 +133,12 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, shu
         let (app, per_source, mut stop) = (app.clone(), per_source.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let mut app = app.clone();
-                async move { app.call(req.map(axum::body::Body::new)).await }
-            });
+            let service =
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let mut app = app.clone();
+                    async move { app.call(req.map(axum::body::Body::new)).await }
+                });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
             let conn = builder.serve_connection(io, service);
@@ -176,7 +187,11 @@ fn timed_out() -> std::io::Error {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -192,7 +207,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
@@ -232,7 +251,9 @@ mod tests {
     /// One whole request on a fresh connection; the status line.
     async fn get(addr: SocketAddr) -> String {
         let mut c = TcpStream::connect(addr).await.expect("connect");
-        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n").await.expect("write");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
         let mut answer = String::new();
         let _ = c.read_to_string(&mut answer).await;
         answer.lines().next().unwrap_or_default().to_owned()
@@ -267,7 +288,11 @@ mod tests {
         // One byte a second on every slow connection, for at most 30 s.
         for _ in 0..30 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            assert_eq!(get(addr).await, "HTTP/1.1 200 OK", "a legitimate request is served during the attack");
+            assert_eq!(
+                get(addr).await,
+                "HTTP/1.1 200 OK",
+                "a legitimate request is served during the attack"
+            );
             let mut open = 0;
             for c in &mut slow {
                 if c.write_all(b"x").await.is_ok() && c.flush().await.is_ok() {
@@ -282,12 +307,19 @@ mod tests {
             assert!(closed(c).await, "the slow connection was closed");
         }
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_secs(5) && elapsed <= Duration::from_secs(8), "cut after {elapsed:?}, not at the 5 s header timeout");
+        assert!(
+            elapsed >= Duration::from_secs(5) && elapsed <= Duration::from_secs(8),
+            "cut after {elapsed:?}, not at the 5 s header timeout"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_closed_after_the_idle_timeout() {
-        let limits = Limits { idle_timeout: Duration::from_secs(30), header_read_timeout: Duration::from_secs(300), ..Limits::default() };
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(300),
+            ..Limits::default()
+        };
         let addr = start(limits).await;
         let mut c = TcpStream::connect(addr).await.expect("connect");
         c.write_all(b"GET /healthz HTTP/1.1\r\nhost: fixture\r\n\r\n").await.expect("write");
@@ -297,7 +329,10 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(closed(&mut c).await, "the idle keep-alive connection is closed");
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_secs(29) && elapsed <= Duration::from_secs(32), "closed after {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_secs(29) && elapsed <= Duration::from_secs(32),
+            "closed after {elapsed:?}"
+        );
     }
 
     #[tokio::test]
@@ -308,8 +343,15 @@ mod tests {
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
         // An HTTP/2 server would answer with a SETTINGS frame (type 0x4 at byte 3).
-        assert!(answer.len() < 9 || answer[3] != 0x4 || answer.starts_with(b"HTTP/1.1"), "answered as HTTP/2: {answer:?}");
-        assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"), "an HTTP/1.1 refusal or a close: {}", String::from_utf8_lossy(&answer));
+        assert!(
+            answer.len() < 9 || answer[3] != 0x4 || answer.starts_with(b"HTTP/1.1"),
+            "answered as HTTP/2: {answer:?}"
+        );
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
+            "an HTTP/1.1 refusal or a close: {}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 
     #[tokio::test]
@@ -328,7 +370,10 @@ mod tests {
         let other = tokio::net::TcpSocket::new_v4().expect("socket");
         other.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
         let mut other = other.connect(addr).await.expect("connect from 127.0.0.2");
-        other.write_all(b"GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n").await.expect("write");
+        other
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
         let mut answer = String::new();
         let _ = other.read_to_string(&mut answer).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

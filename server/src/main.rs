@@ -19,7 +19,11 @@ use oneprotect_server::service::Policy;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "oneprotect-server", version, about = "The OneProtect platform: agent enrollment, identity-bound heartbeat, audit and events")]
+#[command(
+    name = "oneprotect-server",
+    version,
+    about = "The OneProtect platform: agent enrollment, identity-bound heartbeat, audit and events"
+)]
 #[command(after_help = "Secrets are read from the environment (or NAME_FILE), never from flags:\n  \
   ONEPROTECT_ADMIN_JWT_SECRET | ONEPROTECT_ADMIN_JWT_PUBLIC_KEY_FILE | ONEPROTECT_ADMIN_JWKS_FILE\n  \
   ONEPROTECT_TOKEN_HASH_KEY, ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET, ONEPROTECT_AGENT_RUNTIME_TOKEN_PREVIOUS_SECRETS\n\
@@ -146,7 +150,8 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ONEPROTECT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ONEPROTECT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -154,7 +159,15 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn mint(secret: &[u8], tenant: &str, subject: &str, role: Role, ttl: i64, issuer: &str, audience: &str) -> Result<String, String> {
+fn mint(
+    secret: &[u8],
+    tenant: &str,
+    subject: &str,
+    role: Role,
+    ttl: i64,
+    issuer: &str,
+    audience: &str,
+) -> Result<String, String> {
     let claims = AdminClaims {
         sub: subject.to_owned(),
         tenant_id: tenant.to_owned(),
@@ -205,10 +218,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let dev = args.dev || (secrets.is_empty() && config::is_loopback(&args.listen));
     if secrets.is_empty() && !dev {
-        eprintln!("error: no secrets configured and {} is not a loopback address; set the ONEPROTECT_* secrets (see --help) or pass --dev", args.listen);
+        eprintln!(
+            "error: no secrets configured and {} is not a loopback address; set the ONEPROTECT_* secrets (see --help) or pass --dev",
+            args.listen
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
-    let url = match config::database_url(args.common.database_url.as_deref(), dev).and_then(|u| DatabaseUrl::parse(Some(&u))) {
+    let url = match config::database_url(args.common.database_url.as_deref(), dev)
+        .and_then(|u| DatabaseUrl::parse(Some(&u)))
+    {
         Ok(u) => u,
         Err(e) => {
             eprintln!("error: ONEPROTECT_DATABASE_URL: {e}");
@@ -227,7 +245,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot open the store ({}): {e}", url.describe());
-            let misconfigured = matches!(e.downcast_ref(), Some(oneprotect_server::store::StoreError::Misconfigured(_)));
+            let misconfigured =
+                matches!(e.downcast_ref(), Some(oneprotect_server::store::StoreError::Misconfigured(_)));
             return ExitCode::from(if misconfigured { EXIT_CONFIG } else { EXIT_RUNTIME });
         }
     };
@@ -240,12 +259,22 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        secrets.admin_key.get_or_insert(AdminKeySource::Hs256Secret(dev_secrets.admin_jwt_secret.clone().into_bytes()));
+        secrets
+            .admin_key
+            .get_or_insert(AdminKeySource::Hs256Secret(dev_secrets.admin_jwt_secret.clone().into_bytes()));
         secrets.token_hash_key.get_or_insert(dev_secrets.token_hash_key.into_bytes());
         secrets.runtime_secret.get_or_insert(dev_secrets.runtime_token_secret.into_bytes());
         if let Some(AdminKeySource::Hs256Secret(s)) = &secrets.admin_key {
-            dev_admin_token =
-                mint(s, "tenant-dev", "admin@localhost", Role::Admin, 12 * 3600, &args.common.admin_jwt_issuer, &args.common.admin_jwt_audience).ok();
+            dev_admin_token = mint(
+                s,
+                "tenant-dev",
+                "admin@localhost",
+                Role::Admin,
+                12 * 3600,
+                &args.common.admin_jwt_issuer,
+                &args.common.admin_jwt_audience,
+            )
+            .ok();
         }
     }
 
@@ -257,14 +286,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
         trusted_proxies,
         ..Policy::default()
     };
-    let platform =
-        match oneprotect_server::app::platform(store, Arc::new(SystemClock), secrets, &args.common.admin_jwt_issuer, &args.common.admin_jwt_audience, policy) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
+    let platform = match oneprotect_server::app::platform(
+        store,
+        Arc::new(SystemClock),
+        secrets,
+        &args.common.admin_jwt_issuer,
+        &args.common.admin_jwt_audience,
+        policy,
+    ) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if dev {
         eprintln!("\n*** DEVELOPMENT MODE — NOT FOR PRODUCTION ***");
@@ -293,27 +328,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn migrate(args: MigrateArgs) -> ExitCode {
-    match config::database_url(args.common.database_url.as_deref(), false).and_then(|u| DatabaseUrl::parse(Some(&u))) {
-        Ok(DatabaseUrl::Sqlite(path)) => match oneprotect_server::store::sqlite::SqliteStore::migrate_file(&path) {
-            Ok(n) => {
-                println!("{}: migrations current ({n} applied now)", path.display());
-                ExitCode::SUCCESS
+    match config::database_url(args.common.database_url.as_deref(), false)
+        .and_then(|u| DatabaseUrl::parse(Some(&u)))
+    {
+        Ok(DatabaseUrl::Sqlite(path)) => {
+            match oneprotect_server::store::sqlite::SqliteStore::migrate_file(&path) {
+                Ok(n) => {
+                    println!("{}: migrations current ({n} applied now)", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_RUNTIME)
+        }
+        Ok(DatabaseUrl::Postgres(url)) => {
+            match oneprotect_server::store::postgres::migrate(&url, args.app_role.as_deref()).await {
+                Ok(n) => {
+                    println!(
+                        "postgres: migrations current ({n} applied now){}",
+                        args.app_role.map(|r| format!("; granted {r}")).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
             }
-        },
-        Ok(DatabaseUrl::Postgres(url)) => match oneprotect_server::store::postgres::migrate(&url, args.app_role.as_deref()).await {
-            Ok(n) => {
-                println!("postgres: migrations current ({n} applied now){}", args.app_role.map(|r| format!("; granted {r}")).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_RUNTIME)
-            }
-        },
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
@@ -324,10 +368,15 @@ async fn migrate(args: MigrateArgs) -> ExitCode {
 fn admin_token(args: AdminTokenArgs) -> ExitCode {
     let secret = match config::env_secret("ONEPROTECT_ADMIN_JWT_SECRET") {
         Ok(Some(s)) => s,
-        Ok(None) => match std::fs::read_to_string(PathBuf::from(config::DEV_SECRETS_FILE)).ok().and_then(|t| serde_json::from_str::<DevSecrets>(&t).ok()) {
+        Ok(None) => match std::fs::read_to_string(PathBuf::from(config::DEV_SECRETS_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<DevSecrets>(&t).ok())
+        {
             Some(dev) => dev.admin_jwt_secret.into_bytes(),
             None => {
-                eprintln!("error: set ONEPROTECT_ADMIN_JWT_SECRET (or run `serve --dev` once in this directory)");
+                eprintln!(
+                    "error: set ONEPROTECT_ADMIN_JWT_SECRET (or run `serve --dev` once in this directory)"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
@@ -336,7 +385,15 @@ fn admin_token(args: AdminTokenArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match mint(&secret, &args.tenant, &args.subject, args.role, args.ttl_seconds, &args.admin_jwt_issuer, &args.admin_jwt_audience) {
+    match mint(
+        &secret,
+        &args.tenant,
+        &args.subject,
+        args.role,
+        args.ttl_seconds,
+        &args.admin_jwt_issuer,
+        &args.admin_jwt_audience,
+    ) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS
@@ -354,7 +411,10 @@ async fn main() -> ExitCode {
     // A misspelled variable would fall back to a default without a word.
     let unknown = config::unknown_variables(std::env::vars().map(|(k, _)| k), &cli_variables());
     if !unknown.is_empty() {
-        eprintln!("error: unknown configuration variable(s) {}; `oneprotect-server <command> --help` lists what each command reads", unknown.join(", "));
+        eprintln!(
+            "error: unknown configuration variable(s) {}; `oneprotect-server <command> --help` lists what each command reads",
+            unknown.join(", ")
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     match cli.command {

@@ -10,7 +10,10 @@ use crate::store::batch::{BATCH_SIZE_BOUNDS, WriteQueueSnapshot};
 /// What each metric counts, for its `# HELP` line.
 const HELP: [(&str, &str); 7] = [
     ("oneprotect_enrollment_tokens_issued_total", "Enrollment tokens issued."),
-    ("oneprotect_exchanges_total", "Enrollment exchanges, by outcome: enrolled, rate_limited, or the problem code of the refusal."),
+    (
+        "oneprotect_exchanges_total",
+        "Enrollment exchanges, by outcome: enrolled, rate_limited, or the problem code of the refusal.",
+    ),
     ("oneprotect_heartbeats_total", "Heartbeats accepted, by outcome: accepted or duplicate."),
     ("oneprotect_rejections_total", "Refusals the service decided and audited, by reason."),
     (REQUEST_DURATION, "Seconds to answer an HTTP request, by route template, method and status."),
@@ -131,10 +134,18 @@ mod tests {
         assert!(text.contains("# TYPE oneprotect_exchanges_total counter"));
         assert!(text.contains(&format!("# TYPE {REQUEST_DURATION} histogram")));
         let bucket = |le: &str| {
-            let prefix = format!("{REQUEST_DURATION}_bucket{{route=\"/fixture/things/{{thing_id}}\",method=\"GET\",status=\"200\",le=\"{le}\"}} ");
-            text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("no bucket {le}: {text}"))
+            let prefix = format!(
+                "{REQUEST_DURATION}_bucket{{route=\"/fixture/things/{{thing_id}}\",method=\"GET\",status=\"200\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no bucket {le}: {text}"))
         };
-        assert_eq!((bucket("0.005"), bucket("0.025"), bucket("0.5"), bucket("10"), bucket("+Inf")), (1, 3, 4, 4, 5));
+        assert_eq!(
+            (bucket("0.005"), bucket("0.025"), bucket("0.5"), bucket("10"), bucket("+Inf")),
+            (1, 3, 4, 4, 5)
+        );
         assert!(text.contains(&format!("{REQUEST_DURATION}_count{{route=\"/fixture/things/{{thing_id}}\",method=\"GET\",status=\"200\"}} 5")));
         // Every sample line is `name{labels} number` or `name number`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -147,6 +158,10 @@ mod tests {
     fn label_values_are_escaped() {
         let m = Metrics::default();
         m.inc("oneprotect_rejections_total", "reason", "a\"b\\c");
-        assert!(m.render(&WriteQueueSnapshot::default()).contains("reason=\"a\\\"b\\\\c\""), "{}", m.render(&WriteQueueSnapshot::default()));
+        assert!(
+            m.render(&WriteQueueSnapshot::default()).contains("reason=\"a\\\"b\\\\c\""),
+            "{}",
+            m.render(&WriteQueueSnapshot::default())
+        );
     }
 }

@@ -166,7 +166,11 @@ impl IdentityState {
     /// active identity stale.
     pub fn effective_status(&self, now: DateTime<Utc>, stale_after: Duration) -> AgentStatus {
         match self.status {
-            AgentStatus::Enrolled | AgentStatus::Active if self.last_seen_at.unwrap_or(self.enrolled_at) + stale_after <= now => AgentStatus::Stale,
+            AgentStatus::Enrolled | AgentStatus::Active
+                if self.last_seen_at.unwrap_or(self.enrolled_at) + stale_after <= now =>
+            {
+                AgentStatus::Stale
+            }
             s => s,
         }
     }
@@ -324,7 +328,11 @@ pub enum IdentityRefusal {
 /// record (which is returned when it admits the caller): the service applies them before a rotation, and the store
 /// applies them inside the heartbeat's write transaction, on the row it
 /// locks, so the answer reflects every change committed before it.
-pub fn admit<'a, I: IdentityFacts>(stored: Option<&'a I>, binding: &AgentBinding, now: DateTime<Utc>) -> Result<&'a I, IdentityRefusal> {
+pub fn admit<'a, I: IdentityFacts>(
+    stored: Option<&'a I>,
+    binding: &AgentBinding,
+    now: DateTime<Utc>,
+) -> Result<&'a I, IdentityRefusal> {
     let found = stored.ok_or(IdentityRefusal::Unknown)?;
     let identity = found.facts();
     if identity.collector_id != binding.collector_id || identity.asset_id != binding.asset_id {
@@ -332,13 +340,16 @@ pub fn admit<'a, I: IdentityFacts>(stored: Option<&'a I>, binding: &AgentBinding
     }
     match identity.effective_status(now, binding.stale_after) {
         AgentStatus::Revoked => return Err(IdentityRefusal::Revoked),
-        AgentStatus::Stale => return Err(IdentityRefusal::Stale { marked: identity.status == AgentStatus::Stale }),
+        AgentStatus::Stale => {
+            return Err(IdentityRefusal::Stale { marked: identity.status == AgentStatus::Stale });
+        }
         AgentStatus::Enrolled | AgentStatus::Active => {}
     }
     let current = binding.certificate_id == identity.certificate_id;
-    let in_grace = binding
-        .rotation_grace
-        .is_some_and(|grace| identity.previous_certificate_id == Some(binding.certificate_id) && identity.rotated_at.is_some_and(|at| now < at + grace));
+    let in_grace = binding.rotation_grace.is_some_and(|grace| {
+        identity.previous_certificate_id == Some(binding.certificate_id)
+            && identity.rotated_at.is_some_and(|at| now < at + grace)
+    });
     if current || in_grace { Ok(found) } else { Err(IdentityRefusal::Superseded) }
 }
 
@@ -403,7 +414,10 @@ pub struct HeartbeatEffects<'c> {
 /// identity as that transaction sees it: `admit`, then a sequence greater
 /// than the last accepted one (otherwise a duplicate, acknowledged without
 /// effect), then the first-contact records when the identity needs them.
-pub fn judge_heartbeat<'c, I: IdentityFacts>(stored: Option<&I>, commit: &'c HeartbeatCommit) -> Result<HeartbeatEffects<'c>, HeartbeatOutcome> {
+pub fn judge_heartbeat<'c, I: IdentityFacts>(
+    stored: Option<&I>,
+    commit: &'c HeartbeatCommit,
+) -> Result<HeartbeatEffects<'c>, HeartbeatOutcome> {
     let identity = admit(stored, &commit.binding, commit.now).map_err(HeartbeatOutcome::Refused)?.facts();
     if identity.last_sequence.is_some_and(|last| commit.sequence <= last) {
         return Err(HeartbeatOutcome::Duplicate);
@@ -536,7 +550,12 @@ mod tests {
         assert_eq!(admit(Some(&i), &b, now), Err(IdentityRefusal::Stale { marked: false }));
     }
 
-    fn commit_for(i: &AgentIdentityRecord, now: DateTime<Utc>, sequence: i64, first_contact: bool) -> HeartbeatCommit {
+    fn commit_for(
+        i: &AgentIdentityRecord,
+        now: DateTime<Utc>,
+        sequence: i64,
+        first_contact: bool,
+    ) -> HeartbeatCommit {
         let event = |t: &str| OutboxEvent {
             event_id: format!("fixture-{t}"),
             tenant_id: i.tenant_id.clone(),
@@ -580,16 +599,33 @@ mod tests {
         let now = Utc::now();
         let mut i = identity(now);
         i.last_sequence = Some(5);
-        assert_eq!(judge_heartbeat::<AgentIdentityRecord>(None, &commit_for(&i, now, 6, true)), Err(HeartbeatOutcome::Refused(IdentityRefusal::Unknown)));
+        assert_eq!(
+            judge_heartbeat::<AgentIdentityRecord>(None, &commit_for(&i, now, 6, true)),
+            Err(HeartbeatOutcome::Refused(IdentityRefusal::Unknown))
+        );
         let mut revoked = i.clone();
         revoked.status = AgentStatus::Revoked;
-        assert_eq!(judge_heartbeat(Some(&revoked), &commit_for(&i, now, 5, true)), Err(HeartbeatOutcome::Refused(IdentityRefusal::Revoked)));
-        assert_eq!(judge_heartbeat(Some(&i), &commit_for(&i, now, 5, false)), Err(HeartbeatOutcome::Duplicate));
-        assert_eq!(judge_heartbeat(Some(&i), &commit_for(&i, now, 4, false)), Err(HeartbeatOutcome::Duplicate));
+        assert_eq!(
+            judge_heartbeat(Some(&revoked), &commit_for(&i, now, 5, true)),
+            Err(HeartbeatOutcome::Refused(IdentityRefusal::Revoked))
+        );
+        assert_eq!(
+            judge_heartbeat(Some(&i), &commit_for(&i, now, 5, false)),
+            Err(HeartbeatOutcome::Duplicate)
+        );
+        assert_eq!(
+            judge_heartbeat(Some(&i), &commit_for(&i, now, 4, false)),
+            Err(HeartbeatOutcome::Duplicate)
+        );
         let later = commit_for(&i, now, 6, false);
         assert_eq!(
             judge_heartbeat(Some(&i), &later),
-            Ok(HeartbeatEffects { asset_id: i.asset_id, first_ever: false, activation_audit: None, discovered_event: None })
+            Ok(HeartbeatEffects {
+                asset_id: i.asset_id,
+                first_ever: false,
+                activation_audit: None,
+                discovered_event: None
+            })
         );
     }
 
@@ -599,7 +635,10 @@ mod tests {
         let mut fresh = identity(now);
         fresh.status = AgentStatus::Enrolled;
         fresh.last_sequence = None;
-        assert_eq!(judge_heartbeat(Some(&fresh), &commit_for(&fresh, now, 1, false)), Err(HeartbeatOutcome::FirstContactRequired));
+        assert_eq!(
+            judge_heartbeat(Some(&fresh), &commit_for(&fresh, now, 1, false)),
+            Err(HeartbeatOutcome::FirstContactRequired)
+        );
         let with_records = commit_for(&fresh, now, 1, true);
         let effects = judge_heartbeat(Some(&fresh), &with_records).expect("admitted");
         assert!(effects.first_ever);
@@ -609,7 +648,10 @@ mod tests {
         // asset may be missing, but there is nothing to activate.
         let mut silent = fresh.clone();
         silent.status = AgentStatus::Active;
-        assert_eq!(judge_heartbeat(Some(&silent), &commit_for(&silent, now, 1, false)), Err(HeartbeatOutcome::FirstContactRequired));
+        assert_eq!(
+            judge_heartbeat(Some(&silent), &commit_for(&silent, now, 1, false)),
+            Err(HeartbeatOutcome::FirstContactRequired)
+        );
         let effects = judge_heartbeat(Some(&silent), &with_records).expect("admitted");
         assert_eq!((effects.first_ever, effects.activation_audit), (true, None));
     }
@@ -623,7 +665,10 @@ mod tests {
         i.certificate_id = Uuid::new_v4();
         i.rotated_at = Some(now - Duration::minutes(5) + Duration::seconds(1));
         assert_eq!(admit(Some(&i), &old, now), Ok(&i));
-        assert_eq!(admit(Some(&i), &AgentBinding { rotation_grace: None, ..old.clone() }, now), Err(IdentityRefusal::Superseded));
+        assert_eq!(
+            admit(Some(&i), &AgentBinding { rotation_grace: None, ..old.clone() }, now),
+            Err(IdentityRefusal::Superseded)
+        );
         i.rotated_at = Some(now - Duration::minutes(5));
         assert_eq!(admit(Some(&i), &old, now), Err(IdentityRefusal::Superseded));
         // A certificate older than the previous one never comes back.

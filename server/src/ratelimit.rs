@@ -132,11 +132,19 @@ mod tests {
         for _ in 0..3 {
             fail(&limiter, &live, t0() + Duration::seconds(59)).expect("under the limit");
         }
-        assert_eq!(limiter.tracked_keys(), SWEEP_THRESHOLD + 2, "nothing is swept below the threshold's next write");
+        assert_eq!(
+            limiter.tracked_keys(),
+            SWEEP_THRESHOLD + 2,
+            "nothing is swept below the threshold's next write"
+        );
         // Exactly one window after the old failures: they have expired.
         fail(&limiter, &["src:new".to_owned()], t0() + Duration::seconds(60)).expect("new key");
         assert_eq!(limiter.tracked_keys(), 2, "only the live key and the new one remain");
-        assert_eq!(limiter.acquire(&live, t0() + Duration::seconds(61)).map(|_| ()), Err(58), "the live key kept its count");
+        assert_eq!(
+            limiter.acquire(&live, t0() + Duration::seconds(61)).map(|_| ()),
+            Err(58),
+            "the live key kept its count"
+        );
     }
 
     #[test]
@@ -183,7 +191,8 @@ mod tests {
         // 21 sources fail once each naming the holder's token id, and one
         // source fails 20 times on it.
         for i in 0..21u8 {
-            fail(&limiter, &exchange_keys(Some(format!("203.0.113.{i}").parse().expect("ip")), token), t0()).expect("one failure each");
+            fail(&limiter, &exchange_keys(Some(format!("203.0.113.{i}").parse().expect("ip")), token), t0())
+                .expect("one failure each");
         }
         let noisy = exchange_keys(Some("198.51.100.9".parse().expect("ip")), token);
         for _ in 0..20 {

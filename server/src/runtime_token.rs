@@ -115,7 +115,9 @@ impl RuntimeKeyring {
         }
         let rest = token.strip_prefix(RUNTIME_TOKEN_PREFIX).ok_or(RuntimeTokenFailure::Malformed)?;
         let mut parts = rest.split('.');
-        let (Some(kid), Some(body), Some(mac), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(kid), Some(body), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(RuntimeTokenFailure::Malformed);
         };
         let key = self.keys.get(kid).ok_or(RuntimeTokenFailure::UnknownKey)?;
@@ -124,7 +126,9 @@ impl RuntimeKeyring {
         if !constant_time_eq(&key.mac(&[signed.as_bytes()]), &mac) {
             return Err(RuntimeTokenFailure::BadSignature);
         }
-        let claims: RuntimeClaims = unb64(body).and_then(|b| serde_json::from_slice(&b).ok()).ok_or(RuntimeTokenFailure::Malformed)?;
+        let claims: RuntimeClaims = unb64(body)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(RuntimeTokenFailure::Malformed)?;
         if now.timestamp() >= claims.exp {
             return Err(RuntimeTokenFailure::Expired);
         }
@@ -185,9 +189,17 @@ mod tests {
         // Padding the signed part keeps the MAC valid base64 and wrong.
         let at_bound = format!("{head}{}.{mac}", "A".repeat(MAX_TOKEN_BYTES - token.len()));
         assert_eq!(at_bound.len(), MAX_TOKEN_BYTES);
-        assert_eq!(ring.verify(&at_bound, now()), Err(RuntimeTokenFailure::BadSignature), "judged by its signature");
+        assert_eq!(
+            ring.verify(&at_bound, now()),
+            Err(RuntimeTokenFailure::BadSignature),
+            "judged by its signature"
+        );
         let past_bound = format!("{head}{}.{mac}", "A".repeat(MAX_TOKEN_BYTES + 1 - token.len()));
-        assert_eq!(ring.verify(&past_bound, now()), Err(RuntimeTokenFailure::Malformed), "refused before any work");
+        assert_eq!(
+            ring.verify(&past_bound, now()),
+            Err(RuntimeTokenFailure::Malformed),
+            "refused before any work"
+        );
     }
 
     #[test]
@@ -225,7 +237,10 @@ mod tests {
             let forged_token = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], forged_body, mac);
             assert!(ring.verify(&forged_token, now()).is_err(), "a {}-character MAC is refused", mac.len());
             let same_claims = format!("{}.{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3], mac);
-            assert!(ring.verify(&same_claims, now()).is_err(), "a truncated MAC is refused even on genuine claims");
+            assert!(
+                ring.verify(&same_claims, now()).is_err(),
+                "a truncated MAC is refused even on genuine claims"
+            );
         }
         assert_eq!(ring.verify("oprt.v1.only.three", now()), Err(RuntimeTokenFailure::Malformed));
         assert_eq!(ring.verify("eyJhbGciOiJub25lIn0.e30.", now()), Err(RuntimeTokenFailure::Malformed));

@@ -42,7 +42,8 @@ impl HashKey {
     /// HMAC-SHA256 over the parts, each length-prefixed so that
     /// ("ab", "c") and ("a", "bc") differ.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(self.0.expose_secret()).unwrap_or_else(|_| unreachable_hmac());
+        let mut mac =
+            HmacSha256::new_from_slice(self.0.expose_secret()).unwrap_or_else(|_| unreachable_hmac());
         for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
@@ -111,7 +112,10 @@ pub fn parse_enrollment_token(token: &str) -> Option<uuid::Uuid> {
     let rest = token.strip_prefix(ENROLLMENT_TOKEN_PREFIX)?;
     let (id_hex, secret) = rest.split_at(ID_HEX_LEN);
     let secret = secret.strip_prefix('_')?;
-    if secret.len() != SECRET_LEN || !secret.bytes().all(is_b64url) || !id_hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if secret.len() != SECRET_LEN
+        || !secret.bytes().all(is_b64url)
+        || !id_hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     uuid::Uuid::try_parse(id_hex).ok()
@@ -181,10 +185,18 @@ mod tests {
         assert_eq!(stored.len(), 64);
         assert!(stored.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(stored, fp, "never the value the agent sent");
-        assert_eq!(stored, fingerprint_hash(&key(), "tenant-a", &fp), "deterministic, so a re-enrollment can be matched");
+        assert_eq!(
+            stored,
+            fingerprint_hash(&key(), "tenant-a", &fp),
+            "deterministic, so a re-enrollment can be matched"
+        );
         assert_ne!(stored, fingerprint_hash(&key(), "tenant-b", &fp), "not correlatable across tenants");
         assert_ne!(stored, fingerprint_hash(&key(), "tenant-a", &"cd".repeat(32)));
-        assert_ne!(stored, fingerprint_hash(&HashKey::new(vec![8u8; 32]).expect("fixture key"), "tenant-a", &fp), "keyed");
+        assert_ne!(
+            stored,
+            fingerprint_hash(&HashKey::new(vec![8u8; 32]).expect("fixture key"), "tenant-a", &fp),
+            "keyed"
+        );
     }
 
     #[test]

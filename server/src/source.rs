@@ -17,10 +17,15 @@ impl TrustedProxies {
                 Some((a, p)) => (a, Some(p)),
                 None => (item, None),
             };
-            let ip: IpAddr = addr.parse().map_err(|_| format!("`{item}` is not an IP address or CIDR block"))?;
+            let ip: IpAddr =
+                addr.parse().map_err(|_| format!("`{item}` is not an IP address or CIDR block"))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let prefix = match prefix {
-                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("`{item}`: the prefix must be 0 to {max}"))?,
+                Some(p) => p
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= max)
+                    .ok_or_else(|| format!("`{item}`: the prefix must be 0 to {max}"))?,
                 None => max,
             };
             nets.push((ip, prefix));
@@ -31,8 +36,12 @@ impl TrustedProxies {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|(net, prefix)| match (canonical(*net), ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => masked(u128::from(u32::from(n)), *prefix, 32) == masked(u128::from(u32::from(a)), *prefix, 32),
-            (IpAddr::V6(n), IpAddr::V6(a)) => masked(u128::from(n), *prefix, 128) == masked(u128::from(a), *prefix, 128),
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u128::from(u32::from(n)), *prefix, 32) == masked(u128::from(u32::from(a)), *prefix, 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                masked(u128::from(n), *prefix, 128) == masked(u128::from(a), *prefix, 128)
+            }
             _ => false,
         })
     }
@@ -65,7 +74,11 @@ const MAX_HOPS: usize = 16;
 /// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy
 /// (entries to its left were written by the client and prove nothing). A
 /// malformed entry ends the walk at the last address known.
-pub fn source_address(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &TrustedProxies) -> Option<IpAddr> {
+pub fn source_address(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &TrustedProxies,
+) -> Option<IpAddr> {
     let peer = peer.map(canonical)?;
     if !trusted.contains(peer) {
         return Some(peer);
@@ -92,8 +105,14 @@ mod tests {
     #[test]
     fn an_untrusted_peer_is_the_source_whatever_it_forwards() {
         let trusted = TrustedProxies::parse("10.0.0.0/8").expect("parses");
-        assert_eq!(source_address(Some(ip("198.51.100.7")), Some("203.0.113.1"), &trusted), Some(ip("198.51.100.7")));
-        assert_eq!(source_address(Some(ip("198.51.100.7")), None, &TrustedProxies::default()), Some(ip("198.51.100.7")));
+        assert_eq!(
+            source_address(Some(ip("198.51.100.7")), Some("203.0.113.1"), &trusted),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            source_address(Some(ip("198.51.100.7")), None, &TrustedProxies::default()),
+            Some(ip("198.51.100.7"))
+        );
     }
 
     #[test]
@@ -102,9 +121,21 @@ mod tests {
         // The client may prepend anything; only what the proxies appended counts.
         let header = "1.2.3.4, 203.0.113.9, 10.1.2.3";
         assert_eq!(source_address(Some(ip("192.0.2.10")), Some(header), &trusted), Some(ip("203.0.113.9")));
-        assert_eq!(source_address(Some(ip("10.0.0.1")), None, &trusted), Some(ip("10.0.0.1")), "no header: the proxy itself");
-        assert_eq!(source_address(Some(ip("10.0.0.1")), Some("203.0.113.9, garbage"), &trusted), Some(ip("10.0.0.1")), "a malformed hop ends the walk");
-        assert_eq!(source_address(Some(ip("::ffff:10.0.0.1")), Some("203.0.113.9"), &trusted), Some(ip("203.0.113.9")), "IPv4-mapped peers match");
+        assert_eq!(
+            source_address(Some(ip("10.0.0.1")), None, &trusted),
+            Some(ip("10.0.0.1")),
+            "no header: the proxy itself"
+        );
+        assert_eq!(
+            source_address(Some(ip("10.0.0.1")), Some("203.0.113.9, garbage"), &trusted),
+            Some(ip("10.0.0.1")),
+            "a malformed hop ends the walk"
+        );
+        assert_eq!(
+            source_address(Some(ip("::ffff:10.0.0.1")), Some("203.0.113.9"), &trusted),
+            Some(ip("203.0.113.9")),
+            "IPv4-mapped peers match"
+        );
     }
 
     #[test]

@@ -25,18 +25,28 @@ fn server(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
 
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = server(dir, args, env).output().expect("run the server binary");
-    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
 
 /// Starts `serve` and waits (at most 30 s) until it reports that it serves.
 fn start(dir: &Path, env: &[(&str, &str)]) -> Child {
-    let mut child = server(dir, &["serve", "--listen", "127.0.0.1:0"], env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = server(dir, &["serve", "--listen", "127.0.0.1:0"], env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let deadline = Instant::now() + Duration::from_secs(30);
     for line in BufReader::new(stderr).lines() {
@@ -70,7 +80,11 @@ fn an_unknown_oneprotect_variable_is_refused_naming_it() {
     assert!(out.contains("ONEPROTECT_LISTEN_ADDRESS"), "{out}");
     assert!(entries(dir.path()).is_empty());
     // Every variable the binary documents is known: none of them is refused.
-    let (_, out) = run(dir.path(), &["migrate"], &[("ONEPROTECT_DATABASE_URL_FILE", "/nonexistent"), ("ONEPROTECT_LOG", "info")]);
+    let (_, out) = run(
+        dir.path(),
+        &["migrate"],
+        &[("ONEPROTECT_DATABASE_URL_FILE", "/nonexistent"), ("ONEPROTECT_LOG", "info")],
+    );
     assert!(!out.contains("unknown configuration variable"), "known variables are accepted: {out}");
     assert!(out.contains("cannot read /nonexistent"), "the URL file is read and its failure named: {out}");
 }
@@ -83,7 +97,11 @@ fn an_address_in_use_refuses_the_start_before_any_file_is_created() {
     let (code, out) = run(dir.path(), &["serve", "--listen", &addr], &[]);
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("cannot listen"), "{out}");
-    assert!(entries(dir.path()).is_empty(), "no database and no development secrets: {:?}", entries(dir.path()));
+    assert!(
+        entries(dir.path()).is_empty(),
+        "no database and no development secrets: {:?}",
+        entries(dir.path())
+    );
 }
 
 #[test]
@@ -95,7 +113,11 @@ fn the_database_url_can_come_from_a_file_and_names_the_store_in_the_log() {
     env.push(("ONEPROTECT_DATABASE_URL_FILE", &url_file));
     let child = start(dir.path(), &env);
     stop(child);
-    assert!(dir.path().join("from-file.db").exists(), "the store is the file's URL: {:?}", entries(dir.path()));
+    assert!(
+        dir.path().join("from-file.db").exists(),
+        "the store is the file's URL: {:?}",
+        entries(dir.path())
+    );
     assert!(!dir.path().join("oneprotect.db").exists(), "no default database next to it");
 }
 
@@ -122,7 +144,10 @@ fn an_unreachable_database_is_named_by_its_address_and_the_reason() {
     env.push(("ONEPROTECT_DATABASE_URL", &url));
     let (code, out) = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &env);
     assert_eq!(code, Some(1), "an unreachable database is a runtime failure: {out}");
-    assert!(out.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}: connection refused")), "{out}");
+    assert!(
+        out.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}: connection refused")),
+        "{out}"
+    );
     assert!(!out.contains("fixture-password-not-real"), "the URL's password is never printed: {out}");
     assert!(entries(dir.path()).is_empty(), "nothing was created: {:?}", entries(dir.path()));
 }
@@ -130,10 +155,13 @@ fn an_unreachable_database_is_named_by_its_address_and_the_reason() {
 /// Runs `sql` as the test superuser (`ONEPROTECT_TEST_POSTGRES_URL`).
 fn as_superuser(sql: &str) {
     use sqlx::Executor;
-    let admin = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("ONEPROTECT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.expect("PostgreSQL must be reachable for this test");
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .expect("PostgreSQL must be reachable for this test");
         conn.execute(sqlx::AssertSqlSafe(sql.to_owned())).await.expect(sql);
     });
 }
@@ -142,7 +170,8 @@ fn as_superuser(sql: &str) {
 fn a_privileged_database_role_is_a_configuration_error_that_names_the_fix() {
     let name = format!("op_cli_{}", std::process::id());
     as_superuser(&format!("CREATE DATABASE {name}"));
-    let admin = std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("ONEPROTECT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let url = format!("{}/{name}", admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base));
     let dir = tempfile::tempdir().expect("tempdir");
     let mut env = FIXTURE_SECRETS.to_vec();
@@ -150,5 +179,8 @@ fn a_privileged_database_role_is_a_configuration_error_that_names_the_fix() {
     let (code, out) = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &env);
     as_superuser(&format!("DROP DATABASE {name} WITH (FORCE)"));
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("superuser") && out.contains("CREATE ROLE") && out.contains("migrate --app-role"), "{out}");
+    assert!(
+        out.contains("superuser") && out.contains("CREATE ROLE") && out.contains("migrate --app-role"),
+        "{out}"
+    );
 }

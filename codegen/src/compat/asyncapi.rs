@@ -35,7 +35,14 @@ fn document(d: &mut Differ, base: &Value, rev: &Value) {
             x
         };
         if strip(base) != strip(rev) {
-            d.emit("metadata-changed", FILE, Some(&format!("/{key}")), Some(&format!("/{key}")), key, format!("`{key}` changed"));
+            d.emit(
+                "metadata-changed",
+                FILE,
+                Some(&format!("/{key}")),
+                Some(&format!("/{key}")),
+                key,
+                format!("`{key}` changed"),
+            );
         }
     }
     d.examine(FILE, "/defaultContentType");
@@ -50,16 +57,31 @@ fn document(d: &mut Differ, base: &Value, rev: &Value) {
         );
     }
     channels(d, base, rev);
-    for (section, removed, added) in [("/operations", "operation-removed", "operation-added"), ("/components/messages", "message-removed", "message-added")] {
+    for (section, removed, added) in [
+        ("/operations", "operation-removed", "operation-added"),
+        ("/components/messages", "message-removed", "message-added"),
+    ] {
         let (b, r) = (keyed(base, section), keyed(rev, section));
         for name in b.keys().chain(r.keys()).collect::<BTreeSet<_>>() {
             let ptr = format!("{section}/{}", escape_token(name));
             match (b.get(name), r.get(name)) {
                 (Some(_), None) => {
-                    d.removed(removed, FILE, &ptr, section.trim_start_matches('/'), format!("`{name}` was removed"));
+                    d.removed(
+                        removed,
+                        FILE,
+                        &ptr,
+                        section.trim_start_matches('/'),
+                        format!("`{name}` was removed"),
+                    );
                 }
                 (None, Some(_)) => {
-                    d.added(added, FILE, &ptr, section.trim_start_matches('/'), format!("`{name}` was added"));
+                    d.added(
+                        added,
+                        FILE,
+                        &ptr,
+                        section.trim_start_matches('/'),
+                        format!("`{name}` was added"),
+                    );
                 }
                 _ => {}
             }
@@ -83,8 +105,16 @@ fn channels(d: &mut Differ, base: &Value, rev: &Value) {
                 let ap = format!("{ptr}/address");
                 d.examine(FILE, ap.clone());
                 if bc.get("address") != rc.get("address") {
-                    let show = |c: &Value| c.get("address").and_then(Value::as_str).unwrap_or("none").to_string();
-                    d.emit("channel-address-changed", FILE, Some(&ap), Some(&ap), &context, format!("address went from `{}` to `{}`", show(bc), show(rc)));
+                    let show =
+                        |c: &Value| c.get("address").and_then(Value::as_str).unwrap_or("none").to_string();
+                    d.emit(
+                        "channel-address-changed",
+                        FILE,
+                        Some(&ap),
+                        Some(&ap),
+                        &context,
+                        format!("address went from `{}` to `{}`", show(bc), show(rc)),
+                    );
                 }
                 messages(d, base, rev, &context, &ptr, bc, rc);
             }
@@ -99,19 +129,35 @@ fn messages(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
         let mp = format!("{ptr}/messages/{}", escape_token(name));
         match (b.get(name), r.get(name)) {
             (Some(_), None) => {
-                d.removed("channel-message-removed", FILE, &mp, context, format!("message `{name}` was removed from the channel"));
+                d.removed(
+                    "channel-message-removed",
+                    FILE,
+                    &mp,
+                    context,
+                    format!("message `{name}` was removed from the channel"),
+                );
             }
             (None, Some(_)) => {
-                d.added("channel-message-added", FILE, &mp, context, format!("message `{name}` was added to the channel"));
+                d.added(
+                    "channel-message-added",
+                    FILE,
+                    &mp,
+                    context,
+                    format!("message `{name}` was added to the channel"),
+                );
             }
             (Some(bm), Some(rm)) => {
                 let (bm, bp) = resolve(d, FILE, base, bm, mp.clone());
                 let (rm, rp) = resolve(d, FILE, rev, rm, mp.clone());
-                let payload = |m: &Value| m.pointer("/payload/$ref").cloned().or_else(|| m.get("payload").cloned());
+                let payload =
+                    |m: &Value| m.pointer("/payload/$ref").cloned().or_else(|| m.get("payload").cloned());
                 d.examine(FILE, format!("{bp}/payload"));
                 d.examine(FILE, format!("{rp}/payload"));
                 if payload(bm) != payload(rm) {
-                    let show = |m: &Value| payload(m).map_or("none".to_string(), |p| p.as_str().map_or(p.to_string(), str::to_string));
+                    let show = |m: &Value| {
+                        payload(m)
+                            .map_or("none".to_string(), |p| p.as_str().map_or(p.to_string(), str::to_string))
+                    };
                     d.emit(
                         "message-payload-changed",
                         FILE,
@@ -121,7 +167,9 @@ fn messages(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
                         format!("message `{name}` payload went from {} to {}", show(bm), show(rm)),
                     );
                 }
-                let content_type = |doc: &Value, m: &Value| m.get("contentType").or_else(|| doc.get("defaultContentType")).cloned();
+                let content_type = |doc: &Value, m: &Value| {
+                    m.get("contentType").or_else(|| doc.get("defaultContentType")).cloned()
+                };
                 d.examine(FILE, format!("{bp}/contentType"));
                 d.examine(FILE, format!("{rp}/contentType"));
                 if content_type(base, bm) != content_type(rev, rm) {
@@ -142,10 +190,13 @@ fn messages(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
 
 /// Event schema files: a version file is added, removed, or edited in place.
 fn event_files(d: &mut Differ) {
-    let names = |s: &super::Spec| -> BTreeSet<String> { s.files.keys().filter(|f| f.starts_with(&format!("{EVENTS_DIR}/"))).cloned().collect() };
+    let names = |s: &super::Spec| -> BTreeSet<String> {
+        s.files.keys().filter(|f| f.starts_with(&format!("{EVENTS_DIR}/"))).cloned().collect()
+    };
     let (b, r) = (names(d.base), names(d.rev));
     for file in b.union(&r) {
-        let version = file.trim_start_matches(&format!("{EVENTS_DIR}/")).trim_end_matches(".schema.json").to_string();
+        let version =
+            file.trim_start_matches(&format!("{EVENTS_DIR}/")).trim_end_matches(".schema.json").to_string();
         let context = format!("event {version}");
         match (b.contains(file), r.contains(file)) {
             (true, false) => {
@@ -157,16 +208,39 @@ fn event_files(d: &mut Differ) {
                 d.emit("event-schema-added", file, None, Some(""), &context, format!("{file} was added"));
             }
             _ => {
-                let (Some(bs), Some(rs)) = (d.base.doc(file).cloned(), d.rev.doc(file).cloned()) else { continue };
+                let (Some(bs), Some(rs)) = (d.base.doc(file).cloned(), d.rev.doc(file).cloned()) else {
+                    continue;
+                };
                 d.examine(file, "/$id");
                 d.examine(file, "/$schema");
                 if bs.get("$id") != rs.get("$id") {
-                    d.emit("event-schema-id-changed", file, Some("/$id"), Some("/$id"), &context, "`$id` changed".to_string());
+                    d.emit(
+                        "event-schema-id-changed",
+                        file,
+                        Some("/$id"),
+                        Some("/$id"),
+                        &context,
+                        "`$id` changed".to_string(),
+                    );
                 }
                 if bs.get("$schema") != rs.get("$schema") {
-                    d.emit("unclassified", file, Some("/$schema"), Some("/$schema"), &context, "`$schema` (the JSON Schema dialect) changed".to_string());
+                    d.emit(
+                        "unclassified",
+                        file,
+                        Some("/$schema"),
+                        Some("/$schema"),
+                        &context,
+                        "`$schema` (the JSON Schema dialect) changed".to_string(),
+                    );
                 }
-                schema::compare(d, &At { file, site: Site::EventPayload, context: &context }, &bs, String::new(), &rs, String::new());
+                schema::compare(
+                    d,
+                    &At { file, site: Site::EventPayload, context: &context },
+                    &bs,
+                    String::new(),
+                    &rs,
+                    String::new(),
+                );
             }
         }
     }

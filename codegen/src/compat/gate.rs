@@ -45,7 +45,9 @@ pub fn judge(report: &Report, base: &Spec, rev: &Spec) -> Vec<Refusal> {
         };
         if let Some(mut resolution) = resolution {
             if c.level == Level::Unclassified {
-                resolution = format!("no rule classifies this change: if it is compatible, teach codegen/src/compat a rule for it; otherwise {resolution}");
+                resolution = format!(
+                    "no rule classifies this change: if it is compatible, teach codegen/src/compat a rule for it; otherwise {resolution}"
+                );
             }
             refused.push(Refusal { change: c.clone(), resolution });
         }
@@ -55,7 +57,10 @@ pub fn judge(report: &Report, base: &Spec, rev: &Spec) -> Vec<Refusal> {
 
 fn next_major(base: &Spec, file: &str, what: &str) -> String {
     let major = major_version(base.doc(file).and_then(|d| d.pointer("/info/version"))).unwrap_or(0);
-    format!("make the change compatible, or declare a breaking release of {what}: set `info.version` in {file} to {}.0.0", major + 1)
+    format!(
+        "make the change compatible, or declare a breaking release of {what}: set `info.version` in {file} to {}.0.0",
+        major + 1
+    )
 }
 
 /// `events/agent.enrolled.v1.schema.json` → `events/agent.enrolled.v2.schema.json`.
@@ -73,7 +78,13 @@ mod tests {
 
     #[test]
     fn the_next_event_version_file_counts_up_from_the_current_one() {
-        assert_eq!(next_event_version("events/agent.enrolled.v1.schema.json"), "events/agent.enrolled.v2.schema.json");
-        assert_eq!(next_event_version("events/agent.enrolled.v9.schema.json"), "events/agent.enrolled.v10.schema.json");
+        assert_eq!(
+            next_event_version("events/agent.enrolled.v1.schema.json"),
+            "events/agent.enrolled.v2.schema.json"
+        );
+        assert_eq!(
+            next_event_version("events/agent.enrolled.v9.schema.json"),
+            "events/agent.enrolled.v10.schema.json"
+        );
     }
 }

@@ -57,7 +57,8 @@ impl Spec {
         for name in [OPENAPI_FILE, ASYNCAPI_FILE] {
             let path = dir.join(name);
             if path.exists() {
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 texts.push((name.to_string(), text));
             }
         }
@@ -71,7 +72,8 @@ impl Spec {
             names.sort();
             for n in names {
                 let path = events.join(&n);
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 texts.push((format!("{EVENTS_DIR}/{n}"), text));
             }
         }
@@ -82,7 +84,12 @@ impl Spec {
     /// that holds it.
     pub fn from_git(specs_dir: &Path, rev: &str) -> Result<Spec, String> {
         let git = |args: &[&str]| -> Result<String, String> {
-            let out = Command::new("git").arg("-C").arg(specs_dir).args(args).output().map_err(|e| format!("cannot run git: {e}"))?;
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(specs_dir)
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run git: {e}"))?;
             if out.status.success() {
                 String::from_utf8(out.stdout).map_err(|_| "git printed non-UTF-8 output".to_string())
             } else {
@@ -90,15 +97,21 @@ impl Spec {
             }
         };
         let prefix = git(&["rev-parse", "--show-prefix"])?.trim().to_string();
-        git(&["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
-            .map_err(|_| format!("`{rev}` is neither a directory nor a git revision of the repository holding {}", specs_dir.display()))?;
+        git(&["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).map_err(|_| {
+            format!(
+                "`{rev}` is neither a directory nor a git revision of the repository holding {}",
+                specs_dir.display()
+            )
+        })?;
         let listing = git(&["ls-tree", "-r", "--full-name", "--name-only", rev, "--", "."])?;
         let mut texts = Vec::new();
         for full in listing.lines() {
             let Some(rel) = full.strip_prefix(prefix.as_str()) else { continue };
             let wanted = rel == OPENAPI_FILE
                 || rel == ASYNCAPI_FILE
-                || (rel.starts_with(&format!("{EVENTS_DIR}/")) && rel.ends_with(".schema.json") && !rel[EVENTS_DIR.len() + 1..].contains('/'));
+                || (rel.starts_with(&format!("{EVENTS_DIR}/"))
+                    && rel.ends_with(".schema.json")
+                    && !rel[EVENTS_DIR.len() + 1..].contains('/'));
             if wanted {
                 texts.push((rel.to_string(), git(&["show", &format!("{rev}:{full}")])?));
             }
@@ -177,21 +190,30 @@ impl Report {
 
 /// Compares two versions of `specs/`.
 pub fn diff(base: &Spec, revision: &Spec) -> Report {
-    let mut d = Differ { base, rev: revision, changes: Vec::new(), examined: BTreeSet::new(), examined_exact: BTreeSet::new(), visited: BTreeSet::new() };
+    let mut d = Differ {
+        base,
+        rev: revision,
+        changes: Vec::new(),
+        examined: BTreeSet::new(),
+        examined_exact: BTreeSet::new(),
+        visited: BTreeSet::new(),
+    };
     openapi::diff(&mut d);
     asyncapi::diff(&mut d);
     rawdiff::report_unexamined(&mut d);
     let mut changes = std::mem::take(&mut d.changes);
     changes.sort_by(|a, b| {
-        (a.level, &a.file, a.revision.as_ref().or(a.base.as_ref()).map(|l| l.line), &a.rule, &a.detail).cmp(&(
-            b.level,
-            &b.file,
-            b.revision.as_ref().or(b.base.as_ref()).map(|l| l.line),
-            &b.rule,
-            &b.detail,
-        ))
+        (a.level, &a.file, a.revision.as_ref().or(a.base.as_ref()).map(|l| l.line), &a.rule, &a.detail).cmp(
+            &(b.level, &b.file, b.revision.as_ref().or(b.base.as_ref()).map(|l| l.line), &b.rule, &b.detail),
+        )
     });
-    changes.dedup_by(|a, b| a.rule == b.rule && a.file == b.file && a.base == b.base && a.revision == b.revision && a.detail == b.detail);
+    changes.dedup_by(|a, b| {
+        a.rule == b.rule
+            && a.file == b.file
+            && a.base == b.base
+            && a.revision == b.revision
+            && a.detail == b.detail
+    });
     Report { base: base.label.clone(), revision: revision.label.clone(), changes }
 }
 
@@ -231,24 +253,52 @@ impl Differ<'_> {
     }
 
     /// Records a change under `rule`; its level and reason come from the catalogue.
-    fn emit(&mut self, rule: &str, file: &str, base_ptr: Option<&str>, rev_ptr: Option<&str>, context: &str, detail: String) {
+    fn emit(
+        &mut self,
+        rule: &str,
+        file: &str,
+        base_ptr: Option<&str>,
+        rev_ptr: Option<&str>,
+        context: &str,
+        detail: String,
+    ) {
         let (level, why) = match rules::lookup(rule) {
             Some(r) => (r.level, r.why.clone()),
-            None => (Level::Unclassified, format!("`{rule}` is not in the rule catalogue; review the change by hand")),
+            None => (
+                Level::Unclassified,
+                format!("`{rule}` is not in the rule catalogue; review the change by hand"),
+            ),
         };
         let base = base_ptr.map(|p| Location { pointer: p.to_string(), line: self.base.line(file, p) });
         let revision = rev_ptr.map(|p| Location { pointer: p.to_string(), line: self.rev.line(file, p) });
-        self.changes.push(Change { rule: rule.to_string(), level, file: file.to_string(), base, revision, context: context.to_string(), detail, why });
+        self.changes.push(Change {
+            rule: rule.to_string(),
+            level,
+            file: file.to_string(),
+            base,
+            revision,
+            context: context.to_string(),
+            detail,
+            why,
+        });
     }
 }
 
 /// Follows local `$ref`s (`#/…`) from `value` at `pointer`; returns the
 /// target and its pointer. Each `$ref` followed is marked examined: what it
 /// points at is judged instead.
-fn resolve<'v>(d: &mut Differ, file: &str, root: &'v Value, value: &'v Value, pointer: String) -> (&'v Value, String) {
+fn resolve<'v>(
+    d: &mut Differ,
+    file: &str,
+    root: &'v Value,
+    value: &'v Value,
+    pointer: String,
+) -> (&'v Value, String) {
     let (mut v, mut p) = (value, pointer);
     for _ in 0..32 {
-        let Some(target) = v.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) else { break };
+        let Some(target) = v.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) else {
+            break;
+        };
         d.examine(file, format!("{p}/$ref"));
         match root.pointer(target) {
             Some(next) => {

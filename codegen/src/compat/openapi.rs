@@ -51,7 +51,14 @@ fn metadata(d: &mut Differ, base: &Value, rev: &Value) {
     for key in ["openapi", "info", "servers", "tags", "externalDocs"] {
         d.examine(FILE, format!("/{key}"));
         if key != "info" && base.get(key) != rev.get(key) {
-            d.emit("metadata-changed", FILE, Some(&format!("/{key}")), Some(&format!("/{key}")), key, format!("`{key}` changed"));
+            d.emit(
+                "metadata-changed",
+                FILE,
+                Some(&format!("/{key}")),
+                Some(&format!("/{key}")),
+                key,
+                format!("`{key}` changed"),
+            );
         }
     }
     let strip = |v: &Value| {
@@ -75,10 +82,22 @@ fn security_schemes(d: &mut Differ, base: &Value, rev: &Value) {
         let context = format!("security scheme {name}");
         match (b.get(name), r.get(name)) {
             (Some(_), None) => {
-                d.removed("security-scheme-removed", FILE, &ptr, &context, format!("security scheme `{name}` was removed"));
+                d.removed(
+                    "security-scheme-removed",
+                    FILE,
+                    &ptr,
+                    &context,
+                    format!("security scheme `{name}` was removed"),
+                );
             }
             (None, Some(_)) => {
-                d.added("security-scheme-added", FILE, &ptr, &context, format!("security scheme `{name}` was added"));
+                d.added(
+                    "security-scheme-added",
+                    FILE,
+                    &ptr,
+                    &context,
+                    format!("security scheme `{name}` was added"),
+                );
             }
             (Some(bs), Some(rs)) => {
                 let principal = crate::openapi::PRINCIPAL_EXT;
@@ -94,14 +113,23 @@ fn security_schemes(d: &mut Differ, base: &Value, rev: &Value) {
                         format!("security scheme `{name}` now declares who holds it"),
                     );
                 }
-                for field in ["type", "scheme", "bearerFormat", "in", "name", "flows", "openIdConnectUrl", principal] {
+                for field in
+                    ["type", "scheme", "bearerFormat", "in", "name", "flows", "openIdConnectUrl", principal]
+                {
                     let fp = format!("{ptr}/{field}");
                     d.examine(FILE, fp.clone());
                     if field == principal && bs.get(field).is_none() {
                         continue;
                     }
                     if bs.get(field) != rs.get(field) {
-                        d.emit("security-scheme-changed", FILE, Some(&fp), Some(&fp), &context, format!("`{field}` of security scheme `{name}` changed"));
+                        d.emit(
+                            "security-scheme-changed",
+                            FILE,
+                            Some(&fp),
+                            Some(&fp),
+                            &context,
+                            format!("`{field}` of security scheme `{name}` changed"),
+                        );
                     }
                 }
             }
@@ -112,12 +140,17 @@ fn security_schemes(d: &mut Differ, base: &Value, rev: &Value) {
 
 /// Reusable components appear and disappear; what uses them is judged where used.
 fn components(d: &mut Differ, base: &Value, rev: &Value) {
-    for kind in ["schemas", "parameters", "responses", "requestBodies", "headers", "examples", "links", "callbacks"] {
+    for kind in
+        ["schemas", "parameters", "responses", "requestBodies", "headers", "examples", "links", "callbacks"]
+    {
         let empty = Map::new();
         let b = base.pointer(&format!("/components/{kind}")).and_then(Value::as_object).unwrap_or(&empty);
         let r = rev.pointer(&format!("/components/{kind}")).and_then(Value::as_object).unwrap_or(&empty);
-        let (added, removed) =
-            if kind == "schemas" { ("schema-component-added", "schema-component-removed") } else { ("component-added", "component-removed") };
+        let (added, removed) = if kind == "schemas" {
+            ("schema-component-added", "schema-component-removed")
+        } else {
+            ("component-added", "component-removed")
+        };
         for name in b.keys().chain(r.keys()).collect::<BTreeSet<_>>() {
             let ptr = format!("/components/{kind}/{}", escape_token(name));
             let context = format!("components/{kind}");
@@ -136,7 +169,15 @@ fn components(d: &mut Differ, base: &Value, rev: &Value) {
 
 type Side<'v> = (&'v Value, &'v Value);
 
-fn operation(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str, (bitem, bo): Side, (ritem, ro): Side) {
+fn operation(
+    d: &mut Differ,
+    base: &Value,
+    rev: &Value,
+    context: &str,
+    ptr: &str,
+    (bitem, bo): Side,
+    (ritem, ro): Side,
+) {
     let field = |f: &str| format!("{ptr}/{f}");
     d.examine(FILE, field("operationId"));
     if bo.get("operationId") != ro.get("operationId") {
@@ -153,8 +194,22 @@ fn operation(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str
     d.examine(FILE, field("deprecated"));
     let deprecated = |o: &Value| o.get("deprecated").and_then(Value::as_bool).unwrap_or(false);
     match (deprecated(bo), deprecated(ro)) {
-        (false, true) => d.emit("endpoint-deprecated", FILE, None, Some(&field("deprecated")), context, format!("{context} is now deprecated")),
-        (true, false) => d.emit("endpoint-reactivated", FILE, Some(&field("deprecated")), None, context, format!("{context} is no longer deprecated")),
+        (false, true) => d.emit(
+            "endpoint-deprecated",
+            FILE,
+            None,
+            Some(&field("deprecated")),
+            context,
+            format!("{context} is now deprecated"),
+        ),
+        (true, false) => d.emit(
+            "endpoint-reactivated",
+            FILE,
+            Some(&field("deprecated")),
+            None,
+            context,
+            format!("{context} is no longer deprecated"),
+        ),
         _ => {}
     }
     d.examine(FILE, field("tags"));
@@ -167,8 +222,17 @@ fn operation(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str
 
 /// The schemes an operation accepts: alternatives of scheme sets; empty = no credential.
 fn requirements(doc: &Value, op: &Value) -> BTreeSet<BTreeSet<String>> {
-    let reqs = op.get("security").or_else(|| doc.get("security")).and_then(Value::as_array).cloned().unwrap_or_default();
-    reqs.iter().filter_map(Value::as_object).map(|o| o.keys().cloned().collect::<BTreeSet<_>>()).filter(|s| !s.is_empty()).collect()
+    let reqs = op
+        .get("security")
+        .or_else(|| doc.get("security"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    reqs.iter()
+        .filter_map(Value::as_object)
+        .map(|o| o.keys().cloned().collect::<BTreeSet<_>>())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn security(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str, bo: &Value, ro: &Value) {
@@ -180,7 +244,11 @@ fn security(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
         return;
     }
     let names = |s: &BTreeSet<BTreeSet<String>>| {
-        if s.is_empty() { "none".to_string() } else { s.iter().map(|a| a.iter().cloned().collect::<Vec<_>>().join("+")).collect::<Vec<_>>().join(" or ") }
+        if s.is_empty() {
+            "none".to_string()
+        } else {
+            s.iter().map(|a| a.iter().cloned().collect::<Vec<_>>().join("+")).collect::<Vec<_>>().join(" or ")
+        }
     };
     let kind = if b.is_empty() {
         "security-added"
@@ -189,7 +257,14 @@ fn security(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
     } else {
         "security-changed"
     };
-    d.emit(kind, FILE, Some(&sp), Some(&sp), context, format!("accepted credentials went from {} to {}", names(&b), names(&r)));
+    d.emit(
+        kind,
+        FILE,
+        Some(&sp),
+        Some(&sp),
+        context,
+        format!("accepted credentials went from {} to {}", names(&b), names(&r)),
+    );
 }
 
 fn max_body(d: &mut Differ, context: &str, ptr: &str, bo: &Value, ro: &Value) {
@@ -198,20 +273,30 @@ fn max_body(d: &mut Differ, context: &str, ptr: &str, bo: &Value, ro: &Value) {
     let get = |o: &Value| o.get(MAX_BODY_EXT).and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BODY);
     let (b, r) = (get(bo), get(ro));
     if b != r {
-        let kind = if r < b { "request-body-max-bytes-decreased" } else { "request-body-max-bytes-increased" };
+        let kind =
+            if r < b { "request-body-max-bytes-decreased" } else { "request-body-max-bytes-increased" };
         d.emit(kind, FILE, Some(&p), Some(&p), context, format!("{MAX_BODY_EXT} went from {b} to {r}"));
     }
 }
 
 /// Parameters by (in, name), path-item parameters overridden by the operation's.
-fn params<'v>(d: &mut Differ, doc: &'v Value, ptr: &str, item: &'v Value, op: &'v Value) -> BTreeMap<(String, String), (&'v Value, String)> {
+fn params<'v>(
+    d: &mut Differ,
+    doc: &'v Value,
+    ptr: &str,
+    item: &'v Value,
+    op: &'v Value,
+) -> BTreeMap<(String, String), (&'v Value, String)> {
     let mut out = BTreeMap::new();
     let item_ptr = ptr.rsplit_once('/').map_or("", |(p, _)| p);
     for (holder, hptr) in [(item, item_ptr), (op, ptr)] {
         let list = holder.get("parameters").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         for (i, p) in list.iter().enumerate() {
             let (p, pptr) = resolve(d, FILE, doc, p, format!("{hptr}/parameters/{i}"));
-            let key = (p.get("in").and_then(Value::as_str).unwrap_or("").to_string(), p.get("name").and_then(Value::as_str).unwrap_or("").to_string());
+            let key = (
+                p.get("in").and_then(Value::as_str).unwrap_or("").to_string(),
+                p.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+            );
             out.insert(key, (p, pptr));
         }
     }
@@ -219,21 +304,43 @@ fn params<'v>(d: &mut Differ, doc: &'v Value, ptr: &str, item: &'v Value, op: &'
 }
 
 #[allow(clippy::too_many_arguments)]
-fn parameters(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str, (bitem, bo): Side, (ritem, ro): Side) {
+fn parameters(
+    d: &mut Differ,
+    base: &Value,
+    rev: &Value,
+    context: &str,
+    ptr: &str,
+    (bitem, bo): Side,
+    (ritem, ro): Side,
+) {
     let b = params(d, base, ptr, bitem, bo);
     let r = params(d, rev, ptr, ritem, ro);
     d.examine_exact(FILE, format!("{ptr}/parameters"));
-    let required = |p: &Value| p.get("required").and_then(Value::as_bool).unwrap_or(false) || p.get("in").and_then(Value::as_str) == Some("path");
+    let required = |p: &Value| {
+        p.get("required").and_then(Value::as_bool).unwrap_or(false)
+            || p.get("in").and_then(Value::as_str) == Some("path")
+    };
     for key in b.keys().chain(r.keys()).collect::<BTreeSet<_>>() {
         let what = format!("{} parameter `{}`", key.0, key.1);
         match (b.get(key), r.get(key)) {
             (Some((_, bp)), None) => {
                 d.examine(FILE, bp.clone());
-                d.emit("request-parameter-removed", FILE, Some(bp), None, context, format!("{what} was removed"));
+                d.emit(
+                    "request-parameter-removed",
+                    FILE,
+                    Some(bp),
+                    None,
+                    context,
+                    format!("{what} was removed"),
+                );
             }
             (None, Some((rp_v, rp))) => {
                 d.examine(FILE, rp.clone());
-                let kind = if required(rp_v) { "request-parameter-added-required" } else { "request-parameter-added-optional" };
+                let kind = if required(rp_v) {
+                    "request-parameter-added-required"
+                } else {
+                    "request-parameter-added-optional"
+                };
                 d.emit(kind, FILE, None, Some(rp), context, format!("{what} was added"));
             }
             (Some((bv, bp)), Some((rv, rp))) => {
@@ -242,13 +349,34 @@ fn parameters(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &st
                     d.examine(FILE, format!("{rp}/{f}"));
                 }
                 match (required(bv), required(rv)) {
-                    (false, true) => d.emit("request-parameter-became-required", FILE, Some(bp), Some(rp), context, format!("{what} became required")),
-                    (true, false) => d.emit("request-parameter-became-optional", FILE, Some(bp), Some(rp), context, format!("{what} became optional")),
+                    (false, true) => d.emit(
+                        "request-parameter-became-required",
+                        FILE,
+                        Some(bp),
+                        Some(rp),
+                        context,
+                        format!("{what} became required"),
+                    ),
+                    (true, false) => d.emit(
+                        "request-parameter-became-optional",
+                        FILE,
+                        Some(bp),
+                        Some(rp),
+                        context,
+                        format!("{what} became optional"),
+                    ),
                     _ => {}
                 }
                 if let (Some(bs), Some(rs)) = (bv.get("schema"), rv.get("schema")) {
                     let ctx = format!("{context} {what}");
-                    schema::compare(d, &At { file: FILE, site: Site::Parameter, context: &ctx }, bs, format!("{bp}/schema"), rs, format!("{rp}/schema"));
+                    schema::compare(
+                        d,
+                        &At { file: FILE, site: Site::Parameter, context: &ctx },
+                        bs,
+                        format!("{bp}/schema"),
+                        rs,
+                        format!("{rp}/schema"),
+                    );
                 }
             }
             (None, None) => {}
@@ -272,7 +400,8 @@ fn request_body(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &
         (None, Some(rb)) => {
             d.examine(FILE, p.clone());
             let (rb, _) = resolve(d, FILE, rev, rb, p.clone());
-            let kind = if required(rb) { "request-body-added-required" } else { "request-body-added-optional" };
+            let kind =
+                if required(rb) { "request-body-added-required" } else { "request-body-added-optional" };
             d.emit(kind, FILE, None, Some(&p), &ctx, "a request body was added".to_string());
         }
         (Some(bb), Some(rb)) => {
@@ -281,11 +410,32 @@ fn request_body(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &
             d.examine(FILE, format!("{bp}/required"));
             d.examine(FILE, format!("{rp}/required"));
             match (required(bb), required(rb)) {
-                (false, true) => d.emit("request-body-became-required", FILE, Some(&bp), Some(&rp), &ctx, "the request body became required".to_string()),
-                (true, false) => d.emit("request-body-became-optional", FILE, Some(&bp), Some(&rp), &ctx, "the request body became optional".to_string()),
+                (false, true) => d.emit(
+                    "request-body-became-required",
+                    FILE,
+                    Some(&bp),
+                    Some(&rp),
+                    &ctx,
+                    "the request body became required".to_string(),
+                ),
+                (true, false) => d.emit(
+                    "request-body-became-optional",
+                    FILE,
+                    Some(&bp),
+                    Some(&rp),
+                    &ctx,
+                    "the request body became optional".to_string(),
+                ),
                 _ => {}
             }
-            media(d, &ctx, (&bp, &content_map(bb)), (&rp, &content_map(rb)), Site::RequestBody, ("request-media-type-removed", "request-media-type-added"));
+            media(
+                d,
+                &ctx,
+                (&bp, &content_map(bb)),
+                (&rp, &content_map(rb)),
+                Site::RequestBody,
+                ("request-media-type-removed", "request-media-type-added"),
+            );
         }
     }
 }
@@ -311,7 +461,14 @@ fn media(
             }
             (Some(bv), Some(rv)) => {
                 if let (Some(bs), Some(rs)) = (bv.get("schema"), rv.get("schema")) {
-                    schema::compare(d, &At { file: FILE, site, context }, bs, format!("{bm}/schema"), rs, format!("{rm}/schema"));
+                    schema::compare(
+                        d,
+                        &At { file: FILE, site, context },
+                        bs,
+                        format!("{bm}/schema"),
+                        rs,
+                        format!("{rm}/schema"),
+                    );
                 }
             }
             (None, None) => {}
@@ -330,12 +487,14 @@ fn responses(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str
         match (b.get(status), r.get(status)) {
             (Some(_), None) => {
                 d.examine(FILE, sp.clone());
-                let kind = if success { "response-success-status-removed" } else { "response-error-status-removed" };
+                let kind =
+                    if success { "response-success-status-removed" } else { "response-error-status-removed" };
                 d.emit(kind, FILE, Some(&sp), None, &ctx, format!("status {status} was removed"));
             }
             (None, Some(_)) => {
                 d.examine(FILE, sp.clone());
-                let kind = if success { "response-success-status-added" } else { "response-error-status-added" };
+                let kind =
+                    if success { "response-success-status-added" } else { "response-error-status-added" };
                 d.emit(kind, FILE, None, Some(&sp), &ctx, format!("status {status} was added"));
             }
             (Some(bv), Some(rv)) => {
@@ -356,7 +515,14 @@ fn responses(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str
     }
 }
 
-fn headers(d: &mut Differ, base: &Value, rev: &Value, context: &str, (bp, bv): (&str, &Value), (rp, rv): (&str, &Value)) {
+fn headers(
+    d: &mut Differ,
+    base: &Value,
+    rev: &Value,
+    context: &str,
+    (bp, bv): (&str, &Value),
+    (rp, rv): (&str, &Value),
+) {
     let empty = Map::new();
     let b = bv.get("headers").and_then(Value::as_object).unwrap_or(&empty);
     let r = rv.get("headers").and_then(Value::as_object).unwrap_or(&empty);
@@ -365,7 +531,13 @@ fn headers(d: &mut Differ, base: &Value, rev: &Value, context: &str, (bp, bv): (
         let rh = format!("{rp}/headers/{}", escape_token(name));
         match (b.get(name), r.get(name)) {
             (Some(_), None) => {
-                d.removed("response-header-removed", FILE, &bh, context, format!("header `{name}` was removed"));
+                d.removed(
+                    "response-header-removed",
+                    FILE,
+                    &bh,
+                    context,
+                    format!("header `{name}` was removed"),
+                );
             }
             (None, Some(_)) => {
                 d.added("response-header-added", FILE, &rh, context, format!("header `{name}` was added"));
@@ -375,7 +547,14 @@ fn headers(d: &mut Differ, base: &Value, rev: &Value, context: &str, (bp, bv): (
                 let (rx, rxp) = resolve(d, FILE, rev, rx, rh);
                 if let (Some(bs), Some(rs)) = (bx.get("schema"), rx.get("schema")) {
                     let ctx = format!("{context} header {name}");
-                    schema::compare(d, &At { file: FILE, site: Site::ResponseBody, context: &ctx }, bs, format!("{bxp}/schema"), rs, format!("{rxp}/schema"));
+                    schema::compare(
+                        d,
+                        &At { file: FILE, site: Site::ResponseBody, context: &ctx },
+                        bs,
+                        format!("{bxp}/schema"),
+                        rs,
+                        format!("{rxp}/schema"),
+                    );
                 }
             }
             (None, None) => {}

@@ -124,7 +124,11 @@ fn junit(report: &Report, root: &str, refusals: Option<&[Refusal]>) -> String {
     };
     let failures = report.changes.iter().filter(|c| failed(c)).count();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(out, "<testsuites name=\"contract-compat\" tests=\"{}\" failures=\"{failures}\">", report.changes.len());
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"contract-compat\" tests=\"{}\" failures=\"{failures}\">",
+        report.changes.len()
+    );
     let _ = writeln!(
         out,
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\">",
@@ -132,10 +136,21 @@ fn junit(report: &Report, root: &str, refusals: Option<&[Refusal]>) -> String {
         report.changes.len()
     );
     for c in &report.changes {
-        let _ = write!(out, "    <testcase classname=\"{}\" name=\"{}\"", xml(&c.rule), xml(&format!("{} {}", place(root, c), c.detail)));
+        let _ = write!(
+            out,
+            "    <testcase classname=\"{}\" name=\"{}\"",
+            xml(&c.rule),
+            xml(&format!("{} {}", place(root, c), c.detail))
+        );
         if failed(c) {
             let message = refusal_of(refusals, c).map_or(c.why.clone(), |r| r.resolution.clone());
-            let _ = writeln!(out, ">\n      <failure message=\"{}\" type=\"{}\">{}</failure>\n    </testcase>", xml(&message), c.level.as_str(), xml(&c.why));
+            let _ = writeln!(
+                out,
+                ">\n      <failure message=\"{}\" type=\"{}\">{}</failure>\n    </testcase>",
+                xml(&message),
+                c.level.as_str(),
+                xml(&c.why)
+            );
         } else {
             out.push_str("/>\n");
         }
@@ -161,7 +176,13 @@ fn github(report: &Report, root: &str, refusals: Option<&[Refusal]>) -> String {
         if let Some(r) = refusal {
             message.push_str(&format!(" Refused: {}", r.resolution));
         }
-        let _ = writeln!(out, "::{command} file={},line={line},title={}::{}", prop(&format!("{root}/{}", c.file)), prop(&c.rule), esc(&message));
+        let _ = writeln!(
+            out,
+            "::{command} file={},line={line},title={}::{}",
+            prop(&format!("{root}/{}", c.file)),
+            prop(&c.rule),
+            esc(&message)
+        );
     }
     out
 }

@@ -10,7 +10,8 @@ use super::Differ;
 use crate::diagnostics::escape_token;
 
 /// Keys whose value no client parses.
-const DOC_KEYWORDS: [&str; 8] = ["description", "summary", "title", "example", "examples", "externalDocs", "$comment", "x-internal-note"];
+const DOC_KEYWORDS: [&str; 8] =
+    ["description", "summary", "title", "example", "examples", "externalDocs", "$comment", "x-internal-note"];
 
 pub(super) fn report_unexamined(d: &mut Differ) {
     let files: BTreeSet<String> = d.base.files.keys().chain(d.rev.files.keys()).cloned().collect();
@@ -28,14 +29,22 @@ pub(super) fn report_unexamined(d: &mut Differ) {
                 ("unclassified", format!("`{ptr}` changed and no rule judges it"))
             };
             let context = context_of(&ptr);
-            d.emit(rule, &file, in_base.then_some(ptr.as_str()), in_rev.then_some(ptr.as_str()), &context, detail);
+            d.emit(
+                rule,
+                &file,
+                in_base.then_some(ptr.as_str()),
+                in_rev.then_some(ptr.as_str()),
+                &context,
+                detail,
+            );
         }
     }
 }
 
 /// Names the operation or component a pointer is in, for the report.
 fn context_of(ptr: &str) -> String {
-    let tokens: Vec<String> = ptr.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
+    let tokens: Vec<String> =
+        ptr.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
     match tokens.as_slice() {
         [p, path, method, ..] if p == "paths" => format!("{} {path}", method.to_uppercase()),
         [c, kind, name, ..] if c == "components" => format!("components/{kind}/{name}"),
@@ -47,13 +56,23 @@ fn context_of(ptr: &str) -> String {
 impl Differ<'_> {
     fn explained(&self, file: &str, ptr: &str) -> bool {
         self.examined_exact.contains(&(file.to_string(), ptr.to_string()))
-            || self.examined.iter().any(|(f, e)| f == file && (ptr == e || ptr.starts_with(&format!("{e}/")) || e.is_empty()))
+            || self
+                .examined
+                .iter()
+                .any(|(f, e)| f == file && (ptr == e || ptr.starts_with(&format!("{e}/")) || e.is_empty()))
     }
 }
 
 /// Collects (pointer, present in base, present in revision) for every
 /// unexplained difference.
-fn walk(d: &Differ, file: &str, b: Option<&Value>, r: Option<&Value>, ptr: String, out: &mut Vec<(String, bool, bool)>) {
+fn walk(
+    d: &Differ,
+    file: &str,
+    b: Option<&Value>,
+    r: Option<&Value>,
+    ptr: String,
+    out: &mut Vec<(String, bool, bool)>,
+) {
     if b == r {
         return;
     }

@@ -104,7 +104,13 @@ const SCHEMA_KINDS: &[(&str, Level, Level, &str, bool)] = &[
     ("max-items-increased", N, B, "maxItems was raised or removed", true),
     ("min-items-increased", B, N, "minItems was raised or set", true),
     ("min-items-decreased", N, B, "minItems was lowered or removed", true),
-    ("extensible-enum-value-added", N, N, "a value was added to x-extensible-enum (readers tolerate values they do not know)", true),
+    (
+        "extensible-enum-value-added",
+        N,
+        N,
+        "a value was added to x-extensible-enum (readers tolerate values they do not know)",
+        true,
+    ),
     ("extensible-enum-value-removed", B, N, "a value was removed from x-extensible-enum", true),
     ("pattern-added", B, N, "a pattern was added", true),
     ("pattern-changed", B, B, "the pattern changed", true),
@@ -124,15 +130,23 @@ fn schema_why(site: Site, what: &str, level: Level) -> String {
     let who = match site {
         Site::Parameter | Site::RequestBody => "clients send this data to the server",
         Site::ResponseBody => "the server sends this data to clients",
-        Site::EventPayload => "events already in a stream must stay valid and existing consumers must read new ones",
+        Site::EventPayload => {
+            "events already in a stream must stay valid and existing consumers must read new ones"
+        }
     };
     let verdict = match level {
         Level::Breaking => match site {
-            Site::Parameter | Site::RequestBody => "a request an existing client sends can now be refused or read differently",
+            Site::Parameter | Site::RequestBody => {
+                "a request an existing client sends can now be refused or read differently"
+            }
             Site::ResponseBody => "an existing client can now receive a value it does not expect",
-            Site::EventPayload => "an old event or an old consumer no longer fits the schema; publish the change as a new version file",
+            Site::EventPayload => {
+                "an old event or an old consumer no longer fits the schema; publish the change as a new version file"
+            }
         },
-        Level::NonBreaking | Level::Unclassified => "everything valid before is still accepted where it matters",
+        Level::NonBreaking | Level::Unclassified => {
+            "everything valid before is still accepted where it matters"
+        }
         Level::Info => "it changes no accepted value",
     };
     format!("{what}; {who}: {verdict}")
@@ -140,9 +154,19 @@ fn schema_why(site: Site, what: &str, level: Level) -> String {
 
 /// (id, level, oasdiff id, why) for the rules that are not per schema site.
 const STRUCTURE_RULES: &[(&str, Level, Option<&str>, &str)] = &[
-    ("endpoint-removed", B, Some("api-removed-without-deprecation"), "an operation was removed: clients that call it get 404"),
+    (
+        "endpoint-removed",
+        B,
+        Some("api-removed-without-deprecation"),
+        "an operation was removed: clients that call it get 404",
+    ),
     ("endpoint-added", N, Some("endpoint-added"), "a new operation: existing clients do not call it"),
-    ("endpoint-deprecated", I, Some("endpoint-deprecated"), "the operation is marked deprecated; it still works"),
+    (
+        "endpoint-deprecated",
+        I,
+        Some("endpoint-deprecated"),
+        "the operation is marked deprecated; it still works",
+    ),
     ("endpoint-reactivated", I, Some("endpoint-reactivated"), "the operation is no longer deprecated"),
     (
         "operation-id-changed",
@@ -150,72 +174,222 @@ const STRUCTURE_RULES: &[(&str, Level, Option<&str>, &str)] = &[
         Some("api-operation-id-removed"),
         "the operationId names the generated client method and server handler: code built on the old name stops compiling",
     ),
-    ("security-added", B, Some("api-security-added"), "the operation now requires a credential: clients that send none are refused"),
+    (
+        "security-added",
+        B,
+        Some("api-security-added"),
+        "the operation now requires a credential: clients that send none are refused",
+    ),
     (
         "security-removed",
         I,
         Some("api-security-removed"),
         "the operation no longer requires a credential; existing clients keep working, but review it as a security change",
     ),
-    ("security-changed", B, None, "the operation requires a different security scheme: existing credentials are refused"),
+    (
+        "security-changed",
+        B,
+        None,
+        "the operation requires a different security scheme: existing credentials are refused",
+    ),
     (
         "security-scheme-changed",
         B,
         Some("api-security-component-type-changed"),
         "a security scheme's type, scheme, format or location changed: existing credentials no longer fit",
     ),
-    ("security-scheme-principal-declared", I, None, "a security scheme now says who holds its credential (x-oneprotect-principal); credentials are unchanged"),
+    (
+        "security-scheme-principal-declared",
+        I,
+        None,
+        "a security scheme now says who holds its credential (x-oneprotect-principal); credentials are unchanged",
+    ),
     ("security-scheme-removed", B, Some("api-security-component-removed"), "a security scheme was removed"),
     ("security-scheme-added", N, Some("api-security-component-added"), "a new security scheme"),
-    ("request-parameter-removed", B, Some("request-parameter-removed"), "a parameter existing clients send is no longer accepted"),
-    ("request-parameter-added-required", B, Some("new-required-request-parameter"), "existing clients do not send the new required parameter"),
-    ("request-parameter-added-optional", N, Some("new-optional-request-parameter"), "a new optional parameter: existing clients omit it"),
-    ("request-parameter-became-required", B, Some("request-parameter-became-required"), "existing clients may omit the parameter that is now required"),
-    ("request-parameter-became-optional", N, Some("request-parameter-became-optional"), "a required parameter became optional"),
-    ("request-body-added-required", B, Some("request-body-added-required"), "existing clients send no body where one is now required"),
-    ("request-body-added-optional", N, Some("request-body-added-optional"), "an optional request body was added"),
-    ("request-body-removed", B, Some("request-body-removed"), "existing clients send a body the operation no longer reads"),
-    ("request-body-became-required", B, Some("request-body-became-required"), "existing clients may omit the body that is now required"),
-    ("request-body-became-optional", N, Some("request-body-became-optional"), "the request body became optional"),
-    ("request-media-type-removed", B, Some("request-body-media-type-removed"), "clients sending this media type are refused with 415"),
-    ("request-media-type-added", N, Some("request-body-media-type-added"), "a new request media type is accepted"),
-    ("request-body-max-bytes-decreased", B, None, "x-oneprotect-max-body-bytes was lowered: bodies existing clients send can now be refused with 413"),
+    (
+        "request-parameter-removed",
+        B,
+        Some("request-parameter-removed"),
+        "a parameter existing clients send is no longer accepted",
+    ),
+    (
+        "request-parameter-added-required",
+        B,
+        Some("new-required-request-parameter"),
+        "existing clients do not send the new required parameter",
+    ),
+    (
+        "request-parameter-added-optional",
+        N,
+        Some("new-optional-request-parameter"),
+        "a new optional parameter: existing clients omit it",
+    ),
+    (
+        "request-parameter-became-required",
+        B,
+        Some("request-parameter-became-required"),
+        "existing clients may omit the parameter that is now required",
+    ),
+    (
+        "request-parameter-became-optional",
+        N,
+        Some("request-parameter-became-optional"),
+        "a required parameter became optional",
+    ),
+    (
+        "request-body-added-required",
+        B,
+        Some("request-body-added-required"),
+        "existing clients send no body where one is now required",
+    ),
+    (
+        "request-body-added-optional",
+        N,
+        Some("request-body-added-optional"),
+        "an optional request body was added",
+    ),
+    (
+        "request-body-removed",
+        B,
+        Some("request-body-removed"),
+        "existing clients send a body the operation no longer reads",
+    ),
+    (
+        "request-body-became-required",
+        B,
+        Some("request-body-became-required"),
+        "existing clients may omit the body that is now required",
+    ),
+    (
+        "request-body-became-optional",
+        N,
+        Some("request-body-became-optional"),
+        "the request body became optional",
+    ),
+    (
+        "request-media-type-removed",
+        B,
+        Some("request-body-media-type-removed"),
+        "clients sending this media type are refused with 415",
+    ),
+    (
+        "request-media-type-added",
+        N,
+        Some("request-body-media-type-added"),
+        "a new request media type is accepted",
+    ),
+    (
+        "request-body-max-bytes-decreased",
+        B,
+        None,
+        "x-oneprotect-max-body-bytes was lowered: bodies existing clients send can now be refused with 413",
+    ),
     ("request-body-max-bytes-increased", N, None, "x-oneprotect-max-body-bytes was raised"),
-    ("response-success-status-removed", B, Some("response-success-status-removed"), "clients that expect this success status receive another one"),
-    ("response-success-status-added", N, Some("response-success-status-added"), "a new documented success status"),
+    (
+        "response-success-status-removed",
+        B,
+        Some("response-success-status-removed"),
+        "clients that expect this success status receive another one",
+    ),
+    (
+        "response-success-status-added",
+        N,
+        Some("response-success-status-added"),
+        "a new documented success status",
+    ),
     (
         "response-error-status-removed",
         B,
         Some("response-non-success-status-removed"),
         "a documented error status was removed: clients that branch on it no longer get a typed error (stricter than oasdiff)",
     ),
-    ("response-error-status-added", N, Some("response-non-success-status-added"), "a new documented error status"),
-    ("response-media-type-removed", B, Some("response-media-type-removed"), "clients that accept only this media type can no longer read the response"),
+    (
+        "response-error-status-added",
+        N,
+        Some("response-non-success-status-added"),
+        "a new documented error status",
+    ),
+    (
+        "response-media-type-removed",
+        B,
+        Some("response-media-type-removed"),
+        "clients that accept only this media type can no longer read the response",
+    ),
     ("response-media-type-added", N, Some("response-media-type-added"), "a new response media type"),
-    ("response-header-removed", B, Some("required-response-header-removed"), "clients that read this response header no longer get it"),
+    (
+        "response-header-removed",
+        B,
+        Some("required-response-header-removed"),
+        "clients that read this response header no longer get it",
+    ),
     ("response-header-added", N, Some("response-header-added"), "a new response header"),
     ("schema-component-added", I, None, "a new schema component; what uses it is judged where it is used"),
-    ("schema-component-removed", I, Some("api-schema-removed"), "a schema component was removed; what used it is judged where it was used"),
+    (
+        "schema-component-removed",
+        I,
+        Some("api-schema-removed"),
+        "a schema component was removed; what used it is judged where it was used",
+    ),
     ("component-added", I, None, "a new reusable component; what uses it is judged where it is used"),
-    ("component-removed", I, None, "a reusable component was removed; what used it is judged where it was used"),
+    (
+        "component-removed",
+        I,
+        None,
+        "a reusable component was removed; what used it is judged where it was used",
+    ),
     ("api-version-changed", I, None, "info.version changed; the compatibility gate reads its major number"),
     ("metadata-changed", I, None, "document metadata (info, servers, tags) changed; no client parses it"),
     ("doc-changed", I, None, "a description, summary, title or example changed; no client parses it"),
     ("channel-removed", B, None, "consumers subscribed to this channel receive nothing"),
     ("channel-added", N, None, "a new channel: existing consumers do not subscribe to it"),
-    ("channel-address-changed", B, None, "consumers subscribed to the old address (NATS subject) receive nothing"),
+    (
+        "channel-address-changed",
+        B,
+        None,
+        "consumers subscribed to the old address (NATS subject) receive nothing",
+    ),
     ("channel-message-removed", B, None, "consumers of this channel stop receiving this message"),
-    ("channel-message-added", N, None, "a channel carries a new message; consumers filter on the CloudEvents `type`"),
-    ("message-payload-changed", B, None, "the message now carries a different payload schema: existing consumers cannot parse it"),
-    ("message-content-type-changed", B, None, "the message's content type changed: existing consumers cannot parse it"),
+    (
+        "channel-message-added",
+        N,
+        None,
+        "a channel carries a new message; consumers filter on the CloudEvents `type`",
+    ),
+    (
+        "message-payload-changed",
+        B,
+        None,
+        "the message now carries a different payload schema: existing consumers cannot parse it",
+    ),
+    (
+        "message-content-type-changed",
+        B,
+        None,
+        "the message's content type changed: existing consumers cannot parse it",
+    ),
     ("message-removed", I, None, "a message component was removed; the channels that carried it are judged"),
     ("message-added", I, None, "a new message component"),
     ("operation-removed", B, None, "an AsyncAPI operation (send/receive) was removed"),
     ("operation-added", N, None, "a new AsyncAPI operation"),
     ("default-content-type-changed", B, None, "the default content type of every message changed"),
-    ("event-schema-removed", B, None, "an event version was removed: its events in a stream can no longer be validated and consumers of it receive nothing"),
-    ("event-schema-added", N, None, "a new event type or a new version of one, published beside the old ones"),
-    ("event-schema-id-changed", B, None, "the `$id` (the `dataschema` events carry) changed: consumers resolving the schema by it fail"),
+    (
+        "event-schema-removed",
+        B,
+        None,
+        "an event version was removed: its events in a stream can no longer be validated and consumers of it receive nothing",
+    ),
+    (
+        "event-schema-added",
+        N,
+        None,
+        "a new event type or a new version of one, published beside the old ones",
+    ),
+    (
+        "event-schema-id-changed",
+        B,
+        None,
+        "the `$id` (the `dataschema` events carry) changed: consumers resolving the schema by it fail",
+    ),
     ("unclassified", Level::Unclassified, None, "no rule judges this kind of change; review it by hand"),
 ];
 
@@ -270,8 +444,12 @@ fn schema_oasdiff(site: Site, kind: &str) -> Option<&'static str> {
         (Site::Parameter, "pattern-added") => "request-parameter-pattern-added",
         (Site::Parameter, "pattern-removed") => "request-parameter-pattern-removed",
         (Site::Parameter, "default-changed") => "request-parameter-default-value-changed",
-        (Site::Parameter, "extensible-enum-value-removed") => "request-parameter-x-extensible-enum-value-removed",
-        (Site::RequestBody, "extensible-enum-value-removed") => "request-property-x-extensible-enum-value-removed",
+        (Site::Parameter, "extensible-enum-value-removed") => {
+            "request-parameter-x-extensible-enum-value-removed"
+        }
+        (Site::RequestBody, "extensible-enum-value-removed") => {
+            "request-property-x-extensible-enum-value-removed"
+        }
         _ => return None,
     };
     Some(id)
@@ -299,7 +477,12 @@ static CATALOGUE: LazyLock<Vec<Rule>> = LazyLock::new(|| {
                 Site::ResponseBody => outbound,
                 Site::EventPayload => Level::worst(inbound, outbound),
             };
-            rules.push(Rule { id: site.rule(kind), level, oasdiff: schema_oasdiff(site, kind), why: schema_why(site, what, level) });
+            rules.push(Rule {
+                id: site.rule(kind),
+                level,
+                oasdiff: schema_oasdiff(site, kind),
+                why: schema_why(site, what, level),
+            });
         }
     }
     for &(id, level, oasdiff, why) in STRUCTURE_RULES {
@@ -308,7 +491,8 @@ static CATALOGUE: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     rules
 });
 
-static BY_ID: LazyLock<BTreeMap<&'static str, usize>> = LazyLock::new(|| CATALOGUE.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect());
+static BY_ID: LazyLock<BTreeMap<&'static str, usize>> =
+    LazyLock::new(|| CATALOGUE.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect());
 
 /// The catalogue as the Markdown page `docs/compat-rules.md`.
 pub fn markdown() -> String {
@@ -349,7 +533,10 @@ mod tests {
         assert_eq!(lookup("response-body-enum-value-added").map(|r| r.level), Some(Level::Breaking));
         assert_eq!(lookup("event-payload-enum-value-added").map(|r| r.level), Some(Level::Breaking));
         assert_eq!(lookup("event-payload-property-became-required").map(|r| r.level), Some(Level::Breaking));
-        assert_eq!(lookup("event-payload-property-added-optional").map(|r| r.level), Some(Level::NonBreaking));
+        assert_eq!(
+            lookup("event-payload-property-added-optional").map(|r| r.level),
+            Some(Level::NonBreaking)
+        );
     }
 
     #[test]

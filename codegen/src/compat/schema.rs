@@ -95,14 +95,28 @@ fn types(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
     let (bnull, rnull) = (bt.remove("null"), rt.remove("null"));
     if bt != rt || bf != rf {
         let show = |t: &BTreeSet<String>, f: &Option<String>| {
-            let names = if t.is_empty() { "any".to_string() } else { t.iter().cloned().collect::<Vec<_>>().join("|") };
+            let names = if t.is_empty() {
+                "any".to_string()
+            } else {
+                t.iter().cloned().collect::<Vec<_>>().join("|")
+            };
             f.as_ref().map_or(names.clone(), |f| format!("{names} ({f})"))
         };
-        c.emit(d, "type-changed", "type", format!("{} changed from {} to {}", c.place(), show(&bt, &bf), show(&rt, &rf)));
+        c.emit(
+            d,
+            "type-changed",
+            "type",
+            format!("{} changed from {} to {}", c.place(), show(&bt, &bf), show(&rt, &rf)),
+        );
     }
     if bnull != rnull {
-        let (kind, word) = if rnull { ("became-nullable", "now admits") } else { ("became-not-nullable", "no longer admits") };
-        let keyword = if r.get("nullable").is_some() || b.get("nullable").is_some() { "nullable" } else { "type" };
+        let (kind, word) = if rnull {
+            ("became-nullable", "now admits")
+        } else {
+            ("became-not-nullable", "no longer admits")
+        };
+        let keyword =
+            if r.get("nullable").is_some() || b.get("nullable").is_some() { "nullable" } else { "type" };
         c.emit(d, kind, keyword, format!("{} {word} null", c.place()));
     }
 }
@@ -111,8 +125,12 @@ fn enums(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
     c.judged(d, "enum");
     let values = |s: &Value| s.get("enum").and_then(Value::as_array).cloned();
     match (values(b), values(r)) {
-        (None, Some(_)) => c.emit(d, "became-enum", "enum", format!("{} is now restricted to an enum", c.place())),
-        (Some(_), None) => c.emit(d, "enum-removed", "enum", format!("{} is no longer restricted to an enum", c.place())),
+        (None, Some(_)) => {
+            c.emit(d, "became-enum", "enum", format!("{} is now restricted to an enum", c.place()))
+        }
+        (Some(_), None) => {
+            c.emit(d, "enum-removed", "enum", format!("{} is no longer restricted to an enum", c.place()))
+        }
         (Some(bv), Some(rv)) => {
             for v in bv.iter().filter(|v| !rv.contains(v)) {
                 c.emit(d, "enum-value-removed", "enum", format!("{} no longer admits {v}", c.place()));
@@ -185,21 +203,36 @@ fn bound(d: &mut Differ, c: &Cmp, b: &Value, r: &Value, which: Bound) {
         }
         (None, None) => return,
     };
-    let show = |x: Option<(f64, bool)>| x.map_or("none".to_string(), |(n, e)| if e { format!("{n} (exclusive)") } else { n.to_string() });
+    let show = |x: Option<(f64, bool)>| {
+        x.map_or("none".to_string(), |(n, e)| if e { format!("{n} (exclusive)") } else { n.to_string() })
+    };
     let kind = if tighter { tighter_kind } else { looser_kind };
     let keyword = if r.get(keyword).is_some() || b.get(keyword).is_some() { keyword } else { excl };
     c.emit(d, kind, keyword, format!("{} {keyword} went from {} to {}", c.place(), show(bb), show(rb)));
 }
 
 #[allow(clippy::too_many_arguments)]
-fn count_limit(d: &mut Differ, c: &Cmp, b: &Value, r: &Value, keyword: &str, smaller: &str, larger: &str, is_max: bool) {
+fn count_limit(
+    d: &mut Differ,
+    c: &Cmp,
+    b: &Value,
+    r: &Value,
+    keyword: &str,
+    smaller: &str,
+    larger: &str,
+    is_max: bool,
+) {
     c.judged(d, keyword);
     let (bv, rv) = (b.get(keyword).and_then(Value::as_u64), r.get(keyword).and_then(Value::as_u64));
     if bv == rv {
         return;
     }
     // A missing maximum is unbounded; a missing minimum is zero.
-    let (bx, rx) = if is_max { (bv.unwrap_or(u64::MAX), rv.unwrap_or(u64::MAX)) } else { (bv.unwrap_or(0), rv.unwrap_or(0)) };
+    let (bx, rx) = if is_max {
+        (bv.unwrap_or(u64::MAX), rv.unwrap_or(u64::MAX))
+    } else {
+        (bv.unwrap_or(0), rv.unwrap_or(0))
+    };
     if bx == rx {
         return;
     }
@@ -214,7 +247,9 @@ fn pattern(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
     let (kind, detail) = match (p(b), p(r)) {
         (None, Some(rp)) => ("pattern-added", format!("{} must now match `{rp}`", c.place())),
         (Some(bp), None) => ("pattern-removed", format!("{} no longer has to match `{bp}`", c.place())),
-        (Some(bp), Some(rp)) if bp != rp => ("pattern-changed", format!("{} pattern went from `{bp}` to `{rp}`", c.place())),
+        (Some(bp), Some(rp)) if bp != rp => {
+            ("pattern-changed", format!("{} pattern went from `{bp}` to `{rp}`", c.place()))
+        }
         _ => return,
     };
     c.emit(d, kind, "pattern", detail);
@@ -225,12 +260,20 @@ fn default(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
     let (bd, rd) = (b.get("default"), r.get("default"));
     if bd != rd {
         let show = |v: Option<&Value>| v.map_or("none".to_string(), Value::to_string);
-        c.emit(d, "default-changed", "default", format!("{} default went from {} to {}", c.place(), show(bd), show(rd)));
+        c.emit(
+            d,
+            "default-changed",
+            "default",
+            format!("{} default went from {} to {}", c.place(), show(bd), show(rd)),
+        );
     }
 }
 
 fn required_set(s: &Value) -> BTreeSet<String> {
-    s.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
+    s.get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn closed(s: &Value) -> bool {
@@ -252,13 +295,31 @@ fn properties(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
             (Some(_), None) => {
                 d.examine(c.at.file, bptr.clone());
                 let parent = format!("{}/properties", c.rptr);
-                d.emit(&c.at.site.rule("property-removed"), c.at.file, Some(&bptr), Some(&parent), c.at.context, format!("property `{name}` was removed"));
+                d.emit(
+                    &c.at.site.rule("property-removed"),
+                    c.at.file,
+                    Some(&bptr),
+                    Some(&parent),
+                    c.at.context,
+                    format!("property `{name}` was removed"),
+                );
             }
             (None, Some(_)) => {
                 d.examine(c.at.file, rptr.clone());
-                let (kind, word) = if rreq.contains(name) { ("property-added-required", "required") } else { ("property-added-optional", "optional") };
+                let (kind, word) = if rreq.contains(name) {
+                    ("property-added-required", "required")
+                } else {
+                    ("property-added-optional", "optional")
+                };
                 let parent = format!("{}/properties", c.bptr);
-                d.emit(&c.at.site.rule(kind), c.at.file, Some(&parent), Some(&rptr), c.at.context, format!("{word} property `{name}` was added"));
+                d.emit(
+                    &c.at.site.rule(kind),
+                    c.at.file,
+                    Some(&parent),
+                    Some(&rptr),
+                    c.at.context,
+                    format!("{word} property `{name}` was added"),
+                );
             }
             (Some(bv), Some(rv)) => {
                 let (was, is) = (breq.contains(name), rreq.contains(name));
@@ -279,20 +340,47 @@ fn properties(d: &mut Differ, c: &Cmp, b: &Value, r: &Value) {
             (None, None) => {}
         }
     }
-    let both_schemas = b.get("additionalProperties").is_some_and(Value::is_object) && r.get("additionalProperties").is_some_and(Value::is_object);
+    let both_schemas = b.get("additionalProperties").is_some_and(Value::is_object)
+        && r.get("additionalProperties").is_some_and(Value::is_object);
     if !both_schemas {
         c.judged(d, "additionalProperties");
     }
     match (closed(b), closed(r)) {
-        (false, true) => c.emit(d, "became-closed", "additionalProperties", format!("{} no longer admits properties it does not name", c.place())),
-        (true, false) => c.emit(d, "became-open", "additionalProperties", format!("{} now admits properties it does not name", c.place())),
+        (false, true) => c.emit(
+            d,
+            "became-closed",
+            "additionalProperties",
+            format!("{} no longer admits properties it does not name", c.place()),
+        ),
+        (true, false) => c.emit(
+            d,
+            "became-open",
+            "additionalProperties",
+            format!("{} now admits properties it does not name", c.place()),
+        ),
         _ => {}
     }
     for (name, (bv, rv)) in pairs {
         let tok = crate::diagnostics::escape_token(name);
-        compare(d, c.at, bv, format!("{}/properties/{tok}", c.bptr), rv, format!("{}/properties/{tok}", c.rptr));
+        compare(
+            d,
+            c.at,
+            bv,
+            format!("{}/properties/{tok}", c.bptr),
+            rv,
+            format!("{}/properties/{tok}", c.rptr),
+        );
     }
-    if let (Some(ba @ Value::Object(_)), Some(ra @ Value::Object(_))) = (b.get("additionalProperties"), r.get("additionalProperties")) {
-        compare(d, c.at, ba, format!("{}/additionalProperties", c.bptr), ra, format!("{}/additionalProperties", c.rptr));
+    if let (Some(ba @ Value::Object(_)), Some(ra @ Value::Object(_))) =
+        (b.get("additionalProperties"), r.get("additionalProperties"))
+    {
+        compare(
+            d,
+            c.at,
+            ba,
+            format!("{}/additionalProperties", c.bptr),
+            ra,
+            format!("{}/additionalProperties", c.rptr),
+        );
     }
 }

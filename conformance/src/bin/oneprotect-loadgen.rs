@@ -14,7 +14,11 @@ use oneprotect_conformance::bench::{self, BenchResult, MAX_AGENTS, MAX_DURATION,
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "oneprotect-loadgen", version, about = "Loopback load generator: enrollment storm, heartbeat ingest and their baselines")]
+#[command(
+    name = "oneprotect-loadgen",
+    version,
+    about = "Loopback load generator: enrollment storm, heartbeat ingest and their baselines"
+)]
 struct Cli {
     /// Backends: `sqlite` and/or a `postgres://` URL allowed to create databases.
     #[arg(long, default_values_t = vec!["sqlite".to_owned()])]
@@ -41,9 +45,14 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
     let database = (backend != "sqlite").then_some(backend);
     let platform = oneprotect_conformance::local::start_with(database, None, false).await?;
     eprintln!("[{backend}] enrolling {} agents (concurrency {})", cli.agents, cli.concurrency);
-    let (exchange, agents) = bench::enroll(&platform, cli.agents, cli.concurrency).await.map_err(anyhow::Error::msg)?;
-    eprintln!("[{backend}] {:.0} exchanges/s; {} rounds of /healthz, heartbeats, group-committed and naive store writes", exchange.per_second, cli.rounds);
-    let workload = bench::Workload::new(&platform, agents.clone(), cli.concurrency).map_err(anyhow::Error::msg)?;
+    let (exchange, agents) =
+        bench::enroll(&platform, cli.agents, cli.concurrency).await.map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "[{backend}] {:.0} exchanges/s; {} rounds of /healthz, heartbeats, group-committed and naive store writes",
+        exchange.per_second, cli.rounds
+    );
+    let workload =
+        bench::Workload::new(&platform, agents.clone(), cli.concurrency).map_err(anyhow::Error::msg)?;
     let slice = duration / cli.rounds;
     let (mut healthz, mut heartbeat, mut grouped, mut naive) = Default::default();
     let mut rounds = Vec::new();
@@ -66,7 +75,13 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
     let name = match database {
         None => "sqlite",
         // A percent-encoded path as the host is a Unix-socket directory.
-        Some(url) if url.split_once('@').is_some_and(|(_, host)| host.starts_with("%2F") || host.starts_with("%2f")) => "postgres (Unix socket)",
+        Some(url)
+            if url
+                .split_once('@')
+                .is_some_and(|(_, host)| host.starts_with("%2F") || host.starts_with("%2f")) =>
+        {
+            "postgres (Unix socket)"
+        }
         Some(_) => "postgres (TCP)",
     };
     let measures = vec![
@@ -76,7 +91,13 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
         naive.into_measure("store.commit_heartbeat direct (1 tx/heartbeat)"),
         exchange,
     ];
-    Ok(BenchResult { backend: name.into(), agents: agents.len(), concurrency: cli.concurrency, measures, rounds })
+    Ok(BenchResult {
+        backend: name.into(),
+        agents: agents.len(),
+        concurrency: cli.concurrency,
+        measures,
+        rounds,
+    })
 }
 
 #[tokio::main]
@@ -97,15 +118,26 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let machine = format!("{} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), std::env::consts::ARCH);
-    let mut md = format!("## OneProtect benchmark ({machine}, {} s per measure in {} rounds)\n\n", duration.as_secs(), cli.rounds);
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::env::consts::ARCH
+    );
+    let mut md = format!(
+        "## OneProtect benchmark ({machine}, {} s per measure in {} rounds)\n\n",
+        duration.as_secs(),
+        cli.rounds
+    );
     for r in &results {
         md.push_str(&bench::markdown(r));
     }
     print!("{md}");
     if std::fs::create_dir_all(&cli.output).is_ok() {
         let _ = std::fs::write(cli.output.join("results.md"), &md);
-        let _ = std::fs::write(cli.output.join("results.json"), serde_json::to_string_pretty(&results).unwrap_or_default());
+        let _ = std::fs::write(
+            cli.output.join("results.json"),
+            serde_json::to_string_pretty(&results).unwrap_or_default(),
+        );
         eprintln!("wrote {}/results.md and results.json", cli.output.display());
     }
     ExitCode::SUCCESS

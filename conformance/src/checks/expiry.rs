@@ -6,7 +6,13 @@ use super::{BOTH, LOCAL};
 use crate::{Check, Checked, Ctx, Tenant, Verdict, ensure, expect_problem};
 
 pub(super) const CHECKS: &[Check] = &[
-    check!("expiry.enrollment-token-expires", Expiry, LOCAL, "an enrollment token past its TTL is refused with the uniform 401", enrollment_token),
+    check!(
+        "expiry.enrollment-token-expires",
+        Expiry,
+        LOCAL,
+        "an enrollment token past its TTL is refused with the uniform 401",
+        enrollment_token
+    ),
     check!(
         "expiry.enrollment-token-refused-at-its-expiry-instant",
         Expiry,
@@ -22,7 +28,13 @@ pub(super) const CHECKS: &[Check] = &[
         token_expires_in_real_time,
         waits: true
     ),
-    check!("expiry.runtime-token-expires", Expiry, LOCAL, "a runtime token past its TTL is 401 runtime_token_invalid", runtime_token),
+    check!(
+        "expiry.runtime-token-expires",
+        Expiry,
+        LOCAL,
+        "a runtime token past its TTL is 401 runtime_token_invalid",
+        runtime_token
+    ),
     check!(
         "expiry.rotated-token-superseded-after-grace",
         Expiry,
@@ -37,7 +49,13 @@ pub(super) const CHECKS: &[Check] = &[
         "an identity silent past the staleness window is refused with 403 identity_stale",
         stale_identity
     ),
-    check!("expiry.expired-admin-token-rejected", Expiry, LOCAL, "an expired tenant-admin JWT is 401", admin_token),
+    check!(
+        "expiry.expired-admin-token-rejected",
+        Expiry,
+        LOCAL,
+        "an expired tenant-admin JWT is 401",
+        admin_token
+    ),
     check!(
         "expiry.admin-token-not-yet-valid-rejected",
         Expiry,
@@ -51,14 +69,21 @@ pub async fn enrollment_token(ctx: &Ctx) -> Checked {
     let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
     let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
     clock.advance(Duration::seconds(601));
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(
+        &ctx.exchange(&ctx.exchange_body(&secret)?).await?,
+        401,
+        ProblemCode::EnrollmentTokenInvalid,
+    )
 }
 
 pub async fn runtime_token(ctx: &Ctx) -> Checked {
     let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
     let (agent, runtime, enrolled) = ctx.enroll(Tenant::A).await?;
     ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "fresh token refused")?;
-    let expires = enrolled["runtime_token"]["expires_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).ok_or("no expiry")?;
+    let expires = enrolled["runtime_token"]["expires_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .ok_or("no expiry")?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
     clock.advance(expires.with_timezone(&chrono::Utc) - now + Duration::seconds(1));
     expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 401, ProblemCode::RuntimeTokenInvalid)
@@ -74,7 +99,10 @@ pub async fn rotation_grace(ctx: &Ctx) -> Checked {
     ensure(rotated.status == 200, "rotation refused")?;
     let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();
     ctx.remember(&new);
-    ensure(ctx.heartbeat(&agent, &old, 1).await?.status == 200, "the old token is refused during the grace period")?;
+    ensure(
+        ctx.heartbeat(&agent, &old, 1).await?.status == 200,
+        "the old token is refused during the grace period",
+    )?;
     clock.advance(Duration::minutes(6));
     expect_problem(&ctx.heartbeat(&agent, &old, 2).await?, 401, ProblemCode::RuntimeTokenInvalid)?;
     ensure(ctx.heartbeat(&agent, &new, 3).await?.status == 200, "the new token is refused")
@@ -96,8 +124,13 @@ pub async fn admin_token(ctx: &Ctx) -> Checked {
     let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
-    let token = crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
-    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, ProblemCode::Unauthenticated)
+    let token =
+        crate::faults::mint_admin(ctx, &secret, "tenant-a", "tenant_admin", now - Duration::minutes(5));
+    expect_problem(
+        &ctx.call(&ops::list_agents(), Some(&token), None).await?,
+        401,
+        ProblemCode::Unauthenticated,
+    )
 }
 
 pub async fn token_refused_at_expiry_instant(ctx: &Ctx) -> Checked {
@@ -105,15 +138,30 @@ pub async fn token_refused_at_expiry_instant(ctx: &Ctx) -> Checked {
     // Issued now for 600 s: after exactly 600 s the clock stands on its expiry.
     let (secret, _) = ctx.issue_token(Tenant::A, 5).await?;
     clock.advance(Duration::seconds(600));
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(
+        &ctx.exchange(&ctx.exchange_body(&secret)?).await?,
+        401,
+        ProblemCode::EnrollmentTokenInvalid,
+    )
 }
 
 pub async fn admin_not_yet_valid(ctx: &Ctx) -> Checked {
     let clock = ctx.needs("a controllable clock", &ctx.local.clock)?;
     let secret = ctx.needs("the admin signing secret", &ctx.local.admin_secret)?;
     let now = oneprotect_server::clock::Clock::now(clock.as_ref());
-    let token = crate::faults::mint_admin_with(ctx, &secret, "tenant-a", "tenant_admin", now + Duration::hours(2), Some(now + Duration::hours(1)));
-    expect_problem(&ctx.call(&ops::list_agents(), Some(&token), None).await?, 401, ProblemCode::Unauthenticated)
+    let token = crate::faults::mint_admin_with(
+        ctx,
+        &secret,
+        "tenant-a",
+        "tenant_admin",
+        now + Duration::hours(2),
+        Some(now + Duration::hours(1)),
+    );
+    expect_problem(
+        &ctx.call(&ops::list_agents(), Some(&token), None).await?,
+        401,
+        ProblemCode::Unauthenticated,
+    )
 }
 
 pub async fn token_expires_in_real_time(ctx: &Ctx) -> Checked {
@@ -122,5 +170,9 @@ pub async fn token_expires_in_real_time(ctx: &Ctx) -> Checked {
     }
     let (secret, _) = ctx.issue_token_for(Tenant::A, 5, 60).await?;
     (ctx.sleeper)(std::time::Duration::from_secs(61)).await;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(
+        &ctx.exchange(&ctx.exchange_body(&secret)?).await?,
+        401,
+        ProblemCode::EnrollmentTokenInvalid,
+    )
 }

@@ -21,7 +21,13 @@ pub(super) const CHECKS: &[Check] = &[
         "revoking another tenant's agent or token answers 404 and changes nothing",
         revokes
     ),
-    check!("tenant-isolation.lists-are-tenant-scoped", TenantIsolation, BOTH, "lists, audit and events show nothing of another tenant", lists),
+    check!(
+        "tenant-isolation.lists-are-tenant-scoped",
+        TenantIsolation,
+        BOTH,
+        "lists, audit and events show nothing of another tenant",
+        lists
+    ),
     check!(
         "tenant-isolation.refusal-audited-under-its-tenant",
         TenantIsolation,
@@ -62,11 +68,25 @@ pub async fn revokes(ctx: &Ctx) -> Checked {
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     let (_, token_id) = ctx.issue_token(Tenant::A, 1).await?;
     let b = ctx.admin(Tenant::B);
-    expect_problem(&ctx.call(&ops::revoke_agent(&agent), Some(b), Some(&json!({}))).await?, 404, ProblemCode::NotFound)?;
-    expect_problem(&ctx.call(&ops::revoke_enrollment_token(&token_id), Some(b), Some(&json!({}))).await?, 404, ProblemCode::NotFound)?;
-    ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "the agent still works after the foreign revoke attempt")?;
+    expect_problem(
+        &ctx.call(&ops::revoke_agent(&agent), Some(b), Some(&json!({}))).await?,
+        404,
+        ProblemCode::NotFound,
+    )?;
+    expect_problem(
+        &ctx.call(&ops::revoke_enrollment_token(&token_id), Some(b), Some(&json!({}))).await?,
+        404,
+        ProblemCode::NotFound,
+    )?;
+    ensure(
+        ctx.heartbeat(&agent, &runtime, 1).await?.status == 200,
+        "the agent still works after the foreign revoke attempt",
+    )?;
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
-    ensure(tokens.iter().any(|t| t["enrollment_token_id"] == token_id.as_str() && t["status"] == "active"), "the token is still active")
+    ensure(
+        tokens.iter().any(|t| t["enrollment_token_id"] == token_id.as_str() && t["status"] == "active"),
+        "the token is still active",
+    )
 }
 
 pub async fn lists(ctx: &Ctx) -> Checked {
@@ -79,7 +99,9 @@ pub async fn lists(ctx: &Ctx) -> Checked {
         let text = serde_json::to_string(&items).unwrap_or_default();
         ensure(!text.contains(&agent), format!("{op} of tenant B shows tenant A's agent"))?;
         ensure(
-            items.iter().all(|i| i.get("tenant_id").or_else(|| i.get("tenantid")).is_none_or(|t| t != tenant_a.as_str())),
+            items.iter().all(|i| {
+                i.get("tenant_id").or_else(|| i.get("tenantid")).is_none_or(|t| t != tenant_a.as_str())
+            }),
             format!("{op} of tenant B shows tenant A's rows"),
         )?;
     }
@@ -101,11 +123,16 @@ pub async fn refusal_audited_under_its_tenant(ctx: &Ctx) -> Checked {
     ensure(records > 0, format!("the refused revoke of {missing} is not in tenant A's audit trail"))?;
     ensure(records == 1, format!("{records} audit records of one refused revoke in tenant A's trail"))?;
     ensure(
-        audit_a.iter().any(|r| r["target_id"] == missing.as_str() && r["outcome"] == "failure" && r["action"] == "agent.revoke"),
+        audit_a.iter().any(|r| {
+            r["target_id"] == missing.as_str() && r["outcome"] == "failure" && r["action"] == "agent.revoke"
+        }),
         "the refusal's audit record is not an agent.revoke failure",
     )?;
     let audit_b = ctx.list(Tenant::B, Listing::Audit).await?;
-    ensure(!serde_json::to_string(&audit_b).unwrap_or_default().contains(&missing), "tenant A's refusal is in tenant B's audit trail")
+    ensure(
+        !serde_json::to_string(&audit_b).unwrap_or_default().contains(&missing),
+        "tenant A's refusal is in tenant B's audit trail",
+    )
 }
 
 /// Tables whose rows carry a tenant.
@@ -118,12 +145,18 @@ const TENANT_TABLES_SQL: &str = "SELECT c.relname::text, c.relrowsecurity, c.rel
 
 pub async fn rls_forced(ctx: &Ctx) -> Checked {
     if ctx.local.store.as_ref().is_some_and(|s| s.backend() == "sqlite") {
-        return Err(crate::Verdict::Skip("PostgreSQL only: the embedded SQLite store has no row-level security".into()));
+        return Err(crate::Verdict::Skip(
+            "PostgreSQL only: the embedded SQLite store has no row-level security".into(),
+        ));
     }
     let url = ctx.needs("the PostgreSQL catalogue", &ctx.local.postgres_inspection)?;
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
-    let rows: Vec<(String, bool, bool, i64)> = sqlx::query_as(TENANT_TABLES_SQL).fetch_all(&mut conn).await.map_err(|e| format!("catalogue query: {e}"))?;
+    let mut conn =
+        sqlx::PgConnection::connect(&url).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
+    let rows: Vec<(String, bool, bool, i64)> = sqlx::query_as(TENANT_TABLES_SQL)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| format!("catalogue query: {e}"))?;
     ensure(rows.len() >= 8, format!("only {} tables carry a tenant_id", rows.len()))?;
     for (table, enabled, forced, policies) in rows {
         ensure(enabled, format!("{table}: row-level security is not enabled"))?;

@@ -27,14 +27,32 @@ pub(super) const CHECKS: &[Check] = &[
         "a hardware fingerprint hash is stored only keyed, never as the agent sent it",
         fingerprint_not_raw
     ),
-    check!("redaction.problems-do-not-echo-input", Redaction, BOTH, "a rejected body is described by field, never echoed", problems_do_not_echo),
+    check!(
+        "redaction.problems-do-not-echo-input",
+        Redaction,
+        BOTH,
+        "a rejected body is described by field, never echoed",
+        problems_do_not_echo
+    ),
 ];
 
 /// Scans of everything the run left behind: they run after every other
 /// check, so every operation of the run is covered.
 pub(super) const FINAL_CHECKS: &[Check] = &[
-    check!("redaction.store-holds-no-secret", Redaction, LOCAL, "no stored row of any table contains a secret the run produced", store_clean),
-    check!("redaction.logs-hold-no-secret", Redaction, LOCAL, "no server log line contains a secret or a bearer credential", logs_clean),
+    check!(
+        "redaction.store-holds-no-secret",
+        Redaction,
+        LOCAL,
+        "no stored row of any table contains a secret the run produced",
+        store_clean
+    ),
+    check!(
+        "redaction.logs-hold-no-secret",
+        Redaction,
+        LOCAL,
+        "no server log line contains a secret or a bearer credential",
+        logs_clean
+    ),
 ];
 
 /// Runs the canonical scenario (issue, exchange, heartbeat, a refused
@@ -44,7 +62,8 @@ async fn scenario(ctx: &Ctx) -> Checked {
     ensure(ctx.heartbeat(&agent, &runtime, 1).await?.status == 200, "heartbeat refused")?;
     let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
     let mut bad = ctx.exchange_body(&secret)?;
-    bad["csr_pem"] = json!("-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n");
+    bad["csr_pem"] =
+        json!("-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n");
     ctx.exchange(&bad).await?;
     Ok(())
 }
@@ -62,7 +81,8 @@ pub async fn secret_shown_once(ctx: &Ctx) -> Checked {
     let text = serde_json::to_string(&tokens).unwrap_or_default();
     ensure(text.contains(&id), "the issued token is listed")?;
     ensure(!text.contains(&secret), "the enrollment secret appears in the token list")?;
-    let revoked = ctx.call(&ops::revoke_enrollment_token(&id), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
+    let revoked =
+        ctx.call(&ops::revoke_enrollment_token(&id), Some(ctx.admin(Tenant::A)), Some(&json!({}))).await?;
     ensure(!revoked.body.to_string().contains(&secret), "the enrollment secret appears in the revoke answer")
 }
 
@@ -72,7 +92,8 @@ pub async fn audit_and_events_clean(ctx: &Ctx) -> Checked {
     let events = ctx.list(Tenant::A, Listing::Events).await?;
     ensure(!audit.is_empty() && !events.is_empty(), "the scenario left audit records and events")?;
     for e in &events {
-        oneprotect_contracts::events::validate(e).map_err(|v| format!("an emitted event does not match its schema: {v}"))?;
+        oneprotect_contracts::events::validate(e)
+            .map_err(|v| format!("an emitted event does not match its schema: {v}"))?;
     }
     scan(ctx, "the audit trail", &serde_json::to_string(&audit).unwrap_or_default())?;
     scan(ctx, "the event stream", &serde_json::to_string(&events).unwrap_or_default())?;
@@ -123,5 +144,8 @@ pub async fn fingerprint_not_raw(ctx: &Ctx) -> Checked {
     let rows = store.dump_all_rows().await.map_err(|e| format!("cannot inspect the store: {e}"))?;
     let agent = a.body["agent"]["agent_id"].as_str().unwrap_or_default();
     ensure(rows.iter().any(|r| r.contains(agent)), "the enrolled identity is stored")?;
-    ensure(!rows.iter().any(|r| r.contains(&fingerprint)), "the fingerprint hash is stored as sent, not keyed")
+    ensure(
+        !rows.iter().any(|r| r.contains(&fingerprint)),
+        "the fingerprint hash is stored as sent, not keyed",
+    )
 }

@@ -7,7 +7,13 @@ use crate::ctx::Listing;
 use crate::{Check, Checked, Ctx, Tenant, ensure, expect_problem};
 
 pub(super) const CHECKS: &[Check] = &[
-    check!("replay.nonce-reuse-rejected", Replay, BOTH, "an exchange nonce is single use (409 nonce_replayed) and the replay consumes nothing", nonce_reuse),
+    check!(
+        "replay.nonce-reuse-rejected",
+        Replay,
+        BOTH,
+        "an exchange nonce is single use (409 nonce_replayed) and the replay consumes nothing",
+        nonce_reuse
+    ),
     check!(
         "replay.single-use-token-exhausted",
         Replay,
@@ -29,12 +35,22 @@ pub(super) const CHECKS: &[Check] = &[
         "a nonce used with one token is refused with another token of the same tenant, consuming nothing",
         nonce_scoped_to_tenant
     ),
-    check!("replay.rotation-nonce-reuse-rejected", Replay, BOTH, "a rotation nonce is single use", rotation_nonce),
+    check!(
+        "replay.rotation-nonce-reuse-rejected",
+        Replay,
+        BOTH,
+        "a rotation nonce is single use",
+        rotation_nonce
+    ),
 ];
 
 async fn use_count(ctx: &Ctx, id: &str) -> Result<u64, String> {
     let tokens = ctx.list(Tenant::A, Listing::Tokens).await?;
-    tokens.iter().find(|t| t["enrollment_token_id"] == id).and_then(|t| t["use_count"].as_u64()).ok_or_else(|| "token not listed".to_owned())
+    tokens
+        .iter()
+        .find(|t| t["enrollment_token_id"] == id)
+        .and_then(|t| t["use_count"].as_u64())
+        .ok_or_else(|| "token not listed".to_owned())
 }
 
 pub async fn nonce_reuse(ctx: &Ctx) -> Checked {
@@ -50,7 +66,11 @@ pub async fn nonce_reuse(ctx: &Ctx) -> Checked {
 pub async fn token_exhausted(ctx: &Ctx) -> Checked {
     let (secret, _) = ctx.issue_token(Tenant::A, 1).await?;
     ensure(ctx.exchange(&ctx.exchange_body(&secret)?).await?.status == 201, "first exchange refused")?;
-    expect_problem(&ctx.exchange(&ctx.exchange_body(&secret)?).await?, 401, ProblemCode::EnrollmentTokenInvalid)
+    expect_problem(
+        &ctx.exchange(&ctx.exchange_body(&secret)?).await?,
+        401,
+        ProblemCode::EnrollmentTokenInvalid,
+    )
 }
 
 pub async fn duplicate_heartbeat(ctx: &Ctx) -> Checked {
@@ -58,10 +78,16 @@ pub async fn duplicate_heartbeat(ctx: &Ctx) -> Checked {
     let first = ctx.heartbeat(&agent, &runtime, 41).await?;
     ensure(first.status == 200 && first.body["duplicate"] == false, "first heartbeat not accepted")?;
     let again = ctx.heartbeat(&agent, &runtime, 41).await?;
-    ensure(again.status == 200 && again.body["duplicate"] == true, "the repeated sequence is not acknowledged as a duplicate")?;
+    ensure(
+        again.status == 200 && again.body["duplicate"] == true,
+        "the repeated sequence is not acknowledged as a duplicate",
+    )?;
     let asset = enrolled["agent"]["asset_id"].as_str().unwrap_or_default().to_owned();
     let events = ctx.list(Tenant::A, Listing::Events).await?;
-    let n = events.iter().filter(|e| e["type"] == "asset.telemetry.received" && e["subject"] == asset.as_str()).count();
+    let n = events
+        .iter()
+        .filter(|e| e["type"] == "asset.telemetry.received" && e["subject"] == asset.as_str())
+        .count();
     ensure(n == 1, format!("{n} telemetry events for one distinct sequence"))
 }
 

@@ -15,7 +15,10 @@ use crate::admin_auth::AdminPrincipal;
 use crate::csr::verify_csr_pem;
 use crate::error::{Rejection, RuntimeTokenFailure};
 use crate::model::*;
-use crate::runtime_token::{IssuedRuntimeToken, RUNTIME_TOKEN_PREFIX, RuntimeClaims, SCOPE_AGENT_HEARTBEAT, SUBJECT_SERVICE_ACCOUNT, claims_for};
+use crate::runtime_token::{
+    IssuedRuntimeToken, RUNTIME_TOKEN_PREFIX, RuntimeClaims, SCOPE_AGENT_HEARTBEAT, SUBJECT_SERVICE_ACCOUNT,
+    claims_for,
+};
 use crate::secrets;
 
 /// An agent whose runtime token and stored identity agree.
@@ -63,12 +66,26 @@ impl Platform {
     /// the request: a signed, unexpired runtime token of a service account
     /// with the heartbeat scope, for the agent the path names. Every failure
     /// is audited under the operation's action.
-    pub async fn authenticate_runtime(&self, bearer: &str, path_agent_id: &str, op: OperationId, meta: &RequestMeta) -> Result<RuntimeClaims, Rejection> {
+    pub async fn authenticate_runtime(
+        &self,
+        bearer: &str,
+        path_agent_id: &str,
+        op: OperationId,
+        meta: &RequestMeta,
+    ) -> Result<RuntimeClaims, Rejection> {
         match self.verify_agent_token(bearer, path_agent_id) {
             Ok(claims) => Ok(claims),
             Err((rejection, tenant, actor)) => {
                 let target = Uuid::parse_str(path_agent_id).ok();
-                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), target, super::access(op).action, meta).await;
+                self.audit_agent_failure(
+                    &rejection,
+                    tenant.as_deref(),
+                    actor.as_deref(),
+                    target,
+                    super::access(op).action,
+                    meta,
+                )
+                .await;
                 Err(rejection)
             }
         }
@@ -77,16 +94,31 @@ impl Platform {
     /// Every rule that binds verified token claims to the stored identity,
     /// in order; the first that fails decides the answer, and every failure
     /// is audited.
-    async fn bind_agent(&self, claims: RuntimeClaims, action: &str, meta: &RequestMeta) -> Result<AgentCaller, Rejection> {
+    async fn bind_agent(
+        &self,
+        claims: RuntimeClaims,
+        action: &str,
+        meta: &RequestMeta,
+    ) -> Result<AgentCaller, Rejection> {
         let outcome = match self.store.get_identity(&claims.tenant_id, claims.agent_id).await {
             Err(e) => Err(e.into()),
-            Ok(identity) => match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
-                Ok(identity) => return Ok(AgentCaller { identity: identity.clone(), claims }),
-                Err(refusal) => Err(self.refusal(refusal, &claims, meta).await),
-            },
+            Ok(identity) => {
+                match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
+                    Ok(identity) => return Ok(AgentCaller { identity: identity.clone(), claims }),
+                    Err(refusal) => Err(self.refusal(refusal, &claims, meta).await),
+                }
+            }
         };
         if let Err(rejection) = &outcome {
-            self.audit_agent_failure(rejection, Some(&claims.tenant_id), Some(&claims.agent_id.to_string()), Some(claims.agent_id), action, meta).await;
+            self.audit_agent_failure(
+                rejection,
+                Some(&claims.tenant_id),
+                Some(&claims.agent_id.to_string()),
+                Some(claims.agent_id),
+                action,
+                meta,
+            )
+            .await;
         }
         outcome
     }
@@ -125,7 +157,10 @@ impl Platform {
             }
             return Err((Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Malformed), None, None));
         }
-        let claims = self.runtime_keys.verify(bearer, now).map_err(|f| (Rejection::RuntimeTokenInvalid(f), None, None))?;
+        let claims = self
+            .runtime_keys
+            .verify(bearer, now)
+            .map_err(|f| (Rejection::RuntimeTokenInvalid(f), None, None))?;
         let fail = |r: Rejection| Err((r, Some(claims.tenant_id.clone()), Some(claims.agent_id.to_string())));
         if claims.sub_type != SUBJECT_SERVICE_ACCOUNT {
             return fail(Rejection::NotServiceAccount);
@@ -157,7 +192,12 @@ impl Platform {
 
     /// The answer to a refusal; an identity found silent past the staleness
     /// limit is recorded as stale (once, audited) before it is refused.
-    async fn refusal(&self, refusal: IdentityRefusal, claims: &RuntimeClaims, meta: &RequestMeta) -> Rejection {
+    async fn refusal(
+        &self,
+        refusal: IdentityRefusal,
+        claims: &RuntimeClaims,
+        meta: &RequestMeta,
+    ) -> Rejection {
         match refusal {
             IdentityRefusal::Unknown => Rejection::IdentityUnknown,
             IdentityRefusal::CollectorMismatch => Rejection::CollectorMismatch,
@@ -174,7 +214,9 @@ impl Platform {
                         meta,
                         BTreeMap::new(),
                     );
-                    if let Err(e) = self.store.mark_identity_stale(&claims.tenant_id, claims.agent_id, &record).await {
+                    if let Err(e) =
+                        self.store.mark_identity_stale(&claims.tenant_id, claims.agent_id, &record).await
+                    {
                         tracing::error!(error = %e, "could not persist a stale identity");
                     }
                 }
@@ -191,20 +233,44 @@ impl Platform {
     /// it is seen. An identity's first heartbeat takes a second commit: the
     /// store asks for the first-contact records (asset discovery,
     /// activation audit) instead of every heartbeat building them.
-    pub async fn heartbeat(&self, claims: RuntimeClaims, input: HeartbeatInput, meta: &RequestMeta) -> Result<HeartbeatResult, Rejection> {
+    pub async fn heartbeat(
+        &self,
+        claims: RuntimeClaims,
+        input: HeartbeatInput,
+        meta: &RequestMeta,
+    ) -> Result<HeartbeatResult, Rejection> {
         let now = self.clock.now();
-        let sequence = i64::try_from(input.sequence).map_err(|_| Rejection::RequestInvalid("sequence is too large".into()))?;
-        let mut outcome = self.store.commit_heartbeat(self.heartbeat_commit(&claims, &input, now, sequence, None)?).await?;
+        let sequence = i64::try_from(input.sequence)
+            .map_err(|_| Rejection::RequestInvalid("sequence is too large".into()))?;
+        let mut outcome =
+            self.store.commit_heartbeat(self.heartbeat_commit(&claims, &input, now, sequence, None)?).await?;
         if outcome == HeartbeatOutcome::FirstContactRequired {
             let first_contact = self.first_contact(&claims, &input, now, meta)?;
-            outcome = self.store.commit_heartbeat(self.heartbeat_commit(&claims, &input, now, sequence, Some(first_contact))?).await?;
+            outcome = self
+                .store
+                .commit_heartbeat(self.heartbeat_commit(
+                    &claims,
+                    &input,
+                    now,
+                    sequence,
+                    Some(first_contact),
+                )?)
+                .await?;
         }
         let duplicate = match outcome {
             HeartbeatOutcome::Accepted => false,
             HeartbeatOutcome::Duplicate => true,
             HeartbeatOutcome::Refused(refusal) => {
                 let rejection = self.refusal(refusal, &claims, meta).await;
-                self.audit_agent_failure(&rejection, Some(&claims.tenant_id), Some(&claims.agent_id.to_string()), Some(claims.agent_id), HEARTBEAT, meta).await;
+                self.audit_agent_failure(
+                    &rejection,
+                    Some(&claims.tenant_id),
+                    Some(&claims.agent_id.to_string()),
+                    Some(claims.agent_id),
+                    HEARTBEAT,
+                    meta,
+                )
+                .await;
                 return Err(rejection);
             }
             HeartbeatOutcome::FirstContactRequired => {
@@ -212,8 +278,17 @@ impl Platform {
                 return Err(Rejection::Internal);
             }
         };
-        self.metrics.inc("oneprotect_heartbeats_total", "outcome", if duplicate { "duplicate" } else { "accepted" });
-        Ok(HeartbeatResult { agent_id: claims.agent_id, status: AgentStatus::Active, accepted_at: now, duplicate })
+        self.metrics.inc(
+            "oneprotect_heartbeats_total",
+            "outcome",
+            if duplicate { "duplicate" } else { "accepted" },
+        );
+        Ok(HeartbeatResult {
+            agent_id: claims.agent_id,
+            status: AgentStatus::Active,
+            accepted_at: now,
+            duplicate,
+        })
     }
 
     /// What one heartbeat asks the store to write.
@@ -241,7 +316,12 @@ impl Platform {
     }
 
     /// The `asset.telemetry.received` event of one heartbeat.
-    fn telemetry_event(&self, claims: &RuntimeClaims, input: &HeartbeatInput, now: DateTime<Utc>) -> Result<OutboxEvent, Rejection> {
+    fn telemetry_event(
+        &self,
+        claims: &RuntimeClaims,
+        input: &HeartbeatInput,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, Rejection> {
         let data = events::AssetTelemetryReceivedData {
             agent_id: claims.agent_id,
             asset_id: claims.asset_id,
@@ -259,7 +339,13 @@ impl Platform {
     }
 
     /// What an identity's first heartbeat writes besides its telemetry.
-    fn first_contact(&self, claims: &RuntimeClaims, input: &HeartbeatInput, now: DateTime<Utc>, meta: &RequestMeta) -> Result<FirstContact, Rejection> {
+    fn first_contact(
+        &self,
+        claims: &RuntimeClaims,
+        input: &HeartbeatInput,
+        now: DateTime<Utc>,
+        meta: &RequestMeta,
+    ) -> Result<FirstContact, Rejection> {
         let data = events::AssetDiscoveredData {
             asset_id: claims.asset_id,
             agent_id: claims.agent_id,
@@ -298,7 +384,15 @@ impl Platform {
         let (tenant, identity) = (caller.claims.tenant_id.clone(), caller.identity);
         let actor = identity.agent_id.to_string();
         let reject = |r: Rejection| async {
-            let record = self.audit(&tenant, (ActorType::Agent, &actor), "agent.rotate", ("agent", Some(actor.clone())), Some(&r), meta, BTreeMap::new());
+            let record = self.audit(
+                &tenant,
+                (ActorType::Agent, &actor),
+                "agent.rotate",
+                ("agent", Some(actor.clone())),
+                Some(&r),
+                meta,
+                BTreeMap::new(),
+            );
             self.audit_rejection(record, None).await;
             r
         };
@@ -322,15 +416,30 @@ impl Platform {
             not_after: now + self.policy.certificate_validity,
             status: CertificateStatus::Active,
         };
-        let claims =
-            claims_for(&tenant, identity.agent_id, identity.collector_id, identity.asset_id, certificate.certificate_id, now, self.policy.runtime_token_ttl);
+        let claims = claims_for(
+            &tenant,
+            identity.agent_id,
+            identity.collector_id,
+            identity.asset_id,
+            certificate.certificate_id,
+            now,
+            self.policy.runtime_token_ttl,
+        );
         let runtime_token = self.runtime_keys.issue(&claims).ok_or(Rejection::RuntimeSecretUnavailable)?;
         let mut details = BTreeMap::new();
         details.insert("previous_certificate_id".to_owned(), identity.certificate_id.to_string());
         details.insert("certificate_id".to_owned(), certificate.certificate_id.to_string());
         details.insert("runtime_token_sha256".to_owned(), runtime_token.sha256.clone());
         details.insert("runtime_token_key_id".to_owned(), runtime_token.key_id.clone());
-        let audit = self.audit(&tenant, (ActorType::Agent, &actor), "agent.rotate", ("agent", Some(actor.clone())), None, meta, details);
+        let audit = self.audit(
+            &tenant,
+            (ActorType::Agent, &actor),
+            "agent.rotate",
+            ("agent", Some(actor.clone())),
+            None,
+            meta,
+            details,
+        );
         let payload: events::AgentCertificateRotatedData = data(serde_json::json!({
             "agent_id": identity.agent_id,
             "previous_certificate_id": identity.certificate_id,
@@ -353,9 +462,13 @@ impl Platform {
         match self.store.commit_rotation(&commit).await? {
             RotationOutcome::Rotated => Ok(RotationResult { certificate, runtime_token }),
             RotationOutcome::NonceReplayed => Err(reject(Rejection::NonceReplayed).await),
-            RotationOutcome::Superseded => Err(reject(Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded)).await),
+            RotationOutcome::Superseded => {
+                Err(reject(Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded)).await)
+            }
             RotationOutcome::NotAllowed(None) => Err(reject(Rejection::IdentityUnknown).await),
-            RotationOutcome::NotAllowed(Some(AgentStatus::Stale)) => Err(reject(Rejection::IdentityStale).await),
+            RotationOutcome::NotAllowed(Some(AgentStatus::Stale)) => {
+                Err(reject(Rejection::IdentityStale).await)
+            }
             RotationOutcome::NotAllowed(Some(_)) => Err(reject(Rejection::IdentityRevoked).await),
         }
     }
@@ -366,15 +479,27 @@ impl Platform {
         identity
     }
 
-    pub async fn list_agents(&self, admin: &AdminPrincipal, page: PageRequest) -> Result<Page<AgentIdentityRecord>, Rejection> {
+    pub async fn list_agents(
+        &self,
+        admin: &AdminPrincipal,
+        page: PageRequest,
+    ) -> Result<Page<AgentIdentityRecord>, Rejection> {
         let mut page = self.store.list_identities(&admin.tenant_id, page.after, page.limit).await?;
         page.items = page.items.into_iter().map(|i| self.present(i)).collect();
         Ok(page)
     }
 
     /// Another tenant's identity is `NotFound`, never forbidden.
-    pub async fn get_agent(&self, admin: &AdminPrincipal, agent_id: Uuid) -> Result<AgentIdentityRecord, Rejection> {
-        self.store.get_identity(&admin.tenant_id, agent_id).await?.map(|i| self.present(i)).ok_or(Rejection::NotFound)
+    pub async fn get_agent(
+        &self,
+        admin: &AdminPrincipal,
+        agent_id: Uuid,
+    ) -> Result<AgentIdentityRecord, Rejection> {
+        self.store
+            .get_identity(&admin.tenant_id, agent_id)
+            .await?
+            .map(|i| self.present(i))
+            .ok_or(Rejection::NotFound)
     }
 
     /// Idempotent. Every runtime token of the identity stops working at once
@@ -394,10 +519,15 @@ impl Platform {
             details.insert("reason".to_owned(), r.clone());
         }
         let audit = self.audit(&admin.tenant_id, actor, "agent.revoke", target.clone(), None, meta, details);
-        let payload: events::AgentRevokedData =
-            data(serde_json::json!({ "agent_id": agent_id, "revoked_by": admin.subject, "reason": reason, "revoked_at": now }))?;
+        let payload: events::AgentRevokedData = data(
+            serde_json::json!({ "agent_id": agent_id, "revoked_by": admin.subject, "reason": reason, "revoked_at": now }),
+        )?;
         let event = self.event(&admin.tenant_id, &agent_id.to_string(), payload)?;
-        match self.store.revoke_identity(&admin.tenant_id, agent_id, &admin.subject, reason.as_deref(), &audit, &event).await? {
+        match self
+            .store
+            .revoke_identity(&admin.tenant_id, agent_id, &admin.subject, reason.as_deref(), &audit, &event)
+            .await?
+        {
             RevokeOutcome::Revoked(mut i) => {
                 i.status = AgentStatus::Revoked;
                 i.revoked_at = Some(now);
@@ -406,7 +536,15 @@ impl Platform {
             RevokeOutcome::AlreadyRevoked(i) => Ok(i),
             RevokeOutcome::NotFound => {
                 let rejection = Rejection::NotFound;
-                let record = self.audit(&admin.tenant_id, actor, "agent.revoke", target, Some(&rejection), meta, BTreeMap::new());
+                let record = self.audit(
+                    &admin.tenant_id,
+                    actor,
+                    "agent.revoke",
+                    target,
+                    Some(&rejection),
+                    meta,
+                    BTreeMap::new(),
+                );
                 self.audit_rejection(record, None).await;
                 Err(rejection)
             }

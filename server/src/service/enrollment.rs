@@ -48,10 +48,18 @@ pub struct ExchangeResult {
 
 impl Platform {
     /// Issues a bounded enrollment token; its secret is returned once.
-    pub async fn issue_enrollment_token(&self, admin: &AdminPrincipal, input: IssueInput, meta: &RequestMeta) -> Result<IssuedToken, Rejection> {
+    pub async fn issue_enrollment_token(
+        &self,
+        admin: &AdminPrincipal,
+        input: IssueInput,
+        meta: &RequestMeta,
+    ) -> Result<IssuedToken, Rejection> {
         let ttl = Duration::seconds(i64::from(input.ttl_seconds));
         let out_of_bounds = if ttl < Duration::minutes(1) || ttl > self.policy.max_enrollment_token_ttl {
-            Some(format!("ttl_seconds must be between 60 and {}", self.policy.max_enrollment_token_ttl.num_seconds()))
+            Some(format!(
+                "ttl_seconds must be between 60 and {}",
+                self.policy.max_enrollment_token_ttl.num_seconds()
+            ))
         } else if input.max_uses == 0 || input.max_uses > self.policy.max_enrollment_token_uses {
             Some(format!("max_uses must be between 1 and {}", self.policy.max_enrollment_token_uses))
         } else {
@@ -116,7 +124,11 @@ impl Platform {
         Ok(IssuedToken { secret: minted.secret, record })
     }
 
-    pub async fn list_enrollment_tokens(&self, admin: &AdminPrincipal, page: PageRequest) -> Result<Page<EnrollmentTokenRecord>, Rejection> {
+    pub async fn list_enrollment_tokens(
+        &self,
+        admin: &AdminPrincipal,
+        page: PageRequest,
+    ) -> Result<Page<EnrollmentTokenRecord>, Rejection> {
         Ok(self.store.list_enrollment_tokens(&admin.tenant_id, page.after, page.limit).await?)
     }
 
@@ -135,15 +147,32 @@ impl Platform {
         if let Some(r) = &reason {
             details.insert("reason".to_owned(), r.clone());
         }
-        let audit = self.audit(&admin.tenant_id, actor, "enrollment_token.revoke", target.clone(), None, meta, details);
-        let payload: events::AgentEnrollmentTokenRevokedData =
-            data(serde_json::json!({ "enrollment_token_id": id, "revoked_by": admin.subject, "reason": reason, "revoked_at": now }))?;
+        let audit = self.audit(
+            &admin.tenant_id,
+            actor,
+            "enrollment_token.revoke",
+            target.clone(),
+            None,
+            meta,
+            details,
+        );
+        let payload: events::AgentEnrollmentTokenRevokedData = data(
+            serde_json::json!({ "enrollment_token_id": id, "revoked_by": admin.subject, "reason": reason, "revoked_at": now }),
+        )?;
         let event = self.event(&admin.tenant_id, &id.to_string(), payload)?;
         match self.store.revoke_enrollment_token(&admin.tenant_id, id, &audit, &event).await? {
             RevokeOutcome::Revoked(r) | RevokeOutcome::AlreadyRevoked(r) => Ok(r),
             RevokeOutcome::NotFound => {
                 let rejection = Rejection::NotFound;
-                let record = self.audit(&admin.tenant_id, actor, "enrollment_token.revoke", target, Some(&rejection), meta, BTreeMap::new());
+                let record = self.audit(
+                    &admin.tenant_id,
+                    actor,
+                    "enrollment_token.revoke",
+                    target,
+                    Some(&rejection),
+                    meta,
+                    BTreeMap::new(),
+                );
                 self.audit_rejection(record, None).await;
                 Err(rejection)
             }
@@ -152,7 +181,11 @@ impl Platform {
 
     /// Exchanges an enrollment token, CSR and nonce for an identity. Every
     /// check that needs no state runs before a use of the token is consumed.
-    pub async fn exchange(&self, input: ExchangeInput, meta: &RequestMeta) -> Result<ExchangeResult, Rejection> {
+    pub async fn exchange(
+        &self,
+        input: ExchangeInput,
+        meta: &RequestMeta,
+    ) -> Result<ExchangeResult, Rejection> {
         let now = self.clock.now();
         let token_id = secrets::parse_enrollment_token(input.enrollment_token.expose_secret());
         // The slot is taken before the work: parallel failures cannot run past the limit.
@@ -172,7 +205,10 @@ impl Platform {
             Err(r) => {
                 self.metrics.inc("oneprotect_exchanges_total", "outcome", r.code().as_str());
                 // The platform's own failures are not the caller's.
-                !matches!(r, Rejection::RuntimeSecretUnavailable | Rejection::StoreUnavailable | Rejection::Internal)
+                !matches!(
+                    r,
+                    Rejection::RuntimeSecretUnavailable | Rejection::StoreUnavailable | Rejection::Internal
+                )
             }
         };
         self.limiter.settle(permit, failed);
@@ -181,7 +217,12 @@ impl Platform {
 
     /// The rules that need no state, in order; a refusal is audited (under
     /// no tenant: no token has been verified yet) and consumes nothing.
-    async fn exchange_stateless(&self, input: &ExchangeInput, token_id: Option<Uuid>, meta: &RequestMeta) -> Result<VerifiedCsr, Rejection> {
+    async fn exchange_stateless(
+        &self,
+        input: &ExchangeInput,
+        token_id: Option<Uuid>,
+        meta: &RequestMeta,
+    ) -> Result<VerifiedCsr, Rejection> {
         let judged = (|| {
             if !self.runtime_keys.is_available() {
                 tracing::error!("exchange refused: ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET is not configured");
@@ -194,7 +235,9 @@ impl Platform {
             if let Some(fp) = &input.hardware_fingerprint_hash {
                 let fp = fp.expose_secret();
                 if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                    return Err(Rejection::RequestInvalid("hardware_fingerprint_hash must be 64 lowercase hex characters".into()));
+                    return Err(Rejection::RequestInvalid(
+                        "hardware_fingerprint_hash must be 64 lowercase hex characters".into(),
+                    ));
                 }
             }
             Ok(csr)
@@ -214,17 +257,40 @@ impl Platform {
         judged
     }
 
-    async fn exchange_checked(&self, input: ExchangeInput, token_id: Option<Uuid>, meta: &RequestMeta) -> Result<ExchangeResult, Rejection> {
+    async fn exchange_checked(
+        &self,
+        input: ExchangeInput,
+        token_id: Option<Uuid>,
+        meta: &RequestMeta,
+    ) -> Result<ExchangeResult, Rejection> {
         let csr = self.exchange_stateless(&input, token_id, meta).await?;
 
         let Some(token_id) = token_id else {
-            return Err(self.enrollment_failed(UNATTRIBUTED_TENANT, None, TokenFailure::Malformed, meta).await);
+            return Err(self
+                .enrollment_failed(UNATTRIBUTED_TENANT, None, TokenFailure::Malformed, meta)
+                .await);
         };
         let stored = self.store.find_enrollment_token(token_id).await?;
         let token = match stored {
-            Some(t) if secrets::enrollment_token_matches(&self.hash_key, input.enrollment_token.expose_secret(), &t.token_hash) => t,
-            Some(t) => return Err(self.enrollment_failed(&t.tenant_id, Some(token_id), TokenFailure::Unknown, meta).await),
-            None => return Err(self.enrollment_failed(UNATTRIBUTED_TENANT, Some(token_id), TokenFailure::Unknown, meta).await),
+            Some(t)
+                if secrets::enrollment_token_matches(
+                    &self.hash_key,
+                    input.enrollment_token.expose_secret(),
+                    &t.token_hash,
+                ) =>
+            {
+                t
+            }
+            Some(t) => {
+                return Err(self
+                    .enrollment_failed(&t.tenant_id, Some(token_id), TokenFailure::Unknown, meta)
+                    .await);
+            }
+            None => {
+                return Err(self
+                    .enrollment_failed(UNATTRIBUTED_TENANT, Some(token_id), TokenFailure::Unknown, meta)
+                    .await);
+            }
         };
         let now = self.clock.now();
         if let Some(failure) = token.failure_at(now) {
@@ -259,13 +325,24 @@ impl Platform {
             certificate_id: certificate.certificate_id,
             previous_certificate_id: None,
             rotated_at: None,
-            fingerprint_hash: input.hardware_fingerprint_hash.as_ref().map(|fp| secrets::fingerprint_hash(&self.hash_key, &tenant, fp.expose_secret())),
+            fingerprint_hash: input
+                .hardware_fingerprint_hash
+                .as_ref()
+                .map(|fp| secrets::fingerprint_hash(&self.hash_key, &tenant, fp.expose_secret())),
             enrolled_at: now,
             last_seen_at: None,
             last_sequence: None,
             revoked_at: None,
         };
-        let claims = claims_for(&tenant, agent_id, identity.collector_id, identity.asset_id, certificate.certificate_id, now, self.policy.runtime_token_ttl);
+        let claims = claims_for(
+            &tenant,
+            agent_id,
+            identity.collector_id,
+            identity.asset_id,
+            certificate.certificate_id,
+            now,
+            self.policy.runtime_token_ttl,
+        );
         let runtime_token = self.runtime_keys.issue(&claims).ok_or(Rejection::RuntimeSecretUnavailable)?;
 
         let mut details = BTreeMap::new();
@@ -275,8 +352,15 @@ impl Platform {
         details.insert("runtime_token_sha256".to_owned(), runtime_token.sha256.clone());
         details.insert("runtime_token_key_id".to_owned(), runtime_token.key_id.clone());
         details.insert("runtime_token_expires_at".to_owned(), runtime_token.expires_at.to_rfc3339());
-        let audit =
-            self.audit(&tenant, (ActorType::Anonymous, "enrollment_token"), "agent.exchange", ("agent", Some(agent_id.to_string())), None, meta, details);
+        let audit = self.audit(
+            &tenant,
+            (ActorType::Anonymous, "enrollment_token"),
+            "agent.exchange",
+            ("agent", Some(agent_id.to_string())),
+            None,
+            meta,
+            details,
+        );
         let payload: events::AgentEnrolledData = data(serde_json::json!({
             "agent_id": agent_id,
             "collector_id": identity.collector_id,
@@ -301,7 +385,9 @@ impl Platform {
         };
         match self.store.commit_enrollment(&commit).await? {
             EnrollmentOutcome::Enrolled => Ok(ExchangeResult { identity, certificate, runtime_token }),
-            EnrollmentOutcome::TokenRejected(failure) => Err(self.enrollment_failed(&tenant, Some(token_id), failure, meta).await),
+            EnrollmentOutcome::TokenRejected(failure) => {
+                Err(self.enrollment_failed(&tenant, Some(token_id), failure, meta).await)
+            }
             EnrollmentOutcome::NonceReplayed => {
                 let rejection = Rejection::NonceReplayed;
                 let record = self.audit(
@@ -320,16 +406,28 @@ impl Platform {
         }
     }
 
-    fn failed_event(&self, tenant: &str, token_id: Option<Uuid>, reason: &str) -> Result<OutboxEvent, Rejection> {
-        let payload: events::AgentEnrollmentFailedData =
-            data(serde_json::json!({ "enrollment_token_id": token_id, "reason": reason, "failed_at": self.clock.now() }))?;
+    fn failed_event(
+        &self,
+        tenant: &str,
+        token_id: Option<Uuid>,
+        reason: &str,
+    ) -> Result<OutboxEvent, Rejection> {
+        let payload: events::AgentEnrollmentFailedData = data(
+            serde_json::json!({ "enrollment_token_id": token_id, "reason": reason, "failed_at": self.clock.now() }),
+        )?;
         let subject = token_id.map(|t| t.to_string()).unwrap_or_else(|| "unknown".to_owned());
         self.event(tenant, &subject, payload)
     }
 
     /// Audits a refused token with its precise reason, emits
     /// `agent.enrollment.failed`, and returns the uniform public answer.
-    async fn enrollment_failed(&self, tenant: &str, token_id: Option<Uuid>, failure: TokenFailure, meta: &RequestMeta) -> Rejection {
+    async fn enrollment_failed(
+        &self,
+        tenant: &str,
+        token_id: Option<Uuid>,
+        failure: TokenFailure,
+        meta: &RequestMeta,
+    ) -> Rejection {
         let rejection = Rejection::EnrollmentTokenInvalid(failure);
         let record = self.audit(
             tenant,

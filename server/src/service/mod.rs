@@ -92,7 +92,11 @@ pub struct Platform {
 
 impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Platform").field("store", &self.store.backend()).field("runtime_keys", &self.runtime_keys).field("policy", &self.policy).finish()
+        f.debug_struct("Platform")
+            .field("store", &self.store.backend())
+            .field("runtime_keys", &self.runtime_keys)
+            .field("policy", &self.policy)
+            .finish()
     }
 }
 
@@ -185,15 +189,24 @@ pub fn access(op: OperationId) -> Access {
         OperationId::RotateAgentCertificate => ("agent.rotate", true),
         OperationId::ListAuditEvents => ("audit.list", false),
         OperationId::ListEvents => ("event.list", false),
-        OperationId::GetHealth | OperationId::GetReadiness | OperationId::GetMetrics | OperationId::GetOpenApiDocument | OperationId::GetAsyncApiDocument => {
-            ("operations.read", false)
-        }
+        OperationId::GetHealth
+        | OperationId::GetReadiness
+        | OperationId::GetMetrics
+        | OperationId::GetOpenApiDocument
+        | OperationId::GetAsyncApiDocument => ("operations.read", false),
     };
     Access { action, writes }
 }
 
 impl Platform {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, hash_key: HashKey, runtime_keys: RuntimeKeyring, admin: AdminVerifier, policy: Policy) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        hash_key: HashKey,
+        runtime_keys: RuntimeKeyring,
+        admin: AdminVerifier,
+        policy: Policy,
+    ) -> Self {
         let limiter = RateLimiter::new(policy.failure_limit, policy.failure_window);
         Self { store, clock, hash_key, runtime_keys, admin, policy, limiter, metrics: Metrics::default() }
     }
@@ -273,13 +286,23 @@ impl Platform {
             return Err(Rejection::Internal);
         }
         let payload = serde_json::to_string(&value).map_err(|_| Rejection::Internal)?;
-        Ok(OutboxEvent { event_id: id, tenant_id: tenant_id.to_owned(), event_type: D::EVENT_TYPE.to_owned(), occurred_at: now, payload })
+        Ok(OutboxEvent {
+            event_id: id,
+            tenant_id: tenant_id.to_owned(),
+            event_type: D::EVENT_TYPE.to_owned(),
+            occurred_at: now,
+            payload,
+        })
     }
 
     /// Records a rejection in the audit trail; a failure to record is logged,
     /// the caller's answer stays the rejection.
     async fn audit_rejection(&self, record: AuditRecord, event: Option<OutboxEvent>) {
-        self.metrics.inc("oneprotect_rejections_total", "reason", record.reason_code.as_deref().unwrap_or("unknown"));
+        self.metrics.inc(
+            "oneprotect_rejections_total",
+            "reason",
+            record.reason_code.as_deref().unwrap_or("unknown"),
+        );
         if let Err(e) = self.store.append_audit(&record, event.as_ref()).await {
             tracing::error!(error = %e, action = %record.action, "could not write the audit record of a rejection");
         }
@@ -294,7 +317,12 @@ impl Platform {
     /// the request: a valid admin token, with the `tenant_admin` role when
     /// the operation writes. Every failure is audited under the operation's
     /// action.
-    pub async fn authenticate_admin(&self, bearer: &str, op: OperationId, meta: &RequestMeta) -> Result<AdminPrincipal, Rejection> {
+    pub async fn authenticate_admin(
+        &self,
+        bearer: &str,
+        op: OperationId,
+        meta: &RequestMeta,
+    ) -> Result<AdminPrincipal, Rejection> {
         let Access { action, writes } = access(op);
         match self.admin.verify(bearer, self.clock.now()) {
             Ok(p) if writes && !p.can_write => {
@@ -320,18 +348,34 @@ impl Platform {
                 });
                 let mut details = BTreeMap::new();
                 details.insert("failure".to_owned(), format!("{failure:?}").to_ascii_lowercase());
-                let record = self.audit(UNATTRIBUTED_TENANT, (ActorType::Anonymous, "anonymous"), action, ("tenant", None), Some(&rejection), meta, details);
+                let record = self.audit(
+                    UNATTRIBUTED_TENANT,
+                    (ActorType::Anonymous, "anonymous"),
+                    action,
+                    ("tenant", None),
+                    Some(&rejection),
+                    meta,
+                    details,
+                );
                 self.audit_rejection(record, None).await;
                 Err(rejection)
             }
         }
     }
 
-    pub async fn list_audit(&self, admin: &AdminPrincipal, page: PageRequest) -> Result<Page<AuditRecord>, Rejection> {
+    pub async fn list_audit(
+        &self,
+        admin: &AdminPrincipal,
+        page: PageRequest,
+    ) -> Result<Page<AuditRecord>, Rejection> {
         Ok(self.store.list_audit(&admin.tenant_id, page.after, page.limit).await?)
     }
 
-    pub async fn list_events(&self, admin: &AdminPrincipal, page: PageRequest) -> Result<Page<OutboxEvent>, Rejection> {
+    pub async fn list_events(
+        &self,
+        admin: &AdminPrincipal,
+        page: PageRequest,
+    ) -> Result<Page<OutboxEvent>, Rejection> {
         Ok(self.store.list_events(&admin.tenant_id, page.after, page.limit).await?)
     }
 }

@@ -123,7 +123,9 @@ impl HeartbeatBatcher {
         F: Fn(Vec<HeartbeatCommit>) -> Fut + Send + Sync + 'static + Clone,
         Fut: Future<Output = StoreResult<Vec<StoreResult<HeartbeatOutcome>>>> + Send,
     {
-        ShardedBatcher { shards: (0..shards.max(1)).map(|_| Self::spawn(stats.clone(), apply.clone())).collect() }
+        ShardedBatcher {
+            shards: (0..shards.max(1)).map(|_| Self::spawn(stats.clone(), apply.clone())).collect(),
+        }
     }
 
     /// Queues one heartbeat and waits until its batch has committed.
@@ -134,13 +136,18 @@ impl HeartbeatBatcher {
             self.stats.abandoned();
             return Err(StoreError::Unavailable("the heartbeat writer stopped".into()));
         }
-        answer.await.map_err(|_| StoreError::Unavailable("the heartbeat writer stopped before committing".into()))?
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the heartbeat writer stopped before committing".into()))?
     }
 }
 
 /// The first queued heartbeat and whatever else is already waiting, up to
 /// `MAX_BATCH`.
-fn drain(first: (HeartbeatCommit, Reply), rx: &mut mpsc::Receiver<(HeartbeatCommit, Reply)>) -> (Vec<HeartbeatCommit>, Vec<Reply>) {
+fn drain(
+    first: (HeartbeatCommit, Reply),
+    rx: &mut mpsc::Receiver<(HeartbeatCommit, Reply)>,
+) -> (Vec<HeartbeatCommit>, Vec<Reply>) {
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {

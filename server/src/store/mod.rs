@@ -57,8 +57,18 @@ pub trait Store: Send + Sync + 'static {
     /// Reachable and migrated to the latest version.
     async fn ready(&self) -> StoreResult<()>;
 
-    async fn insert_enrollment_token(&self, token: &EnrollmentTokenRecord, audit: &AuditRecord, event: &OutboxEvent) -> StoreResult<()>;
-    async fn list_enrollment_tokens(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>>;
+    async fn insert_enrollment_token(
+        &self,
+        token: &EnrollmentTokenRecord,
+        audit: &AuditRecord,
+        event: &OutboxEvent,
+    ) -> StoreResult<()>;
+    async fn list_enrollment_tokens(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<EnrollmentTokenRecord>>;
     /// Writes `audit` and `event` only when this call revokes the token.
     async fn revoke_enrollment_token(
         &self,
@@ -75,8 +85,14 @@ pub trait Store: Send + Sync + 'static {
     /// writes identity, certificate, audit and event — or nothing.
     async fn commit_enrollment(&self, commit: &EnrollmentCommit) -> StoreResult<EnrollmentOutcome>;
 
-    async fn get_identity(&self, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>>;
-    async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>>;
+    async fn get_identity(&self, tenant_id: &str, agent_id: Uuid)
+    -> StoreResult<Option<AgentIdentityRecord>>;
+    async fn list_identities(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AgentIdentityRecord>>;
     async fn revoke_identity(
         &self,
         tenant_id: &str,
@@ -86,7 +102,12 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditRecord,
         event: &OutboxEvent,
     ) -> StoreResult<RevokeOutcome<AgentIdentityRecord>>;
-    async fn mark_identity_stale(&self, tenant_id: &str, agent_id: Uuid, audit: &AuditRecord) -> StoreResult<()>;
+    async fn mark_identity_stale(
+        &self,
+        tenant_id: &str,
+        agent_id: Uuid,
+        audit: &AuditRecord,
+    ) -> StoreResult<()>;
     /// Judges the heartbeat (`model::judge_heartbeat`) on the identity as
     /// the write transaction sees it and writes what it decides.
     /// Group-committed: answered only after the batch holding this heartbeat
@@ -98,12 +119,26 @@ pub trait Store: Send + Sync + 'static {
     async fn commit_rotation(&self, commit: &RotationCommit) -> StoreResult<RotationOutcome>;
     /// The asset read model's row.
     async fn get_asset(&self, tenant_id: &str, asset_id: Uuid) -> StoreResult<Option<AssetRecord>>;
-    async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>>;
+    async fn get_certificate(
+        &self,
+        tenant_id: &str,
+        certificate_id: Uuid,
+    ) -> StoreResult<Option<CertificateRecord>>;
 
     /// An audit record, and optionally an event, in one transaction.
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()>;
-    async fn list_audit(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>>;
-    async fn list_events(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>>;
+    async fn list_audit(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AuditRecord>>;
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<OutboxEvent>>;
 
     /// Every stored row of every table, as text, across tenants (tests and
     /// the conformance harness scan it for secrets). Needs an inspection

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use oneprotect_server::model::{AgentBinding, AgentIdentityRecord, AuditRecord, FirstContact, HeartbeatCommit, HeartbeatOutcome, IdentityRefusal, OutboxEvent};
+use oneprotect_server::model::{
+    AgentBinding, AgentIdentityRecord, AuditRecord, FirstContact, HeartbeatCommit, HeartbeatOutcome,
+    IdentityRefusal, OutboxEvent,
+};
 use oneprotect_server::store::Store;
 use reqwest::StatusCode;
 use uuid::Uuid;
@@ -13,7 +16,11 @@ use crate::harness::*;
 
 /// A heartbeat write for `identity`, presenting its current certificate,
 /// with the records of a first contact.
-fn commit(identity: &AgentIdentityRecord, now: chrono::DateTime<chrono::Utc>, sequence: i64) -> HeartbeatCommit {
+fn commit(
+    identity: &AgentIdentityRecord,
+    now: chrono::DateTime<chrono::Utc>,
+    sequence: i64,
+) -> HeartbeatCommit {
     let (tenant, agent) = (identity.tenant_id.as_str(), identity.agent_id);
     let event = |t: &str| OutboxEvent {
         event_id: Uuid::new_v4().to_string(),
@@ -64,7 +71,11 @@ async fn stored_identity(store: &Arc<dyn Store>, agent: Uuid) -> AgentIdentityRe
 }
 
 async fn telemetry_events(store: &Arc<dyn Store>, tenant: &str) -> usize {
-    store.list_events(tenant, None, 200).await.map(|p| p.items.iter().filter(|e| e.event_type == "asset.telemetry.received").count()).unwrap_or(0)
+    store
+        .list_events(tenant, None, 200)
+        .await
+        .map(|p| p.items.iter().filter(|e| e.event_type == "asset.telemetry.received").count())
+        .unwrap_or(0)
 }
 
 /// Writers abandoned mid-stream and the store reopened: what was
@@ -82,10 +93,13 @@ async fn acknowledged_heartbeats_survive_abandoned_writers_and_a_reopen(backend:
     let mut tasks = Vec::new();
     for agent in &agents {
         let (identity, now) = (stored_identity(&store, *agent).await, h.clock_now());
-        let (store, agent, acknowledged, enough) = (store.clone(), *agent, acknowledged.clone(), enough.clone());
+        let (store, agent, acknowledged, enough) =
+            (store.clone(), *agent, acknowledged.clone(), enough.clone());
         tasks.push(tokio::spawn(async move {
             for seq in 1..=1_000i64 {
-                if let Ok(HeartbeatOutcome::Accepted) = store.commit_heartbeat(commit(&identity, now, seq)).await {
+                if let Ok(HeartbeatOutcome::Accepted) =
+                    store.commit_heartbeat(commit(&identity, now, seq)).await
+                {
                     let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
                     acked.push((agent, seq));
                     if acked.len() >= 60 {
@@ -96,7 +110,9 @@ async fn acknowledged_heartbeats_survive_abandoned_writers_and_a_reopen(backend:
         }));
     }
     // "Crash" while batches are in flight: abandon every writer mid-stream.
-    tokio::time::timeout(std::time::Duration::from_secs(30), enough.notified()).await.expect("60 heartbeats acknowledged");
+    tokio::time::timeout(std::time::Duration::from_secs(30), enough.notified())
+        .await
+        .expect("60 heartbeats acknowledged");
     for t in &tasks {
         t.abort();
     }
@@ -108,11 +124,18 @@ async fn acknowledged_heartbeats_survive_abandoned_writers_and_a_reopen(backend:
     let reopened = open_store(backend, pg.as_ref(), sqlite_path.as_deref()).await;
     for (agent, seq) in &acknowledged {
         let identity = reopened.get_identity(TENANT_A, *agent).await.expect("read").expect("identity");
-        assert!(identity.last_sequence.unwrap_or(0) >= *seq, "acknowledged heartbeat {seq} of {agent} was lost");
+        assert!(
+            identity.last_sequence.unwrap_or(0) >= *seq,
+            "acknowledged heartbeat {seq} of {agent} was lost"
+        );
     }
     let events = reopened.list_events(TENANT_A, None, 200).await.expect("events").items;
     let stored = events.iter().filter(|e| e.event_type == "asset.telemetry.received").count();
-    assert!(stored >= acknowledged.len().min(150), "every acknowledged heartbeat's event is durable ({stored} < {})", acknowledged.len());
+    assert!(
+        stored >= acknowledged.len().min(150),
+        "every acknowledged heartbeat's event is durable ({stored} < {})",
+        acknowledged.len()
+    );
     let _ = (clock, tmp);
 }
 
@@ -137,10 +160,16 @@ fn spawn_server(database_url: &str) -> (std::process::Child, String) {
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = std::io::BufReader::new(stderr).lines();
     let listen = loop {
-        let line = lines.next().and_then(Result::ok).unwrap_or_else(|| panic!("the server exited before serving: {:?}", child.try_wait()));
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("the server exited before serving: {:?}", child.try_wait()));
         let record: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if record["fields"]["message"] == "serving" {
-            break record["fields"]["listen"].as_str().expect("the serving line names the address").to_owned();
+            break record["fields"]["listen"]
+                .as_str()
+                .expect("the serving line names the address")
+                .to_owned();
         }
     };
     // Keep draining its log so it never blocks on a full pipe.
@@ -179,7 +208,8 @@ async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for (agent, runtime) in agents.clone() {
-        let (http, base, acknowledged, enough) = (http.clone(), base.clone(), acknowledged.clone(), enough.clone());
+        let (http, base, acknowledged, enough) =
+            (http.clone(), base.clone(), acknowledged.clone(), enough.clone());
         tasks.push(tokio::spawn(async move {
             for sequence in 1..=10_000u64 {
                 let body =
@@ -197,7 +227,9 @@ async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend
             }
         }));
     }
-    tokio::time::timeout(std::time::Duration::from_secs(60), enough.notified()).await.expect("400 heartbeats acknowledged");
+    tokio::time::timeout(std::time::Duration::from_secs(60), enough.notified())
+        .await
+        .expect("400 heartbeats acknowledged");
     child.kill().expect("SIGKILL the server");
     let _ = child.wait();
     for t in &tasks {
@@ -211,7 +243,9 @@ async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend
     loop {
         let page = reopened.list_events(TENANT_A, after, 500).await.expect("events");
         for e in page.items.iter().filter(|e| e.event_type == "asset.telemetry.received") {
-            let agent = serde_json::from_str::<serde_json::Value>(&e.payload).ok().and_then(|p| p["data"]["agent_id"].as_str().map(str::to_owned));
+            let agent = serde_json::from_str::<serde_json::Value>(&e.payload)
+                .ok()
+                .and_then(|p| p["data"]["agent_id"].as_str().map(str::to_owned));
             *events_per_agent.entry(agent.unwrap_or_default()).or_default() += 1;
         }
         match page.next_after {
@@ -221,10 +255,20 @@ async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend
     }
     for (agent, _) in &agents {
         let highest = acknowledged.iter().filter(|(a, _)| a == agent).map(|(_, s)| *s).max().unwrap_or(0);
-        let identity = reopened.get_identity(TENANT_A, Uuid::parse_str(agent).expect("uuid")).await.expect("read").expect("identity");
-        assert!(identity.last_sequence.unwrap_or(0) >= highest as i64, "agent {agent}: heartbeat {highest} was acknowledged, then lost");
+        let identity = reopened
+            .get_identity(TENANT_A, Uuid::parse_str(agent).expect("uuid"))
+            .await
+            .expect("read")
+            .expect("identity");
+        assert!(
+            identity.last_sequence.unwrap_or(0) >= highest as i64,
+            "agent {agent}: heartbeat {highest} was acknowledged, then lost"
+        );
         let events = events_per_agent.get(agent).copied().unwrap_or(0);
-        assert!(events as u64 >= highest, "agent {agent}: {highest} heartbeats acknowledged, {events} telemetry events stored");
+        assert!(
+            events as u64 >= highest,
+            "agent {agent}: {highest} heartbeats acknowledged, {events} telemetry events stored"
+        );
     }
     drop(reopened);
     let _ = tmp;
@@ -241,21 +285,35 @@ async fn a_revocation_during_a_batch_refuses_every_later_heartbeat(backend: Back
         tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for seq in 1..=300i64 {
-                outcomes.push((seq, store.commit_heartbeat(commit(&identity, now, seq)).await.expect("commit")));
+                outcomes
+                    .push((seq, store.commit_heartbeat(commit(&identity, now, seq)).await.expect("commit")));
             }
             outcomes
         })
     };
-    let revoked = h.call(&ops::revoke_agent(&agent), Some(&h.admin(TENANT_A)), Some(&serde_json::json!({}))).await;
+    let revoked =
+        h.call(&ops::revoke_agent(&agent), Some(&h.admin(TENANT_A)), Some(&serde_json::json!({}))).await;
     assert_eq!(revoked.0, StatusCode::OK);
     // The very next request after the revocation is refused.
-    assert_problem(&h.heartbeat(&agent, &runtime, 10_000).await, StatusCode::FORBIDDEN, ProblemCode::IdentityRevoked);
-    assert_eq!(store.commit_heartbeat(commit(&identity, now, 20_000)).await.expect("commit"), HeartbeatOutcome::Refused(IdentityRefusal::Revoked));
+    assert_problem(
+        &h.heartbeat(&agent, &runtime, 10_000).await,
+        StatusCode::FORBIDDEN,
+        ProblemCode::IdentityRevoked,
+    );
+    assert_eq!(
+        store.commit_heartbeat(commit(&identity, now, 20_000)).await.expect("commit"),
+        HeartbeatOutcome::Refused(IdentityRefusal::Revoked)
+    );
     let outcomes = stream.await.expect("stream");
     // Acceptances stop at the revocation and never resume.
-    let first_refused = outcomes.iter().position(|(_, o)| *o == HeartbeatOutcome::Refused(IdentityRefusal::Revoked)).unwrap_or(outcomes.len());
+    let first_refused = outcomes
+        .iter()
+        .position(|(_, o)| *o == HeartbeatOutcome::Refused(IdentityRefusal::Revoked))
+        .unwrap_or(outcomes.len());
     assert!(
-        outcomes[first_refused..].iter().all(|(_, o)| *o == HeartbeatOutcome::Refused(IdentityRefusal::Revoked)),
+        outcomes[first_refused..]
+            .iter()
+            .all(|(_, o)| *o == HeartbeatOutcome::Refused(IdentityRefusal::Revoked)),
         "no heartbeat was accepted after the revocation"
     );
     let identity = store.get_identity(TENANT_A, agent_id).await.expect("read").expect("identity");
@@ -272,7 +330,9 @@ async fn duplicates_inside_one_batch_emit_a_single_event(backend: Backend) {
     let tasks: Vec<_> = (0..6)
         .map(|_| {
             let (store, identity) = (store.clone(), identity.clone());
-            tokio::spawn(async move { store.commit_heartbeat(commit(&identity, now, 1)).await.expect("commit") })
+            tokio::spawn(
+                async move { store.commit_heartbeat(commit(&identity, now, 1)).await.expect("commit") },
+            )
         })
         .collect();
     let mut accepted = 0;
@@ -310,7 +370,11 @@ async fn one_failing_heartbeat_does_not_fail_the_rest_of_its_batch(backend: Back
     assert!(matches!(outcomes.1, Ok(HeartbeatOutcome::Accepted)), "{:?}", outcomes.1);
     assert!(outcomes.2.is_err(), "the clashing heartbeat fails: {:?}", outcomes.2);
     assert!(matches!(outcomes.3, Ok(HeartbeatOutcome::Accepted)), "{:?}", outcomes.3);
-    assert_eq!(telemetry_events(&store, TENANT_A).await, before + 3, "every acknowledged heartbeat is stored");
+    assert_eq!(
+        telemetry_events(&store, TENANT_A).await,
+        before + 3,
+        "every acknowledged heartbeat is stored"
+    );
     assert_eq!(stored_identity(&store, agent).await.last_sequence, Some(4));
 }
 
@@ -348,7 +412,11 @@ async fn a_batch_mixing_tenants_writes_each_heartbeat_under_its_own_tenant(backe
 }
 
 async fn events_of(store: &Arc<dyn Store>, tenant: &str, event_type: &str) -> usize {
-    store.list_events(tenant, None, 200).await.map(|p| p.items.iter().filter(|e| e.event_type == event_type).count()).unwrap_or(0)
+    store
+        .list_events(tenant, None, 200)
+        .await
+        .map(|p| p.items.iter().filter(|e| e.event_type == event_type).count())
+        .unwrap_or(0)
 }
 
 async fn activations(store: &Arc<dyn Store>, agent: Uuid) -> usize {
@@ -356,25 +424,43 @@ async fn activations(store: &Arc<dyn Store>, agent: Uuid) -> usize {
     audit.iter().filter(|a| a.action == "agent.activate" && a.actor_id == agent.to_string()).count()
 }
 
-async fn a_first_heartbeat_without_its_first_contact_records_writes_nothing_and_asks_for_them(backend: Backend) {
+async fn a_first_heartbeat_without_its_first_contact_records_writes_nothing_and_asks_for_them(
+    backend: Backend,
+) {
     let h = Harness::start(backend).await;
     let store = h.store.clone();
     let agent = Uuid::parse_str(&h.enroll(TENANT_A).await.0).expect("uuid");
     let (identity, now) = (stored_identity(&store, agent).await, h.clock_now());
     let bare = |seq| HeartbeatCommit { first_contact: None, ..commit(&identity, now, seq) };
-    let before = (telemetry_events(&store, TENANT_A).await, events_of(&store, TENANT_A, "asset.discovered").await);
+    let before =
+        (telemetry_events(&store, TENANT_A).await, events_of(&store, TENANT_A, "asset.discovered").await);
 
-    assert_eq!(store.commit_heartbeat(bare(1)).await.expect("commit"), HeartbeatOutcome::FirstContactRequired);
-    assert_eq!(store.commit_heartbeat_unbatched(bare(1)).await.expect("commit"), HeartbeatOutcome::FirstContactRequired);
+    assert_eq!(
+        store.commit_heartbeat(bare(1)).await.expect("commit"),
+        HeartbeatOutcome::FirstContactRequired
+    );
+    assert_eq!(
+        store.commit_heartbeat_unbatched(bare(1)).await.expect("commit"),
+        HeartbeatOutcome::FirstContactRequired
+    );
     assert_eq!(stored_identity(&store, agent).await, identity, "the identity is untouched");
-    assert_eq!((telemetry_events(&store, TENANT_A).await, events_of(&store, TENANT_A, "asset.discovered").await), before);
+    assert_eq!(
+        (telemetry_events(&store, TENANT_A).await, events_of(&store, TENANT_A, "asset.discovered").await),
+        before
+    );
     assert_eq!(activations(&store, agent).await, 0);
 
     // With the records, the first heartbeat activates the identity and discovers its asset, once.
-    assert_eq!(store.commit_heartbeat(commit(&identity, now, 1)).await.expect("commit"), HeartbeatOutcome::Accepted);
+    assert_eq!(
+        store.commit_heartbeat(commit(&identity, now, 1)).await.expect("commit"),
+        HeartbeatOutcome::Accepted
+    );
     // Later heartbeats need no first-contact records and write none.
     assert_eq!(store.commit_heartbeat(bare(2)).await.expect("commit"), HeartbeatOutcome::Accepted);
-    assert_eq!(store.commit_heartbeat(commit(&identity, now, 3)).await.expect("commit"), HeartbeatOutcome::Accepted);
+    assert_eq!(
+        store.commit_heartbeat(commit(&identity, now, 3)).await.expect("commit"),
+        HeartbeatOutcome::Accepted
+    );
     assert_eq!(store.commit_heartbeat_unbatched(bare(4)).await.expect("commit"), HeartbeatOutcome::Accepted);
     assert_eq!(events_of(&store, TENANT_A, "asset.discovered").await, before.1 + 1, "one discovery");
     assert_eq!(telemetry_events(&store, TENANT_A).await, before.0 + 4);

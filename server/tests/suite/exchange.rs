@@ -3,7 +3,10 @@
 
 use chrono::Duration;
 use oneprotect_server::error::TokenFailure;
-use oneprotect_server::model::{AgentIdentityRecord, AgentStatus, AuditRecord, CertificateRecord, EnrollmentCommit, EnrollmentOutcome, OutboxEvent};
+use oneprotect_server::model::{
+    AgentIdentityRecord, AgentStatus, AuditRecord, CertificateRecord, EnrollmentCommit, EnrollmentOutcome,
+    OutboxEvent,
+};
 use reqwest::StatusCode;
 
 use crate::harness::*;
@@ -45,16 +48,25 @@ async fn broken_weak_and_garbage_csrs_are_rejected_without_consuming_the_token(b
         (sha1_rsa, "SHA-1 with RSA"),
         (md5_rsa, "MD5 with RSA"),
         (sha1_ec, "ECDSA with SHA-1"),
-        ("-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n".into(), "garbage"),
+        (
+            "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n".into(),
+            "garbage",
+        ),
         ("not pem at all".into(), "not PEM"),
     ] {
         let r = h.exchange(&h.exchange_body(&secret, &csr)).await;
         assert_problem(&r, StatusCode::BAD_REQUEST, ProblemCode::CsrInvalid);
         if what.contains("SHA-1") || what.contains("MD5") {
             let detail = r.1["detail"].as_str().unwrap_or_default();
-            assert!(detail.contains("weak or unsupported algorithm"), "{what}: refused for its algorithm, not another reason: {detail}");
+            assert!(
+                detail.contains("weak or unsupported algorithm"),
+                "{what}: refused for its algorithm, not another reason: {detail}"
+            );
         }
-        assert!(!r.1["detail"].as_str().unwrap_or_default().contains(csr_body(&csr)) || csr_body(&csr).is_empty(), "{what}: the CSR is not echoed");
+        assert!(
+            !r.1["detail"].as_str().unwrap_or_default().contains(csr_body(&csr)) || csr_body(&csr).is_empty(),
+            "{what}: the CSR is not echoed"
+        );
     }
     let mut body = h.exchange_body(&secret, &good);
     // The contract's pattern refuses a nonce that is not base64url before the service sees it.
@@ -62,8 +74,16 @@ async fn broken_weak_and_garbage_csrs_are_rejected_without_consuming_the_token(b
     let r = h.exchange(&body).await;
     assert_problem(&r, StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid);
     assert!(r.1["detail"].as_str().unwrap_or_default().contains("/nonce"), "{}", r.1);
-    assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 0, "malformed requests do not burn the token");
-    assert_eq!(h.exchange(&h.exchange_body(&secret, &good)).await.0, StatusCode::CREATED, "the token still works");
+    assert_eq!(
+        h.token_metadata(TENANT_A, &id).await["use_count"],
+        0,
+        "malformed requests do not burn the token"
+    );
+    assert_eq!(
+        h.exchange(&h.exchange_body(&secret, &good)).await.0,
+        StatusCode::CREATED,
+        "the token still works"
+    );
 }
 
 fn pem_to_der(pem: &str) -> Vec<u8> {
@@ -99,7 +119,11 @@ async fn a_nonce_replayed_with_another_token_consumes_none_of_its_uses(backend: 
     let mut replay = body.clone();
     replay["enrollment_token"] = serde_json::Value::String(second.clone());
     assert_problem(&h.exchange(&replay).await, StatusCode::CONFLICT, ProblemCode::NonceReplayed);
-    assert_eq!(h.token_metadata(TENANT_A, &second_id).await["use_count"], 0, "the valid token kept both uses");
+    assert_eq!(
+        h.token_metadata(TENANT_A, &second_id).await["use_count"],
+        0,
+        "the valid token kept both uses"
+    );
     assert_eq!(h.exchange(&h.exchange_body(&second, &p256_csr())).await.0, StatusCode::CREATED);
     assert_eq!(h.exchange(&h.exchange_body(&second, &p256_csr())).await.0, StatusCode::CREATED);
 }
@@ -113,11 +137,19 @@ async fn a_refused_token_is_answered_before_a_replayed_nonce(backend: Backend) {
     assert_problem(&h.exchange(&body).await, StatusCode::UNAUTHORIZED, ProblemCode::EnrollmentTokenInvalid);
     assert_eq!(h.token_metadata(TENANT_A, &id).await["use_count"], 1);
     let audit = h.audit(TENANT_A).await;
-    assert!(audit.iter().any(|a| a["reason_code"] == "token_exhausted"), "the audit names the token's reason");
+    assert!(
+        audit.iter().any(|a| a["reason_code"] == "token_exhausted"),
+        "the audit names the token's reason"
+    );
 }
 
 /// An enrollment write as the service builds it, with a given nonce hash.
-fn enrollment(token_id: uuid::Uuid, tenant: &str, now: chrono::DateTime<chrono::Utc>, nonce_hash: &str) -> EnrollmentCommit {
+fn enrollment(
+    token_id: uuid::Uuid,
+    tenant: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    nonce_hash: &str,
+) -> EnrollmentCommit {
     let (agent_id, certificate_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     EnrollmentCommit {
         token_id,
@@ -186,18 +218,45 @@ async fn the_store_judges_the_token_before_the_nonce_and_a_refusal_writes_nothin
     let now = h.clock_now();
     let (_, single) = h.issue_token(TENANT_A, 1).await;
     let (_, spare) = h.issue_token(TENANT_A, 1).await;
-    let (single, spare) = (uuid::Uuid::parse_str(&single).expect("uuid"), uuid::Uuid::parse_str(&spare).expect("uuid"));
-    let identities = || async { h.store.list_identities(TENANT_A, None, 200).await.expect("identities").items.len() };
-    assert_eq!(h.store.commit_enrollment(&enrollment(single, TENANT_A, now, "fixture-nonce-hash")).await.expect("commit"), EnrollmentOutcome::Enrolled);
+    let (single, spare) =
+        (uuid::Uuid::parse_str(&single).expect("uuid"), uuid::Uuid::parse_str(&spare).expect("uuid"));
+    let identities =
+        || async { h.store.list_identities(TENANT_A, None, 200).await.expect("identities").items.len() };
     assert_eq!(
-        h.store.commit_enrollment(&enrollment(single, TENANT_A, now, "fixture-nonce-hash")).await.expect("commit"),
+        h.store
+            .commit_enrollment(&enrollment(single, TENANT_A, now, "fixture-nonce-hash"))
+            .await
+            .expect("commit"),
+        EnrollmentOutcome::Enrolled
+    );
+    assert_eq!(
+        h.store
+            .commit_enrollment(&enrollment(single, TENANT_A, now, "fixture-nonce-hash"))
+            .await
+            .expect("commit"),
         EnrollmentOutcome::TokenRejected(TokenFailure::Exhausted),
         "an exhausted token is the answer, not the replayed nonce"
     );
-    assert_eq!(h.store.commit_enrollment(&enrollment(spare, TENANT_A, now, "fixture-nonce-hash")).await.expect("commit"), EnrollmentOutcome::NonceReplayed);
+    assert_eq!(
+        h.store
+            .commit_enrollment(&enrollment(spare, TENANT_A, now, "fixture-nonce-hash"))
+            .await
+            .expect("commit"),
+        EnrollmentOutcome::NonceReplayed
+    );
     assert_eq!(identities().await, 1, "refusals wrote no identity");
-    assert_eq!(h.token_metadata(TENANT_A, &spare.to_string()).await["use_count"], 0, "the replay consumed no use");
-    assert_eq!(h.store.commit_enrollment(&enrollment(spare, TENANT_A, now, "fixture-other-nonce-hash")).await.expect("commit"), EnrollmentOutcome::Enrolled);
+    assert_eq!(
+        h.token_metadata(TENANT_A, &spare.to_string()).await["use_count"],
+        0,
+        "the replay consumed no use"
+    );
+    assert_eq!(
+        h.store
+            .commit_enrollment(&enrollment(spare, TENANT_A, now, "fixture-other-nonce-hash"))
+            .await
+            .expect("commit"),
+        EnrollmentOutcome::Enrolled
+    );
 }
 
 async fn a_missing_runtime_secret_fails_closed_with_nothing_written(backend: Backend) {
@@ -218,18 +277,29 @@ async fn a_missing_runtime_secret_fails_closed_with_nothing_written(backend: Bac
 }
 
 async fn repeated_failed_exchanges_are_rate_limited_with_retry_after(backend: Backend) {
-    let options = Options { policy: oneprotect_server::service::Policy { failure_limit: 3, ..Default::default() }, ..Options::default() };
+    let options = Options {
+        policy: oneprotect_server::service::Policy { failure_limit: 3, ..Default::default() },
+        ..Options::default()
+    };
     let h = Harness::start_with(backend, options).await;
     let unknown = oneprotect_server::secrets::mint_enrollment_token();
     let unknown = secrecy::ExposeSecret::expose_secret(&unknown.secret).to_owned();
     for _ in 0..3 {
-        assert_problem(&h.exchange(&h.exchange_body(&unknown, &p256_csr())).await, StatusCode::UNAUTHORIZED, ProblemCode::EnrollmentTokenInvalid);
+        assert_problem(
+            &h.exchange(&h.exchange_body(&unknown, &p256_csr())).await,
+            StatusCode::UNAUTHORIZED,
+            ProblemCode::EnrollmentTokenInvalid,
+        );
     }
     let (secret, _) = h.issue_token(TENANT_A, 1).await;
     let limited = h.exchange(&h.exchange_body(&secret, &p256_csr())).await;
     assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS, ProblemCode::RateLimited);
     h.clock.advance(Duration::minutes(1));
-    assert_eq!(h.exchange(&h.exchange_body(&secret, &p256_csr())).await.0, StatusCode::CREATED, "the window passes with the clock");
+    assert_eq!(
+        h.exchange(&h.exchange_body(&secret, &p256_csr())).await.0,
+        StatusCode::CREATED,
+        "the window passes with the clock"
+    );
 }
 
 /// Posts exchange bodies at once, each with an optional `X-Forwarded-For`; the statuses in order.
@@ -254,19 +324,24 @@ async fn exchange_all(h: &Harness, requests: Vec<(serde_json::Value, Option<Stri
 /// can itself contain `_`: the id is the second `_`-separated field.
 fn wrong_secret_for(secret: &str) -> String {
     let mut fields = secret.splitn(3, '_');
-    let (prefix, id) = (fields.next().expect("prefix"), fields.next().expect("an enrollment token has an id part"));
+    let (prefix, id) =
+        (fields.next().expect("prefix"), fields.next().expect("an enrollment token has an id part"));
     format!("{prefix}_{id}_{}", "A".repeat(43))
 }
 
 /// Slots are taken before the work: 100 failures in flight at once against
 /// a limit of 20 are 20 refusals of the token and 80 of the rate.
 async fn a_parallel_burst_of_failed_exchanges_stops_exactly_at_the_limit(backend: Backend) {
-    let options = Options { policy: oneprotect_server::service::Policy { failure_limit: 20, ..Default::default() }, ..Options::default() };
+    let options = Options {
+        policy: oneprotect_server::service::Policy { failure_limit: 20, ..Default::default() },
+        ..Options::default()
+    };
     let h = Harness::start_with(backend, options).await;
     let unknown = oneprotect_server::secrets::mint_enrollment_token();
     let unknown = secrecy::ExposeSecret::expose_secret(&unknown.secret).to_owned();
     let csr = p256_csr();
-    let statuses = exchange_all(&h, (0..100).map(|_| (h.exchange_body(&unknown, &csr), None)).collect()).await;
+    let statuses =
+        exchange_all(&h, (0..100).map(|_| (h.exchange_body(&unknown, &csr), None)).collect()).await;
     assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 20, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 80, "{statuses:?}");
 }
@@ -275,33 +350,45 @@ async fn a_parallel_burst_of_failed_exchanges_stops_exactly_at_the_limit(backend
 /// source that failed on it: whoever sees a token id cannot lock out its
 /// holder. Behind a trusted proxy the source is the client it names.
 async fn failures_on_a_token_id_from_other_sources_never_lock_out_its_holder(backend: Backend) {
-    let trusted = oneprotect_server::source::TrustedProxies::parse("127.0.0.1, ::1").expect("fixture proxies");
-    let policy = oneprotect_server::service::Policy { failure_limit: 20, trusted_proxies: trusted, ..Default::default() };
+    let trusted =
+        oneprotect_server::source::TrustedProxies::parse("127.0.0.1, ::1").expect("fixture proxies");
+    let policy = oneprotect_server::service::Policy {
+        failure_limit: 20,
+        trusted_proxies: trusted,
+        ..Default::default()
+    };
     let h = Harness::start_with(backend, Options { policy, ..Options::default() }).await;
     let (secret, _) = h.issue_token(TENANT_A, 1).await;
     let wrong = wrong_secret_for(&secret);
     let csr = p256_csr();
     // 21 sources fail once each on the holder's token id, one source 20 times.
-    let mut requests: Vec<_> = (0..21).map(|i| (h.exchange_body(&wrong, &csr), Some(format!("203.0.113.{i}")))).collect();
+    let mut requests: Vec<_> =
+        (0..21).map(|i| (h.exchange_body(&wrong, &csr), Some(format!("203.0.113.{i}")))).collect();
     requests.extend((0..20).map(|_| (h.exchange_body(&wrong, &csr), Some("198.51.100.9".to_owned()))));
     let statuses = exchange_all(&h, requests).await;
     assert!(statuses.iter().all(|s| *s == 401), "every failure is answered for what it is: {statuses:?}");
-    let noisy = exchange_all(&h, vec![(h.exchange_body(&wrong, &csr), Some("198.51.100.9".to_owned()))]).await;
+    let noisy =
+        exchange_all(&h, vec![(h.exchange_body(&wrong, &csr), Some("198.51.100.9".to_owned()))]).await;
     assert_eq!(noisy, vec![429], "the source that failed 20 times is limited");
-    let holder = exchange_all(&h, vec![(h.exchange_body(&secret, &p256_csr()), Some("192.0.2.50".to_owned()))]).await;
+    let holder =
+        exchange_all(&h, vec![(h.exchange_body(&secret, &p256_csr()), Some("192.0.2.50".to_owned()))]).await;
     assert_eq!(holder, vec![201], "the holder, from its own address, enrolls");
 }
 
 /// Without a trusted proxy, `X-Forwarded-For` is the client's own claim and
 /// changes nothing: the peer is the source.
 async fn an_untrusted_peer_cannot_spread_its_failures_with_x_forwarded_for(backend: Backend) {
-    let options = Options { policy: oneprotect_server::service::Policy { failure_limit: 3, ..Default::default() }, ..Options::default() };
+    let options = Options {
+        policy: oneprotect_server::service::Policy { failure_limit: 3, ..Default::default() },
+        ..Options::default()
+    };
     let h = Harness::start_with(backend, options).await;
     let unknown = oneprotect_server::secrets::mint_enrollment_token();
     let unknown = secrecy::ExposeSecret::expose_secret(&unknown.secret).to_owned();
     let csr = p256_csr();
     for i in 0..3 {
-        let s = exchange_all(&h, vec![(h.exchange_body(&unknown, &csr), Some(format!("203.0.113.{i}")))]).await;
+        let s =
+            exchange_all(&h, vec![(h.exchange_body(&unknown, &csr), Some(format!("203.0.113.{i}")))]).await;
         assert_eq!(s, vec![401]);
     }
     let s = exchange_all(&h, vec![(h.exchange_body(&unknown, &csr), Some("203.0.113.99".to_owned()))]).await;
@@ -329,13 +416,21 @@ async fn every_exchange_refusal_is_audited_exactly_once_under_the_tenant_it_can_
         os_family: None,
         hardware_fingerprint_hash: fingerprint.map(|f| SecretString::from(f.to_owned())),
     };
-    let meta = |id: &str| RequestMeta { request_id: id.to_owned(), request_id_from_caller: false, remote_addr: None, source: None };
+    let meta = |id: &str| RequestMeta {
+        request_id: id.to_owned(),
+        request_id_from_caller: false,
+        remote_addr: None,
+        source: None,
+    };
 
     let (two_uses, _) = h.issue_token(TENANT_A, 2).await;
     let (one_use, _) = h.issue_token(TENANT_A, 1).await;
     let (revoked, revoked_id) = h.issue_token(TENANT_A, 1).await;
     h.call(&ops::revoke_enrollment_token(&revoked_id), Some(&h.admin(TENANT_A)), Some(&json!({}))).await;
-    let short_lived = h.issue(TENANT_A, json!({"ttl_seconds": 60})).await["enrollment_token"].as_str().expect("secret").to_owned();
+    let short_lived = h.issue(TENANT_A, json!({"ttl_seconds": 60})).await["enrollment_token"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
     let unknown = oneprotect_server::secrets::mint_enrollment_token();
     let unknown = unknown.secret.expose_secret().to_owned();
     let replayed_nonce = fresh_nonce();
@@ -345,10 +440,20 @@ async fn every_exchange_refusal_is_audited_exactly_once_under_the_tenant_it_can_
     let cases: Vec<(&str, ExchangeInput, &str, &str)> = vec![
         ("nonce", input(&two_uses, &csr, "short".into(), None), "nonce_invalid", UNATTRIBUTED),
         ("csr", input(&two_uses, "not a csr", fresh_nonce(), None), "csr_invalid", UNATTRIBUTED),
-        ("fingerprint", input(&two_uses, &csr, fresh_nonce(), Some(&"AB".repeat(32))), "request_invalid", UNATTRIBUTED),
+        (
+            "fingerprint",
+            input(&two_uses, &csr, fresh_nonce(), Some(&"AB".repeat(32))),
+            "request_invalid",
+            UNATTRIBUTED,
+        ),
         ("malformed", input("garbage", &csr, fresh_nonce(), None), "token_unknown", UNATTRIBUTED),
         ("unknown", input(&unknown, &csr, fresh_nonce(), None), "token_unknown", UNATTRIBUTED),
-        ("wrong-secret", input(&wrong_secret_for(&two_uses), &csr, fresh_nonce(), None), "token_unknown", TENANT_A),
+        (
+            "wrong-secret",
+            input(&wrong_secret_for(&two_uses), &csr, fresh_nonce(), None),
+            "token_unknown",
+            TENANT_A,
+        ),
         ("revoked", input(&revoked, &csr, fresh_nonce(), None), "token_revoked", TENANT_A),
         ("exhausted", input(&one_use, &csr, fresh_nonce(), None), "token_exhausted", TENANT_A),
         ("replayed", input(&two_uses, &csr, replayed_nonce, None), "nonce_replayed", TENANT_A),
@@ -360,11 +465,23 @@ async fn every_exchange_refusal_is_audited_exactly_once_under_the_tenant_it_can_
         let refused = p.exchange(case, &meta(name)).await;
         assert!(refused.is_err(), "{name}: refused");
         for t in [UNATTRIBUTED, TENANT_A] {
-            let records: Vec<_> = h.store.list_audit(t, None, 200).await.expect("audit").items.into_iter().filter(|a| a.request_id == name).collect();
+            let records: Vec<_> = h
+                .store
+                .list_audit(t, None, 200)
+                .await
+                .expect("audit")
+                .items
+                .into_iter()
+                .filter(|a| a.request_id == name)
+                .collect();
             let expected = usize::from(t == tenant);
             assert_eq!(records.len(), expected, "{name}: {expected} record(s) under {t}: {records:?}");
             if let Some(a) = records.first() {
-                assert_eq!((a.action.as_str(), a.outcome.as_str(), a.reason_code.as_deref()), ("agent.exchange", "failure", Some(reason)), "{name}");
+                assert_eq!(
+                    (a.action.as_str(), a.outcome.as_str(), a.reason_code.as_deref()),
+                    ("agent.exchange", "failure", Some(reason)),
+                    "{name}"
+                );
             }
         }
     }
@@ -385,8 +502,15 @@ async fn restarting_keeps_tokens_identities_and_runtime_tokens(backend: Backend)
     assert_eq!(restarted.token_metadata(TENANT_A, &id).await["use_count"], 0);
     let (status, v) = restarted.call(&ops::get_agent(&agent), Some(&restarted.admin(TENANT_A)), None).await;
     assert_eq!((status, v["status"].as_str()), (StatusCode::OK, Some("active")));
-    assert_eq!(restarted.heartbeat(&agent, &runtime, 2).await.0, StatusCode::OK, "runtime tokens survive a restart");
-    assert_eq!(restarted.exchange(&restarted.exchange_body(&secret, &p256_csr())).await.0, StatusCode::CREATED);
+    assert_eq!(
+        restarted.heartbeat(&agent, &runtime, 2).await.0,
+        StatusCode::OK,
+        "runtime tokens survive a restart"
+    );
+    assert_eq!(
+        restarted.exchange(&restarted.exchange_body(&secret, &p256_csr())).await.0,
+        StatusCode::CREATED
+    );
 }
 
 crate::both_backends!(

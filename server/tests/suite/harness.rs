@@ -58,7 +58,11 @@ impl Write for LogWriter {
 fn init_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        let _ = tracing_subscriber::fmt().with_env_filter("trace").with_ansi(false).with_writer(|| LogWriter).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
     });
 }
 
@@ -75,7 +79,8 @@ pub struct PgDatabase {
 }
 
 fn pg_admin_url() -> String {
-    std::env::var("ONEPROTECT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("ONEPROTECT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn pg_url(base: &str, user: &str, db: &str) -> String {
@@ -89,7 +94,12 @@ impl PgDatabase {
         use sqlx::Executor;
         let suffix = oneprotect_server::secrets::hex(&random_bytes::<6>());
         let admin_url = pg_admin_url();
-        let db = Self { admin_url: admin_url.clone(), name: format!("op_test_{suffix}"), owner: format!("op_owner_{suffix}"), app: format!("op_app_{suffix}") };
+        let db = Self {
+            admin_url: admin_url.clone(),
+            name: format!("op_test_{suffix}"),
+            owner: format!("op_owner_{suffix}"),
+            app: format!("op_app_{suffix}"),
+        };
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {admin_url} for these tests (set ONEPROTECT_TEST_POSTGRES_URL): {e}"));
@@ -112,22 +122,30 @@ impl PgDatabase {
     }
 
     pub fn superuser_url(&self) -> String {
-        let user = self.admin_url.strip_prefix("postgres://").and_then(|r| r.split_once('@')).map(|(u, _)| u.to_owned()).unwrap_or_else(|| "postgres".into());
+        let user = self
+            .admin_url
+            .strip_prefix("postgres://")
+            .and_then(|r| r.split_once('@'))
+            .map(|(u, _)| u.to_owned())
+            .unwrap_or_else(|| "postgres".into());
         pg_url(&self.admin_url, &user, &self.name)
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let (url, name, owner, app) = (self.admin_url.clone(), self.name.clone(), self.owner.clone(), self.app.clone());
+        let (url, name, owner, app) =
+            (self.admin_url.clone(), self.name.clone(), self.owner.clone(), self.app.clone());
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 use sqlx::Executor;
                 if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-                    for sql in
-                        [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("DROP ROLE IF EXISTS {app}"), format!("DROP ROLE IF EXISTS {owner}")]
-                    {
+                    for sql in [
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                        format!("DROP ROLE IF EXISTS {app}"),
+                        format!("DROP ROLE IF EXISTS {owner}"),
+                    ] {
                         let _ = conn.execute(sqlx::AssertSqlSafe(sql)).await;
                     }
                 }
@@ -144,7 +162,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { policy: Policy { failure_limit: 10_000, ..Policy::default() }, runtime_secret: Some(RUNTIME_SECRET.to_vec()) }
+        Self {
+            policy: Policy { failure_limit: 10_000, ..Policy::default() },
+            runtime_secret: Some(RUNTIME_SECRET.to_vec()),
+        }
     }
 }
 
@@ -167,14 +188,26 @@ impl Drop for Harness {
     }
 }
 
-pub async fn open_store(backend: Backend, pg: Option<&PgDatabase>, sqlite_path: Option<&std::path::Path>) -> Arc<dyn Store> {
+pub async fn open_store(
+    backend: Backend,
+    pg: Option<&PgDatabase>,
+    sqlite_path: Option<&std::path::Path>,
+) -> Arc<dyn Store> {
     match backend {
-        Backend::Sqlite => Arc::new(SqliteStore::open(sqlite_path.expect("sqlite path")).expect("open sqlite")),
+        Backend::Sqlite => {
+            Arc::new(SqliteStore::open(sqlite_path.expect("sqlite path")).expect("open sqlite"))
+        }
         Backend::Postgres => {
             let pg = pg.expect("pg database");
-            oneprotect_server::store::postgres::migrate(&pg.owner_url(), Some(&pg.app)).await.expect("migrate");
-            let store =
-                PgStore::connect(&pg.app_url()).await.expect("connect as app role").with_inspection(&pg.superuser_url()).await.expect("inspection connection");
+            oneprotect_server::store::postgres::migrate(&pg.owner_url(), Some(&pg.app))
+                .await
+                .expect("migrate");
+            let store = PgStore::connect(&pg.app_url())
+                .await
+                .expect("connect as app role")
+                .with_inspection(&pg.superuser_url())
+                .await
+                .expect("inspection connection");
             store.ensure_unprivileged().await.expect("the app role is unprivileged");
             Arc::new(store)
         }
@@ -184,7 +217,14 @@ pub async fn open_store(backend: Backend, pg: Option<&PgDatabase>, sqlite_path: 
 pub fn platform(store: Arc<dyn Store>, clock: Arc<ManualClock>, options: &Options) -> Platform {
     let runtime = RuntimeKeyring::new(options.runtime_secret.clone(), vec![]).expect("keyring");
     let admin = AdminVerifier::hs256(ADMIN_SECRET, ISSUER, AUDIENCE).expect("admin verifier");
-    Platform::new(store, clock, HashKey::new(HASH_KEY.to_vec()).expect("hash key"), runtime, admin, options.policy.clone())
+    Platform::new(
+        store,
+        clock,
+        HashKey::new(HASH_KEY.to_vec()).expect("hash key"),
+        runtime,
+        admin,
+        options.policy.clone(),
+    )
 }
 
 impl Harness {
@@ -214,17 +254,30 @@ impl Harness {
         sqlite_path: Option<std::path::PathBuf>,
     ) -> Self {
         let platform = Arc::new(platform(store.clone(), clock.clone(), &options));
-        let app = oneprotect_server::app::router(platform.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = oneprotect_server::app::router(platform.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { base, http: reqwest::Client::new(), clock, store, secrets: Mutex::new(BTreeSet::new()), sqlite_path, _tmp: tmp, pg, server }
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            clock,
+            store,
+            secrets: Mutex::new(BTreeSet::new()),
+            sqlite_path,
+            _tmp: tmp,
+            pg,
+            server,
+        }
     }
 
     /// Hands over what a restarted server needs (clock, database, files).
-    pub fn take_for_restart(&mut self) -> (Arc<ManualClock>, Option<PgDatabase>, Option<std::path::PathBuf>, Option<tempfile::TempDir>) {
+    pub fn take_for_restart(
+        &mut self,
+    ) -> (Arc<ManualClock>, Option<PgDatabase>, Option<std::path::PathBuf>, Option<tempfile::TempDir>) {
         (self.clock.clone(), self.pg.take(), self.sqlite_path.take(), self._tmp.take())
     }
 
@@ -263,15 +316,23 @@ impl Harness {
     /// that only an insider with the secret could make).
     pub fn runtime_token_for(&self, claims: &RuntimeClaims) -> String {
         let ring = RuntimeKeyring::new(Some(RUNTIME_SECRET.to_vec()), vec![]).expect("keyring");
-        let token = secrecy::ExposeSecret::expose_secret(&ring.issue(claims).expect("issue").token).to_owned();
+        let token =
+            secrecy::ExposeSecret::expose_secret(&ring.issue(claims).expect("issue").token).to_owned();
         self.remember(&token);
         token
     }
 
     /// Sends a request and checks the response against the contract.
-    pub async fn call(&self, route: &Route, bearer: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
         let operation = route.operation_id();
-        let mut req = self.http.request(route.method().parse().expect("method"), format!("{}{}", self.base, route.path));
+        let mut req = self
+            .http
+            .request(route.method().parse().expect("method"), format!("{}{}", self.base, route.path));
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
@@ -291,7 +352,8 @@ impl Harness {
     }
 
     pub async fn issue(&self, tenant: &str, body: Value) -> Value {
-        let (status, v) = self.call(&ops::issue_enrollment_token(), Some(&self.admin(tenant)), Some(&body)).await;
+        let (status, v) =
+            self.call(&ops::issue_enrollment_token(), Some(&self.admin(tenant)), Some(&body)).await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
         self.remember(v["enrollment_token"].as_str().expect("secret"));
         v
@@ -306,7 +368,10 @@ impl Harness {
             collector_id: None,
         };
         let v = self.issue(tenant, typed(&body)).await;
-        (v["enrollment_token"].as_str().expect("secret").to_owned(), v["token"]["enrollment_token_id"].as_str().expect("id").to_owned())
+        (
+            v["enrollment_token"].as_str().expect("secret").to_owned(),
+            v["token"]["enrollment_token_id"].as_str().expect("id").to_owned(),
+        )
     }
 
     pub fn exchange_body(&self, token: &str, csr_pem: &str) -> Value {
@@ -339,7 +404,11 @@ impl Harness {
         let (token, _) = self.issue_token(tenant, 1).await;
         let (status, v) = self.exchange(&self.exchange_body(&token, &p256_csr())).await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
-        (v["agent"]["agent_id"].as_str().expect("agent").to_owned(), v["runtime_token"]["token"].as_str().expect("token").to_owned(), v)
+        (
+            v["agent"]["agent_id"].as_str().expect("agent").to_owned(),
+            v["runtime_token"]["token"].as_str().expect("token").to_owned(),
+            v,
+        )
     }
 
     pub async fn heartbeat(&self, agent_id: &str, bearer: &str, sequence: u64) -> (StatusCode, Value) {
@@ -363,30 +432,42 @@ impl Harness {
     }
 
     pub async fn audit(&self, tenant: &str) -> Vec<Value> {
-        let (status, v) = self.call(&ops::list_audit_events().query("limit", 200), Some(&self.admin(tenant)), None).await;
+        let (status, v) =
+            self.call(&ops::list_audit_events().query("limit", 200), Some(&self.admin(tenant)), None).await;
         assert_eq!(status, StatusCode::OK);
         v["items"].as_array().cloned().unwrap_or_default()
     }
 
     pub async fn events(&self, tenant: &str) -> Vec<Value> {
-        let (status, v) = self.call(&ops::list_events().query("limit", 200), Some(&self.admin(tenant)), None).await;
+        let (status, v) =
+            self.call(&ops::list_events().query("limit", 200), Some(&self.admin(tenant)), None).await;
         assert_eq!(status, StatusCode::OK);
         let items = v["items"].as_array().cloned().unwrap_or_default();
         for e in &items {
-            assert_eq!(oneprotect_contracts::events::validate(e), Ok(()), "every listed event validates against its schema");
+            assert_eq!(
+                oneprotect_contracts::events::validate(e),
+                Ok(()),
+                "every listed event validates against its schema"
+            );
         }
         items
     }
 
     pub async fn token_metadata(&self, tenant: &str, id: &str) -> Value {
-        let (_, v) = self.call(&ops::list_enrollment_tokens().query("limit", 200), Some(&self.admin(tenant)), None).await;
-        v["items"].as_array().and_then(|items| items.iter().find(|t| t["enrollment_token_id"] == id).cloned()).expect("token listed")
+        let (_, v) = self
+            .call(&ops::list_enrollment_tokens().query("limit", 200), Some(&self.admin(tenant)), None)
+            .await;
+        v["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|t| t["enrollment_token_id"] == id).cloned())
+            .expect("token listed")
     }
 }
 
 /// Fails the test when a response is not what the contract documents.
 pub fn check_contract(operation: &str, status: u16, body: &Value) {
-    let op = oneprotect_contracts::contract::operation(operation).unwrap_or_else(|| panic!("unknown operation {operation}"));
+    let op = oneprotect_contracts::contract::operation(operation)
+        .unwrap_or_else(|| panic!("unknown operation {operation}"));
     match op.response(status) {
         Some(oneprotect_contracts::contract::ResponseSpec::Json(schema)) => {
             if let Err(v) = oneprotect_contracts::contract::validate_schema(schema, body) {

@@ -79,12 +79,18 @@ impl Client {
     ) -> Result<ResponseValue<types::BookList>, Error<types::Error>> {
         let url = format!("{}/books", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .query(&progenitor_client::QueryParam::new("author", &author))
             .query(&progenitor_client::QueryParam::new("limit", &limit))
             .headers(header_map)
@@ -108,15 +114,24 @@ impl Client {
     Sends a `POST` request to `/books`
 
     */
-    pub async fn add_book<'a>(&'a self, body: &'a types::BookDraft) -> Result<ResponseValue<types::Book>, Error<types::Error>> {
+    pub async fn add_book<'a>(
+        &'a self,
+        body: &'a types::BookDraft,
+    ) -> Result<ResponseValue<types::Book>, Error<types::Error>> {
         let url = format!("{}/books", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .post(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .json(&body)
             .headers(header_map)
             .build()?;
@@ -141,15 +156,24 @@ impl Client {
     Sends a `GET` request to `/books/{book_id}`
 
     */
-    pub async fn get_book<'a>(&'a self, book_id: &'a ::uuid::Uuid) -> Result<ResponseValue<types::Book>, Error<types::Error>> {
+    pub async fn get_book<'a>(
+        &'a self,
+        book_id: &'a ::uuid::Uuid,
+    ) -> Result<ResponseValue<types::Book>, Error<types::Error>> {
         let url = format!("{}/books/{}", self.baseurl, encode_path(&book_id.to_string()),);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .headers(header_map)
             .build()?;
         let info = OperationInfo { operation_id: "get_book" };
@@ -175,12 +199,18 @@ impl Client {
     pub async fn get_status<'a>(&'a self) -> Result<ResponseValue<types::Status>, Error<types::Error>> {
         let url = format!("{}/status", self.baseurl,);
         let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-        header_map.append(::reqwest::header::HeaderName::from_static("api-version"), ::reqwest::header::HeaderValue::from_static(Self::api_version()));
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
         #[allow(unused_mut)]
         let mut request = self
             .client
             .get(url)
-            .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+            .header(
+                ::reqwest::header::ACCEPT,
+                ::reqwest::header::HeaderValue::from_static("application/json"),
+            )
             .headers(header_map)
             .build()?;
         let info = OperationInfo { operation_id: "get_status" };
@@ -228,7 +258,11 @@ impl std::fmt::Display for ResponseTooLarge {
 }
 impl std::error::Error for ResponseTooLarge {}
 impl progenitor_client::ClientHooks<ClientOptions> for Client {
-    async fn exec(&self, request: reqwest::Request, _info: &OperationInfo) -> reqwest::Result<reqwest::Response> {
+    async fn exec(
+        &self,
+        request: reqwest::Request,
+        _info: &OperationInfo,
+    ) -> reqwest::Result<reqwest::Response> {
         let response = progenitor_client::ClientInfo::client(self).execute(request).await?;
         Ok(bounded_response(response, progenitor_client::ClientInfo::inner(self).max_response_bytes))
     }

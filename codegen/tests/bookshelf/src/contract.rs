@@ -311,8 +311,14 @@ impl std::fmt::Display for SchemaViolation {
     }
 }
 static VALIDATORS: LazyLock<BTreeMap<String, jsonschema::Validator>> = LazyLock::new(|| {
-    let Ok(bundle) = serde_json::from_str::<serde_json::Value>(SCHEMA_BUNDLE_JSON) else { return BTreeMap::new() };
-    let names: Vec<String> = bundle.get("$defs").and_then(|d| d.as_object()).map(|d| d.keys().cloned().collect()).unwrap_or_default();
+    let Ok(bundle) = serde_json::from_str::<serde_json::Value>(SCHEMA_BUNDLE_JSON) else {
+        return BTreeMap::new();
+    };
+    let names: Vec<String> = bundle
+        .get("$defs")
+        .and_then(|d| d.as_object())
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
     names
         .into_iter()
         .filter_map(|name| {
@@ -327,17 +333,27 @@ static VALIDATORS: LazyLock<BTreeMap<String, jsonschema::Validator>> = LazyLock:
 /// An unknown schema name is itself a violation (fail closed).
 pub fn validate_schema(schema: &str, instance: &serde_json::Value) -> Result<(), Vec<SchemaViolation>> {
     let Some(validator) = VALIDATORS.get(schema) else {
-        return Err(vec![SchemaViolation { pointer: String::new(), message: format!("unknown schema `{schema}`") }]);
+        return Err(vec![SchemaViolation {
+            pointer: String::new(),
+            message: format!("unknown schema `{schema}`"),
+        }]);
     };
     if validator.is_valid(instance) {
         return Ok(());
     }
-    let violations: Vec<SchemaViolation> =
-        validator.iter_errors(instance).map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() }).collect();
+    let violations: Vec<SchemaViolation> = validator
+        .iter_errors(instance)
+        .map(|e| SchemaViolation { pointer: e.instance_path().to_string(), message: e.masked().to_string() })
+        .collect();
     if violations.is_empty() { Ok(()) } else { Err(violations) }
 }
 /// The first identity property `instance` carries that `schema` forbids.
 pub fn forbidden_property(schema: &str, instance: &serde_json::Value) -> Option<&'static str> {
     let object = instance.as_object()?;
-    FORBIDDEN_PROPERTIES.iter().filter(|(s, _)| *s == schema).flat_map(|(_, props)| props.iter()).find(|p| object.contains_key(**p)).copied()
+    FORBIDDEN_PROPERTIES
+        .iter()
+        .filter(|(s, _)| *s == schema)
+        .flat_map(|(_, props)| props.iter())
+        .find(|p| object.contains_key(**p))
+        .copied()
 }

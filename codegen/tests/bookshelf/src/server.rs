@@ -55,17 +55,32 @@ impl RequestContext {
             .headers
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
             .map(str::to_owned);
         let request_id_from_caller = from_caller.is_some();
         let request_id = from_caller.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let remote_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        let forwarded_for = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 1024).map(str::to_owned);
+        let forwarded_for = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 1024)
+            .map(str::to_owned);
         Self { request_id, request_id_from_caller, remote_addr, forwarded_for }
     }
 }
 /// Builds a `Problem` with the stable `code` and the request id.
-pub fn problem(status: StatusCode, code: ProblemCode, title: &str, detail: Option<String>, request_id: &str) -> ProblemBody {
+pub fn problem(
+    status: StatusCode,
+    code: ProblemCode,
+    title: &str,
+    detail: Option<String>,
+    request_id: &str,
+) -> ProblemBody {
     ProblemBody {
         type_: format!("{PROBLEM_TYPE_PREFIX}{code}"),
         title: title.to_owned(),
@@ -80,7 +95,13 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, request_
     let bytes = match serde_json::to_vec(body) {
         Ok(b) => b,
         Err(_) => {
-            return problem_response(&problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, request_id));
+            return problem_response(&problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                request_id,
+            ));
         }
     };
     let mut response = (status, bytes).into_response();
@@ -107,15 +128,26 @@ fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
 }
-fn reject(status: StatusCode, code: ProblemCode, title: &str, detail: impl Into<String>, ctx: &RequestContext) -> Response {
+fn reject(
+    status: StatusCode,
+    code: ProblemCode,
+    title: &str,
+    detail: impl Into<String>,
+    ctx: &RequestContext,
+) -> Response {
     problem_response(&problem(status, code, title, Some(detail.into()), &ctx.request_id))
 }
 /// Extracts `Authorization: Bearer <token>`; anything else is 401 `unauthenticated`.
 fn bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<BearerToken, Response> {
-    let unauthenticated = |detail: &str| reject(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", detail, ctx);
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthenticated("this operation requires a bearer token"))?;
+    let unauthenticated = |detail: &str| {
+        reject(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required", detail, ctx)
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("this operation requires a bearer token"))?;
     let value = value.to_str().map_err(|_| unauthenticated("the Authorization header is not valid text"))?;
-    let (scheme, token) = value.split_once(' ').ok_or_else(|| unauthenticated("use `Authorization: Bearer <token>`"))?;
+    let (scheme, token) =
+        value.split_once(' ').ok_or_else(|| unauthenticated("use `Authorization: Bearer <token>`"))?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err(unauthenticated("use `Authorization: Bearer <token>`"));
@@ -130,10 +162,20 @@ fn path_params(params: &RawPathParams) -> std::collections::HashMap<String, Stri
     params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 #[allow(dead_code)]
-fn path_uuid(params: &std::collections::HashMap<String, String>, name: &str, ctx: &RequestContext) -> Result<uuid::Uuid, Response> {
+fn path_uuid(
+    params: &std::collections::HashMap<String, String>,
+    name: &str,
+    ctx: &RequestContext,
+) -> Result<uuid::Uuid, Response> {
     let raw = params.get(name).map(String::as_str).unwrap_or_default();
     uuid::Uuid::parse_str(raw).map_err(|_| {
-        reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", format!("path parameter `{name}` must be a UUID"), ctx)
+        reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::ParameterInvalid,
+            "Invalid parameter",
+            format!("path parameter `{name}` must be a UUID"),
+            ctx,
+        )
     })
 }
 #[allow(dead_code)]
@@ -143,8 +185,15 @@ fn path_string(params: &std::collections::HashMap<String, String>, name: &str) -
 #[allow(dead_code)]
 fn query_params<T: DeserializeOwned>(parts: &Parts, ctx: &RequestContext) -> Result<T, Response> {
     let raw = parts.uri.query().unwrap_or_default();
-    serde_urlencoded::from_str::<T>(raw)
-        .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a query parameter is malformed", ctx))
+    serde_urlencoded::from_str::<T>(raw).map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::ParameterInvalid,
+            "Invalid parameter",
+            "a query parameter is malformed",
+            ctx,
+        )
+    })
 }
 /// An integer query parameter as `i64` for the range check (saturating).
 trait AsI64 {
@@ -164,11 +213,21 @@ as_i64! {
     i64::try_from(v.get()).unwrap_or(i64::MAX),
 }
 #[allow(dead_code)]
-fn check_integer(value: Option<i64>, name: &str, min: Option<i64>, max: Option<i64>, ctx: &RequestContext) -> Result<(), Response> {
+fn check_integer(
+    value: Option<i64>,
+    name: &str,
+    min: Option<i64>,
+    max: Option<i64>,
+    ctx: &RequestContext,
+) -> Result<(), Response> {
     if let Some(v) = value
         && (min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m))
     {
-        let range = format!("{}..={}", min.map(|m| m.to_string()).unwrap_or_default(), max.map(|m| m.to_string()).unwrap_or_default());
+        let range = format!(
+            "{}..={}",
+            min.map(|m| m.to_string()).unwrap_or_default(),
+            max.map(|m| m.to_string()).unwrap_or_default()
+        );
         return Err(reject(
             StatusCode::BAD_REQUEST,
             ProblemCode::ParameterInvalid,
@@ -200,7 +259,9 @@ fn check_length(value: Option<&str>, name: &str, max: usize, ctx: &RequestContex
 /// Up to this bound the answer is delivered and the connection stays usable.
 const DISCARD_LIMIT: usize = 1 << 20;
 const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-async fn next_frame(body: &mut axum::body::Body) -> Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>> {
+async fn next_frame(
+    body: &mut axum::body::Body,
+) -> Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>> {
     std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx)).await
 }
 /// Reads and drops what remains of a refused body, within the bounds above.
@@ -219,8 +280,15 @@ async fn discard(mut body: axum::body::Body) {
 /// Reads, size-limits, parses and schema-validates a JSON body. Error
 /// details name the field, never echo its value.
 #[allow(dead_code)]
-async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, schema: &str, limit: usize, ctx: &RequestContext) -> Result<T, Response> {
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+async fn json_body<T: DeserializeOwned>(
+    parts: &Parts,
+    body: axum::body::Body,
+    schema: &str,
+    limit: usize,
+    ctx: &RequestContext,
+) -> Result<T, Response> {
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         discard(body).await;
@@ -232,8 +300,20 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
             ctx,
         ));
     }
-    let too_large = || reject(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::PayloadTooLarge, "Payload too large", format!("the body exceeds {limit} bytes"), ctx);
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemCode::PayloadTooLarge,
+            "Payload too large",
+            format!("the body exceeds {limit} bytes"),
+            ctx,
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         discard(body).await;
         return Err(too_large());
@@ -268,17 +348,36 @@ async fn json_body<T: DeserializeOwned>(parts: &Parts, body: axum::body::Body, s
         ));
     }
     if let Err(violations) = crate::contract::validate_schema(schema, &value) {
-        let detail =
-            violations.iter().take(5).map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message)).collect::<Vec<_>>().join("; ");
-        return Err(reject(StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid, "Invalid request body", detail, ctx));
+        let detail = violations
+            .iter()
+            .take(5)
+            .map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::RequestInvalid,
+            "Invalid request body",
+            detail,
+            ctx,
+        ));
     }
-    serde_json::from_value(value)
-        .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::RequestInvalid, "Invalid request body", format!("the body does not match `{schema}`"), ctx))
+    serde_json::from_value(value).map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::RequestInvalid,
+            "Invalid request body",
+            format!("the body does not match `{schema}`"),
+            ctx,
+        )
+    })
 }
 #[allow(dead_code)]
 fn text_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 async fn not_found(req: Request) -> Response {
@@ -289,7 +388,13 @@ async fn not_found(req: Request) -> Response {
 async fn method_not_allowed(req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    reject(StatusCode::METHOD_NOT_ALLOWED, ProblemCode::MethodNotAllowed, "Method not allowed", format!("{} is not allowed on this route", parts.method), &ctx)
+    reject(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ProblemCode::MethodNotAllowed,
+        "Method not allowed",
+        format!("{} is not allowed on this route", parts.method),
+        &ctx,
+    )
 }
 /// The query as read, before its bounds are judged.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -325,9 +430,13 @@ impl ListBooksResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -338,18 +447,39 @@ impl ListBooksResponse {
             401u16 => Self::Unauthorized(p),
             403u16 => Self::Forbidden(p),
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for ListBooksResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -377,11 +507,19 @@ impl AddBookResponse {
         match self {
             Self::Created(_) => StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::PayloadTooLarge(_) => StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::UnsupportedMediaType(_) => StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::PayloadTooLarge(_) => {
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::UnsupportedMediaType(_) => {
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -394,20 +532,47 @@ impl AddBookResponse {
             413u16 => Self::PayloadTooLarge(p),
             415u16 => Self::UnsupportedMediaType(p),
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for AddBookResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Created(body) => body_response(StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::PayloadTooLarge(body) => body_response(StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::UnsupportedMediaType(body) => body_response(StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Created(body) => body_response(
+                StatusCode::from_u16(201u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::PayloadTooLarge(body) => body_response(
+                StatusCode::from_u16(413u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::UnsupportedMediaType(body) => body_response(
+                StatusCode::from_u16(415u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -433,10 +598,14 @@ impl GetBookResponse {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::BadRequest(_) => StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::Unauthorized(_) => StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::Unauthorized(_) => {
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Forbidden(_) => StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Self::NotFound(_) => StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -448,19 +617,43 @@ impl GetBookResponse {
             403u16 => Self::Forbidden(p),
             404u16 => Self::NotFound(p),
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetBookResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::BadRequest(body) => body_response(StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Unauthorized(body) => body_response(StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::Forbidden(body) => body_response(StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::NotFound(body) => body_response(StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::BadRequest(body) => body_response(
+                StatusCode::from_u16(400u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Unauthorized(body) => body_response(
+                StatusCode::from_u16(401u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::Forbidden(body) => body_response(
+                StatusCode::from_u16(403u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::NotFound(body) => body_response(
+                StatusCode::from_u16(404u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -477,7 +670,9 @@ impl GetStatusResponse {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError(_) => StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
     /// The documented variant for `p.status`; an undocumented status
@@ -485,15 +680,27 @@ impl GetStatusResponse {
     pub fn from_problem(p: ProblemBody) -> Self {
         match p.status {
             500u16 => Self::InternalError(p),
-            _ => Self::InternalError(problem(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::InternalError, "Internal error", None, &p.request_id)),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
         }
     }
 }
 impl IntoResponse for GetStatusResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => body_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
-            Self::InternalError(body) => body_response(StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body),
+            Self::Ok(body) => body_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
         }
     }
 }
@@ -513,11 +720,26 @@ pub trait Api: Send + Sync + 'static {
         token: BearerToken,
     ) -> impl Future<Output = Result<Self::ShelfBearer, ProblemBody>> + Send;
     ///`GET /books`: List books, optionally by one author
-    fn list_books(&self, ctx: RequestContext, auth: Self::ShelfBearer, query: ListBooksQuery) -> impl Future<Output = ListBooksResponse> + Send;
+    fn list_books(
+        &self,
+        ctx: RequestContext,
+        auth: Self::ShelfBearer,
+        query: ListBooksQuery,
+    ) -> impl Future<Output = ListBooksResponse> + Send;
     ///`POST /books`: Add a book
-    fn add_book(&self, ctx: RequestContext, auth: Self::ShelfBearer, body: types::BookDraft) -> impl Future<Output = AddBookResponse> + Send;
+    fn add_book(
+        &self,
+        ctx: RequestContext,
+        auth: Self::ShelfBearer,
+        body: types::BookDraft,
+    ) -> impl Future<Output = AddBookResponse> + Send;
     ///`GET /books/{book_id}`: One book
-    fn get_book(&self, ctx: RequestContext, auth: Self::ShelfBearer, book_id: uuid::Uuid) -> impl Future<Output = GetBookResponse> + Send;
+    fn get_book(
+        &self,
+        ctx: RequestContext,
+        auth: Self::ShelfBearer,
+        book_id: uuid::Uuid,
+    ) -> impl Future<Output = GetBookResponse> + Send;
     ///`GET /status`: Whether the shelf is open
     fn get_status(&self, ctx: RequestContext) -> impl Future<Output = GetStatusResponse> + Send;
 }
@@ -546,7 +768,13 @@ async fn handle_list_books<A: Api>(State(api): State<Arc<A>>, req: Request) -> R
         check_integer(raw.limit.as_ref().map(AsI64::as_i64), "limit", Some(1i64), Some(100i64), &ctx)?;
         let query = ListBooksQuery {
             author: raw.author.map(types::ListBooksAuthor::try_from).transpose().map_err(|_| {
-                reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "query parameter `author` is malformed", &ctx)
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    ProblemCode::ParameterInvalid,
+                    "Invalid parameter",
+                    "query parameter `author` is malformed",
+                    &ctx,
+                )
             })?,
             limit: raw.limit,
         };
@@ -568,7 +796,8 @@ async fn handle_add_book<A: Api>(State(api): State<Arc<A>>, req: Request) -> Res
             .authenticate_shelf_bearer(&ctx, &crate::contract::OPERATIONS[1usize], &params, token)
             .await
             .map_err(|problem| AddBookResponse::from_problem(problem).into_response())?;
-        let body: types::BookDraft = json_body(&parts, unread.take().unwrap_or_default(), "BookDraft", 65536usize, &ctx).await?;
+        let body: types::BookDraft =
+            json_body(&parts, unread.take().unwrap_or_default(), "BookDraft", 65536usize, &ctx).await?;
         Ok(api.add_book(ctx.clone(), auth, body).await.into_response())
     }
     .await;
@@ -585,9 +814,15 @@ async fn handle_get_book<A: Api>(State(api): State<Arc<A>>, req: Request) -> Res
     let (mut parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
     let outcome: Result<Response, Response> = async {
-        let raw_params = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, ProblemCode::ParameterInvalid, "Invalid parameter", "a path parameter is malformed", &ctx))?;
+        let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await.map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::ParameterInvalid,
+                "Invalid parameter",
+                "a path parameter is malformed",
+                &ctx,
+            )
+        })?;
         let params = path_params(&raw_params);
         let token = bearer(&parts.headers, &ctx)?;
         let auth = api
@@ -605,7 +840,8 @@ async fn handle_get_book<A: Api>(State(api): State<Arc<A>>, req: Request) -> Res
 async fn handle_get_status<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
-    let outcome: Result<Response, Response> = async { Ok(api.get_status(ctx.clone()).await.into_response()) }.await;
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_status(ctx.clone()).await.into_response()) }.await;
     let mut response = outcome.unwrap_or_else(|rejection| rejection);
     set_request_id(response.headers_mut(), &ctx.request_id);
     response

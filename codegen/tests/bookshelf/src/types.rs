@@ -54,9 +54,9 @@ impl<'de> ::serde::Deserialize<'de> for BookAuthor {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`BookDraft`
@@ -111,9 +111,9 @@ impl<'de> ::serde::Deserialize<'de> for BookDraftAuthor {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`BookDraftTitle`
@@ -160,9 +160,9 @@ impl<'de> ::serde::Deserialize<'de> for BookDraftTitle {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`BookList`
@@ -214,9 +214,9 @@ impl<'de> ::serde::Deserialize<'de> for BookTitle {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`Error`
@@ -272,9 +272,9 @@ impl<'de> ::serde::Deserialize<'de> for ListBooksAuthor {
     where
         D: ::serde::Deserializer<'de>,
     {
-        ::std::string::String::deserialize(deserializer)?
-            .parse()
-            .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`Status`

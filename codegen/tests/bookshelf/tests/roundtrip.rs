@@ -35,13 +35,27 @@ impl Api for Shelf {
         _path: &std::collections::HashMap<String, String>,
         token: BearerToken,
     ) -> Result<Reader, types::Error> {
-        if token.expose_secret() == TOKEN { Ok(Reader) } else { Err(refuse(ctx, http::StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated)) }
+        if token.expose_secret() == TOKEN {
+            Ok(Reader)
+        } else {
+            Err(refuse(ctx, http::StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated))
+        }
     }
 
-    async fn list_books(&self, _ctx: RequestContext, _auth: Reader, query: ListBooksQuery) -> ListBooksResponse {
+    async fn list_books(
+        &self,
+        _ctx: RequestContext,
+        _auth: Reader,
+        query: ListBooksQuery,
+    ) -> ListBooksResponse {
         let books = self.books.lock().unwrap_or_else(|p| p.into_inner());
         let limit = query.limit.map_or(100, std::num::NonZeroU32::get) as usize;
-        let items = books.iter().filter(|b| query.author.as_ref().is_none_or(|a| b.author.as_str() == a.as_str())).take(limit).cloned().collect();
+        let items = books
+            .iter()
+            .filter(|b| query.author.as_ref().is_none_or(|a| b.author.as_str() == a.as_str()))
+            .take(limit)
+            .cloned()
+            .collect();
         ListBooksResponse::Ok(types::BookList { items })
     }
 
@@ -63,7 +77,11 @@ impl Api for Shelf {
     async fn get_book(&self, ctx: RequestContext, _auth: Reader, book_id: uuid::Uuid) -> GetBookResponse {
         match self.books.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|b| b.book_id == book_id) {
             Some(b) => GetBookResponse::Ok(b.clone()),
-            None => GetBookResponse::from_problem(refuse(&ctx, http::StatusCode::NOT_FOUND, ProblemCode::BookMissing)),
+            None => GetBookResponse::from_problem(refuse(
+                &ctx,
+                http::StatusCode::NOT_FOUND,
+                ProblemCode::BookMissing,
+            )),
         }
     }
 
@@ -87,7 +105,11 @@ fn client(base: &str, bearer: Option<&str>) -> Client {
     if let Some(token) = bearer {
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
     }
-    Client::new_with_client(base, reqwest::Client::builder().default_headers(headers).build().expect("client"), Default::default())
+    Client::new_with_client(
+        base,
+        reqwest::Client::builder().default_headers(headers).build().expect("client"),
+        Default::default(),
+    )
 }
 
 #[tokio::test]
@@ -107,7 +129,8 @@ async fn the_generated_client_and_server_of_a_second_contract_round_trip_every_o
     assert_eq!(again, added);
 
     let author: types::ListBooksAuthor = "Octavia E. Butler".to_string().try_into().expect("author");
-    let listed = shelf.list_books(Some(&author), std::num::NonZeroU32::new(10)).await.expect("list").into_inner();
+    let listed =
+        shelf.list_books(Some(&author), std::num::NonZeroU32::new(10)).await.expect("list").into_inner();
     assert_eq!(listed.items, vec![added]);
 }
 
@@ -125,17 +148,29 @@ async fn refusals_carry_the_configured_error_schema_type_prefix_and_typed_codes(
         other => panic!("expected a typed 404, got {other:?}"),
     }
     match client(&base, None).list_books(None, None).await {
-        Err(progenitor_client::Error::ErrorResponse(e)) => assert_eq!((e.status().as_u16(), e.code.as_str()), (401, "unauthenticated")),
+        Err(progenitor_client::Error::ErrorResponse(e)) => {
+            assert_eq!((e.status().as_u16(), e.code.as_str()), (401, "unauthenticated"))
+        }
         other => panic!("expected a typed 401, got {other:?}"),
     }
     // The stubs judge the contract's bounds before the implementation runs.
     let raw = reqwest::Client::new();
-    let too_many = raw.get(format!("{base}{}", ops::list_books().query("limit", 101).path)).bearer_auth(TOKEN).send().await.expect("send");
+    let too_many = raw
+        .get(format!("{base}{}", ops::list_books().query("limit", 101).path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(too_many.status().as_u16(), 400);
     let body: serde_json::Value = too_many.json().await.expect("json");
     assert_eq!(body["code"], "parameter_invalid");
-    let unknown =
-        raw.post(format!("{base}/books")).bearer_auth(TOKEN).json(&serde_json::json!({"title": "x", "author": "y", "shelf": 1})).send().await.expect("send");
+    let unknown = raw
+        .post(format!("{base}/books"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"title": "x", "author": "y", "shelf": 1}))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(unknown.status().as_u16(), 400);
     assert_eq!(OPERATIONS.len(), 4);
 }

@@ -69,7 +69,8 @@ impl PgStore {
         // (the request fails closed and the agent retries) instead of
         // costing every transaction a ping.
         let options: PgConnectOptions = url.parse().map_err(backend)?;
-        let write_chunk = heartbeat::write_chunk(options.get_socket().is_some() || options.get_host().starts_with('/'));
+        let write_chunk =
+            heartbeat::write_chunk(options.get_socket().is_some() || options.get_host().starts_with('/'));
         let at = match options.get_socket() {
             Some(socket) => socket.display().to_string(),
             None => format!("{}:{}", options.get_host(), options.get_port()),
@@ -78,12 +79,15 @@ impl PgStore {
         // reports only "pool timed out", while this names the reason
         // (refused, unknown host, authentication) with the address, never
         // the credentials.
-        let probe = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await.map_err(|e| match backend(e) {
-            StoreError::Unavailable(reason) | StoreError::Backend(reason) => {
-                StoreError::Unavailable(format!("cannot reach PostgreSQL at {at}: {}", plain_reason(&reason)))
-            }
-            other => other,
-        })?;
+        let probe =
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await.map_err(
+                |e| match backend(e) {
+                    StoreError::Unavailable(reason) | StoreError::Backend(reason) => StoreError::Unavailable(
+                        format!("cannot reach PostgreSQL at {at}: {}", plain_reason(&reason)),
+                    ),
+                    other => other,
+                },
+            )?;
         let _ = sqlx::Connection::close(probe).await;
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -92,7 +96,13 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        Ok(Self { pool, write_chunk, batcher: std::sync::Arc::default(), write_stats: std::sync::Arc::default(), inspection: None })
+        Ok(Self {
+            pool,
+            write_chunk,
+            batcher: std::sync::Arc::default(),
+            write_stats: std::sync::Arc::default(),
+            inspection: None,
+        })
     }
 
     /// Adds a privileged connection used only by `dump_all_rows`.
@@ -103,8 +113,12 @@ impl PgStore {
 
     /// Refuses to run as a role that row-level security does not bind.
     pub async fn ensure_unprivileged(&self) -> StoreResult<()> {
-        let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user").fetch_one(&self.pool).await.map_err(backend)?;
-        let (superuser, bypass): (bool, bool) = (row.try_get(0).map_err(backend)?, row.try_get(1).map_err(backend)?);
+        let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let (superuser, bypass): (bool, bool) =
+            (row.try_get(0).map_err(backend)?, row.try_get(1).map_err(backend)?);
         let owned: i64 =
             sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tableowner = current_user AND tablename = ANY($1)")
                 .bind(TABLES.iter().map(|t| t.to_string()).collect::<Vec<_>>())
@@ -124,7 +138,13 @@ impl PgStore {
 
     /// One page of a tenant table in `seq` order (one row more than asked,
     /// so `page` can tell whether another page follows).
-    async fn page_rows(&self, table: &'static str, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Vec<PgRow>> {
+    async fn page_rows(
+        &self,
+        table: &'static str,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<PgRow>> {
         let mut tx = self.begin(tenant_id).await?;
         // `table` is one of this module's table names, never input.
         let sql = format!("SELECT * FROM {table} WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3");
@@ -141,7 +161,11 @@ impl PgStore {
 
     async fn begin(&self, tenant_id: &str) -> StoreResult<Tx> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)").bind(tenant_id).execute(&mut *tx).await.map_err(backend)?;
+        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)")
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         Ok(tx)
     }
 }
@@ -152,17 +176,30 @@ pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usi
     let pool = PgPoolOptions::new().max_connections(1).connect(owner_url).await.map_err(backend)?;
     let mut applied = 0;
     let mut tx = pool.begin().await.map_err(backend)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await.map_err(backend)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
     for (version, name, sql) in MIGRATIONS {
         let done: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1").bind(version).fetch_optional(&mut *tx).await.map_err(backend)?;
+            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
         if done.is_none() {
             sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(backend)?;
-            sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)").bind(version).bind(name).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+                .bind(version)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
             applied += 1;
         }
     }
@@ -196,11 +233,23 @@ impl Store for PgStore {
     }
 
     async fn ready(&self) -> StoreResult<()> {
-        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(&self.pool).await.map_err(backend)?;
-        if latest == MIGRATIONS.last().map(|m| m.0) { Ok(()) } else { Err(StoreError::Unavailable("migrations pending".into())) }
+        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        if latest == MIGRATIONS.last().map(|m| m.0) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("migrations pending".into()))
+        }
     }
 
-    async fn insert_enrollment_token(&self, t: &EnrollmentTokenRecord, audit: &AuditRecord, event: &OutboxEvent) -> StoreResult<()> {
+    async fn insert_enrollment_token(
+        &self,
+        t: &EnrollmentTokenRecord,
+        audit: &AuditRecord,
+        event: &OutboxEvent,
+    ) -> StoreResult<()> {
         let mut tx = self.begin(&t.tenant_id).await?;
         sqlx::query(
             "INSERT INTO agent_enrollment_tokens (id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, created_by) \
@@ -224,7 +273,12 @@ impl Store for PgStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn list_enrollment_tokens(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>> {
+    async fn list_enrollment_tokens(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<EnrollmentTokenRecord>> {
         let rows = self.page_rows("agent_enrollment_tokens", tenant_id, after, limit).await?;
         Ok(page(rows.iter().map(token_of).collect::<StoreResult<_>>()?, limit))
     }
@@ -265,9 +319,17 @@ impl Store for PgStore {
 
     async fn find_enrollment_token(&self, id: Uuid) -> StoreResult<Option<EnrollmentTokenRecord>> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let tenant: Option<String> = sqlx::query_scalar("SELECT oneprotect_enrollment_token_tenant($1)").bind(id).fetch_one(&mut *tx).await.map_err(backend)?;
+        let tenant: Option<String> = sqlx::query_scalar("SELECT oneprotect_enrollment_token_tenant($1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
         let Some(tenant) = tenant else { return Ok(None) };
-        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)").bind(&tenant).execute(&mut *tx).await.map_err(backend)?;
+        sqlx::query("SELECT set_config('oneprotect.tenant_id', $1, true)")
+            .bind(&tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         let row = sqlx::query("SELECT * FROM agent_enrollment_tokens WHERE tenant_id = $1 AND id = $2")
             .bind(&tenant)
             .bind(id)
@@ -344,14 +406,23 @@ impl Store for PgStore {
         Ok(EnrollmentOutcome::Enrolled)
     }
 
-    async fn get_identity(&self, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>> {
+    async fn get_identity(
+        &self,
+        tenant_id: &str,
+        agent_id: Uuid,
+    ) -> StoreResult<Option<AgentIdentityRecord>> {
         let mut tx = self.begin(tenant_id).await?;
         let out = select_identity(&mut tx, tenant_id, agent_id, false).await?;
         tx.commit().await.map_err(backend)?;
         Ok(out)
     }
 
-    async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>> {
+    async fn list_identities(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AgentIdentityRecord>> {
         let rows = self.page_rows("agent_identities", tenant_id, after, limit).await?;
         Ok(page(rows.iter().map(identity_of).collect::<StoreResult<_>>()?, limit))
     }
@@ -375,7 +446,9 @@ impl Store for PgStore {
                 .await
                 .map_err(backend)?
                 .rows_affected();
-        let Some(record) = select_identity(&mut tx, tenant_id, agent_id, false).await? else { return Ok(RevokeOutcome::NotFound) };
+        let Some(record) = select_identity(&mut tx, tenant_id, agent_id, false).await? else {
+            return Ok(RevokeOutcome::NotFound);
+        };
         if changed != 1 {
             return Ok(RevokeOutcome::AlreadyRevoked(record));
         }
@@ -401,7 +474,12 @@ impl Store for PgStore {
         Ok(RevokeOutcome::Revoked(record))
     }
 
-    async fn mark_identity_stale(&self, tenant_id: &str, agent_id: Uuid, audit: &AuditRecord) -> StoreResult<()> {
+    async fn mark_identity_stale(
+        &self,
+        tenant_id: &str,
+        agent_id: Uuid,
+        audit: &AuditRecord,
+    ) -> StoreResult<()> {
         let mut tx = self.begin(tenant_id).await?;
         let changed = sqlx::query("UPDATE agent_identities SET status = 'stale' WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('enrolled', 'active')")
             .bind(tenant_id)
@@ -448,7 +526,9 @@ impl Store for PgStore {
 
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
         let mut tx = self.begin(&c.tenant_id).await?;
-        let Some(identity) = select_identity(&mut tx, &c.tenant_id, c.agent_id, true).await? else { return Ok(RotationOutcome::NotAllowed(None)) };
+        let Some(identity) = select_identity(&mut tx, &c.tenant_id, c.agent_id, true).await? else {
+            return Ok(RotationOutcome::NotAllowed(None));
+        };
         if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
             return Ok(RotationOutcome::NotAllowed(Some(identity.status)));
         }
@@ -504,14 +584,20 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>> {
+    async fn get_certificate(
+        &self,
+        tenant_id: &str,
+        certificate_id: Uuid,
+    ) -> StoreResult<Option<CertificateRecord>> {
         let mut tx = self.begin(tenant_id).await?;
-        let row = sqlx::query("SELECT * FROM agent_device_certificates WHERE tenant_id = $1 AND certificate_id = $2")
-            .bind(tenant_id)
-            .bind(certificate_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT * FROM agent_device_certificates WHERE tenant_id = $1 AND certificate_id = $2",
+        )
+        .bind(tenant_id)
+        .bind(certificate_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         row.map(|r| {
             Ok(CertificateRecord {
@@ -524,7 +610,10 @@ impl Store for PgStore {
                 serial_number: r.try_get("serial_number").map_err(backend)?,
                 not_before: r.try_get("not_before").map_err(backend)?,
                 not_after: r.try_get("not_after").map_err(backend)?,
-                status: stored(CertificateStatus::parse(r.try_get("status").map_err(backend)?), "certificate status")?,
+                status: stored(
+                    CertificateStatus::parse(r.try_get("status").map_err(backend)?),
+                    "certificate status",
+                )?,
             })
         })
         .transpose()
@@ -539,7 +628,12 @@ impl Store for PgStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn list_audit(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>> {
+    async fn list_audit(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AuditRecord>> {
         let rows = self.page_rows("audit_events", tenant_id, after, limit).await?;
         let items = rows
             .iter()
@@ -551,15 +645,22 @@ impl Store for PgStore {
                         audit_id: r.try_get("audit_id").map_err(backend)?,
                         tenant_id: r.try_get("tenant_id").map_err(backend)?,
                         occurred_at: r.try_get("occurred_at").map_err(backend)?,
-                        actor_type: stored(ActorType::parse(r.try_get("actor_type").map_err(backend)?), "audit actor type")?,
+                        actor_type: stored(
+                            ActorType::parse(r.try_get("actor_type").map_err(backend)?),
+                            "audit actor type",
+                        )?,
                         actor_id: r.try_get("actor_id").map_err(backend)?,
                         action: r.try_get("action").map_err(backend)?,
                         target_type: r.try_get("target_type").map_err(backend)?,
                         target_id: r.try_get("target_id").map_err(backend)?,
-                        outcome: stored(AuditOutcome::parse(r.try_get("outcome").map_err(backend)?), "audit outcome")?,
+                        outcome: stored(
+                            AuditOutcome::parse(r.try_get("outcome").map_err(backend)?),
+                            "audit outcome",
+                        )?,
                         reason_code: r.try_get("reason_code").map_err(backend)?,
                         request_id: r.try_get("request_id").map_err(backend)?,
-                        details: serde_json::from_value(details).map_err(|_| StoreError::Corrupt("audit details".into()))?,
+                        details: serde_json::from_value(details)
+                            .map_err(|_| StoreError::Corrupt("audit details".into()))?,
                     },
                 ))
             })
@@ -567,7 +668,12 @@ impl Store for PgStore {
         Ok(page(items, limit))
     }
 
-    async fn list_events(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>> {
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<OutboxEvent>> {
         let rows = self.page_rows("event_outbox", tenant_id, after, limit).await?;
         let items = rows
             .iter()
@@ -588,11 +694,18 @@ impl Store for PgStore {
     }
 
     async fn dump_all_rows(&self) -> StoreResult<Vec<String>> {
-        let pool = self.inspection.as_ref().ok_or_else(|| StoreError::Backend("no inspection connection configured".into()))?;
+        let pool = self
+            .inspection
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("no inspection connection configured".into()))?;
         let mut out = Vec::new();
         for table in TABLES {
-            let rows: Vec<String> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT row_to_json(t)::text FROM {table} t"))).fetch_all(pool).await.map_err(backend)?;
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT row_to_json(t)::text FROM {table} t"
+            )))
+            .fetch_all(pool)
+            .await
+            .map_err(backend)?;
             out.extend(rows.into_iter().map(|r| format!("{table}: {r}")));
         }
         Ok(out)

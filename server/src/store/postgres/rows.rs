@@ -13,7 +13,11 @@ use crate::store::{StoreError, StoreResult};
 /// the statement itself (500).
 pub(super) fn backend(e: sqlx::Error) -> StoreError {
     let unreachable = match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_means_unreachable(&code)),
         _ => false,
     };
@@ -27,7 +31,11 @@ pub(super) fn backend(e: sqlx::Error) -> StoreError {
 /// no longer exists (3D000) and a login refused (28: the role's password or
 /// its right to log in was taken away).
 pub(super) fn sqlstate_means_unreachable(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("28") || code.starts_with("57P") || code == "3D000"
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("28")
+        || code.starts_with("57P")
+        || code == "3D000"
 }
 
 pub(super) fn u32_of(v: i32, what: &str) -> StoreResult<u32> {
@@ -177,7 +185,12 @@ pub(super) async fn insert_certificate(tx: &mut Tx, c: &CertificateRecord) -> St
     Ok(())
 }
 
-pub(super) async fn insert_nonce(tx: &mut Tx, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+pub(super) async fn insert_nonce(
+    tx: &mut Tx,
+    tenant_id: &str,
+    nonce_hash: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<bool> {
     let r = sqlx::query("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(tenant_id)
         .bind(nonce_hash)
@@ -188,12 +201,18 @@ pub(super) async fn insert_nonce(tx: &mut Tx, tenant_id: &str, nonce_hash: &str,
     Ok(r.rows_affected() == 1)
 }
 
-pub(super) async fn select_identity(tx: &mut Tx, tenant_id: &str, agent_id: Uuid, lock: bool) -> StoreResult<Option<AgentIdentityRecord>> {
+pub(super) async fn select_identity(
+    tx: &mut Tx,
+    tenant_id: &str,
+    agent_id: Uuid,
+    lock: bool,
+) -> StoreResult<Option<AgentIdentityRecord>> {
     let sql = if lock {
         "SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = $2 FOR UPDATE"
     } else {
         "SELECT * FROM agent_identities WHERE tenant_id = $1 AND agent_id = $2"
     };
-    let row = sqlx::query(sql).bind(tenant_id).bind(agent_id).fetch_optional(&mut **tx).await.map_err(backend)?;
+    let row =
+        sqlx::query(sql).bind(tenant_id).bind(agent_id).fetch_optional(&mut **tx).await.map_err(backend)?;
     row.map(|r| identity_of(&r).map(|(_, i)| i)).transpose()
 }

@@ -25,7 +25,8 @@ use crate::error::TokenFailure;
 use crate::model::*;
 
 /// Versioned migrations, applied in order inside a transaction each.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
 
 /// Read-only connections next to the writer: WAL lets readers proceed while
 /// a batch is being committed.
@@ -59,7 +60,9 @@ fn owner_only(path: &Path) -> StoreResult<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let cannot = |e: std::io::Error| StoreError::Unavailable(format!("cannot open the SQLite database {}: {e}", path.display()));
+        let cannot = |e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot open the SQLite database {}: {e}", path.display()))
+        };
         match std::fs::metadata(path) {
             Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
                 tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "the SQLite database was readable by others; narrowing it to 0600");
@@ -67,7 +70,12 @@ fn owner_only(path: &Path) -> StoreResult<()> {
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(cannot)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(cannot)?;
             }
             Err(e) => return Err(cannot(e)),
         }
@@ -91,12 +99,17 @@ fn migrate(conn: &mut Connection) -> StoreResult<usize> {
     let mut applied = 0;
     for (version, name, sql) in MIGRATIONS {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let done: Option<i64> =
-            tx.query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0)).optional().map_err(backend)?;
+        let done: Option<i64> = tx
+            .query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
         if done.is_none() {
             tx.execute_batch(sql).map_err(backend)?;
-            tx.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)", params![version, name, micros(Utc::now())])
-                .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, name, micros(Utc::now())],
+            )
+            .map_err(backend)?;
             applied += 1;
         }
         tx.commit().map_err(backend)?;
@@ -151,7 +164,9 @@ impl SqliteStore {
             let guard = readers.iter().find_map(|r| r.try_lock().ok());
             let guard = match guard {
                 Some(g) => g,
-                None => readers[std::process::id() as usize % readers.len()].lock().map_err(|_| StoreError::Backend("reader mutex poisoned".into()))?,
+                None => readers[std::process::id() as usize % readers.len()]
+                    .lock()
+                    .map_err(|_| StoreError::Backend("reader mutex poisoned".into()))?,
             };
             f(&guard)
         })
@@ -181,14 +196,25 @@ impl Store for SqliteStore {
 
     async fn ready(&self) -> StoreResult<()> {
         self.read(|conn| {
-            let latest: Option<i64> = conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0)).map_err(backend)?;
+            let latest: Option<i64> = conn
+                .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
+                .map_err(backend)?;
             let expected = MIGRATIONS.last().map(|m| m.0);
-            if latest == expected { Ok(()) } else { Err(StoreError::Unavailable("migrations pending".into())) }
+            if latest == expected {
+                Ok(())
+            } else {
+                Err(StoreError::Unavailable("migrations pending".into()))
+            }
         })
         .await
     }
 
-    async fn insert_enrollment_token(&self, t: &EnrollmentTokenRecord, audit: &AuditRecord, event: &OutboxEvent) -> StoreResult<()> {
+    async fn insert_enrollment_token(
+        &self,
+        t: &EnrollmentTokenRecord,
+        audit: &AuditRecord,
+        event: &OutboxEvent,
+    ) -> StoreResult<()> {
         let (t, audit, event) = (t.clone(), audit.clone(), event.clone());
         self.write(move |tx| {
             tx.prepare_cached(
@@ -216,7 +242,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_enrollment_tokens(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<EnrollmentTokenRecord>> {
+    async fn list_enrollment_tokens(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<EnrollmentTokenRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
@@ -334,12 +365,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn get_identity(&self, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>> {
+    async fn get_identity(
+        &self,
+        tenant_id: &str,
+        agent_id: Uuid,
+    ) -> StoreResult<Option<AgentIdentityRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| select_identity(conn, &tenant_id, agent_id)).await
     }
 
-    async fn list_identities(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AgentIdentityRecord>> {
+    async fn list_identities(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AgentIdentityRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
@@ -365,8 +405,13 @@ impl Store for SqliteStore {
         audit: &AuditRecord,
         event: &OutboxEvent,
     ) -> StoreResult<RevokeOutcome<AgentIdentityRecord>> {
-        let (tenant_id, revoked_by, reason, audit, event) =
-            (tenant_id.to_owned(), revoked_by.to_owned(), reason.map(str::to_owned), audit.clone(), event.clone());
+        let (tenant_id, revoked_by, reason, audit, event) = (
+            tenant_id.to_owned(),
+            revoked_by.to_owned(),
+            reason.map(str::to_owned),
+            audit.clone(),
+            event.clone(),
+        );
         self.write(move |tx| {
             let now = micros(audit.occurred_at);
             let changed = tx
@@ -394,7 +439,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn mark_identity_stale(&self, tenant_id: &str, agent_id: Uuid, audit: &AuditRecord) -> StoreResult<()> {
+    async fn mark_identity_stale(
+        &self,
+        tenant_id: &str,
+        agent_id: Uuid,
+        audit: &AuditRecord,
+    ) -> StoreResult<()> {
         let (tenant_id, audit) = (tenant_id.to_owned(), audit.clone());
         self.write(move |tx| {
             let changed = tx
@@ -485,7 +535,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn get_certificate(&self, tenant_id: &str, certificate_id: Uuid) -> StoreResult<Option<CertificateRecord>> {
+    async fn get_certificate(
+        &self,
+        tenant_id: &str,
+        certificate_id: Uuid,
+    ) -> StoreResult<Option<CertificateRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
             let row = conn
@@ -531,7 +585,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_audit(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<AuditRecord>> {
+    async fn list_audit(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<AuditRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
@@ -585,7 +644,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_events(&self, tenant_id: &str, after: Option<i64>, limit: u32) -> StoreResult<Page<OutboxEvent>> {
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<OutboxEvent>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
@@ -620,7 +684,9 @@ impl Store for SqliteStore {
                             rusqlite::types::ValueRef::Null => "NULL".to_owned(),
                             rusqlite::types::ValueRef::Integer(v) => v.to_string(),
                             rusqlite::types::ValueRef::Real(v) => v.to_string(),
-                            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+                            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                                String::from_utf8_lossy(t).into_owned()
+                            }
                         };
                         cells.push(cell);
                     }

@@ -11,7 +11,12 @@ use crate::store::{StoreError, StoreResult};
 pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _)
-            if matches!(err.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::CannotOpen) =>
+            if matches!(
+                err.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::CannotOpen
+            ) =>
         {
             StoreError::Unavailable(err.to_string())
         }
@@ -24,7 +29,8 @@ pub(super) fn micros(t: DateTime<Utc>) -> i64 {
 }
 
 pub(super) fn time(v: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} out of range")))
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} out of range")))
 }
 
 pub(super) fn opt_time(v: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
@@ -39,8 +45,7 @@ pub(super) fn opt_uuid(s: Option<String>) -> StoreResult<Option<Uuid>> {
     s.as_deref().map(uuid_of).transpose()
 }
 
-pub(super) const TOKEN_COLUMNS: &str =
-    "seq, id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, last_used_at, revoked_at, created_by";
+pub(super) const TOKEN_COLUMNS: &str = "seq, id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, last_used_at, revoked_at, created_by";
 
 pub(super) fn token_row(row: &Row<'_>) -> rusqlite::Result<(i64, RawToken)> {
     Ok((
@@ -156,7 +161,8 @@ impl RawIdentity {
             collector_id: uuid_of(&self.collector_id)?,
             asset_id: uuid_of(&self.asset_id)?,
             site_id: self.site_id,
-            status: AgentStatus::parse(&self.status).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
+            status: AgentStatus::parse(&self.status)
+                .ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
             hostname: self.hostname,
             agent_version: self.agent_version,
             os_family: self.os_family,
@@ -227,16 +233,27 @@ pub(super) fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusq
     Ok(())
 }
 
-pub(super) fn insert_nonce(tx: &Connection, tenant_id: &str, nonce_hash: &str, now: DateTime<Utc>) -> rusqlite::Result<bool> {
+pub(super) fn insert_nonce(
+    tx: &Connection,
+    tenant_id: &str,
+    nonce_hash: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<bool> {
     let n = tx
         .prepare_cached("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
         .execute(params![tenant_id, nonce_hash, micros(now)])?;
     Ok(n == 1)
 }
 
-pub(super) fn select_identity(tx: &Connection, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<AgentIdentityRecord>> {
+pub(super) fn select_identity(
+    tx: &Connection,
+    tenant_id: &str,
+    agent_id: Uuid,
+) -> StoreResult<Option<AgentIdentityRecord>> {
     let raw = tx
-        .prepare_cached(&format!("SELECT {IDENTITY_COLUMNS} FROM agent_identities WHERE tenant_id = ?1 AND agent_id = ?2"))
+        .prepare_cached(&format!(
+            "SELECT {IDENTITY_COLUMNS} FROM agent_identities WHERE tenant_id = ?1 AND agent_id = ?2"
+        ))
         .map_err(backend)?
         .query_row(params![tenant_id, agent_id.to_string()], identity_row)
         .optional()
@@ -246,7 +263,11 @@ pub(super) fn select_identity(tx: &Connection, tenant_id: &str, agent_id: Uuid) 
 
 /// What a heartbeat judges of an identity (`model::IdentityState`), with
 /// the row id its update then goes to.
-pub(super) fn select_identity_state(tx: &Connection, tenant_id: &str, agent_id: Uuid) -> StoreResult<Option<(i64, IdentityState)>> {
+pub(super) fn select_identity_state(
+    tx: &Connection,
+    tenant_id: &str,
+    agent_id: Uuid,
+) -> StoreResult<Option<(i64, IdentityState)>> {
     let row = tx
         .prepare_cached(
             "SELECT seq, collector_id, asset_id, status, certificate_id, previous_certificate_id, rotated_at, enrolled_at, last_seen_at, last_sequence \
@@ -261,12 +282,16 @@ pub(super) fn select_identity_state(tx: &Connection, tenant_id: &str, agent_id: 
 
 fn identity_state_row(r: &Row<'_>) -> StoreResult<(i64, IdentityState)> {
     let text = |i: usize| r.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?)).map_err(backend);
-    let uuid = |i: usize| text(i)?.map(uuid_of).transpose()?.ok_or_else(|| StoreError::Corrupt("missing uuid".into()));
+    let uuid = |i: usize| {
+        text(i)?.map(uuid_of).transpose()?.ok_or_else(|| StoreError::Corrupt("missing uuid".into()))
+    };
     let int = |i: usize| r.get::<_, Option<i64>>(i).map_err(backend);
     let state = IdentityState {
         collector_id: uuid(1)?,
         asset_id: uuid(2)?,
-        status: text(3)?.and_then(AgentStatus::parse).ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
+        status: text(3)?
+            .and_then(AgentStatus::parse)
+            .ok_or_else(|| StoreError::Corrupt("agent status".into()))?,
         certificate_id: uuid(4)?,
         previous_certificate_id: text(5)?.map(uuid_of).transpose()?,
         rotated_at: opt_time(int(6)?)?,

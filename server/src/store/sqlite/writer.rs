@@ -49,7 +49,8 @@ where
     fn apply(&mut self, conn: &Connection) -> bool {
         // A panic fails this operation alone (its writes are rolled back)
         // instead of taking the writer, and every later write, down.
-        let result = catch_unwind(AssertUnwindSafe(|| (self.write)(conn))).unwrap_or_else(|_| Err(StoreError::Backend("a store write panicked".into())));
+        let result = catch_unwind(AssertUnwindSafe(|| (self.write)(conn)))
+            .unwrap_or_else(|_| Err(StoreError::Backend("a store write panicked".into())));
         let keep = result.is_ok();
         self.result = Some(result);
         keep
@@ -61,7 +62,9 @@ where
 
     fn answer(self: Box<Self>, batch: Result<(), &StoreError>) {
         let outcome = match batch {
-            Ok(()) => self.result.unwrap_or_else(|| Err(StoreError::Backend("the write was never applied".into()))),
+            Ok(()) => {
+                self.result.unwrap_or_else(|| Err(StoreError::Backend("the write was never applied".into())))
+            }
             Err(e) => Err(e.clone()),
         };
         let _ = self.reply.send(outcome);
@@ -141,7 +144,9 @@ impl Writer {
             self.stats.abandoned();
             return Err(StoreError::Unavailable("the SQLite writer stopped".into()));
         }
-        answer.await.map_err(|_| StoreError::Unavailable("the SQLite writer stopped before committing".into()))?
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer stopped before committing".into()))?
     }
 }
 
@@ -232,7 +237,10 @@ mod tests {
     /// Keeps the writer busy inside a batch of its own, queues `writes` in
     /// order behind it (each `alone` or not), then lets it go: the writes
     /// travel together in the batches that follow. One answer per write.
-    async fn queued_behind_a_busy_writer(writer: &Writer, writes: Vec<(bool, Write)>) -> Vec<StoreResult<()>> {
+    async fn queued_behind_a_busy_writer(
+        writer: &Writer,
+        writes: Vec<(bool, Write)>,
+    ) -> Vec<StoreResult<()>> {
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = std::sync::Mutex::new(released);
         let (started, running) = oneshot::channel();
@@ -252,7 +260,9 @@ mod tests {
         let mut answers: Vec<Answer> = Vec::new();
         for (n, (alone, write)) in writes.into_iter().enumerate() {
             let w = writer.clone();
-            answers.push(tokio::spawn(async move { if alone { w.write_alone(write).await } else { w.write(write).await } }));
+            answers.push(tokio::spawn(async move {
+                if alone { w.write_alone(write).await } else { w.write(write).await }
+            }));
             while writer.queue.max_capacity() - writer.queue.capacity() <= n {
                 tokio::task::yield_now().await;
             }
@@ -274,7 +284,11 @@ mod tests {
         writer
             .write(|conn| {
                 let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").map_err(backend)?;
-                let values = stmt.query_map([], |r| r.get(0)).map_err(backend)?.collect::<Result<Vec<String>, _>>().map_err(backend)?;
+                let values = stmt
+                    .query_map([], |r| r.get(0))
+                    .map_err(backend)?
+                    .collect::<Result<Vec<String>, _>>()
+                    .map_err(backend)?;
                 Ok(values)
             })
             .await
@@ -285,16 +299,25 @@ mod tests {
     async fn writes_queued_together_commit_in_one_transaction() {
         let (writer, commits) = writer();
         let values = ["a", "b", "c", "d", "e", "f", "g", "h"];
-        let results = queued_behind_a_busy_writer(&writer, batched(values.into_iter().map(insert).collect())).await;
+        let results =
+            queued_behind_a_busy_writer(&writer, batched(values.into_iter().map(insert).collect())).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        assert_eq!(commits.load(Ordering::SeqCst), 2, "the holding batch, then one batch for all eight writes");
+        assert_eq!(
+            commits.load(Ordering::SeqCst),
+            2,
+            "the holding batch, then one batch for all eight writes"
+        );
         assert_eq!(rows(&writer).await, values);
     }
 
     #[tokio::test]
     async fn a_failing_write_is_rolled_back_alone_and_its_neighbours_commit() {
         let (writer, commits) = writer();
-        let results = queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), insert_then_fail("refused"), insert("c"), insert("a")])).await;
+        let results = queued_behind_a_busy_writer(
+            &writer,
+            batched(vec![insert("a"), insert_then_fail("refused"), insert("c"), insert("a")]),
+        )
+        .await;
         assert!(results[0].is_ok());
         assert!(matches!(&results[1], Err(StoreError::Backend(m)) if m == "refused after writing"));
         assert!(results[2].is_ok());
@@ -310,7 +333,8 @@ mod tests {
             conn.execute("INSERT INTO t (v) VALUES ('panicked')", []).map_err(backend)?;
             panic!("a write that panics (test fixture)")
         });
-        let results = queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), panicking, insert("c")])).await;
+        let results =
+            queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), panicking, insert("c")])).await;
         assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
         writer.write(insert("after")).await.expect("the writer still serves");
         assert_eq!(rows(&writer).await, ["a", "after", "c"]);
@@ -325,8 +349,12 @@ mod tests {
             conn.execute_batch("ROLLBACK").map_err(backend)?;
             Err(StoreError::Backend("the transaction ended".into()))
         });
-        let results = queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), ending, insert("c")])).await;
-        assert!(results.iter().all(Result::is_err), "nothing of the batch may be reported as written: {results:?}");
+        let results =
+            queued_behind_a_busy_writer(&writer, batched(vec![insert("a"), ending, insert("c")])).await;
+        assert!(
+            results.iter().all(Result::is_err),
+            "nothing of the batch may be reported as written: {results:?}"
+        );
         assert_eq!(commits.load(Ordering::SeqCst), 1, "only the holding batch committed");
         assert!(rows(&writer).await.is_empty());
     }
@@ -334,7 +362,11 @@ mod tests {
     #[tokio::test]
     async fn a_write_alone_commits_in_a_transaction_of_its_own() {
         let (writer, commits) = writer();
-        let results = queued_behind_a_busy_writer(&writer, vec![(false, insert("a")), (true, insert("b")), (false, insert("c"))]).await;
+        let results = queued_behind_a_busy_writer(
+            &writer,
+            vec![(false, insert("a")), (true, insert("b")), (false, insert("c"))],
+        )
+        .await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(commits.load(Ordering::SeqCst), 4, "the holding batch, [a], [b] alone, [c]");
     }
