@@ -276,6 +276,18 @@ pub struct Page<T> {
     pub next_after: Option<i64>,
 }
 
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` rows in sequence order, each with its
+    /// sequence number: the extra row only says that another page follows,
+    /// whose cursor is the last kept row's sequence.
+    pub fn from_rows(mut rows: Vec<(i64, T)>, limit: u32) -> Self {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_after = if more { rows.last().map(|(seq, _)| *seq) } else { None };
+        Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
+    }
+}
+
 /// Everything an accepted exchange writes, in one transaction.
 #[derive(Debug, Clone)]
 pub struct EnrollmentCommit {
@@ -458,6 +470,26 @@ pub enum RotationOutcome {
     NotAllowed(Option<AgentStatus>),
 }
 
+/// Whether a rotation may replace the identity's certificate, judged on the
+/// identity as its write transaction locked it: it must exist, be enrolled
+/// or active, and still hold the certificate the caller presented (a
+/// concurrent rotation or revocation between the service's read and this
+/// write loses here). `Ok` is the identity to rotate; `Err` the outcome to
+/// report, with nothing written.
+pub fn judge_rotation_write(
+    identity: Option<&AgentIdentityRecord>,
+    presented_certificate_id: Uuid,
+) -> Result<&AgentIdentityRecord, RotationOutcome> {
+    let Some(identity) = identity else { return Err(RotationOutcome::NotAllowed(None)) };
+    if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
+        return Err(RotationOutcome::NotAllowed(Some(identity.status)));
+    }
+    if identity.certificate_id != presented_certificate_id {
+        return Err(RotationOutcome::Superseded);
+    }
+    Ok(identity)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RevokeOutcome<T> {
     Revoked(T),
@@ -468,6 +500,62 @@ pub enum RevokeOutcome<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_writes_only_for_a_live_identity_still_holding_the_presented_certificate() {
+        let now = Utc::now();
+        let live = identity(now);
+        let presented = live.certificate_id;
+        assert_eq!(judge_rotation_write(Some(&live), presented), Ok(&live));
+        assert_eq!(judge_rotation_write(None, presented), Err(RotationOutcome::NotAllowed(None)));
+        assert_eq!(judge_rotation_write(Some(&live), Uuid::new_v4()), Err(RotationOutcome::Superseded));
+        for status in [AgentStatus::Revoked, AgentStatus::Stale] {
+            let judged = AgentIdentityRecord { status, ..live.clone() };
+            assert_eq!(
+                judge_rotation_write(Some(&judged), presented),
+                Err(RotationOutcome::NotAllowed(Some(status))),
+                "{status}"
+            );
+        }
+        let enrolled = AgentIdentityRecord { status: AgentStatus::Enrolled, ..live.clone() };
+        assert_eq!(
+            judge_rotation_write(Some(&enrolled), presented),
+            Ok(&enrolled),
+            "an identity not yet heard from may rotate"
+        );
+    }
+
+    #[test]
+    fn a_page_says_another_follows_only_when_a_row_beyond_the_limit_was_read() {
+        let rows = |n: i64| (1..=n).map(|seq| (seq * 10, seq)).collect::<Vec<_>>();
+        assert_eq!(
+            Page::from_rows(rows(3), 3),
+            Page { items: vec![1, 2, 3], next_after: None },
+            "exactly the limit: last page"
+        );
+        assert_eq!(
+            Page::from_rows(rows(4), 3),
+            Page { items: vec![1, 2, 3], next_after: Some(30) },
+            "one more: the cursor is the last kept row"
+        );
+        assert_eq!(Page::from_rows(rows(0), 3), Page { items: Vec::<i64>::new(), next_after: None });
+    }
+
+    #[test]
+    fn stored_text_values_round_trip_and_anything_else_is_refused() {
+        for s in CertificateStatus::ALL {
+            assert_eq!(CertificateStatus::parse(s.as_str()), Some(*s));
+        }
+        for a in ActorType::ALL {
+            assert_eq!(ActorType::parse(a.as_str()), Some(*a));
+        }
+        for o in AuditOutcome::ALL {
+            assert_eq!(AuditOutcome::parse(o.as_str()), Some(*o));
+        }
+        assert_eq!(CertificateStatus::parse("Active"), None, "no case folding");
+        assert_eq!(CertificateStatus::parse("expired"), None, "no fallback to a status");
+        assert_eq!(ActorType::parse(""), None);
+    }
 
     fn identity(now: DateTime<Utc>) -> AgentIdentityRecord {
         AgentIdentityRecord {

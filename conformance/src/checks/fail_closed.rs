@@ -478,7 +478,9 @@ pub async fn failed_exchanges_rate_limited(ctx: &Ctx) -> Checked {
             }
             401 => {}
             other => {
-                return Err(format!("a wrong secret answered {other} {} (attempt {attempt})", a.code()).into());
+                return Err(
+                    format!("a wrong secret answered {other} {} (attempt {attempt})", a.code()).into()
+                );
             }
         }
     }

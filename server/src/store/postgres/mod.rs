@@ -280,7 +280,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreResult<Page<EnrollmentTokenRecord>> {
         let rows = self.page_rows("agent_enrollment_tokens", tenant_id, after, limit).await?;
-        Ok(page(rows.iter().map(token_of).collect::<StoreResult<_>>()?, limit))
+        Ok(Page::from_rows(rows.iter().map(token_of).collect::<StoreResult<_>>()?, limit))
     }
 
     async fn revoke_enrollment_token(
@@ -424,7 +424,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreResult<Page<AgentIdentityRecord>> {
         let rows = self.page_rows("agent_identities", tenant_id, after, limit).await?;
-        Ok(page(rows.iter().map(identity_of).collect::<StoreResult<_>>()?, limit))
+        Ok(Page::from_rows(rows.iter().map(identity_of).collect::<StoreResult<_>>()?, limit))
     }
 
     async fn revoke_identity(
@@ -526,15 +526,11 @@ impl Store for PgStore {
 
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
         let mut tx = self.begin(&c.tenant_id).await?;
-        let Some(identity) = select_identity(&mut tx, &c.tenant_id, c.agent_id, true).await? else {
-            return Ok(RotationOutcome::NotAllowed(None));
+        let locked = select_identity(&mut tx, &c.tenant_id, c.agent_id, true).await?;
+        let identity = match judge_rotation_write(locked.as_ref(), c.presented_certificate_id) {
+            Ok(identity) => identity,
+            Err(refused) => return Ok(refused),
         };
-        if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
-            return Ok(RotationOutcome::NotAllowed(Some(identity.status)));
-        }
-        if identity.certificate_id != c.presented_certificate_id {
-            return Ok(RotationOutcome::Superseded);
-        }
         if !insert_nonce(&mut tx, &c.tenant_id, &c.nonce_hash, c.now).await? {
             return Ok(RotationOutcome::NonceReplayed);
         }
@@ -665,7 +661,7 @@ impl Store for PgStore {
                 ))
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(page(items, limit))
+        Ok(Page::from_rows(items, limit))
     }
 
     async fn list_events(
@@ -690,7 +686,7 @@ impl Store for PgStore {
                 ))
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(page(items, limit))
+        Ok(Page::from_rows(items, limit))
     }
 
     async fn dump_all_rows(&self) -> StoreResult<Vec<String>> {

@@ -118,13 +118,6 @@ pub(super) fn identity_state_of(r: &PgRow) -> StoreResult<(Uuid, IdentityState)>
     ))
 }
 
-pub(super) fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_after = if more { rows.last().map(|(seq, _)| *seq) } else { None };
-    Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
-}
-
 pub(super) type Tx = Transaction<'static, Postgres>;
 
 pub(super) async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()> {

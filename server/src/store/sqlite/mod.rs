@@ -259,7 +259,7 @@ impl Store for SqliteStore {
                 let (seq, raw) = r.map_err(backend)?;
                 out.push((seq, raw.into_record()?));
             }
-            Ok(page(out, limit))
+            Ok(Page::from_rows(out, limit))
         })
         .await
     }
@@ -391,7 +391,7 @@ impl Store for SqliteStore {
                 let (seq, raw) = r.map_err(backend)?;
                 out.push((seq, raw.into_record()?));
             }
-            Ok(page(out, limit))
+            Ok(Page::from_rows(out, limit))
         })
         .await
     }
@@ -470,13 +470,11 @@ impl Store for SqliteStore {
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
         let c = c.clone();
         self.write(move |tx| {
-            let Some(identity) = select_identity(tx, &c.tenant_id, c.agent_id)? else { return Ok(RotationOutcome::NotAllowed(None)) };
-            if !matches!(identity.status, AgentStatus::Enrolled | AgentStatus::Active) {
-                return Ok(RotationOutcome::NotAllowed(Some(identity.status)));
-            }
-            if identity.certificate_id != c.presented_certificate_id {
-                return Ok(RotationOutcome::Superseded);
-            }
+            let locked = select_identity(tx, &c.tenant_id, c.agent_id)?;
+            let identity = match judge_rotation_write(locked.as_ref(), c.presented_certificate_id) {
+                Ok(identity) => identity,
+                Err(refused) => return Ok(refused),
+            };
             if !insert_nonce(tx, &c.tenant_id, &c.nonce_hash, c.now).map_err(backend)? {
                 return Ok(RotationOutcome::NonceReplayed);
             }
@@ -639,7 +637,7 @@ impl Store for SqliteStore {
                     },
                 ));
             }
-            Ok(page(out, limit))
+            Ok(Page::from_rows(out, limit))
         })
         .await
     }
@@ -665,7 +663,7 @@ impl Store for SqliteStore {
                 let (seq, event_id, tenant, event_type, at, payload) = r.map_err(backend)?;
                 out.push((seq, OutboxEvent { event_id, tenant_id: tenant, event_type, occurred_at: time(at)?, payload }));
             }
-            Ok(page(out, limit))
+            Ok(Page::from_rows(out, limit))
         })
         .await
     }

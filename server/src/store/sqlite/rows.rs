@@ -301,10 +301,3 @@ fn identity_state_row(r: &Row<'_>) -> StoreResult<(i64, IdentityState)> {
     };
     Ok((r.get(0).map_err(backend)?, state))
 }
-
-pub(super) fn page<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_after = if more { rows.last().map(|(seq, _)| *seq) } else { None };
-    Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_after }
-}
