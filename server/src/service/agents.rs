@@ -57,10 +57,6 @@ pub struct RotationResult {
 
 type AgentFailure = (Rejection, Option<String>, Option<String>);
 
-/// The audited action of a heartbeat; also what lets a token from before a
-/// rotation through during the grace period (`binding`).
-pub(super) const HEARTBEAT: &str = "agent.heartbeat";
-
 impl Platform {
     /// The credential of an agent operation, judged before anything else of
     /// the request: a signed, unexpired runtime token of a service account
@@ -77,15 +73,8 @@ impl Platform {
             Ok(claims) => Ok(claims),
             Err((rejection, tenant, actor)) => {
                 let target = Uuid::parse_str(path_agent_id).ok();
-                self.audit_agent_failure(
-                    &rejection,
-                    tenant.as_deref(),
-                    actor.as_deref(),
-                    target,
-                    super::access(op).action,
-                    meta,
-                )
-                .await;
+                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), target, op, meta)
+                    .await;
                 Err(rejection)
             }
         }
@@ -97,17 +86,15 @@ impl Platform {
     async fn bind_agent(
         &self,
         claims: RuntimeClaims,
-        action: &str,
+        op: OperationId,
         meta: &RequestMeta,
     ) -> Result<AgentCaller, Rejection> {
         let outcome = match self.store.get_identity(&claims.tenant_id, claims.agent_id).await {
             Err(e) => Err(e.into()),
-            Ok(identity) => {
-                match admit(identity.as_ref(), &self.binding(&claims, action), self.clock.now()) {
-                    Ok(identity) => return Ok(AgentCaller { identity: identity.clone(), claims }),
-                    Err(refusal) => Err(self.refusal(refusal, &claims, meta).await),
-                }
-            }
+            Ok(identity) => match admit(identity.as_ref(), &self.binding(&claims, op), self.clock.now()) {
+                Ok(identity) => return Ok(AgentCaller { identity: identity.clone(), claims }),
+                Err(refusal) => Err(self.refusal(refusal, &claims, meta).await),
+            },
         };
         if let Err(rejection) = &outcome {
             self.audit_agent_failure(
@@ -115,7 +102,7 @@ impl Platform {
                 Some(&claims.tenant_id),
                 Some(&claims.agent_id.to_string()),
                 Some(claims.agent_id),
-                action,
+                op,
                 meta,
             )
             .await;
@@ -129,13 +116,13 @@ impl Platform {
         tenant: Option<&str>,
         actor: Option<&str>,
         agent_id: Option<Uuid>,
-        action: &str,
+        op: OperationId,
         meta: &RequestMeta,
     ) {
         let record = self.audit(
             tenant.unwrap_or(UNATTRIBUTED_TENANT),
             (ActorType::Agent, actor.unwrap_or("unknown")),
-            action,
+            super::access(op).action,
             ("agent", agent_id.map(|a| a.to_string())),
             Some(rejection),
             meta,
@@ -180,13 +167,13 @@ impl Platform {
     /// What the token claims, judged against the stored identity by
     /// `model::admit`. Only heartbeats may use a token from before a
     /// rotation, and only during the grace period.
-    fn binding(&self, claims: &RuntimeClaims, action: &str) -> AgentBinding {
+    fn binding(&self, claims: &RuntimeClaims, op: OperationId) -> AgentBinding {
         AgentBinding {
             collector_id: claims.collector_id,
             asset_id: claims.asset_id,
             certificate_id: claims.certificate_id,
             stale_after: self.policy.stale_after,
-            rotation_grace: (action == HEARTBEAT).then_some(self.policy.rotation_grace),
+            rotation_grace: (op == OperationId::PostAgentHeartbeat).then_some(self.policy.rotation_grace),
         }
     }
 
@@ -267,7 +254,7 @@ impl Platform {
                     Some(&claims.tenant_id),
                     Some(&claims.agent_id.to_string()),
                     Some(claims.agent_id),
-                    HEARTBEAT,
+                    OperationId::PostAgentHeartbeat,
                     meta,
                 )
                 .await;
@@ -303,7 +290,7 @@ impl Platform {
         Ok(HeartbeatCommit {
             tenant_id: claims.tenant_id.clone(),
             agent_id: claims.agent_id,
-            binding: self.binding(claims, HEARTBEAT),
+            binding: self.binding(claims, OperationId::PostAgentHeartbeat),
             now,
             sequence,
             hostname: input.hostname.clone(),
@@ -380,7 +367,7 @@ impl Platform {
         nonce: &SecretString,
         meta: &RequestMeta,
     ) -> Result<RotationResult, Rejection> {
-        let caller = self.bind_agent(claims, "agent.rotate", meta).await?;
+        let caller = self.bind_agent(claims, OperationId::RotateAgentCertificate, meta).await?;
         let (tenant, identity) = (caller.claims.tenant_id.clone(), caller.identity);
         let actor = identity.agent_id.to_string();
         let reject = |r: Rejection| async {

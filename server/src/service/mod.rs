@@ -185,7 +185,7 @@ pub fn access(op: OperationId) -> Access {
         OperationId::ListAgents => ("agent.list", false),
         OperationId::GetAgent => ("agent.get", false),
         OperationId::RevokeAgent => ("agent.revoke", true),
-        OperationId::PostAgentHeartbeat => (agents::HEARTBEAT, true),
+        OperationId::PostAgentHeartbeat => ("agent.heartbeat", true),
         OperationId::RotateAgentCertificate => ("agent.rotate", true),
         OperationId::ListAuditEvents => ("audit.list", false),
         OperationId::ListEvents => ("event.list", false),
