@@ -451,7 +451,7 @@ fn direct_commit(agent: &Agent, i: usize, sequence: i64) -> Result<HeartbeatComm
                 occurred_at: now,
                 actor_type: oneprotect_server::model::ActorType::Agent,
                 actor_id: agent.id.clone(),
-                action: "agent.activate".into(),
+                action: oneprotect_server::model::AuditAction::AgentActivate,
                 target_type: "agent".into(),
                 target_id: None,
                 outcome: oneprotect_server::model::AuditOutcome::Success,

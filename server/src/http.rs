@@ -159,7 +159,7 @@ fn audit_event(a: &AuditRecord) -> Result<types::AuditEvent, Rejection> {
         ActorType::System => Actor::System,
     };
     Ok(types::AuditEvent {
-        action: a.action.clone(),
+        action: a.action.as_str().to_owned(),
         actor_id: a.actor_id.clone(),
         actor_type,
         audit_id: a.audit_id,

@@ -112,6 +112,27 @@ text_enum!(
 );
 
 text_enum!(
+    /// What an audit record records: one action per operation of the
+    /// contract (`service::access`) and the platform's own actions.
+    AuditAction {
+        EnrollmentTokenIssue => "enrollment_token.issue",
+        EnrollmentTokenList => "enrollment_token.list",
+        EnrollmentTokenRevoke => "enrollment_token.revoke",
+        AgentExchange => "agent.exchange",
+        AgentList => "agent.list",
+        AgentGet => "agent.get",
+        AgentRevoke => "agent.revoke",
+        AgentHeartbeat => "agent.heartbeat",
+        AgentRotate => "agent.rotate",
+        AgentActivate => "agent.activate",
+        AgentMarkStale => "agent.mark_stale",
+        AuditList => "audit.list",
+        EventList => "event.list",
+        OperationsRead => "operations.read"
+    }
+);
+
+text_enum!(
     /// How an audited action ended.
     AuditOutcome { Success => "success", Failure => "failure" }
 );
@@ -249,7 +270,7 @@ pub struct AuditRecord {
     pub occurred_at: DateTime<Utc>,
     pub actor_type: ActorType,
     pub actor_id: String,
-    pub action: String,
+    pub action: AuditAction,
     pub target_type: String,
     pub target_id: Option<String>,
     pub outcome: AuditOutcome,

@@ -392,7 +392,7 @@ mod tests {
                     occurred_at: now,
                     actor_type: ActorType::Agent,
                     actor_id: "fixture".into(),
-                    action: "agent.activate".into(),
+                    action: AuditAction::AgentActivate,
                     target_type: "agent".into(),
                     target_id: None,
                     outcome: AuditOutcome::Success,

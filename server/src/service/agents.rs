@@ -195,7 +195,7 @@ impl Platform {
                     let record = self.audit(
                         &claims.tenant_id,
                         (ActorType::System, "staleness"),
-                        "agent.mark_stale",
+                        AuditAction::AgentMarkStale,
                         ("agent", Some(claims.agent_id.to_string())),
                         None,
                         meta,
@@ -348,7 +348,7 @@ impl Platform {
             activation_audit: self.audit(
                 &claims.tenant_id,
                 (ActorType::Agent, &actor),
-                "agent.activate",
+                AuditAction::AgentActivate,
                 ("agent", Some(actor.clone())),
                 None,
                 meta,
@@ -374,7 +374,7 @@ impl Platform {
             let record = self.audit(
                 &tenant,
                 (ActorType::Agent, &actor),
-                "agent.rotate",
+                AuditAction::AgentRotate,
                 ("agent", Some(actor.clone())),
                 Some(&r),
                 meta,
@@ -421,7 +421,7 @@ impl Platform {
         let audit = self.audit(
             &tenant,
             (ActorType::Agent, &actor),
-            "agent.rotate",
+            AuditAction::AgentRotate,
             ("agent", Some(actor.clone())),
             None,
             meta,
@@ -505,7 +505,15 @@ impl Platform {
         if let Some(r) = &reason {
             details.insert("reason".to_owned(), r.clone());
         }
-        let audit = self.audit(&admin.tenant_id, actor, "agent.revoke", target.clone(), None, meta, details);
+        let audit = self.audit(
+            &admin.tenant_id,
+            actor,
+            AuditAction::AgentRevoke,
+            target.clone(),
+            None,
+            meta,
+            details,
+        );
         let payload: events::AgentRevokedData = data(
             serde_json::json!({ "agent_id": agent_id, "revoked_by": admin.subject, "reason": reason, "revoked_at": now }),
         )?;
@@ -526,7 +534,7 @@ impl Platform {
                 let record = self.audit(
                     &admin.tenant_id,
                     actor,
-                    "agent.revoke",
+                    AuditAction::AgentRevoke,
                     target,
                     Some(&rejection),
                     meta,

@@ -70,7 +70,7 @@ impl Platform {
             let record = self.audit(
                 &admin.tenant_id,
                 (ActorType::TenantAdmin, &admin.subject),
-                "enrollment_token.issue",
+                AuditAction::EnrollmentTokenIssue,
                 ("enrollment_token", None),
                 Some(&rejection),
                 meta,
@@ -102,7 +102,7 @@ impl Platform {
         let audit = self.audit(
             &admin.tenant_id,
             (ActorType::TenantAdmin, &admin.subject),
-            "enrollment_token.issue",
+            AuditAction::EnrollmentTokenIssue,
             ("enrollment_token", Some(record.id.to_string())),
             None,
             meta,
@@ -150,7 +150,7 @@ impl Platform {
         let audit = self.audit(
             &admin.tenant_id,
             actor,
-            "enrollment_token.revoke",
+            AuditAction::EnrollmentTokenRevoke,
             target.clone(),
             None,
             meta,
@@ -167,7 +167,7 @@ impl Platform {
                 let record = self.audit(
                     &admin.tenant_id,
                     actor,
-                    "enrollment_token.revoke",
+                    AuditAction::EnrollmentTokenRevoke,
                     target,
                     Some(&rejection),
                     meta,
@@ -246,7 +246,7 @@ impl Platform {
             let record = self.audit(
                 UNATTRIBUTED_TENANT,
                 (ActorType::Anonymous, "enrollment_token"),
-                "agent.exchange",
+                AuditAction::AgentExchange,
                 ("enrollment_token", token_id.map(|t| t.to_string())),
                 Some(rejection),
                 meta,
@@ -355,7 +355,7 @@ impl Platform {
         let audit = self.audit(
             &tenant,
             (ActorType::Anonymous, "enrollment_token"),
-            "agent.exchange",
+            AuditAction::AgentExchange,
             ("agent", Some(agent_id.to_string())),
             None,
             meta,
@@ -393,7 +393,7 @@ impl Platform {
                 let record = self.audit(
                     &tenant,
                     (ActorType::Anonymous, "enrollment_token"),
-                    "agent.exchange",
+                    AuditAction::AgentExchange,
                     ("enrollment_token", Some(token_id.to_string())),
                     Some(&rejection),
                     meta,
@@ -432,7 +432,7 @@ impl Platform {
         let record = self.audit(
             tenant,
             (ActorType::Anonymous, "enrollment_token"),
-            "agent.exchange",
+            AuditAction::AgentExchange,
             ("enrollment_token", token_id.map(|t| t.to_string())),
             Some(&rejection),
             meta,

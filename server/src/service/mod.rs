@@ -168,7 +168,7 @@ impl PageRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
     /// The audit action of the operation.
-    pub action: &'static str,
+    pub action: AuditAction,
     /// Whether it changes anything (a `tenant_viewer` may not call it).
     pub writes: bool,
 }
@@ -178,22 +178,22 @@ pub struct Access {
 /// until it is added).
 pub fn access(op: OperationId) -> Access {
     let (action, writes) = match op {
-        OperationId::IssueEnrollmentToken => ("enrollment_token.issue", true),
-        OperationId::ListEnrollmentTokens => ("enrollment_token.list", false),
-        OperationId::RevokeEnrollmentToken => ("enrollment_token.revoke", true),
-        OperationId::ExchangeEnrollmentToken => ("agent.exchange", true),
-        OperationId::ListAgents => ("agent.list", false),
-        OperationId::GetAgent => ("agent.get", false),
-        OperationId::RevokeAgent => ("agent.revoke", true),
-        OperationId::PostAgentHeartbeat => ("agent.heartbeat", true),
-        OperationId::RotateAgentCertificate => ("agent.rotate", true),
-        OperationId::ListAuditEvents => ("audit.list", false),
-        OperationId::ListEvents => ("event.list", false),
+        OperationId::IssueEnrollmentToken => (AuditAction::EnrollmentTokenIssue, true),
+        OperationId::ListEnrollmentTokens => (AuditAction::EnrollmentTokenList, false),
+        OperationId::RevokeEnrollmentToken => (AuditAction::EnrollmentTokenRevoke, true),
+        OperationId::ExchangeEnrollmentToken => (AuditAction::AgentExchange, true),
+        OperationId::ListAgents => (AuditAction::AgentList, false),
+        OperationId::GetAgent => (AuditAction::AgentGet, false),
+        OperationId::RevokeAgent => (AuditAction::AgentRevoke, true),
+        OperationId::PostAgentHeartbeat => (AuditAction::AgentHeartbeat, true),
+        OperationId::RotateAgentCertificate => (AuditAction::AgentRotate, true),
+        OperationId::ListAuditEvents => (AuditAction::AuditList, false),
+        OperationId::ListEvents => (AuditAction::EventList, false),
         OperationId::GetHealth
         | OperationId::GetReadiness
         | OperationId::GetMetrics
         | OperationId::GetOpenApiDocument
-        | OperationId::GetAsyncApiDocument => ("operations.read", false),
+        | OperationId::GetAsyncApiDocument => (AuditAction::OperationsRead, false),
     };
     Access { action, writes }
 }
@@ -244,7 +244,7 @@ impl Platform {
         &self,
         tenant_id: &str,
         actor: (ActorType, &str),
-        action: &str,
+        action: AuditAction,
         target: (&str, Option<String>),
         rejection: Option<&Rejection>,
         meta: &RequestMeta,
@@ -264,7 +264,7 @@ impl Platform {
             occurred_at: now,
             actor_type: actor.0,
             actor_id: actor.1.to_owned(),
-            action: action.to_owned(),
+            action,
             target_type: target.0.to_owned(),
             target_id: target.1,
             outcome: if rejection.is_some() { AuditOutcome::Failure } else { AuditOutcome::Success },

@@ -54,7 +54,7 @@ fn commit(
                 occurred_at: now,
                 actor_type: oneprotect_server::model::ActorType::Agent,
                 actor_id: agent.to_string(),
-                action: "agent.activate".into(),
+                action: oneprotect_server::model::AuditAction::AgentActivate,
                 target_type: "agent".into(),
                 target_id: None,
                 outcome: oneprotect_server::model::AuditOutcome::Success,
@@ -421,7 +421,13 @@ async fn events_of(store: &Arc<dyn Store>, tenant: &str, event_type: &str) -> us
 
 async fn activations(store: &Arc<dyn Store>, agent: Uuid) -> usize {
     let audit = store.list_audit(TENANT_A, None, 200).await.expect("audit").items;
-    audit.iter().filter(|a| a.action == "agent.activate" && a.actor_id == agent.to_string()).count()
+    audit
+        .iter()
+        .filter(|a| {
+            a.action == oneprotect_server::model::AuditAction::AgentActivate
+                && a.actor_id == agent.to_string()
+        })
+        .count()
 }
 
 async fn a_first_heartbeat_without_its_first_contact_records_writes_nothing_and_asks_for_them(

@@ -193,7 +193,7 @@ fn enrollment(
             occurred_at: now,
             actor_type: oneprotect_server::model::ActorType::Anonymous,
             actor_id: "anonymous".into(),
-            action: "agent.enroll".into(),
+            action: oneprotect_server::model::AuditAction::AgentExchange,
             target_type: "agent".into(),
             target_id: Some(agent_id.to_string()),
             outcome: oneprotect_server::model::AuditOutcome::Success,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use self::heartbeat::{apply_heartbeat_alone, apply_heartbeat_batch};
 use self::rows::*;
 use super::batch::{HeartbeatBatcher, ShardedBatcher, WriteQueueSnapshot, WriteQueueStats};
-use super::{Store, StoreError, StoreResult, TABLES, stored};
+use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 
@@ -565,19 +565,7 @@ impl Store for PgStore {
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        row.map(|r| {
-            Ok(AssetRecord {
-                asset_id: r.try_get("asset_id").map_err(backend)?,
-                tenant_id: r.try_get("tenant_id").map_err(backend)?,
-                agent_id: r.try_get("agent_id").map_err(backend)?,
-                hostname: r.try_get("hostname").map_err(backend)?,
-                os_family: r.try_get("os_family").map_err(backend)?,
-                os_version: r.try_get("os_version").map_err(backend)?,
-                first_seen_at: r.try_get("first_seen_at").map_err(backend)?,
-                last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(asset_of).transpose()
     }
 
     async fn get_certificate(
@@ -595,24 +583,7 @@ impl Store for PgStore {
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        row.map(|r| {
-            Ok(CertificateRecord {
-                certificate_id: r.try_get("certificate_id").map_err(backend)?,
-                tenant_id: r.try_get("tenant_id").map_err(backend)?,
-                agent_id: r.try_get("agent_id").map_err(backend)?,
-                public_key_algorithm: r.try_get("public_key_algorithm").map_err(backend)?,
-                public_key_sha256: r.try_get("public_key_sha256").map_err(backend)?,
-                subject: r.try_get("subject").map_err(backend)?,
-                serial_number: r.try_get("serial_number").map_err(backend)?,
-                not_before: r.try_get("not_before").map_err(backend)?,
-                not_after: r.try_get("not_after").map_err(backend)?,
-                status: stored(
-                    CertificateStatus::parse(r.try_get("status").map_err(backend)?),
-                    "certificate status",
-                )?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(certificate_of).transpose()
     }
 
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()> {
@@ -631,36 +602,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreResult<Page<AuditRecord>> {
         let rows = self.page_rows("audit_events", tenant_id, after, limit).await?;
-        let items = rows
-            .iter()
-            .map(|r| {
-                let details: serde_json::Value = r.try_get("details").map_err(backend)?;
-                Ok((
-                    r.try_get::<i64, _>("seq").map_err(backend)?,
-                    AuditRecord {
-                        audit_id: r.try_get("audit_id").map_err(backend)?,
-                        tenant_id: r.try_get("tenant_id").map_err(backend)?,
-                        occurred_at: r.try_get("occurred_at").map_err(backend)?,
-                        actor_type: stored(
-                            ActorType::parse(r.try_get("actor_type").map_err(backend)?),
-                            "audit actor type",
-                        )?,
-                        actor_id: r.try_get("actor_id").map_err(backend)?,
-                        action: r.try_get("action").map_err(backend)?,
-                        target_type: r.try_get("target_type").map_err(backend)?,
-                        target_id: r.try_get("target_id").map_err(backend)?,
-                        outcome: stored(
-                            AuditOutcome::parse(r.try_get("outcome").map_err(backend)?),
-                            "audit outcome",
-                        )?,
-                        reason_code: r.try_get("reason_code").map_err(backend)?,
-                        request_id: r.try_get("request_id").map_err(backend)?,
-                        details: serde_json::from_value(details)
-                            .map_err(|_| StoreError::Corrupt("audit details".into()))?,
-                    },
-                ))
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = rows.iter().map(audit_of).collect::<StoreResult<Vec<_>>>()?;
         Ok(Page::from_rows(items, limit))
     }
 
@@ -671,21 +613,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreResult<Page<OutboxEvent>> {
         let rows = self.page_rows("event_outbox", tenant_id, after, limit).await?;
-        let items = rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<i64, _>("seq").map_err(backend)?,
-                    OutboxEvent {
-                        event_id: r.try_get("event_id").map_err(backend)?,
-                        tenant_id: r.try_get("tenant_id").map_err(backend)?,
-                        event_type: r.try_get("event_type").map_err(backend)?,
-                        occurred_at: r.try_get("occurred_at").map_err(backend)?,
-                        payload: r.try_get::<serde_json::Value, _>("payload").map_err(backend)?.to_string(),
-                    },
-                ))
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = rows.iter().map(event_of).collect::<StoreResult<Vec<_>>>()?;
         Ok(Page::from_rows(items, limit))
     }
 

@@ -6,7 +6,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::model::*;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult, stored};
 
 /// A driver error as the service sees it: the database out of reach
 /// (answered 503 `store_unavailable`, which callers retry) or a failure of
@@ -118,6 +118,77 @@ pub(super) fn identity_state_of(r: &PgRow) -> StoreResult<(Uuid, IdentityState)>
     ))
 }
 
+pub(super) fn asset_of(r: &PgRow) -> StoreResult<AssetRecord> {
+    Ok(AssetRecord {
+        asset_id: r.try_get("asset_id").map_err(backend)?,
+        tenant_id: r.try_get("tenant_id").map_err(backend)?,
+        agent_id: r.try_get("agent_id").map_err(backend)?,
+        hostname: r.try_get("hostname").map_err(backend)?,
+        os_family: r.try_get("os_family").map_err(backend)?,
+        os_version: r.try_get("os_version").map_err(backend)?,
+        first_seen_at: r.try_get("first_seen_at").map_err(backend)?,
+        last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
+    })
+}
+
+pub(super) fn certificate_of(r: &PgRow) -> StoreResult<CertificateRecord> {
+    Ok(CertificateRecord {
+        certificate_id: r.try_get("certificate_id").map_err(backend)?,
+        tenant_id: r.try_get("tenant_id").map_err(backend)?,
+        agent_id: r.try_get("agent_id").map_err(backend)?,
+        public_key_algorithm: r.try_get("public_key_algorithm").map_err(backend)?,
+        public_key_sha256: r.try_get("public_key_sha256").map_err(backend)?,
+        subject: r.try_get("subject").map_err(backend)?,
+        serial_number: r.try_get("serial_number").map_err(backend)?,
+        not_before: r.try_get("not_before").map_err(backend)?,
+        not_after: r.try_get("not_after").map_err(backend)?,
+        status: stored(
+            CertificateStatus::parse(r.try_get("status").map_err(backend)?),
+            "certificate status",
+        )?,
+    })
+}
+
+/// An audit row and its sequence number (the page cursor).
+pub(super) fn audit_of(r: &PgRow) -> StoreResult<(i64, AuditRecord)> {
+    let details: serde_json::Value = r.try_get("details").map_err(backend)?;
+    Ok((
+        r.try_get("seq").map_err(backend)?,
+        AuditRecord {
+            audit_id: r.try_get("audit_id").map_err(backend)?,
+            tenant_id: r.try_get("tenant_id").map_err(backend)?,
+            occurred_at: r.try_get("occurred_at").map_err(backend)?,
+            actor_type: stored(
+                ActorType::parse(r.try_get("actor_type").map_err(backend)?),
+                "audit actor type",
+            )?,
+            actor_id: r.try_get("actor_id").map_err(backend)?,
+            action: stored(AuditAction::parse(r.try_get("action").map_err(backend)?), "audit action")?,
+            target_type: r.try_get("target_type").map_err(backend)?,
+            target_id: r.try_get("target_id").map_err(backend)?,
+            outcome: stored(AuditOutcome::parse(r.try_get("outcome").map_err(backend)?), "audit outcome")?,
+            reason_code: r.try_get("reason_code").map_err(backend)?,
+            request_id: r.try_get("request_id").map_err(backend)?,
+            details: serde_json::from_value(details)
+                .map_err(|_| StoreError::Corrupt("audit details".into()))?,
+        },
+    ))
+}
+
+/// An outbox row and its sequence number (the page cursor).
+pub(super) fn event_of(r: &PgRow) -> StoreResult<(i64, OutboxEvent)> {
+    Ok((
+        r.try_get("seq").map_err(backend)?,
+        OutboxEvent {
+            event_id: r.try_get("event_id").map_err(backend)?,
+            tenant_id: r.try_get("tenant_id").map_err(backend)?,
+            event_type: r.try_get("event_type").map_err(backend)?,
+            occurred_at: r.try_get("occurred_at").map_err(backend)?,
+            payload: r.try_get::<serde_json::Value, _>("payload").map_err(backend)?.to_string(),
+        },
+    ))
+}
+
 pub(super) type Tx = Transaction<'static, Postgres>;
 
 pub(super) async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()> {
@@ -131,7 +202,7 @@ pub(super) async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()
     .bind(a.occurred_at)
     .bind(a.actor_type.as_str())
     .bind(&a.actor_id)
-    .bind(&a.action)
+    .bind(a.action.as_str())
     .bind(&a.target_type)
     .bind(&a.target_id)
     .bind(a.outcome.as_str())

@@ -627,7 +627,7 @@ impl Store for SqliteStore {
                         occurred_at: time(at)?,
                         actor_type: stored(ActorType::parse(String::as_str(&actor_type)), "audit actor type")?,
                         actor_id,
-                        action,
+                        action: stored(AuditAction::parse(String::as_str(&action)), "audit action")?,
                         target_type,
                         target_id,
                         outcome: stored(AuditOutcome::parse(String::as_str(&outcome)), "audit outcome")?,

@@ -191,7 +191,7 @@ pub(super) fn insert_audit(tx: &Connection, a: &AuditRecord) -> rusqlite::Result
         micros(a.occurred_at),
         a.actor_type.as_str(),
         a.actor_id,
-        a.action,
+        a.action.as_str(),
         a.target_type,
         a.target_id,
         a.outcome.as_str(),
