@@ -20,7 +20,7 @@ use self::checkpoint::{Checkpointer, WAL_BACKSTOP_PAGES};
 use self::heartbeat::apply_heartbeat;
 use self::rows::*;
 use self::writer::Writer;
-use super::{Store, StoreError, StoreResult, TABLES, stored};
+use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 
@@ -505,30 +505,9 @@ impl Store for SqliteStore {
     async fn get_asset(&self, tenant_id: &str, asset_id: Uuid) -> StoreResult<Option<AssetRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at FROM assets WHERE tenant_id = ?1 AND asset_id = ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![tenant_id, asset_id.to_string()], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
-                    })
-                    .optional()
-                })
-                .map_err(backend)?;
-            row.map(|(id, tenant, agent, hostname, os_family, os_version, first, last)| {
-                Ok(AssetRecord {
-                    asset_id: uuid_of(&id)?,
-                    tenant_id: tenant,
-                    agent_id: uuid_of(&agent)?,
-                    hostname,
-                    os_family,
-                    os_version,
-                    first_seen_at: time(first)?,
-                    last_seen_at: time(last)?,
-                })
-            })
-            .transpose()
+            let sql = format!("SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = ?1 AND asset_id = ?2");
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            first_row(&mut stmt, params![tenant_id, asset_id.to_string()], asset_of)
         })
         .await
     }
@@ -540,33 +519,11 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<CertificateRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status \
-                     FROM agent_device_certificates WHERE tenant_id = ?1 AND certificate_id = ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![tenant_id, certificate_id.to_string()], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
-                    })
-                    .optional()
-                })
-                .map_err(backend)?;
-            row.map(|(id, tenant, agent, alg, sha, subject, serial, nb, na, status)| {
-                Ok(CertificateRecord {
-                    certificate_id: uuid_of(&id)?,
-                    tenant_id: tenant,
-                    agent_id: uuid_of(&agent)?,
-                    public_key_algorithm: alg,
-                    public_key_sha256: sha,
-                    subject,
-                    serial_number: serial,
-                    not_before: time(nb)?,
-                    not_after: time(na)?,
-                    status: stored(CertificateStatus::parse(String::as_str(&status)), "certificate status")?,
-                })
-            })
-            .transpose()
+            let sql = format!(
+                "SELECT {CERTIFICATE_COLUMNS} FROM agent_device_certificates WHERE tenant_id = ?1 AND certificate_id = ?2"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            first_row(&mut stmt, params![tenant_id, certificate_id.to_string()], certificate_of)
         })
         .await
     }
@@ -591,53 +548,12 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<AuditRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT seq, audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details \
-                     FROM audit_events WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![tenant_id, after.unwrap_or(0), limit + 1], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, String>(7)?,
-                        r.get::<_, Option<String>>(8)?,
-                        r.get::<_, String>(9)?,
-                        r.get::<_, Option<String>>(10)?,
-                        r.get::<_, String>(11)?,
-                        r.get::<_, String>(12)?,
-                    ))
-                })
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            for r in rows {
-                let (seq, id, tenant, at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) = r.map_err(backend)?;
-                out.push((
-                    seq,
-                    AuditRecord {
-                        audit_id: uuid_of(&id)?,
-                        tenant_id: tenant,
-                        occurred_at: time(at)?,
-                        actor_type: stored(ActorType::parse(String::as_str(&actor_type)), "audit actor type")?,
-                        actor_id,
-                        action: stored(AuditAction::parse(String::as_str(&action)), "audit action")?,
-                        target_type,
-                        target_id,
-                        outcome: stored(AuditOutcome::parse(String::as_str(&outcome)), "audit outcome")?,
-                        reason_code,
-                        request_id,
-                        details: serde_json::from_str(&details).map_err(|_| StoreError::Corrupt("audit details".into()))?,
-                    },
-                ));
-            }
-            Ok(Page::from_rows(out, limit))
+            let sql = format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = all_rows(&mut stmt, params![tenant_id, after.unwrap_or(0), limit + 1], audit_of)?;
+            Ok(Page::from_rows(rows, limit))
         })
         .await
     }
@@ -650,20 +566,12 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<OutboxEvent>> {
         let tenant_id = tenant_id.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT seq, event_id, tenant_id, event_type, occurred_at, payload FROM event_outbox WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![tenant_id, after.unwrap_or(0), limit + 1], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?))
-                })
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            for r in rows {
-                let (seq, event_id, tenant, event_type, at, payload) = r.map_err(backend)?;
-                out.push((seq, OutboxEvent { event_id, tenant_id: tenant, event_type, occurred_at: time(at)?, payload }));
-            }
-            Ok(Page::from_rows(out, limit))
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM event_outbox WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = all_rows(&mut stmt, params![tenant_id, after.unwrap_or(0), limit + 1], event_of)?;
+            Ok(Page::from_rows(rows, limit))
         })
         .await
     }

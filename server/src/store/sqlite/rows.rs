@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use crate::model::*;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult, stored};
 
 pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     match e {
@@ -300,4 +300,105 @@ fn identity_state_row(r: &Row<'_>) -> StoreResult<(i64, IdentityState)> {
         last_sequence: int(9)?,
     };
     Ok((r.get(0).map_err(backend)?, state))
+}
+
+/// The first row `stmt` answers, mapped; `None` when there is none.
+pub(super) fn first_row<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    map: fn(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let mut rows = stmt.query(params).map_err(backend)?;
+    rows.next().map_err(backend)?.map(map).transpose()
+}
+
+/// Every row `stmt` answers, mapped.
+pub(super) fn all_rows<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    map: fn(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
+pub(super) const ASSET_COLUMNS: &str =
+    "asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at";
+
+pub(super) fn asset_of(r: &Row<'_>) -> StoreResult<AssetRecord> {
+    Ok(AssetRecord {
+        asset_id: uuid_of(&r.get::<_, String>(0).map_err(backend)?)?,
+        tenant_id: r.get(1).map_err(backend)?,
+        agent_id: uuid_of(&r.get::<_, String>(2).map_err(backend)?)?,
+        hostname: r.get(3).map_err(backend)?,
+        os_family: r.get(4).map_err(backend)?,
+        os_version: r.get(5).map_err(backend)?,
+        first_seen_at: time(r.get(6).map_err(backend)?)?,
+        last_seen_at: time(r.get(7).map_err(backend)?)?,
+    })
+}
+
+pub(super) const CERTIFICATE_COLUMNS: &str = "certificate_id, tenant_id, agent_id, public_key_algorithm, \
+     public_key_sha256, subject, serial_number, not_before, not_after, status";
+
+pub(super) fn certificate_of(r: &Row<'_>) -> StoreResult<CertificateRecord> {
+    let status: String = r.get(9).map_err(backend)?;
+    Ok(CertificateRecord {
+        certificate_id: uuid_of(&r.get::<_, String>(0).map_err(backend)?)?,
+        tenant_id: r.get(1).map_err(backend)?,
+        agent_id: uuid_of(&r.get::<_, String>(2).map_err(backend)?)?,
+        public_key_algorithm: r.get(3).map_err(backend)?,
+        public_key_sha256: r.get(4).map_err(backend)?,
+        subject: r.get(5).map_err(backend)?,
+        serial_number: r.get(6).map_err(backend)?,
+        not_before: time(r.get(7).map_err(backend)?)?,
+        not_after: time(r.get(8).map_err(backend)?)?,
+        status: stored(CertificateStatus::parse(&status), "certificate status")?,
+    })
+}
+
+pub(super) const AUDIT_COLUMNS: &str = "seq, audit_id, tenant_id, occurred_at, actor_type, actor_id, action, \
+     target_type, target_id, outcome, reason_code, request_id, details";
+
+/// An audit row and its sequence number (the page cursor).
+pub(super) fn audit_of(r: &Row<'_>) -> StoreResult<(i64, AuditRecord)> {
+    let text = |i: usize| r.get::<_, String>(i).map_err(backend);
+    Ok((
+        r.get(0).map_err(backend)?,
+        AuditRecord {
+            audit_id: uuid_of(&text(1)?)?,
+            tenant_id: text(2)?,
+            occurred_at: time(r.get(3).map_err(backend)?)?,
+            actor_type: stored(ActorType::parse(&text(4)?), "audit actor type")?,
+            actor_id: text(5)?,
+            action: stored(AuditAction::parse(&text(6)?), "audit action")?,
+            target_type: text(7)?,
+            target_id: r.get(8).map_err(backend)?,
+            outcome: stored(AuditOutcome::parse(&text(9)?), "audit outcome")?,
+            reason_code: r.get(10).map_err(backend)?,
+            request_id: text(11)?,
+            details: serde_json::from_str(&text(12)?)
+                .map_err(|_| StoreError::Corrupt("audit details".into()))?,
+        },
+    ))
+}
+
+pub(super) const EVENT_COLUMNS: &str = "seq, event_id, tenant_id, event_type, occurred_at, payload";
+
+/// An outbox row and its sequence number (the page cursor).
+pub(super) fn event_of(r: &Row<'_>) -> StoreResult<(i64, OutboxEvent)> {
+    Ok((
+        r.get(0).map_err(backend)?,
+        OutboxEvent {
+            event_id: r.get(1).map_err(backend)?,
+            tenant_id: r.get(2).map_err(backend)?,
+            event_type: r.get(3).map_err(backend)?,
+            occurred_at: time(r.get(4).map_err(backend)?)?,
+            payload: r.get(5).map_err(backend)?,
+        },
+    ))
 }
