@@ -553,13 +553,17 @@ impl Store for FaultyStore {
             (seen.nonce.clone().unwrap_or_default(), seen.fingerprint.clone())
         };
         match self.fault {
-            Fault::SkipNonceCheck => c.nonce_hash = Uuid::new_v4().to_string(),
-            Fault::NonceScopedPerToken => c.nonce_hash = format!("{}:{}", c.token_id, c.nonce_hash),
-            Fault::RawNonceStored => c.nonce_hash = nonce,
+            Fault::SkipNonceCheck => c.nonce_hash = KeyedHash::from_stored(Uuid::new_v4().to_string()),
+            Fault::NonceScopedPerToken => {
+                c.nonce_hash = KeyedHash::from_stored(format!("{}:{}", c.token_id, c.nonce_hash.as_str()))
+            }
+            Fault::RawNonceStored => c.nonce_hash = KeyedHash::from_stored(nonce),
             Fault::NonceInAuditDetails => {
                 c.audit.details.insert("nonce".into(), nonce);
             }
-            Fault::RawFingerprintStored => c.identity.fingerprint_hash = fingerprint,
+            Fault::RawFingerprintStored => {
+                c.identity.fingerprint_hash = fingerprint.map(KeyedHash::from_stored)
+            }
             _ => {}
         }
         self.inner.commit_enrollment(&c).await
@@ -648,7 +652,7 @@ impl Store for FaultyStore {
     async fn commit_rotation(&self, c: &RotationCommit) -> StoreResult<RotationOutcome> {
         if self.fault == Fault::SkipRotationNonce {
             let mut c = c.clone();
-            c.nonce_hash = Uuid::new_v4().to_string();
+            c.nonce_hash = KeyedHash::from_stored(Uuid::new_v4().to_string());
             return self.inner.commit_rotation(&c).await;
         }
         self.inner.commit_rotation(c).await

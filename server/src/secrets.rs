@@ -10,6 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+use crate::model::KeyedHash;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -126,13 +128,13 @@ fn is_b64url(b: u8) -> bool {
 }
 
 /// The keyed hash stored for an enrollment token.
-pub fn enrollment_token_hash(key: &HashKey, token: &str) -> String {
-    key.mac_hex(&[b"enrollment-token-v1", token.as_bytes()])
+pub fn enrollment_token_hash(key: &HashKey, token: &str) -> KeyedHash {
+    KeyedHash::from_stored(key.mac_hex(&[b"enrollment-token-v1", token.as_bytes()]))
 }
 
 /// True when `token` hashes to `stored_hash` (constant time).
-pub fn enrollment_token_matches(key: &HashKey, token: &str, stored_hash: &str) -> bool {
-    constant_time_eq(enrollment_token_hash(key, token).as_bytes(), stored_hash.as_bytes())
+pub fn enrollment_token_matches(key: &HashKey, token: &str, stored_hash: &KeyedHash) -> bool {
+    constant_time_eq(enrollment_token_hash(key, token).as_str().as_bytes(), stored_hash.as_str().as_bytes())
 }
 
 /// A nonce is base64url text carrying at least 128 bits.
@@ -141,13 +143,13 @@ pub fn nonce_is_well_formed(nonce: &str) -> bool {
 }
 
 /// What is stored for a used nonce: a keyed hash, never the nonce.
-pub fn nonce_hash(key: &HashKey, tenant_id: &str, nonce: &str) -> String {
-    key.mac_hex(&[b"nonce-v1", tenant_id.as_bytes(), nonce.as_bytes()])
+pub fn nonce_hash(key: &HashKey, tenant_id: &str, nonce: &str) -> KeyedHash {
+    KeyedHash::from_stored(key.mac_hex(&[b"nonce-v1", tenant_id.as_bytes(), nonce.as_bytes()]))
 }
 
 /// What is stored for a hardware fingerprint hash sent by an agent.
-pub fn fingerprint_hash(key: &HashKey, tenant_id: &str, fingerprint: &str) -> String {
-    key.mac_hex(&[b"fingerprint-v1", tenant_id.as_bytes(), fingerprint.as_bytes()])
+pub fn fingerprint_hash(key: &HashKey, tenant_id: &str, fingerprint: &str) -> KeyedHash {
+    KeyedHash::from_stored(key.mac_hex(&[b"fingerprint-v1", tenant_id.as_bytes(), fingerprint.as_bytes()]))
 }
 
 #[cfg(test)]
@@ -182,9 +184,9 @@ mod tests {
     fn fingerprints_are_stored_keyed_per_tenant() {
         let fp = "ab".repeat(32);
         let stored = fingerprint_hash(&key(), "tenant-a", &fp);
-        assert_eq!(stored.len(), 64);
-        assert!(stored.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(stored, fp, "never the value the agent sent");
+        assert_eq!(stored.as_str().len(), 64);
+        assert!(stored.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(stored.as_str(), fp, "never the value the agent sent");
         assert_eq!(
             stored,
             fingerprint_hash(&key(), "tenant-a", &fp),
@@ -232,7 +234,7 @@ mod tests {
         assert!(!enrollment_token_matches(&key(), mint_enrollment_token().secret.expose_secret(), &h));
         let other_key = HashKey::new(vec![8u8; 32]).expect("fixture key");
         assert_ne!(enrollment_token_hash(&other_key, secret), h, "the hash depends on the key");
-        assert!(!h.contains(secret));
+        assert!(!h.as_str().contains(secret));
     }
 
     #[test]

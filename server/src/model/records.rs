@@ -8,6 +8,24 @@ use uuid::Uuid;
 
 use crate::error::TokenFailure;
 
+/// A keyed hash (HMAC-SHA-256 under the token hash key, hex) of a value
+/// the platform must never store: an enrollment token, a nonce, a hardware
+/// fingerprint. Made by `secrets`, compared there in constant time; a
+/// store keeps and returns it as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedHash(String);
+
+impl KeyedHash {
+    /// A hash as stored: read back from a row, or made by `secrets`.
+    pub fn from_stored(hex: String) -> Self {
+        Self(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Audit records whose tenant cannot be known (a forged token, an unknown
 /// enrollment token) are kept under this bucket, which no tenant id can name.
 pub const UNATTRIBUTED_TENANT: &str = "_unattributed";
@@ -17,7 +35,7 @@ pub struct EnrollmentTokenRecord {
     pub id: Uuid,
     pub tenant_id: String,
     /// Keyed hash of the secret; never the secret.
-    pub token_hash: String,
+    pub token_hash: KeyedHash,
     pub label: Option<String>,
     pub site_id: Option<String>,
     pub collector_id: Option<Uuid>,
@@ -153,7 +171,7 @@ pub struct AgentIdentityRecord {
     pub previous_certificate_id: Option<Uuid>,
     pub rotated_at: Option<DateTime<Utc>>,
     /// Keyed hash of the agent's fingerprint hash; never a raw fingerprint.
-    pub fingerprint_hash: Option<String>,
+    pub fingerprint_hash: Option<KeyedHash>,
     pub enrolled_at: DateTime<Utc>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub last_sequence: Option<i64>,

@@ -13,7 +13,7 @@ use crate::error::TokenFailure;
 pub struct EnrollmentCommit {
     pub token_id: Uuid,
     pub now: DateTime<Utc>,
-    pub nonce_hash: String,
+    pub nonce_hash: KeyedHash,
     pub identity: AgentIdentityRecord,
     pub certificate: CertificateRecord,
     pub audit: AuditRecord,
@@ -173,7 +173,7 @@ pub struct RotationCommit {
     pub tenant_id: String,
     pub agent_id: Uuid,
     pub now: DateTime<Utc>,
-    pub nonce_hash: String,
+    pub nonce_hash: KeyedHash,
     /// The certificate the presented token was issued with.
     pub presented_certificate_id: Uuid,
     pub certificate: CertificateRecord,

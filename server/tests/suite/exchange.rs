@@ -154,7 +154,7 @@ fn enrollment(
     EnrollmentCommit {
         token_id,
         now,
-        nonce_hash: nonce_hash.into(),
+        nonce_hash: oneprotect_server::model::KeyedHash::from_stored(nonce_hash.into()),
         identity: AgentIdentityRecord {
             agent_id,
             tenant_id: tenant.into(),

@@ -257,7 +257,7 @@ impl Store for PgStore {
         )
         .bind(t.id)
         .bind(&t.tenant_id)
-        .bind(&t.token_hash)
+        .bind(t.token_hash.as_str())
         .bind(&t.label)
         .bind(&t.site_id)
         .bind(t.collector_id)
@@ -366,7 +366,7 @@ impl Store for PgStore {
             .bind(&i.os_family)
             .bind(i.enrollment_token_id)
             .bind(i.certificate_id)
-            .bind(&i.fingerprint_hash)
+            .bind(i.fingerprint_hash.as_ref().map(KeyedHash::as_str))
             .bind(i.enrolled_at)
             .execute(&mut *tx)
             .await

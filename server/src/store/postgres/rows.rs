@@ -48,7 +48,7 @@ pub(super) fn token_of(r: &PgRow) -> StoreResult<(i64, EnrollmentTokenRecord)> {
         EnrollmentTokenRecord {
             id: r.try_get("id").map_err(backend)?,
             tenant_id: r.try_get("tenant_id").map_err(backend)?,
-            token_hash: r.try_get("token_hash").map_err(backend)?,
+            token_hash: KeyedHash::from_stored(r.try_get("token_hash").map_err(backend)?),
             label: r.try_get("label").map_err(backend)?,
             site_id: r.try_get("site_id").map_err(backend)?,
             collector_id: r.try_get("collector_id").map_err(backend)?,
@@ -81,7 +81,10 @@ pub(super) fn identity_of(r: &PgRow) -> StoreResult<(i64, AgentIdentityRecord)> 
             certificate_id: r.try_get("certificate_id").map_err(backend)?,
             previous_certificate_id: r.try_get("previous_certificate_id").map_err(backend)?,
             rotated_at: r.try_get("rotated_at").map_err(backend)?,
-            fingerprint_hash: r.try_get("fingerprint_hash").map_err(backend)?,
+            fingerprint_hash: r
+                .try_get::<Option<String>, _>("fingerprint_hash")
+                .map_err(backend)?
+                .map(KeyedHash::from_stored),
             enrolled_at: r.try_get("enrolled_at").map_err(backend)?,
             last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
             last_sequence: r.try_get("last_sequence").map_err(backend)?,
@@ -252,12 +255,12 @@ pub(super) async fn insert_certificate(tx: &mut Tx, c: &CertificateRecord) -> St
 pub(super) async fn insert_nonce(
     tx: &mut Tx,
     tenant_id: &str,
-    nonce_hash: &str,
+    nonce_hash: &KeyedHash,
     now: DateTime<Utc>,
 ) -> StoreResult<bool> {
     let r = sqlx::query("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(tenant_id)
-        .bind(nonce_hash)
+        .bind(nonce_hash.as_str())
         .bind(now)
         .execute(&mut **tx)
         .await

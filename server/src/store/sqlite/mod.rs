@@ -225,7 +225,7 @@ impl Store for SqliteStore {
                 s.execute(params![
                     t.id.to_string(),
                     t.tenant_id,
-                    t.token_hash,
+                    t.token_hash.as_str(),
                     t.label,
                     t.site_id,
                     t.collector_id.map(|c| c.to_string()),
@@ -352,7 +352,7 @@ impl Store for SqliteStore {
                     i.os_family,
                     i.enrollment_token_id.to_string(),
                     i.certificate_id.to_string(),
-                    i.fingerprint_hash,
+                    i.fingerprint_hash.as_ref().map(KeyedHash::as_str),
                     micros(i.enrolled_at)
                 ])
             })

@@ -89,7 +89,7 @@ impl RawToken {
         Ok(EnrollmentTokenRecord {
             id: uuid_of(&self.id)?,
             tenant_id: self.tenant_id,
-            token_hash: self.token_hash,
+            token_hash: KeyedHash::from_stored(self.token_hash),
             label: self.label,
             site_id: self.site_id,
             collector_id: opt_uuid(self.collector_id)?,
@@ -170,7 +170,7 @@ impl RawIdentity {
             certificate_id: uuid_of(&self.certificate_id)?,
             previous_certificate_id: opt_uuid(self.previous_certificate_id)?,
             rotated_at: opt_time(self.rotated_at)?,
-            fingerprint_hash: self.fingerprint_hash,
+            fingerprint_hash: self.fingerprint_hash.map(KeyedHash::from_stored),
             enrolled_at: time(self.enrolled_at)?,
             last_seen_at: opt_time(self.last_seen_at)?,
             last_sequence: self.last_sequence,
@@ -236,12 +236,12 @@ pub(super) fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusq
 pub(super) fn insert_nonce(
     tx: &Connection,
     tenant_id: &str,
-    nonce_hash: &str,
+    nonce_hash: &KeyedHash,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<bool> {
     let n = tx
         .prepare_cached("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-        .execute(params![tenant_id, nonce_hash, micros(now)])?;
+        .execute(params![tenant_id, nonce_hash.as_str(), micros(now)])?;
     Ok(n == 1)
 }
 
