@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;

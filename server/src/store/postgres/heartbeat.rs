@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::rows::{Tx, backend, identity_state_columns, identity_state_of, insert_audit, insert_event};
 use crate::model::*;
+use crate::store::sql;
 use crate::store::{StoreError, StoreResult};
 
 /// One heartbeat in a transaction of its own, statement by statement: the
@@ -69,21 +70,18 @@ async fn apply_heartbeat(tx: &mut Tx, c: &HeartbeatCommit) -> StoreResult<Heartb
     // or its last_seen_at is older than ASSET_LAST_SEEN_RESOLUTION.
     let created = match effects.discovered_event.filter(|_| effects.first_ever) {
         Some(discovered) => {
-            let inserted = sqlx::query(
-                "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-                 ON CONFLICT (asset_id) DO NOTHING",
-            )
-            .bind(effects.asset_id)
-            .bind(&c.tenant_id)
-            .bind(c.agent_id)
-            .bind(&c.hostname)
-            .bind(&c.os_family)
-            .bind(&c.os_version)
-            .bind(c.now)
-            .execute(&mut **tx)
-            .await
-            .map_err(backend)?
-            .rows_affected()
+            let inserted = sqlx::query(sql::INSERT_ASSET.postgres)
+                .bind(effects.asset_id)
+                .bind(&c.tenant_id)
+                .bind(c.agent_id)
+                .bind(&c.hostname)
+                .bind(&c.os_family)
+                .bind(&c.os_version)
+                .bind(c.now)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?
+                .rows_affected()
                 == 1;
             if inserted {
                 insert_event(tx, discovered).await?;

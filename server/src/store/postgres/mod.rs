@@ -18,6 +18,7 @@ use super::batch::{HeartbeatBatcher, ShardedBatcher, WriteQueueSnapshot, WriteQu
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
+use crate::store::sql;
 
 /// Parallel heartbeat writers (each holds one pooled connection per batch).
 /// A batch costs PostgreSQL about a millisecond of CPU besides its rows
@@ -186,12 +187,11 @@ pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usi
         .await
         .map_err(backend)?;
     for (version, name, sql) in MIGRATIONS {
-        let done: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
+        let done: Option<i64> = sqlx::query_scalar(sql::MIGRATION_APPLIED.postgres)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
         if done.is_none() {
             sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(backend)?;
             sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
@@ -233,7 +233,7 @@ impl Store for PgStore {
     }
 
     async fn ready(&self) -> StoreResult<()> {
-        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        let latest: Option<i64> = sqlx::query_scalar(sql::LATEST_MIGRATION.postgres)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
@@ -251,23 +251,20 @@ impl Store for PgStore {
         event: &OutboxEvent,
     ) -> StoreResult<()> {
         let mut tx = self.begin(&t.tenant_id).await?;
-        sqlx::query(
-            "INSERT INTO agent_enrollment_tokens (id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10)",
-        )
-        .bind(t.id)
-        .bind(&t.tenant_id)
-        .bind(t.token_hash.as_str())
-        .bind(&t.label)
-        .bind(&t.site_id)
-        .bind(t.collector_id)
-        .bind(i32::try_from(t.max_uses).map_err(|_| StoreError::Backend("max_uses".into()))?)
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .bind(&t.created_by)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        sqlx::query(sql::INSERT_TOKEN.postgres)
+            .bind(t.id)
+            .bind(&t.tenant_id)
+            .bind(t.token_hash.as_str())
+            .bind(&t.label)
+            .bind(&t.site_id)
+            .bind(t.collector_id)
+            .bind(i32::try_from(t.max_uses).map_err(|_| StoreError::Backend("max_uses".into()))?)
+            .bind(t.created_at)
+            .bind(t.expires_at)
+            .bind(&t.created_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         insert_audit(&mut tx, audit).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await.map_err(backend)
@@ -291,7 +288,7 @@ impl Store for PgStore {
         event: &OutboxEvent,
     ) -> StoreResult<RevokeOutcome<EnrollmentTokenRecord>> {
         let mut tx = self.begin(tenant_id).await?;
-        let changed = sqlx::query("UPDATE agent_enrollment_tokens SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL")
+        let changed = sqlx::query(sql::REVOKE_TOKEN.postgres)
             .bind(tenant_id)
             .bind(id)
             .bind(audit.occurred_at)
@@ -351,41 +348,35 @@ impl Store for PgStore {
         let fresh_nonce = insert_nonce(&mut tx, tenant, &c.nonce_hash, c.now).await?;
         if fresh_nonce {
             let i = &c.identity;
-            sqlx::query(
-                "INSERT INTO agent_identities (agent_id, tenant_id, collector_id, asset_id, site_id, status, hostname, agent_version, os_family, enrollment_token_id, certificate_id, fingerprint_hash, enrolled_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(i.agent_id)
-            .bind(&i.tenant_id)
-            .bind(i.collector_id)
-            .bind(i.asset_id)
-            .bind(&i.site_id)
-            .bind(i.status.as_str())
-            .bind(&i.hostname)
-            .bind(&i.agent_version)
-            .bind(&i.os_family)
-            .bind(i.enrollment_token_id)
-            .bind(i.certificate_id)
-            .bind(i.fingerprint_hash.as_ref().map(KeyedHash::as_str))
-            .bind(i.enrolled_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+            sqlx::query(sql::INSERT_IDENTITY.postgres)
+                .bind(i.agent_id)
+                .bind(&i.tenant_id)
+                .bind(i.collector_id)
+                .bind(i.asset_id)
+                .bind(&i.site_id)
+                .bind(i.status.as_str())
+                .bind(&i.hostname)
+                .bind(&i.agent_version)
+                .bind(&i.os_family)
+                .bind(i.enrollment_token_id)
+                .bind(i.certificate_id)
+                .bind(i.fingerprint_hash.as_ref().map(KeyedHash::as_str))
+                .bind(i.enrolled_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
             insert_certificate(&mut tx, &c.certificate).await?;
             insert_audit(&mut tx, &c.audit).await?;
             insert_event(&mut tx, &c.event).await?;
         }
-        let redeemed = sqlx::query(
-            "UPDATE agent_enrollment_tokens SET use_count = use_count + 1, last_used_at = $3 \
-             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3 AND use_count < max_uses",
-        )
-        .bind(tenant)
-        .bind(c.token_id)
-        .bind(c.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected();
+        let redeemed = sqlx::query(sql::REDEEM_TOKEN_USE.postgres)
+            .bind(tenant)
+            .bind(c.token_id)
+            .bind(c.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
         if redeemed != 1 {
             let row = sqlx::query("SELECT * FROM agent_enrollment_tokens WHERE tenant_id = $1 AND id = $2")
                 .bind(tenant)
@@ -437,28 +428,27 @@ impl Store for PgStore {
         event: &OutboxEvent,
     ) -> StoreResult<RevokeOutcome<AgentIdentityRecord>> {
         let mut tx = self.begin(tenant_id).await?;
-        let changed =
-            sqlx::query("UPDATE agent_identities SET status = 'revoked', revoked_at = $3 WHERE tenant_id = $1 AND agent_id = $2 AND status <> 'revoked'")
-                .bind(tenant_id)
-                .bind(agent_id)
-                .bind(audit.occurred_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected();
+        let changed = sqlx::query(sql::REVOKE_IDENTITY.postgres)
+            .bind(tenant_id)
+            .bind(agent_id)
+            .bind(audit.occurred_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
         let Some(record) = select_identity(&mut tx, tenant_id, agent_id, false).await? else {
             return Ok(RevokeOutcome::NotFound);
         };
         if changed != 1 {
             return Ok(RevokeOutcome::AlreadyRevoked(record));
         }
-        sqlx::query("UPDATE agent_device_certificates SET status = 'revoked' WHERE tenant_id = $1 AND agent_id = $2 AND status = 'active'")
+        sqlx::query(sql::REVOKE_ACTIVE_CERTIFICATES.postgres)
             .bind(tenant_id)
             .bind(agent_id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        sqlx::query("INSERT INTO agent_revocations (revocation_id, tenant_id, agent_id, revoked_by, reason, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query(sql::INSERT_REVOCATION.postgres)
             .bind(Uuid::new_v4())
             .bind(tenant_id)
             .bind(agent_id)
@@ -481,7 +471,7 @@ impl Store for PgStore {
         audit: &AuditRecord,
     ) -> StoreResult<()> {
         let mut tx = self.begin(tenant_id).await?;
-        let changed = sqlx::query("UPDATE agent_identities SET status = 'stale' WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('enrolled', 'active')")
+        let changed = sqlx::query(sql::MARK_IDENTITY_STALE.postgres)
             .bind(tenant_id)
             .bind(agent_id)
             .execute(&mut *tx)
@@ -534,14 +524,14 @@ impl Store for PgStore {
         if !insert_nonce(&mut tx, &c.tenant_id, &c.nonce_hash, c.now).await? {
             return Ok(RotationOutcome::NonceReplayed);
         }
-        sqlx::query("UPDATE agent_device_certificates SET status = 'superseded' WHERE tenant_id = $1 AND certificate_id = $2")
+        sqlx::query(sql::SUPERSEDE_CERTIFICATE.postgres)
             .bind(&c.tenant_id)
             .bind(identity.certificate_id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         insert_certificate(&mut tx, &c.certificate).await?;
-        sqlx::query("UPDATE agent_identities SET certificate_id = $3, previous_certificate_id = $4, rotated_at = $5 WHERE tenant_id = $1 AND agent_id = $2")
+        sqlx::query(sql::ROTATE_IDENTITY_CERTIFICATE.postgres)
             .bind(&c.tenant_id)
             .bind(c.agent_id)
             .bind(c.certificate.certificate_id)

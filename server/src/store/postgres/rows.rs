@@ -6,6 +6,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::model::*;
+use crate::store::sql;
 use crate::store::{StoreError, StoreResult, stored};
 
 /// A driver error as the service sees it: the database out of reach
@@ -196,25 +197,22 @@ pub(super) type Tx = Transaction<'static, Postgres>;
 
 pub(super) async fn insert_audit(tx: &mut Tx, a: &AuditRecord) -> StoreResult<()> {
     let details = serde_json::to_value(&a.details).map_err(|e| StoreError::Backend(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(a.audit_id)
-    .bind(&a.tenant_id)
-    .bind(a.occurred_at)
-    .bind(a.actor_type.as_str())
-    .bind(&a.actor_id)
-    .bind(a.action.as_str())
-    .bind(&a.target_type)
-    .bind(&a.target_id)
-    .bind(a.outcome.as_str())
-    .bind(&a.reason_code)
-    .bind(&a.request_id)
-    .bind(details)
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
+    sqlx::query(sql::INSERT_AUDIT.postgres)
+        .bind(a.audit_id)
+        .bind(&a.tenant_id)
+        .bind(a.occurred_at)
+        .bind(a.actor_type.as_str())
+        .bind(&a.actor_id)
+        .bind(a.action.as_str())
+        .bind(&a.target_type)
+        .bind(&a.target_id)
+        .bind(a.outcome.as_str())
+        .bind(&a.reason_code)
+        .bind(&a.request_id)
+        .bind(details)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -232,23 +230,20 @@ pub(super) async fn insert_event(tx: &mut Tx, e: &OutboxEvent) -> StoreResult<()
 }
 
 pub(super) async fn insert_certificate(tx: &mut Tx, c: &CertificateRecord) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(c.certificate_id)
-    .bind(&c.tenant_id)
-    .bind(c.agent_id)
-    .bind(&c.public_key_algorithm)
-    .bind(&c.public_key_sha256)
-    .bind(&c.subject)
-    .bind(&c.serial_number)
-    .bind(c.not_before)
-    .bind(c.not_after)
-    .bind(c.status.as_str())
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
+    sqlx::query(sql::INSERT_CERTIFICATE.postgres)
+        .bind(c.certificate_id)
+        .bind(&c.tenant_id)
+        .bind(c.agent_id)
+        .bind(&c.public_key_algorithm)
+        .bind(&c.public_key_sha256)
+        .bind(&c.subject)
+        .bind(&c.serial_number)
+        .bind(c.not_before)
+        .bind(c.not_after)
+        .bind(c.status.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -258,7 +253,7 @@ pub(super) async fn insert_nonce(
     nonce_hash: &KeyedHash,
     now: DateTime<Utc>,
 ) -> StoreResult<bool> {
-    let r = sqlx::query("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+    let r = sqlx::query(sql::INSERT_NONCE.postgres)
         .bind(tenant_id)
         .bind(nonce_hash.as_str())
         .bind(now)

@@ -5,6 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::rows::{backend, insert_audit, insert_event, micros, select_identity_state};
 use crate::model::*;
+use crate::store::sql;
 use crate::store::{StoreError, StoreResult};
 
 /// One heartbeat inside the writer's open transaction (or savepoint). The
@@ -40,11 +41,18 @@ pub(super) fn apply_heartbeat(tx: &Connection, c: &HeartbeatCommit) -> StoreResu
     let created = match effects.discovered_event.filter(|_| effects.first_ever) {
         Some(discovered) => {
             let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO assets (asset_id, tenant_id, agent_id, hostname, os_family, os_version, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-                     ON CONFLICT (asset_id) DO NOTHING",
-                )
-                .and_then(|mut s| s.execute(params![asset_id, c.tenant_id, c.agent_id.to_string(), c.hostname, c.os_family, c.os_version, now]))
+                .prepare_cached(sql::INSERT_ASSET.sqlite)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        asset_id,
+                        c.tenant_id,
+                        c.agent_id.to_string(),
+                        c.hostname,
+                        c.os_family,
+                        c.os_version,
+                        now
+                    ])
+                })
                 .map_err(backend)?
                 == 1;
             if inserted {

@@ -23,6 +23,7 @@ use self::writer::Writer;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
+use crate::store::sql;
 
 /// Versioned migrations, applied in order inside a transaction each.
 pub const MIGRATIONS: &[(i64, &str, &str)] =
@@ -100,7 +101,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<usize> {
     for (version, name, sql) in MIGRATIONS {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
         let done: Option<i64> = tx
-            .query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0))
+            .query_row(sql::MIGRATION_APPLIED.sqlite, [version], |r| r.get(0))
             .optional()
             .map_err(backend)?;
         if done.is_none() {
@@ -196,9 +197,8 @@ impl Store for SqliteStore {
 
     async fn ready(&self) -> StoreResult<()> {
         self.read(|conn| {
-            let latest: Option<i64> = conn
-                .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
-                .map_err(backend)?;
+            let latest: Option<i64> =
+                conn.query_row(sql::LATEST_MIGRATION.sqlite, [], |r| r.get(0)).map_err(backend)?;
             let expected = MIGRATIONS.last().map(|m| m.0);
             if latest == expected {
                 Ok(())
@@ -217,25 +217,22 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         let (t, audit, event) = (t.clone(), audit.clone(), event.clone());
         self.write(move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO agent_enrollment_tokens (id, tenant_id, token_hash, label, site_id, collector_id, max_uses, use_count, created_at, expires_at, created_by) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    t.id.to_string(),
-                    t.tenant_id,
-                    t.token_hash.as_str(),
-                    t.label,
-                    t.site_id,
-                    t.collector_id.map(|c| c.to_string()),
-                    t.max_uses,
-                    micros(t.created_at),
-                    micros(t.expires_at),
-                    t.created_by
-                ])
-            })
-            .map_err(backend)?;
+            tx.prepare_cached(sql::INSERT_TOKEN.sqlite)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        t.id.to_string(),
+                        t.tenant_id,
+                        t.token_hash.as_str(),
+                        t.label,
+                        t.site_id,
+                        t.collector_id.map(|c| c.to_string()),
+                        t.max_uses,
+                        micros(t.created_at),
+                        micros(t.expires_at),
+                        t.created_by
+                    ])
+                })
+                .map_err(backend)?;
             insert_audit(tx, &audit).map_err(backend)?;
             insert_event(tx, &event).map_err(backend)
         })
@@ -274,11 +271,13 @@ impl Store for SqliteStore {
         let (tenant_id, audit, event) = (tenant_id.to_owned(), audit.clone(), event.clone());
         self.write(move |tx| {
             let changed = tx
-                .prepare_cached("UPDATE agent_enrollment_tokens SET revoked_at = ?3 WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL")
+                .prepare_cached(sql::REVOKE_TOKEN.sqlite)
                 .and_then(|mut s| s.execute(params![tenant_id, id.to_string(), micros(audit.occurred_at)]))
                 .map_err(backend)?;
             let row = tx
-                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE tenant_id = ?1 AND id = ?2"))
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE tenant_id = ?1 AND id = ?2"
+                ))
                 .and_then(|mut s| s.query_row(params![tenant_id, id.to_string()], token_row).optional())
                 .map_err(backend)?;
             let Some((_, raw)) = row else { return Ok(RevokeOutcome::NotFound) };
@@ -313,10 +312,14 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let tenant = c.identity.tenant_id.as_str();
             let token = tx
-                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE tenant_id = ?1 AND id = ?2"))
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM agent_enrollment_tokens WHERE tenant_id = ?1 AND id = ?2"
+                ))
                 .and_then(|mut s| s.query_row(params![tenant, c.token_id.to_string()], token_row).optional())
                 .map_err(backend)?;
-            let Some((_, raw)) = token else { return Ok(EnrollmentOutcome::TokenRejected(TokenFailure::Unknown)) };
+            let Some((_, raw)) = token else {
+                return Ok(EnrollmentOutcome::TokenRejected(TokenFailure::Unknown));
+            };
             if let Some(failure) = raw.into_record()?.failure_at(c.now) {
                 return Ok(EnrollmentOutcome::TokenRejected(failure));
             }
@@ -324,39 +327,35 @@ impl Store for SqliteStore {
                 return Ok(EnrollmentOutcome::NonceReplayed);
             }
             let redeemed = tx
-                .prepare_cached(
-                    "UPDATE agent_enrollment_tokens SET use_count = use_count + 1, last_used_at = ?3 \
-                     WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL AND expires_at > ?3 AND use_count < max_uses",
-                )
+                .prepare_cached(sql::REDEEM_TOKEN_USE.sqlite)
                 .and_then(|mut s| s.execute(params![tenant, c.token_id.to_string(), micros(c.now)]))
                 .map_err(backend)?;
             if redeemed != 1 {
                 // The token was judged redeemable in this same transaction.
-                return Err(StoreError::Backend("the enrollment token changed inside its write transaction".into()));
+                return Err(StoreError::Backend(
+                    "the enrollment token changed inside its write transaction".into(),
+                ));
             }
             let i = &c.identity;
-            tx.prepare_cached(
-                "INSERT INTO agent_identities (agent_id, tenant_id, collector_id, asset_id, site_id, status, hostname, agent_version, os_family, enrollment_token_id, certificate_id, fingerprint_hash, enrolled_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    i.agent_id.to_string(),
-                    i.tenant_id,
-                    i.collector_id.to_string(),
-                    i.asset_id.to_string(),
-                    i.site_id,
-                    i.status.as_str(),
-                    i.hostname,
-                    i.agent_version,
-                    i.os_family,
-                    i.enrollment_token_id.to_string(),
-                    i.certificate_id.to_string(),
-                    i.fingerprint_hash.as_ref().map(KeyedHash::as_str),
-                    micros(i.enrolled_at)
-                ])
-            })
-            .map_err(backend)?;
+            tx.prepare_cached(sql::INSERT_IDENTITY.sqlite)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        i.agent_id.to_string(),
+                        i.tenant_id,
+                        i.collector_id.to_string(),
+                        i.asset_id.to_string(),
+                        i.site_id,
+                        i.status.as_str(),
+                        i.hostname,
+                        i.agent_version,
+                        i.os_family,
+                        i.enrollment_token_id.to_string(),
+                        i.certificate_id.to_string(),
+                        i.fingerprint_hash.as_ref().map(KeyedHash::as_str),
+                        micros(i.enrolled_at)
+                    ])
+                })
+                .map_err(backend)?;
             insert_certificate(tx, &c.certificate).map_err(backend)?;
             insert_audit(tx, &c.audit).map_err(backend)?;
             insert_event(tx, &c.event).map_err(backend)?;
@@ -415,23 +414,30 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let now = micros(audit.occurred_at);
             let changed = tx
-                .prepare_cached(
-                    "UPDATE agent_identities SET status = 'revoked', revoked_at = ?3 WHERE tenant_id = ?1 AND agent_id = ?2 AND status <> 'revoked'",
-                )
+                .prepare_cached(sql::REVOKE_IDENTITY.sqlite)
                 .and_then(|mut s| s.execute(params![tenant_id, agent_id.to_string(), now]))
                 .map_err(backend)?;
-            let Some(record) = select_identity(tx, &tenant_id, agent_id)? else { return Ok(RevokeOutcome::NotFound) };
+            let Some(record) = select_identity(tx, &tenant_id, agent_id)? else {
+                return Ok(RevokeOutcome::NotFound);
+            };
             if changed != 1 {
                 return Ok(RevokeOutcome::AlreadyRevoked(record));
             }
-            tx.prepare_cached("UPDATE agent_device_certificates SET status = 'revoked' WHERE tenant_id = ?1 AND agent_id = ?2 AND status = 'active'")
+            tx.prepare_cached(sql::REVOKE_ACTIVE_CERTIFICATES.sqlite)
                 .and_then(|mut s| s.execute(params![tenant_id, agent_id.to_string()]))
                 .map_err(backend)?;
-            tx.prepare_cached(
-                "INSERT INTO agent_revocations (revocation_id, tenant_id, agent_id, revoked_by, reason, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut s| s.execute(params![Uuid::new_v4().to_string(), tenant_id, agent_id.to_string(), revoked_by, reason, now]))
-            .map_err(backend)?;
+            tx.prepare_cached(sql::INSERT_REVOCATION.sqlite)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        Uuid::new_v4().to_string(),
+                        tenant_id,
+                        agent_id.to_string(),
+                        revoked_by,
+                        reason,
+                        now
+                    ])
+                })
+                .map_err(backend)?;
             insert_audit(tx, &audit).map_err(backend)?;
             insert_event(tx, &event).map_err(backend)?;
             Ok(RevokeOutcome::Revoked(record))
@@ -448,7 +454,7 @@ impl Store for SqliteStore {
         let (tenant_id, audit) = (tenant_id.to_owned(), audit.clone());
         self.write(move |tx| {
             let changed = tx
-                .prepare_cached("UPDATE agent_identities SET status = 'stale' WHERE tenant_id = ?1 AND agent_id = ?2 AND status IN ('enrolled', 'active')")
+                .prepare_cached(sql::MARK_IDENTITY_STALE.sqlite)
                 .and_then(|mut s| s.execute(params![tenant_id, agent_id.to_string()]))
                 .map_err(backend)?;
             if changed == 1 {
@@ -478,23 +484,21 @@ impl Store for SqliteStore {
             if !insert_nonce(tx, &c.tenant_id, &c.nonce_hash, c.now).map_err(backend)? {
                 return Ok(RotationOutcome::NonceReplayed);
             }
-            tx.prepare_cached("UPDATE agent_device_certificates SET status = 'superseded' WHERE tenant_id = ?1 AND certificate_id = ?2")
+            tx.prepare_cached(sql::SUPERSEDE_CERTIFICATE.sqlite)
                 .and_then(|mut s| s.execute(params![c.tenant_id, identity.certificate_id.to_string()]))
                 .map_err(backend)?;
             insert_certificate(tx, &c.certificate).map_err(backend)?;
-            tx.prepare_cached(
-                "UPDATE agent_identities SET certificate_id = ?3, previous_certificate_id = ?4, rotated_at = ?5 WHERE tenant_id = ?1 AND agent_id = ?2",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    c.tenant_id,
-                    c.agent_id.to_string(),
-                    c.certificate.certificate_id.to_string(),
-                    identity.certificate_id.to_string(),
-                    micros(c.now)
-                ])
-            })
-            .map_err(backend)?;
+            tx.prepare_cached(sql::ROTATE_IDENTITY_CERTIFICATE.sqlite)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        c.tenant_id,
+                        c.agent_id.to_string(),
+                        c.certificate.certificate_id.to_string(),
+                        identity.certificate_id.to_string(),
+                        micros(c.now)
+                    ])
+                })
+                .map_err(backend)?;
             insert_audit(tx, &c.audit).map_err(backend)?;
             insert_event(tx, &c.event).map_err(backend)?;
             Ok(RotationOutcome::Rotated)

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use crate::model::*;
+use crate::store::sql;
 use crate::store::{StoreError, StoreResult, stored};
 
 pub(super) fn backend(e: rusqlite::Error) -> StoreError {
@@ -181,11 +182,7 @@ impl RawIdentity {
 
 pub(super) fn insert_audit(tx: &Connection, a: &AuditRecord) -> rusqlite::Result<()> {
     let details = serde_json::to_string(&a.details).unwrap_or_else(|_| "{}".into());
-    tx.prepare_cached(
-        "INSERT INTO audit_events (audit_id, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason_code, request_id, details) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
+    tx.prepare_cached(sql::INSERT_AUDIT.sqlite)?.execute(params![
         a.audit_id.to_string(),
         a.tenant_id,
         micros(a.occurred_at),
@@ -214,11 +211,7 @@ pub(super) fn insert_event(tx: &Connection, e: &OutboxEvent) -> rusqlite::Result
 }
 
 pub(super) fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, status) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
+    tx.prepare_cached(sql::INSERT_CERTIFICATE.sqlite)?.execute(params![
         c.certificate_id.to_string(),
         c.tenant_id,
         c.agent_id.to_string(),
@@ -239,9 +232,11 @@ pub(super) fn insert_nonce(
     nonce_hash: &KeyedHash,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<bool> {
-    let n = tx
-        .prepare_cached("INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-        .execute(params![tenant_id, nonce_hash.as_str(), micros(now)])?;
+    let n = tx.prepare_cached(sql::INSERT_NONCE.sqlite)?.execute(params![
+        tenant_id,
+        nonce_hash.as_str(),
+        micros(now)
+    ])?;
     Ok(n == 1)
 }
 
