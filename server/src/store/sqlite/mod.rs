@@ -6,28 +6,25 @@
 mod checkpoint;
 mod heartbeat;
 mod rows;
+mod schema;
 mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use self::checkpoint::{Checkpointer, WAL_BACKSTOP_PAGES};
 use self::heartbeat::apply_heartbeat;
 use self::rows::*;
+use self::schema::{MIGRATIONS, configure, connect, migrate};
 use self::writer::Writer;
 use super::{Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 use crate::store::sql;
-
-/// Versioned migrations, applied in order inside a transaction each.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
 
 /// Read-only connections next to the writer: WAL lets readers proceed while
 /// a batch is being committed.
@@ -43,79 +40,6 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
     }
-}
-
-/// Opens the database file with the store's settings (WAL, full sync).
-fn connect(path: &Path) -> StoreResult<Connection> {
-    owner_only(path)?;
-    let conn = Connection::open(path).map_err(backend)?;
-    configure(&conn)?;
-    Ok(conn)
-}
-
-/// The database holds hashes, audit records and identities: it is created
-/// owner-only (0600), and an existing file found wider is narrowed. SQLite
-/// gives its `-wal` and `-shm` files the database file's mode, so they are
-/// owner-only too.
-fn owner_only(path: &Path) -> StoreResult<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let cannot = |e: std::io::Error| {
-            StoreError::Unavailable(format!("cannot open the SQLite database {}: {e}", path.display()))
-        };
-        match std::fs::metadata(path) {
-            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "the SQLite database was readable by others; narrowing it to 0600");
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(cannot)?;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(cannot)?;
-            }
-            Err(e) => return Err(cannot(e)),
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
-fn configure(conn: &Connection) -> StoreResult<()> {
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 67108864;",
-    )
-    .map_err(backend)
-}
-
-/// Applies every migration not yet recorded; returns how many ran.
-fn migrate(conn: &mut Connection) -> StoreResult<usize> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-        .map_err(backend)?;
-    let mut applied = 0;
-    for (version, name, sql) in MIGRATIONS {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let done: Option<i64> = tx
-            .query_row(sql::MIGRATION_APPLIED.sqlite, [version], |r| r.get(0))
-            .optional()
-            .map_err(backend)?;
-        if done.is_none() {
-            tx.execute_batch(sql).map_err(backend)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-                params![version, name, micros(Utc::now())],
-            )
-            .map_err(backend)?;
-            applied += 1;
-        }
-        tx.commit().map_err(backend)?;
-    }
-    Ok(applied)
 }
 
 impl SqliteStore {
