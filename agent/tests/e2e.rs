@@ -392,3 +392,67 @@ fn a_refused_enrollment_exits_with_the_enrollment_code_and_keeps_the_token() {
     );
     assert!(!files.state.join("identity.json").exists());
 }
+
+/// A TLS listener on loopback for `localhost` with a fresh self-signed
+/// certificate, counting the handshakes that completed (a completed one
+/// would mean the agent trusted it and could send its token). Returns the
+/// port and the counter.
+fn untrusted_tls_platform() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("fixture certificate");
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let completed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = completed.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            while let Ok((socket, _)) = listener.accept().await {
+                if acceptor.accept(socket).await.is_ok() {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+    });
+    (port, completed)
+}
+
+#[test]
+fn enrolling_against_a_platform_certificate_the_ca_bundle_does_not_trust_exits_2_at_once() {
+    let (port, completed) = untrusted_tls_platform();
+    let token = format!("opet_{}_{}", "0".repeat(32), "B".repeat(43));
+    let files = agent_files(&format!("https://localhost:{port}"), &token);
+    // The bundle is another CA: the platform's certificate cannot verify.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("fixture CA");
+    let bundle = files.dir.path().join("ca.pem");
+    std::fs::write(&bundle, other.cert.pem()).expect("bundle");
+    let mut config = std::fs::read_to_string(&files.config).expect("config");
+    config.push_str(&format!("ca_bundle: {}\n", bundle.display()));
+    std::fs::write(&files.config, config).expect("config");
+
+    let started = Instant::now();
+    let out = agent(&files, "enroll").output().expect("enroll");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a certificate that does not verify is a configuration error: {stderr}"
+    );
+    assert!(stderr.contains(&"certificate verification failed for localhost".to_string()), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "no retries: answered in {:?}", started.elapsed());
+    assert_eq!(completed.load(std::sync::atomic::Ordering::SeqCst), 0, "no TLS session was established");
+    assert!(std::fs::read_to_string(&files.config).expect("config").contains(&token), "the token is kept");
+    assert!(!files.state.join("identity.json").exists());
+}
