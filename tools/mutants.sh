@@ -11,7 +11,7 @@ command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # The functions that decide: a mutant elsewhere (Debug, parsing helpers) says little.
-rules='(failure_at|status_at|admit|judge_heartbeat|effective_status|::verify|constant_time_eq|enrollment_token_matches|parse_enrollment_token|nonce_is_well_formed|RateLimiter::check|record_failure|fingerprint_hash)'
+rules='(failure_at|status_at|admit|judge_heartbeat|judge_rotation_write|from_rows|effective_status|::verify|constant_time_eq|enrollment_token_matches|parse_enrollment_token|nonce_is_well_formed|RateLimiter::acquire|RateLimiter::settle|fingerprint_hash)'
 tests='package(oneprotect-server) | (package(oneprotect-conformance) & test(/every_local_check_passes/))'
 # Builds of the mutated copies share one target directory, so only the
 # workspace's own crates are rebuilt from one run to the next. The baseline
@@ -19,7 +19,7 @@ tests='package(oneprotect-server) | (package(oneprotect-conformance) & test(/eve
 # would run it on the mutated package alone, without the conformance suite.
 CARGO_TARGET_DIR="$target/mutants-build" cargo mutants \
   -p oneprotect-server \
-  --file server/src/model.rs --file server/src/runtime_token.rs --file server/src/admin_auth.rs \
+  --file server/src/model/rules.rs --file server/src/model/records.rs --file server/src/runtime_token.rs --file server/src/admin_auth.rs \
   --file server/src/secrets.rs --file server/src/ratelimit.rs \
   --re "$rules" \
   --test-tool nextest --test-package oneprotect-server --test-package oneprotect-conformance \
