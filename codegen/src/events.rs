@@ -36,6 +36,9 @@ pub struct EventModel {
     pub module: String,
     /// The `dataschema` URI the envelope pins.
     pub dataschema: String,
+    /// The address of the AsyncAPI channel that carries it: the subject an
+    /// event of this version is published on.
+    pub subject: String,
 }
 
 impl EventModel {
@@ -168,11 +171,27 @@ pub fn check(raw: &RawContracts, diags: &mut Diagnostics) -> Vec<EventModel> {
                 version,
                 data_type,
                 dataschema,
+                subject: String::new(),
             });
         }
     }
-    check_asyncapi(raw, diags);
+    let subjects = check_asyncapi(raw, diags);
+    for model in &mut models {
+        model.subject = subjects.get(&model.file_name).cloned().unwrap_or_default();
+    }
     models
+}
+
+/// Whether `address` is a NATS subject an event can be published on:
+/// tokens separated by `.`, none empty, each of letters, digits, `_` and
+/// `-` (no whitespace, and no `*` or `>`: wildcards subscribe, they do not
+/// publish), at most 255 bytes.
+pub fn is_publishable_subject(address: &str) -> bool {
+    !address.is_empty()
+        && address.len() <= 255
+        && address.split('.').all(|token| {
+            !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
 }
 
 fn check_event_refs(root: &Value, value: &Value, ptr: String, file: &str, diags: &mut Diagnostics) {
@@ -247,7 +266,10 @@ fn check_payload(schema: &Value, ptr: &str, file: &str, diags: &mut Diagnostics)
     }
 }
 
-fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
+/// Checks `asyncapi.yaml` against the event schemas; returns the subject
+/// (channel address) of each event schema file a channel carries.
+fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) -> BTreeMap<String, String> {
+    let mut subjects = BTreeMap::new();
     let file = raw.file(ASYNCAPI_FILE);
     let doc = &raw.asyncapi;
     match doc.get("asyncapi").and_then(Value::as_str) {
@@ -257,7 +279,7 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
                 Diagnostic::new(&file, "/asyncapi", format!("AsyncAPI version {other:?} is not supported"))
                     .hint("use `asyncapi: 3.0.0`"),
             );
-            return;
+            return subjects;
         }
     }
     let messages =
@@ -330,8 +352,26 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
     }
     // Every message is carried by a channel, and channel refs resolve.
     let mut carried = BTreeSet::new();
+    let mut addresses: BTreeMap<String, String> = BTreeMap::new();
     if let Some(channels) = doc.get("channels").and_then(Value::as_object) {
         for (ch_name, ch) in channels {
+            let address = ch.get("address").and_then(Value::as_str).unwrap_or_default();
+            let a_ptr = pointer(["channels", ch_name, "address"]);
+            if !is_publishable_subject(address) {
+                diags.push(
+                    Diagnostic::new(&file, &a_ptr, format!("channel address `{address}` is not a NATS subject an event can be published on"))
+                        .hint("use dot-separated tokens of letters, digits, `_` and `-`, with no wildcard, e.g. `oneprotect.events.agent.enrolled`"),
+                );
+            } else if let Some(first) = addresses.insert(address.to_string(), ch_name.clone()) {
+                diags.push(
+                    Diagnostic::new(
+                        &file,
+                        &a_ptr,
+                        format!("channel address `{address}` is also the address of channel `{first}`"),
+                    )
+                    .hint("give every channel its own subject"),
+                );
+            }
             if let Some(msgs) = ch.get("messages").and_then(Value::as_object) {
                 for (m_name, m) in msgs {
                     let m_ptr = pointer(["channels", ch_name, "messages", m_name, "$ref"]);
@@ -342,6 +382,16 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
                     {
                         Some(target) if messages.contains_key(target) => {
                             carried.insert(target.to_string());
+                            if let Some(event_file) = messages[target]
+                                .pointer("/payload/$ref")
+                                .or_else(|| messages[target].pointer("/payload/schema/$ref"))
+                                .and_then(Value::as_str)
+                                .and_then(|r| {
+                                    r.strip_prefix("./events/").or_else(|| r.strip_prefix("events/"))
+                                })
+                            {
+                                subjects.insert(event_file.to_string(), address.to_string());
+                            }
                         }
                         _ => diags.push(
                             Diagnostic::new(
@@ -368,4 +418,5 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) {
             );
         }
     }
+    subjects
 }

@@ -650,3 +650,34 @@ fn a_problem_code_the_generated_runtime_answers_with_must_be_listed() {
         "`payload_too_large`",
     );
 }
+
+#[test]
+fn a_channel_address_must_be_a_publishable_nats_subject_of_its_own() {
+    let original = std::fs::read_to_string(real_specs().join("asyncapi.yaml")).expect("read");
+    let cases = [
+        ("oneprotect.events.agent.*.revoked", "is not a NATS subject"),
+        ("oneprotect.events.agent.>", "is not a NATS subject"),
+        ("oneprotect.events..agent.revoked", "is not a NATS subject"),
+        ("oneprotect.events.agent revoked", "is not a NATS subject"),
+        ("oneprotect.events.agent.enrolled", "is also the address of channel"),
+    ];
+    for (address, needle) in cases {
+        let f = Fixture::new();
+        let edited = original
+            .replace("address: oneprotect.events.agent.revoked\n", &format!("address: '{address}'\n"));
+        assert_ne!(edited, original, "the fixture names the agent.revoked channel");
+        std::fs::write(f.path("asyncapi.yaml"), edited).expect("write");
+        assert_reports(&f.errors(), "specs/asyncapi.yaml", "/channels/agentRevoked/address", needle);
+    }
+}
+
+#[test]
+fn publishable_subjects_are_dot_separated_tokens_without_wildcards() {
+    use oneprotect_codegen::events::is_publishable_subject;
+    assert!(is_publishable_subject("oneprotect.events.agent.enrolled"));
+    assert!(is_publishable_subject("a-b_c.D9"));
+    for bad in ["", ".", "a.", ".a", "a..b", "a.*", "a.>", "a b", "a\tb", "ä.b", &"a".repeat(256)] {
+        assert!(!is_publishable_subject(bad), "{bad:?}");
+    }
+    assert!(is_publishable_subject(&"a".repeat(255)), "255 bytes is the longest accepted");
+}

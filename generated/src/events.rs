@@ -1233,47 +1233,94 @@ pub const EVENT_VERSIONS: [(&str, &str); 8usize] = [
         "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json",
     ),
 ];
-/// A payload type that knows its CloudEvents `type` and schema.
+/// The subject (AsyncAPI channel address) each event version is
+/// published on, by `dataschema`: a relay takes its subjects from
+/// here, never from a string written by hand.
+pub const EVENT_SUBJECTS: [(&str, &str); 8usize] = [
+    (
+        "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json",
+        "oneprotect.events.agent.certificate.rotated",
+    ),
+    (
+        "https://schemas.oneprotect.dev/events/agent.enrolled.v1.schema.json",
+        "oneprotect.events.agent.enrolled",
+    ),
+    (
+        "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json",
+        "oneprotect.events.agent.enrollment.failed",
+    ),
+    (
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json",
+        "oneprotect.events.agent.enrollment_token.issued",
+    ),
+    (
+        "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json",
+        "oneprotect.events.agent.enrollment_token.revoked",
+    ),
+    ("https://schemas.oneprotect.dev/events/agent.revoked.v1.schema.json", "oneprotect.events.agent.revoked"),
+    (
+        "https://schemas.oneprotect.dev/events/asset.discovered.v1.schema.json",
+        "oneprotect.events.asset.discovered",
+    ),
+    (
+        "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json",
+        "oneprotect.events.asset.telemetry.received",
+    ),
+];
+/// The subject an event is published on, from its `dataschema`.
+pub fn subject_of(dataschema: &str) -> Option<&'static str> {
+    EVENT_SUBJECTS.iter().find(|(ds, _)| *ds == dataschema).map(|(_, subject)| *subject)
+}
+/// A payload type that knows its CloudEvents `type`, schema and subject.
 pub trait EventData: serde::Serialize {
     const EVENT_TYPE: &'static str;
     const DATASCHEMA: &'static str;
+    const SUBJECT: &'static str;
 }
 impl EventData for agent_certificate_rotated::AgentCertificateRotatedData {
     const EVENT_TYPE: &'static str = "agent.certificate.rotated";
     const DATASCHEMA: &'static str =
         "https://schemas.oneprotect.dev/events/agent.certificate.rotated.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.agent.certificate.rotated";
 }
 impl EventData for agent_enrolled::AgentEnrolledData {
     const EVENT_TYPE: &'static str = "agent.enrolled";
     const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/agent.enrolled.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.agent.enrolled";
 }
 impl EventData for agent_enrollment_failed::AgentEnrollmentFailedData {
     const EVENT_TYPE: &'static str = "agent.enrollment.failed";
     const DATASCHEMA: &'static str =
         "https://schemas.oneprotect.dev/events/agent.enrollment.failed.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.agent.enrollment.failed";
 }
 impl EventData for agent_enrollment_token_issued::AgentEnrollmentTokenIssuedData {
     const EVENT_TYPE: &'static str = "agent.enrollment_token.issued";
     const DATASCHEMA: &'static str =
         "https://schemas.oneprotect.dev/events/agent.enrollment_token.issued.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.agent.enrollment_token.issued";
 }
 impl EventData for agent_enrollment_token_revoked::AgentEnrollmentTokenRevokedData {
     const EVENT_TYPE: &'static str = "agent.enrollment_token.revoked";
     const DATASCHEMA: &'static str =
         "https://schemas.oneprotect.dev/events/agent.enrollment_token.revoked.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.agent.enrollment_token.revoked";
 }
 impl EventData for agent_revoked::AgentRevokedData {
     const EVENT_TYPE: &'static str = "agent.revoked";
     const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/agent.revoked.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.agent.revoked";
 }
 impl EventData for asset_discovered::AssetDiscoveredData {
     const EVENT_TYPE: &'static str = "asset.discovered";
     const DATASCHEMA: &'static str = "https://schemas.oneprotect.dev/events/asset.discovered.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.asset.discovered";
 }
 impl EventData for asset_telemetry_received::AssetTelemetryReceivedData {
     const EVENT_TYPE: &'static str = "asset.telemetry.received";
     const DATASCHEMA: &'static str =
         "https://schemas.oneprotect.dev/events/asset.telemetry.received.v1.schema.json";
+    const SUBJECT: &'static str = "oneprotect.events.asset.telemetry.received";
 }
 /// CloudEvents 1.0 structured-mode envelope with the `tenantid` extension.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

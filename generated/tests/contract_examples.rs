@@ -169,3 +169,23 @@ fn problem_codes_are_typed_and_a_code_added_later_still_reads() {
         .len();
     assert_eq!(ProblemCode::ALL.len(), listed, "one variant per listed code");
 }
+
+#[test]
+fn every_event_version_has_the_subject_of_its_asyncapi_channel() {
+    use oneprotect_contracts::events::{EVENT_SUBJECTS, EVENT_VERSIONS, subject_of};
+    let asyncapi: serde_json::Value =
+        serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON).expect("asyncapi json");
+    let addresses: Vec<&str> = asyncapi["channels"]
+        .as_object()
+        .expect("channels")
+        .values()
+        .filter_map(|c| c["address"].as_str())
+        .collect();
+    assert_eq!(EVENT_SUBJECTS.len(), EVENT_VERSIONS.len());
+    for (event_type, dataschema) in EVENT_VERSIONS {
+        let subject = subject_of(dataschema).expect("every version has a subject");
+        assert!(addresses.contains(&subject), "{subject} is a channel address of asyncapi.yaml");
+        assert_eq!(subject, format!("oneprotect.events.{event_type}"), "the contract's naming");
+    }
+    assert_eq!(subject_of("https://schemas.oneprotect.invalid/unknown"), None);
+}

@@ -28,10 +28,12 @@ pub(super) fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenSt
         let data = format_ident!("{}", m.data_type);
         let ty = &m.event_type;
         let ds = &m.dataschema;
+        let subject = &m.subject;
         quote! {
             impl EventData for #module::#data {
                 const EVENT_TYPE: &'static str = #ty;
                 const DATASCHEMA: &'static str = #ds;
+                const SUBJECT: &'static str = #subject;
             }
         }
     });
@@ -44,6 +46,11 @@ pub(super) fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenSt
         let ty = &m.event_type;
         let ds = &m.dataschema;
         quote! { (#ty, #ds) }
+    });
+    let subjects = c.events.iter().map(|m| {
+        let ds = &m.dataschema;
+        let subject = &m.subject;
+        quote! { (#ds, #subject) }
     });
     let version_count = c.events.len();
     quote! {
@@ -66,10 +73,21 @@ pub(super) fn events_module(c: &Contracts, modules: Vec<TokenStream>) -> TokenSt
         /// versions beside new ones, oldest first.
         pub const EVENT_VERSIONS: [(&str, &str); #version_count] = [#(#versions),*];
 
-        /// A payload type that knows its CloudEvents `type` and schema.
+        /// The subject (AsyncAPI channel address) each event version is
+        /// published on, by `dataschema`: a relay takes its subjects from
+        /// here, never from a string written by hand.
+        pub const EVENT_SUBJECTS: [(&str, &str); #version_count] = [#(#subjects),*];
+
+        /// The subject an event is published on, from its `dataschema`.
+        pub fn subject_of(dataschema: &str) -> Option<&'static str> {
+            EVENT_SUBJECTS.iter().find(|(ds, _)| *ds == dataschema).map(|(_, subject)| *subject)
+        }
+
+        /// A payload type that knows its CloudEvents `type`, schema and subject.
         pub trait EventData: serde::Serialize {
             const EVENT_TYPE: &'static str;
             const DATASCHEMA: &'static str;
+            const SUBJECT: &'static str;
         }
 
         #(#impls)*
