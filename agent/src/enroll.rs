@@ -14,7 +14,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, remove_enrollment_token};
 use crate::exit;
 use crate::platform::{CallError, classify, client, new_key_and_csr, new_nonce};
-use crate::state::{Identity, StateDir, rewrite_keeping_mode};
+use crate::state::{Identity, IssuedCertificate, StateDir, rewrite_keeping_mode};
 
 /// Attempts before giving up on transient failures.
 const MAX_ATTEMPTS: u32 = 6;
@@ -160,9 +160,16 @@ pub async fn enroll(config: &Config, options: EnrollOptions) -> Outcome {
                     runtime_token_issued_at: Utc::now(),
                     runtime_token_expires_at: enrolled.runtime_token.expires_at,
                     runtime_token_key_id: enrolled.runtime_token.key_id.clone(),
+                    certificate_not_before: Some(enrolled.certificate.not_before),
+                    certificate_not_after: Some(enrolled.certificate.not_after),
                 };
                 let runtime_token = SecretString::from(enrolled.runtime_token.token);
-                let certificate = serde_json::to_value(&enrolled.certificate).unwrap_or_default();
+                let record = serde_json::to_value(&enrolled.certificate).unwrap_or_default();
+                let certificate = IssuedCertificate {
+                    record: &record,
+                    certificate_pem: &enrolled.certificate_pem,
+                    ca_chain_pem: &enrolled.ca_chain_pem,
+                };
                 if let Err(e) = state.save(&identity, &runtime_token, &keys.private_key_pem, &certificate) {
                     return (
                         exit::RUNTIME,

@@ -84,12 +84,34 @@ fn status(config: &Config) -> (u8, String) {
     }
     match dir.load_identity() {
         Ok(identity) => {
-            let files: Vec<_> = [state::IDENTITY_FILE, state::KEY_FILE, state::TOKEN_FILE, state::CERTIFICATE_FILE, state::SEQUENCE_FILE]
+            let files: Vec<_> = [
+                state::IDENTITY_FILE,
+                state::KEY_FILE,
+                state::TOKEN_FILE,
+                state::CERTIFICATE_FILE,
+                state::CERTIFICATE_PEM_FILE,
+                state::CA_CHAIN_FILE,
+                state::SEQUENCE_FILE,
+            ]
                 .iter()
+                .filter(|f| dir.file(f).exists())
                 .map(|f| serde_json::json!({ "file": f, "owner_only": state::check_owner_only(&dir.file(f)).is_ok() }))
                 .collect();
+            // The certificate's public facts: serial, fingerprint, validity.
+            let certificate = std::fs::read_to_string(dir.file(state::CERTIFICATE_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .map(|c| {
+                    serde_json::json!({
+                        "serial_number": c["serial_number"],
+                        "sha256": c["certificate_sha256"],
+                        "not_before": c["not_before"],
+                        "not_after": c["not_after"],
+                    })
+                });
             let out = serde_json::json!({
                 "identity": identity,
+                "certificate": certificate,
                 "state_dir": config.state_dir,
                 "files": files,
                 "last_accepted_heartbeat": dir.last_accepted_heartbeat(),

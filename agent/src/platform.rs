@@ -86,8 +86,12 @@ fn transport(e: reqwest::Error) -> CallError {
     }
 }
 
-/// The generated client, with the runtime token as its bearer when given.
-pub fn client(config: &Config, bearer: Option<&SecretString>) -> Result<Client, String> {
+/// The generated client. With an enrolled agent's state it presents the
+/// agent's certificate at the TLS handshake (mutual TLS) and the runtime
+/// token as its bearer, so it works under every `ONEPROTECT_AGENT_AUTH`
+/// policy of the platform.
+pub fn client(config: &Config, agent: Option<&crate::state::AgentState>) -> Result<Client, String> {
+    let bearer = agent.map(|a| &a.runtime_token);
     // Nothing about an agent call is redirected: a 3xx is an answer to back
     // off from, never a place to send the bearer, the CSR or telemetry.
     let redirects = if crate::faults::active("follows-redirects") {
@@ -113,6 +117,15 @@ pub fn client(config: &Config, bearer: Option<&SecretString>) -> Result<Client, 
             return Err(format!("ca_bundle {}: no certificate found", ca.display()));
         }
         builder = builder.tls_certs_only(certs);
+    }
+    if let Some(agent) = agent
+        && let Some(certificate) = &agent.certificate_pem
+        && config.platform_url.starts_with("https://")
+    {
+        let pem = format!("{certificate}{}", agent.private_key_pem.expose_secret());
+        let identity = reqwest::Identity::from_pem(pem.as_bytes())
+            .map_err(|e| format!("the agent's certificate and key cannot be used for TLS: {e}"))?;
+        builder = builder.identity(identity);
     }
     if let Some(token) = bearer {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use oneprotect_contracts::client::Client;
 use oneprotect_contracts::types;
 use rand::SeedableRng;
@@ -17,20 +17,46 @@ use crate::config::Config;
 use crate::enroll::Outcome;
 use crate::exit::{self, Reaction, reaction_to_status};
 use crate::platform::{CallError, classify, client, new_key_and_csr, new_nonce};
-use crate::state::{AgentState, CERTIFICATE_FILE, IDENTITY_FILE, KEY_FILE, StateDir, StateError, TOKEN_FILE};
+use crate::state::{
+    AgentState, IDENTITY_FILE, IssuedCertificate, KEY_FILE, StateDir, StateError, TOKEN_FILE,
+};
 use crate::telemetry::Collector;
 
-/// Renew when this fraction of the token's lifetime has passed.
-const RENEW_AT: f64 = 2.0 / 3.0;
+/// Renewal starts at a fraction of the credentials' lifetime drawn once per
+/// run from this range, so a fleet enrolled together does not renew
+/// together.
+const RENEW_BETWEEN: std::ops::Range<f64> = 0.70..0.85;
 
-fn renewal_due(state: &AgentState) -> bool {
+/// When `fraction` of the lifetime from `from` to `to` has passed.
+fn point_in(from: DateTime<Utc>, to: DateTime<Utc>, fraction: f64) -> DateTime<Utc> {
+    let lifetime = (to - from).num_milliseconds().max(0) as f64;
+    from + chrono::Duration::milliseconds((lifetime * fraction) as i64)
+}
+
+/// Whether the runtime token or the certificate (whichever comes first)
+/// is due for renewal at `now`.
+fn renewal_due(state: &AgentState, fraction: f64, now: DateTime<Utc>) -> bool {
     if crate::faults::active("renewal-never-fires") {
         return false;
     }
-    let issued = state.identity.runtime_token_issued_at;
-    let lifetime = (state.identity.runtime_token_expires_at - issued).num_milliseconds().max(0) as f64;
-    let at = issued + chrono::Duration::milliseconds((lifetime * RENEW_AT) as i64);
-    Utc::now() >= at
+    let identity = &state.identity;
+    let token = point_in(identity.runtime_token_issued_at, identity.runtime_token_expires_at, fraction);
+    let certificate = match (identity.certificate_not_before, identity.certificate_not_after) {
+        (Some(from), Some(to)) => point_in(from, to, fraction),
+        _ => token,
+    };
+    now >= token.min(certificate)
+}
+
+/// A certificate that expired while the agent was not running cannot be
+/// renewed: the platform no longer accepts it, so the agent must enroll again.
+fn certificate_expired(state: &AgentState, now: DateTime<Utc>) -> Option<String> {
+    let not_after = state.identity.certificate_not_after?;
+    (state.certificate_pem.is_some() && now >= not_after).then(|| {
+        format!(
+            "the agent's certificate expired at {not_after}; enroll again (`oneprotect-agent enroll --force`)"
+        )
+    })
 }
 
 fn load(config: &Config) -> Result<AgentState, Outcome> {
@@ -66,21 +92,30 @@ async fn rotate(api: &Client, dir: &StateDir, state: &mut AgentState) -> Result<
     identity.runtime_token_issued_at = Utc::now();
     identity.runtime_token_expires_at = rotated.runtime_token.expires_at;
     identity.runtime_token_key_id = rotated.runtime_token.key_id;
+    identity.certificate_not_before = Some(rotated.certificate.not_before);
+    identity.certificate_not_after = Some(rotated.certificate.not_after);
+    let record = serde_json::to_value(&rotated.certificate).unwrap_or_default();
     let persist = || -> Result<(), StateError> {
         dir.write_private(KEY_FILE, keys.private_key_pem.expose_secret().as_bytes())?;
         if crate::faults::active("renewed-key-world-readable") {
             crate::faults::loosen(&dir.file(KEY_FILE));
         }
         dir.write_private(TOKEN_FILE, token.expose_secret().as_bytes())?;
-        dir.write_private(
-            CERTIFICATE_FILE,
-            &serde_json::to_vec_pretty(&rotated.certificate).unwrap_or_default(),
-        )?;
+        dir.save_certificate(&IssuedCertificate {
+            record: &record,
+            certificate_pem: &rotated.certificate_pem,
+            ca_chain_pem: &rotated.ca_chain_pem,
+        })?;
         dir.write_private(IDENTITY_FILE, &serde_json::to_vec_pretty(&identity).unwrap_or_default())
     };
     persist()
         .map_err(|e| CallError::Transport(format!("rotated, but could not save the new identity: {e}")))?;
-    *state = AgentState { identity, runtime_token: token, private_key_pem: keys.private_key_pem };
+    *state = AgentState {
+        identity,
+        runtime_token: token,
+        private_key_pem: keys.private_key_pem,
+        certificate_pem: Some(rotated.certificate_pem.to_string()),
+    };
     tracing::info!(certificate_id = %state.identity.certificate_id, "runtime token and certificate record rotated");
     Ok(())
 }
@@ -92,17 +127,21 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
         Ok(s) => s,
         Err(o) => return o,
     };
+    if let Some(expired) = certificate_expired(&state, Utc::now()) {
+        return (exit::IDENTITY_UNKNOWN, expired);
+    }
     let dir = StateDir::new(&config.state_dir);
     let mut collector = match Collector::new() {
         Ok(c) => c,
         Err(e) => return (exit::RUNTIME, e),
     };
-    let mut api = match client(config, Some(&state.runtime_token)) {
+    let mut api = match client(config, Some(&state)) {
         Ok(c) => c,
         Err(e) => return (exit::CONFIG, e),
     };
     tracing::info!(agent_id = %state.identity.agent_id, interval_s = config.heartbeat_interval.as_secs(), "running");
     let mut rng = StdRng::from_os_rng();
+    let renew_fraction = rand::Rng::random_range(&mut rng, RENEW_BETWEEN);
     let mut backoff = Backoff::default();
     let mut renew_backoff = Backoff::default();
     let mut renew_not_before = Utc::now();
@@ -122,7 +161,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
             () = &mut shutdown => return (stopped, "stopped".into()),
             () = tokio::time::sleep(delay) => {}
         }
-        if renewal_due(&state) && Utc::now() >= renew_not_before {
+        if renewal_due(&state, renew_fraction, Utc::now()) && Utc::now() >= renew_not_before {
             let outcome = tokio::select! {
                 () = &mut shutdown => return (stopped, "stopped".into()),
                 r = rotate(&api, &dir, &mut state) => r,
@@ -130,7 +169,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Outcome
             match outcome {
                 Ok(()) => {
                     renew_backoff.reset();
-                    api = match client(config, Some(&state.runtime_token)) {
+                    api = match client(config, Some(&state)) {
                         Ok(c) => c,
                         Err(e) => return (exit::CONFIG, e),
                     };

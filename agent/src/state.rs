@@ -13,6 +13,10 @@ pub const IDENTITY_FILE: &str = "identity.json";
 pub const KEY_FILE: &str = "agent.key";
 pub const TOKEN_FILE: &str = "runtime.token";
 pub const CERTIFICATE_FILE: &str = "certificate.json";
+/// The X.509 certificate the platform CA issued (PEM), presented for mutual TLS.
+pub const CERTIFICATE_PEM_FILE: &str = "agent.pem";
+/// The platform CA chain the exchange returned (PEM).
+pub const CA_CHAIN_FILE: &str = "ca-chain.pem";
 pub const SEQUENCE_FILE: &str = "sequence";
 /// When the platform last accepted a heartbeat, and its sequence (for `status`).
 pub const LAST_HEARTBEAT_FILE: &str = "last-heartbeat.json";
@@ -31,6 +35,12 @@ pub struct Identity {
     pub runtime_token_issued_at: DateTime<Utc>,
     pub runtime_token_expires_at: DateTime<Utc>,
     pub runtime_token_key_id: String,
+    /// The certificate's validity (absent for identities enrolled with a
+    /// platform that issued no certificate).
+    #[serde(default)]
+    pub certificate_not_before: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub certificate_not_after: Option<DateTime<Utc>>,
 }
 
 /// Everything `run` needs.
@@ -38,6 +48,16 @@ pub struct AgentState {
     pub identity: Identity,
     pub runtime_token: SecretString,
     pub private_key_pem: SecretString,
+    /// The certificate presented for mutual TLS, when the platform issued one.
+    pub certificate_pem: Option<String>,
+}
+
+/// What the platform issued with an identity: the certificate record, and
+/// the certificate and CA chain themselves.
+pub struct IssuedCertificate<'a> {
+    pub record: &'a serde_json::Value,
+    pub certificate_pem: &'a str,
+    pub ca_chain_pem: &'a str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,20 +125,32 @@ impl StateDir {
         identity: &Identity,
         runtime_token: &SecretString,
         private_key_pem: &SecretString,
-        certificate: &serde_json::Value,
+        certificate: &IssuedCertificate<'_>,
     ) -> Result<(), StateError> {
         self.ensure()?;
         self.write_private(KEY_FILE, private_key_pem.expose_secret().as_bytes())?;
         self.write_private(TOKEN_FILE, runtime_token.expose_secret().as_bytes())?;
-        self.write_private(CERTIFICATE_FILE, &serde_json::to_vec_pretty(certificate).unwrap_or_default())?;
-        if crate::faults::active("certificate-world-readable") {
-            crate::faults::loosen(&self.file(CERTIFICATE_FILE));
-        }
+        self.save_certificate(certificate)?;
         if !self.file(SEQUENCE_FILE).exists() {
             self.write_private(SEQUENCE_FILE, b"0")?;
         }
         // Written last: its presence means the identity is complete.
         self.write_private(IDENTITY_FILE, &serde_json::to_vec_pretty(identity).unwrap_or_default())
+    }
+
+    /// The certificate record, the certificate and the CA chain, 0600.
+    pub fn save_certificate(&self, certificate: &IssuedCertificate<'_>) -> Result<(), StateError> {
+        self.write_private(
+            CERTIFICATE_FILE,
+            &serde_json::to_vec_pretty(certificate.record).unwrap_or_default(),
+        )?;
+        self.write_private(CERTIFICATE_PEM_FILE, certificate.certificate_pem.as_bytes())?;
+        self.write_private(CA_CHAIN_FILE, certificate.ca_chain_pem.as_bytes())?;
+        if crate::faults::active("certificate-world-readable") {
+            crate::faults::loosen(&self.file(CERTIFICATE_FILE));
+            crate::faults::loosen(&self.file(CERTIFICATE_PEM_FILE));
+        }
+        Ok(())
     }
 
     pub fn load(&self) -> Result<AgentState, StateError> {
@@ -128,7 +160,12 @@ impl StateDir {
         })?;
         let runtime_token = SecretString::from(self.read_private(TOKEN_FILE)?.trim().to_owned());
         let private_key_pem = SecretString::from(self.read_private(KEY_FILE)?);
-        Ok(AgentState { identity, runtime_token, private_key_pem })
+        let certificate_pem = if self.file(CERTIFICATE_PEM_FILE).exists() {
+            Some(self.read_private(CERTIFICATE_PEM_FILE)?)
+        } else {
+            None
+        };
+        Ok(AgentState { identity, runtime_token, private_key_pem, certificate_pem })
     }
 
     pub fn load_identity(&self) -> Result<Identity, StateError> {
@@ -241,6 +278,18 @@ mod tests {
             runtime_token_issued_at: t,
             runtime_token_expires_at: t,
             runtime_token_key_id: "k1".into(),
+            certificate_not_before: Some(t),
+            certificate_not_after: Some(t),
+        }
+    }
+
+    fn fixture_certificate() -> IssuedCertificate<'static> {
+        static RECORD: std::sync::LazyLock<serde_json::Value> =
+            std::sync::LazyLock::new(|| serde_json::json!({}));
+        IssuedCertificate {
+            record: &RECORD,
+            certificate_pem: "-----BEGIN CERTIFICATE-----\nfixture\n-----END CERTIFICATE-----\n",
+            ca_chain_pem: "-----BEGIN CERTIFICATE-----\nfixture CA\n-----END CERTIFICATE-----\n",
         }
     }
 
@@ -253,11 +302,19 @@ mod tests {
                 &identity(),
                 &SecretString::from("fixture-token"),
                 &SecretString::from("fixture-key"),
-                &serde_json::json!({}),
+                &fixture_certificate(),
             )
             .expect("save");
         assert_eq!(mode(state.path()), 0o700);
-        for f in [IDENTITY_FILE, KEY_FILE, TOKEN_FILE, CERTIFICATE_FILE, SEQUENCE_FILE] {
+        for f in [
+            IDENTITY_FILE,
+            KEY_FILE,
+            TOKEN_FILE,
+            CERTIFICATE_FILE,
+            CERTIFICATE_PEM_FILE,
+            CA_CHAIN_FILE,
+            SEQUENCE_FILE,
+        ] {
             assert_eq!(mode(&state.file(f)), 0o600, "{f}");
         }
         let loaded = state.load().expect("load");
@@ -317,7 +374,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(tmp.path());
         state
-            .save(&identity(), &SecretString::from("t"), &SecretString::from("k"), &serde_json::json!({}))
+            .save(&identity(), &SecretString::from("t"), &SecretString::from("k"), &fixture_certificate())
             .expect("save");
         std::fs::set_permissions(state.file(KEY_FILE), std::fs::Permissions::from_mode(0o644))
             .expect("chmod");

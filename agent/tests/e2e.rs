@@ -86,11 +86,37 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// A fixture platform CA (PEM certificate and PKCS#8 key files) beside `db`,
+/// made once per directory and reused by a restarted server.
+fn fixture_ca(db: &Path) -> (PathBuf, PathBuf) {
+    let dir = db.parent().expect("the database has a directory");
+    let (cert, key) = (dir.join("fixture-ca.pem"), dir.join("fixture-ca.key"));
+    if !cert.exists() {
+        let key_pair = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "OneProtect e2e CA (fixture)");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca = params.self_signed(&key_pair).expect("CA certificate");
+        std::fs::write(&cert, ca.pem()).expect("write CA certificate");
+        std::fs::write(&key, key_pair.serialize_pem()).expect("write CA key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
+    (cert, key)
+}
+
 fn start_server(db: &Path) -> Server {
     let port = free_port();
+    let (ca_cert, ca_key) = fixture_ca(db);
     let child = Command::new(server_binary())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url"])
         .arg(db)
+        .env("ONEPROTECT_CA_CERT_FILE", &ca_cert)
+        .env("ONEPROTECT_CA_KEY_FILE", &ca_key)
         .env("ONEPROTECT_ADMIN_JWT_SECRET", ADMIN_SECRET)
         .env("ONEPROTECT_TOKEN_HASH_KEY", HASH_KEY)
         .env("ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET", RUNTIME_SECRET)

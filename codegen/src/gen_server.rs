@@ -41,7 +41,7 @@ fn body_type(body: &ResponseBody) -> Option<TokenStream> {
             let ident = format_ident!("{}", name);
             Some(quote! { types::#ident })
         }
-        ResponseBody::Text => Some(quote! { String }),
+        ResponseBody::Text(_) => Some(quote! { String }),
         ResponseBody::Empty => None,
     }
 }
@@ -66,7 +66,15 @@ fn response_enum(op: &Operation) -> TokenStream {
         let ty = body_type(&r.body);
         let write_body = match &r.body {
             ResponseBody::Json(_) => quote! { body_response(#status_tokens, &body) },
-            ResponseBody::Text => quote! { text_response(#status_tokens, body) },
+            ResponseBody::Text(media) => {
+                // Metrics keep the Prometheus text format's content type.
+                let content_type = if media == "text/plain" {
+                    "text/plain; version=0.0.4; charset=utf-8".to_owned()
+                } else {
+                    media.clone()
+                };
+                quote! { text_response(#status_tokens, #content_type, body) }
+            }
             ResponseBody::Empty => quote! { #status_tokens.into_response() },
         };
         if r.headers.is_empty() {
@@ -289,12 +297,28 @@ fn handler(index: usize, op: &Operation, types: &BTreeSet<String>) -> TokenStrea
     // The credential first: nothing of the request is judged for a caller
     // the implementation has not verified.
     if let Some(scheme) = &op.security {
-        let authenticate = format_ident!("authenticate_{}", snake_case(scheme));
-        steps.push(quote! {
-            let token = bearer(&parts.headers, &ctx)?;
-            let auth = api.#authenticate(&ctx, &crate::contract::OPERATIONS[#index], &params, token).await
-                .map_err(|problem| #response::from_problem(problem).into_response())?;
-        });
+        if op.client_certificate {
+            // A verified client certificate, a bearer, or both; neither is
+            // 401 before the implementation is asked.
+            let authenticate = format_ident!("authenticate_{}_or_client_certificate", snake_case(scheme));
+            steps.push(quote! {
+                let certificate = parts.extensions.get::<ClientCertificate>().cloned();
+                let token = optional_bearer(&parts.headers, &ctx)?;
+                if certificate.is_none() && token.is_none() {
+                    return Err(reject(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required",
+                        "this operation requires a client certificate or a bearer token", &ctx));
+                }
+                let auth = api.#authenticate(&ctx, &crate::contract::OPERATIONS[#index], &params, token, certificate).await
+                    .map_err(|problem| #response::from_problem(problem).into_response())?;
+            });
+        } else {
+            let authenticate = format_ident!("authenticate_{}", snake_case(scheme));
+            steps.push(quote! {
+                let token = bearer(&parts.headers, &ctx)?;
+                let auth = api.#authenticate(&ctx, &crate::contract::OPERATIONS[#index], &params, token).await
+                    .map_err(|problem| #response::from_problem(problem).into_response())?;
+            });
+        }
         call_args.push(quote! { auth });
     }
     if !op.path_params.is_empty() {
@@ -410,6 +434,27 @@ pub fn generate(api: &ApiModel, types: &BTreeSet<String>) -> TokenStream {
     let schemes = api.security_schemes.iter().map(|s| {
         let ident = format_ident!("{}", pascal_case(s));
         let authenticate = format_ident!("authenticate_{}", snake_case(s));
+        let with_certificate = api
+            .operations
+            .iter()
+            .any(|op| op.client_certificate && op.security.as_deref() == Some(s.as_str()))
+            .then(|| {
+                let authenticate = format_ident!("authenticate_{}_or_client_certificate", snake_case(s));
+                let doc = format!(
+                    "Verifies the credentials of an operation marked `x-oneprotect-client-certificate` under `{s}`: the client certificate the TLS layer verified, the bearer, or both (at least one is present). Runs before anything else of the request is read; an `Err` is answered as it is."
+                );
+                quote! {
+                    #[doc = #doc]
+                    fn #authenticate(
+                        &self,
+                        ctx: &RequestContext,
+                        op: &'static crate::contract::OperationSpec,
+                        path: &std::collections::HashMap<String, String>,
+                        token: Option<BearerToken>,
+                        certificate: Option<ClientCertificate>,
+                    ) -> impl Future<Output = Result<Self::#ident, ProblemBody>> + Send;
+                }
+            });
         let type_doc = format!("The verified caller of the `{s}` security scheme, as the implementation's authenticator returns it.");
         let fn_doc = format!(
             "Verifies a `{s}` bearer credential for `op` before anything else of the request is read (path parameters are passed unjudged, as routed). An `Err` is answered as it is, mapped to the operation's documented status."
@@ -425,6 +470,7 @@ pub fn generate(api: &ApiModel, types: &BTreeSet<String>) -> TokenStream {
                 path: &std::collections::HashMap<String, String>,
                 token: BearerToken,
             ) -> impl Future<Output = Result<Self::#ident, ProblemBody>> + Send;
+            #with_certificate
         }
     });
     let enums = api.operations.iter().map(response_enum);

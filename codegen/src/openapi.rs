@@ -21,6 +21,11 @@ pub const MAX_BODY_EXT: &str = "x-oneprotect-max-body-bytes";
 /// `agent` (an enrolled identity: can be revoked).
 pub const PRINCIPAL_EXT: &str = "x-oneprotect-principal";
 pub const PRINCIPALS: [&str; 2] = ["tenant-admin", "agent"];
+/// Extension on an operation with a security scheme: `true` when the
+/// caller may authenticate by the TLS client certificate the server
+/// verified (mutual TLS), with or instead of the scheme's bearer. OpenAPI
+/// 3.0.3 has no `mutualTLS` security scheme type (3.1 added it).
+pub const CLIENT_CERTIFICATE_EXT: &str = "x-oneprotect-client-certificate";
 /// The largest `x-oneprotect-max-body-bytes` the validator accepts (16 MiB).
 pub const MAX_BODY_CEILING: u64 = 16 * 1024 * 1024;
 
@@ -83,8 +88,8 @@ pub struct Param {
 pub enum ResponseBody {
     /// `application/json` with a named component schema.
     Json(String),
-    /// `text/plain` string.
-    Text,
+    /// A text media type (`text/plain`, PEM) with a string schema.
+    Text(String),
     /// No content.
     Empty,
 }
@@ -117,6 +122,9 @@ pub struct Operation {
     pub body: Option<String>,
     pub max_body_bytes: u64,
     pub responses: Vec<Response>,
+    /// `x-oneprotect-client-certificate`: a verified client certificate is
+    /// accepted as the credential (see `CLIENT_CERTIFICATE_EXT`).
+    pub client_certificate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -465,20 +473,29 @@ fn check_extensions(ctx: &mut Ctx<'_>, value: &Value, tokens: &mut Vec<String>) 
                                 "write the limit in bytes, e.g. `65536`",
                             ),
                         },
+                        CLIENT_CERTIFICATE_EXT if at_operation => {
+                            if !v.is_boolean() {
+                                ctx.err(
+                                    &ptr,
+                                    format!("`{CLIENT_CERTIFICATE_EXT}` must be `true` or `false`, not {v}"),
+                                    "write `true` on operations that accept a verified client certificate",
+                                );
+                            }
+                        }
                         FORBIDDEN_PROPERTIES_EXT if at_component_schema => {}
                         PRINCIPAL_EXT if at_security_scheme => {}
-                        MAX_BODY_EXT | FORBIDDEN_PROPERTIES_EXT | PRINCIPAL_EXT => ctx.err(
+                        MAX_BODY_EXT | CLIENT_CERTIFICATE_EXT | FORBIDDEN_PROPERTIES_EXT | PRINCIPAL_EXT => ctx.err(
                             &ptr,
                             format!("`{k}` is not allowed here"),
                             format!(
-                                "`{MAX_BODY_EXT}` goes on an operation, `{FORBIDDEN_PROPERTIES_EXT}` on a schema under components/schemas, `{PRINCIPAL_EXT}` on a security scheme"
+                                "`{MAX_BODY_EXT}` and `{CLIENT_CERTIFICATE_EXT}` go on an operation, `{FORBIDDEN_PROPERTIES_EXT}` on a schema under components/schemas, `{PRINCIPAL_EXT}` on a security scheme"
                             ),
                         ),
                         _ => ctx.err(
                             &ptr,
                             format!("unknown extension `{k}`"),
                             format!(
-                                "the OneProtect extensions are `{MAX_BODY_EXT}`, `{FORBIDDEN_PROPERTIES_EXT}` and `{PRINCIPAL_EXT}`; other tools' extensions use their own `x-` prefix"
+                                "the OneProtect extensions are `{MAX_BODY_EXT}`, `{CLIENT_CERTIFICATE_EXT}`, `{FORBIDDEN_PROPERTIES_EXT}` and `{PRINCIPAL_EXT}`; other tools' extensions use their own `x-` prefix"
                             ),
                         ),
                     }

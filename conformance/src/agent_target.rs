@@ -139,6 +139,13 @@ impl Respond for Scripted {
 /// The runtime token a renewal hands out.
 pub const RENEWED_RUNTIME_TOKEN: &str = "oprt.v1.kmock.FIXTURE-mock-renewed-runtime-token-not-a-secret";
 
+/// The mock platform speaks plain HTTP on loopback, where the agent does not
+/// present a certificate: these stand in for the PEM the contract carries.
+pub const MOCK_CERTIFICATE_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nFIXTURE-mock-agent-certificate\n-----END CERTIFICATE-----\n";
+pub const MOCK_CA_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nFIXTURE-mock-platform-ca\n-----END CERTIFICATE-----\n";
+
 pub fn enrolled_response() -> Reply {
     enrolled_response_for(chrono::Duration::hours(24))
 }
@@ -154,6 +161,8 @@ pub fn enrolled_response_for(lifetime: chrono::Duration) -> Reply {
                       "enrollment_token_id": ids(4), "certificate_id": ids(5), "enrolled_at": now},
             "certificate": {"certificate_id": ids(5), "agent_id": AGENT_ID, "public_key_algorithm": "ecdsa-p256", "public_key_sha256": "ab".repeat(32),
                             "subject": "CN=mock", "not_before": now, "not_after": now + chrono::Duration::days(365), "status": "active"},
+            "certificate_pem": MOCK_CERTIFICATE_PEM,
+            "ca_chain_pem": MOCK_CA_PEM,
             "runtime_token": {"token": RUNTIME_TOKEN, "token_type": "Bearer", "scope": "agent_heartbeat", "expires_at": now + lifetime, "key_id": "kmock"}
         }),
     )
@@ -167,6 +176,8 @@ pub fn rotated_response() -> Reply {
         json!({
             "certificate": {"certificate_id": uuid::Uuid::from_u128(6).to_string(), "agent_id": AGENT_ID, "public_key_algorithm": "ecdsa-p256", "public_key_sha256": "cd".repeat(32),
                             "subject": "CN=mock", "not_before": now, "not_after": now + chrono::Duration::days(365), "status": "active"},
+            "certificate_pem": MOCK_CERTIFICATE_PEM,
+            "ca_chain_pem": MOCK_CA_PEM,
             "runtime_token": {"token": RENEWED_RUNTIME_TOKEN, "token_type": "Bearer", "scope": "agent_heartbeat", "expires_at": now + chrono::Duration::hours(24), "key_id": "kmock"}
         }),
     )

@@ -170,7 +170,14 @@ fn platform(
         RuntimeKeyring::new(runtime_secret.map(<[u8]>::to_vec), vec![]).map_err(anyhow::Error::msg)?;
     let admin = AdminVerifier::hs256(FIXTURE_ADMIN_SECRET, ISSUER, AUDIENCE).map_err(anyhow::Error::msg)?;
     let hash_key = HashKey::new(FIXTURE_HASH_KEY.to_vec()).map_err(anyhow::Error::msg)?;
-    Ok(Platform::new(store, clock, hash_key, runtime, admin, policy))
+    // A CA per run, in memory: the local target certifies the rules, not a key.
+    let ca = oneprotect_server::pki::PlatformCa::generate(
+        "OneProtect conformance CA (fixture)",
+        oneprotect_server::pki::DEFAULT_TRUST_DOMAIN,
+        chrono::Utc::now(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Platform::new(store, clock, hash_key, runtime, admin, policy).with_ca(Arc::new(ca)))
 }
 
 /// Starts the platform on SQLite (`database` = None) or PostgreSQL.

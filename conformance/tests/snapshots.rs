@@ -25,7 +25,17 @@ fn redact(value: &Value, run_id: &str) -> Value {
                 let redacted = match (k.as_str(), v) {
                     ("enrollment_token" | "token", Value::String(_)) => json!("[secret]"),
                     ("request_id", Value::String(_)) => json!("[request-id]"),
-                    ("serial_number", Value::String(_)) => json!("[serial]"),
+                    ("serial_number" | "certificate_serial", Value::String(_)) => json!("[serial]"),
+                    ("certificate_pem" | "ca_chain_pem", Value::String(pem)) => {
+                        json!(format!(
+                            "[pem: {} certificate(s)]",
+                            pem.matches("-----BEGIN CERTIFICATE-----").count()
+                        ))
+                    }
+                    // The CA names the agent: CN = its id.
+                    ("subject", Value::String(s)) if s.strip_prefix("CN=").is_some_and(is_uuid) => {
+                        json!("CN=[uuid]")
+                    }
                     ("key_id" | "runtime_token_key_id", Value::String(_)) => json!("[key-id]"),
                     _ => redact(v, run_id),
                 };

@@ -18,7 +18,7 @@ Problem bodies are served as `application/json` so that generated clients
 receive them typed.
 
 
-Version: 2.2.0*/
+Version: 2.3.0*/
 pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
@@ -52,7 +52,7 @@ impl Client {
 }
 impl ClientInfo<ClientOptions> for Client {
     fn api_version() -> &'static str {
-        "2.2.0"
+        "2.3.0"
     }
     fn baseurl(&self) -> &str {
         self.baseurl.as_str()
@@ -690,6 +690,75 @@ impl Client {
         match response.status().as_u16() {
             200u16 => ResponseValue::from_response(response).await,
             500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+            _ => Err(Error::UnexpectedResponse(response)),
+        }
+    }
+    /**The platform CA chain that agent certificates chain to
+
+    The issuing CA certificate first, then any intermediates up to (not
+    including) an offline root, as PEM. Relying parties use it to verify
+    agent certificates. Public: it holds no secret.
+
+
+    Sends a `GET` request to `/api/v1/pki/ca`
+
+    */
+    pub async fn get_ca_certificates<'a>(
+        &'a self,
+    ) -> Result<ResponseValue<ByteStream>, Error<types::Problem>> {
+        let url = format!("{}/api/v1/pki/ca", self.baseurl,);
+        let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
+        #[allow(unused_mut)]
+        let mut request = self.client.get(url).headers(header_map).build()?;
+        let info = OperationInfo { operation_id: "get_ca_certificates" };
+        self.pre(&mut request, &info).await?;
+        let result = self.exec(request, &info).await;
+        self.post(&result, &info).await?;
+        let response = result?;
+        match response.status().as_u16() {
+            200u16 => Ok(ResponseValue::stream(response)),
+            500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+            503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+            _ => Err(Error::UnexpectedResponse(response)),
+        }
+    }
+    /**The certificate revocation list, signed by the platform CA
+
+    An X.509 CRL (PEM) listing the serials of unexpired certificates
+    that must no longer be trusted: every certificate of a revoked
+    identity (reason cessationOfOperation) and certificates superseded
+    by a rotation once the rotation grace has passed (reason
+    superseded). `nextUpdate` is ten minutes after `thisUpdate`. Public:
+    serials and times only, no tenant or agent.
+
+
+    Sends a `GET` request to `/api/v1/pki/crl`
+
+    */
+    pub async fn get_certificate_revocation_list<'a>(
+        &'a self,
+    ) -> Result<ResponseValue<ByteStream>, Error<types::Problem>> {
+        let url = format!("{}/api/v1/pki/crl", self.baseurl,);
+        let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+        header_map.append(
+            ::reqwest::header::HeaderName::from_static("api-version"),
+            ::reqwest::header::HeaderValue::from_static(Self::api_version()),
+        );
+        #[allow(unused_mut)]
+        let mut request = self.client.get(url).headers(header_map).build()?;
+        let info = OperationInfo { operation_id: "get_certificate_revocation_list" };
+        self.pre(&mut request, &info).await?;
+        let result = self.exec(request, &info).await;
+        self.post(&result, &info).await?;
+        let response = result?;
+        match response.status().as_u16() {
+            200u16 => Ok(ResponseValue::stream(response)),
+            500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+            503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
             _ => Err(Error::UnexpectedResponse(response)),
         }
     }

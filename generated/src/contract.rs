@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 /// SHA-256 of the contract files this crate was generated from.
-pub const SPEC_SHA256: &str = "161ab6023335ae0fb28a877c187058b02479426f5b4905cc8f1e6ddedb4aa9de";
+pub const SPEC_SHA256: &str = "5b6ad5d8959b2936ee7b532226bba1e5be30d865469a50aef8ce10c41cc3bb3c";
 /// The OpenAPI document, as JSON.
 pub const OPENAPI_JSON: &str = include_str!("schemas/openapi.json");
 /// The AsyncAPI document, as JSON.
@@ -15,8 +15,8 @@ pub const SCHEMA_BUNDLE_JSON: &str = include_str!("schemas/openapi.schema.json")
 pub enum ResponseSpec {
     /// `application/json` with this component schema.
     Json(&'static str),
-    /// `text/plain`.
-    Text,
+    /// A string of this text media type.
+    Text(&'static str),
     /// No body.
     Empty,
 }
@@ -52,6 +52,10 @@ pub enum OperationId {
     ListEvents,
     /// `getOpenApiDocument`: `GET /api/v1/openapi.json`
     GetOpenApiDocument,
+    /// `getCaCertificates`: `GET /api/v1/pki/ca`
+    GetCaCertificates,
+    /// `getCertificateRevocationList`: `GET /api/v1/pki/crl`
+    GetCertificateRevocationList,
     /// `getHealth`: `GET /healthz`
     GetHealth,
     /// `getMetrics`: `GET /metrics`
@@ -68,6 +72,9 @@ pub struct OperationSpec {
     pub path: &'static str,
     /// The bearer security scheme it requires, if any.
     pub security: Option<&'static str>,
+    /// Whether a verified TLS client certificate is accepted as its
+    /// credential (`x-oneprotect-client-certificate`).
+    pub client_certificate: bool,
     pub request_schema: Option<&'static str>,
     /// Every documented status, ascending.
     pub responses: &'static [(u16, ResponseSpec)],
@@ -86,6 +93,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "POST",
         path: "/api/v1/agent-enrollment/exchange",
         security: None,
+        client_certificate: false,
         request_schema: Some("EnrollmentExchangeRequest"),
         responses: &[
             (201u16, ResponseSpec::Json("EnrollmentExchangeResponse")),
@@ -105,6 +113,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/api/v1/agent-enrollment/tokens",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("EnrollmentTokenList")),
@@ -121,6 +130,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "POST",
         path: "/api/v1/agent-enrollment/tokens",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: Some("EnrollmentTokenIssueRequest"),
         responses: &[
             (201u16, ResponseSpec::Json("EnrollmentTokenIssued")),
@@ -139,6 +149,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "POST",
         path: "/api/v1/agent-enrollment/tokens/{enrollment_token_id}/revoke",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: Some("RevokeRequest"),
         responses: &[
             (200u16, ResponseSpec::Json("EnrollmentTokenMetadata")),
@@ -158,6 +169,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/api/v1/agents",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("AgentList")),
@@ -174,6 +186,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/api/v1/agents/{agent_id}",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("AgentIdentity")),
@@ -191,6 +204,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "POST",
         path: "/api/v1/agents/{agent_id}/certificate/rotate",
         security: Some("agentRuntimeBearer"),
+        client_certificate: true,
         request_schema: Some("CertificateRotateRequest"),
         responses: &[
             (200u16, ResponseSpec::Json("CertificateRotateResponse")),
@@ -211,6 +225,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "POST",
         path: "/api/v1/agents/{agent_id}/revoke",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: Some("RevokeRequest"),
         responses: &[
             (200u16, ResponseSpec::Json("AgentIdentity")),
@@ -230,6 +245,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "POST",
         path: "/api/v1/agents/{agent_id}/telemetry/heartbeat",
         security: Some("agentRuntimeBearer"),
+        client_certificate: true,
         request_schema: Some("AgentHeartbeatTelemetryRequest"),
         responses: &[
             (200u16, ResponseSpec::Json("HeartbeatAccepted")),
@@ -249,6 +265,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/api/v1/asyncapi.json",
         security: None,
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("AsyncApiDocument")),
@@ -261,6 +278,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/api/v1/audit-events",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("AuditEventList")),
@@ -277,6 +295,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/api/v1/events",
         security: Some("tenantAdminBearer"),
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("DomainEventList")),
@@ -293,10 +312,39 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/api/v1/openapi.json",
         security: None,
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("OpenApiDocument")),
             (500u16, ResponseSpec::Json("Problem")),
+        ],
+    },
+    OperationSpec {
+        id: OperationId::GetCaCertificates,
+        operation_id: "getCaCertificates",
+        method: "GET",
+        path: "/api/v1/pki/ca",
+        security: None,
+        client_certificate: false,
+        request_schema: None,
+        responses: &[
+            (200u16, ResponseSpec::Text("application/pem-certificate-chain")),
+            (500u16, ResponseSpec::Json("Problem")),
+            (503u16, ResponseSpec::Json("Problem")),
+        ],
+    },
+    OperationSpec {
+        id: OperationId::GetCertificateRevocationList,
+        operation_id: "getCertificateRevocationList",
+        method: "GET",
+        path: "/api/v1/pki/crl",
+        security: None,
+        client_certificate: false,
+        request_schema: None,
+        responses: &[
+            (200u16, ResponseSpec::Text("application/x-pem-file")),
+            (500u16, ResponseSpec::Json("Problem")),
+            (503u16, ResponseSpec::Json("Problem")),
         ],
     },
     OperationSpec {
@@ -305,6 +353,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/healthz",
         security: None,
+        client_certificate: false,
         request_schema: None,
         responses: &[(200u16, ResponseSpec::Json("HealthStatus")), (500u16, ResponseSpec::Json("Problem"))],
     },
@@ -314,8 +363,9 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/metrics",
         security: None,
+        client_certificate: false,
         request_schema: None,
-        responses: &[(200u16, ResponseSpec::Text), (500u16, ResponseSpec::Json("Problem"))],
+        responses: &[(200u16, ResponseSpec::Text("text/plain")), (500u16, ResponseSpec::Json("Problem"))],
     },
     OperationSpec {
         id: OperationId::GetReadiness,
@@ -323,6 +373,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/readyz",
         security: None,
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("HealthStatus")),
@@ -454,10 +505,14 @@ pub enum ProblemCode {
     RuntimeSecretUnavailable,
     ///store_unavailable
     StoreUnavailable,
+    ///certificate_authority_unavailable
+    CertificateAuthorityUnavailable,
+    ///client_certificate_invalid
+    ClientCertificateInvalid,
 }
 impl ProblemCode {
     /// Every code, in the contract's order.
-    pub const ALL: [ProblemCode; 25usize] = [
+    pub const ALL: [ProblemCode; 27usize] = [
         ProblemCode::RequestInvalid,
         ProblemCode::ParameterInvalid,
         ProblemCode::CsrInvalid,
@@ -483,6 +538,8 @@ impl ProblemCode {
         ProblemCode::InternalError,
         ProblemCode::RuntimeSecretUnavailable,
         ProblemCode::StoreUnavailable,
+        ProblemCode::CertificateAuthorityUnavailable,
+        ProblemCode::ClientCertificateInvalid,
     ];
     /// The code as it appears on the wire.
     pub const fn as_str(self) -> &'static str {
@@ -512,6 +569,8 @@ impl ProblemCode {
             ProblemCode::InternalError => "internal_error",
             ProblemCode::RuntimeSecretUnavailable => "runtime_secret_unavailable",
             ProblemCode::StoreUnavailable => "store_unavailable",
+            ProblemCode::CertificateAuthorityUnavailable => "certificate_authority_unavailable",
+            ProblemCode::ClientCertificateInvalid => "client_certificate_invalid",
         }
     }
     /// The known code with this name; `None` for one this build does not know.
@@ -618,20 +677,30 @@ pub mod ops {
         let path = String::from("/api/v1/openapi.json");
         Route { op: &OPERATIONS[12usize], path }
     }
+    /// `GET /api/v1/pki/ca` (`getCaCertificates`), its path parameters inserted as given.
+    pub fn get_ca_certificates() -> Route {
+        let path = String::from("/api/v1/pki/ca");
+        Route { op: &OPERATIONS[13usize], path }
+    }
+    /// `GET /api/v1/pki/crl` (`getCertificateRevocationList`), its path parameters inserted as given.
+    pub fn get_certificate_revocation_list() -> Route {
+        let path = String::from("/api/v1/pki/crl");
+        Route { op: &OPERATIONS[14usize], path }
+    }
     /// `GET /healthz` (`getHealth`), its path parameters inserted as given.
     pub fn get_health() -> Route {
         let path = String::from("/healthz");
-        Route { op: &OPERATIONS[13usize], path }
+        Route { op: &OPERATIONS[15usize], path }
     }
     /// `GET /metrics` (`getMetrics`), its path parameters inserted as given.
     pub fn get_metrics() -> Route {
         let path = String::from("/metrics");
-        Route { op: &OPERATIONS[14usize], path }
+        Route { op: &OPERATIONS[16usize], path }
     }
     /// `GET /readyz` (`getReadiness`), its path parameters inserted as given.
     pub fn get_readiness() -> Route {
         let path = String::from("/readyz");
-        Route { op: &OPERATIONS[15usize], path }
+        Route { op: &OPERATIONS[17usize], path }
     }
 }
 /// The operation with this `operationId`.

@@ -11,10 +11,116 @@ pub mod agent_certificate_rotated {
     pub struct AgentCertificateRotatedData {
         pub agent_id: ::uuid::Uuid,
         pub certificate_id: ::uuid::Uuid,
+        ///The X.509 serial number of the certificate the platform CA issued, lowercase hex.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub certificate_serial: ::std::option::Option<AgentCertificateRotatedDataCertificateSerial>,
+        ///Lowercase hex SHA-256 of the DER certificate (its fingerprint; never the certificate itself).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub certificate_sha256: ::std::option::Option<AgentCertificateRotatedDataCertificateSha256>,
         pub not_after: ::chrono::DateTime<::chrono::offset::Utc>,
         pub previous_certificate_id: ::uuid::Uuid,
         pub public_key_sha256: AgentCertificateRotatedDataPublicKeySha256,
         pub rotated_at: ::chrono::DateTime<::chrono::offset::Utc>,
+    }
+    ///The X.509 serial number of the certificate the platform CA issued, lowercase hex.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AgentCertificateRotatedDataCertificateSerial(::std::string::String);
+    impl ::std::ops::Deref for AgentCertificateRotatedDataCertificateSerial {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AgentCertificateRotatedDataCertificateSerial> for ::std::string::String {
+        fn from(value: AgentCertificateRotatedDataCertificateSerial) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AgentCertificateRotatedDataCertificateSerial {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{2,40}$").unwrap());
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[0-9a-f]{2,40}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AgentCertificateRotatedDataCertificateSerial {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AgentCertificateRotatedDataCertificateSerial {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AgentCertificateRotatedDataCertificateSerial {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
+        }
+    }
+    ///Lowercase hex SHA-256 of the DER certificate (its fingerprint; never the certificate itself).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AgentCertificateRotatedDataCertificateSha256(::std::string::String);
+    impl ::std::ops::Deref for AgentCertificateRotatedDataCertificateSha256 {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AgentCertificateRotatedDataCertificateSha256> for ::std::string::String {
+        fn from(value: AgentCertificateRotatedDataCertificateSha256) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AgentCertificateRotatedDataCertificateSha256 {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{64}$").unwrap());
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[0-9a-f]{64}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AgentCertificateRotatedDataCertificateSha256 {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AgentCertificateRotatedDataCertificateSha256 {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AgentCertificateRotatedDataCertificateSha256 {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
+        }
     }
     ///`AgentCertificateRotatedDataPublicKeySha256`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
@@ -103,6 +209,12 @@ pub mod agent_enrolled {
         pub agent_version: ::std::option::Option<AgentEnrolledDataAgentVersion>,
         pub asset_id: ::uuid::Uuid,
         pub certificate_id: ::uuid::Uuid,
+        ///The X.509 serial number of the certificate the platform CA issued, lowercase hex.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub certificate_serial: ::std::option::Option<AgentEnrolledDataCertificateSerial>,
+        ///Lowercase hex SHA-256 of the DER certificate (its fingerprint; never the certificate itself).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub certificate_sha256: ::std::option::Option<AgentEnrolledDataCertificateSha256>,
         pub collector_id: ::uuid::Uuid,
         pub enrolled_at: ::chrono::DateTime<::chrono::offset::Utc>,
         pub enrollment_token_id: ::uuid::Uuid,
@@ -152,6 +264,106 @@ pub mod agent_enrolled {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for AgentEnrolledDataAgentVersion {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
+        }
+    }
+    ///The X.509 serial number of the certificate the platform CA issued, lowercase hex.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AgentEnrolledDataCertificateSerial(::std::string::String);
+    impl ::std::ops::Deref for AgentEnrolledDataCertificateSerial {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AgentEnrolledDataCertificateSerial> for ::std::string::String {
+        fn from(value: AgentEnrolledDataCertificateSerial) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AgentEnrolledDataCertificateSerial {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{2,40}$").unwrap());
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[0-9a-f]{2,40}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AgentEnrolledDataCertificateSerial {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AgentEnrolledDataCertificateSerial {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AgentEnrolledDataCertificateSerial {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?.parse().map_err(
+                |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+            )
+        }
+    }
+    ///Lowercase hex SHA-256 of the DER certificate (its fingerprint; never the certificate itself).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AgentEnrolledDataCertificateSha256(::std::string::String);
+    impl ::std::ops::Deref for AgentEnrolledDataCertificateSha256 {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AgentEnrolledDataCertificateSha256> for ::std::string::String {
+        fn from(value: AgentEnrolledDataCertificateSha256) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AgentEnrolledDataCertificateSha256 {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{64}$").unwrap());
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[0-9a-f]{64}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AgentEnrolledDataCertificateSha256 {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AgentEnrolledDataCertificateSha256 {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AgentEnrolledDataCertificateSha256 {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,

@@ -137,6 +137,12 @@ fn reject(
 ) -> Response {
     problem_response(&problem(status, code, title, Some(detail.into()), &ctx.request_id))
 }
+/// `Authorization: Bearer <token>` when the header is present (malformed is
+/// 401 `unauthenticated`); `None` without it.
+#[allow(dead_code)]
+fn optional_bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<Option<BearerToken>, Response> {
+    if headers.contains_key(header::AUTHORIZATION) { bearer(headers, ctx).map(Some) } else { Ok(None) }
+}
 /// Extracts `Authorization: Bearer <token>`; anything else is 401 `unauthenticated`.
 fn bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<BearerToken, Response> {
     let unauthenticated = |detail: &str| {
@@ -372,12 +378,16 @@ async fn json_body<T: DeserializeOwned>(
         )
     })
 }
+/// The client certificate (DER of the leaf) the server's TLS layer verified
+/// against its trust anchors at the handshake; the listener inserts it into
+/// the extensions of every request of that connection. The implementation
+/// still judges whom it names.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub std::sync::Arc<[u8]>);
 #[allow(dead_code)]
-fn text_response(status: StatusCode, body: String) -> Response {
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
     let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 async fn not_found(req: Request) -> Response {
@@ -475,7 +485,7 @@ pub enum ExchangeEnrollmentTokenResponse {
     },
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl ExchangeEnrollmentTokenResponse {
@@ -588,7 +598,7 @@ pub enum ListEnrollmentTokensResponse {
     Forbidden(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl ListEnrollmentTokensResponse {
@@ -675,7 +685,7 @@ pub enum IssueEnrollmentTokenResponse {
     UnsupportedMediaType(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl IssueEnrollmentTokenResponse {
@@ -780,7 +790,7 @@ pub enum RevokeEnrollmentTokenResponse {
     UnsupportedMediaType(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl RevokeEnrollmentTokenResponse {
@@ -885,7 +895,7 @@ pub enum ListAgentsResponse {
     Forbidden(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl ListAgentsResponse {
@@ -970,7 +980,7 @@ pub enum GetAgentResponse {
     NotFound(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl GetAgentResponse {
@@ -1071,7 +1081,7 @@ pub enum RotateAgentCertificateResponse {
     },
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl RotateAgentCertificateResponse {
@@ -1196,7 +1206,7 @@ pub enum RevokeAgentResponse {
     UnsupportedMediaType(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl RevokeAgentResponse {
@@ -1311,7 +1321,7 @@ pub enum PostAgentHeartbeatResponse {
     },
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl PostAgentHeartbeatResponse {
@@ -1471,7 +1481,7 @@ pub enum ListAuditEventsResponse {
     Forbidden(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl ListAuditEventsResponse {
@@ -1554,7 +1564,7 @@ pub enum ListEventsResponse {
     Forbidden(types::Problem),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl ListEventsResponse {
@@ -1671,6 +1681,122 @@ impl IntoResponse for GetOpenApiDocumentResponse {
         }
     }
 }
+///Every response `getCaCertificates` documents, one variant per status.
+#[derive(Debug)]
+pub enum GetCaCertificatesResponse {
+    ///200: The CA chain.
+    Ok(String),
+    ///500: An unexpected failure (`internal_error`); nothing was partially written.
+    InternalError(types::Problem),
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
+    ServiceUnavailable(types::Problem),
+}
+impl GetCaCertificatesResponse {
+    /// The HTTP status of this response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+    /// The documented variant for `p.status`; an undocumented status
+    /// becomes a 500 `internal_error`, so the contract always holds.
+    pub fn from_problem(p: ProblemBody) -> Self {
+        match p.status {
+            500u16 => Self::InternalError(p),
+            503u16 => Self::ServiceUnavailable(p),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
+        }
+    }
+}
+impl IntoResponse for GetCaCertificatesResponse {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Ok(body) => text_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "application/pem-certificate-chain",
+                body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+        }
+    }
+}
+///Every response `getCertificateRevocationList` documents, one variant per status.
+#[derive(Debug)]
+pub enum GetCertificateRevocationListResponse {
+    ///200: The CRL.
+    Ok(String),
+    ///500: An unexpected failure (`internal_error`); nothing was partially written.
+    InternalError(types::Problem),
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
+    ServiceUnavailable(types::Problem),
+}
+impl GetCertificateRevocationListResponse {
+    /// The HTTP status of this response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Ok(_) => StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError(_) => {
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::ServiceUnavailable(_) => {
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+    /// The documented variant for `p.status`; an undocumented status
+    /// becomes a 500 `internal_error`, so the contract always holds.
+    pub fn from_problem(p: ProblemBody) -> Self {
+        match p.status {
+            500u16 => Self::InternalError(p),
+            503u16 => Self::ServiceUnavailable(p),
+            _ => Self::InternalError(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ProblemCode::InternalError,
+                "Internal error",
+                None,
+                &p.request_id,
+            )),
+        }
+    }
+}
+impl IntoResponse for GetCertificateRevocationListResponse {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Ok(body) => text_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "application/x-pem-file",
+                body,
+            ),
+            Self::InternalError(body) => body_response(
+                StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            Self::ServiceUnavailable(body) => body_response(
+                StatusCode::from_u16(503u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+        }
+    }
+}
 ///Every response `getHealth` documents, one variant per status.
 #[derive(Debug)]
 pub enum GetHealthResponse {
@@ -1754,9 +1880,11 @@ impl GetMetricsResponse {
 impl IntoResponse for GetMetricsResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok(body) => {
-                text_response(StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body)
-            }
+            Self::Ok(body) => text_response(
+                StatusCode::from_u16(200u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            ),
             Self::InternalError(body) => body_response(
                 StatusCode::from_u16(500u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 &body,
@@ -1771,7 +1899,7 @@ pub enum GetReadinessResponse {
     Ok(types::HealthStatus),
     ///500: An unexpected failure (`internal_error`); nothing was partially written.
     InternalError(types::Problem),
-    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `store_unavailable`, `not_ready`).
+    ///503: A dependency is unavailable (`runtime_secret_unavailable`, `certificate_authority_unavailable`, `store_unavailable`, `not_ready`).
     ServiceUnavailable(types::Problem),
 }
 impl GetReadinessResponse {
@@ -1835,6 +1963,15 @@ pub trait Api: Send + Sync + 'static {
         op: &'static crate::contract::OperationSpec,
         path: &std::collections::HashMap<String, String>,
         token: BearerToken,
+    ) -> impl Future<Output = Result<Self::AgentRuntimeBearer, ProblemBody>> + Send;
+    ///Verifies the credentials of an operation marked `x-oneprotect-client-certificate` under `agentRuntimeBearer`: the client certificate the TLS layer verified, the bearer, or both (at least one is present). Runs before anything else of the request is read; an `Err` is answered as it is.
+    fn authenticate_agent_runtime_bearer_or_client_certificate(
+        &self,
+        ctx: &RequestContext,
+        op: &'static crate::contract::OperationSpec,
+        path: &std::collections::HashMap<String, String>,
+        token: Option<BearerToken>,
+        certificate: Option<ClientCertificate>,
     ) -> impl Future<Output = Result<Self::AgentRuntimeBearer, ProblemBody>> + Send;
     ///The verified caller of the `tenantAdminBearer` security scheme, as the implementation's authenticator returns it.
     type TenantAdminBearer: Send + 'static;
@@ -1936,6 +2073,16 @@ pub trait Api: Send + Sync + 'static {
         &self,
         ctx: RequestContext,
     ) -> impl Future<Output = GetOpenApiDocumentResponse> + Send;
+    ///`GET /api/v1/pki/ca`: The platform CA chain that agent certificates chain to
+    fn get_ca_certificates(
+        &self,
+        ctx: RequestContext,
+    ) -> impl Future<Output = GetCaCertificatesResponse> + Send;
+    ///`GET /api/v1/pki/crl`: The certificate revocation list, signed by the platform CA
+    fn get_certificate_revocation_list(
+        &self,
+        ctx: RequestContext,
+    ) -> impl Future<Output = GetCertificateRevocationListResponse> + Send;
     ///`GET /healthz`: Liveness
     fn get_health(&self, ctx: RequestContext) -> impl Future<Output = GetHealthResponse> + Send;
     ///`GET /metrics`: Prometheus metrics in the text exposition format
@@ -2152,9 +2299,25 @@ async fn handle_rotate_agent_certificate<A: Api>(State(api): State<Arc<A>>, req:
             )
         })?;
         let params = path_params(&raw_params);
-        let token = bearer(&parts.headers, &ctx)?;
+        let certificate = parts.extensions.get::<ClientCertificate>().cloned();
+        let token = optional_bearer(&parts.headers, &ctx)?;
+        if certificate.is_none() && token.is_none() {
+            return Err(reject(
+                StatusCode::UNAUTHORIZED,
+                ProblemCode::Unauthenticated,
+                "Authentication required",
+                "this operation requires a client certificate or a bearer token",
+                &ctx,
+            ));
+        }
         let auth = api
-            .authenticate_agent_runtime_bearer(&ctx, &crate::contract::OPERATIONS[6usize], &params, token)
+            .authenticate_agent_runtime_bearer_or_client_certificate(
+                &ctx,
+                &crate::contract::OPERATIONS[6usize],
+                &params,
+                token,
+                certificate,
+            )
             .await
             .map_err(|problem| RotateAgentCertificateResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
@@ -2228,9 +2391,25 @@ async fn handle_post_agent_heartbeat<A: Api>(State(api): State<Arc<A>>, req: Req
             )
         })?;
         let params = path_params(&raw_params);
-        let token = bearer(&parts.headers, &ctx)?;
+        let certificate = parts.extensions.get::<ClientCertificate>().cloned();
+        let token = optional_bearer(&parts.headers, &ctx)?;
+        if certificate.is_none() && token.is_none() {
+            return Err(reject(
+                StatusCode::UNAUTHORIZED,
+                ProblemCode::Unauthenticated,
+                "Authentication required",
+                "this operation requires a client certificate or a bearer token",
+                &ctx,
+            ));
+        }
         let auth = api
-            .authenticate_agent_runtime_bearer(&ctx, &crate::contract::OPERATIONS[8usize], &params, token)
+            .authenticate_agent_runtime_bearer_or_client_certificate(
+                &ctx,
+                &crate::contract::OPERATIONS[8usize],
+                &params,
+                token,
+                certificate,
+            )
             .await
             .map_err(|problem| PostAgentHeartbeatResponse::from_problem(problem).into_response())?;
         let agent_id = path_uuid(&params, "agent_id", &ctx)?;
@@ -2336,6 +2515,24 @@ async fn handle_get_open_api_document<A: Api>(State(api): State<Arc<A>>, req: Re
     set_request_id(response.headers_mut(), &ctx.request_id);
     response
 }
+async fn handle_get_ca_certificates<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let ctx = RequestContext::from_parts(&parts);
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_ca_certificates(ctx.clone()).await.into_response()) }.await;
+    let mut response = outcome.unwrap_or_else(|rejection| rejection);
+    set_request_id(response.headers_mut(), &ctx.request_id);
+    response
+}
+async fn handle_get_certificate_revocation_list<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let ctx = RequestContext::from_parts(&parts);
+    let outcome: Result<Response, Response> =
+        async { Ok(api.get_certificate_revocation_list(ctx.clone()).await.into_response()) }.await;
+    let mut response = outcome.unwrap_or_else(|rejection| rejection);
+    set_request_id(response.headers_mut(), &ctx.request_id);
+    response
+}
 async fn handle_get_health<A: Api>(State(api): State<Arc<A>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let ctx = RequestContext::from_parts(&parts);
@@ -2395,6 +2592,8 @@ pub fn router<A: Api>(api: Arc<A>) -> axum::Router {
         .route("/api/v1/audit-events", axum::routing::get(handle_list_audit_events::<A>))
         .route("/api/v1/events", axum::routing::get(handle_list_events::<A>))
         .route("/api/v1/openapi.json", axum::routing::get(handle_get_open_api_document::<A>))
+        .route("/api/v1/pki/ca", axum::routing::get(handle_get_ca_certificates::<A>))
+        .route("/api/v1/pki/crl", axum::routing::get(handle_get_certificate_revocation_list::<A>))
         .route("/healthz", axum::routing::get(handle_get_health::<A>))
         .route("/metrics", axum::routing::get(handle_get_metrics::<A>))
         .route("/readyz", axum::routing::get(handle_get_readiness::<A>))

@@ -549,6 +549,101 @@ impl ::std::convert::TryFrom<::std::string::String> for AuditEventOutcome {
         value.parse()
     }
 }
+///The platform's issuing CA certificate and any intermediates (PEM), as `GET /api/v1/pki/ca` serves them.
+#[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[serde(transparent)]
+pub struct CaChainPem(::std::string::String);
+impl ::std::ops::Deref for CaChainPem {
+    type Target = ::std::string::String;
+    fn deref(&self) -> &::std::string::String {
+        &self.0
+    }
+}
+impl ::std::convert::From<CaChainPem> for ::std::string::String {
+    fn from(value: CaChainPem) -> Self {
+        value.0
+    }
+}
+impl ::std::str::FromStr for CaChainPem {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        if value.chars().count() > 65536usize {
+            return Err("longer than 65536 characters".into());
+        }
+        Ok(Self(value.to_string()))
+    }
+}
+impl ::std::convert::TryFrom<&str> for CaChainPem {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for CaChainPem {
+    type Error = self::error::ConversionError;
+    fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl<'de> ::serde::Deserialize<'de> for CaChainPem {
+    fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+    where
+        D: ::serde::Deserializer<'de>,
+    {
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
+    }
+}
+/**The agent's X.509 certificate (PEM), issued by the platform CA for the CSR's key:
+subject CN = agent id, URI SAN `spiffe://<trust domain>/tenant/<tenant id>/agent/<agent id>`,
+EKU clientAuth, CA:false. The agent presents it for mutual TLS.
+*/
+#[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[serde(transparent)]
+pub struct CertificatePem(::std::string::String);
+impl ::std::ops::Deref for CertificatePem {
+    type Target = ::std::string::String;
+    fn deref(&self) -> &::std::string::String {
+        &self.0
+    }
+}
+impl ::std::convert::From<CertificatePem> for ::std::string::String {
+    fn from(value: CertificatePem) -> Self {
+        value.0
+    }
+}
+impl ::std::str::FromStr for CertificatePem {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        if value.chars().count() > 16384usize {
+            return Err("longer than 16384 characters".into());
+        }
+        Ok(Self(value.to_string()))
+    }
+}
+impl ::std::convert::TryFrom<&str> for CertificatePem {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for CertificatePem {
+    type Error = self::error::ConversionError;
+    fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl<'de> ::serde::Deserialize<'de> for CertificatePem {
+    fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+    where
+        D: ::serde::Deserializer<'de>,
+    {
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
+    }
+}
 ///`CertificateRotateRequest`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 pub struct CertificateRotateRequest {
@@ -661,7 +756,9 @@ impl<'de> ::serde::Deserialize<'de> for CertificateRotateRequestNonce {
 ///`CertificateRotateResponse`
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 pub struct CertificateRotateResponse {
+    pub ca_chain_pem: CaChainPem,
     pub certificate: DeviceCertificate,
+    pub certificate_pem: CertificatePem,
     pub runtime_token: RuntimeToken,
 }
 ///A CloudEvents 1.0 structured-mode event; `data` validates against the event type's schema in specs/events/.
@@ -751,20 +848,78 @@ impl ::std::convert::TryFrom<::std::string::String> for CloudEventSpecversion {
         value.parse()
     }
 }
-///The certificate record for the agent's key. Carries the public key fingerprint, never a private key.
+/**The record of the X.509 certificate the platform CA issued for the agent's key: serial,
+fingerprint, validity. Carries fingerprints, never a private key or the certificate itself.
+*/
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 pub struct DeviceCertificate {
     pub agent_id: ::uuid::Uuid,
     pub certificate_id: ::uuid::Uuid,
+    /**Lowercase hex SHA-256 of the DER certificate the platform CA issued (its fingerprint).
+    Absent on records made before contract 2.3.0, which issued no X.509 certificate.
+    */
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub certificate_sha256: ::std::option::Option<DeviceCertificateCertificateSha256>,
     pub not_after: ::chrono::DateTime<::chrono::offset::Utc>,
     pub not_before: ::chrono::DateTime<::chrono::offset::Utc>,
     pub public_key_algorithm: DeviceCertificatePublicKeyAlgorithm,
     ///Hex SHA-256 of the DER SubjectPublicKeyInfo.
     pub public_key_sha256: ::std::string::String,
+    ///The X.509 serial number, lowercase hex (16 bytes for certificates the platform CA issued).
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-    pub serial_number: ::std::option::Option<::std::string::String>,
+    pub serial_number: ::std::option::Option<DeviceCertificateSerialNumber>,
     pub status: DeviceCertificateStatus,
     pub subject: ::std::string::String,
+}
+/**Lowercase hex SHA-256 of the DER certificate the platform CA issued (its fingerprint).
+Absent on records made before contract 2.3.0, which issued no X.509 certificate.
+*/
+#[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[serde(transparent)]
+pub struct DeviceCertificateCertificateSha256(::std::string::String);
+impl ::std::ops::Deref for DeviceCertificateCertificateSha256 {
+    type Target = ::std::string::String;
+    fn deref(&self) -> &::std::string::String {
+        &self.0
+    }
+}
+impl ::std::convert::From<DeviceCertificateCertificateSha256> for ::std::string::String {
+    fn from(value: DeviceCertificateCertificateSha256) -> Self {
+        value.0
+    }
+}
+impl ::std::str::FromStr for DeviceCertificateCertificateSha256 {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{64}$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[0-9a-f]{64}$\"".into());
+        }
+        Ok(Self(value.to_string()))
+    }
+}
+impl ::std::convert::TryFrom<&str> for DeviceCertificateCertificateSha256 {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for DeviceCertificateCertificateSha256 {
+    type Error = self::error::ConversionError;
+    fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl<'de> ::serde::Deserialize<'de> for DeviceCertificateCertificateSha256 {
+    fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+    where
+        D: ::serde::Deserializer<'de>,
+    {
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
+    }
 }
 ///`DeviceCertificatePublicKeyAlgorithm`
 #[derive(
@@ -812,6 +967,54 @@ impl ::std::convert::TryFrom<::std::string::String> for DeviceCertificatePublicK
     type Error = self::error::ConversionError;
     fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
         value.parse()
+    }
+}
+///The X.509 serial number, lowercase hex (16 bytes for certificates the platform CA issued).
+#[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+#[serde(transparent)]
+pub struct DeviceCertificateSerialNumber(::std::string::String);
+impl ::std::ops::Deref for DeviceCertificateSerialNumber {
+    type Target = ::std::string::String;
+    fn deref(&self) -> &::std::string::String {
+        &self.0
+    }
+}
+impl ::std::convert::From<DeviceCertificateSerialNumber> for ::std::string::String {
+    fn from(value: DeviceCertificateSerialNumber) -> Self {
+        value.0
+    }
+}
+impl ::std::str::FromStr for DeviceCertificateSerialNumber {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+            ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{2,40}$").unwrap());
+        if PATTERN.find(value).is_none() {
+            return Err("doesn't match pattern \"^[0-9a-f]{2,40}$\"".into());
+        }
+        Ok(Self(value.to_string()))
+    }
+}
+impl ::std::convert::TryFrom<&str> for DeviceCertificateSerialNumber {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for DeviceCertificateSerialNumber {
+    type Error = self::error::ConversionError;
+    fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl<'de> ::serde::Deserialize<'de> for DeviceCertificateSerialNumber {
+    fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+    where
+        D: ::serde::Deserializer<'de>,
+    {
+        ::std::string::String::deserialize(deserializer)?.parse().map_err(
+            |e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()),
+        )
     }
 }
 ///`DeviceCertificateStatus`
@@ -1363,7 +1566,9 @@ impl<'de> ::serde::Deserialize<'de> for EnrollmentExchangeRequestOsFamily {
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 pub struct EnrollmentExchangeResponse {
     pub agent: AgentIdentity,
+    pub ca_chain_pem: CaChainPem,
     pub certificate: DeviceCertificate,
+    pub certificate_pem: CertificatePem,
     pub runtime_token: RuntimeToken,
 }
 ///`EnrollmentTokenIssueRequest`

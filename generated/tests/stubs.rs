@@ -76,6 +76,9 @@ fn identity(agent_id: uuid::Uuid, status: types::AgentStatus) -> types::AgentIde
     }
 }
 
+/// Not a certificate: the stubs carry text, they do not parse it.
+const FIXTURE_PEM: &str = "-----BEGIN CERTIFICATE-----\nfixture\n-----END CERTIFICATE-----\n";
+
 fn certificate(agent_id: uuid::Uuid) -> types::DeviceCertificate {
     types::DeviceCertificate {
         agent_id,
@@ -85,6 +88,7 @@ fn certificate(agent_id: uuid::Uuid) -> types::DeviceCertificate {
         public_key_algorithm: types::DeviceCertificatePublicKeyAlgorithm::EcdsaP256,
         public_key_sha256: "ab".repeat(32),
         serial_number: None,
+        certificate_sha256: None,
         status: types::DeviceCertificateStatus::Active,
         subject: "CN=host.fixture".into(),
     }
@@ -154,6 +158,22 @@ impl Api for EchoApi {
         }
     }
 
+    async fn authenticate_agent_runtime_bearer_or_client_certificate(
+        &self,
+        ctx: &RequestContext,
+        op: &'static OperationSpec,
+        path: &HashMap<String, String>,
+        token: Option<BearerToken>,
+        certificate: Option<ClientCertificate>,
+    ) -> Result<Agent, types::Problem> {
+        // The stubs serve plain HTTP here: no certificate reaches them.
+        assert!(certificate.is_none());
+        match token {
+            Some(token) => self.authenticate_agent_runtime_bearer(ctx, op, path, token).await,
+            None => unreachable!("the stub answers 401 before asking when no credential is present"),
+        }
+    }
+
     async fn exchange_enrollment_token(
         &self,
         _ctx: RequestContext,
@@ -165,6 +185,8 @@ impl Api for EchoApi {
         ExchangeEnrollmentTokenResponse::Created(types::EnrollmentExchangeResponse {
             agent,
             certificate: certificate(uuid::Uuid::from_u128(1)),
+            certificate_pem: FIXTURE_PEM.try_into().expect("fixture PEM"),
+            ca_chain_pem: FIXTURE_PEM.try_into().expect("fixture PEM"),
             runtime_token: runtime_token(),
         })
     }
@@ -258,6 +280,8 @@ impl Api for EchoApi {
         self.calls.fetch_add(1, Ordering::SeqCst);
         RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse {
             certificate: certificate(agent_id),
+            certificate_pem: FIXTURE_PEM.try_into().expect("fixture PEM"),
+            ca_chain_pem: FIXTURE_PEM.try_into().expect("fixture PEM"),
             runtime_token: runtime_token(),
         })
     }
@@ -347,6 +371,19 @@ impl Api for EchoApi {
         GetAsyncApiDocumentResponse::Ok(
             serde_json::from_str(oneprotect_contracts::contract::ASYNCAPI_JSON)
                 .expect("the embedded event contract reads as an AsyncApiDocument"),
+        )
+    }
+
+    async fn get_ca_certificates(&self, _ctx: RequestContext) -> GetCaCertificatesResponse {
+        GetCaCertificatesResponse::Ok(FIXTURE_PEM.into())
+    }
+
+    async fn get_certificate_revocation_list(
+        &self,
+        _ctx: RequestContext,
+    ) -> GetCertificateRevocationListResponse {
+        GetCertificateRevocationListResponse::Ok(
+            "-----BEGIN X509 CRL-----\nfixture\n-----END X509 CRL-----\n".into(),
         )
     }
 

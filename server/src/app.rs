@@ -113,8 +113,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     platform: Arc<Platform>,
     limits: crate::listen::Limits,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
-    crate::listen::serve(listener, router(platform), limits, shutdown_signal()).await?;
+    crate::listen::serve(listener, router(platform), limits, tls, shutdown_signal()).await?;
     Ok(())
 }
 

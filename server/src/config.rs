@@ -11,6 +11,8 @@ pub const DEFAULT_SQLITE_FILE: &str = "oneprotect.db";
 pub const DEFAULT_ISSUER: &str = "oneprotect-dev";
 pub const DEFAULT_AUDIENCE: &str = "oneprotect-api";
 pub const DEV_SECRETS_FILE: &str = ".oneprotect-dev/secrets.json";
+/// The development directory (secrets, development CA), owner-only.
+pub const DEV_DIR: &str = ".oneprotect-dev";
 
 /// Which database a URL selects.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,6 +47,8 @@ pub struct VerifiedCsr {
     pub public_key_sha256: String,
     /// RFC 4514 rendering of the requested subject.
     pub subject: String,
+    /// The DER SubjectPublicKeyInfo the platform CA certifies.
+    pub spki_der: Vec<u8>,
 }
 
 /// The signature algorithms a CSR may use: SHA-2 with ECDSA or RSA
@@ -117,5 +119,10 @@ pub fn verify_csr_pem(pem_text: &str) -> Result<VerifiedCsr, String> {
         return Err("the CSR is signed with a weak or unsupported algorithm (SHA-1, MD5, …): sign it with SHA-256 or stronger, or Ed25519".into());
     }
     csr.verify_signature().map_err(|_| "the CSR signature does not verify".to_string())?;
-    Ok(VerifiedCsr { algorithm, public_key_sha256: sha256_hex(spki.raw), subject: info.subject.to_string() })
+    Ok(VerifiedCsr {
+        algorithm,
+        public_key_sha256: sha256_hex(spki.raw),
+        subject: info.subject.to_string(),
+        spki_der: spki.raw.to_vec(),
+    })
 }

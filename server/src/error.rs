@@ -61,6 +61,7 @@ pub enum Rejection {
     Unauthenticated(&'static str),
     EnrollmentTokenInvalid(TokenFailure),
     RuntimeTokenInvalid(RuntimeTokenFailure),
+    ClientCertificateInvalid,
     IdentityUnknown,
     Forbidden(&'static str),
     IdentityRevoked,
@@ -73,6 +74,7 @@ pub enum Rejection {
     NonceReplayed,
     RateLimited { retry_after_seconds: u32 },
     RuntimeSecretUnavailable,
+    CertificateAuthorityUnavailable,
     StoreUnavailable,
     Internal,
 }
@@ -87,6 +89,7 @@ impl Rejection {
             Self::Unauthenticated(_)
             | Self::EnrollmentTokenInvalid(_)
             | Self::RuntimeTokenInvalid(_)
+            | Self::ClientCertificateInvalid
             | Self::IdentityUnknown => 401,
             Self::Forbidden(_)
             | Self::IdentityRevoked
@@ -99,7 +102,9 @@ impl Rejection {
             Self::NonceReplayed => 409,
             Self::RateLimited { .. } => 429,
             Self::Internal => 500,
-            Self::RuntimeSecretUnavailable | Self::StoreUnavailable => 503,
+            Self::RuntimeSecretUnavailable
+            | Self::CertificateAuthorityUnavailable
+            | Self::StoreUnavailable => 503,
         }
     }
 
@@ -113,6 +118,7 @@ impl Rejection {
             Self::Unauthenticated(_) => ProblemCode::Unauthenticated,
             Self::EnrollmentTokenInvalid(_) => ProblemCode::EnrollmentTokenInvalid,
             Self::RuntimeTokenInvalid(_) => ProblemCode::RuntimeTokenInvalid,
+            Self::ClientCertificateInvalid => ProblemCode::ClientCertificateInvalid,
             Self::IdentityUnknown => ProblemCode::IdentityUnknown,
             Self::Forbidden(_) => ProblemCode::Forbidden,
             Self::IdentityRevoked => ProblemCode::IdentityRevoked,
@@ -125,6 +131,7 @@ impl Rejection {
             Self::NonceReplayed => ProblemCode::NonceReplayed,
             Self::RateLimited { .. } => ProblemCode::RateLimited,
             Self::RuntimeSecretUnavailable => ProblemCode::RuntimeSecretUnavailable,
+            Self::CertificateAuthorityUnavailable => ProblemCode::CertificateAuthorityUnavailable,
             Self::StoreUnavailable => ProblemCode::StoreUnavailable,
             Self::Internal => ProblemCode::InternalError,
         }
@@ -148,6 +155,7 @@ impl Rejection {
             Self::Unauthenticated(_) => "Authentication required",
             Self::EnrollmentTokenInvalid(_) => "Enrollment token invalid",
             Self::RuntimeTokenInvalid(_) => "Runtime token invalid",
+            Self::ClientCertificateInvalid => "Client certificate invalid",
             Self::IdentityUnknown => "Agent identity unknown",
             Self::Forbidden(_) => "Forbidden",
             Self::IdentityRevoked => "Agent identity revoked",
@@ -160,6 +168,7 @@ impl Rejection {
             Self::NonceReplayed => "Nonce already used",
             Self::RateLimited { .. } => "Too many failed attempts",
             Self::RuntimeSecretUnavailable => "Runtime token secret unavailable",
+            Self::CertificateAuthorityUnavailable => "Certificate authority unavailable",
             Self::StoreUnavailable => "Store unavailable",
             Self::Internal => "Internal error",
         }
@@ -178,6 +187,10 @@ impl Rejection {
                 "the enrollment token is not valid; ask your administrator for a new one".into()
             }
             Self::RuntimeTokenInvalid(_) => "the runtime token is not valid; rotate it or re-enroll".into(),
+            Self::ClientCertificateInvalid => {
+                "the client certificate is not this platform's current certificate for an agent; rotate it or re-enroll"
+                    .into()
+            }
             Self::IdentityUnknown => "no such agent identity; the agent must enroll again".into(),
             Self::IdentityRevoked => "this agent identity was revoked".into(),
             Self::IdentityStale => "this agent identity went stale; it must enroll again".into(),
@@ -190,6 +203,9 @@ impl Rejection {
             Self::RateLimited { retry_after_seconds } => format!("retry after {retry_after_seconds} seconds"),
             Self::RuntimeSecretUnavailable => {
                 "the platform cannot issue or verify runtime tokens right now".into()
+            }
+            Self::CertificateAuthorityUnavailable => {
+                "the platform cannot issue certificates right now".into()
             }
             Self::StoreUnavailable => "the platform store is unavailable".into(),
             Self::Internal => return None,

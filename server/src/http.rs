@@ -134,7 +134,12 @@ fn certificate(c: &CertificateRecord) -> Result<types::DeviceCertificate, Reject
         not_before: c.not_before,
         public_key_algorithm: algorithm,
         public_key_sha256: c.public_key_sha256.clone(),
-        serial_number: Some(c.serial_number.clone()),
+        serial_number: Some(c.serial_number.as_str().try_into().map_err(|_| Rejection::Internal)?),
+        certificate_sha256: c
+            .certificate_sha256
+            .as_deref()
+            .map(|f| f.try_into().map_err(|_| Rejection::Internal))
+            .transpose()?,
         status,
         subject: c.subject.clone(),
     })
@@ -276,6 +281,27 @@ impl Api for HttpApi {
             .map_err(|r| problem(&r, ctx))
     }
 
+    async fn authenticate_agent_runtime_bearer_or_client_certificate(
+        &self,
+        ctx: &RequestContext,
+        op: &'static OperationSpec,
+        path: &HashMap<String, String>,
+        token: Option<BearerToken>,
+        certificate: Option<ClientCertificate>,
+    ) -> Result<RuntimeClaims, types::Problem> {
+        let agent_id = path.get("agent_id").map(String::as_str).unwrap_or_default();
+        self.platform
+            .authenticate_agent(
+                token.as_ref().map(|t| t.expose_secret()),
+                certificate.as_ref().map(|c| &*c.0),
+                agent_id,
+                op.id,
+                &self.meta(ctx),
+            )
+            .await
+            .map_err(|r| problem(&r, ctx))
+    }
+
     async fn exchange_enrollment_token(
         &self,
         ctx: RequestContext,
@@ -297,6 +323,8 @@ impl Api for HttpApi {
             Ok(ExchangeEnrollmentTokenResponse::Created(types::EnrollmentExchangeResponse {
                 agent: agent_identity(&r.identity),
                 certificate: certificate(&r.certificate)?,
+                certificate_pem: r.issued.pem.as_str().try_into().map_err(|_| Rejection::Internal)?,
+                ca_chain_pem: self.platform.ca_chain_pem()?.try_into().map_err(|_| Rejection::Internal)?,
                 runtime_token: runtime_token(&r.runtime_token),
             }))
         })
@@ -411,6 +439,8 @@ impl Api for HttpApi {
             let r = self.platform.rotate_certificate(auth, &body.csr_pem, &nonce, &self.meta(&ctx)).await?;
             Ok(RotateAgentCertificateResponse::Ok(types::CertificateRotateResponse {
                 certificate: certificate(&r.certificate)?,
+                certificate_pem: r.issued.pem.as_str().try_into().map_err(|_| Rejection::Internal)?,
+                ca_chain_pem: self.platform.ca_chain_pem()?.try_into().map_err(|_| Rejection::Internal)?,
                 runtime_token: runtime_token(&r.runtime_token),
             }))
         })
@@ -553,6 +583,23 @@ impl Api for HttpApi {
         match DOCUMENT.as_ref() {
             Some(doc) => GetAsyncApiDocumentResponse::Ok(doc.clone()),
             None => GetAsyncApiDocumentResponse::from_problem(problem(&Rejection::Internal, &ctx)),
+        }
+    }
+
+    async fn get_ca_certificates(&self, ctx: RequestContext) -> GetCaCertificatesResponse {
+        match self.platform.ca_chain_pem() {
+            Ok(chain) => GetCaCertificatesResponse::Ok(chain),
+            Err(r) => GetCaCertificatesResponse::from_problem(problem(&r, &ctx)),
+        }
+    }
+
+    async fn get_certificate_revocation_list(
+        &self,
+        ctx: RequestContext,
+    ) -> GetCertificateRevocationListResponse {
+        match self.platform.certificate_revocation_list().await {
+            Ok(crl) => GetCertificateRevocationListResponse::Ok(crl),
+            Err(r) => GetCertificateRevocationListResponse::from_problem(problem(&r, &ctx)),
         }
     }
 

@@ -99,8 +99,10 @@ pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: Limits,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_source = Arc::new(PerSource::default());
     let refusals = Arc::new(RefusalLog::new());
@@ -130,24 +132,25 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let (app, per_source, mut stop) = (app.clone(), per_source.clone(), stop_rx.clone());
+        let (app, per_source, stop) = (app.clone(), per_source.clone(), stop_rx.clone());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-            let service =
-                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    let mut app = app.clone();
-                    async move { app.call(req.map(axum::body::Body::new)).await }
-                });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            let stream = IdleTimeout::new(stream, limits.idle_timeout);
+            match acceptor {
+                None => connection(stream, peer, None, app, limits, stop).await,
+                // The handshake is bounded like a request head.
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let certificate =
+                                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|leaf| {
+                                    oneprotect_contracts::server::ClientCertificate(Arc::from(leaf.as_ref()))
+                                });
+                            connection(tls, peer, certificate, app, limits, stop).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
                 }
             }
             per_source.remove(peer.ip());
@@ -158,6 +161,40 @@ pub async fn serve(
     // Wait for open connections to finish (each is bounded by the idle timeout).
     let _ = slots.acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX)).await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection
+/// until it closes or the server stops.
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    certificate: Option<oneprotect_contracts::server::ClientCertificate>,
+    app: axum::Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(certificate) = &certificate {
+            req.extensions_mut().insert(certificate.clone());
+        }
+        let mut app = app.clone();
+        async move { app.call(req.map(axum::body::Body::new)).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// A stream that fails with `TimedOut` after `idle` without a byte read or
@@ -244,7 +281,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(serve(listener, app, limits, std::future::pending()));
+        tokio::spawn(serve(listener, app, limits, None, std::future::pending()));
         addr
     }
 

@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use oneprotect_server::admin_auth::{AdminClaims, ROLE_ADMIN, ROLE_VIEWER, mint_hs256};
 use oneprotect_server::clock::SystemClock;
 use oneprotect_server::config::{self, AdminKeySource, DatabaseUrl, DevSecrets, SecretInputs};
-use oneprotect_server::service::Policy;
+use oneprotect_server::pki::{CaFiles, PlatformCa};
+use oneprotect_server::service::{AgentAuth, Policy};
+use oneprotect_server::tls::TlsFiles;
 
 /// Many small, short-lived allocations per request (JSON values, events,
 /// audit records) across worker and writer threads: mimalloc's per-thread
@@ -36,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations (and grant the application role on PostgreSQL).
     Migrate(MigrateArgs),
     /// Print a tenant-admin JWT signed with the HS256 admin secret (development).
@@ -111,6 +113,38 @@ struct ServeArgs {
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, env = "ONEPROTECT_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     idle_timeout_seconds: u64,
+    /// The issuing CA's certificate (PEM; the chain up to an offline root
+    /// may follow it). Development mode generates one in .oneprotect-dev/.
+    #[arg(long, env = "ONEPROTECT_CA_CERT_FILE")]
+    ca_cert_file: Option<PathBuf>,
+    /// The issuing CA's private key (PKCS#8 PEM, not readable by others).
+    #[arg(long, env = "ONEPROTECT_CA_KEY_FILE")]
+    ca_key_file: Option<PathBuf>,
+    /// Earlier CA certificates (PEM) still trusted for verifying agent
+    /// certificates, so a CA rotation does not re-enroll the fleet.
+    #[arg(long, env = "ONEPROTECT_CA_PREVIOUS_CERTS_FILE")]
+    ca_previous_certs_file: Option<PathBuf>,
+    /// The SPIFFE trust domain of agent certificates.
+    #[arg(long, env = "ONEPROTECT_TRUST_DOMAIN", default_value = oneprotect_server::pki::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// The server's TLS certificate chain (PEM). With it `serve` speaks
+    /// HTTPS and requests (never requires) client certificates, verified
+    /// against the platform CA. Development mode uses a localhost
+    /// certificate from the development CA.
+    #[arg(long, env = "ONEPROTECT_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of that certificate (PEM).
+    #[arg(long, env = "ONEPROTECT_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// How agent calls authenticate: `mtls` (the client certificate; the
+    /// default when the server speaks TLS), `mtls+bearer` (both, bound to
+    /// the same certificate) or `bearer` (the runtime token alone: the
+    /// runtime-lite compatibility path, the default without TLS).
+    #[arg(long, env = "ONEPROTECT_AGENT_AUTH", value_parser = parse_agent_auth)]
+    agent_auth: Option<AgentAuth>,
+    /// Lifetime of agent certificates, in hours (1 to 9528, i.e. 397 days).
+    #[arg(long, env = "ONEPROTECT_CERTIFICATE_LIFETIME_HOURS", default_value_t = 720, value_parser = clap::value_parser!(i64).range(1..=9528))]
+    certificate_lifetime_hours: i64,
 }
 
 #[derive(Args)]
@@ -144,6 +178,10 @@ struct AdminTokenArgs {
     admin_jwt_issuer: String,
     #[arg(long, env = "ONEPROTECT_ADMIN_JWT_AUDIENCE", default_value = config::DEFAULT_AUDIENCE)]
     admin_jwt_audience: String,
+}
+
+fn parse_agent_auth(s: &str) -> Result<AgentAuth, String> {
+    AgentAuth::parse(s).ok_or_else(|| "expected mtls, mtls+bearer or bearer".to_owned())
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -224,6 +262,45 @@ async fn serve(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
+    let ca = match (&args.ca_cert_file, &args.ca_key_file) {
+        (Some(cert), Some(key)) => {
+            let files = CaFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                previous: args.ca_previous_certs_file.clone(),
+            };
+            Some(PlatformCa::load(&files, &args.trust_domain, chrono::Utc::now()))
+        }
+        // Created with the development secrets, once the store is open.
+        (None, None) => None,
+        _ => {
+            Some(Err("ONEPROTECT_CA_CERT_FILE and ONEPROTECT_CA_KEY_FILE must be given together".to_owned()))
+        }
+    };
+    let ca = match ca.transpose() {
+        Ok(ca) => ca.map(Arc::new),
+        Err(e) => {
+            eprintln!("error: the platform CA: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let tls_files = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+        (None, None) => None,
+        _ => {
+            eprintln!("error: ONEPROTECT_TLS_CERT_FILE and ONEPROTECT_TLS_KEY_FILE must be given together");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let serves_tls = tls_files.is_some() || dev;
+    let agent_auth = args.agent_auth.unwrap_or(if serves_tls { AgentAuth::Mtls } else { AgentAuth::Bearer });
+    if agent_auth.needs_certificate() && !serves_tls {
+        eprintln!(
+            "error: ONEPROTECT_AGENT_AUTH={} needs client certificates: set ONEPROTECT_TLS_CERT_FILE and ONEPROTECT_TLS_KEY_FILE, or use bearer",
+            agent_auth.as_str()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let url = match config::database_url(args.common.database_url.as_deref(), dev)
         .and_then(|u| DatabaseUrl::parse(Some(&u)))
     {
@@ -278,7 +355,61 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     }
 
+    let ca = match ca {
+        None if dev => match PlatformCa::development(
+            std::path::Path::new(config::DEV_DIR),
+            &args.trust_domain,
+            chrono::Utc::now(),
+        ) {
+            Ok(ca) => Some(Arc::new(ca)),
+            Err(e) => {
+                eprintln!("error: the development CA: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        other => other,
+    };
+    if ca.is_none() {
+        tracing::warn!(
+            "no platform CA is configured (ONEPROTECT_CA_CERT_FILE, ONEPROTECT_CA_KEY_FILE): enrollment exchange and certificate rotation will fail closed with 503 certificate_authority_unavailable"
+        );
+    }
+    let tls_files = match (tls_files, &ca) {
+        (Some(files), _) => Some(files),
+        (None, Some(ca)) if dev => {
+            match oneprotect_server::tls::development_server_files(
+                std::path::Path::new(config::DEV_DIR),
+                ca,
+                chrono::Utc::now(),
+            ) {
+                Ok(files) => Some(files),
+                Err(e) => {
+                    eprintln!("error: the development server certificate: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+        (None, _) => None,
+    };
+    let tls =
+        match tls_files.as_ref().map(|f| oneprotect_server::tls::server_config(f, ca.as_deref())).transpose()
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("error: TLS: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    if agent_auth.needs_certificate() && ca.is_none() {
+        eprintln!(
+            "error: ONEPROTECT_AGENT_AUTH={} needs the platform CA (ONEPROTECT_CA_CERT_FILE, ONEPROTECT_CA_KEY_FILE)",
+            agent_auth.as_str()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let policy = Policy {
+        agent_auth,
+        certificate_validity: chrono::Duration::hours(args.certificate_lifetime_hours),
         runtime_token_ttl: chrono::Duration::seconds(args.runtime_token_ttl_seconds),
         stale_after: chrono::Duration::seconds(args.stale_after_seconds),
         failure_limit: args.exchange_failure_limit,
@@ -294,7 +425,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         &args.common.admin_jwt_audience,
         policy,
     ) {
-        Ok(p) => Arc::new(p),
+        Ok(p) => Arc::new(match ca {
+            Some(ca) => p.with_ca(ca),
+            None => p,
+        }),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -304,21 +438,28 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if dev {
         eprintln!("\n*** DEVELOPMENT MODE — NOT FOR PRODUCTION ***");
         eprintln!("Secrets were generated and are kept in {} (mode 0600).", config::DEV_SECRETS_FILE);
-        eprintln!("Store: {}. Listening on http://{bound}", url.describe());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("Store: {}. Listening on {scheme}://{bound}", url.describe());
+        eprintln!(
+            "The development CA is {}/{} (pass it to curl --cacert and to the agent's ca_bundle); agent calls authenticate by {}.",
+            config::DEV_DIR,
+            oneprotect_server::pki::DEV_CA_CERT_FILE,
+            agent_auth.as_str()
+        );
         if let Some(token) = dev_admin_token {
             eprintln!("Tenant-admin token for tenant-dev (12 h):\n");
             println!("{token}");
             eprintln!();
         }
     }
-    tracing::info!(listen = %bound, store = %url.describe(), "serving");
+    tracing::info!(listen = %bound, store = %url.describe(), tls = tls.is_some(), agent_auth = agent_auth.as_str(), "serving");
     let limits = oneprotect_server::listen::Limits {
         max_connections: args.max_connections as usize,
         max_per_source: args.max_connections_per_source as usize,
         header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_seconds),
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout_seconds),
     };
-    match oneprotect_server::app::serve(listener, platform, limits).await {
+    match oneprotect_server::app::serve(listener, platform, limits, tls).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -418,7 +559,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     match cli.command {
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(a) => serve(*a).await,
         Command::Migrate(a) => migrate(a).await,
         Command::AdminToken(a) => admin_token(a),
     }

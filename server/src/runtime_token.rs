@@ -43,6 +43,11 @@ pub struct RuntimeClaims {
     pub exp: i64,
     /// Token id.
     pub jti: uuid::Uuid,
+    /// The caller authenticated by its client certificate (these claims
+    /// were made from the certificate's stored record, not read from a
+    /// token), so a superseded credential is the certificate.
+    #[serde(skip)]
+    pub via_certificate: bool,
 }
 
 /// A signed token and what it is safe to record about it.
@@ -158,6 +163,7 @@ pub fn claims_for(
         iat: now.timestamp(),
         exp: (now + ttl).timestamp(),
         jti: uuid::Uuid::new_v4(),
+        via_certificate: false,
     }
 }
 

@@ -29,14 +29,15 @@ pub(super) fn contract_module(c: &Contracts) -> TokenStream {
             let status = r.status;
             let body = match &r.body {
                 ResponseBody::Json(n) => quote! { ResponseSpec::Json(#n) },
-                ResponseBody::Text => quote! { ResponseSpec::Text },
+                ResponseBody::Text(media) => quote! { ResponseSpec::Text(#media) },
                 ResponseBody::Empty => quote! { ResponseSpec::Empty },
             };
             quote! { (#status, #body) }
         });
         let variant = format_ident!("{}", crate::openapi::pascal_case(id));
+        let client_certificate = op.client_certificate;
         quote! {
-            OperationSpec { id: OperationId::#variant, operation_id: #id, method: #method, path: #path, security: #security, request_schema: #request, responses: &[#(#responses),*] }
+            OperationSpec { id: OperationId::#variant, operation_id: #id, method: #method, path: #path, security: #security, client_certificate: #client_certificate, request_schema: #request, responses: &[#(#responses),*] }
         }
     });
     let id_variants: Vec<_> =
@@ -92,8 +93,8 @@ pub(super) fn contract_module(c: &Contracts) -> TokenStream {
         pub enum ResponseSpec {
             /// `application/json` with this component schema.
             Json(&'static str),
-            /// `text/plain`.
-            Text,
+            /// A string of this text media type.
+            Text(&'static str),
             /// No body.
             Empty,
         }
@@ -116,6 +117,9 @@ pub(super) fn contract_module(c: &Contracts) -> TokenStream {
             pub path: &'static str,
             /// The bearer security scheme it requires, if any.
             pub security: Option<&'static str>,
+            /// Whether a verified TLS client certificate is accepted as its
+            /// credential (`x-oneprotect-client-certificate`).
+            pub client_certificate: bool,
             pub request_schema: Option<&'static str>,
             /// Every documented status, ascending.
             pub responses: &'static [(u16, ResponseSpec)],

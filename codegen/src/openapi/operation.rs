@@ -26,6 +26,14 @@ pub(super) fn check_operation(
     let body = request_body(ctx, op, ptr);
     let max_body_bytes = op.get(MAX_BODY_EXT).and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BODY_BYTES);
     let mut responses = responses(ctx, op, ptr);
+    let client_certificate = op.get(CLIENT_CERTIFICATE_EXT).and_then(Value::as_bool).unwrap_or(false);
+    if client_certificate && security.is_none() {
+        ctx.err(
+            &format!("{ptr}/{CLIENT_CERTIFICATE_EXT}"),
+            format!("`{CLIENT_CERTIFICATE_EXT}` on an operation without a security scheme"),
+            "a client certificate is an alternative to a scheme's bearer: give the operation a `security` requirement",
+        );
+    }
     let shape = Shape {
         principal: security.as_ref().and_then(|s| principals.get(s)).map(String::as_str),
         authenticated: security.is_some(),
@@ -50,6 +58,7 @@ pub(super) fn check_operation(
         body,
         max_body_bytes,
         responses,
+        client_certificate,
     })
 }
 
@@ -251,6 +260,11 @@ fn request_body(ctx: &mut Ctx<'_>, op: &Value, ptr: &str) -> Option<String> {
     body
 }
 
+/// Text media types a response may have (with `type: string`): metrics
+/// text, and PEM certificate chains (RFC 8555, section 9.1) and CRLs.
+pub const TEXT_MEDIA_TYPES: [&str; 3] =
+    ["text/plain", "application/pem-certificate-chain", "application/x-pem-file"];
+
 /// Numeric statuses with one media type each; errors are the Problem
 /// schema; every 2xx has one body type.
 fn responses(ctx: &mut Ctx<'_>, op: &Value, ptr: &str) -> Vec<Response> {
@@ -295,21 +309,26 @@ fn responses(ctx: &mut Ctx<'_>, op: &Value, ptr: &str) -> Vec<Response> {
                     continue;
                 }
             }
-        } else if let Some(media) = content.get("text/plain") {
+        } else if let Some((media_type, media)) =
+            content.iter().find(|(m, _)| TEXT_MEDIA_TYPES.contains(&m.as_str()))
+        {
             if media.pointer("/schema/type").and_then(Value::as_str) != Some("string") {
                 ctx.err(
-                    &format!("{res_ptr}/content/text~1plain/schema"),
-                    "text/plain responses must have `type: string`",
+                    &format!("{res_ptr}/content/{}/schema", media_type.replace('/', "~1")),
+                    format!("{media_type} responses must have `type: string`"),
                     "set the schema to `type: string`",
                 );
             }
-            ResponseBody::Text
+            ResponseBody::Text(media_type.clone())
         } else {
             let media = content.keys().next().cloned().unwrap_or_default();
             ctx.err(
                 &format!("{res_ptr}/content"),
                 format!("media type `{media}` is not supported"),
-                "progenitor types only exact `application/json` (and the stubs also serve `text/plain`)",
+                format!(
+                    "progenitor types only exact `application/json`; the stubs also serve the text types {}",
+                    TEXT_MEDIA_TYPES.join(", ")
+                ),
             );
             continue;
         };

@@ -197,6 +197,20 @@ impl Store for FaultyStore {
     async fn get_certificate(&self, tenant: &str, id: Uuid) -> StoreResult<Option<CertificateRecord>> {
         self.inner.get_certificate(tenant, id).await
     }
+    async fn certificate_binding(
+        &self,
+        tenant: &str,
+        sha256: &str,
+    ) -> StoreResult<Option<CertificateBinding>> {
+        self.inner.certificate_binding(tenant, sha256).await
+    }
+    async fn revoked_certificates(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        superseded_before: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<oneprotect_server::pki::RevokedSerial>> {
+        self.inner.revoked_certificates(now, superseded_before).await
+    }
     async fn append_audit(&self, a: &AuditRecord, e: Option<&OutboxEvent>) -> StoreResult<()> {
         if self.fault == Fault::RefusalAuditedUnderOtherTenant
             && a.outcome == oneprotect_server::model::AuditOutcome::Failure

@@ -276,9 +276,22 @@ pub struct CertificateRecord {
     pub public_key_sha256: String,
     pub subject: String,
     pub serial_number: String,
+    /// Hex SHA-256 of the DER certificate; `None` on records made before
+    /// the platform CA issued certificates.
+    pub certificate_sha256: Option<String>,
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
     pub status: CertificateStatus,
+}
+
+/// Whom a certificate the platform issued binds: its record, the agent and
+/// the agent's collector and asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateBinding {
+    pub certificate_id: Uuid,
+    pub agent_id: Uuid,
+    pub collector_id: Uuid,
+    pub asset_id: Uuid,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,10 +52,22 @@ pub struct HeartbeatResult {
 
 pub struct RotationResult {
     pub certificate: CertificateRecord,
+    /// The certificate itself (PEM for the response; never stored).
+    pub issued: crate::pki::IssuedCertificate,
     pub runtime_token: IssuedRuntimeToken,
 }
 
 type AgentFailure = (Rejection, Option<String>, Option<String>);
+
+/// The answer to a credential a rotation replaced: the token, or the
+/// certificate when the caller authenticated by it.
+fn superseded(claims: &RuntimeClaims) -> Rejection {
+    if claims.via_certificate {
+        Rejection::ClientCertificateInvalid
+    } else {
+        Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded)
+    }
+}
 
 impl Platform {
     /// The credential of an agent operation, judged before anything else of
@@ -78,6 +90,115 @@ impl Platform {
                 Err(rejection)
             }
         }
+    }
+
+    /// The credentials of an agent operation under the platform's
+    /// `AgentAuth` policy, judged before anything else of the request:
+    /// the verified client certificate (`mtls`), the runtime token
+    /// (`bearer`), or both bound to the same certificate (`mtls+bearer`).
+    /// A credential the policy does not ask for is ignored. Every failure
+    /// is audited under the operation's action.
+    pub async fn authenticate_agent(
+        &self,
+        bearer: Option<&str>,
+        certificate: Option<&[u8]>,
+        path_agent_id: &str,
+        op: OperationId,
+        meta: &RequestMeta,
+    ) -> Result<RuntimeClaims, Rejection> {
+        let policy = self.policy.agent_auth;
+        let judged = async {
+            let by_certificate = if policy.needs_certificate() {
+                let Some(der) = certificate else {
+                    return Err((
+                        Rejection::Unauthenticated(
+                            "this platform authenticates agents by their client certificate (mutual TLS)",
+                        ),
+                        None,
+                        None,
+                    ));
+                };
+                Some(self.verify_agent_certificate(der, path_agent_id).await?)
+            } else {
+                None
+            };
+            let by_token = if policy.needs_bearer() {
+                let Some(bearer) = bearer else {
+                    return Err((
+                        Rejection::Unauthenticated(
+                            "this operation requires the agent's runtime bearer token",
+                        ),
+                        None,
+                        None,
+                    ));
+                };
+                Some(self.verify_agent_token(bearer, path_agent_id)?)
+            } else {
+                None
+            };
+            match (by_certificate, by_token) {
+                (Some(cert), Some(token)) if cert.certificate_id != token.certificate_id => Err((
+                    Rejection::ClientCertificateInvalid,
+                    Some(cert.tenant_id.clone()),
+                    Some(cert.agent_id.to_string()),
+                )),
+                (_, Some(claims)) | (Some(claims), None) => Ok(claims),
+                (None, None) => Err((Rejection::Internal, None, None)),
+            }
+        }
+        .await;
+        match judged {
+            Ok(claims) => Ok(claims),
+            Err((rejection, tenant, actor)) => {
+                let target = Uuid::parse_str(path_agent_id).ok();
+                self.audit_agent_failure(&rejection, tenant.as_deref(), actor.as_deref(), target, op, meta)
+                    .await;
+                Err(rejection)
+            }
+        }
+    }
+
+    /// The rules of a client certificate, in order: the platform CA issued
+    /// it for an agent and it is valid now (`PlatformCa::verify_agent_certificate`);
+    /// it names the agent in the path; the store knows it as one of that
+    /// agent's certificates. What the identity's status and the rotation
+    /// grace then allow is judged exactly as for a runtime token, on the
+    /// claims this returns.
+    async fn verify_agent_certificate(
+        &self,
+        der: &[u8],
+        path_agent_id: &str,
+    ) -> Result<RuntimeClaims, AgentFailure> {
+        let ca = self.ca.as_ref().ok_or((Rejection::CertificateAuthorityUnavailable, None, None))?;
+        let now = self.clock.now();
+        let verified = ca.verify_agent_certificate(der, now).map_err(|reason| {
+            tracing::info!(reason, "client certificate refused");
+            (Rejection::ClientCertificateInvalid, None, None)
+        })?;
+        let fail =
+            |r: Rejection| Err((r, Some(verified.tenant_id.clone()), Some(verified.agent_id.to_string())));
+        let Ok(path_agent_id) = Uuid::parse_str(path_agent_id) else {
+            return fail(Rejection::ParameterInvalid("path parameter `agent_id` must be a UUID".into()));
+        };
+        if verified.agent_id != path_agent_id {
+            return fail(Rejection::ActorMismatch);
+        }
+        let binding = match self.store.certificate_binding(&verified.tenant_id, &verified.sha256).await {
+            Ok(Some(b)) if b.agent_id == verified.agent_id => b,
+            Ok(_) => return fail(Rejection::ClientCertificateInvalid),
+            Err(e) => return fail(e.into()),
+        };
+        let mut claims = claims_for(
+            &verified.tenant_id,
+            binding.agent_id,
+            binding.collector_id,
+            binding.asset_id,
+            binding.certificate_id,
+            now,
+            self.policy.runtime_token_ttl,
+        );
+        claims.via_certificate = true;
+        Ok(claims)
     }
 
     /// Every rule that binds verified token claims to the stored identity,
@@ -189,7 +310,7 @@ impl Platform {
             IdentityRefusal::Unknown => Rejection::IdentityUnknown,
             IdentityRefusal::CollectorMismatch => Rejection::CollectorMismatch,
             IdentityRefusal::Revoked => Rejection::IdentityRevoked,
-            IdentityRefusal::Superseded => Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded),
+            IdentityRefusal::Superseded => superseded(claims),
             IdentityRefusal::Stale { marked } => {
                 if !marked {
                     let record = self.audit(
@@ -391,17 +512,9 @@ impl Platform {
             Err(detail) => return Err(reject(Rejection::CsrInvalid(detail)).await),
         };
         let now = self.clock.now();
-        let certificate = CertificateRecord {
-            certificate_id: Uuid::new_v4(),
-            tenant_id: tenant.clone(),
-            agent_id: identity.agent_id,
-            public_key_algorithm: csr.algorithm.as_str().to_owned(),
-            public_key_sha256: csr.public_key_sha256,
-            subject: csr.subject,
-            serial_number: secrets::hex(&secrets::random_bytes::<16>()),
-            not_before: now,
-            not_after: now + self.policy.certificate_validity,
-            status: CertificateStatus::Active,
+        let (certificate, issued) = match self.certify(&csr, &tenant, identity.agent_id, now) {
+            Ok(c) => c,
+            Err(r) => return Err(reject(r).await),
         };
         let claims = claims_for(
             &tenant,
@@ -416,6 +529,8 @@ impl Platform {
         let mut details = BTreeMap::new();
         details.insert("previous_certificate_id".to_owned(), identity.certificate_id.to_string());
         details.insert("certificate_id".to_owned(), certificate.certificate_id.to_string());
+        details.insert("certificate_serial".to_owned(), issued.serial_hex.clone());
+        details.insert("certificate_sha256".to_owned(), issued.sha256.clone());
         details.insert("runtime_token_sha256".to_owned(), runtime_token.sha256.clone());
         details.insert("runtime_token_key_id".to_owned(), runtime_token.key_id.clone());
         let audit = self.audit(
@@ -432,6 +547,8 @@ impl Platform {
             "previous_certificate_id": identity.certificate_id,
             "certificate_id": certificate.certificate_id,
             "public_key_sha256": certificate.public_key_sha256,
+            "certificate_serial": issued.serial_hex,
+            "certificate_sha256": issued.sha256,
             "not_after": certificate.not_after,
             "rotated_at": now,
         }))?;
@@ -447,11 +564,9 @@ impl Platform {
             event,
         };
         match self.store.commit_rotation(&commit).await? {
-            RotationOutcome::Rotated => Ok(RotationResult { certificate, runtime_token }),
+            RotationOutcome::Rotated => Ok(RotationResult { certificate, issued, runtime_token }),
             RotationOutcome::NonceReplayed => Err(reject(Rejection::NonceReplayed).await),
-            RotationOutcome::Superseded => {
-                Err(reject(Rejection::RuntimeTokenInvalid(RuntimeTokenFailure::Superseded)).await)
-            }
+            RotationOutcome::Superseded => Err(reject(superseded(&caller.claims)).await),
             RotationOutcome::NotAllowed(None) => Err(reject(Rejection::IdentityUnknown).await),
             RotationOutcome::NotAllowed(Some(AgentStatus::Stale)) => {
                 Err(reject(Rejection::IdentityStale).await)
@@ -524,6 +639,7 @@ impl Platform {
             .await?
         {
             RevokeOutcome::Revoked(mut i) => {
+                self.crl_changed();
                 i.status = AgentStatus::Revoked;
                 i.revoked_at = Some(now);
                 Ok(i)

@@ -12,6 +12,7 @@ use crate::admin_auth::AdminPrincipal;
 use crate::csr::{VerifiedCsr, verify_csr_pem};
 use crate::error::{Rejection, TokenFailure};
 use crate::model::*;
+use crate::pki::IssuedCertificate;
 use crate::ratelimit::exchange_keys;
 use crate::runtime_token::{IssuedRuntimeToken, claims_for};
 use crate::secrets;
@@ -43,6 +44,8 @@ pub struct ExchangeInput {
 pub struct ExchangeResult {
     pub identity: AgentIdentityRecord,
     pub certificate: CertificateRecord,
+    /// The certificate itself (PEM for the response; never stored).
+    pub issued: IssuedCertificate,
     pub runtime_token: IssuedRuntimeToken,
 }
 
@@ -207,7 +210,10 @@ impl Platform {
                 // The platform's own failures are not the caller's.
                 !matches!(
                     r,
-                    Rejection::RuntimeSecretUnavailable | Rejection::StoreUnavailable | Rejection::Internal
+                    Rejection::RuntimeSecretUnavailable
+                        | Rejection::CertificateAuthorityUnavailable
+                        | Rejection::StoreUnavailable
+                        | Rejection::Internal
                 )
             }
         };
@@ -227,6 +233,12 @@ impl Platform {
             if !self.runtime_keys.is_available() {
                 tracing::error!("exchange refused: ONEPROTECT_AGENT_RUNTIME_TOKEN_SECRET is not configured");
                 return Err(Rejection::RuntimeSecretUnavailable);
+            }
+            if self.ca.is_none() {
+                tracing::error!(
+                    "exchange refused: no certificate authority is configured (ONEPROTECT_CA_CERT_FILE, ONEPROTECT_CA_KEY_FILE)"
+                );
+                return Err(Rejection::CertificateAuthorityUnavailable);
             }
             if !secrets::nonce_is_well_formed(input.nonce.expose_secret()) {
                 return Err(Rejection::NonceInvalid);
@@ -299,18 +311,7 @@ impl Platform {
 
         let tenant = token.tenant_id.clone();
         let agent_id = Uuid::new_v4();
-        let certificate = CertificateRecord {
-            certificate_id: Uuid::new_v4(),
-            tenant_id: tenant.clone(),
-            agent_id,
-            public_key_algorithm: csr.algorithm.as_str().to_owned(),
-            public_key_sha256: csr.public_key_sha256.clone(),
-            subject: csr.subject.clone(),
-            serial_number: secrets::hex(&secrets::random_bytes::<16>()),
-            not_before: now,
-            not_after: now + self.policy.certificate_validity,
-            status: CertificateStatus::Active,
-        };
+        let (certificate, issued) = self.certify(&csr, &tenant, agent_id, now)?;
         let identity = AgentIdentityRecord {
             agent_id,
             tenant_id: tenant.clone(),
@@ -349,6 +350,8 @@ impl Platform {
         details.insert("enrollment_token_id".to_owned(), token_id.to_string());
         details.insert("certificate_id".to_owned(), certificate.certificate_id.to_string());
         details.insert("public_key_sha256".to_owned(), certificate.public_key_sha256.clone());
+        details.insert("certificate_serial".to_owned(), issued.serial_hex.clone());
+        details.insert("certificate_sha256".to_owned(), issued.sha256.clone());
         details.insert("runtime_token_sha256".to_owned(), runtime_token.sha256.clone());
         details.insert("runtime_token_key_id".to_owned(), runtime_token.key_id.clone());
         details.insert("runtime_token_expires_at".to_owned(), runtime_token.expires_at.to_rfc3339());
@@ -369,6 +372,8 @@ impl Platform {
             "enrollment_token_id": token_id,
             "certificate_id": certificate.certificate_id,
             "public_key_sha256": certificate.public_key_sha256,
+            "certificate_serial": issued.serial_hex,
+            "certificate_sha256": issued.sha256,
             "hostname": identity.hostname,
             "agent_version": identity.agent_version,
             "enrolled_at": now,
@@ -384,7 +389,9 @@ impl Platform {
             event,
         };
         match self.store.commit_enrollment(&commit).await? {
-            EnrollmentOutcome::Enrolled => Ok(ExchangeResult { identity, certificate, runtime_token }),
+            EnrollmentOutcome::Enrolled => {
+                Ok(ExchangeResult { identity, certificate, issued, runtime_token })
+            }
             EnrollmentOutcome::TokenRejected(failure) => {
                 Err(self.enrollment_failed(&tenant, Some(token_id), failure, meta).await)
             }

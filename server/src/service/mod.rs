@@ -3,6 +3,7 @@
 //! Nothing here knows HTTP or SQL.
 
 mod agents;
+mod certificates;
 mod enrollment;
 
 use oneprotect_contracts::contract::OperationId;
@@ -22,6 +23,7 @@ use crate::clock::Clock;
 use crate::error::Rejection;
 use crate::metrics::Metrics;
 use crate::model::*;
+use crate::pki::PlatformCa;
 use crate::ratelimit::RateLimiter;
 use crate::runtime_token::RuntimeKeyring;
 use crate::secrets::HashKey;
@@ -49,6 +51,42 @@ pub struct Policy {
     pub failure_window: Duration,
     /// Proxies whose `X-Forwarded-For` names the source.
     pub trusted_proxies: TrustedProxies,
+    /// The credentials agent calls (heartbeat, rotation) must present.
+    pub agent_auth: AgentAuth,
+}
+
+/// How agent calls authenticate (`ONEPROTECT_AGENT_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAuth {
+    /// The verified client certificate, which must be the identity's current
+    /// one (or the previous one inside the rotation grace, for heartbeats).
+    Mtls,
+    /// Both, and the runtime token must be bound to the same certificate.
+    MtlsAndBearer,
+    /// The runtime token alone: the runtime-lite compatibility path.
+    Bearer,
+}
+
+impl AgentAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mtls => "mtls",
+            Self::MtlsAndBearer => "mtls+bearer",
+            Self::Bearer => "bearer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Mtls, Self::MtlsAndBearer, Self::Bearer].into_iter().find(|a| a.as_str() == s)
+    }
+
+    pub fn needs_certificate(self) -> bool {
+        self != Self::Bearer
+    }
+
+    pub fn needs_bearer(self) -> bool {
+        self != Self::Mtls
+    }
 }
 
 impl Default for Policy {
@@ -59,10 +97,11 @@ impl Default for Policy {
             runtime_token_ttl: Duration::hours(24),
             rotation_grace: Duration::minutes(5),
             stale_after: Duration::days(7),
-            certificate_validity: Duration::days(365),
+            certificate_validity: Duration::days(30),
             failure_limit: 20,
             failure_window: Duration::minutes(1),
             trusted_proxies: TrustedProxies::default(),
+            agent_auth: AgentAuth::Bearer,
         }
     }
 }
@@ -88,6 +127,10 @@ pub struct Platform {
     policy: Policy,
     limiter: RateLimiter,
     metrics: Metrics,
+    /// The issuing CA; without one, exchange and rotation fail closed (503).
+    ca: Option<Arc<PlatformCa>>,
+    /// The last CRL signed, reused while it is fresh (see `certificate_revocation_list`).
+    crl_cache: std::sync::Mutex<Option<certificates::SignedCrl>>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -193,7 +236,9 @@ pub fn access(op: OperationId) -> Access {
         | OperationId::GetReadiness
         | OperationId::GetMetrics
         | OperationId::GetOpenApiDocument
-        | OperationId::GetAsyncApiDocument => (AuditAction::OperationsRead, false),
+        | OperationId::GetAsyncApiDocument
+        | OperationId::GetCaCertificates
+        | OperationId::GetCertificateRevocationList => (AuditAction::OperationsRead, false),
     };
     Access { action, writes }
 }
@@ -208,7 +253,29 @@ impl Platform {
         policy: Policy,
     ) -> Self {
         let limiter = RateLimiter::new(policy.failure_limit, policy.failure_window);
-        Self { store, clock, hash_key, runtime_keys, admin, policy, limiter, metrics: Metrics::default() }
+        Self {
+            store,
+            clock,
+            hash_key,
+            runtime_keys,
+            admin,
+            policy,
+            limiter,
+            metrics: Metrics::default(),
+            ca: None,
+            crl_cache: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The platform with its issuing CA.
+    #[must_use]
+    pub fn with_ca(mut self, ca: Arc<PlatformCa>) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    pub fn ca(&self) -> Option<&Arc<PlatformCa>> {
+        self.ca.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

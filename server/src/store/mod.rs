@@ -9,6 +9,7 @@ pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::model::*;
@@ -125,6 +126,21 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: &str,
         certificate_id: Uuid,
     ) -> StoreResult<Option<CertificateRecord>>;
+    /// The certificate record with this fingerprint in the tenant, and the
+    /// identity it belongs to (mutual TLS authentication).
+    async fn certificate_binding(
+        &self,
+        tenant_id: &str,
+        certificate_sha256: &str,
+    ) -> StoreResult<Option<CertificateBinding>>;
+    /// The CRL's entries, across every tenant: unexpired certificates the
+    /// platform CA issued that were revoked, or superseded at or before
+    /// `superseded_before`. Serials and times only.
+    async fn revoked_certificates(
+        &self,
+        now: DateTime<Utc>,
+        superseded_before: DateTime<Utc>,
+    ) -> StoreResult<Vec<crate::pki::RevokedSerial>>;
 
     /// An audit record, and optionally an event, in one transaction.
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()>;

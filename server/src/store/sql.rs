@@ -88,9 +88,10 @@ shared!(
 );
 
 shared!(
-    /// Revokes the active certificate records of a revoked identity.
-    REVOKE_ACTIVE_CERTIFICATES = "UPDATE agent_device_certificates SET status = 'revoked' WHERE tenant_id = $1 AND \
-         agent_id = $2 AND status = 'active'";
+    /// Revokes every certificate of a revoked identity not revoked yet (the
+    /// active one and any superseded one still inside its validity).
+    REVOKE_ACTIVE_CERTIFICATES = "UPDATE agent_device_certificates SET status = 'revoked', status_changed_at = $3 \
+         WHERE tenant_id = $1 AND agent_id = $2 AND status <> 'revoked'";
 );
 
 shared!(
@@ -107,8 +108,8 @@ shared!(
 
 shared!(
     /// The certificate record a rotation replaced.
-    SUPERSEDE_CERTIFICATE = "UPDATE agent_device_certificates SET status = 'superseded' WHERE tenant_id = $1 AND \
-         certificate_id = $2";
+    SUPERSEDE_CERTIFICATE = "UPDATE agent_device_certificates SET status = 'superseded', status_changed_at = $3 \
+         WHERE tenant_id = $1 AND certificate_id = $2";
 );
 
 shared!(
@@ -128,7 +129,7 @@ shared!(
     /// A certificate record.
     INSERT_CERTIFICATE = "INSERT INTO agent_device_certificates (certificate_id, tenant_id, agent_id, \
          public_key_algorithm, public_key_sha256, subject, serial_number, not_before, not_after, \
-         status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+         status, certificate_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 );
 
 shared!(
@@ -136,6 +137,20 @@ shared!(
     INSERT_NONCE = "INSERT INTO agent_enrollment_nonces (tenant_id, nonce_hash, used_at) VALUES ($1, $2, $3) \
          ON CONFLICT DO NOTHING";
 );
+
+shared!(
+    /// The identity binding of a certificate, by its fingerprint.
+    CERTIFICATE_BINDING = "SELECT c.certificate_id, c.agent_id, i.collector_id, i.asset_id FROM \
+         agent_device_certificates c JOIN agent_identities i ON i.tenant_id = c.tenant_id AND i.agent_id = \
+         c.agent_id WHERE c.tenant_id = $1 AND c.certificate_sha256 = $2";
+);
+
+/// The CRL's entries on SQLite (PostgreSQL runs the same predicate inside
+/// `oneprotect_withdrawn_certificates`, which row-level security requires).
+pub const WITHDRAWN_CERTIFICATES: &str = "SELECT serial_number, status, status_changed_at FROM \
+     agent_device_certificates WHERE certificate_sha256 IS NOT NULL AND not_after > ?1 AND status_changed_at IS \
+     NOT NULL AND (status = 'revoked' OR (status = 'superseded' AND status_changed_at <= ?2)) ORDER BY \
+     status_changed_at, serial_number";
 
 #[cfg(test)]
 mod tests {
@@ -158,6 +173,7 @@ mod tests {
         INSERT_AUDIT,
         INSERT_CERTIFICATE,
         INSERT_NONCE,
+        CERTIFICATE_BINDING,
     ];
 
     #[test]

@@ -12,6 +12,7 @@ pub use oneprotect_contracts::contract::{ProblemCode, Route, ops};
 pub use oneprotect_contracts::types;
 use oneprotect_server::admin_auth::{AdminClaims, AdminVerifier, mint_hs256};
 use oneprotect_server::clock::ManualClock;
+use oneprotect_server::pki::PlatformCa;
 use oneprotect_server::runtime_token::{RuntimeClaims, RuntimeKeyring};
 use oneprotect_server::secrets::{HashKey, b64, random_bytes};
 use oneprotect_server::service::{Platform, Policy};
@@ -158,6 +159,13 @@ impl Drop for PgDatabase {
 pub struct Options {
     pub policy: Policy,
     pub runtime_secret: Option<Vec<u8>>,
+    /// The platform CA; `None` runs the platform without one.
+    pub ca: Option<Arc<PlatformCa>>,
+    /// Serve HTTPS (the listener of `serve`, client certificates
+    /// requested and verified against the CA); the clock starts at the
+    /// real time so that TLS, which checks validity by the real clock, and
+    /// the platform agree.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -165,9 +173,25 @@ impl Default for Options {
         Self {
             policy: Policy { failure_limit: 10_000, ..Policy::default() },
             runtime_secret: Some(RUNTIME_SECRET.to_vec()),
+            ca: Some(test_ca()),
+            tls: false,
         }
     }
 }
+
+/// The suite's platform CA (a fixture generated per test run, in memory).
+pub fn test_ca() -> Arc<PlatformCa> {
+    static CA: OnceLock<Arc<PlatformCa>> = OnceLock::new();
+    CA.get_or_init(|| {
+        Arc::new(
+            PlatformCa::generate("OneProtect test CA (fixture)", TRUST_DOMAIN, t0() - Duration::days(1))
+                .expect("test CA"),
+        )
+    })
+    .clone()
+}
+
+pub const TRUST_DOMAIN: &str = "oneprotect.test";
 
 pub struct Harness {
     pub base: String,
@@ -217,14 +241,18 @@ pub async fn open_store(
 pub fn platform(store: Arc<dyn Store>, clock: Arc<ManualClock>, options: &Options) -> Platform {
     let runtime = RuntimeKeyring::new(options.runtime_secret.clone(), vec![]).expect("keyring");
     let admin = AdminVerifier::hs256(ADMIN_SECRET, ISSUER, AUDIENCE).expect("admin verifier");
-    Platform::new(
+    let platform = Platform::new(
         store,
         clock,
         HashKey::new(HASH_KEY.to_vec()).expect("hash key"),
         runtime,
         admin,
         options.policy.clone(),
-    )
+    );
+    match &options.ca {
+        Some(ca) => platform.with_ca(ca.clone()),
+        None => platform,
+    }
 }
 
 impl Harness {
@@ -241,7 +269,12 @@ impl Harness {
             Backend::Sqlite => None,
         };
         let store = open_store(backend, pg.as_ref(), Some(&sqlite_path)).await;
-        let clock = Arc::new(ManualClock::new(t0()));
+        let start = if options.tls {
+            DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now")
+        } else {
+            t0()
+        };
+        let clock = Arc::new(ManualClock::new(start));
         Self::serve(store, clock, options, Some(tmp), pg, Some(sqlite_path)).await
     }
 
@@ -254,16 +287,37 @@ impl Harness {
         sqlite_path: Option<std::path::PathBuf>,
     ) -> Self {
         let platform = Arc::new(platform(store.clone(), clock.clone(), &options));
-        let app = oneprotect_server::app::router(platform.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = listener.local_addr().expect("addr");
+        let (base, http, server) = if options.tls {
+            let ca = options.ca.as_ref().expect("TLS needs the CA");
+            let dir = tmp.as_ref().expect("a directory for the server certificate").path().to_owned();
+            let files =
+                oneprotect_server::tls::development_server_files(&dir, ca, Utc::now()).expect("server cert");
+            let config = oneprotect_server::tls::server_config(&files, Some(ca)).expect("TLS config");
+            let router = oneprotect_server::app::router(platform.clone());
+            let server = tokio::spawn(async move {
+                let _ = oneprotect_server::listen::serve(
+                    listener,
+                    router,
+                    oneprotect_server::listen::Limits::default(),
+                    Some(config),
+                    std::future::pending(),
+                )
+                .await;
+            });
+            (format!("https://127.0.0.1:{}", addr.port()), tls_client(ca, None), server)
+        } else {
+            let app = oneprotect_server::app::router(platform.clone())
+                .into_make_service_with_connect_info::<SocketAddr>();
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            (format!("http://{addr}"), reqwest::Client::new(), server)
+        };
         Self {
             base,
-            http: reqwest::Client::new(),
+            http,
             clock,
             store,
             secrets: Mutex::new(BTreeSet::new()),
@@ -329,10 +383,20 @@ impl Harness {
         bearer: Option<&str>,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
+        self.call_via(&self.http, route, bearer, body).await
+    }
+
+    /// `call` through another client (one presenting a client certificate).
+    pub async fn call_via(
+        &self,
+        http: &reqwest::Client,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
         let operation = route.operation_id();
-        let mut req = self
-            .http
-            .request(route.method().parse().expect("method"), format!("{}{}", self.base, route.path));
+        let mut req =
+            http.request(route.method().parse().expect("method"), format!("{}{}", self.base, route.path));
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
@@ -412,7 +476,14 @@ impl Harness {
     }
 
     pub async fn heartbeat(&self, agent_id: &str, bearer: &str, sequence: u64) -> (StatusCode, Value) {
-        let body = typed(&types::AgentHeartbeatTelemetryRequest {
+        self.call(&ops::post_agent_heartbeat(agent_id), Some(bearer), Some(&heartbeat_body(sequence))).await
+    }
+}
+
+/// A heartbeat body with `sequence`.
+pub fn heartbeat_body(sequence: u64) -> Value {
+    {
+        typed(&types::AgentHeartbeatTelemetryRequest {
             sequence,
             collected_at: "2026-11-22T10:00:00Z".parse().expect("fixture time"),
             hostname: fit("host-1.fixture"),
@@ -427,10 +498,11 @@ impl Harness {
             uptime_seconds: None,
             disks: Vec::new(),
             network_interfaces: Vec::new(),
-        });
-        self.call(&ops::post_agent_heartbeat(agent_id), Some(bearer), Some(&body)).await
+        })
     }
+}
 
+impl Harness {
     pub async fn audit(&self, tenant: &str) -> Vec<Value> {
         let (status, v) =
             self.call(&ops::list_audit_events().query("limit", 200), Some(&self.admin(tenant)), None).await;
@@ -462,6 +534,17 @@ impl Harness {
             .and_then(|items| items.iter().find(|t| t["enrollment_token_id"] == id).cloned())
             .expect("token listed")
     }
+}
+
+/// An HTTPS client trusting the platform CA, presenting `identity` (a PEM
+/// certificate followed by its key) when given.
+pub fn tls_client(ca: &PlatformCa, identity: Option<&str>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.chain_pem().as_bytes()).expect("CA PEM")]);
+    if let Some(pem) = identity {
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity PEM"));
+    }
+    builder.build().expect("TLS client")
 }
 
 /// Fails the test when a response is not what the contract documents.

@@ -7,5 +7,7 @@ mod batching;
 mod exchange;
 mod heartbeat;
 mod isolation;
+mod mtls;
+mod pki;
 mod redaction;
 mod tokens;

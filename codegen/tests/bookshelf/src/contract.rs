@@ -13,8 +13,8 @@ pub const SCHEMA_BUNDLE_JSON: &str = include_str!("schemas/openapi.schema.json")
 pub enum ResponseSpec {
     /// `application/json` with this component schema.
     Json(&'static str),
-    /// `text/plain`.
-    Text,
+    /// A string of this text media type.
+    Text(&'static str),
     /// No body.
     Empty,
 }
@@ -42,6 +42,9 @@ pub struct OperationSpec {
     pub path: &'static str,
     /// The bearer security scheme it requires, if any.
     pub security: Option<&'static str>,
+    /// Whether a verified TLS client certificate is accepted as its
+    /// credential (`x-oneprotect-client-certificate`).
+    pub client_certificate: bool,
     pub request_schema: Option<&'static str>,
     /// Every documented status, ascending.
     pub responses: &'static [(u16, ResponseSpec)],
@@ -60,6 +63,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/books",
         security: Some("shelfBearer"),
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("BookList")),
@@ -75,6 +79,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "POST",
         path: "/books",
         security: Some("shelfBearer"),
+        client_certificate: false,
         request_schema: Some("BookDraft"),
         responses: &[
             (201u16, ResponseSpec::Json("Book")),
@@ -92,6 +97,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/books/{book_id}",
         security: Some("shelfBearer"),
+        client_certificate: false,
         request_schema: None,
         responses: &[
             (200u16, ResponseSpec::Json("Book")),
@@ -108,6 +114,7 @@ pub const OPERATIONS: &[OperationSpec] = &[
         method: "GET",
         path: "/status",
         security: None,
+        client_certificate: false,
         request_schema: None,
         responses: &[(200u16, ResponseSpec::Json("Status")), (500u16, ResponseSpec::Json("Error"))],
     },

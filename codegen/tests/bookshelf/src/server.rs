@@ -137,6 +137,12 @@ fn reject(
 ) -> Response {
     problem_response(&problem(status, code, title, Some(detail.into()), &ctx.request_id))
 }
+/// `Authorization: Bearer <token>` when the header is present (malformed is
+/// 401 `unauthenticated`); `None` without it.
+#[allow(dead_code)]
+fn optional_bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<Option<BearerToken>, Response> {
+    if headers.contains_key(header::AUTHORIZATION) { bearer(headers, ctx).map(Some) } else { Ok(None) }
+}
 /// Extracts `Authorization: Bearer <token>`; anything else is 401 `unauthenticated`.
 fn bearer(headers: &HeaderMap, ctx: &RequestContext) -> Result<BearerToken, Response> {
     let unauthenticated = |detail: &str| {
@@ -372,12 +378,16 @@ async fn json_body<T: DeserializeOwned>(
         )
     })
 }
+/// The client certificate (DER of the leaf) the server's TLS layer verified
+/// against its trust anchors at the handshake; the listener inserts it into
+/// the extensions of every request of that connection. The implementation
+/// still judges whom it names.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub std::sync::Arc<[u8]>);
 #[allow(dead_code)]
-fn text_response(status: StatusCode, body: String) -> Response {
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
     let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 async fn not_found(req: Request) -> Response {

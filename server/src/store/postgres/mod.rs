@@ -8,6 +8,7 @@ mod heartbeat;
 mod rows;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use uuid::Uuid;
@@ -33,6 +34,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
     (2, "heartbeat_fillfactor", include_str!("../../../migrations/postgres/0002_heartbeat_fillfactor.sql")),
     (3, "outbox_payload_json", include_str!("../../../migrations/postgres/0003_outbox_payload_json.sql")),
+    (4, "issued_certificates", include_str!("../../../migrations/postgres/0004_issued_certificates.sql")),
 ];
 
 /// Serializes concurrent migrators.
@@ -212,7 +214,8 @@ pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usi
              GRANT SELECT, INSERT, UPDATE ON agent_enrollment_tokens, agent_identities, agent_device_certificates, agent_revocations, \
                 agent_enrollment_nonces, audit_events, event_outbox, assets TO {role};\
              GRANT SELECT ON schema_migrations TO {role};\
-             GRANT EXECUTE ON FUNCTION oneprotect_enrollment_token_tenant(UUID) TO {role};"
+             GRANT EXECUTE ON FUNCTION oneprotect_enrollment_token_tenant(UUID) TO {role};\
+             GRANT EXECUTE ON FUNCTION oneprotect_withdrawn_certificates(TIMESTAMPTZ, TIMESTAMPTZ) TO {role};"
         );
         // The role name was checked to be an identifier above.
         sqlx::raw_sql(sqlx::AssertSqlSafe(grants)).execute(&mut *tx).await.map_err(backend)?;
@@ -445,6 +448,7 @@ impl Store for PgStore {
         sqlx::query(sql::REVOKE_ACTIVE_CERTIFICATES.postgres)
             .bind(tenant_id)
             .bind(agent_id)
+            .bind(audit.occurred_at)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -527,6 +531,7 @@ impl Store for PgStore {
         sqlx::query(sql::SUPERSEDE_CERTIFICATE.postgres)
             .bind(&c.tenant_id)
             .bind(identity.certificate_id)
+            .bind(c.now)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -574,6 +579,54 @@ impl Store for PgStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         row.as_ref().map(certificate_of).transpose()
+    }
+
+    async fn certificate_binding(
+        &self,
+        tenant_id: &str,
+        certificate_sha256: &str,
+    ) -> StoreResult<Option<CertificateBinding>> {
+        let mut tx = self.begin(tenant_id).await?;
+        let row = sqlx::query(sql::CERTIFICATE_BINDING.postgres)
+            .bind(tenant_id)
+            .bind(certificate_sha256)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        row.map(|r| {
+            Ok(CertificateBinding {
+                certificate_id: r.try_get(0).map_err(backend)?,
+                agent_id: r.try_get(1).map_err(backend)?,
+                collector_id: r.try_get(2).map_err(backend)?,
+                asset_id: r.try_get(3).map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn revoked_certificates(
+        &self,
+        now: DateTime<Utc>,
+        superseded_before: DateTime<Utc>,
+    ) -> StoreResult<Vec<crate::pki::RevokedSerial>> {
+        // Across tenants: the owner's function returns serials and times only.
+        let rows = sqlx::query("SELECT * FROM oneprotect_withdrawn_certificates($1, $2)")
+            .bind(now)
+            .bind(superseded_before)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(backend)?;
+                Ok(crate::pki::RevokedSerial {
+                    serial_hex: r.try_get("serial_number").map_err(backend)?,
+                    revoked_at: r.try_get("status_changed_at").map_err(backend)?,
+                    superseded: status == CertificateStatus::Superseded.as_str(),
+                })
+            })
+            .collect()
     }
 
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()> {

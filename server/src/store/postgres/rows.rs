@@ -144,6 +144,7 @@ pub(super) fn certificate_of(r: &PgRow) -> StoreResult<CertificateRecord> {
         public_key_sha256: r.try_get("public_key_sha256").map_err(backend)?,
         subject: r.try_get("subject").map_err(backend)?,
         serial_number: r.try_get("serial_number").map_err(backend)?,
+        certificate_sha256: r.try_get("certificate_sha256").map_err(backend)?,
         not_before: r.try_get("not_before").map_err(backend)?,
         not_after: r.try_get("not_after").map_err(backend)?,
         status: stored(
@@ -241,6 +242,7 @@ pub(super) async fn insert_certificate(tx: &mut Tx, c: &CertificateRecord) -> St
         .bind(c.not_before)
         .bind(c.not_after)
         .bind(c.status.as_str())
+        .bind(&c.certificate_sha256)
         .execute(&mut **tx)
         .await
         .map_err(backend)?;

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -348,7 +349,7 @@ impl Store for SqliteStore {
                 return Ok(RevokeOutcome::AlreadyRevoked(record));
             }
             tx.prepare_cached(sql::REVOKE_ACTIVE_CERTIFICATES.sqlite)
-                .and_then(|mut s| s.execute(params![tenant_id, agent_id.to_string()]))
+                .and_then(|mut s| s.execute(params![tenant_id, agent_id.to_string(), now]))
                 .map_err(backend)?;
             tx.prepare_cached(sql::INSERT_REVOCATION.sqlite)
                 .and_then(|mut s| {
@@ -409,7 +410,9 @@ impl Store for SqliteStore {
                 return Ok(RotationOutcome::NonceReplayed);
             }
             tx.prepare_cached(sql::SUPERSEDE_CERTIFICATE.sqlite)
-                .and_then(|mut s| s.execute(params![c.tenant_id, identity.certificate_id.to_string()]))
+                .and_then(|mut s| {
+                    s.execute(params![c.tenant_id, identity.certificate_id.to_string(), micros(c.now)])
+                })
                 .map_err(backend)?;
             insert_certificate(tx, &c.certificate).map_err(backend)?;
             tx.prepare_cached(sql::ROTATE_IDENTITY_CERTIFICATE.sqlite)
@@ -452,6 +455,51 @@ impl Store for SqliteStore {
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
             first_row(&mut stmt, params![tenant_id, certificate_id.to_string()], certificate_of)
+        })
+        .await
+    }
+
+    async fn certificate_binding(
+        &self,
+        tenant_id: &str,
+        certificate_sha256: &str,
+    ) -> StoreResult<Option<CertificateBinding>> {
+        let (tenant_id, sha256) = (tenant_id.to_owned(), certificate_sha256.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql::CERTIFICATE_BINDING.sqlite).map_err(backend)?;
+            first_row(&mut stmt, params![tenant_id, sha256], |r| {
+                Ok(CertificateBinding {
+                    certificate_id: uuid_of(&r.get::<_, String>(0).map_err(backend)?)?,
+                    agent_id: uuid_of(&r.get::<_, String>(1).map_err(backend)?)?,
+                    collector_id: uuid_of(&r.get::<_, String>(2).map_err(backend)?)?,
+                    asset_id: uuid_of(&r.get::<_, String>(3).map_err(backend)?)?,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn revoked_certificates(
+        &self,
+        now: DateTime<Utc>,
+        superseded_before: DateTime<Utc>,
+    ) -> StoreResult<Vec<crate::pki::RevokedSerial>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql::WITHDRAWN_CERTIFICATES).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![micros(now), micros(superseded_before)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (serial_hex, status, at) = row.map_err(backend)?;
+                Ok(crate::pki::RevokedSerial {
+                    serial_hex,
+                    revoked_at: time(at)?,
+                    superseded: status == CertificateStatus::Superseded.as_str(),
+                })
+            })
+            .collect()
         })
         .await
     }

@@ -221,7 +221,8 @@ pub(super) fn insert_certificate(tx: &Connection, c: &CertificateRecord) -> rusq
         c.serial_number,
         micros(c.not_before),
         micros(c.not_after),
-        c.status.as_str()
+        c.status.as_str(),
+        c.certificate_sha256
     ])?;
     Ok(())
 }
@@ -338,7 +339,7 @@ pub(super) fn asset_of(r: &Row<'_>) -> StoreResult<AssetRecord> {
 }
 
 pub(super) const CERTIFICATE_COLUMNS: &str = "certificate_id, tenant_id, agent_id, public_key_algorithm, \
-     public_key_sha256, subject, serial_number, not_before, not_after, status";
+     public_key_sha256, subject, serial_number, not_before, not_after, status, certificate_sha256";
 
 pub(super) fn certificate_of(r: &Row<'_>) -> StoreResult<CertificateRecord> {
     let status: String = r.get(9).map_err(backend)?;
@@ -353,6 +354,7 @@ pub(super) fn certificate_of(r: &Row<'_>) -> StoreResult<CertificateRecord> {
         not_before: time(r.get(7).map_err(backend)?)?,
         not_after: time(r.get(8).map_err(backend)?)?,
         status: stored(CertificateStatus::parse(&status), "certificate status")?,
+        certificate_sha256: r.get(10).map_err(backend)?,
     })
 }
 

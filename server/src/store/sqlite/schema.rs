@@ -10,8 +10,10 @@ use super::rows::{backend, micros};
 use crate::store::{StoreError, StoreResult, sql};
 
 /// Versioned migrations, applied in order inside a transaction each.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
+    (2, "issued_certificates", include_str!("../../../migrations/sqlite/0002_issued_certificates.sql")),
+];
 
 /// Opens the database file with the store's settings (WAL, full sync).
 pub(super) fn connect(path: &Path) -> StoreResult<Connection> {
