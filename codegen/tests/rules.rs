@@ -457,6 +457,38 @@ fn a_misspelled_malformed_or_misplaced_oneprotect_extension_is_rejected() {
 }
 
 #[test]
+fn a_client_certificate_extension_needs_a_boolean_and_a_security_scheme() {
+    let public = "/api/v1/agent-enrollment/exchange";
+    let agent = "/api/v1/agents/{agent_id}/telemetry/heartbeat";
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["paths"][agent]["post"]["x-oneprotect-client-certificate"] = json!("yes"));
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/paths/~1api~1v1~1agents~1{agent_id}~1telemetry~1heartbeat/post/x-oneprotect-client-certificate",
+        "must be `true` or `false`",
+    );
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["paths"][public]["post"]["x-oneprotect-client-certificate"] = json!(true));
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/paths/~1api~1v1~1agent-enrollment~1exchange/post/x-oneprotect-client-certificate",
+        "without a security scheme",
+    );
+
+    let f = Fixture::new();
+    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["x-oneprotect-client-certificate"] = json!(true));
+    assert_reports(
+        &f.errors(),
+        "specs/openapi.yaml",
+        "/components/schemas/Problem/x-oneprotect-client-certificate",
+        "not allowed here",
+    );
+}
+
+#[test]
 fn specification_extensions_are_accepted_where_openapi_allows_them() {
     let f = Fixture::new();
     f.edit_openapi(|doc| {

@@ -572,6 +572,11 @@ async fn missing_bearer_on_protected_operation_is_401_problem_before_the_impleme
         "a non-bearer scheme is not a bearer"
     );
     assert_eq!(h.api.calls.load(Ordering::SeqCst), 0, "the trait was never called");
+    assert_eq!(
+        h.api.authentications.load(Ordering::SeqCst),
+        0,
+        "without a certificate or a bearer the heartbeat's authenticator is not asked either"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use super::schema::{self, At, Site};
 use super::{Differ, resolve};
 use crate::diagnostics::escape_token;
 use crate::load::OPENAPI_FILE;
-use crate::openapi::MAX_BODY_EXT;
+use crate::openapi::{CLIENT_CERTIFICATE_EXT, MAX_BODY_EXT};
 
 const FILE: &str = OPENAPI_FILE;
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
@@ -215,6 +215,7 @@ fn operation(
     d.examine(FILE, field("tags"));
     security(d, base, rev, context, ptr, bo, ro);
     max_body(d, context, ptr, bo, ro);
+    client_certificate(d, context, ptr, bo, ro);
     parameters(d, base, rev, context, ptr, (bitem, bo), (ritem, ro));
     request_body(d, base, rev, context, ptr, bo, ro);
     responses(d, base, rev, context, ptr, bo, ro);
@@ -276,6 +277,18 @@ fn max_body(d: &mut Differ, context: &str, ptr: &str, bo: &Value, ro: &Value) {
         let kind =
             if r < b { "request-body-max-bytes-decreased" } else { "request-body-max-bytes-increased" };
         d.emit(kind, FILE, Some(&p), Some(&p), context, format!("{MAX_BODY_EXT} went from {b} to {r}"));
+    }
+}
+
+/// Whether an operation accepts a verified client certificate as its credential.
+fn client_certificate(d: &mut Differ, context: &str, ptr: &str, bo: &Value, ro: &Value) {
+    let p = format!("{ptr}/{CLIENT_CERTIFICATE_EXT}");
+    d.examine(FILE, p.clone());
+    let get = |o: &Value| o.get(CLIENT_CERTIFICATE_EXT).and_then(Value::as_bool).unwrap_or(false);
+    let (b, r) = (get(bo), get(ro));
+    if b != r {
+        let kind = if r { "client-certificate-accepted" } else { "client-certificate-no-longer-accepted" };
+        d.emit(kind, FILE, Some(&p), Some(&p), context, format!("{CLIENT_CERTIFICATE_EXT} went from {b} to {r}"));
     }
 }
 

@@ -286,6 +286,18 @@ const STRUCTURE_RULES: &[(&str, Level, Option<&str>, &str)] = &[
     ),
     ("request-body-max-bytes-increased", N, None, "x-oneprotect-max-body-bytes was raised"),
     (
+        "client-certificate-accepted",
+        N,
+        None,
+        "x-oneprotect-client-certificate: a verified TLS client certificate is now accepted beside the bearer",
+    ),
+    (
+        "client-certificate-no-longer-accepted",
+        B,
+        None,
+        "x-oneprotect-client-certificate was removed: clients authenticating by their certificate are refused with 401",
+    ),
+    (
         "response-success-status-removed",
         B,
         Some("response-success-status-removed"),
