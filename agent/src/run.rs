@@ -316,3 +316,73 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + seconds, 0).expect("time")
+    }
+
+    /// Token valid [0, token_end), certificate valid [0, cert_end).
+    fn state(token_end: i64, cert_end: Option<i64>) -> AgentState {
+        AgentState {
+            identity: crate::state::Identity {
+                agent_id: uuid::Uuid::from_u128(1),
+                tenant_id: "tenant-fixture".into(),
+                collector_id: uuid::Uuid::from_u128(2),
+                asset_id: uuid::Uuid::from_u128(3),
+                certificate_id: uuid::Uuid::from_u128(4),
+                platform_url: "https://p.example".into(),
+                enrolled_at: at(0),
+                runtime_token_issued_at: at(0),
+                runtime_token_expires_at: at(token_end),
+                runtime_token_key_id: "k1".into(),
+                certificate_not_before: cert_end.map(|_| at(0)),
+                certificate_not_after: cert_end.map(at),
+            },
+            runtime_token: SecretString::from("fixture-token"),
+            private_key_pem: SecretString::from("fixture-key"),
+            certificate_pem: cert_end.map(|_| "fixture certificate".to_owned()),
+        }
+    }
+
+    #[test]
+    fn renewal_is_due_at_the_drawn_fraction_of_whichever_lifetime_ends_first() {
+        // A 1000 s token and a 100 s certificate at 0.75: due at 75 s.
+        let s = state(1000, Some(100));
+        assert!(!renewal_due(&s, 0.75, at(74)));
+        assert!(renewal_due(&s, 0.75, at(75)));
+        // The token first: due at 750 s of a 1000 s token.
+        let s = state(1000, Some(100_000));
+        assert!(!renewal_due(&s, 0.75, at(749)));
+        assert!(renewal_due(&s, 0.75, at(750)));
+        // No certificate (a platform that issued none): the token alone.
+        let s = state(1000, None);
+        assert!(!renewal_due(&s, 0.70, at(699)));
+        assert!(renewal_due(&s, 0.70, at(700)));
+    }
+
+    #[test]
+    fn the_drawn_fraction_stays_inside_70_to_85_percent() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let f = rand::Rng::random_range(&mut rng, RENEW_BETWEEN);
+            assert!((0.70..0.85).contains(&f), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_that_expired_while_stopped_means_enrolling_again() {
+        let s = state(1000, Some(100));
+        assert_eq!(certificate_expired(&s, at(99)), None);
+        let message = certificate_expired(&s, at(100)).expect("expired");
+        assert!(message.contains("enroll again"), "{message}");
+        assert_eq!(
+            certificate_expired(&state(1000, None), at(5000)),
+            None,
+            "no certificate, nothing expires"
+        );
+    }
+}

@@ -87,7 +87,8 @@ fn free_port() -> u16 {
 }
 
 /// A fixture platform CA (PEM certificate and PKCS#8 key files) beside `db`,
-/// made once per directory and reused by a restarted server.
+/// and a server certificate it signed for 127.0.0.1 (`fixture-server.pem`,
+/// `.key`); made once per directory and reused by a restarted server.
 fn fixture_ca(db: &Path) -> (PathBuf, PathBuf) {
     let dir = db.parent().expect("the database has a directory");
     let (cert, key) = (dir.join("fixture-ca.pem"), dir.join("fixture-ca.key"));
@@ -100,6 +101,13 @@ fn fixture_ca(db: &Path) -> (PathBuf, PathBuf) {
         let ca = params.self_signed(&key_pair).expect("CA certificate");
         std::fs::write(&cert, ca.pem()).expect("write CA certificate");
         std::fs::write(&key, key_pair.serialize_pem()).expect("write CA key");
+        let server_key = rcgen::KeyPair::generate().expect("server key");
+        let mut server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
+        server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let issuer = rcgen::Issuer::new(params, &key_pair);
+        let server_cert = server.signed_by(&server_key, &issuer).expect("server certificate");
+        std::fs::write(dir.join("fixture-server.pem"), server_cert.pem()).expect("write server certificate");
+        std::fs::write(dir.join("fixture-server.key"), server_key.serialize_pem()).expect("write server key");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -110,9 +118,22 @@ fn fixture_ca(db: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn start_server(db: &Path) -> Server {
+    start_server_with(db, false)
+}
+
+/// The server binary on `db`; with `tls`, it serves HTTPS with the fixture
+/// server certificate and authenticates agents by mutual TLS (its default).
+fn start_server_with(db: &Path, tls: bool) -> Server {
     let port = free_port();
     let (ca_cert, ca_key) = fixture_ca(db);
-    let child = Command::new(server_binary())
+    let dir = db.parent().expect("directory");
+    let mut command = Command::new(server_binary());
+    if tls {
+        command
+            .env("ONEPROTECT_TLS_CERT_FILE", dir.join("fixture-server.pem"))
+            .env("ONEPROTECT_TLS_KEY_FILE", dir.join("fixture-server.key"));
+    }
+    let child = command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url"])
         .arg(db)
         .env("ONEPROTECT_CA_CERT_FILE", &ca_cert)
@@ -126,8 +147,16 @@ fn start_server(db: &Path) -> Server {
         .spawn()
         .expect("start the server");
     let process = Process(child);
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::blocking::Client::new();
+    let base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
+    let http = if tls {
+        let pem = std::fs::read(&ca_cert).expect("CA");
+        reqwest::blocking::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA PEM")])
+            .build()
+            .expect("client")
+    } else {
+        reqwest::blocking::Client::new()
+    };
     let start = Instant::now();
     while http.get(format!("{base}/readyz")).send().map(|r| !r.status().is_success()).unwrap_or(true) {
         assert!(start.elapsed() < DEADLINE, "the server did not become ready");
@@ -310,6 +339,52 @@ fn enroll_heartbeat_list_active_then_revocation_stops_the_agent_with_the_403_cod
     assert!(run_logs.contains("TRACE") || run_logs.contains("DEBUG"), "the agent logged at trace level");
     assert_no_secret(&format!("{enroll_logs}{run_logs}"), &secrets);
     drop(files.dir);
+}
+
+#[test]
+fn under_mutual_tls_the_agent_heartbeats_by_its_certificate_kept_owner_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = tmp.path().join("platform.db");
+    let server = start_server_with(&db, true);
+    let token = server.issue_token();
+    let files = agent_files(&server.base, &token);
+    let ca = tmp.path().join("fixture-ca.pem");
+    let mut config = std::fs::read_to_string(&files.config).expect("config");
+    config.push_str(&format!("ca_bundle: {}\n", ca.display()));
+    std::fs::write(&files.config, config).expect("config");
+    enroll(&files);
+    #[cfg(unix)]
+    for f in ["agent.key", "agent.pem", "ca-chain.pem", "certificate.json", "runtime.token"] {
+        assert_eq!(mode(&files.state.join(f)), 0o600, "{f}");
+    }
+    let status = agent(&files, "status").stdout(Stdio::piped()).output().expect("status");
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["certificate"]["serial_number"].as_str().map(str::len), Some(32), "{status}");
+    assert_eq!(status["certificate"]["sha256"].as_str().map(str::len), Some(64), "{status}");
+    assert!(status["certificate"]["not_after"].is_string(), "{status}");
+    let agent_id = status["identity"]["agent_id"].as_str().expect("agent").to_owned();
+
+    // The runtime token alone is refused: only the certificate authenticates.
+    let runtime = std::fs::read_to_string(files.state.join("runtime.token")).expect("token");
+    let refused = server
+        .http
+        .post(format!("{}/api/v1/agents/{agent_id}/telemetry/heartbeat", server.base))
+        .bearer_auth(runtime.trim())
+        .json(&json!({"sequence": 1000, "collected_at": "2026-11-22T10:00:00Z", "hostname": "h", "agent_version": "0.1.0"}))
+        .send()
+        .expect("send");
+    assert_eq!(refused.status().as_u16(), 401);
+
+    let mut running = Process(agent(&files, "run").spawn().expect("run"));
+    server.wait_for("two heartbeats over mutual TLS", |s| {
+        s.get("/api/v1/events?limit=200")["items"]
+            .as_array()
+            .is_some_and(|e| e.iter().filter(|e| e["type"] == "asset.telemetry.received").count() >= 2)
+    });
+    assert_eq!(server.get(&format!("/api/v1/agents/{agent_id}"))["status"], "active");
+    running.signal_term();
+    let exit = running.wait_exit(DEADLINE).expect("stops");
+    assert_eq!(exit.code(), Some(0));
 }
 
 fn sysinfo_hostname() -> Option<String> {

@@ -479,7 +479,9 @@ fn a_client_certificate_extension_needs_a_boolean_and_a_security_scheme() {
     );
 
     let f = Fixture::new();
-    f.edit_openapi(|doc| doc["components"]["schemas"]["Problem"]["x-oneprotect-client-certificate"] = json!(true));
+    f.edit_openapi(|doc| {
+        doc["components"]["schemas"]["Problem"]["x-oneprotect-client-certificate"] = json!(true)
+    });
     assert_reports(
         &f.errors(),
         "specs/openapi.yaml",

@@ -132,6 +132,73 @@ fn development_secrets_live_in_an_owner_only_directory() {
     assert_eq!(mode(&dir.path().join(".oneprotect-dev")), 0o700);
     assert_eq!(mode(&dir.path().join(".oneprotect-dev/secrets.json")), 0o600);
     assert_eq!(mode(&dir.path().join("oneprotect.db")), 0o600);
+    // The development CA and server certificate: keys owner-only.
+    assert_eq!(mode(&dir.path().join(".oneprotect-dev/ca.key")), 0o600);
+    assert_eq!(mode(&dir.path().join(".oneprotect-dev/server.key")), 0o600);
+}
+
+/// A fixture CA in `dir` (PEM, PKCS#8) made with the `openssl` tool.
+fn openssl_ca(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args(["-subj", "/CN=OneProtect cli test CA (fixture)"])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned())
+}
+
+#[cfg(unix)]
+#[test]
+fn the_agent_authentication_policy_and_the_ca_are_judged_before_anything_is_created() {
+    use std::os::unix::fs::PermissionsExt;
+    let files = tempfile::tempdir().expect("tempdir");
+    let (ca_cert, ca_key) = openssl_ca(files.path());
+    let with = |extra: &[(&'static str, &str)]| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env = FIXTURE_SECRETS.to_vec();
+        env.push(("ONEPROTECT_DATABASE_URL", "platform.db"));
+        env.extend_from_slice(extra);
+        let (code, out) = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &env);
+        assert!(entries(dir.path()).is_empty(), "nothing was created: {:?} ({out})", entries(dir.path()));
+        (code, out)
+    };
+    let (code, out) = with(&[("ONEPROTECT_AGENT_AUTH", "mtls")]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("needs client certificates"), "{out}");
+    let (code, out) = with(&[("ONEPROTECT_AGENT_AUTH", "tls")]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("mtls, mtls+bearer or bearer"), "{out}");
+    let (code, out) = with(&[("ONEPROTECT_CA_CERT_FILE", &ca_cert)]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("must be given together"), "{out}");
+    std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, out) = with(&[("ONEPROTECT_CA_CERT_FILE", &ca_cert), ("ONEPROTECT_CA_KEY_FILE", &ca_key)]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("readable by other users"), "{out}");
+    assert!(!out.contains("PRIVATE KEY"), "no key material in the error: {out}");
 }
 
 #[test]

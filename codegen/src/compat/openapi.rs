@@ -288,7 +288,14 @@ fn client_certificate(d: &mut Differ, context: &str, ptr: &str, bo: &Value, ro: 
     let (b, r) = (get(bo), get(ro));
     if b != r {
         let kind = if r { "client-certificate-accepted" } else { "client-certificate-no-longer-accepted" };
-        d.emit(kind, FILE, Some(&p), Some(&p), context, format!("{CLIENT_CERTIFICATE_EXT} went from {b} to {r}"));
+        d.emit(
+            kind,
+            FILE,
+            Some(&p),
+            Some(&p),
+            context,
+            format!("{CLIENT_CERTIFICATE_EXT} went from {b} to {r}"),
+        );
     }
 }
 
