@@ -128,6 +128,11 @@ pub enum Fault {
     /// Judges the body of a protected operation before its credential, as
     /// the stubs once did: an unauthenticated caller learns the validation rules.
     BodyJudgedBeforeCredential,
+    /// Answers the exchange with a self-signed certificate of the agent
+    /// profile instead of the one the platform CA issued.
+    ForeignCertificateIssued,
+    /// Signs CRLs that list nothing: revocations never reach relying parties.
+    CrlOmitsRevoked,
 }
 
 impl Fault {
@@ -175,6 +180,8 @@ impl Fault {
         Fault::CollectorCheckRemoved,
         Fault::LimiterNeverTrips,
         Fault::BodyJudgedBeforeCredential,
+        Fault::ForeignCertificateIssued,
+        Fault::CrlOmitsRevoked,
     ];
 
     /// Faults that need PostgreSQL.
@@ -290,9 +297,10 @@ impl Fault {
                 "fail-closed.admin-token-at-agent-endpoint-rejected",
                 "expected 403 not_service_account, got 200",
             )],
-            Self::RevokeIdentityNotWritten => {
-                &[("fail-closed.revoked-identity-refused", "expected 403 identity_revoked, got 200")]
-            }
+            Self::RevokeIdentityNotWritten => &[
+                ("fail-closed.revoked-identity-refused", "expected 403 identity_revoked, got 200"),
+                ("fail-closed.revoked-certificate-listed-in-the-crl", "serial is not in the CRL"),
+            ],
             Self::RevokeTokenNotWritten => {
                 &[("fail-closed.revoked-token-refused", "expected 401 enrollment_token_invalid, got 201")]
             }
@@ -323,6 +331,13 @@ impl Fault {
             }
             Self::LimiterNeverTrips => {
                 &[("fail-closed.failed-exchanges-are-rate-limited", "no 429 after 200 failed exchanges")]
+            }
+            Self::ForeignCertificateIssued => &[(
+                "fail-closed.issued-certificate-chains-to-the-published-ca",
+                "not signed by the published CA",
+            )],
+            Self::CrlOmitsRevoked => {
+                &[("fail-closed.revoked-certificate-listed-in-the-crl", "serial is not in the CRL")]
             }
             Self::RlsNotForced => &[(
                 "tenant-isolation.row-level-security-forced",

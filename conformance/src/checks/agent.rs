@@ -11,7 +11,7 @@ pub(super) const CHECKS: &[Check] = &[
         "redaction.agent-files-owner-only",
         Redaction,
         AGENT,
-        "the agent's identity, key and runtime token are mode 0600 in a 0700 directory",
+        "the agent's identity, key, certificate, CA chain and runtime token are mode 0600 in a 0700 directory",
         files_owner_only
     ),
     check!(
@@ -180,7 +180,15 @@ async fn enrolled_with(
 pub async fn files_owner_only(ctx: &Ctx) -> Checked {
     let (_platform, run) = enrolled(ctx, vec![], accepted()).await?;
     ensure(mode(&run.state) == 0o700, format!("state directory mode {:o}", mode(&run.state)))?;
-    for f in ["identity.json", "agent.key", "runtime.token", "certificate.json", "sequence"] {
+    for f in [
+        "identity.json",
+        "agent.key",
+        "runtime.token",
+        "certificate.json",
+        "agent.pem",
+        "ca-chain.pem",
+        "sequence",
+    ] {
         let m = mode(&run.state.join(f));
         ensure(m == 0o600, format!("{f} has mode {m:o}"))?;
     }

@@ -40,6 +40,7 @@ mod agent;
 mod expiry;
 mod fail_closed;
 mod isolation;
+mod pki;
 mod redaction;
 mod replay;
 
@@ -52,6 +53,7 @@ pub static CATALOGUE: LazyLock<Vec<Check>> = LazyLock::new(|| {
         expiry::CHECKS,
         isolation::CHECKS,
         fail_closed::CHECKS,
+        pki::CHECKS,
         agent::CHECKS,
         fail_closed::RATE_LIMIT_CHECKS,
         redaction::FINAL_CHECKS,

@@ -121,6 +121,34 @@ fn protected_operation(
     })
 }
 
+/// A certificate of the agent profile naming the platform CA as its issuer,
+/// signed by another key.
+fn forged_agent_certificate(ca_chain_pem: &str, tenant: &str, agent: &str) -> Option<String> {
+    use x509_parser::prelude::*;
+    let ca_der = x509_parser::pem::Pem::iter_from_buffer(ca_chain_pem.as_bytes()).next()?.ok()?.contents;
+    let (_, ca) = X509Certificate::from_der(&ca_der).ok()?;
+    let mut ca_name = rcgen::DistinguishedName::new();
+    for o in ca.subject().iter_organization() {
+        ca_name.push(rcgen::DnType::OrganizationName, o.as_str().ok()?);
+    }
+    for cn in ca.subject().iter_common_name() {
+        ca_name.push(rcgen::DnType::CommonName, cn.as_str().ok()?);
+    }
+    let mut issuer_params = rcgen::CertificateParams::default();
+    issuer_params.distinguished_name = ca_name;
+    let forger = rcgen::KeyPair::generate().ok()?;
+    let issuer = rcgen::Issuer::new(issuer_params, &forger);
+    let key = rcgen::KeyPair::generate().ok()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, agent);
+    let uri =
+        format!("spiffe://{}/tenant/{tenant}/agent/{agent}", oneprotect_server::pki::DEFAULT_TRUST_DOMAIN);
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().ok()?)];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.signed_by(&key, &issuer).ok().map(|c| c.pem())
+}
+
 /// The faulty HTTP layer: wraps the real router.
 pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Response {
     let now = state.clock.now();
@@ -360,6 +388,19 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
             let (parts, _, bytes) = response_json(response).await;
             tracing::debug!(answer = %String::from_utf8_lossy(&bytes), "faulty variant: rotation answered");
             respond(parts, bytes.to_vec())
+        }
+        Fault::ForeignCertificateIssued if is_exchange && response.status().as_u16() == 201 => {
+            let (parts, json, bytes) = response_json(response).await;
+            let Some(mut json) = json else { return respond(parts, bytes.to_vec()) };
+            if let (Some(agent), Some(tenant), Some(chain)) = (
+                json["agent"]["agent_id"].as_str(),
+                json["agent"]["tenant_id"].as_str(),
+                json["ca_chain_pem"].as_str(),
+            ) && let Some(forged) = forged_agent_certificate(chain, tenant, agent)
+            {
+                json["certificate_pem"] = Value::String(forged);
+            }
+            respond(parts, json.to_string().into_bytes())
         }
         Fault::LeakSecretInList if (is_list || is_issue) && response.status().is_success() => {
             let (parts, json, bytes) = response_json(response).await;

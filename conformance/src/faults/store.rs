@@ -209,6 +209,9 @@ impl Store for FaultyStore {
         now: chrono::DateTime<chrono::Utc>,
         superseded_before: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<Vec<oneprotect_server::pki::RevokedSerial>> {
+        if self.fault == Fault::CrlOmitsRevoked {
+            return Ok(Vec::new());
+        }
         self.inner.revoked_certificates(now, superseded_before).await
     }
     async fn append_audit(&self, a: &AuditRecord, e: Option<&OutboxEvent>) -> StoreResult<()> {
