@@ -148,7 +148,6 @@ impl StateDir {
         self.write_private(CA_CHAIN_FILE, certificate.ca_chain_pem.as_bytes())?;
         if crate::faults::active("certificate-world-readable") {
             crate::faults::loosen(&self.file(CERTIFICATE_FILE));
-            crate::faults::loosen(&self.file(CERTIFICATE_PEM_FILE));
         }
         Ok(())
     }

@@ -83,7 +83,7 @@ type Outcomes = Arc<Mutex<(Vec<u64>, std::collections::BTreeMap<String, usize>)>
 
 /// Runs `concurrency` workers calling `op(worker, iteration)` until
 /// `duration` passes or `limit` operations are done.
-async fn drive<F, Fut>(concurrency: usize, duration: Duration, limit: usize, op: F) -> Samples
+pub(crate) async fn drive<F, Fut>(concurrency: usize, duration: Duration, limit: usize, op: F) -> Samples
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
@@ -359,7 +359,7 @@ struct HeartbeatBody {
     process_count: u32,
 }
 
-fn heartbeat_body(sequence: usize, i: usize) -> HeartbeatBody {
+pub(crate) fn heartbeat_body(sequence: usize, i: usize) -> impl serde::Serialize + use<> {
     HeartbeatBody {
         sequence,
         collected_at: chrono::Utc::now(),

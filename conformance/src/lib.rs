@@ -5,6 +5,7 @@
 
 pub mod agent_target;
 pub mod bench;
+pub mod bench_mtls;
 pub mod checks;
 pub mod ctx;
 pub mod evidence;

@@ -21,7 +21,7 @@ pub const TENANT_A: &str = "tenant-a";
 pub const TENANT_B: &str = "tenant-b";
 pub const ISSUER: &str = "oneprotect-conformance";
 pub const AUDIENCE: &str = "oneprotect-api";
-const FIXTURE_ADMIN_SECRET: &[u8] = b"conformance-fixture-admin-secret-0000000000";
+pub(crate) const FIXTURE_ADMIN_SECRET: &[u8] = b"conformance-fixture-admin-secret-0000000000";
 const FIXTURE_RUNTIME_SECRET: &[u8] = b"conformance-fixture-runtime-secret-00000000";
 const FIXTURE_HASH_KEY: &[u8] = b"conformance-fixture-hash-key-00000000000000";
 
@@ -158,6 +158,16 @@ async fn serve(
         let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
     });
     Ok((base, handle))
+}
+
+/// The platform with the harness's fixture secrets and a CA of its own (the
+/// runtime secret is the fixture one unless `runtime_secret` says otherwise).
+pub fn fixture_platform(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+) -> anyhow::Result<Platform> {
+    platform(store, clock, Some(FIXTURE_RUNTIME_SECRET), policy)
 }
 
 fn platform(

@@ -388,6 +388,16 @@ pub struct VerifiedAgentCertificate {
     pub agent_id: uuid::Uuid,
     /// Lowercase hex SHA-256 of the DER certificate.
     pub sha256: String,
+    /// Validity, seconds since the epoch (notBefore inclusive, notAfter exclusive).
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl VerifiedAgentCertificate {
+    /// Whether the certificate is inside its validity at `now`.
+    pub fn valid_at(&self, now: DateTime<Utc>) -> bool {
+        (self.not_before..self.not_after).contains(&now.timestamp())
+    }
 }
 
 impl PlatformCa {
@@ -442,7 +452,7 @@ impl PlatformCa {
         let [uri] = uris.as_slice() else { return Err("not exactly one URI name".into()) };
         let (tenant_id, agent_id) =
             parse_spiffe_id(&self.trust_domain, uri).ok_or("no agent SPIFFE id of this trust domain")?;
-        Ok(VerifiedAgentCertificate { tenant_id, agent_id, sha256: sha256_hex(der) })
+        Ok(VerifiedAgentCertificate { tenant_id, agent_id, sha256: sha256_hex(der), not_before, not_after })
     }
 }
 

@@ -23,6 +23,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::pki::PlatformCa;
 
+/// The listener's TLS configuration, as `serve` and `listen::serve` take it.
+pub type ServerConfig = rustls::ServerConfig;
+
 /// The development server certificate's files inside the development directory.
 pub const DEV_SERVER_CERT_FILE: &str = "server.pem";
 pub const DEV_SERVER_KEY_FILE: &str = "server.key";
@@ -79,6 +82,16 @@ pub fn server_config(files: &TlsFiles, ca: Option<&PlatformCa>) -> Result<Arc<ru
         .map_err(|e| format!("the TLS certificate and key do not match or are unusable: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// `config` without session resumption (no TLS 1.3 tickets, no session
+/// cache): every connection is a full handshake with certificate
+/// verification. The benchmark's handshake measure uses it.
+pub fn without_resumption(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Arc::new(config)
 }
 
 /// The development server certificate in `dir`, issued by the development

@@ -36,6 +36,10 @@ struct Cli {
     /// ratios compare figures taken seconds apart.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60))]
     rounds: u32,
+    /// Agents of the mutual TLS comparison (each with its own connection);
+    /// 0 skips it.
+    #[arg(long, default_value_t = 256)]
+    mtls_agents: usize,
     /// Directory for results.md and results.json.
     #[arg(long, default_value = "target/bench")]
     output: PathBuf,
@@ -131,12 +135,45 @@ async fn main() -> ExitCode {
     for r in &results {
         md.push_str(&bench::markdown(r));
     }
+    let mut mtls = None;
+    if cli.mtls_agents > 0 {
+        eprintln!(
+            "[mtls] enrolling {} agents over TLS; bearer and mTLS heartbeats in {} rounds, then full handshakes",
+            cli.mtls_agents, cli.rounds
+        );
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        match oneprotect_conformance::bench_mtls::compare(
+            dir.path(),
+            cli.mtls_agents,
+            cli.concurrency,
+            duration,
+            cli.rounds,
+        )
+        .await
+        {
+            Ok(f) => {
+                md.push_str(&oneprotect_conformance::bench_mtls::markdown(&f));
+                mtls = Some(f);
+            }
+            Err(e) => {
+                eprintln!("error: mtls: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     print!("{md}");
     if std::fs::create_dir_all(&cli.output).is_ok() {
         let _ = std::fs::write(cli.output.join("results.md"), &md);
         let _ = std::fs::write(
             cli.output.join("results.json"),
-            serde_json::to_string_pretty(&results).unwrap_or_default(),
+            serde_json::to_string_pretty(&serde_json::json!({"backends": results, "mtls": mtls}))
+                .unwrap_or_default(),
         );
         eprintln!("wrote {}/results.md and results.json", cli.output.display());
     }

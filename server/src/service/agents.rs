@@ -171,10 +171,16 @@ impl Platform {
     ) -> Result<RuntimeClaims, AgentFailure> {
         let ca = self.ca.as_ref().ok_or((Rejection::CertificateAuthorityUnavailable, None, None))?;
         let now = self.clock.now();
-        let verified = ca.verify_agent_certificate(der, now).map_err(|reason| {
-            tracing::info!(reason, "client certificate refused");
-            (Rejection::ClientCertificateInvalid, None, None)
-        })?;
+        let cached = self.certificates.get(der);
+        let verified = match &cached {
+            // Signature, profile and binding never change for one certificate; its validity is judged now.
+            Some((verified, _)) if verified.valid_at(now) => verified.clone(),
+            Some(_) => return Err((Rejection::ClientCertificateInvalid, None, None)),
+            None => ca.verify_agent_certificate(der, now).map_err(|reason| {
+                tracing::info!(reason, "client certificate refused");
+                (Rejection::ClientCertificateInvalid, None, None)
+            })?,
+        };
         let fail =
             |r: Rejection| Err((r, Some(verified.tenant_id.clone()), Some(verified.agent_id.to_string())));
         let Ok(path_agent_id) = Uuid::parse_str(path_agent_id) else {
@@ -183,10 +189,16 @@ impl Platform {
         if verified.agent_id != path_agent_id {
             return fail(Rejection::ActorMismatch);
         }
-        let binding = match self.store.certificate_binding(&verified.tenant_id, &verified.sha256).await {
-            Ok(Some(b)) if b.agent_id == verified.agent_id => b,
-            Ok(_) => return fail(Rejection::ClientCertificateInvalid),
-            Err(e) => return fail(e.into()),
+        let binding = match cached {
+            Some((_, binding)) => binding,
+            None => match self.store.certificate_binding(&verified.tenant_id, &verified.sha256).await {
+                Ok(Some(b)) if b.agent_id == verified.agent_id => {
+                    self.certificates.insert(der, verified.clone(), b);
+                    b
+                }
+                Ok(_) => return fail(Rejection::ClientCertificateInvalid),
+                Err(e) => return fail(e.into()),
+            },
         };
         let mut claims = claims_for(
             &verified.tenant_id,

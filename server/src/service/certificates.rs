@@ -2,6 +2,8 @@
 //! verified key (exchange and rotation both call `certify`), the CA chain
 //! and the certificate revocation list.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
@@ -9,13 +11,43 @@ use super::Platform;
 use crate::csr::VerifiedCsr;
 use crate::error::Rejection;
 use crate::model::*;
-use crate::pki::{IssuedCertificate, pem_of};
+use crate::pki::{IssuedCertificate, VerifiedAgentCertificate, pem_of};
 
 /// A signed CRL is reused for this long, so the public endpoint costs one
 /// store query and one signature per interval however often it is
 /// fetched. A revocation through this process clears it at once; through
 /// another replica it reaches this one's CRL within the interval.
 pub const CRL_REUSE: Duration = Duration::seconds(30);
+
+/// Agent certificates this process verified and found bound to an
+/// identity, by their DER. What a cached entry says cannot change: the
+/// signature and profile of a certificate, and the identity its record
+/// names. What can change is judged on every request all the same: the
+/// validity by the clock, and revocation, staleness and the rotation grace
+/// on the identity row the heartbeat or rotation commit locks. Bounded: a
+/// full cache is emptied and refills from the next requests.
+#[derive(Debug, Default)]
+pub(super) struct VerifiedCertificates(
+    std::sync::Mutex<HashMap<Vec<u8>, (VerifiedAgentCertificate, CertificateBinding)>>,
+);
+
+/// Entries of `VerifiedCertificates` (about 1 KiB each).
+pub const VERIFIED_CERTIFICATES_MAX: usize = 65_536;
+
+impl VerifiedCertificates {
+    pub(super) fn get(&self, der: &[u8]) -> Option<(VerifiedAgentCertificate, CertificateBinding)> {
+        self.0.lock().ok()?.get(der).cloned()
+    }
+
+    pub(super) fn insert(&self, der: &[u8], verified: VerifiedAgentCertificate, binding: CertificateBinding) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= VERIFIED_CERTIFICATES_MAX {
+                map.clear();
+            }
+            map.insert(der.to_vec(), (verified, binding));
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(super) struct SignedCrl {

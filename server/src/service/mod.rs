@@ -131,6 +131,8 @@ pub struct Platform {
     ca: Option<Arc<PlatformCa>>,
     /// The last CRL signed, reused while it is fresh (see `certificate_revocation_list`).
     crl_cache: std::sync::Mutex<Option<certificates::SignedCrl>>,
+    /// Agent certificates already verified and bound (mutual TLS).
+    certificates: certificates::VerifiedCertificates,
 }
 
 impl std::fmt::Debug for Platform {
@@ -264,6 +266,7 @@ impl Platform {
             metrics: Metrics::default(),
             ca: None,
             crl_cache: std::sync::Mutex::default(),
+            certificates: certificates::VerifiedCertificates::default(),
         }
     }
 
