@@ -105,7 +105,37 @@ async fn access_log(
 
 pub fn router(platform: Arc<Platform>) -> axum::Router {
     oneprotect_contracts::server::router(Arc::new(HttpApi::new(platform.clone())))
+        .layer(axum::middleware::from_fn_with_state(platform.clone(), forwarded_client_certificate))
         .layer(axum::middleware::from_fn_with_state(platform, access_log))
+}
+
+/// A client certificate a trusted TLS-terminating proxy forwarded in the
+/// configured header becomes the request's `ClientCertificate` — a claim
+/// the platform verifies in full, as one from its own handshake. From any
+/// other peer the header is dropped unread; a certificate from the
+/// server's own handshake always wins.
+async fn forwarded_client_certificate(
+    axum::extract::State(platform): axum::extract::State<Arc<Platform>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    use oneprotect_contracts::server::ClientCertificate;
+    if let Some(name) = &platform.policy().client_certificate_header
+        && let Some(value) = req.headers_mut().remove(name.as_str())
+    {
+        let peer =
+            req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        let trusted = peer.is_some_and(|ip| platform.policy().trusted_proxies.contains(ip));
+        if trusted && req.extensions().get::<ClientCertificate>().is_none() {
+            match value.to_str().ok().and_then(crate::tls::forwarded_certificate) {
+                Some(der) => {
+                    req.extensions_mut().insert(ClientCertificate(Arc::from(der)));
+                }
+                None => tracing::info!("the forwarded client certificate header holds no certificate"),
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// Serves until SIGINT or SIGTERM, then drains in-flight requests.

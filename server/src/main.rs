@@ -142,6 +142,12 @@ struct ServeArgs {
     /// runtime-lite compatibility path, the default without TLS).
     #[arg(long, env = "ONEPROTECT_AGENT_AUTH", value_parser = parse_agent_auth)]
     agent_auth: Option<AgentAuth>,
+    /// Behind a TLS-terminating proxy: the header in which it forwards the
+    /// client certificate (nginx `$ssl_client_escaped_cert`, Envoy
+    /// `x-forwarded-client-cert`). Read only from ONEPROTECT_TRUSTED_PROXIES
+    /// and verified by the server itself.
+    #[arg(long, env = "ONEPROTECT_CLIENT_CERT_HEADER")]
+    client_cert_header: Option<String>,
     /// Lifetime of agent certificates, in hours (1 to 9528, i.e. 397 days).
     #[arg(long, env = "ONEPROTECT_CERTIFICATE_LIFETIME_HOURS", default_value_t = 720, value_parser = clap::value_parser!(i64).range(1..=9528))]
     certificate_lifetime_hours: i64,
@@ -292,11 +298,22 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let serves_tls = tls_files.is_some() || dev;
+    let client_cert_header = args.client_cert_header.as_deref().map(str::to_ascii_lowercase);
+    if let Some(h) = &client_cert_header
+        && (h.is_empty()
+            || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || trusted_proxies.is_empty())
+    {
+        eprintln!(
+            "error: ONEPROTECT_CLIENT_CERT_HEADER must be a header name, and needs ONEPROTECT_TRUSTED_PROXIES (the proxies allowed to set it)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let serves_tls = tls_files.is_some() || dev || client_cert_header.is_some();
     let agent_auth = args.agent_auth.unwrap_or(if serves_tls { AgentAuth::Mtls } else { AgentAuth::Bearer });
     if agent_auth.needs_certificate() && !serves_tls {
         eprintln!(
-            "error: ONEPROTECT_AGENT_AUTH={} needs client certificates: set ONEPROTECT_TLS_CERT_FILE and ONEPROTECT_TLS_KEY_FILE, or use bearer",
+            "error: ONEPROTECT_AGENT_AUTH={} needs client certificates: set ONEPROTECT_TLS_CERT_FILE and ONEPROTECT_TLS_KEY_FILE (or ONEPROTECT_CLIENT_CERT_HEADER behind a TLS-terminating proxy), or use bearer",
             agent_auth.as_str()
         );
         return ExitCode::from(EXIT_CONFIG);
@@ -409,6 +426,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
     let policy = Policy {
         agent_auth,
+        client_certificate_header: client_cert_header,
         certificate_validity: chrono::Duration::hours(args.certificate_lifetime_hours),
         runtime_token_ttl: chrono::Duration::seconds(args.runtime_token_ttl_seconds),
         stale_after: chrono::Duration::seconds(args.stale_after_seconds),

@@ -153,3 +153,98 @@ fn still_good(pem: &str, ca: &PlatformCa, now: DateTime<Utc>) -> bool {
     cert.verify_signature(Some(issuer.public_key())).is_ok()
         && cert.validity().not_after.timestamp() > (now + DEV_SERVER_LIFETIME / 10).timestamp()
 }
+
+/// The largest forwarded-certificate header the server reads.
+pub const MAX_FORWARDED_CERTIFICATE_BYTES: usize = 16 * 1024;
+
+/// The DER of the client certificate a TLS-terminating proxy forwarded in a
+/// header: nginx's `$ssl_client_escaped_cert` (the URL-encoded PEM) or an
+/// Envoy `x-forwarded-client-cert` element's `Cert="…"` field. `None` when
+/// the value holds no certificate. The result is only a claim: the platform
+/// verifies it as it verifies one presented at its own handshake.
+pub fn forwarded_certificate(value: &str) -> Option<Vec<u8>> {
+    if value.len() > MAX_FORWARDED_CERTIFICATE_BYTES {
+        return None;
+    }
+    // Envoy: `By=…;Hash=…;Cert="<url-encoded PEM>";…` (the first element).
+    let encoded = match value.find("Cert=\"") {
+        Some(start) => {
+            let rest = &value[start + 6..];
+            &rest[..rest.find('"')?]
+        }
+        None => value,
+    };
+    let pem = percent_decode(encoded.trim())?;
+    let block = x509_parser::pem::Pem::iter_from_buffer(&pem).next()?.ok()?;
+    (block.label == "CERTIFICATE").then_some(block.contents)
+}
+
+/// `%XX` decoding (a `+` stays a `+`: PEM's base64 uses it).
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_pem() -> (String, Vec<u8>) {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["forwarded.fixture".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        (cert.pem(), cert.der().to_vec())
+    }
+
+    fn url_encode(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_certificate_forwarded_by_nginx_or_envoy_decodes_to_its_der() {
+        let (pem, der) = fixture_pem();
+        assert_eq!(
+            forwarded_certificate(&url_encode(&pem)),
+            Some(der.clone()),
+            "nginx $ssl_client_escaped_cert"
+        );
+        let xfcc =
+            format!("By=spiffe://proxy.fixture;Hash=00ff;Cert=\"{}\";Subject=\"CN=x\"", url_encode(&pem));
+        assert_eq!(forwarded_certificate(&xfcc), Some(der), "Envoy x-forwarded-client-cert");
+    }
+
+    #[test]
+    fn anything_else_in_the_header_is_no_certificate() {
+        let (pem, _) = fixture_pem();
+        assert_eq!(forwarded_certificate(""), None);
+        assert_eq!(forwarded_certificate("not a certificate"), None);
+        assert_eq!(forwarded_certificate("%ZZ"), None);
+        assert_eq!(forwarded_certificate("Cert=\"unterminated"), None);
+        let key = url_encode("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        assert_eq!(forwarded_certificate(&key), None, "a key is not a certificate");
+        let huge = "A".repeat(MAX_FORWARDED_CERTIFICATE_BYTES + 1);
+        assert_eq!(forwarded_certificate(&huge), None);
+        assert!(forwarded_certificate(&url_encode(&pem)).is_some(), "control: the fixture decodes");
+    }
+}

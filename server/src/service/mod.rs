@@ -53,6 +53,9 @@ pub struct Policy {
     pub trusted_proxies: TrustedProxies,
     /// The credentials agent calls (heartbeat, rotation) must present.
     pub agent_auth: AgentAuth,
+    /// The header (lowercase) in which a TLS-terminating proxy among
+    /// `trusted_proxies` forwards the client certificate, if any.
+    pub client_certificate_header: Option<String>,
 }
 
 /// How agent calls authenticate (`ONEPROTECT_AGENT_AUTH`).
@@ -102,6 +105,7 @@ impl Default for Policy {
             failure_window: Duration::minutes(1),
             trusted_proxies: TrustedProxies::default(),
             agent_auth: AgentAuth::Bearer,
+            client_certificate_header: None,
         }
     }
 }

@@ -204,4 +204,72 @@ crate::both_backends!(
     an_expired_certificate_is_refused_by_the_platforms_clock,
     under_mtls_and_bearer_the_token_must_belong_to_the_presented_certificate,
     under_bearer_the_runtime_token_alone_authenticates_over_tls,
+    a_certificate_forwarded_by_a_trusted_proxy_is_verified_by_the_platform_itself,
+    a_forwarded_certificate_from_an_untrusted_peer_is_ignored,
 );
+
+/// A harness whose platform reads client certificates a proxy at `proxies`
+/// forwards in `x-ssl-client-cert` (plain HTTP, as behind a proxy).
+async fn behind_proxy(backend: Backend, proxies: &str) -> Harness {
+    let policy = Policy {
+        agent_auth: AgentAuth::Mtls,
+        client_certificate_header: Some("x-ssl-client-cert".into()),
+        trusted_proxies: oneprotect_server::source::TrustedProxies::parse(proxies).expect("proxies"),
+        failure_limit: 10_000,
+        ..Policy::default()
+    };
+    Harness::start_with(backend, Options { policy, ..Options::default() }).await
+}
+
+fn url_encoded(pem: &str) -> String {
+    pem.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn forwarded_heartbeat(h: &Harness, agent: &str, pem: &str, seq: u64) -> (StatusCode, Value) {
+    let resp = h
+        .http
+        .post(format!("{}{}", h.base, ops::post_agent_heartbeat(agent).path))
+        .header("x-ssl-client-cert", url_encoded(pem))
+        .json(&heartbeat_body(seq))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+async fn a_certificate_forwarded_by_a_trusted_proxy_is_verified_by_the_platform_itself(backend: Backend) {
+    let h = behind_proxy(backend, "127.0.0.1").await;
+    let (secret, _) = h.issue_token(TENANT_A, 1).await;
+    let (_, csr) = new_key_and_csr();
+    let (status, enrolled) = h.exchange(&h.exchange_body(&secret, &csr)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let agent = enrolled["agent"]["agent_id"].as_str().expect("agent");
+    let pem = enrolled["certificate_pem"].as_str().expect("PEM");
+    assert_eq!(forwarded_heartbeat(&h, agent, pem, 1).await.0, StatusCode::OK);
+    // A forwarded certificate is a claim: one the platform CA did not sign is refused.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    let uri = format!("spiffe://{TRUST_DOMAIN}/tenant/{TENANT_A}/agent/{agent}");
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("IA5"))];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let forged = params.self_signed(&key).expect("forged").pem();
+    let (status, v) = forwarded_heartbeat(&h, agent, &forged, 2).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("client_certificate_invalid")));
+}
+
+async fn a_forwarded_certificate_from_an_untrusted_peer_is_ignored(backend: Backend) {
+    let h = behind_proxy(backend, "10.0.0.0/8").await;
+    let (secret, _) = h.issue_token(TENANT_A, 1).await;
+    let (_, csr) = new_key_and_csr();
+    let (_, enrolled) = h.exchange(&h.exchange_body(&secret, &csr)).await;
+    let agent = enrolled["agent"]["agent_id"].as_str().expect("agent");
+    let pem = enrolled["certificate_pem"].as_str().expect("PEM");
+    let (status, v) = forwarded_heartbeat(&h, agent, pem, 1).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+}
