@@ -125,7 +125,8 @@ pub async fn compare(
     );
     let files = oneprotect_server::tls::development_server_files(dir, &ca, chrono::Utc::now())
         .map_err(anyhow::Error::msg)?;
-    let config = oneprotect_server::tls::server_config(&files, Some(&ca)).map_err(anyhow::Error::msg)?;
+    let config = oneprotect_server::tls::server_config(&files, Some(&ca), clock.clone())
+        .map_err(anyhow::Error::msg)?;
     let policy = |agent_auth| Policy { agent_auth, failure_limit: 1_000_000, ..Policy::default() };
     let mtls = crate::local::fixture_platform(store.clone(), clock.clone(), policy(AgentAuth::Mtls))?
         .with_ca(ca.clone());

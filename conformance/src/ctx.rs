@@ -28,6 +28,11 @@ pub struct LocalPowers {
     pub logs: Option<Arc<Mutex<Vec<u8>>>>,
     /// Base URL of a second platform configured without a runtime secret.
     pub secretless_base: Option<String>,
+    /// Base URL (https) of the same platform behind its own TLS listener,
+    /// authenticating agents by their client certificate (mutual TLS).
+    pub mtls_base: Option<String>,
+    /// The platform CA's chain (PEM), to trust that listener.
+    pub ca_chain_pem: Option<String>,
     /// The agent binary under test (agent target).
     pub agent_bin: Option<std::path::PathBuf>,
     /// The fault a fault-injection build of the agent runs with (the

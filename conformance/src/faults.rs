@@ -133,6 +133,12 @@ pub enum Fault {
     ForeignCertificateIssued,
     /// Signs CRLs that list nothing: revocations never reach relying parties.
     CrlOmitsRevoked,
+    /// Runs the mutual TLS listener under the bearer policy: the
+    /// certificate authenticates nothing.
+    MtlsPolicyIgnored,
+    /// Takes the agent id from the client certificate instead of matching
+    /// it to the path.
+    AgentFromCertificate,
 }
 
 impl Fault {
@@ -182,6 +188,8 @@ impl Fault {
         Fault::BodyJudgedBeforeCredential,
         Fault::ForeignCertificateIssued,
         Fault::CrlOmitsRevoked,
+        Fault::MtlsPolicyIgnored,
+        Fault::AgentFromCertificate,
     ];
 
     /// Faults that need PostgreSQL.
@@ -244,10 +252,16 @@ impl Fault {
             Self::RuntimeExpiryIgnored => {
                 &[("expiry.runtime-token-expires", "expected 401 runtime_token_invalid, got 200")]
             }
-            Self::GraceNeverEnds => &[(
-                "expiry.rotated-token-superseded-after-grace",
-                "expected 401 runtime_token_invalid, got 200",
-            )],
+            Self::GraceNeverEnds => &[
+                (
+                    "expiry.rotated-token-superseded-after-grace",
+                    "expected 401 runtime_token_invalid, got 200",
+                ),
+                (
+                    "expiry.mtls-superseded-certificate-refused-after-grace",
+                    "expected 401 client_certificate_invalid, got 200",
+                ),
+            ],
             Self::StaleNeverJudged => {
                 &[("expiry.silent-identity-goes-stale", "expected 403 identity_stale, got 200")]
             }
@@ -300,6 +314,7 @@ impl Fault {
             Self::RevokeIdentityNotWritten => &[
                 ("fail-closed.revoked-identity-refused", "expected 403 identity_revoked, got 200"),
                 ("fail-closed.revoked-certificate-listed-in-the-crl", "serial is not in the CRL"),
+                ("fail-closed.mtls-revoked-certificate-refused", "expected 403 identity_revoked, got 200"),
             ],
             Self::RevokeTokenNotWritten => {
                 &[("fail-closed.revoked-token-refused", "expected 401 enrollment_token_invalid, got 201")]
@@ -332,12 +347,33 @@ impl Fault {
             Self::LimiterNeverTrips => {
                 &[("fail-closed.failed-exchanges-are-rate-limited", "no 429 after 200 failed exchanges")]
             }
-            Self::ForeignCertificateIssued => &[(
-                "fail-closed.issued-certificate-chains-to-the-published-ca",
-                "not signed by the published CA",
-            )],
+            Self::ForeignCertificateIssued => &[
+                (
+                    "fail-closed.issued-certificate-chains-to-the-published-ca",
+                    "not signed by the published CA",
+                ),
+                ("fail-closed.mtls-agent-calls-require-the-certificate", "does not certify the CSR's key"),
+                ("fail-closed.mtls-certificate-bound-to-its-agent", "does not certify the CSR's key"),
+                ("fail-closed.mtls-revoked-certificate-refused", "does not certify the CSR's key"),
+                ("expiry.mtls-superseded-certificate-refused-after-grace", "does not certify the CSR's key"),
+            ],
             Self::CrlOmitsRevoked => {
                 &[("fail-closed.revoked-certificate-listed-in-the-crl", "serial is not in the CRL")]
+            }
+            Self::MtlsPolicyIgnored => &[
+                (
+                    "fail-closed.mtls-agent-calls-require-the-certificate",
+                    "expected 200 , got 401 unauthenticated",
+                ),
+                ("fail-closed.mtls-certificate-bound-to-its-agent", "expected 403 actor_mismatch, got 401"),
+                ("fail-closed.mtls-revoked-certificate-refused", "expected 200 , got 401 unauthenticated"),
+                (
+                    "expiry.mtls-superseded-certificate-refused-after-grace",
+                    "rotation by certificate answered 401",
+                ),
+            ],
+            Self::AgentFromCertificate => {
+                &[("fail-closed.mtls-certificate-bound-to-its-agent", "expected 403 actor_mismatch, got 200")]
             }
             Self::RlsNotForced => &[(
                 "tenant-isolation.row-level-security-forced",
@@ -352,6 +388,9 @@ impl Fault {
             Self::GraceNeverEnds => Policy { rotation_grace: chrono::Duration::hours(5), ..policy },
             Self::StaleNeverJudged => Policy { stale_after: chrono::Duration::days(7 * 365), ..policy },
             Self::LimiterNeverTrips => Policy { failure_limit: u32::MAX, ..policy },
+            Self::MtlsPolicyIgnored => {
+                Policy { agent_auth: oneprotect_server::service::AgentAuth::Bearer, ..policy }
+            }
             _ => policy,
         }
     }

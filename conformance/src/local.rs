@@ -138,10 +138,8 @@ impl Drop for LocalPlatform {
     }
 }
 
-async fn serve(
-    platform: Arc<Platform>,
-    fault: Option<HttpFaultState>,
-) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+/// The platform's router, wrapped by the faulty HTTP layer when a fault is chosen.
+fn faulty_router(platform: Arc<Platform>, fault: Option<HttpFaultState>) -> axum::Router {
     // The faulty layer wraps the router only when a fault is chosen, so the
     // real platform (and the benchmark) runs exactly as it ships.
     let router = oneprotect_server::app::router(platform);
@@ -152,10 +150,47 @@ async fn serve(
             .layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next))),
         None => router,
     };
+    router
+}
+
+async fn serve(
+    platform: Arc<Platform>,
+    fault: Option<HttpFaultState>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let router = faulty_router(platform, fault);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    Ok((base, handle))
+}
+
+/// Serves over the server's own TLS listener (client certificates
+/// requested and verified by `clock`).
+async fn serve_tls(
+    platform: Arc<Platform>,
+    fault: Option<HttpFaultState>,
+    dir: &std::path::Path,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let ca = platform.ca().ok_or_else(|| anyhow::anyhow!("TLS needs the CA"))?.clone();
+    let files = oneprotect_server::tls::development_server_files(dir, &ca, chrono::Utc::now())
+        .map_err(anyhow::Error::msg)?;
+    let config =
+        oneprotect_server::tls::server_config(&files, Some(&ca), clock).map_err(anyhow::Error::msg)?;
+    let router = faulty_router(platform, fault);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+    let handle = tokio::spawn(async move {
+        let _ = oneprotect_server::listen::serve(
+            listener,
+            router,
+            oneprotect_server::listen::Limits::default(),
+            Some(config),
+            std::future::pending(),
+        )
+        .await;
     });
     Ok((base, handle))
 }
@@ -167,7 +202,17 @@ pub fn fixture_platform(
     clock: Arc<dyn Clock>,
     policy: Policy,
 ) -> anyhow::Result<Platform> {
-    platform(store, clock, Some(FIXTURE_RUNTIME_SECRET), policy)
+    platform(store, clock, Some(FIXTURE_RUNTIME_SECRET), policy, Arc::new(new_ca()?))
+}
+
+/// A CA per run, in memory: the local target certifies the rules, not a key.
+fn new_ca() -> anyhow::Result<oneprotect_server::pki::PlatformCa> {
+    oneprotect_server::pki::PlatformCa::generate(
+        "OneProtect conformance CA (fixture)",
+        oneprotect_server::pki::DEFAULT_TRUST_DOMAIN,
+        chrono::Utc::now() - chrono::Duration::days(1),
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 fn platform(
@@ -175,19 +220,13 @@ fn platform(
     clock: Arc<dyn Clock>,
     runtime_secret: Option<&[u8]>,
     policy: Policy,
+    ca: Arc<oneprotect_server::pki::PlatformCa>,
 ) -> anyhow::Result<Platform> {
     let runtime =
         RuntimeKeyring::new(runtime_secret.map(<[u8]>::to_vec), vec![]).map_err(anyhow::Error::msg)?;
     let admin = AdminVerifier::hs256(FIXTURE_ADMIN_SECRET, ISSUER, AUDIENCE).map_err(anyhow::Error::msg)?;
     let hash_key = HashKey::new(FIXTURE_HASH_KEY.to_vec()).map_err(anyhow::Error::msg)?;
-    // A CA per run, in memory: the local target certifies the rules, not a key.
-    let ca = oneprotect_server::pki::PlatformCa::generate(
-        "OneProtect conformance CA (fixture)",
-        oneprotect_server::pki::DEFAULT_TRUST_DOMAIN,
-        chrono::Utc::now(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    Ok(Platform::new(store, clock, hash_key, runtime, admin, policy).with_ca(Arc::new(ca)))
+    Ok(Platform::new(store, clock, hash_key, runtime, admin, policy).with_ca(ca))
 }
 
 /// Starts the platform on SQLite (`database` = None) or PostgreSQL.
@@ -267,18 +306,40 @@ pub async fn start_with_policy(
             seen: seen.clone(),
         })
     };
+    let ca = Arc::new(new_ca()?);
     let (base, main) = serve(
         Arc::new(platform(
             platform_store.clone(),
             platform_clock.clone(),
             Some(FIXTURE_RUNTIME_SECRET),
             policy.clone(),
+            ca.clone(),
         )?),
         http_state(false),
     )
     .await?;
+    // The same platform (store, clock, secrets, CA) behind its own TLS
+    // listener, authenticating agents by their certificate.
+    let mtls_policy = Policy { agent_auth: oneprotect_server::service::AgentAuth::Mtls, ..policy.clone() };
+    let mtls_policy = match fault {
+        Some(f) => f.policy(mtls_policy),
+        None => mtls_policy,
+    };
+    let (mtls_base, third) = serve_tls(
+        Arc::new(platform(
+            platform_store.clone(),
+            platform_clock.clone(),
+            Some(FIXTURE_RUNTIME_SECRET),
+            mtls_policy,
+            ca.clone(),
+        )?),
+        http_state(false),
+        tmp.path(),
+        platform_clock.clone(),
+    )
+    .await?;
     let (secretless, second) = serve(
-        Arc::new(platform(platform_store.clone(), platform_clock.clone(), None, policy)?),
+        Arc::new(platform(platform_store.clone(), platform_clock.clone(), None, policy, ca.clone())?),
         http_state(true),
     )
     .await?;
@@ -304,6 +365,8 @@ pub async fn start_with_policy(
         admin_audience: AUDIENCE.into(),
         logs,
         secretless_base: Some(secretless),
+        mtls_base: Some(mtls_base),
+        ca_chain_pem: Some(ca.chain_pem().to_owned()),
         agent_bin: None,
         postgres_inspection: pg.as_ref().map(PgDatabase::superuser_url),
         agent_fault: None,
@@ -318,5 +381,5 @@ pub async fn start_with_policy(
     let mut ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers)
         .with_sleeper(sleeper);
     ctx.allow_waits = true;
-    Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers: vec![main, second] })
+    Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers: vec![main, second, third] })
 }

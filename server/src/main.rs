@@ -408,15 +408,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
         (None, _) => None,
     };
-    let tls =
-        match tls_files.as_ref().map(|f| oneprotect_server::tls::server_config(f, ca.as_deref())).transpose()
-        {
-            Ok(tls) => tls,
-            Err(e) => {
-                eprintln!("error: TLS: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
+    let tls = match tls_files
+        .as_ref()
+        .map(|f| oneprotect_server::tls::server_config(f, ca.as_deref(), Arc::new(SystemClock)))
+        .transpose()
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: TLS: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if agent_auth.needs_certificate() && ca.is_none() {
         eprintln!(
             "error: ONEPROTECT_AGENT_AUTH={} needs the platform CA (ONEPROTECT_CA_CERT_FILE, ONEPROTECT_CA_KEY_FILE)",

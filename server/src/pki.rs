@@ -388,7 +388,8 @@ pub struct VerifiedAgentCertificate {
     pub agent_id: uuid::Uuid,
     /// Lowercase hex SHA-256 of the DER certificate.
     pub sha256: String,
-    /// Validity, seconds since the epoch (notBefore inclusive, notAfter exclusive).
+    /// Validity, seconds since the epoch, both ends inclusive (RFC 5280,
+    /// section 4.1.2.5, as the TLS layer judges it too).
     pub not_before: i64,
     pub not_after: i64,
 }
@@ -396,7 +397,7 @@ pub struct VerifiedAgentCertificate {
 impl VerifiedAgentCertificate {
     /// Whether the certificate is inside its validity at `now`.
     pub fn valid_at(&self, now: DateTime<Utc>) -> bool {
-        (self.not_before..self.not_after).contains(&now.timestamp())
+        (self.not_before..=self.not_after).contains(&now.timestamp())
     }
 }
 
@@ -427,7 +428,7 @@ impl PlatformCa {
         }
         let (not_before, not_after) =
             (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp());
-        if now.timestamp() < not_before || now.timestamp() >= not_after {
+        if now.timestamp() < not_before || now.timestamp() > not_after {
             return Err("outside its validity".into());
         }
         if cert.is_ca() {

@@ -21,6 +21,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::clock::Clock;
 use crate::pki::PlatformCa;
 
 /// The listener's TLS configuration, as `serve` and `listen::serve` take it.
@@ -44,9 +45,30 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The platform's clock as the TLS layer's: a client certificate's validity
+/// is judged by the same time at the handshake as by the platform after it.
+struct PlatformTime(Arc<dyn Clock>);
+
+impl std::fmt::Debug for PlatformTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlatformTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for PlatformTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let seconds = u64::try_from(self.0.now().timestamp()).ok()?;
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds)))
+    }
+}
+
 /// The rustls configuration of the listener: HTTP/1.1 only, TLS 1.2 and
-/// 1.3, client certificates requested and verified against `ca`.
-pub fn server_config(files: &TlsFiles, ca: Option<&PlatformCa>) -> Result<Arc<rustls::ServerConfig>, String> {
+/// 1.3, client certificates requested and verified against `ca` by `clock`.
+pub fn server_config(
+    files: &TlsFiles,
+    ca: Option<&PlatformCa>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| format!("ONEPROTECT_TLS_CERT_FILE {}: {e}", files.cert.display()))?
         .collect::<Result<_, _>>()
@@ -57,7 +79,7 @@ pub fn server_config(files: &TlsFiles, ca: Option<&PlatformCa>) -> Result<Arc<ru
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|_| {
         format!("ONEPROTECT_TLS_KEY_FILE {} holds no usable private key", files.key.display())
     })?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_details(provider(), Arc::new(PlatformTime(clock)))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let builder = match ca {

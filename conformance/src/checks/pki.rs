@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::*;
 
-use super::BOTH;
-use crate::{Check, Checked, Ctx, Tenant, ensure};
+use super::{BOTH, LOCAL};
+use crate::{Check, Checked, Ctx, Tenant, Verdict, ensure};
 
 pub(super) const CHECKS: &[Check] = &[
     check!(
@@ -25,7 +25,191 @@ pub(super) const CHECKS: &[Check] = &[
         "after an identity is revoked, the CRL at /api/v1/pki/crl, signed by the published CA, lists its certificate's serial",
         revoked_certificate_in_crl
     ),
+    check!(
+        "fail-closed.mtls-agent-calls-require-the-certificate",
+        FailClosed,
+        LOCAL,
+        "behind the platform's own TLS listener under ONEPROTECT_AGENT_AUTH=mtls, a heartbeat with the agent's certificate is accepted and one with only its runtime token is 401 unauthenticated",
+        mtls_requires_certificate
+    ),
+    check!(
+        "fail-closed.mtls-certificate-bound-to-its-agent",
+        FailClosed,
+        LOCAL,
+        "agent A's certificate on agent B's path is 403 actor_mismatch, and a self-signed certificate naming agent A never reaches the API",
+        mtls_bound_to_agent
+    ),
+    check!(
+        "fail-closed.mtls-revoked-certificate-refused",
+        FailClosed,
+        LOCAL,
+        "after revocation the next heartbeat with the identity's certificate is 403 identity_revoked",
+        mtls_revoked
+    ),
+    check!(
+        "expiry.mtls-superseded-certificate-refused-after-grace",
+        Expiry,
+        LOCAL,
+        "after a rotation by certificate the old certificate heartbeats until the rotation grace ends, then is 401 client_certificate_invalid",
+        mtls_superseded
+    ),
 ];
+
+/// An agent enrolled with a key the check keeps, and its mTLS client.
+struct CertifiedAgent {
+    id: String,
+    token: String,
+    identity_pem: String,
+    tls: reqwest::Client,
+}
+
+fn tls_client(ctx: &Ctx, identity: Option<&str>) -> Result<reqwest::Client, Verdict> {
+    let chain = ctx.needs("the platform's mutual TLS listener", &ctx.local.ca_chain_pem)?;
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(chain.as_bytes()).map_err(|e| e.to_string())?]);
+    if let Some(pem) = identity {
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?);
+    }
+    Ok(builder.build().map_err(|e| e.to_string())?)
+}
+
+fn key_and_csr() -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| e.to_string())?;
+    Ok((key.serialize_pem(), csr))
+}
+
+async fn certified_agent(ctx: &Ctx, tenant: Tenant) -> Result<CertifiedAgent, Verdict> {
+    let (key, csr) = key_and_csr()?;
+    let (secret, _) = ctx.issue_token(tenant, 1).await?;
+    let mut body = ctx.exchange_body(&secret)?;
+    body["csr_pem"] = Value::String(csr);
+    let a = ctx.exchange(&body).await?;
+    ensure(a.status == 201, format!("exchange answered {} {}", a.status, a.code()))?;
+    let certificate = a.body["certificate_pem"].as_str().ok_or("no certificate_pem")?;
+    let der = pem_blocks(certificate, "CERTIFICATE")?.remove(0);
+    ensure(
+        parse(&der)?.public_key().raw == csr_spki(&body)?.as_slice(),
+        "the issued certificate does not certify the CSR's key: the agent could not present it",
+    )?;
+    let identity_pem = format!("{certificate}{key}");
+    ctx.remember(&key);
+    Ok(CertifiedAgent {
+        id: a.body["agent"]["agent_id"].as_str().ok_or("no agent id")?.to_owned(),
+        token: a.body["runtime_token"]["token"].as_str().ok_or("no runtime token")?.to_owned(),
+        tls: tls_client(ctx, Some(&identity_pem))?,
+        identity_pem,
+    })
+}
+
+/// A heartbeat on the mutual TLS listener: (status, code), or the transport error.
+async fn mtls_heartbeat(
+    ctx: &Ctx,
+    client: &reqwest::Client,
+    agent: &str,
+    bearer: Option<&str>,
+    sequence: u64,
+) -> Result<Result<(u16, String), String>, Verdict> {
+    let base = ctx.needs("the platform's mutual TLS listener", &ctx.local.mtls_base)?;
+    let body = json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": ctx.hostname(), "agent_version": "conformance"});
+    let mut req = client.post(format!("{base}{}", ops::post_agent_heartbeat(agent).path)).json(&body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    Ok(match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap_or_default();
+            Ok((status, v["code"].as_str().unwrap_or_default().to_owned()))
+        }
+        Err(e) => Err(crate::preflight::describe(&e)),
+    })
+}
+
+fn expect(answer: Result<(u16, String), String>, status: u16, code: &str) -> Checked {
+    match answer {
+        Ok((s, c)) if s == status && c == code => Ok(()),
+        Ok((s, c)) => Err(Verdict::Fail(format!("expected {status} {code}, got {s} {c}"))),
+        Err(e) => Err(Verdict::Fail(format!("expected {status} {code}, got a transport error: {e}"))),
+    }
+}
+
+pub async fn mtls_requires_certificate(ctx: &Ctx) -> Checked {
+    let a = certified_agent(ctx, Tenant::A).await?;
+    expect(mtls_heartbeat(ctx, &a.tls, &a.id, None, 1).await?, 200, "")?;
+    let plain = tls_client(ctx, None)?;
+    expect(mtls_heartbeat(ctx, &plain, &a.id, Some(&a.token), 2).await?, 401, "unauthenticated")
+}
+
+pub async fn mtls_bound_to_agent(ctx: &Ctx) -> Checked {
+    let a = certified_agent(ctx, Tenant::A).await?;
+    let b = certified_agent(ctx, Tenant::A).await?;
+    expect(mtls_heartbeat(ctx, &a.tls, &b.id, None, 1).await?, 403, "actor_mismatch")?;
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, a.id.as_str());
+    let uri = format!(
+        "spiffe://{}/tenant/{}/agent/{}",
+        oneprotect_server::pki::DEFAULT_TRUST_DOMAIN,
+        crate::local::TENANT_A,
+        a.id
+    );
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().map_err(|_| "IA5".to_owned())?)];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let forged = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let forger = tls_client(ctx, Some(&format!("{}{}", forged.pem(), key.serialize_pem())))?;
+    match mtls_heartbeat(ctx, &forger, &a.id, None, 2).await? {
+        Err(_) => Ok(()),
+        Ok((s, c)) => Err(Verdict::Fail(format!("a self-signed certificate reached the API: {s} {c}"))),
+    }?;
+    let _ = a.identity_pem;
+    Ok(())
+}
+
+pub async fn mtls_revoked(ctx: &Ctx) -> Checked {
+    let a = certified_agent(ctx, Tenant::A).await?;
+    expect(mtls_heartbeat(ctx, &a.tls, &a.id, None, 1).await?, 200, "")?;
+    let r = ctx
+        .call(&ops::revoke_agent(&a.id), Some(ctx.admin(Tenant::A)), Some(&json!({"reason": "conformance"})))
+        .await?;
+    ensure(r.status == 200, format!("revocation answered {}", r.status))?;
+    expect(mtls_heartbeat(ctx, &a.tls, &a.id, None, 2).await?, 403, "identity_revoked")
+}
+
+pub async fn mtls_superseded(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("the platform clock", &ctx.local.clock)?;
+    let base = ctx.needs("the platform's mutual TLS listener", &ctx.local.mtls_base)?;
+    let old = certified_agent(ctx, Tenant::A).await?;
+    let (key, csr) = key_and_csr()?;
+    let nonce = crate::random_nonce();
+    ctx.remember(&nonce);
+    let resp = old
+        .tls
+        .post(format!("{base}{}", ops::rotate_agent_certificate(&old.id).path))
+        .json(&json!({"csr_pem": csr, "nonce": nonce}))
+        .send()
+        .await
+        .map_err(|e| crate::preflight::describe(&e))?;
+    ensure(resp.status().as_u16() == 200, format!("rotation by certificate answered {}", resp.status()))?;
+    let rotated: Value = resp.json().await.map_err(|e| e.to_string())?;
+    if let Some(t) = rotated["runtime_token"]["token"].as_str() {
+        ctx.remember(t);
+    }
+    ctx.remember(&key);
+    let new = tls_client(
+        ctx,
+        Some(&format!("{}{key}", rotated["certificate_pem"].as_str().ok_or("no certificate_pem")?)),
+    )?;
+    expect(mtls_heartbeat(ctx, &new, &old.id, None, 1).await?, 200, "")?;
+    expect(mtls_heartbeat(ctx, &old.tls, &old.id, None, 2).await?, 200, "")?;
+    clock
+        .advance(oneprotect_server::service::Policy::default().rotation_grace + chrono::Duration::seconds(1));
+    expect(mtls_heartbeat(ctx, &old.tls, &old.id, None, 3).await?, 401, "client_certificate_invalid")?;
+    expect(mtls_heartbeat(ctx, &new, &old.id, None, 4).await?, 200, "")
+}
 
 /// The DER of every `label` block in `pem`.
 fn pem_blocks(pem: &str, label: &str) -> Result<Vec<Vec<u8>>, String> {

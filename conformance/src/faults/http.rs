@@ -121,6 +121,14 @@ fn protected_operation(
     })
 }
 
+/// The agent id a certificate's CN names, unverified.
+fn certificate_agent(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
+}
+
 /// A certificate of the agent profile naming the platform CA as its issuer,
 /// signed by another key.
 fn forged_agent_certificate(ca_chain_pem: &str, tenant: &str, agent: &str) -> Option<String> {
@@ -319,6 +327,18 @@ pub async fn http_fault(state: HttpFaultState, req: Request, next: Next) -> Resp
                     chrono::Duration::hours(1),
                 );
                 set_bearer(&mut req, &sign_runtime(&state.runtime_secret, &runtime));
+            }
+        }
+        Fault::AgentFromCertificate if is_heartbeat(&req) => {
+            let agent = req
+                .extensions()
+                .get::<oneprotect_contracts::server::ClientCertificate>()
+                .and_then(|c| certificate_agent(&c.0));
+            if let Some(agent) = agent {
+                let rewritten = format!("/api/v1/agents/{agent}/telemetry/heartbeat");
+                if let Ok(uri) = rewritten.parse() {
+                    *req.uri_mut() = uri;
+                }
             }
         }
         Fault::AgentFromToken if is_heartbeat(&req) => {

@@ -294,7 +294,8 @@ impl Harness {
             let dir = tmp.as_ref().expect("a directory for the server certificate").path().to_owned();
             let files =
                 oneprotect_server::tls::development_server_files(&dir, ca, Utc::now()).expect("server cert");
-            let config = oneprotect_server::tls::server_config(&files, Some(ca)).expect("TLS config");
+            let config =
+                oneprotect_server::tls::server_config(&files, Some(ca), clock.clone()).expect("TLS config");
             let router = oneprotect_server::app::router(platform.clone());
             let server = tokio::spawn(async move {
                 let _ = oneprotect_server::listen::serve(

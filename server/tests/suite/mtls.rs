@@ -20,6 +20,8 @@ struct Agent {
     id: String,
     token: String,
     tls: reqwest::Client,
+    /// The certificate and key, PEM.
+    identity: String,
     enrolled: Value,
 }
 
@@ -39,6 +41,7 @@ async fn enroll(h: &Harness, tenant: &str) -> Agent {
         id: enrolled["agent"]["agent_id"].as_str().expect("agent").to_owned(),
         token: enrolled["runtime_token"]["token"].as_str().expect("token").to_owned(),
         tls: tls_client(&test_ca(), Some(&identity)),
+        identity,
         enrolled,
     }
 }
@@ -61,11 +64,15 @@ async fn rotate(h: &Harness, agent: &Agent, bearer: Option<&str>) -> (StatusCode
     let body = json!({ "csr_pem": csr, "nonce": nonce });
     let (status, v) =
         h.call_via(&agent.tls, &ops::rotate_agent_certificate(&agent.id), bearer, Some(&body)).await;
-    let next = (status == StatusCode::OK).then(|| Agent {
-        id: agent.id.clone(),
-        token: v["runtime_token"]["token"].as_str().expect("token").to_owned(),
-        tls: tls_client(&test_ca(), Some(&format!("{}{key}", v["certificate_pem"].as_str().expect("PEM")))),
-        enrolled: v.clone(),
+    let next = (status == StatusCode::OK).then(|| {
+        let identity = format!("{}{key}", v["certificate_pem"].as_str().expect("PEM"));
+        Agent {
+            id: agent.id.clone(),
+            token: v["runtime_token"]["token"].as_str().expect("token").to_owned(),
+            tls: tls_client(&test_ca(), Some(&identity)),
+            identity,
+            enrolled: v.clone(),
+        }
     });
     (status, v, next)
 }
@@ -161,11 +168,42 @@ async fn an_expired_certificate_is_refused_by_the_platforms_clock(backend: Backe
     let a = enroll(&h, TENANT_A).await;
     let not_after: chrono::DateTime<chrono::Utc> =
         a.enrolled["certificate"]["not_after"].as_str().expect("not_after").parse().expect("time");
-    h.clock.set(not_after - Duration::seconds(1));
-    assert_eq!(heartbeat(&h, &a.tls, &a.id, None, 1).await.0, StatusCode::OK);
+    // The last second of the validity (inclusive, RFC 5280) is accepted.
     h.clock.set(not_after);
-    let r = heartbeat(&h, &a.tls, &a.id, None, 2).await;
-    assert_problem(&r, StatusCode::UNAUTHORIZED, ProblemCode::ClientCertificateInvalid);
+    assert_eq!(heartbeat(&h, &a.tls, &a.id, None, 1).await.0, StatusCode::OK);
+    // A second later the handshake itself refuses it, by the platform's clock.
+    h.clock.set(not_after + Duration::seconds(1));
+    let fresh = tls_client(&test_ca(), Some(&a.identity));
+    let sent = fresh
+        .post(format!("{}{}", h.base, ops::post_agent_heartbeat(&a.id).path))
+        .json(&heartbeat_body(2))
+        .send()
+        .await;
+    assert!(sent.is_err(), "an expired certificate fails the handshake");
+}
+
+async fn an_expired_forwarded_certificate_is_refused_by_the_platforms_clock(backend: Backend) {
+    let policy = Policy {
+        agent_auth: AgentAuth::Mtls,
+        client_certificate_header: Some("x-ssl-client-cert".into()),
+        trusted_proxies: oneprotect_server::source::TrustedProxies::parse("127.0.0.1").expect("proxies"),
+        stale_after: Duration::days(365),
+        ..Policy::default()
+    };
+    let h = Harness::start_with(backend, Options { policy, ..Options::default() }).await;
+    let (secret, _) = h.issue_token(TENANT_A, 1).await;
+    let (_, csr) = new_key_and_csr();
+    let (_, enrolled) = h.exchange(&h.exchange_body(&secret, &csr)).await;
+    let agent = enrolled["agent"]["agent_id"].as_str().expect("agent");
+    let pem = enrolled["certificate_pem"].as_str().expect("PEM");
+    let not_after: chrono::DateTime<chrono::Utc> =
+        enrolled["certificate"]["not_after"].as_str().expect("not_after").parse().expect("time");
+    h.clock.set(not_after);
+    assert_eq!(forwarded_heartbeat(&h, agent, pem, 1).await.0, StatusCode::OK);
+    // Verified once and kept: the validity is still judged on every request.
+    h.clock.set(not_after + Duration::seconds(1));
+    let (status, v) = forwarded_heartbeat(&h, agent, pem, 2).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("client_certificate_invalid")));
 }
 
 async fn under_mtls_and_bearer_the_token_must_belong_to_the_presented_certificate(backend: Backend) {
@@ -206,6 +244,7 @@ crate::both_backends!(
     under_bearer_the_runtime_token_alone_authenticates_over_tls,
     a_certificate_forwarded_by_a_trusted_proxy_is_verified_by_the_platform_itself,
     a_forwarded_certificate_from_an_untrusted_peer_is_ignored,
+    an_expired_forwarded_certificate_is_refused_by_the_platforms_clock,
 );
 
 /// A harness whose platform reads client certificates a proxy at `proxies`
