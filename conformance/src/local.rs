@@ -143,14 +143,13 @@ fn faulty_router(platform: Arc<Platform>, fault: Option<HttpFaultState>) -> axum
     // The faulty layer wraps the router only when a fault is chosen, so the
     // real platform (and the benchmark) runs exactly as it ships.
     let router = oneprotect_server::app::router(platform);
-    let router = match fault {
+    match fault {
         // Outside the router, so a rewritten path is routed anew.
         Some(fault) => axum::Router::new()
             .fallback_service(router)
             .layer(axum::middleware::from_fn(move |req, next| http_fault(fault.clone(), req, next))),
         None => router,
-    };
-    router
+    }
 }
 
 async fn serve(
