@@ -27,6 +27,7 @@ pub const NAMES: &[&str] = &[
     "follows-redirects",
     "reads-whole-body",
     "request-never-times-out",
+    "no-client-certificate",
 ];
 
 #[cfg(feature = "fault-injection")]

@@ -121,6 +121,7 @@ pub fn client(config: &Config, agent: Option<&crate::state::AgentState>) -> Resu
     if let Some(agent) = agent
         && let Some(certificate) = &agent.certificate_pem
         && config.platform_url.starts_with("https://")
+        && !crate::faults::active("no-client-certificate")
     {
         let pem = format!("{certificate}{}", agent.private_key_pem.expose_secret());
         let identity = reqwest::Identity::from_pem(pem.as_bytes())

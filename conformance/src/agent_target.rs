@@ -428,3 +428,118 @@ impl Process {
         if status.success() { Ok(()) } else { Err("kill -TERM failed".into()) }
     }
 }
+
+/// A mock platform CA, and a TLS front that terminates the agent's TLS
+/// (asking for a client certificate verified against that CA), records the
+/// certificate each connection presented, and passes the bytes to the
+/// plain-HTTP mock.
+pub struct TlsFront {
+    pub url: String,
+    pub ca: Arc<oneprotect_server::pki::PlatformCa>,
+    /// The CA chain as a file, for the agent's `ca_bundle`.
+    pub ca_file: PathBuf,
+    /// The client certificate (DER) of each accepted connection, in order.
+    pub presented: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
+    _dir: tempfile::TempDir,
+    /// Ends the front's thread when dropped.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TlsFront {
+    pub fn presented(&self) -> Vec<Option<Vec<u8>>> {
+        self.presented.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Starts a TLS front for `mock` and makes its exchange answer certify the
+/// agent's CSR key with the front's CA (as the real platform does).
+pub async fn tls_front(mock: &MockPlatform) -> Result<TlsFront, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ca = Arc::new(oneprotect_server::pki::PlatformCa::generate(
+        "OneProtect conformance mock CA (fixture)",
+        oneprotect_server::pki::DEFAULT_TRUST_DOMAIN,
+        chrono::Utc::now() - chrono::Duration::days(1),
+    )?);
+    let ca_file = dir.path().join("mock-ca.pem");
+    std::fs::write(&ca_file, ca.chain_pem()).map_err(|e| e.to_string())?;
+    let files = oneprotect_server::tls::development_server_files(dir.path(), &ca, chrono::Utc::now())?;
+    let config = oneprotect_server::tls::server_config(
+        &files,
+        Some(&ca),
+        Arc::new(oneprotect_server::clock::SystemClock),
+    )?;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/agent-enrollment/exchange"))
+        .respond_with(Certifying { ca: ca.clone() })
+        .with_priority(1)
+        .mount(&mock.server)
+        .await;
+    let backend = *mock.server.address();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().map_err(|e| e.to_string())?.port());
+    let presented: Arc<Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
+    let seen = presented.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // A thread and runtime of its own, as wiremock's server has: checks block
+    // their worker while an agent command runs, and the front must still answer.
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            let accepting = async {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                    tokio::spawn(async move {
+                        let Ok(Ok(mut tls)) = tokio::time::timeout(DEADLINE, acceptor.accept(stream)).await
+                        else {
+                            return;
+                        };
+                        let certificate = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.as_ref().to_vec());
+                        seen.lock().unwrap_or_else(|p| p.into_inner()).push(certificate);
+                        if let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await {
+                            let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                        }
+                    });
+                }
+            };
+            tokio::select! {
+                () = accepting => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    Ok(TlsFront { url, ca, ca_file, presented, _dir: dir, _stop: stop })
+}
+
+/// The exchange answered as the platform answers it: a certificate the CA
+/// issued for the key of the CSR the agent sent.
+struct Certifying {
+    ca: Arc<oneprotect_server::pki::PlatformCa>,
+}
+
+impl Respond for Certifying {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let issued = body["csr_pem"]
+            .as_str()
+            .and_then(|csr| oneprotect_server::csr::verify_csr_pem(csr).ok())
+            .and_then(|csr| {
+                let agent = uuid::Uuid::parse_str(AGENT_ID).ok()?;
+                self.ca.issue(&csr, "tenant-mock", agent, chrono::Utc::now(), chrono::Duration::days(30)).ok()
+            });
+        let Some(issued) = issued else { return problem(400, ProblemCode::CsrInvalid).template() };
+        let mut answer = enrolled_response().body;
+        answer["certificate_pem"] = Value::String(issued.pem);
+        answer["ca_chain_pem"] = Value::String(self.ca.chain_pem().to_owned());
+        answer["certificate"]["serial_number"] = Value::String(issued.serial_hex);
+        answer["certificate"]["certificate_sha256"] = Value::String(issued.sha256);
+        Reply::json(201, answer).template()
+    }
+}

@@ -406,6 +406,10 @@ pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
     ),
     ("reads-whole-body", &[("fail-closed.agent-caps-response-bodies", "the body was read whole")]),
     (
+        "no-client-certificate",
+        &[("fail-closed.agent-presents-its-certificate", "presented no client certificate")],
+    ),
+    (
         "request-never-times-out",
         &[("fail-closed.agent-times-out-a-hung-platform", "did not end at request_timeout")],
     ),

@@ -99,6 +99,13 @@ pub(super) const CHECKS: &[Check] = &[
         refuses_redirects
     ),
     check!(
+        "fail-closed.agent-presents-its-certificate",
+        FailClosed,
+        AGENT,
+        "over HTTPS the agent presents the certificate the platform issued for its key at every TLS handshake after enrollment, and keeps it 0600",
+        presents_certificate
+    ),
+    check!(
         "fail-closed.agent-caps-response-bodies",
         FailClosed,
         AGENT,
@@ -567,4 +574,43 @@ pub async fn enrollment_retry_after(ctx: &Ctx) -> Checked {
     ensure(g[0] <= Duration::from_secs(5), format!("waited {:?} after Retry-After: 2", g[0]))?;
     let bodies = MockPlatform::bodies(&platform.exchanges);
     ensure(bodies[0]["nonce"] != bodies[1]["nonce"], "the retry reused the nonce")
+}
+
+pub async fn presents_certificate(ctx: &Ctx) -> Checked {
+    let bin = bin(ctx)?;
+    let platform = crate::agent_target::mock_platform(ctx.recorder(), vec![], vec![], accepted()).await;
+    let front = crate::agent_target::tls_front(&platform).await?;
+    let run = agent_run(ctx, &bin, &front.url, 1)?
+        .with_setting(&format!("ca_bundle: {}", front.ca_file.display()))?;
+    let (code, out) = run.run_to_end("enroll")?;
+    if code != Some(0) {
+        return Err(Verdict::Fail(format!(
+            "enroll exited {code:?}: {}",
+            out.lines().last().unwrap_or_default()
+        )));
+    }
+    let enrolled_connections = front.presented().len();
+    let _running = run.spawn("run")?;
+    wait_for(&platform.heartbeats, 2, DEADLINE).await?;
+    let pem = std::fs::read_to_string(run.state.join("agent.pem")).map_err(|e| format!("agent.pem: {e}"))?;
+    let issued = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .map(|p| p.contents)
+        .ok_or("agent.pem holds no certificate")?;
+    ensure(mode(&run.state.join("agent.pem")) == 0o600, "agent.pem is wider than 0600")?;
+    let after_enrollment: Vec<Option<Vec<u8>>> = front.presented().split_off(enrolled_connections);
+    ensure(!after_enrollment.is_empty(), "the heartbeats used no new TLS connection")?;
+    for presented in after_enrollment {
+        match presented {
+            Some(der) if der == issued => {}
+            Some(_) => {
+                return Err(Verdict::Fail("a heartbeat connection presented another certificate".into()));
+            }
+            None => {
+                return Err(Verdict::Fail("a heartbeat connection presented no client certificate".into()));
+            }
+        }
+    }
+    Ok(())
 }
