@@ -10,4 +10,5 @@ mod isolation;
 mod mtls;
 mod pki;
 mod redaction;
+mod replicas;
 mod tokens;
