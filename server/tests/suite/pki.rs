@@ -26,6 +26,15 @@ fn openssl(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `openssl verify` of `cert` against `chain` at the platform's clock, with `options`.
+fn openssl_verify(h: &Harness, options: &[&str], chain: &Path, cert: &Path) -> (bool, String) {
+    let at = h.clock_now().timestamp().to_string();
+    let mut args = vec!["verify", "-attime", &at];
+    args.extend_from_slice(options);
+    args.extend(["-CAfile", chain.to_str().expect("UTF-8 path"), cert.to_str().expect("UTF-8 path")]);
+    openssl(&args)
+}
+
 fn der_of_pem(pem: &str) -> Vec<u8> {
     use base64::Engine;
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
@@ -82,29 +91,10 @@ async fn every_key_type_gets_a_certificate_openssl_verifies_as_a_client_certific
         assert_eq!(r["ca_chain_pem"], chain.as_str(), "the response carries the served chain");
         let cert_pem = r["certificate_pem"].as_str().expect("certificate PEM");
         let cert = write(dir.path(), "agent.pem", cert_pem);
-        let at = h.clock_now().timestamp().to_string();
-        let (ok, text) = openssl(&[
-            "verify",
-            "-attime",
-            &at,
-            "-purpose",
-            "sslclient",
-            "-CAfile",
-            chain_path.to_str().expect("UTF-8 path"),
-            cert.to_str().expect("UTF-8 path"),
-        ]);
+        let (ok, text) = openssl_verify(&h, &["-purpose", "sslclient"], &chain_path, &cert);
         assert!(ok && text.contains(": OK"), "{key_args:?}: {text}");
         // clientAuth only: the certificate cannot serve TLS.
-        let (ok, _) = openssl(&[
-            "verify",
-            "-attime",
-            &at,
-            "-purpose",
-            "sslserver",
-            "-CAfile",
-            chain_path.to_str().expect("UTF-8 path"),
-            cert.to_str().expect("UTF-8 path"),
-        ]);
+        let (ok, _) = openssl_verify(&h, &["-purpose", "sslserver"], &chain_path, &cert);
         assert!(!ok, "{key_args:?}: an agent certificate is not a server certificate");
         // The CSR's key, and the SPIFFE id of the tenant and agent.
         let csr_path = write(dir.path(), "agent.csr", &csr);
@@ -165,17 +155,7 @@ async fn rotation_supersedes_the_certificate_and_the_crl_lists_it_once_the_grace
     let new_serial = rotated["certificate"]["serial_number"].as_str().expect("serial").to_owned();
     assert_ne!(new_serial, old_serial);
     let new_cert = write(dir.path(), "new.pem", rotated["certificate_pem"].as_str().expect("PEM"));
-    let at = h.clock_now().timestamp().to_string();
-    let (ok, text) = openssl(&[
-        "verify",
-        "-attime",
-        &at,
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        chain_path.to_str().expect("UTF-8 path"),
-        new_cert.to_str().expect("UTF-8 path"),
-    ]);
+    let (ok, text) = openssl_verify(&h, &["-purpose", "sslclient"], &chain_path, &new_cert);
     assert!(ok, "{text}");
     let rotated_event =
         h.events(TENANT_A).await.into_iter().find(|e| e["type"] == "agent.certificate.rotated");
@@ -235,18 +215,8 @@ async fn rotation_supersedes_the_certificate_and_the_crl_lists_it_once_the_grace
     assert_eq!(text.matches("Cessation Of Operation").count(), 2, "{text}");
     assert!(!text.contains(TENANT_A) && !text.contains(&agent), "the CRL names no tenant or agent");
     // `openssl verify -crl_check` now refuses the revoked certificate.
-    let at = h.clock_now().timestamp().to_string();
-    let (ok, text) = openssl(&[
-        "verify",
-        "-attime",
-        &at,
-        "-crl_check",
-        "-CRLfile",
-        crl_path.to_str().expect("UTF-8 path"),
-        "-CAfile",
-        chain_path.to_str().expect("UTF-8 path"),
-        new_cert.to_str().expect("UTF-8 path"),
-    ]);
+    let crl_option = crl_path.to_str().expect("UTF-8 path");
+    let (ok, text) = openssl_verify(&h, &["-crl_check", "-CRLfile", crl_option], &chain_path, &new_cert);
     assert!(!ok && text.contains("revoked"), "{text}");
 
     // Expired certificates leave the CRL.
