@@ -28,6 +28,7 @@ pub const NAMES: &[&str] = &[
     "reads-whole-body",
     "request-never-times-out",
     "no-client-certificate",
+    "renewal-ignores-certificate",
 ];
 
 #[cfg(feature = "fault-injection")]

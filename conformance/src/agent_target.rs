@@ -168,6 +168,15 @@ pub fn enrolled_response_for(lifetime: chrono::Duration) -> Reply {
     )
 }
 
+/// An enrollment whose certificate lives for `lifetime` (its runtime token a day).
+pub fn enrolled_response_with_certificate_for(lifetime: chrono::Duration) -> Reply {
+    let mut reply = enrolled_response();
+    let now = chrono::Utc::now();
+    reply.body["certificate"]["not_before"] = json!(now);
+    reply.body["certificate"]["not_after"] = json!(now + lifetime);
+    reply
+}
+
 /// A rotation's answer: a new certificate record and runtime token.
 pub fn rotated_response() -> Reply {
     let now = chrono::Utc::now();

@@ -406,6 +406,10 @@ pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
     ),
     ("reads-whole-body", &[("fail-closed.agent-caps-response-bodies", "the body was read whole")]),
     (
+        "renewal-ignores-certificate",
+        &[("fail-closed.agent-renews-its-certificate-before-expiry", "no renewal of a 6 s certificate")],
+    ),
+    (
         "no-client-certificate",
         &[("fail-closed.agent-presents-its-certificate", "presented no client certificate")],
     ),
@@ -442,7 +446,10 @@ pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
     ("cpu-usage-summed-over-cores", &[("fail-closed.agent-bodies-match-contract", "heartbeat body")]),
     (
         "renewal-never-fires",
-        &[("fail-closed.agent-renews-before-expiry", "no renewal of a 3 s runtime token")],
+        &[
+            ("fail-closed.agent-renews-before-expiry", "no renewal of a 3 s runtime token"),
+            ("fail-closed.agent-renews-its-certificate-before-expiry", "no renewal of a 6 s certificate"),
+        ],
     ),
     (
         "renewed-key-world-readable",

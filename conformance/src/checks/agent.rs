@@ -99,6 +99,13 @@ pub(super) const CHECKS: &[Check] = &[
         refuses_redirects
     ),
     check!(
+        "fail-closed.agent-renews-its-certificate-before-expiry",
+        FailClosed,
+        AGENT,
+        "with a day-long runtime token and a 6 s certificate, the agent rotates before the certificate expires",
+        certificate_renewal
+    ),
+    check!(
         "fail-closed.agent-presents-its-certificate",
         FailClosed,
         AGENT,
@@ -613,4 +620,23 @@ pub async fn presents_certificate(ctx: &Ctx) -> Checked {
         }
     }
     Ok(())
+}
+
+pub async fn certificate_renewal(ctx: &Ctx) -> Checked {
+    let lifetime = chrono::Duration::seconds(6);
+    let enrollment = enrolled_response_with_certificate_for(lifetime);
+    let not_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(enrollment.body["certificate"]["not_after"].clone())
+            .map_err(|e| e.to_string())?;
+    let (platform, run) = enrolled_with(ctx, enrollment, 1, vec![], accepted()).await?;
+    let _agent = run.spawn("run")?;
+    wait_for(&platform.rotations, 1, Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("no renewal of a 6 s certificate: {e}"))?;
+    let rotated_at = platform.rotations.lock().unwrap_or_else(|p| p.into_inner())[0].0;
+    let left = not_after - chrono::Utc::now();
+    // `rotated_at` is an Instant: compare by how long ago it was.
+    let rotated_before_expiry = left + chrono::Duration::from_std(rotated_at.elapsed()).unwrap_or_default()
+        > chrono::Duration::zero();
+    ensure(rotated_before_expiry, "the certificate was renewed only after it expired")
 }
