@@ -139,6 +139,9 @@ pub enum Fault {
     /// Takes the agent id from the client certificate instead of matching
     /// it to the path.
     AgentFromCertificate,
+    /// Judges client certificates (at the handshake and after it) by a
+    /// clock two minutes behind the platform's.
+    MtlsClockBehind,
 }
 
 impl Fault {
@@ -190,6 +193,7 @@ impl Fault {
         Fault::CrlOmitsRevoked,
         Fault::MtlsPolicyIgnored,
         Fault::AgentFromCertificate,
+        Fault::MtlsClockBehind,
     ];
 
     /// Faults that need PostgreSQL.
@@ -348,6 +352,7 @@ impl Fault {
                 &[("fail-closed.failed-exchanges-are-rate-limited", "no 429 after 200 failed exchanges")]
             }
             Self::ForeignCertificateIssued => &[
+                ("expiry.mtls-expired-certificate-refused", "does not certify the CSR's key"),
                 (
                     "fail-closed.issued-certificate-chains-to-the-published-ca",
                     "not signed by the published CA",
@@ -375,6 +380,9 @@ impl Fault {
             Self::AgentFromCertificate => {
                 &[("fail-closed.mtls-certificate-bound-to-its-agent", "expected 403 actor_mismatch, got 200")]
             }
+            Self::MtlsClockBehind => {
+                &[("expiry.mtls-expired-certificate-refused", "an expired certificate was answered")]
+            }
             Self::RlsNotForced => &[(
                 "tenant-isolation.row-level-security-forced",
                 "audit_events: row-level security is not forced",
@@ -393,6 +401,15 @@ impl Fault {
             }
             _ => policy,
         }
+    }
+}
+
+/// A clock a fixed time behind another (the `MtlsClockBehind` fault).
+pub struct ClockBehind(pub Arc<dyn Clock>, pub chrono::Duration);
+
+impl Clock for ClockBehind {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.now() - self.1
     }
 }
 

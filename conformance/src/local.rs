@@ -324,17 +324,23 @@ pub async fn start_with_policy(
         Some(f) => f.policy(mtls_policy),
         None => mtls_policy,
     };
+    let mtls_clock: Arc<dyn Clock> = match fault {
+        Some(Fault::MtlsClockBehind) => {
+            Arc::new(crate::faults::ClockBehind(platform_clock.clone(), chrono::Duration::minutes(2)))
+        }
+        _ => platform_clock.clone(),
+    };
     let (mtls_base, third) = serve_tls(
         Arc::new(platform(
             platform_store.clone(),
-            platform_clock.clone(),
+            mtls_clock.clone(),
             Some(FIXTURE_RUNTIME_SECRET),
             mtls_policy,
             ca.clone(),
         )?),
         http_state(false),
         tmp.path(),
-        platform_clock.clone(),
+        mtls_clock.clone(),
     )
     .await?;
     let (secretless, second) = serve(

@@ -47,6 +47,13 @@ pub(super) const CHECKS: &[Check] = &[
         mtls_revoked
     ),
     check!(
+        "expiry.mtls-expired-certificate-refused",
+        Expiry,
+        LOCAL,
+        "at its notAfter the certificate is still accepted; a second later (by the platform's clock) it is refused",
+        mtls_expired
+    ),
+    check!(
         "expiry.mtls-superseded-certificate-refused-after-grace",
         Expiry,
         LOCAL,
@@ -61,6 +68,7 @@ struct CertifiedAgent {
     token: String,
     identity_pem: String,
     tls: reqwest::Client,
+    not_after: chrono::DateTime<chrono::Utc>,
 }
 
 fn tls_client(ctx: &Ctx, identity: Option<&str>) -> Result<reqwest::Client, Verdict> {
@@ -102,6 +110,8 @@ async fn certified_agent(ctx: &Ctx, tenant: Tenant) -> Result<CertifiedAgent, Ve
         token: a.body["runtime_token"]["token"].as_str().ok_or("no runtime token")?.to_owned(),
         tls: tls_client(ctx, Some(&identity_pem))?,
         identity_pem,
+        not_after: serde_json::from_value(a.body["certificate"]["not_after"].clone())
+            .map_err(|_| "the certificate record has no not_after".to_owned())?,
     })
 }
 
@@ -368,4 +378,35 @@ pub async fn revoked_certificate_in_crl(ctx: &Ctx) -> Checked {
         oneprotect_server::secrets::hex(r.raw_serial().strip_prefix(&[0]).unwrap_or(r.raw_serial())) == serial
     });
     ensure(listed, "the revoked identity's certificate serial is not in the CRL")
+}
+
+pub async fn mtls_expired(ctx: &Ctx) -> Checked {
+    let clock = ctx.needs("the platform clock", &ctx.local.clock)?;
+    let a = certified_agent(ctx, Tenant::A).await?;
+    let before = oneprotect_server::clock::Clock::now(clock.as_ref());
+    // The clock moves to the certificate's end and back: checks run one at a time here.
+    clock.set(a.not_after);
+    let at_end = mtls_heartbeat(ctx, &a.tls, &a.id, None, 1).await;
+    clock.set(a.not_after + chrono::Duration::seconds(1));
+    // A new connection: the certificate is judged at the handshake.
+    let fresh = tls_client(ctx, Some(&a.identity_pem));
+    let after_end = match &fresh {
+        Ok(client) => mtls_heartbeat(ctx, client, &a.id, None, 2).await,
+        Err(_) => Ok(Err("no client".into())),
+    };
+    clock.set(before);
+    // Silent for a lifetime, the identity may be stale by then: any answer
+    // but a refused certificate shows the certificate itself was accepted.
+    match at_end? {
+        Err(e) => return Err(Verdict::Fail(format!("at its notAfter the certificate was refused: {e}"))),
+        Ok((s, c)) if c == "client_certificate_invalid" => {
+            return Err(Verdict::Fail(format!("at its notAfter the certificate was answered {s} {c}")));
+        }
+        Ok(_) => {}
+    }
+    match after_end? {
+        Err(_) => Ok(()),
+        Ok((401, code)) if code == "client_certificate_invalid" => Ok(()),
+        Ok((s, c)) => Err(Verdict::Fail(format!("an expired certificate was answered {s} {c}"))),
+    }
 }
