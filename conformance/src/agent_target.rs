@@ -177,6 +177,23 @@ pub fn enrolled_response_with_certificate_for(lifetime: chrono::Duration) -> Rep
     reply
 }
 
+/// Makes `mock` answer the exchange with a certificate valid for `lifetime`
+/// from the moment the exchange arrives.
+pub async fn certificate_lifetime_from_exchange(mock: &MockPlatform, lifetime: chrono::Duration) {
+    struct FromExchange(chrono::Duration);
+    impl Respond for FromExchange {
+        fn respond(&self, _: &Request) -> ResponseTemplate {
+            enrolled_response_with_certificate_for(self.0).template()
+        }
+    }
+    Mock::given(method("POST"))
+        .and(path("/api/v1/agent-enrollment/exchange"))
+        .respond_with(FromExchange(lifetime))
+        .with_priority(1)
+        .mount(&mock.server)
+        .await;
+}
+
 /// A rotation's answer: a new certificate record and runtime token.
 pub fn rotated_response() -> Reply {
     let now = chrono::Utc::now();

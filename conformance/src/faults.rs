@@ -424,7 +424,7 @@ pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
     ("reads-whole-body", &[("fail-closed.agent-caps-response-bodies", "the body was read whole")]),
     (
         "renewal-ignores-certificate",
-        &[("fail-closed.agent-renews-its-certificate-before-expiry", "no renewal of a 6 s certificate")],
+        &[("fail-closed.agent-renews-its-certificate-before-expiry", "no renewal of a 20 s certificate")],
     ),
     (
         "no-client-certificate",
@@ -465,7 +465,7 @@ pub const AGENT_FAULTS: &[(&str, &[(&str, &str)])] = &[
         "renewal-never-fires",
         &[
             ("fail-closed.agent-renews-before-expiry", "no renewal of a 3 s runtime token"),
-            ("fail-closed.agent-renews-its-certificate-before-expiry", "no renewal of a 6 s certificate"),
+            ("fail-closed.agent-renews-its-certificate-before-expiry", "no renewal of a 20 s certificate"),
         ],
     ),
     (
