@@ -361,7 +361,11 @@ pub async fn backoff(ctx: &Ctx) -> Checked {
         sequences[..4].iter().all(|s| *s == sequences[0]),
         format!("retries must resend the same sequence: {sequences:?}"),
     )?;
-    // An operator sees the recovery once, not only the failures.
+    // An operator sees the recovery once, not only the failures. The mock
+    // records the fourth heartbeat before the agent has read its answer; the
+    // fifth is sent only after that answer was handled (and the recovery
+    // logged), so stopping the agent earlier would race its log line.
+    wait_for(&platform.heartbeats, 5, DEADLINE).await?;
     agent.terminate()?;
     ensure(agent.wait_exit(DEADLINE).is_some(), "the agent did not stop on SIGTERM")?;
     let logs = agent.output();
