@@ -7,13 +7,20 @@
 //! from another address. A slot is taken *before* the work, atomically, and
 //! given back when the exchange succeeds, so a burst of parallel failures
 //! cannot run past the limit while earlier ones are still in flight.
+//!
+//! One process keeps its counters in memory ([`RateLimiter`]); replicas on
+//! one PostgreSQL database keep them in the store ([`ExchangeLimiter::Shared`]),
+//! so two replicas do not double an attacker's budget. Both decide with
+//! [`take_slots`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
+
+use crate::store::{Store, StoreResult};
 
 /// Entries kept before expired windows are swept.
 const SWEEP_THRESHOLD: usize = 65_536;
@@ -64,28 +71,12 @@ impl RateLimiter {
             let window = self.window;
             state.retain(|_, (start, count)| *start + window > now || *count == 0);
         }
-        let mut wait = 0i64;
-        for key in keys {
-            if let Some((start, count)) = state.get(key) {
-                let end = *start + self.window;
-                if now < end && *count >= self.limit {
-                    wait = wait.max((end - now).num_seconds().max(1));
-                }
-            }
+        let current: Vec<_> = keys.iter().map(|k| state.get(k).copied()).collect();
+        let taken = take_slots(&current, self.limit, self.window, now)?;
+        for (key, entry) in keys.iter().zip(&taken) {
+            state.insert(key.clone(), *entry);
         }
-        if wait > 0 {
-            return Err(u32::try_from(wait).unwrap_or(u32::MAX));
-        }
-        let mut window_starts = Vec::with_capacity(keys.len());
-        for key in keys {
-            let entry = state.entry(key.clone()).or_insert((now, 0));
-            if entry.0 + self.window <= now {
-                *entry = (now, 0);
-            }
-            entry.1 = entry.1.saturating_add(1);
-            window_starts.push(entry.0);
-        }
-        Ok(Permit { keys: keys.to_vec(), window_starts })
+        Ok(Permit { keys: keys.to_vec(), window_starts: taken.iter().map(|(start, _)| *start).collect() })
     }
 
     /// A failed attempt keeps its slots; a successful one gives them back
@@ -96,10 +87,8 @@ impl RateLimiter {
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (key, start) in permit.keys.iter().zip(&permit.window_starts) {
-            if let Some(entry) = state.get_mut(key)
-                && entry.0 == *start
-            {
-                entry.1 = entry.1.saturating_sub(1);
+            if let Some(entry) = state.get_mut(key) {
+                *entry = give_back(*entry, *start);
             }
         }
     }
@@ -107,6 +96,100 @@ impl RateLimiter {
     /// How many keys the limiter holds (expired windows included until swept).
     pub fn tracked_keys(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The rule, for one attempt: given each key's current window (its start
+/// and the slots taken in it), either every key's window after taking one
+/// slot on each, or the seconds to wait when any key has no slot left. A
+/// window that has ended starts again at `now`.
+pub fn take_slots(
+    current: &[Option<(DateTime<Utc>, u32)>],
+    limit: u32,
+    window: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, u32)>, u32> {
+    let mut wait = 0i64;
+    for (start, count) in current.iter().flatten() {
+        let end = *start + window;
+        if now < end && *count >= limit {
+            wait = wait.max((end - now).num_seconds().max(1));
+        }
+    }
+    if wait > 0 {
+        return Err(u32::try_from(wait).unwrap_or(u32::MAX));
+    }
+    Ok(current
+        .iter()
+        .map(|entry| match entry {
+            Some((start, count)) if *start + window > now => (*start, count.saturating_add(1)),
+            _ => (now, 1),
+        })
+        .collect())
+}
+
+/// A key's window after a success gives back the slot it took in the
+/// window starting at `taken_in` (a later window is left as it is).
+pub fn give_back(current: (DateTime<Utc>, u32), taken_in: DateTime<Utc>) -> (DateTime<Utc>, u32) {
+    if current.0 == taken_in { (current.0, current.1.saturating_sub(1)) } else { current }
+}
+
+/// Where the counters live: in this process, or in the store every
+/// replica shares.
+pub enum ExchangeLimiter {
+    Process(RateLimiter),
+    Shared { store: Arc<dyn Store>, limit: u32, window: Duration },
+}
+
+impl std::fmt::Debug for ExchangeLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Process(_) => "ExchangeLimiter::Process",
+            Self::Shared { .. } => "ExchangeLimiter::Shared",
+        })
+    }
+}
+
+impl ExchangeLimiter {
+    /// Shared counters when the store can keep them (PostgreSQL, where
+    /// several replicas may run), this process's otherwise.
+    pub fn for_store(store: &Arc<dyn Store>, limit: u32, window: Duration) -> Self {
+        if store.shares_failure_counters() {
+            Self::Shared { store: store.clone(), limit, window }
+        } else {
+            Self::Process(RateLimiter::new(limit, window))
+        }
+    }
+
+    /// [`RateLimiter::acquire`], on whichever counters this limiter keeps.
+    /// The store's failure fails the attempt closed.
+    pub async fn acquire(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Result<Permit, u32>> {
+        match self {
+            Self::Process(limiter) => Ok(limiter.acquire(keys, now)),
+            Self::Shared { store, limit, window } => {
+                Ok(store.take_failure_slots(keys, *limit, *window, now).await?.map(|window_starts| Permit {
+                    keys: keys.to_vec(),
+                    window_starts,
+                }))
+            }
+        }
+    }
+
+    /// [`RateLimiter::settle`]. A slot the store could not give back stays
+    /// taken: the error costs the caller budget, never the limit strength.
+    pub async fn settle(&self, permit: Permit, failed: bool) {
+        match self {
+            Self::Process(limiter) => limiter.settle(permit, failed),
+            Self::Shared { store, .. } => {
+                if failed {
+                    return;
+                }
+                let returned: Vec<_> = permit.keys.into_iter().zip(permit.window_starts).collect();
+                if let Err(e) = store.return_failure_slots(&returned).await {
+                    tracing::warn!(error = %e, "could not give back an exchange's rate-limit slot");
+                }
+            }
+        }
     }
 }
 

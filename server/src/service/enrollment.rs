@@ -192,7 +192,7 @@ impl Platform {
         let now = self.clock.now();
         let token_id = secrets::parse_enrollment_token(input.enrollment_token.expose_secret());
         // The slot is taken before the work: parallel failures cannot run past the limit.
-        let permit = match self.limiter.acquire(&exchange_keys(meta.source, token_id), now) {
+        let permit = match self.limiter.acquire(&exchange_keys(meta.source, token_id), now).await? {
             Ok(p) => p,
             Err(retry_after_seconds) => {
                 self.metrics.inc("oneprotect_exchanges_total", "outcome", "rate_limited");
@@ -217,7 +217,7 @@ impl Platform {
                 )
             }
         };
-        self.limiter.settle(permit, failed);
+        self.limiter.settle(permit, failed).await;
         outcome
     }
 

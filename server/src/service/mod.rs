@@ -24,7 +24,7 @@ use crate::error::Rejection;
 use crate::metrics::Metrics;
 use crate::model::*;
 use crate::pki::PlatformCa;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::ExchangeLimiter;
 use crate::runtime_token::RuntimeKeyring;
 use crate::secrets::HashKey;
 use crate::source::TrustedProxies;
@@ -129,7 +129,7 @@ pub struct Platform {
     runtime_keys: RuntimeKeyring,
     admin: AdminVerifier,
     policy: Policy,
-    limiter: RateLimiter,
+    limiter: ExchangeLimiter,
     metrics: Metrics,
     /// The issuing CA; without one, exchange and rotation fail closed (503).
     ca: Option<Arc<PlatformCa>>,
@@ -258,7 +258,7 @@ impl Platform {
         admin: AdminVerifier,
         policy: Policy,
     ) -> Self {
-        let limiter = RateLimiter::new(policy.failure_limit, policy.failure_window);
+        let limiter = ExchangeLimiter::for_store(&store, policy.failure_limit, policy.failure_window);
         Self {
             store,
             clock,

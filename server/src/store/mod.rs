@@ -142,6 +142,29 @@ pub trait Store: Send + Sync + 'static {
         superseded_before: DateTime<Utc>,
     ) -> StoreResult<Vec<crate::pki::RevokedSerial>>;
 
+    /// Whether this store keeps the failed-exchange counters for every
+    /// replica on it (`ratelimit::ExchangeLimiter::Shared`). SQLite serves
+    /// one process, whose memory keeps them.
+    fn shares_failure_counters(&self) -> bool {
+        false
+    }
+    /// Takes one slot on every key or none, deciding with
+    /// `ratelimit::take_slots` on the counters as this transaction locked
+    /// them: the window start of each key, or the seconds to wait.
+    async fn take_failure_slots(
+        &self,
+        _keys: &[String],
+        _limit: u32,
+        _window: chrono::Duration,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<Result<Vec<DateTime<Utc>>, u32>> {
+        Err(StoreError::Backend("this store keeps no shared failure counters".into()))
+    }
+    /// Gives back the slots a successful exchange took (`ratelimit::give_back`).
+    async fn return_failure_slots(&self, _slots: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
+        Err(StoreError::Backend("this store keeps no shared failure counters".into()))
+    }
+
     /// An audit record, and optionally an event, in one transaction.
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()>;
     async fn list_audit(

@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "heartbeat_fillfactor", include_str!("../../../migrations/postgres/0002_heartbeat_fillfactor.sql")),
     (3, "outbox_payload_json", include_str!("../../../migrations/postgres/0003_outbox_payload_json.sql")),
     (4, "issued_certificates", include_str!("../../../migrations/postgres/0004_issued_certificates.sql")),
+    (5, "shared_failure_counters", include_str!("../../../migrations/postgres/0005_shared_failure_counters.sql")),
 ];
 
 /// Serializes concurrent migrators.
@@ -214,6 +215,7 @@ pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usi
              GRANT SELECT, INSERT, UPDATE ON agent_enrollment_tokens, agent_identities, agent_device_certificates, agent_revocations, \
                 agent_enrollment_nonces, audit_events, event_outbox, assets TO {role};\
              GRANT SELECT ON schema_migrations TO {role};\
+             GRANT SELECT, INSERT, UPDATE, DELETE ON exchange_failure_windows TO {role};\
              GRANT EXECUTE ON FUNCTION oneprotect_enrollment_token_tenant(UUID) TO {role};\
              GRANT EXECUTE ON FUNCTION oneprotect_withdrawn_certificates(TIMESTAMPTZ, TIMESTAMPTZ) TO {role};"
         );
@@ -627,6 +629,87 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    fn shares_failure_counters(&self) -> bool {
+        true
+    }
+
+    async fn take_failure_slots(
+        &self,
+        keys: &[String],
+        limit: u32,
+        window: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<Vec<DateTime<Utc>>, u32>> {
+        let mut sorted: Vec<&String> = keys.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Rows are created and then locked in key order, so concurrent
+        // attempts on the same keys queue instead of deadlocking.
+        sqlx::query(
+            "INSERT INTO exchange_failure_windows (key, window_start, slots) \
+             SELECT k, $2, 0 FROM unnest($1::text[]) AS k ORDER BY k ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&sorted)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let rows = sqlx::query(
+            "SELECT key, window_start, slots FROM exchange_failure_windows WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+        )
+        .bind(&sorted)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let mut locked = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let key: String = r.try_get("key").map_err(backend)?;
+            let start: DateTime<Utc> = r.try_get("window_start").map_err(backend)?;
+            let slots: i32 = r.try_get("slots").map_err(backend)?;
+            locked.insert(key, (start, u32::try_from(slots).unwrap_or(0)));
+        }
+        let current: Vec<_> = keys.iter().map(|k| locked.get(k).copied()).collect();
+        let taken = match crate::ratelimit::take_slots(&current, limit, window, now) {
+            Ok(taken) => taken,
+            Err(wait) => {
+                tx.rollback().await.map_err(backend)?;
+                return Ok(Err(wait));
+            }
+        };
+        let starts: Vec<DateTime<Utc>> = taken.iter().map(|(start, _)| *start).collect();
+        let slots: Vec<i32> = taken.iter().map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX)).collect();
+        sqlx::query(
+            "UPDATE exchange_failure_windows w SET window_start = t.start, slots = t.slots \
+             FROM unnest($1::text[], $2::timestamptz[], $3::int[]) AS t(key, start, slots) WHERE w.key = t.key",
+        )
+        .bind(keys)
+        .bind(&starts)
+        .bind(&slots)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Ok(starts))
+    }
+
+    async fn return_failure_slots(&self, slots: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
+        let keys: Vec<&str> = slots.iter().map(|(k, _)| k.as_str()).collect();
+        let starts: Vec<DateTime<Utc>> = slots.iter().map(|(_, s)| *s).collect();
+        // `ratelimit::give_back`: only a slot of the window it was taken in.
+        sqlx::query(
+            "UPDATE exchange_failure_windows w SET slots = w.slots - 1 \
+             FROM unnest($1::text[], $2::timestamptz[]) AS t(key, start) \
+             WHERE w.key = t.key AND w.window_start = t.start AND w.slots > 0",
+        )
+        .bind(&keys)
+        .bind(&starts)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
     }
 
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()> {
