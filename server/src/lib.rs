@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod ratelimit;
+pub mod relay;
 pub mod runtime_token;
 pub mod secrets;
 pub mod service;

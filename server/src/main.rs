@@ -11,6 +11,7 @@ use oneprotect_server::admin_auth::{AdminClaims, ROLE_ADMIN, ROLE_VIEWER, mint_h
 use oneprotect_server::clock::SystemClock;
 use oneprotect_server::config::{self, AdminKeySource, DatabaseUrl, DevSecrets, SecretInputs};
 use oneprotect_server::pki::{CaFiles, PlatformCa};
+use oneprotect_server::relay::RelayConfig;
 use oneprotect_server::service::{AgentAuth, Policy};
 use oneprotect_server::tls::TlsFiles;
 
@@ -149,6 +150,27 @@ struct ServeArgs {
     #[arg(long, env = "ONEPROTECT_CLIENT_CERT_HEADER")]
     client_cert_header: Option<String>,
     /// Lifetime of agent certificates, in hours (1 to 9528, i.e. 397 days).
+    /// NATS server(s) the event relay publishes to (`nats://host:4222`,
+    /// `tls://…`, comma-separated for a cluster). Without it the relay is
+    /// off and events stay in the outbox (the events API still pages them).
+    #[arg(long, env = "ONEPROTECT_NATS_URL")]
+    nats_url: Option<String>,
+    /// A NATS credentials file (user JWT and NKey seed).
+    #[arg(long, env = "ONEPROTECT_NATS_CREDENTIALS_FILE")]
+    nats_credentials_file: Option<std::path::PathBuf>,
+    /// PEM roots that verify the NATS server's certificate (TLS required).
+    #[arg(long, env = "ONEPROTECT_NATS_CA_FILE")]
+    nats_ca_file: Option<std::path::PathBuf>,
+    /// The JetStream stream created or verified at start.
+    #[arg(long, env = "ONEPROTECT_EVENTS_STREAM", default_value = oneprotect_server::relay::DEFAULT_STREAM)]
+    events_stream: String,
+    /// How long the stream keeps events (its max_age), in hours.
+    #[arg(long, env = "ONEPROTECT_EVENTS_MAX_AGE_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    events_max_age_hours: u64,
+    /// The broker's de-duplication window by event id, in seconds: a
+    /// relay restarted within it re-sends nothing twice.
+    #[arg(long, env = "ONEPROTECT_EVENTS_DUPLICATE_WINDOW_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    events_duplicate_window_seconds: u64,
     #[arg(long, env = "ONEPROTECT_CERTIFICATE_LIFETIME_HOURS", default_value_t = 720, value_parser = clap::value_parser!(i64).range(1..=9528))]
     certificate_lifetime_hours: i64,
 }
@@ -454,6 +476,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let relay = match &args.nats_url {
+        Some(url) => {
+            let config = RelayConfig {
+                credentials_file: args.nats_credentials_file.clone(),
+                ca_file: args.nats_ca_file.clone(),
+                stream: args.events_stream.clone(),
+                max_age: std::time::Duration::from_secs(args.events_max_age_hours * 3600),
+                duplicate_window: std::time::Duration::from_secs(args.events_duplicate_window_seconds),
+                ..RelayConfig::new(url)
+            };
+            // Returns before the broker answers: an unreachable broker
+            // delays events, never the API.
+            match oneprotect_server::relay::connect(&config).await {
+                Ok(client) => Some(tokio::spawn(oneprotect_server::relay::start(
+                    config,
+                    client,
+                    platform.store().clone(),
+                    platform.clock().clone(),
+                    platform.metrics().clone(),
+                    relay_stopped,
+                ))),
+                Err(e) => {
+                    eprintln!("error: ONEPROTECT_NATS_URL: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+        None => None,
+    };
     let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if dev {
         eprintln!("\n*** DEVELOPMENT MODE — NOT FOR PRODUCTION ***");
@@ -472,14 +524,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
             eprintln!();
         }
     }
-    tracing::info!(listen = %bound, store = %url.describe(), tls = tls.is_some(), agent_auth = agent_auth.as_str(), "serving");
+    tracing::info!(listen = %bound, store = %url.describe(), tls = tls.is_some(), agent_auth = agent_auth.as_str(), events_relay = args.nats_url.is_some(), "serving");
     let limits = oneprotect_server::listen::Limits {
         max_connections: args.max_connections as usize,
         max_per_source: args.max_connections_per_source as usize,
         header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_seconds),
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout_seconds),
     };
-    match oneprotect_server::app::serve(listener, platform, limits, tls).await {
+    let served = oneprotect_server::app::serve(listener, platform, limits, tls).await;
+    // The relay finishes its round (a claim is marked or left for the next start).
+    let _ = stop_relay.send(true);
+    if let Some(relay) = relay {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), relay).await;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

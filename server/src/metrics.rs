@@ -8,7 +8,17 @@ use std::sync::Mutex;
 use crate::store::batch::{BATCH_SIZE_BOUNDS, WriteQueueSnapshot};
 
 /// What each metric counts, for its `# HELP` line.
-const HELP: [(&str, &str); 7] = [
+const HELP: [(&str, &str); 11] = [
+    (RELAY_PUBLISHED, "Outbox events the relay published and the broker acknowledged."),
+    (
+        RELAY_DUPLICATES,
+        "Published events the broker acknowledged as duplicates of its de-duplication window (re-sent after a crash or a failed mark).",
+    ),
+    (RELAY_RETRIES, "Relay rounds that failed (broker or store) and were retried after a back-off."),
+    (
+        RELAY_LAG,
+        "Age in seconds of the oldest unpublished outbox event when the relay last looked (0 when none waits).",
+    ),
     ("oneprotect_enrollment_tokens_issued_total", "Enrollment tokens issued."),
     (
         "oneprotect_exchanges_total",
@@ -20,6 +30,11 @@ const HELP: [(&str, &str); 7] = [
     (QUEUE_DEPTH, "Writes waiting for the store's writer (SQLite: every write; PostgreSQL: heartbeats)."),
     (BATCH_SIZE, "Writes committed per transaction by the store's writer."),
 ];
+
+pub const RELAY_PUBLISHED: &str = "oneprotect_relay_published_total";
+pub const RELAY_DUPLICATES: &str = "oneprotect_relay_duplicates_total";
+pub const RELAY_RETRIES: &str = "oneprotect_relay_retries_total";
+pub const RELAY_LAG: &str = "oneprotect_relay_lag_seconds";
 
 const QUEUE_DEPTH: &str = "oneprotect_store_write_queue_depth";
 const BATCH_SIZE: &str = "oneprotect_store_write_batch_size";
@@ -40,6 +55,7 @@ struct Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+    gauges: Mutex<BTreeMap<&'static str, f64>>,
     requests: Mutex<BTreeMap<String, Histogram>>,
 }
 
@@ -57,6 +73,27 @@ impl Metrics {
     pub fn inc(&self, name: &'static str, label: &'static str, value: &str) {
         let key = (name, format!("{label}=\"{}\"", escape(value)));
         *self.counters.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(0) += 1;
+    }
+
+    /// Adds `n` to the unlabelled counter `name`.
+    pub fn add(&self, name: &'static str, n: u64) {
+        *self.counters.lock().unwrap_or_else(|p| p.into_inner()).entry((name, String::new())).or_insert(0) +=
+            n;
+    }
+
+    /// Sets the gauge `name`.
+    pub fn set_gauge(&self, name: &'static str, value: f64) {
+        self.gauges.lock().unwrap_or_else(|p| p.into_inner()).insert(name, value);
+    }
+
+    /// The current value of an unlabelled counter.
+    pub fn counter(&self, name: &'static str) -> u64 {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(name, String::new()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Records the answer time of one request. `route` is the matched route
@@ -84,7 +121,17 @@ impl Metrics {
                 let _ = writeln!(out, "# TYPE {name} counter");
                 last = name;
             }
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+        let gauges = self.gauges.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, value) in &gauges {
+            let _ = writeln!(out, "# HELP {name} {}", help(name));
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {value}");
         }
         if !requests.is_empty() {
             let _ = writeln!(out, "# HELP {REQUEST_DURATION} {}", help(REQUEST_DURATION));

@@ -166,12 +166,10 @@ impl ExchangeLimiter {
     pub async fn acquire(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Result<Permit, u32>> {
         match self {
             Self::Process(limiter) => Ok(limiter.acquire(keys, now)),
-            Self::Shared { store, limit, window } => {
-                Ok(store.take_failure_slots(keys, *limit, *window, now).await?.map(|window_starts| Permit {
-                    keys: keys.to_vec(),
-                    window_starts,
-                }))
-            }
+            Self::Shared { store, limit, window } => Ok(store
+                .take_failure_slots(keys, *limit, *window, now)
+                .await?
+                .map(|window_starts| Permit { keys: keys.to_vec(), window_starts })),
         }
     }
 

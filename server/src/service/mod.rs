@@ -130,7 +130,7 @@ pub struct Platform {
     admin: AdminVerifier,
     policy: Policy,
     limiter: ExchangeLimiter,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// The issuing CA; without one, exchange and rotation fail closed (503).
     ca: Option<Arc<PlatformCa>>,
     /// The last CRL signed, reused while it is fresh (see `certificate_revocation_list`).
@@ -267,7 +267,7 @@ impl Platform {
             admin,
             policy,
             limiter,
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             ca: None,
             crl_cache: std::sync::Mutex::default(),
             certificates: certificates::VerifiedCertificates::default(),
@@ -300,6 +300,15 @@ impl Platform {
     /// Records the answer time of one HTTP request (see `metrics`).
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.metrics.observe_request(route, method, status, seconds);
+    }
+
+    /// The platform's metrics (the relay reports into them).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     pub fn metrics_text(&self) -> String {

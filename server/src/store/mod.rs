@@ -165,6 +165,12 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Backend("this store keeps no shared failure counters".into()))
     }
 
+    /// Claims up to `limit` events not yet published, oldest first, for
+    /// the relay. On PostgreSQL one replica's relay holds the claim at a
+    /// time (the claim is empty for the others), and its rows stay locked
+    /// until [`EventClaim::mark_published`].
+    async fn claim_unpublished_events(&self, limit: u32) -> StoreResult<Box<dyn EventClaim>>;
+
     /// An audit record, and optionally an event, in one transaction.
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()>;
     async fn list_audit(
@@ -184,6 +190,23 @@ pub trait Store: Send + Sync + 'static {
     /// the conformance harness scan it for secrets). Needs an inspection
     /// connection on PostgreSQL.
     async fn dump_all_rows(&self) -> StoreResult<Vec<String>>;
+}
+
+/// An outbox event as the relay sees it: its commit-order sequence number
+/// and the event.
+#[derive(Debug, Clone)]
+pub struct RelayEvent {
+    pub seq: i64,
+    pub event: OutboxEvent,
+}
+
+/// Unpublished events claimed by the relay, oldest first.
+#[async_trait]
+pub trait EventClaim: Send {
+    fn events(&self) -> &[RelayEvent];
+    /// Marks the first `n` claimed events published at `at` and releases
+    /// the claim; the others are claimed again by the next call.
+    async fn mark_published(self: Box<Self>, n: usize, at: DateTime<Utc>) -> StoreResult<()>;
 }
 
 /// The tables every backend has, in creation order.

@@ -10,5 +10,6 @@ mod isolation;
 mod mtls;
 mod pki;
 mod redaction;
+mod relay;
 mod replicas;
 mod tokens;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use self::heartbeat::{apply_heartbeat_alone, apply_heartbeat_batch};
 use self::rows::*;
 use super::batch::{HeartbeatBatcher, ShardedBatcher, WriteQueueSnapshot, WriteQueueStats};
-use super::{Store, StoreError, StoreResult, TABLES};
+use super::{EventClaim, RelayEvent, Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 use crate::store::sql;
@@ -35,11 +35,46 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "heartbeat_fillfactor", include_str!("../../../migrations/postgres/0002_heartbeat_fillfactor.sql")),
     (3, "outbox_payload_json", include_str!("../../../migrations/postgres/0003_outbox_payload_json.sql")),
     (4, "issued_certificates", include_str!("../../../migrations/postgres/0004_issued_certificates.sql")),
-    (5, "shared_failure_counters", include_str!("../../../migrations/postgres/0005_shared_failure_counters.sql")),
+    (
+        5,
+        "shared_failure_counters",
+        include_str!("../../../migrations/postgres/0005_shared_failure_counters.sql"),
+    ),
+    (6, "event_relay", include_str!("../../../migrations/postgres/0006_event_relay.sql")),
 ];
 
 /// Serializes concurrent migrators.
 const MIGRATION_LOCK: i64 = 0x0AE0_11E5;
+/// Held by the one replica whose relay is publishing (transaction-scoped).
+const RELAY_LOCK: i64 = 0x0AE0_7E1A;
+
+/// A PostgreSQL claim: the transaction holding the relay lock and the
+/// claimed rows' locks until the events are marked.
+struct PgEventClaim {
+    tx: Option<Tx>,
+    events: Vec<RelayEvent>,
+}
+
+#[async_trait]
+impl EventClaim for PgEventClaim {
+    fn events(&self) -> &[RelayEvent] {
+        &self.events
+    }
+
+    async fn mark_published(self: Box<Self>, n: usize, at: DateTime<Utc>) -> StoreResult<()> {
+        let Some(mut tx) = self.tx else { return Ok(()) };
+        let seqs: Vec<i64> = self.events.iter().take(n).map(|e| e.seq).collect();
+        if !seqs.is_empty() {
+            sqlx::query("SELECT oneprotect_mark_events_published($1, $2)")
+                .bind(&seqs)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+}
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -217,7 +252,9 @@ pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usi
              GRANT SELECT ON schema_migrations TO {role};\
              GRANT SELECT, INSERT, UPDATE, DELETE ON exchange_failure_windows TO {role};\
              GRANT EXECUTE ON FUNCTION oneprotect_enrollment_token_tenant(UUID) TO {role};\
-             GRANT EXECUTE ON FUNCTION oneprotect_withdrawn_certificates(TIMESTAMPTZ, TIMESTAMPTZ) TO {role};"
+             GRANT EXECUTE ON FUNCTION oneprotect_withdrawn_certificates(TIMESTAMPTZ, TIMESTAMPTZ) TO {role};\
+             GRANT EXECUTE ON FUNCTION oneprotect_unpublished_events(INTEGER) TO {role};\
+             GRANT EXECUTE ON FUNCTION oneprotect_mark_events_published(BIGINT[], TIMESTAMPTZ) TO {role};"
         );
         // The role name was checked to be an identifier above.
         sqlx::raw_sql(sqlx::AssertSqlSafe(grants)).execute(&mut *tx).await.map_err(backend)?;
@@ -633,6 +670,42 @@ impl Store for PgStore {
 
     fn shares_failure_counters(&self) -> bool {
         true
+    }
+
+    async fn claim_unpublished_events(&self, limit: u32) -> StoreResult<Box<dyn EventClaim>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // One relay at a time across replicas, so events leave in commit
+        // order; the others find the claim held and wait for their next turn.
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !ours {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(Box::new(PgEventClaim { tx: None, events: Vec::new() }));
+        }
+        let rows = sqlx::query("SELECT * FROM oneprotect_unpublished_events($1)")
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                Ok(RelayEvent {
+                    seq: r.try_get("seq").map_err(backend)?,
+                    event: OutboxEvent {
+                        event_id: r.try_get("event_id").map_err(backend)?,
+                        tenant_id: r.try_get("tenant_id").map_err(backend)?,
+                        event_type: r.try_get("event_type").map_err(backend)?,
+                        occurred_at: r.try_get("occurred_at").map_err(backend)?,
+                        payload: r.try_get("payload").map_err(backend)?,
+                    },
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Box::new(PgEventClaim { tx: Some(tx), events }))
     }
 
     async fn take_failure_slots(

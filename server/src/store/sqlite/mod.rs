@@ -22,7 +22,7 @@ use self::heartbeat::apply_heartbeat;
 use self::rows::*;
 use self::schema::{MIGRATIONS, configure, connect, migrate};
 use self::writer::Writer;
-use super::{Store, StoreError, StoreResult, TABLES};
+use super::{EventClaim, RelayEvent, Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 use crate::store::sql;
@@ -107,6 +107,39 @@ impl SqliteStore {
         F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
         self.writer.write(f).await
+    }
+}
+
+/// A SQLite claim: the events read, marked through the writer.
+struct SqliteEventClaim {
+    store: SqliteStore,
+    events: Vec<RelayEvent>,
+}
+
+#[async_trait]
+impl EventClaim for SqliteEventClaim {
+    fn events(&self) -> &[RelayEvent] {
+        &self.events
+    }
+
+    async fn mark_published(self: Box<Self>, n: usize, at: DateTime<Utc>) -> StoreResult<()> {
+        let seqs: Vec<i64> = self.events.iter().take(n).map(|e| e.seq).collect();
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .write(move |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE event_outbox SET published_at = ?1 WHERE seq = ?2 AND published_at IS NULL",
+                    )
+                    .map_err(backend)?;
+                for seq in &seqs {
+                    stmt.execute(params![micros(at), seq]).map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -502,6 +535,21 @@ impl Store for SqliteStore {
             .collect()
         })
         .await
+    }
+
+    async fn claim_unpublished_events(&self, limit: u32) -> StoreResult<Box<dyn EventClaim>> {
+        // One process: its relay is the only one, nothing to lock.
+        let events = self
+            .read(move |conn| {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM event_outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?1"
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+                all_rows(&mut stmt, params![limit], event_of)
+            })
+            .await?;
+        let events = events.into_iter().map(|(seq, event)| RelayEvent { seq, event }).collect();
+        Ok(Box::new(SqliteEventClaim { store: self.clone(), events }))
     }
 
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()> {

@@ -13,6 +13,7 @@ use crate::store::{StoreError, StoreResult, sql};
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
     (2, "issued_certificates", include_str!("../../../migrations/sqlite/0002_issued_certificates.sql")),
+    (3, "event_relay", include_str!("../../../migrations/sqlite/0003_event_relay.sql")),
 ];
 
 /// Opens the database file with the store's settings (WAL, full sync).
