@@ -142,6 +142,11 @@ async fn acknowledged_heartbeats_survive_abandoned_writers_and_a_reopen(backend:
 /// The server binary, serving `database_url` with the harness's fixture
 /// secrets; returns the child and the address it serves on.
 fn spawn_server(database_url: &str) -> (std::process::Child, String) {
+    spawn_server_with(database_url, &[])
+}
+
+/// [`spawn_server`] with more environment.
+pub fn spawn_server_with(database_url: &str, env: &[(&str, &str)]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("fixture secrets are text");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oneprotect-server"))
@@ -153,6 +158,7 @@ fn spawn_server(database_url: &str) -> (std::process::Child, String) {
         .env("ONEPROTECT_TOKEN_HASH_KEY", text(HASH_KEY))
         .env("ONEPROTECT_ADMIN_JWT_ISSUER", ISSUER)
         .env("ONEPROTECT_ADMIN_JWT_AUDIENCE", AUDIENCE)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

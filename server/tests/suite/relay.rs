@@ -268,4 +268,144 @@ crate::both_backends!(
     every_committed_event_arrives_once_on_its_channel_in_commit_order,
     a_broker_outage_loses_nothing_and_duplicates_nothing,
     events_re_sent_after_a_lost_mark_are_dropped_by_the_broker,
+    a_server_killed_mid_relay_loses_no_event_and_duplicates_none,
 );
+
+/// Two replicas' relays on one PostgreSQL database, running at once:
+/// every event is published by exactly one of them (no duplicate even
+/// for the broker to drop), in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_relaying_at_once_publish_every_event_once_in_commit_order() {
+    let nats = NatsServer::start();
+    let h = Harness::start(Backend::Postgres).await;
+    produce(&h, 10, 12).await;
+    let second = open_store(Backend::Postgres, h.pg.as_ref(), None).await;
+    let (first, first_metrics) = relay_for(&nats, h.store.clone(), &h).await;
+    let (second, second_metrics) = relay_for(&nats, second, &h).await;
+    let stored = stored_events(&h).await;
+    let total: usize = stored.values().map(Vec::len).sum();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let (a, b) = tokio::join!(drain_all(&first, &done, total), drain_all(&second, &done, total));
+    assert_eq!(a + b, total, "the two relays together published each event once ({a} + {b})");
+    assert_eq!(first_metrics.counter(RELAY_DUPLICATES) + second_metrics.counter(RELAY_DUPLICATES), 0);
+    assert_delivered_once_in_order(&stored, &nats.messages("ONEPROTECT_EVENTS").await);
+}
+
+/// Rounds until both relays together published `total` events (another
+/// replica may hold the claim when this one finds nothing); the events
+/// this one published.
+async fn drain_all(relay: &Relay, done: &std::sync::atomic::AtomicUsize, total: usize) -> usize {
+    use std::sync::atomic::Ordering;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut published = 0;
+    while done.load(Ordering::SeqCst) < total {
+        assert!(Instant::now() < deadline, "the relays did not publish {total} events");
+        let round = relay.round().await.expect("round");
+        published += round.published;
+        done.fetch_add(round.published, Ordering::SeqCst);
+        if round.claimed == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    published
+}
+
+/// A real crash: the server binary relays to NATS while eight agents
+/// heartbeat through it and is killed with SIGKILL; restarted, its relay
+/// publishes what was left, and the broker ends up with every committed
+/// event exactly once, in commit order.
+async fn a_server_killed_mid_relay_loses_no_event_and_duplicates_none(backend: Backend) {
+    let nats = NatsServer::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sqlite_path = tmp.path().join("oneprotect.db");
+    let pg = match backend {
+        Backend::Postgres => Some(PgDatabase::create().await),
+        Backend::Sqlite => None,
+    };
+    // Enroll in-process with the real clock, so the child accepts the runtime tokens.
+    let store = open_store(backend, pg.as_ref(), Some(&sqlite_path)).await;
+    let clock = Arc::new(oneprotect_server::clock::ManualClock::new(chrono::Utc::now()));
+    let h = Harness::serve(store, clock, Options::default(), None, None, None).await;
+    let mut agents = Vec::new();
+    for _ in 0..8 {
+        let (agent, runtime, _) = h.enroll(TENANT_A).await;
+        agents.push((agent, runtime));
+    }
+    drop(h);
+    let url = match &pg {
+        Some(pg) => pg.app_url(),
+        None => sqlite_path.to_string_lossy().into_owned(),
+    };
+    let nats_url = nats.url();
+    let env = [("ONEPROTECT_NATS_URL", nats_url.as_str())];
+    let (mut child, base) = crate::batching::spawn_server_with(&url, &env);
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for (agent, runtime) in agents {
+        let (http, base) = (http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            for sequence in 1..=10_000u64 {
+                let body = serde_json::json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": "host-1.fixture", "agent_version": "0.1.0"});
+                let url = format!("{base}/api/v1/agents/{agent}/telemetry/heartbeat");
+                match http.post(url).bearer_auth(&runtime).json(&body).send().await {
+                    Ok(resp) if resp.status() == StatusCode::OK => {}
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Killed while events are being produced and relayed.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the server's relay published nothing");
+        if let Ok(mut stream) = js.get_stream("ONEPROTECT_EVENTS").await
+            && stream.info().await.map(|i| i.state.messages).unwrap_or(0) >= 300
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL the server");
+    let _ = child.wait();
+    for t in &tasks {
+        t.abort();
+    }
+    // Restarted on the same database and broker, with no more traffic.
+    let (mut restarted, _) = crate::batching::spawn_server_with(&url, &env);
+    let reopened = open_store(backend, pg.as_ref(), Some(&sqlite_path)).await;
+    let mut stored = Vec::new();
+    let mut after = None;
+    loop {
+        let page = reopened.list_events(TENANT_A, after, 500).await.expect("events");
+        stored.extend(page.items);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let messages = js
+            .get_stream("ONEPROTECT_EVENTS")
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages;
+        if messages as usize >= stored.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{messages} of {} events arrived after the restart", stored.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &restarted.id().to_string()]).status();
+    let _ = restarted.wait();
+    let stored = BTreeMap::from([(TENANT_A, stored)]);
+    assert_delivered_once_in_order(&stored, &nats.messages("ONEPROTECT_EVENTS").await);
+    drop(reopened);
+    let _ = tmp;
+}
