@@ -266,6 +266,65 @@ fn check_payload(schema: &Value, ptr: &str, file: &str, diags: &mut Diagnostics)
     }
 }
 
+/// The header the relay sets to the event id for the broker's de-duplication.
+pub const MESSAGE_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// The contract names where events go: at least one server, each a NATS
+/// server with a host (the relay publishes to NATS and nothing else).
+fn check_relay_servers(doc: &Value, file: &str, diags: &mut Diagnostics) {
+    let servers = doc.get("servers").and_then(Value::as_object);
+    let Some(servers) = servers.filter(|s| !s.is_empty()) else {
+        diags.push(
+            Diagnostic::new(file, "/servers", "no server says where events are published")
+                .hint("add `servers: {<name>: {host: <host:port>, protocol: nats}}`"),
+        );
+        return;
+    };
+    for (name, server) in servers {
+        let ptr = pointer(["servers", name]);
+        if server.get("protocol").and_then(Value::as_str) != Some("nats") {
+            diags.push(
+                Diagnostic::new(file, format!("{ptr}/protocol"), "the event relay publishes to NATS only")
+                    .hint("set `protocol: nats`"),
+            );
+        }
+        if server.get("host").and_then(Value::as_str).is_none_or(str::is_empty) {
+            diags.push(
+                Diagnostic::new(file, format!("{ptr}/host"), "a server needs a host")
+                    .hint("set `host: <host>:<port>`"),
+            );
+        }
+    }
+}
+
+/// Every message declares the de-duplication header the relay sets, as a
+/// required string (inline or through `#/components/schemas/<name>`).
+fn check_relay_headers(doc: &Value, msg: &Value, ptr: &str, file: &str, diags: &mut Diagnostics) {
+    let headers = msg.get("headers").and_then(|h| match h.get("$ref").and_then(Value::as_str) {
+        Some(r) => r.strip_prefix('#').and_then(|p| doc.pointer(p)),
+        None => Some(h),
+    });
+    let declared = headers.is_some_and(|h| {
+        let required = h
+            .get("required")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.iter().any(|v| v.as_str() == Some(MESSAGE_ID_HEADER)));
+        let string = h.pointer(&format!("/properties/{MESSAGE_ID_HEADER}/type")).and_then(Value::as_str)
+            == Some("string");
+        required && string
+    });
+    if !declared {
+        diags.push(
+            Diagnostic::new(
+                file,
+                format!("{ptr}/headers"),
+                format!("the message does not declare the required `{MESSAGE_ID_HEADER}` header the relay sets to the event id"),
+            )
+            .hint("add `headers: {$ref: '#/components/schemas/RelayHeaders'}` with a required string `Nats-Msg-Id`"),
+        );
+    }
+}
+
 /// Checks `asyncapi.yaml` against the event schemas; returns the subject
 /// (channel address) of each event schema file a channel carries.
 fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) -> BTreeMap<String, String> {
@@ -282,8 +341,12 @@ fn check_asyncapi(raw: &RawContracts, diags: &mut Diagnostics) -> BTreeMap<Strin
             return subjects;
         }
     }
+    check_relay_servers(doc, &file, diags);
     let messages =
         doc.pointer("/components/messages").and_then(Value::as_object).cloned().unwrap_or_default();
+    for (key, msg) in &messages {
+        check_relay_headers(doc, msg, &pointer(["components", "messages", key]), &file, diags);
+    }
     let mut referenced: BTreeMap<String, String> = BTreeMap::new();
     for (key, msg) in &messages {
         let ptr = pointer(["components", "messages", key]);

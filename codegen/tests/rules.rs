@@ -299,8 +299,8 @@ fn a_second_version_of_an_event_lives_beside_the_first_and_is_generated_as_its_o
             "      agentRevoked:\n        $ref: '#/components/messages/agentRevoked'\n      agentRevokedV2:\n        $ref: '#/components/messages/agentRevokedV2'\n",
         )
         .replace(
-            "components:\n  messages:\n",
-            "components:\n  messages:\n    agentRevokedV2:\n      name: agent.revoked\n      contentType: application/cloudevents+json\n      payload:\n        $ref: './events/agent.revoked.v2.schema.json'\n",
+            "  messages:\n    agentEnrollmentTokenIssued:\n",
+            "  messages:\n    agentRevokedV2:\n      name: agent.revoked\n      contentType: application/cloudevents+json\n      headers:\n        $ref: '#/components/schemas/RelayHeaders'\n      payload:\n        $ref: './events/agent.revoked.v2.schema.json'\n    agentEnrollmentTokenIssued:\n",
         );
     std::fs::write(f.path("asyncapi.yaml"), asyncapi).expect("write");
     std::fs::create_dir_all(f.path("examples/events/agent.revoked.v2")).expect("mkdir");
@@ -714,4 +714,63 @@ fn publishable_subjects_are_dot_separated_tokens_without_wildcards() {
         assert!(!is_publishable_subject(bad), "{bad:?}");
     }
     assert!(is_publishable_subject(&"a".repeat(255)), "255 bytes is the longest accepted");
+}
+
+#[test]
+fn the_contract_names_a_nats_server_and_every_message_the_de_duplication_header() {
+    let original = std::fs::read_to_string(real_specs().join("asyncapi.yaml")).expect("read");
+    let cases = [
+        (
+            "    protocol: nats\n",
+            "    protocol: kafka\n",
+            "/servers/platform-events/protocol",
+            "publishes to NATS only",
+        ),
+        (
+            "    host: nats.example.invalid:4222\n",
+            "    host: ''\n",
+            "/servers/platform-events/host",
+            "needs a host",
+        ),
+        (
+            "      required:\n        - Nats-Msg-Id\n",
+            "",
+            "/components/messages/agentRevoked/headers",
+            "required `Nats-Msg-Id` header",
+        ),
+        (
+            "        Nats-Msg-Id:\n          type: string\n",
+            "        Nats-Msg-Id:\n          type: integer\n",
+            "/components/messages/agentEnrolled/headers",
+            "required `Nats-Msg-Id` header",
+        ),
+    ];
+    for (from, to, at, needle) in cases {
+        let f = Fixture::new();
+        let edited = original.replacen(from, to, 1);
+        assert_ne!(edited, original, "the fixture contains {from:?}");
+        std::fs::write(f.path("asyncapi.yaml"), edited).expect("write");
+        assert_reports(&f.errors(), "specs/asyncapi.yaml", at, needle);
+    }
+    // A message without headers, and a contract without servers.
+    let f = Fixture::new();
+    let edited = original.replacen(
+        "      headers:\n        $ref: '#/components/schemas/RelayHeaders'\n      payload:\n        $ref: './events/agent.revoked.v1.schema.json'",
+        "      payload:\n        $ref: './events/agent.revoked.v1.schema.json'",
+        1,
+    );
+    assert_ne!(edited, original);
+    std::fs::write(f.path("asyncapi.yaml"), edited).expect("write");
+    assert_reports(
+        &f.errors(),
+        "specs/asyncapi.yaml",
+        "/components/messages/agentRevoked/headers",
+        "Nats-Msg-Id",
+    );
+    let f = Fixture::new();
+    let start = original.find("servers:\n").expect("servers");
+    let end = original.find("channels:\n").expect("channels");
+    std::fs::write(f.path("asyncapi.yaml"), format!("{}{}", &original[..start], &original[end..]))
+        .expect("write");
+    assert_reports(&f.errors(), "specs/asyncapi.yaml", "/servers", "no server");
 }

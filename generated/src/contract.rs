@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 /// SHA-256 of the contract files this crate was generated from.
-pub const SPEC_SHA256: &str = "5b6ad5d8959b2936ee7b532226bba1e5be30d865469a50aef8ce10c41cc3bb3c";
+pub const SPEC_SHA256: &str = "af55077041d4ce637f18c58163919bd88e28acaa81dced69fc1b995afee8ab1f";
 /// The OpenAPI document, as JSON.
 pub const OPENAPI_JSON: &str = include_str!("schemas/openapi.json");
 /// The AsyncAPI document, as JSON.

@@ -57,6 +57,23 @@ fn document(d: &mut Differ, base: &Value, rev: &Value) {
         );
     }
     channels(d, base, rev);
+    let (bo, ro) = (keyed(base, "/operations"), keyed(rev, "/operations"));
+    for (name, b_op) in bo {
+        if let Some(r_op) = ro.get(name) {
+            let ptr = format!("/operations/{}/bindings", escape_token(name));
+            d.examine(FILE, ptr.clone());
+            if b_op.get("bindings") != r_op.get("bindings") {
+                d.emit(
+                    "operation-bindings-changed",
+                    FILE,
+                    Some(&ptr),
+                    Some(&ptr),
+                    &format!("operation {name}"),
+                    format!("the protocol bindings of `{name}` changed"),
+                );
+            }
+        }
+    }
     for (section, removed, added) in [
         ("/operations", "operation-removed", "operation-added"),
         ("/components/messages", "message-removed", "message-added"),
@@ -167,6 +184,7 @@ fn messages(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
                         format!("message `{name}` payload went from {} to {}", show(bm), show(rm)),
                     );
                 }
+                headers(d, base, rev, context, &name, (bm, &bp), (rm, &rp));
                 let content_type = |doc: &Value, m: &Value| {
                     m.get("contentType").or_else(|| doc.get("defaultContentType")).cloned()
                 };
@@ -186,6 +204,95 @@ fn messages(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
             (None, None) => {}
         }
     }
+}
+
+/// A message's headers, judged by name: a header added is safe for
+/// consumers, a required one removed or one whose schema changed is not.
+/// The headers schema may be a `$ref` into `components/schemas` (judged
+/// here, where it is used).
+fn headers(
+    d: &mut Differ,
+    base: &Value,
+    rev: &Value,
+    context: &str,
+    name: &str,
+    (bm, bp): (&Value, &str),
+    (rm, rp): (&Value, &str),
+) {
+    let (bh, rh) = (format!("{bp}/headers"), format!("{rp}/headers"));
+    let schema = |d: &mut Differ, doc: &Value, m: &Value, ptr: &str| -> Value {
+        match m.get("headers") {
+            Some(h) => {
+                let (h, at) = resolve(d, FILE, doc, h, ptr.to_string());
+                d.examine(FILE, at);
+                h.clone()
+            }
+            None => Value::Null,
+        }
+    };
+    d.examine(FILE, bh.clone());
+    d.examine(FILE, rh.clone());
+    let (bs, rs) = (schema(d, base, bm, &bh), schema(d, rev, rm, &rh));
+    let required = |s: &Value| -> BTreeSet<String> {
+        s.get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let properties = |s: &Value| s.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+    let (b_props, r_props) = (properties(&bs), properties(&rs));
+    for header in required(&bs).difference(&required(&rs)) {
+        d.emit(
+            "message-header-removed",
+            FILE,
+            Some(&bh),
+            Some(&rh),
+            context,
+            format!("message `{name}` no longer always carries header `{header}`"),
+        );
+    }
+    for (header, b_schema) in &b_props {
+        match r_props.get(header) {
+            None if !required(&bs).contains(header) => d.emit(
+                "message-header-removed",
+                FILE,
+                Some(&bh),
+                Some(&rh),
+                context,
+                format!("message `{name}` no longer declares header `{header}`"),
+            ),
+            Some(r_schema) if strip_docs(b_schema) != strip_docs(r_schema) => d.emit(
+                "message-header-changed",
+                FILE,
+                Some(&bh),
+                Some(&rh),
+                context,
+                format!("the schema of header `{header}` of message `{name}` changed"),
+            ),
+            _ => {}
+        }
+    }
+    for header in r_props.keys().filter(|h| !b_props.contains_key(*h)) {
+        d.emit(
+            "message-header-added",
+            FILE,
+            Some(&bh),
+            Some(&rh),
+            context,
+            format!("message `{name}` gained header `{header}`"),
+        );
+    }
+}
+
+/// A schema without its documentation keywords.
+fn strip_docs(schema: &Value) -> Value {
+    let mut s = schema.clone();
+    if let Some(o) = s.as_object_mut() {
+        for key in ["description", "title", "examples", "example"] {
+            o.remove(key);
+        }
+    }
+    s
 }
 
 /// Event schema files: a version file is added, removed, or edited in place.
