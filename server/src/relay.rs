@@ -187,6 +187,11 @@ impl Relay {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // Present (at zero) from the start, so a dashboard sees the relay.
+        for counter in [RELAY_PUBLISHED, RELAY_DUPLICATES, RELAY_RETRIES] {
+            metrics.add(counter, 0);
+        }
+        metrics.set_gauge(RELAY_LAG, 0.0);
         Self { store, js: jetstream::new(client), clock, metrics }
     }
 
