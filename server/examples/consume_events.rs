@@ -83,7 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         (None, _) => String::new(),
         (Some(_), [one]) => one.clone(),
         (Some(t), []) => return Err(format!("the contract has no event type {t:?}").into()),
-        (Some(t), _) => return Err(format!("{t} is published in several versions: consume each subject").into()),
+        (Some(t), _) => {
+            return Err(format!("{t} is published in several versions: consume each subject").into());
+        }
     };
     let js = jetstream::new(async_nats::connect(&args.nats_url).await?);
     let stream = js.get_stream(&args.stream).await?;

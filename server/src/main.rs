@@ -340,6 +340,28 @@ async fn serve(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
+    // The broker is not waited for (the client keeps connecting), but a
+    // credentials or CA file that cannot be used refuses the start.
+    let events_relay = match &args.nats_url {
+        Some(url) => {
+            let config = RelayConfig {
+                credentials_file: args.nats_credentials_file.clone(),
+                ca_file: args.nats_ca_file.clone(),
+                stream: args.events_stream.clone(),
+                max_age: std::time::Duration::from_secs(args.events_max_age_hours * 3600),
+                duplicate_window: std::time::Duration::from_secs(args.events_duplicate_window_seconds),
+                ..RelayConfig::new(url)
+            };
+            match oneprotect_server::relay::connect(&config).await {
+                Ok(client) => Some((config, client)),
+                Err(e) => {
+                    eprintln!("error: ONEPROTECT_NATS_URL: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+        None => None,
+    };
     let url = match config::database_url(args.common.database_url.as_deref(), dev)
         .and_then(|u| DatabaseUrl::parse(Some(&u)))
     {
@@ -477,35 +499,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
-    let relay = match &args.nats_url {
-        Some(url) => {
-            let config = RelayConfig {
-                credentials_file: args.nats_credentials_file.clone(),
-                ca_file: args.nats_ca_file.clone(),
-                stream: args.events_stream.clone(),
-                max_age: std::time::Duration::from_secs(args.events_max_age_hours * 3600),
-                duplicate_window: std::time::Duration::from_secs(args.events_duplicate_window_seconds),
-                ..RelayConfig::new(url)
-            };
-            // Returns before the broker answers: an unreachable broker
-            // delays events, never the API.
-            match oneprotect_server::relay::connect(&config).await {
-                Ok(client) => Some(tokio::spawn(oneprotect_server::relay::start(
-                    config,
-                    client,
-                    platform.store().clone(),
-                    platform.clock().clone(),
-                    platform.metrics().clone(),
-                    relay_stopped,
-                ))),
-                Err(e) => {
-                    eprintln!("error: ONEPROTECT_NATS_URL: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            }
-        }
-        None => None,
-    };
+    let relay = events_relay.map(|(config, client)| {
+        tokio::spawn(oneprotect_server::relay::start(
+            config,
+            client,
+            platform.store().clone(),
+            platform.clock().clone(),
+            platform.metrics().clone(),
+            relay_stopped,
+        ))
+    });
     let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if dev {
         eprintln!("\n*** DEVELOPMENT MODE — NOT FOR PRODUCTION ***");

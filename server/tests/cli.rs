@@ -251,3 +251,21 @@ fn a_privileged_database_role_is_a_configuration_error_that_names_the_fix() {
         "{out}"
     );
 }
+
+#[test]
+fn an_unusable_nats_credentials_or_ca_file_refuses_the_start_before_anything_is_created() {
+    for (variable, value) in [
+        ("ONEPROTECT_NATS_CREDENTIALS_FILE", "/nonexistent/relay.creds"),
+        ("ONEPROTECT_NATS_CA_FILE", "/nonexistent/nats-ca.pem"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (code, out) = run(
+            dir.path(),
+            &["serve", "--listen", "127.0.0.1:0"],
+            &[("ONEPROTECT_NATS_URL", "nats://127.0.0.1:1"), (variable, value)],
+        );
+        assert_eq!(code, Some(2), "{variable}: {out}");
+        assert!(out.contains("/nonexistent/"), "the file is named: {out}");
+        assert!(entries(dir.path()).is_empty(), "nothing was created: {:?}", entries(dir.path()));
+    }
+}
