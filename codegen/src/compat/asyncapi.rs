@@ -184,7 +184,7 @@ fn messages(d: &mut Differ, base: &Value, rev: &Value, context: &str, ptr: &str,
                         format!("message `{name}` payload went from {} to {}", show(bm), show(rm)),
                     );
                 }
-                headers(d, base, rev, context, &name, (bm, &bp), (rm, &rp));
+                headers(d, base, rev, context, name, (bm, &bp), (rm, &rp));
                 let content_type = |doc: &Value, m: &Value| {
                     m.get("contentType").or_else(|| doc.get("defaultContentType")).cloned()
                 };

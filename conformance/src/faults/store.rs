@@ -214,6 +214,27 @@ impl Store for FaultyStore {
         }
         self.inner.revoked_certificates(now, superseded_before).await
     }
+    fn shares_failure_counters(&self) -> bool {
+        self.inner.shares_failure_counters()
+    }
+    async fn take_failure_slots(
+        &self,
+        keys: &[String],
+        limit: u32,
+        window: chrono::Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Result<Vec<chrono::DateTime<chrono::Utc>>, u32>> {
+        self.inner.take_failure_slots(keys, limit, window, now).await
+    }
+    async fn return_failure_slots(&self, slots: &[(String, chrono::DateTime<chrono::Utc>)]) -> StoreResult<()> {
+        self.inner.return_failure_slots(slots).await
+    }
+    async fn claim_unpublished_events(
+        &self,
+        limit: u32,
+    ) -> StoreResult<Box<dyn oneprotect_server::store::EventClaim>> {
+        self.inner.claim_unpublished_events(limit).await
+    }
     async fn append_audit(&self, a: &AuditRecord, e: Option<&OutboxEvent>) -> StoreResult<()> {
         if self.fault == Fault::RefusalAuditedUnderOtherTenant
             && a.outcome == oneprotect_server::model::AuditOutcome::Failure

@@ -145,25 +145,19 @@ pub trait Store: Send + Sync + 'static {
     /// Whether this store keeps the failed-exchange counters for every
     /// replica on it (`ratelimit::ExchangeLimiter::Shared`). SQLite serves
     /// one process, whose memory keeps them.
-    fn shares_failure_counters(&self) -> bool {
-        false
-    }
+    fn shares_failure_counters(&self) -> bool;
     /// Takes one slot on every key or none, deciding with
     /// `ratelimit::take_slots` on the counters as this transaction locked
     /// them: the window start of each key, or the seconds to wait.
     async fn take_failure_slots(
         &self,
-        _keys: &[String],
-        _limit: u32,
-        _window: chrono::Duration,
-        _now: DateTime<Utc>,
-    ) -> StoreResult<Result<Vec<DateTime<Utc>>, u32>> {
-        Err(StoreError::Backend("this store keeps no shared failure counters".into()))
-    }
+        keys: &[String],
+        limit: u32,
+        window: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<Vec<DateTime<Utc>>, u32>>;
     /// Gives back the slots a successful exchange took (`ratelimit::give_back`).
-    async fn return_failure_slots(&self, _slots: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
-        Err(StoreError::Backend("this store keeps no shared failure counters".into()))
-    }
+    async fn return_failure_slots(&self, slots: &[(String, DateTime<Utc>)]) -> StoreResult<()>;
 
     /// Claims up to `limit` events not yet published, oldest first, for
     /// the relay. On PostgreSQL one replica's relay holds the claim at a

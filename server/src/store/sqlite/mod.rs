@@ -537,6 +537,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// One process: the rate limiter keeps its counters in memory.
+    fn shares_failure_counters(&self) -> bool {
+        false
+    }
+
+    async fn take_failure_slots(
+        &self,
+        _keys: &[String],
+        _limit: u32,
+        _window: chrono::Duration,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<Result<Vec<DateTime<Utc>>, u32>> {
+        Err(StoreError::Backend("the SQLite store keeps no shared failure counters".into()))
+    }
+
+    async fn return_failure_slots(&self, _slots: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
+        Err(StoreError::Backend("the SQLite store keeps no shared failure counters".into()))
+    }
+
     async fn claim_unpublished_events(&self, limit: u32) -> StoreResult<Box<dyn EventClaim>> {
         // One process: its relay is the only one, nothing to lock.
         let events = self
