@@ -226,7 +226,10 @@ impl Store for FaultyStore {
     ) -> StoreResult<Result<Vec<chrono::DateTime<chrono::Utc>>, u32>> {
         self.inner.take_failure_slots(keys, limit, window, now).await
     }
-    async fn return_failure_slots(&self, slots: &[(String, chrono::DateTime<chrono::Utc>)]) -> StoreResult<()> {
+    async fn return_failure_slots(
+        &self,
+        slots: &[(String, chrono::DateTime<chrono::Utc>)],
+    ) -> StoreResult<()> {
         self.inner.return_failure_slots(slots).await
     }
     async fn claim_unpublished_events(
