@@ -20,6 +20,7 @@ pub mod model;
 pub mod pki;
 pub mod ratelimit;
 pub mod relay;
+pub mod retention;
 pub mod runtime_token;
 pub mod secrets;
 pub mod service;

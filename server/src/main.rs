@@ -171,6 +171,20 @@ struct ServeArgs {
     /// relay restarted within it re-sends nothing twice.
     #[arg(long, env = "ONEPROTECT_EVENTS_DUPLICATE_WINDOW_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     events_duplicate_window_seconds: u64,
+    /// How long outbox events are kept once published (with the relay off:
+    /// once committed), in hours.
+    #[arg(long, env = "ONEPROTECT_OUTBOX_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(i64).range(1..=87_600))]
+    outbox_retention_hours: i64,
+    /// How long audit records are kept, in days.
+    #[arg(long, env = "ONEPROTECT_AUDIT_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=36_500))]
+    audit_retention_days: i64,
+    /// How long an enrollment token is kept after it expired, was revoked
+    /// or was used up, in days.
+    #[arg(long, env = "ONEPROTECT_TOKEN_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=36_500))]
+    token_retention_days: i64,
+    /// Seconds between pruning runs.
+    #[arg(long, env = "ONEPROTECT_PRUNE_INTERVAL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    prune_interval_seconds: u64,
     #[arg(long, env = "ONEPROTECT_CERTIFICATE_LIFETIME_HOURS", default_value_t = 720, value_parser = clap::value_parser!(i64).range(1..=9528))]
     certificate_lifetime_hours: i64,
 }
@@ -499,6 +513,21 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let retention = oneprotect_server::retention::Retention {
+        outbox: chrono::Duration::hours(args.outbox_retention_hours),
+        audit: chrono::Duration::days(args.audit_retention_days),
+        tokens: chrono::Duration::days(args.token_retention_days),
+        max_token_ttl: platform.policy().max_enrollment_token_ttl,
+        failure_window: platform.policy().failure_window,
+        relay: events_relay.is_some(),
+    };
+    let pruner = tokio::spawn(oneprotect_server::retention::run(
+        platform.store().clone(),
+        platform.clock().clone(),
+        retention,
+        std::time::Duration::from_secs(args.prune_interval_seconds),
+        relay_stopped.clone(),
+    ));
     let relay = events_relay.map(|(config, client)| {
         tokio::spawn(oneprotect_server::relay::start(
             config,
@@ -540,6 +569,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some(relay) = relay {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), relay).await;
     }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), pruner).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

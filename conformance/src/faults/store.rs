@@ -214,6 +214,13 @@ impl Store for FaultyStore {
         }
         self.inner.revoked_certificates(now, superseded_before).await
     }
+    async fn prune(
+        &self,
+        cutoffs: &oneprotect_server::store::RetentionCutoffs,
+        limit: u32,
+    ) -> StoreResult<oneprotect_server::store::Pruned> {
+        self.inner.prune(cutoffs, limit).await
+    }
     fn shares_failure_counters(&self) -> bool {
         self.inner.shares_failure_counters()
     }

@@ -165,6 +165,10 @@ pub trait Store: Send + Sync + 'static {
     /// until [`EventClaim::mark_published`].
     async fn claim_unpublished_events(&self, limit: u32) -> StoreResult<Box<dyn EventClaim>>;
 
+    /// Deletes at most `limit` rows per table that are past their window
+    /// (`retention::cutoffs`), oldest first, in one transaction.
+    async fn prune(&self, cutoffs: &RetentionCutoffs, limit: u32) -> StoreResult<Pruned>;
+
     /// An audit record, and optionally an event, in one transaction.
     async fn append_audit(&self, audit: &AuditRecord, event: Option<&OutboxEvent>) -> StoreResult<()>;
     async fn list_audit(
@@ -201,6 +205,46 @@ pub trait EventClaim: Send {
     /// Marks the first `n` claimed events published at `at` and releases
     /// the claim; the others are claimed again by the next call.
     async fn mark_published(self: Box<Self>, n: usize, at: DateTime<Utc>) -> StoreResult<()>;
+}
+
+/// What is old enough to delete (`retention::cutoffs` decides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionCutoffs {
+    pub events_before: DateTime<Utc>,
+    /// Only events the relay published may go (the relay is on).
+    pub events_published_only: bool,
+    pub audit_before: DateTime<Utc>,
+    pub nonces_before: DateTime<Utc>,
+    pub tokens_before: DateTime<Utc>,
+    pub failure_windows_before: DateTime<Utc>,
+}
+
+/// Rows deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    pub audit: u64,
+    pub nonces: u64,
+    pub tokens: u64,
+    pub failure_windows: u64,
+}
+
+impl Pruned {
+    pub fn add(&mut self, other: &Pruned) {
+        self.events += other.events;
+        self.audit += other.audit;
+        self.nonces += other.nonces;
+        self.tokens += other.tokens;
+        self.failure_windows += other.failure_windows;
+    }
+
+    /// The most rows one table lost.
+    pub fn largest(&self) -> u64 {
+        [self.events, self.audit, self.nonces, self.tokens, self.failure_windows]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// The tables every backend has, in creation order.

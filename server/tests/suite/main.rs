@@ -12,4 +12,5 @@ mod pki;
 mod redaction;
 mod relay;
 mod replicas;
+mod retention;
 mod tokens;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use self::heartbeat::{apply_heartbeat_alone, apply_heartbeat_batch};
 use self::rows::*;
 use super::batch::{HeartbeatBatcher, ShardedBatcher, WriteQueueSnapshot, WriteQueueStats};
-use super::{EventClaim, RelayEvent, Store, StoreError, StoreResult, TABLES};
+use super::{EventClaim, Pruned, RelayEvent, RetentionCutoffs, Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 use crate::store::sql;
@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0005_shared_failure_counters.sql"),
     ),
     (6, "event_relay", include_str!("../../../migrations/postgres/0006_event_relay.sql")),
+    (7, "retention", include_str!("../../../migrations/postgres/0007_retention.sql")),
 ];
 
 /// Serializes concurrent migrators.
@@ -254,7 +255,8 @@ pub async fn migrate(owner_url: &str, app_role: Option<&str>) -> StoreResult<usi
              GRANT EXECUTE ON FUNCTION oneprotect_enrollment_token_tenant(UUID) TO {role};\
              GRANT EXECUTE ON FUNCTION oneprotect_withdrawn_certificates(TIMESTAMPTZ, TIMESTAMPTZ) TO {role};\
              GRANT EXECUTE ON FUNCTION oneprotect_unpublished_events(INTEGER) TO {role};\
-             GRANT EXECUTE ON FUNCTION oneprotect_mark_events_published(BIGINT[], TIMESTAMPTZ) TO {role};"
+             GRANT EXECUTE ON FUNCTION oneprotect_mark_events_published(BIGINT[], TIMESTAMPTZ) TO {role};\
+             GRANT EXECUTE ON FUNCTION oneprotect_prune(INTEGER, TIMESTAMPTZ, BOOLEAN, TIMESTAMPTZ, TIMESTAMPTZ, TIMESTAMPTZ) TO {role};"
         );
         // The role name was checked to be an identifier above.
         sqlx::raw_sql(sqlx::AssertSqlSafe(grants)).execute(&mut *tx).await.map_err(backend)?;
@@ -666,6 +668,43 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn prune(&self, c: &RetentionCutoffs, limit: u32) -> StoreResult<Pruned> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let row = sqlx::query("SELECT * FROM oneprotect_prune($1, $2, $3, $4, $5, $6)")
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .bind(c.events_before)
+            .bind(c.events_published_only)
+            .bind(c.audit_before)
+            .bind(c.nonces_before)
+            .bind(c.tokens_before)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let count = |name: &str| -> StoreResult<u64> {
+            Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(backend)?).unwrap_or(0))
+        };
+        let mut pruned = Pruned {
+            events: count("events")?,
+            audit: count("audit")?,
+            nonces: count("nonces")?,
+            tokens: count("tokens")?,
+            failure_windows: 0,
+        };
+        // The platform's own table: no row-level security.
+        pruned.failure_windows = sqlx::query(
+            "DELETE FROM exchange_failure_windows WHERE key IN \
+             (SELECT key FROM exchange_failure_windows WHERE window_start < $1 LIMIT $2)",
+        )
+        .bind(c.failure_windows_before)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        tx.commit().await.map_err(backend)?;
+        Ok(pruned)
     }
 
     fn shares_failure_counters(&self) -> bool {

@@ -22,7 +22,7 @@ use self::heartbeat::apply_heartbeat;
 use self::rows::*;
 use self::schema::{MIGRATIONS, configure, connect, migrate};
 use self::writer::Writer;
-use super::{EventClaim, RelayEvent, Store, StoreError, StoreResult, TABLES};
+use super::{EventClaim, Pruned, RelayEvent, RetentionCutoffs, Store, StoreError, StoreResult, TABLES};
 use crate::error::TokenFailure;
 use crate::model::*;
 use crate::store::sql;
@@ -533,6 +533,39 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+        })
+        .await
+    }
+
+    async fn prune(&self, c: &RetentionCutoffs, limit: u32) -> StoreResult<Pruned> {
+        let c = c.clone();
+        self.write(move |tx| {
+            let mut pruned = Pruned::default();
+            let run = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> StoreResult<u64> {
+                tx.prepare_cached(sql).and_then(|mut s| s.execute(args)).map(|n| n as u64).map_err(backend)
+            };
+            pruned.events = run(
+                "DELETE FROM event_outbox WHERE seq IN (SELECT o.seq FROM \
+                 (SELECT seq, occurred_at, published_at FROM event_outbox ORDER BY seq LIMIT ?1) o \
+                 WHERE o.occurred_at < ?2 AND (o.published_at IS NOT NULL OR ?3 = 0))",
+                &[&limit, &micros(c.events_before), &c.events_published_only],
+            )?;
+            pruned.audit = run(
+                "DELETE FROM audit_events WHERE seq IN (SELECT o.seq FROM \
+                 (SELECT seq, occurred_at FROM audit_events ORDER BY seq LIMIT ?1) o WHERE o.occurred_at < ?2)",
+                &[&limit, &micros(c.audit_before)],
+            )?;
+            pruned.nonces = run(
+                "DELETE FROM agent_enrollment_nonces WHERE rowid IN \
+                 (SELECT rowid FROM agent_enrollment_nonces WHERE used_at < ?2 LIMIT ?1)",
+                &[&limit, &micros(c.nonces_before)],
+            )?;
+            pruned.tokens = run(
+                "DELETE FROM agent_enrollment_tokens WHERE seq IN (SELECT seq FROM agent_enrollment_tokens \
+                 WHERE expires_at < ?2 OR revoked_at < ?2 OR (use_count >= max_uses AND last_used_at < ?2) LIMIT ?1)",
+                &[&limit, &micros(c.tokens_before)],
+            )?;
+            Ok(pruned)
         })
         .await
     }

@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
     (2, "issued_certificates", include_str!("../../../migrations/sqlite/0002_issued_certificates.sql")),
     (3, "event_relay", include_str!("../../../migrations/sqlite/0003_event_relay.sql")),
+    (4, "retention", include_str!("../../../migrations/sqlite/0004_retention.sql")),
 ];
 
 /// Opens the database file with the store's settings (WAL, full sync).
