@@ -87,4 +87,4 @@ BENCH_POSTGRES_URL ?= postgres://postgres@%2Fvar%2Frun%2Fpostgresql/postgres
 bench: ## Loopback benchmark on SQLite and PostgreSQL (10,000 agents); writes target/bench/results.{md,json}
 	$(CARGO) build --release --quiet -p oneprotect-conformance --bin oneprotect-loadgen
 	$(TARGET_DIR)/release/oneprotect-loadgen --agents 10000 --concurrency 64 --seconds 10 \
-	  --backend sqlite --backend '$(BENCH_POSTGRES_URL)' --output $(TARGET_DIR)/bench
+	  --backend sqlite --backend '$(BENCH_POSTGRES_URL)' --events --output $(TARGET_DIR)/bench

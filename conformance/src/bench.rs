@@ -54,6 +54,11 @@ impl Samples {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// Successful operations.
+    pub fn ok_count(&self) -> usize {
+        self.latencies_us.len()
+    }
+
     pub fn merge(&mut self, other: Samples) {
         self.latencies_us.extend(other.latencies_us);
         for (k, v) in other.errors {

@@ -5,6 +5,7 @@
 
 pub mod agent_target;
 pub mod bench;
+pub mod bench_events;
 pub mod bench_mtls;
 pub mod checks;
 pub mod ctx;

@@ -96,6 +96,11 @@ impl Metrics {
             .unwrap_or(0)
     }
 
+    /// The current value of a gauge (0 when never set).
+    pub fn gauge(&self, name: &'static str) -> f64 {
+        self.gauges.lock().unwrap_or_else(|p| p.into_inner()).get(name).copied().unwrap_or(0.0)
+    }
+
     /// Records the answer time of one request. `route` is the matched route
     /// template (a bounded set), never the raw path.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {

@@ -40,12 +40,22 @@ struct Cli {
     /// 0 skips it.
     #[arg(long, default_value_t = 256)]
     mtls_agents: usize,
+    /// Measure events and storage: a nats-server of the benchmark's own
+    /// (from PATH) receives the relay's events; pruning and bytes per agent
+    /// are measured beside it.
+    #[arg(long)]
+    events: bool,
     /// Directory for results.md and results.json.
     #[arg(long, default_value = "target/bench")]
     output: PathBuf,
 }
 
-async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Result<BenchResult> {
+async fn run_backend(
+    backend: &str,
+    cli: &Cli,
+    duration: Duration,
+    nats: Option<&oneprotect_conformance::bench_events::OwnNats>,
+) -> anyhow::Result<(BenchResult, Option<oneprotect_conformance::bench_events::EventsFigures>)> {
     let database = (backend != "sqlite").then_some(backend);
     let platform = oneprotect_conformance::local::start_with(database, None, false).await?;
     eprintln!("[{backend}] enrolling {} agents (concurrency {})", cli.agents, cli.concurrency);
@@ -95,13 +105,37 @@ async fn run_backend(backend: &str, cli: &Cli, duration: Duration) -> anyhow::Re
         naive.into_measure("store.commit_heartbeat direct (1 tx/heartbeat)"),
         exchange,
     ];
-    Ok(BenchResult {
-        backend: name.into(),
-        agents: agents.len(),
-        concurrency: cli.concurrency,
-        measures,
-        rounds,
-    })
+    let events = match nats {
+        Some(nats) => {
+            let store = platform.ctx.local.store.clone().ok_or_else(|| anyhow::anyhow!("no store"))?;
+            Some(
+                oneprotect_conformance::bench_events::measure(
+                    oneprotect_conformance::bench_events::Under {
+                        backend: name,
+                        workload: &workload,
+                        store,
+                        agents: agents.len(),
+                        clock: platform.ctx.local.clock.clone().ok_or_else(|| anyhow::anyhow!("no clock"))?,
+                    },
+                    &nats.url,
+                    slice,
+                    cli.rounds,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    Ok((
+        BenchResult {
+            backend: name.into(),
+            agents: agents.len(),
+            concurrency: cli.concurrency,
+            measures,
+            rounds,
+        },
+        events,
+    ))
 }
 
 #[tokio::main]
@@ -112,10 +146,21 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let duration = Duration::from_secs(cli.seconds).min(MAX_DURATION);
+    let nats = match cli.events.then(oneprotect_conformance::bench_events::OwnNats::launch).transpose() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: --events needs nats-server on PATH: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut results = Vec::new();
+    let mut events = Vec::new();
     for backend in &cli.backend {
-        match run_backend(backend, &cli, duration).await {
-            Ok(r) => results.push(r),
+        match run_backend(backend, &cli, duration, nats.as_ref()).await {
+            Ok((r, e)) => {
+                results.push(r);
+                events.extend(e);
+            }
             Err(e) => {
                 eprintln!("error: {backend}: {e}");
                 return ExitCode::from(1);
@@ -134,6 +179,9 @@ async fn main() -> ExitCode {
     );
     for r in &results {
         md.push_str(&bench::markdown(r));
+    }
+    for e in &events {
+        md.push_str(&oneprotect_conformance::bench_events::markdown(e));
     }
     let mut mtls = None;
     if cli.mtls_agents > 0 {
@@ -172,8 +220,10 @@ async fn main() -> ExitCode {
         let _ = std::fs::write(cli.output.join("results.md"), &md);
         let _ = std::fs::write(
             cli.output.join("results.json"),
-            serde_json::to_string_pretty(&serde_json::json!({"backends": results, "mtls": mtls}))
-                .unwrap_or_default(),
+            serde_json::to_string_pretty(
+                &serde_json::json!({"backends": results, "events": events, "mtls": mtls}),
+            )
+            .unwrap_or_default(),
         );
         eprintln!("wrote {}/results.md and results.json", cli.output.display());
     }

@@ -214,6 +214,9 @@ impl Store for FaultyStore {
         }
         self.inner.revoked_certificates(now, superseded_before).await
     }
+    async fn stored_bytes(&self) -> StoreResult<u64> {
+        self.inner.stored_bytes().await
+    }
     async fn prune(
         &self,
         cutoffs: &oneprotect_server::store::RetentionCutoffs,

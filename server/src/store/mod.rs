@@ -165,6 +165,11 @@ pub trait Store: Send + Sync + 'static {
     /// until [`EventClaim::mark_published`].
     async fn claim_unpublished_events(&self, limit: u32) -> StoreResult<Box<dyn EventClaim>>;
 
+    /// Bytes the database occupies (SQLite: the pages in use, free pages
+    /// not counted; PostgreSQL: the database's files), for the storage
+    /// benchmark and capacity planning.
+    async fn stored_bytes(&self) -> StoreResult<u64>;
+
     /// Deletes at most `limit` rows per table that are past their window
     /// (`retention::cutoffs`), oldest first, in one transaction.
     async fn prune(&self, cutoffs: &RetentionCutoffs, limit: u32) -> StoreResult<Pruned>;

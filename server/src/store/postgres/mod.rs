@@ -670,6 +670,14 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn stored_bytes(&self) -> StoreResult<u64> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     async fn prune(&self, c: &RetentionCutoffs, limit: u32) -> StoreResult<Pruned> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query("SELECT * FROM oneprotect_prune($1, $2, $3, $4, $5, $6)")

@@ -537,6 +537,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn stored_bytes(&self) -> StoreResult<u64> {
+        self.read(|conn| {
+            // Pages in use: pages freed by deletes are reused, not returned.
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(backend)?;
+            let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).map_err(backend)?;
+            let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(backend)?;
+            Ok(u64::try_from((pages - free) * size).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn prune(&self, c: &RetentionCutoffs, limit: u32) -> StoreResult<Pruned> {
         let c = c.clone();
         self.write(move |tx| {
