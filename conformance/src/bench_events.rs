@@ -14,7 +14,6 @@
 //! The broker is a `nats-server -js` the benchmark launches itself on a
 //! free loopback port with its own store directory, and stops at the end.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,43 +24,10 @@ use oneprotect_server::retention::{self, Retention};
 use oneprotect_server::store::Store;
 
 use crate::bench::Workload;
+pub use crate::nats::OwnNats;
 
 /// The outbox window the pruner keeps during the storage measure.
 pub const BENCH_OUTBOX_WINDOW: Duration = Duration::from_secs(2);
-
-/// A `nats-server -js` of the benchmark's own.
-pub struct OwnNats {
-    child: Child,
-    _dir: tempfile::TempDir,
-    pub url: String,
-}
-
-impl OwnNats {
-    pub fn launch() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = tempfile::tempdir()?;
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("nats-server: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, _dir: dir, url: format!("nats://127.0.0.1:{port}") })
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventsRound {

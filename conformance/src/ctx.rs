@@ -167,6 +167,9 @@ pub struct Ctx {
     /// Checks that wait in real time may run (`--allow-waits`); always on
     /// the local target, whose waits move its clock.
     pub allow_waits: bool,
+    /// The broker the deployment relays its events to (`--nats-url`; the
+    /// local target's own).
+    pub nats: Option<crate::nats::NatsTarget>,
 }
 
 /// One HTTP answer, already checked against the contract.
@@ -207,6 +210,7 @@ impl Ctx {
             recorded: Arc::new(Mutex::new(Vec::new())),
             tls_certificate_sha256: Mutex::new(None),
             allow_waits: false,
+            nats: None,
         }
     }
 

@@ -142,6 +142,9 @@ pub enum Fault {
     /// Judges client certificates (at the handshake and after it) by a
     /// clock two minutes behind the platform's.
     MtlsClockBehind,
+    /// The relay marks heartbeat events published without sending them:
+    /// the outbox says delivered, the broker never saw them.
+    RelayMarksUnsent,
 }
 
 impl Fault {
@@ -194,6 +197,7 @@ impl Fault {
         Fault::MtlsPolicyIgnored,
         Fault::AgentFromCertificate,
         Fault::MtlsClockBehind,
+        Fault::RelayMarksUnsent,
     ];
 
     /// Faults that need PostgreSQL.
@@ -362,6 +366,9 @@ impl Fault {
                 ("fail-closed.mtls-revoked-certificate-refused", "does not certify the CSR's key"),
                 ("expiry.mtls-superseded-certificate-refused-after-grace", "does not certify the CSR's key"),
             ],
+            Self::RelayMarksUnsent => {
+                &[("redaction.broker-events-match-the-outbox", "events never arrived on the broker")]
+            }
             Self::CrlOmitsRevoked => {
                 &[("fail-closed.revoked-certificate-listed-in-the-crl", "serial is not in the CRL")]
             }

@@ -12,6 +12,7 @@ pub mod ctx;
 pub mod evidence;
 pub mod faults;
 pub mod local;
+pub mod nats;
 pub mod preflight;
 pub mod profile;
 pub mod report;

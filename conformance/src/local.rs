@@ -128,6 +128,8 @@ pub struct LocalPlatform {
     _tmp: tempfile::TempDir,
     _pg: Option<PgDatabase>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// The broker of the local target (dropped after the relay stopped).
+    _nats: Option<crate::nats::OwnNats>,
 }
 
 impl Drop for LocalPlatform {
@@ -228,27 +230,31 @@ fn platform(
     Ok(Platform::new(store, clock, hash_key, runtime, admin, policy).with_ca(ca))
 }
 
-/// Starts the platform on SQLite (`database` = None) or PostgreSQL.
+/// Starts the platform on SQLite (`database` = None) or PostgreSQL, its
+/// logs captured and its events relayed to a NATS JetStream server of its
+/// own (when `nats-server` is on PATH; otherwise the broker check skips).
 pub async fn start(database: Option<&str>, fault: Option<Fault>) -> anyhow::Result<LocalPlatform> {
-    start_with(database, fault, true).await
+    start_full(database, fault, true, Policy::default(), true).await
 }
 
-/// As `start`; `capture_logs: false` leaves logging off (benchmarks).
+/// As `start`, without the relay; `capture_logs: false` leaves logging off
+/// (benchmarks, which measure the relay on their own terms).
 pub async fn start_with(
     database: Option<&str>,
     fault: Option<Fault>,
     capture_logs: bool,
 ) -> anyhow::Result<LocalPlatform> {
-    start_with_policy(database, fault, capture_logs, Policy::default()).await
+    start_full(database, fault, capture_logs, Policy::default(), false).await
 }
 
 /// As `start_with`, under a given policy (`Policy::default()` is what a
-/// deployment runs with).
-pub async fn start_with_policy(
+/// deployment runs with), relaying events or not.
+pub async fn start_full(
     database: Option<&str>,
     fault: Option<Fault>,
     capture_logs: bool,
     policy: Policy,
+    events: bool,
 ) -> anyhow::Result<LocalPlatform> {
     let logs = capture_logs.then(captured_logs);
     let tmp = tempfile::tempdir()?;
@@ -386,5 +392,36 @@ pub async fn start_with_policy(
     let mut ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers)
         .with_sleeper(sleeper);
     ctx.allow_waits = true;
-    Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers: vec![main, second, third] })
+    let mut servers = vec![main, second, third];
+    let nats = match events.then(crate::nats::OwnNats::launch) {
+        Some(Ok(nats)) => {
+            let config = oneprotect_server::relay::RelayConfig::new(&nats.url);
+            let client = oneprotect_server::relay::connect(&config).await.map_err(anyhow::Error::msg)?;
+            let (_keep, stop) = tokio::sync::watch::channel(false);
+            // The relay reads the platform's store, faults included.
+            servers.push(tokio::spawn(async move {
+                let _keep = _keep;
+                oneprotect_server::relay::start(
+                    config,
+                    client,
+                    platform_store,
+                    platform_clock,
+                    Arc::new(oneprotect_server::metrics::Metrics::default()),
+                    stop,
+                )
+                .await;
+            }));
+            ctx.nats = Some(crate::nats::NatsTarget {
+                url: nats.url.clone(),
+                stream: oneprotect_server::relay::DEFAULT_STREAM.to_owned(),
+            });
+            Some(nats)
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "no NATS server for the local target: its events are not relayed");
+            None
+        }
+        None => None,
+    };
+    Ok(LocalPlatform { ctx, _tmp: tmp, _pg: pg, servers, _nats: nats })
 }

@@ -100,6 +100,14 @@ struct RunArgs {
     /// http: a PEM CA bundle to trust for the deployment.
     #[arg(long)]
     ca_bundle: Option<PathBuf>,
+    /// http: the NATS server the deployment relays its events to; the
+    /// broker check reads the run's events there (the local target runs
+    /// its own broker).
+    #[arg(long, env = "ONEPROTECT_CONFORMANCE_NATS_URL")]
+    nats_url: Option<String>,
+    /// http: the JetStream stream of the deployment's events.
+    #[arg(long, default_value = oneprotect_server::relay::DEFAULT_STREAM)]
+    nats_stream: String,
     /// local: `postgres://…` of a role that may create databases and roles;
     /// the harness creates a throwaway database. Default: SQLite.
     #[arg(long)]
@@ -184,6 +192,10 @@ async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String>
             let http = http.build().map_err(|e| e.to_string())?;
             let mut ctx = Ctx::new(&base, http, a, b, LocalPowers::default());
             ctx.allow_waits = args.allow_waits;
+            ctx.nats = args.nats_url.clone().map(|url| oneprotect_conformance::nats::NatsTarget {
+                url,
+                stream: args.nats_stream.clone(),
+            });
             preflight::preflight(&ctx).await.map_err(|e| format!("preflight: {e}"))?;
             Ok(Running::Remote(Box::new(ctx)))
         }
@@ -238,6 +250,12 @@ fn merge_profile(args: &mut RunArgs, profile: &profile::Profile) -> Result<(), S
             args.admin_token_b_file.take().or_else(|| profile.admin_token_b_file.clone());
     }
     args.database = args.database.take().or_else(|| profile.database.clone());
+    args.nats_url = args.nats_url.take().or_else(|| profile.nats_url.clone());
+    if let Some(stream) = &profile.nats_stream
+        && args.nats_stream == oneprotect_server::relay::DEFAULT_STREAM
+    {
+        args.nats_stream = stream.clone();
+    }
     args.agent_bin = args.agent_bin.take().or_else(|| profile.agent_bin.clone());
     args.allow_waits |= profile.allow_waits;
     Ok(())

@@ -29,6 +29,9 @@ pub struct Profile {
     pub admin_token_b_file: Option<PathBuf>,
     pub database: Option<String>,
     pub agent_bin: Option<PathBuf>,
+    /// The NATS server the deployment relays its events to.
+    pub nats_url: Option<String>,
+    pub nats_stream: Option<String>,
     #[serde(default)]
     pub allow_waits: bool,
     #[serde(default)]

@@ -25,7 +25,7 @@ async fn seed(ctx: &Ctx) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_consecutive_http_runs_pass_on_a_tenant_with_history_under_production_limits() {
     let platform =
-        local::start_with_policy(None, None, true, Policy::default()).await.expect("local platform");
+        local::start_full(None, None, true, Policy::default(), true).await.expect("local platform");
     seed(&platform.ctx).await;
     let events =
         platform.ctx.list(Tenant::A, oneprotect_conformance::ctx::Listing::Events).await.expect("events");
@@ -48,10 +48,18 @@ async fn ten_consecutive_http_runs_pass_on_a_tenant_with_history_under_productio
             LocalPowers::default(),
         )
         .with_sleeper(sleeper.clone());
+        // The deployment's broker: the run's events are read there too.
+        let mut ctx = ctx;
+        ctx.nats = platform.ctx.nats.clone();
         preflight::preflight(&ctx).await.expect("preflight");
         let report = runner::run(&ctx, Target::Http, &checks, false).await;
         assert!(report.passed(), "run {run}:\n{}", report.human());
         assert!(report.total().passed >= 20, "run {run} ran the http checks");
+        assert!(
+            report.results.iter().any(|r| r.id == "redaction.broker-events-match-the-outbox"
+                && matches!(r.outcome, oneprotect_conformance::Outcome::Pass)),
+            "run {run} read its events from the broker"
+        );
         throttled += ctx.throttling().answers;
     }
     // Ten runs make more failed exchanges from one address than the

@@ -21,6 +21,13 @@ pub(super) const CHECKS: &[Check] = &[
         audit_and_events_clean
     ),
     check!(
+        "redaction.broker-events-match-the-outbox",
+        Redaction,
+        BOTH,
+        "every event a run produces arrives on the broker once, on its contract channel, validating against its schema, byte for byte the event the platform stored, and carries no secret",
+        broker_events_match
+    ),
+    check!(
         "redaction.fingerprint-never-stored-raw",
         Redaction,
         LOCAL,
@@ -147,5 +154,87 @@ pub async fn fingerprint_not_raw(ctx: &Ctx) -> Checked {
     ensure(
         !rows.iter().any(|r| r.contains(&fingerprint)),
         "the fingerprint hash is stored as sent, not keyed",
+    )
+}
+
+/// How long the broker check waits for the relay to deliver the run's
+/// events: a deployment's relay may lag behind its load; the local
+/// target's relays in-process.
+const RELAY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+const LOCAL_RELAY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub async fn broker_events_match(ctx: &Ctx) -> Checked {
+    use futures_util::StreamExt;
+    let nats = ctx.nats.clone().ok_or_else(|| {
+        crate::Verdict::Skip(
+            "needs the deployment's NATS server (--nats-url; the local target launches its own)".into(),
+        )
+    })?;
+    // Read from a little before the scenario: the broker may hold the
+    // deployment's whole history.
+    let from = time::OffsetDateTime::from_unix_timestamp(chrono::Utc::now().timestamp() - 120)
+        .map_err(|e| e.to_string())?;
+    scenario(ctx).await?;
+    let stored = ctx.list(Tenant::A, Listing::Events).await?;
+    ensure(!stored.is_empty(), "the scenario left events")?;
+    let mut waiting: std::collections::BTreeMap<String, &serde_json::Value> =
+        stored.iter().filter_map(|e| e["id"].as_str().map(|id| (id.to_owned(), e))).collect();
+    let total = waiting.len();
+    let client = async_nats::connect(&nats.url).await.map_err(|e| format!("NATS at {}: {e}", nats.url))?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&nats.stream).await.map_err(|e| format!("stream {}: {e}", nats.stream))?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartTime { start_time: from },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("a consumer on {}: {e}", nats.stream))?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let within = if ctx.local.store.is_some() { LOCAL_RELAY_DEADLINE } else { RELAY_DEADLINE };
+    let deadline = tokio::time::Instant::now() + within;
+    while !waiting.is_empty() {
+        let next = tokio::time::timeout_at(deadline, messages.next()).await;
+        let Ok(Some(Ok(message))) = next else { break };
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        let event: serde_json::Value = serde_json::from_str(&payload)
+            .map_err(|e| format!("a message on {} is not JSON: {e}", message.subject))?;
+        let Some(id) = event["id"].as_str() else { continue };
+        let Some(expected) = waiting.remove(id) else {
+            ensure(!stored.iter().any(|e| e["id"] == id), format!("event {id} arrived twice"))?;
+            continue;
+        };
+        ensure(
+            &event == expected,
+            format!(
+                "event {id} on the broker differs from the event the platform stored (tenant or content)"
+            ),
+        )?;
+        let dataschema = event["dataschema"].as_str().unwrap_or_default();
+        ensure(
+            oneprotect_contracts::events::subject_of(dataschema) == Some(message.subject.as_str()),
+            format!("event {id} arrived on {}, not on its contract channel", message.subject),
+        )?;
+        let msg_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        ensure(
+            msg_id == id,
+            format!("event {id} was published with message id {msg_id:?}, not its event id"),
+        )?;
+        oneprotect_contracts::events::validate(&event)
+            .map_err(|v| format!("an event on the broker does not match its schema: {v}"))?;
+        scan(ctx, "the broker's events", &payload)?;
+    }
+    ensure(
+        waiting.is_empty(),
+        format!(
+            "{} of the run's {total} events never arrived on the broker within {} s",
+            waiting.len(),
+            within.as_secs()
+        ),
     )
 }

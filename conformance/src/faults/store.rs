@@ -246,7 +246,17 @@ impl Store for FaultyStore {
         &self,
         limit: u32,
     ) -> StoreResult<Box<dyn oneprotect_server::store::EventClaim>> {
-        self.inner.claim_unpublished_events(limit).await
+        let claim = self.inner.claim_unpublished_events(limit).await?;
+        if self.fault != Fault::RelayMarksUnsent {
+            return Ok(claim);
+        }
+        let sent = claim
+            .events()
+            .iter()
+            .filter(|e| e.event.event_type != "asset.telemetry.received")
+            .cloned()
+            .collect();
+        Ok(Box::new(MarksUnsent { inner: claim, sent }))
     }
     async fn append_audit(&self, a: &AuditRecord, e: Option<&OutboxEvent>) -> StoreResult<()> {
         if self.fault == Fault::RefusalAuditedUnderOtherTenant
@@ -285,5 +295,27 @@ impl Store for FaultyStore {
     }
     async fn dump_all_rows(&self) -> StoreResult<Vec<String>> {
         self.inner.dump_all_rows().await
+    }
+}
+
+/// A claim that hands the relay only some of its events and marks them all.
+struct MarksUnsent {
+    inner: Box<dyn oneprotect_server::store::EventClaim>,
+    sent: Vec<oneprotect_server::store::RelayEvent>,
+}
+
+#[async_trait]
+impl oneprotect_server::store::EventClaim for MarksUnsent {
+    fn events(&self) -> &[oneprotect_server::store::RelayEvent] {
+        &self.sent
+    }
+
+    async fn mark_published(
+        self: Box<Self>,
+        _n: usize,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        let all = self.inner.events().len();
+        self.inner.mark_published(all, at).await
     }
 }
