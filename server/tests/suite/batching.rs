@@ -183,17 +183,26 @@ pub fn spawn_server_with(database_url: &str, env: &[(&str, &str)]) -> (std::proc
     (child, format!("http://{listen}"))
 }
 
-/// A real crash: the server process is killed with SIGKILL while eight
-/// agents heartbeat through it, then the store is reopened. Every
-/// heartbeat the process answered 200 is durable, with its event.
-async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend: Backend) {
+/// A database for the server binary, and eight agents of tenant A
+/// enrolled in it in-process with the real clock (so the binary accepts
+/// their runtime tokens).
+pub struct EnrolledDatabase {
+    pub tmp: tempfile::TempDir,
+    pub sqlite_path: std::path::PathBuf,
+    pub pg: Option<PgDatabase>,
+    /// The URL the server binary is given.
+    pub url: String,
+    /// (agent id, runtime token) of each agent.
+    pub agents: Vec<(String, String)>,
+}
+
+pub async fn enrolled_database(backend: Backend) -> EnrolledDatabase {
     let tmp = tempfile::tempdir().expect("tempdir");
     let sqlite_path = tmp.path().join("oneprotect.db");
     let pg = match backend {
         Backend::Postgres => Some(PgDatabase::create().await),
         Backend::Sqlite => None,
     };
-    // Enroll in-process with the real clock, so the child accepts the runtime tokens.
     let store = open_store(backend, pg.as_ref(), Some(&sqlite_path)).await;
     let clock = Arc::new(oneprotect_server::clock::ManualClock::new(chrono::Utc::now()));
     let h = Harness::serve(store, clock, Options::default(), None, None, None).await;
@@ -207,6 +216,14 @@ async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend
         Some(pg) => pg.app_url(),
         None => sqlite_path.to_string_lossy().into_owned(),
     };
+    EnrolledDatabase { tmp, sqlite_path, pg, url, agents }
+}
+
+/// A real crash: the server process is killed with SIGKILL while eight
+/// agents heartbeat through it, then the store is reopened. Every
+/// heartbeat the process answered 200 is durable, with its event.
+async fn acknowledged_heartbeats_survive_a_sigkill_of_the_server_process(backend: Backend) {
+    let EnrolledDatabase { tmp, sqlite_path, pg, url, agents } = enrolled_database(backend).await;
     let (mut child, base) = spawn_server(&url);
 
     let acknowledged: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
