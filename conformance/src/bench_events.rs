@@ -52,6 +52,8 @@ pub struct EventsRound {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventsFigures {
     pub backend: String,
+    /// Whether a VACUUM ran between rounds (PostgreSQL).
+    pub vacuumed: bool,
     pub agents: usize,
     pub rounds: Vec<EventsRound>,
     /// Events left unpublished after the load, and the seconds to drain them.
@@ -101,6 +103,9 @@ pub struct Under<'a> {
     pub agents: usize,
     /// The platform's clock (made to follow the wall clock while measuring).
     pub clock: Arc<ManualClock>,
+    /// PostgreSQL: a superuser URL of the platform's database, to do
+    /// between rounds the work autovacuum does over minutes.
+    pub vacuum: Option<String>,
 }
 
 /// The events and storage measures of one backend, `rounds` rounds of
@@ -138,7 +143,7 @@ async fn measure_ticking(
     slice: Duration,
     rounds: u32,
 ) -> anyhow::Result<EventsFigures> {
-    let Under { backend, workload, store, agents, clock } = under;
+    let Under { backend, workload, store, agents, clock, vacuum } = under;
     let (backend, workload, agents) = (*backend, *workload, *agents);
     let config = RelayConfig {
         stream: format!("ONEPROTECT_BENCH_{}", std::process::id()),
@@ -193,6 +198,13 @@ async fn measure_ticking(
             ),
         )
         .await?;
+        if let Some(url) = vacuum {
+            // Deleted and updated rows become reusable space only after a
+            // VACUUM; autovacuum does it within minutes, longer than a round.
+            use sqlx::{Connection, Executor};
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            conn.execute("VACUUM event_outbox, audit_events, agent_identities, assets").await?;
+        }
         heartbeats += (plain.ok_count() + pruning.ok_count() + relaying.ok_count()) as u64;
         let bytes_per_agent = store.stored_bytes().await? as f64 / agents.max(1) as f64;
         let r = EventsRound {
@@ -225,7 +237,14 @@ async fn measure_ticking(
     let drain_seconds = started.elapsed().as_secs_f64();
     let _ = burst;
     let _ = relay.jetstream().delete_stream(&config.stream).await;
-    Ok(EventsFigures { backend: backend.to_owned(), agents, rounds: out, backlog, drain_seconds })
+    Ok(EventsFigures {
+        backend: backend.to_owned(),
+        vacuumed: vacuum.is_some(),
+        agents,
+        rounds: out,
+        backlog,
+        drain_seconds,
+    })
 }
 
 /// Rounds until nothing waits; the events published.
@@ -289,8 +308,9 @@ pub fn markdown(f: &EventsFigures) -> String {
     let last = f.rounds.last().map_or(0.0, |r| r.bytes_per_agent);
     let _ = writeln!(
         out,
-        "- bytes per agent with a {} s outbox window: {first:.0} after round 1, {last:.0} after round {} (heartbeats grew {:.1}×)",
+        "- bytes per agent with a {} s outbox window{}: {first:.0} after round 1, {last:.0} after round {} (heartbeats grew {:.1}×)",
         BENCH_OUTBOX_WINDOW.as_secs(),
+        if f.vacuumed { " and a VACUUM between rounds (autovacuum's work)" } else { "" },
         f.rounds.len(),
         f.rounds.last().map_or(0.0, |r| r.heartbeats_so_far as f64)
             / f.rounds.first().map_or(1.0, |r| r.heartbeats_so_far.max(1) as f64)

@@ -123,6 +123,7 @@ async fn run_backend(
                         store,
                         agents: agents.len(),
                         clock: platform.ctx.local.clock.clone().ok_or_else(|| anyhow::anyhow!("no clock"))?,
+                        vacuum: platform.ctx.local.postgres_inspection.clone(),
                     },
                     &nats.url,
                     slice,
