@@ -596,11 +596,7 @@ impl Store for SqliteStore {
         Err(StoreError::Backend("the SQLite store keeps no shared failure counters".into()))
     }
 
-    async fn settle_failure_slots(
-        &self,
-        _slots: &[(String, DateTime<Utc>)],
-        _failed: bool,
-    ) -> StoreResult<()> {
+    async fn return_failure_slots(&self, _slots: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
         Err(StoreError::Backend("the SQLite store keeps no shared failure counters".into()))
     }
 
