@@ -469,7 +469,7 @@ fn direct_commit(agent: &Agent, i: usize, sequence: i64) -> Result<HeartbeatComm
 }
 
 /// The median, minimum and maximum of some figures (zeros when there are none).
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+pub(crate) fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     match (values.first(), values.last()) {
         (Some(&min), Some(&max)) => (values[values.len() / 2], min, max),

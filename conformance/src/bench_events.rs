@@ -78,12 +78,17 @@ async fn relay_slice(relay: &Relay, metrics: &Metrics, stop: tokio::sync::watch:
     worst
 }
 
-/// Prunes everything older than [`BENCH_OUTBOX_WINDOW`] until `stop`.
-async fn prune_slice(store: &dyn Store, clock: &dyn Clock, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
-    let retention = Retention {
+/// The production retention with the benchmark's short outbox window.
+fn bench_retention() -> Retention {
+    Retention {
         outbox: chrono::Duration::from_std(BENCH_OUTBOX_WINDOW).unwrap_or(chrono::Duration::seconds(2)),
         ..Retention::default()
-    };
+    }
+}
+
+/// Prunes everything older than [`BENCH_OUTBOX_WINDOW`] until `stop`.
+async fn prune_slice(store: &dyn Store, clock: &dyn Clock, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+    let retention = bench_retention();
     let mut deleted = 0;
     while !*stop.borrow() {
         match retention::prune(store, &retention::cutoffs(&retention, clock.now())).await {
@@ -187,17 +192,7 @@ async fn measure_ticking(
         let published = (metrics.counter(RELAY_PUBLISHED) - before) as f64 / started.elapsed().as_secs_f64();
         drain(&relay).await?;
         // The storage a steady state keeps: the short window pruned last.
-        retention::prune(
-            store.as_ref(),
-            &retention::cutoffs(
-                &Retention {
-                    outbox: chrono::Duration::from_std(BENCH_OUTBOX_WINDOW).unwrap_or_default(),
-                    ..Retention::default()
-                },
-                clock.now(),
-            ),
-        )
-        .await?;
+        retention::prune(store.as_ref(), &retention::cutoffs(&bench_retention(), clock.now())).await?;
         if let Some(url) = vacuum {
             // Deleted and updated rows become reusable space only after a
             // VACUUM; autovacuum does it within minutes, longer than a round.
@@ -231,11 +226,10 @@ async fn measure_ticking(
         out.push(r);
     }
     // The backlog a burst leaves: heartbeats with no relay, then drained.
-    let burst = workload.heartbeats(slice).await;
+    workload.heartbeats(slice).await;
     let started = Instant::now();
     let backlog = drain(&relay).await?;
     let drain_seconds = started.elapsed().as_secs_f64();
-    let _ = burst;
     let _ = relay.jetstream().delete_stream(&config.stream).await;
     Ok(EventsFigures {
         backend: backend.to_owned(),
@@ -258,14 +252,6 @@ async fn drain(relay: &Relay) -> anyhow::Result<u64> {
             return Ok(published);
         }
         published += round.published as u64;
-    }
-}
-
-fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    match (values.first(), values.last()) {
-        (Some(&min), Some(&max)) => (values[values.len() / 2], min, max),
-        _ => (0.0, 0.0, 0.0),
     }
 }
 
@@ -292,7 +278,7 @@ pub fn markdown(f: &EventsFigures) -> String {
         );
     }
     let ratio = |g: fn(&EventsRound) -> f64| {
-        let (m, lo, hi) = median(f.rounds.iter().map(g).collect());
+        let (m, lo, hi) = crate::bench::spread(f.rounds.iter().map(g).collect());
         format!("**{m:.2}** (rounds {lo:.2}–{hi:.2})")
     };
     let _ =
