@@ -25,7 +25,7 @@ pub struct LocalPowers {
     pub admin_secret: Option<Vec<u8>>,
     pub admin_issuer: String,
     pub admin_audience: String,
-    pub logs: Option<Arc<Mutex<Vec<u8>>>>,
+    pub logs: Option<CapturedLogs>,
     /// Base URL of a second platform configured without a runtime secret.
     pub secretless_base: Option<String>,
     /// Base URL (https) of the same platform behind its own TLS listener,
@@ -41,6 +41,31 @@ pub struct LocalPowers {
     /// A superuser URL of the platform's PostgreSQL database, to read its
     /// catalogue (PostgreSQL only).
     pub postgres_inspection: Option<String>,
+}
+
+/// The process's captured server logs, read from where one platform
+/// started: a test process starts platform after platform, and each run
+/// reads only the lines written since its own began.
+#[derive(Clone)]
+pub struct CapturedLogs {
+    pub buffer: Arc<Mutex<Vec<u8>>>,
+    /// The buffer's length when the platform started.
+    pub from: usize,
+}
+
+impl CapturedLogs {
+    /// Marks the buffer's current end as this platform's start.
+    pub fn from_now(buffer: Arc<Mutex<Vec<u8>>>) -> Self {
+        let from = buffer.lock().unwrap_or_else(|p| p.into_inner()).len();
+        Self { buffer, from }
+    }
+
+    /// What was logged since the platform started (other platforms of the
+    /// same process included, when they run side by side).
+    pub fn since_start(&self) -> String {
+        let buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(buffer.get(self.from..).unwrap_or_default()).into_owned()
+    }
 }
 
 tokio::task_local! {
@@ -59,6 +84,19 @@ pub fn real_sleeper() -> Sleeper {
 
 /// The most a run waits for one `Retry-After`, and how often it retries a
 /// rate-limited request before it reports the 429 as the answer.
+/// The most one request may take, connection and body included: a
+/// deployment that never answers fails the check that asked, never hangs
+/// the run.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most one check may take on a deployment, its waits for `Retry-After`
+/// included; past it the check fails and the run goes on.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// On the local target a check's waits move the manual clock, so any check
+/// still running after this long is stuck.
+pub const LOCAL_CHECK_TIMEOUT: Duration = Duration::from_secs(120);
+
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 pub const RATE_LIMIT_RETRIES: usize = 3;
 /// Bounds on reading one list to its end.
@@ -170,6 +208,8 @@ pub struct Ctx {
     /// The broker the deployment relays its events to (`--nats-url`; the
     /// local target's own).
     pub nats: Option<crate::nats::NatsTarget>,
+    /// How long one check may run before it fails as stuck.
+    pub check_timeout: Duration,
 }
 
 /// One HTTP answer, already checked against the contract.
@@ -211,6 +251,7 @@ impl Ctx {
             tls_certificate_sha256: Mutex::new(None),
             allow_waits: false,
             nats: None,
+            check_timeout: CHECK_TIMEOUT,
         }
     }
 

@@ -256,7 +256,7 @@ pub async fn start_full(
     policy: Policy,
     events: bool,
 ) -> anyhow::Result<LocalPlatform> {
-    let logs = capture_logs.then(captured_logs);
+    let logs = capture_logs.then(|| crate::ctx::CapturedLogs::from_now(captured_logs()));
     let tmp = tempfile::tempdir()?;
     let (store, pg): (Arc<dyn Store>, Option<PgDatabase>) = match database {
         None => (
@@ -389,11 +389,16 @@ pub async fn start_full(
         waits.advance(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()));
         Box::pin(async {})
     });
-    let mut ctx = Ctx::new(&base, reqwest::Client::new(), admin(TENANT_A)?, admin(TENANT_B)?, powers)
-        .with_sleeper(sleeper);
+    let http = reqwest::Client::builder().timeout(crate::ctx::REQUEST_TIMEOUT).build()?;
+    let mut ctx = Ctx::new(&base, http, admin(TENANT_A)?, admin(TENANT_B)?, powers).with_sleeper(sleeper);
     ctx.allow_waits = true;
+    ctx.check_timeout = crate::ctx::LOCAL_CHECK_TIMEOUT;
     let mut servers = vec![main, second, third];
-    let nats = match events.then(crate::nats::OwnNats::launch) {
+    let launched = match events {
+        true => Some(crate::nats::OwnNats::launch().await),
+        false => None,
+    };
+    let nats = match launched {
         Some(Ok(nats)) => {
             let config = oneprotect_server::relay::RelayConfig::new(&nats.url);
             let client = oneprotect_server::relay::connect(&config).await.map_err(anyhow::Error::msg)?;

@@ -181,8 +181,10 @@ async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String>
             preflight::parse_base_url(&base)?;
             let a = secret(args.admin_token_a.clone(), args.admin_token_a_file.clone(), "admin-token-a")?;
             let b = secret(args.admin_token_b.clone(), args.admin_token_b_file.clone(), "admin-token-b")?;
-            let mut http =
-                reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_info(true);
+            let mut http = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(oneprotect_conformance::ctx::REQUEST_TIMEOUT)
+                .tls_info(true);
             if let Some(ca) = &args.ca_bundle {
                 let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem)

@@ -24,7 +24,14 @@ pub fn selected<'a>(checks: &'a [Check], target: Target, only: &[String]) -> Vec
 async fn run_one(ctx: &Ctx, target: Target, check: &Check) -> (CheckResult, Vec<crate::ctx::Exchange>) {
     let started = Instant::now();
     let outcome = if check.targets.contains(&target) {
-        crate::ctx::CURRENT_CHECK.scope(check.id, (check.run)(ctx)).await
+        let running = crate::ctx::CURRENT_CHECK.scope(check.id, (check.run)(ctx));
+        match tokio::time::timeout(ctx.check_timeout, running).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Fail(format!(
+                "the check did not finish within {} s; it is stopped and the run goes on",
+                ctx.check_timeout.as_secs()
+            )),
+        }
     } else {
         Outcome::Skip(
             "needs the local target (a controllable clock, the secrets or storage inspection)".into(),
@@ -119,5 +126,54 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
         started_at,
         finished_at: chrono::Utc::now(),
         transcripts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CheckFuture, Family};
+
+    fn never(_: &Ctx) -> CheckFuture<'_> {
+        Box::pin(std::future::pending())
+    }
+
+    fn passes(_: &Ctx) -> CheckFuture<'_> {
+        Box::pin(async { Outcome::Pass })
+    }
+
+    const STUCK: Check = Check {
+        id: "fail-closed.stuck",
+        family: Family::FailClosed,
+        promise: "never answers",
+        targets: &[Target::Http],
+        waits: false,
+        run: never,
+    };
+    const AFTER: Check = Check {
+        id: "fail-closed.after",
+        family: Family::FailClosed,
+        promise: "answers",
+        targets: &[Target::Http],
+        waits: false,
+        run: passes,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_that_never_finishes_fails_at_the_timeout_and_the_run_goes_on() {
+        let mut ctx = Ctx::new(
+            "http://127.0.0.1:9",
+            reqwest::Client::new(),
+            String::new().into(),
+            String::new().into(),
+            crate::ctx::LocalPowers::default(),
+        );
+        ctx.check_timeout = std::time::Duration::from_secs(7);
+        let (stuck, _) = run_one(&ctx, Target::Http, &STUCK).await;
+        match stuck.outcome {
+            Outcome::Fail(message) => assert!(message.contains("within 7 s"), "{message}"),
+            other => panic!("a stuck check ended as {other:?}"),
+        }
+        assert_eq!(run_one(&ctx, Target::Http, &AFTER).await.0.outcome, Outcome::Pass);
     }
 }

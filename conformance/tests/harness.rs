@@ -51,11 +51,20 @@ async fn every_local_check_passes_against_the_real_server_on_postgres() {
 /// passed, one that failed with another message, or one that failed and
 /// should not have.
 async fn mismatches(database: Option<&str>, fault: Fault) -> Vec<String> {
-    let platform = local::start(database, Some(fault)).await.expect("local platform");
-    let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
-    let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
-    differences(&format!("{fault:?}"), &report, fault.caught_by())
+    let run = async {
+        let platform = local::start(database, Some(fault)).await.expect("local platform");
+        let checks = runner::selected(&CATALOGUE, Target::Local, &[]);
+        let report = runner::run(&platform.ctx, Target::Local, &checks, false).await;
+        differences(&format!("{fault:?}"), &report, fault.caught_by())
+    };
+    // Each check is bounded by the runner; this bounds the platform's
+    // start and the run's cleanup too, so a stuck run names its fault.
+    tokio::time::timeout(FAULT_RUN_LIMIT, run).await.unwrap_or_else(|_| {
+        vec![format!("{fault:?}: the run did not end within {} s", FAULT_RUN_LIMIT.as_secs())]
+    })
 }
+
+const FAULT_RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What differs between a run against a faulty variant and what the fault
 /// declares: a declared check that passed or failed with another message,

@@ -154,7 +154,11 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let duration = Duration::from_secs(cli.seconds).min(MAX_DURATION);
-    let nats = match cli.events.then(oneprotect_conformance::bench_events::OwnNats::launch).transpose() {
+    let launched = match cli.events {
+        true => Some(oneprotect_conformance::bench_events::OwnNats::launch().await),
+        false => None,
+    };
+    let nats = match launched.transpose() {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: --events needs nats-server on PATH: {e}");

@@ -74,6 +74,7 @@ struct CertifiedAgent {
 fn tls_client(ctx: &Ctx, identity: Option<&str>) -> Result<reqwest::Client, Verdict> {
     let chain = ctx.needs("the platform's mutual TLS listener", &ctx.local.ca_chain_pem)?;
     let mut builder = reqwest::Client::builder()
+        .timeout(crate::ctx::REQUEST_TIMEOUT)
         .tls_certs_only([reqwest::Certificate::from_pem(chain.as_bytes()).map_err(|e| e.to_string())?]);
     if let Some(pem) = identity {
         builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?);

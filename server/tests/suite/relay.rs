@@ -24,12 +24,11 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// Launches a server that binds a free port itself (`-p -1`) and
+    /// names it in its ports file: a port chosen here and handed over could
+    /// be taken by another process in between.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self { port, dir: tempfile::tempdir().expect("store dir"), child: None };
+        let mut server = Self { port: 0, dir: tempfile::tempdir().expect("store dir"), child: None };
         server.launch();
         server
     }
@@ -38,20 +37,44 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Launches on `self.port`, or on a port of the server's choosing the
+    /// first time, and returns once the server listens.
     fn launch(&mut self) {
+        let port = if self.port == 0 { "-1".to_owned() } else { self.port.to_string() };
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.dir.path())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
+            .arg(self.dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server must be installed for these tests");
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {}", self.port);
+        // The ports file is written once the server listens.
+        let listening = loop {
+            let url = std::fs::read_to_string(&ports_file)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|ports| ports["nats"][0].as_str().map(str::to_owned));
+            if let Some(url) = url {
+                break url;
+            }
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "nats-server exited with {exited:?} (port {port})");
+            assert!(Instant::now() < deadline, "nats-server wrote no ports file within 20 s");
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        self.port = listening
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the ports file names a port");
     }
 
     /// Stops the server gracefully (what it acknowledged is on disk).
