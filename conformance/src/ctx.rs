@@ -16,6 +16,8 @@ use serde_json::Value;
 
 use crate::{Tenant, Verdict};
 
+pub use oneprotect_server::service::AgentAuth;
+
 /// Capabilities only an in-process target has.
 #[derive(Clone, Default)]
 pub struct LocalPowers {
@@ -66,6 +68,55 @@ impl CapturedLogs {
         let buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         String::from_utf8_lossy(buffer.get(self.from..).unwrap_or_default()).into_owned()
     }
+}
+
+/// How agent calls reach a deployment that serves TLS: each enrolled agent
+/// gets a client presenting its own certificate, as a real agent does,
+/// verifying the deployment with these roots.
+#[derive(Clone, Default)]
+pub struct AgentTls {
+    /// PEM certificates the deployment's server certificate chains to
+    /// (`--ca-bundle`); none: the system's roots.
+    pub roots_pem: Option<String>,
+}
+
+impl AgentTls {
+    /// A client trusting the roots, presenting `identity` (certificate and
+    /// key, PEM) when given.
+    pub fn client(&self, identity: Option<&str>) -> Result<reqwest::Client, String> {
+        let mut builder =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(REQUEST_TIMEOUT);
+        if let Some(pem) = &self.roots_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?;
+            builder = builder.tls_certs_only(roots);
+        }
+        if let Some(pem) = identity {
+            builder =
+                builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?);
+        }
+        builder.build().map_err(|e| e.to_string())
+    }
+}
+
+/// The agents this run enrolled, as mutual TLS needs them.
+#[derive(Default)]
+struct AgentIdentities {
+    /// A CSR (PEM) and the key it was made with, until it is certified.
+    keys: BTreeMap<String, String>,
+    /// Agent id → a client presenting the agent's current certificate.
+    clients: BTreeMap<String, reqwest::Client>,
+    /// Runtime token → the agent it was issued to.
+    agents_by_token: BTreeMap<String, String>,
+}
+
+/// Where the mutual TLS checks speak to the platform: the local target's
+/// own TLS listener, or an https deployment that authenticates agents by
+/// certificate.
+pub struct MtlsListener {
+    pub base: String,
+    pub tls: AgentTls,
+    /// The deployment also wants the runtime token (`mtls+bearer`).
+    pub with_bearer: bool,
 }
 
 tokio::task_local! {
@@ -210,6 +261,11 @@ pub struct Ctx {
     pub nats: Option<crate::nats::NatsTarget>,
     /// How long one check may run before it fails as stuck.
     pub check_timeout: Duration,
+    /// Set for an https deployment: agent calls present the agent's certificate.
+    pub agent_tls: Option<AgentTls>,
+    identities: Mutex<AgentIdentities>,
+    /// How the deployment authenticates agents, probed once at the run's start.
+    agent_auth: std::sync::OnceLock<AgentAuth>,
 }
 
 /// One HTTP answer, already checked against the contract.
@@ -252,6 +308,9 @@ impl Ctx {
             allow_waits: false,
             nats: None,
             check_timeout: CHECK_TIMEOUT,
+            agent_tls: None,
+            identities: Mutex::new(AgentIdentities::default()),
+            agent_auth: std::sync::OnceLock::new(),
         }
     }
 
@@ -388,17 +447,163 @@ impl Ctx {
         bearer: Option<&str>,
         body: Option<(String, &str)>,
     ) -> Result<Answer, String> {
+        let client = self.agent_client(route, bearer).unwrap_or_else(|| self.http.clone());
+        self.call_once_with(&client, base, route, bearer, body).await
+    }
+
+    /// One request through `client`; what it certifies is learnt (see `learn`).
+    async fn call_once_with(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        route: &Route,
+        bearer: Option<&str>,
+        body: Option<(String, &str)>,
+    ) -> Result<Answer, String> {
         let operation = route.operation_id();
         let url = format!("{base}{}", route.path);
-        let (status, headers, text) =
-            self.send(route.method(), &url, bearer, body).await.map_err(|e| format!("{operation}: {e}"))?;
+        let request_json = body.as_ref().and_then(|(text, _)| serde_json::from_str::<Value>(text).ok());
+        let (status, headers, text) = self
+            .send_with(client, route.method(), &url, bearer, body)
+            .await
+            .map_err(|e| format!("{operation}: {e}"))?;
         let retry_after = headers.iter().find(|(k, _)| k == "retry-after").map(|(_, v)| v.clone());
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         check_against_contract(operation, status, &body)?;
         if status == 429 && retry_after.is_none() {
             return Err(format!("{operation}: 429 without Retry-After"));
         }
+        self.learn(route, request_json.as_ref(), status, &body);
         Ok(Answer { status, body, retry_after })
+    }
+
+    /// A fresh P-256 key's CSR; the key is kept until the CSR is certified,
+    /// so the agent can present its certificate.
+    pub fn csr(&self) -> String {
+        let (key, csr) = p256_key_and_csr();
+        self.identities().keys.insert(csr.clone(), key);
+        csr
+    }
+
+    fn identities(&self) -> std::sync::MutexGuard<'_, AgentIdentities> {
+        self.identities.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After an exchange (201) or a rotation (200) on a TLS deployment:
+    /// the agent's client now presents the certificate just issued, and its
+    /// new runtime token names it.
+    fn learn(&self, route: &Route, request: Option<&Value>, status: u16, answer: &Value) {
+        let Some(tls) = &self.agent_tls else { return };
+        let agent = match (route.op.id, status) {
+            (contract::OperationId::ExchangeEnrollmentToken, 201) => answer["agent"]["agent_id"].as_str(),
+            (contract::OperationId::RotateAgentCertificate, 200) => path_agent(route),
+            _ => return,
+        };
+        let (Some(agent), Some(certificate)) = (agent, answer["certificate_pem"].as_str()) else { return };
+        let mut ids = self.identities();
+        if let Some(token) = answer["runtime_token"]["token"].as_str() {
+            ids.agents_by_token.insert(token.to_owned(), agent.to_owned());
+        }
+        let key = request.and_then(|r| r["csr_pem"].as_str()).and_then(|csr| ids.keys.remove(csr));
+        if let Some(client) = key.and_then(|key| tls.client(Some(&format!("{certificate}{key}"))).ok()) {
+            ids.clients.insert(agent.to_owned(), client);
+        }
+    }
+
+    /// The client an agent operation goes through on a TLS deployment: the
+    /// one presenting the certificate of the agent whose runtime token is
+    /// sent, else of the agent the path names (a forged or foreign token
+    /// sent from that agent's own host).
+    fn agent_client(&self, route: &Route, bearer: Option<&str>) -> Option<reqwest::Client> {
+        self.agent_tls.as_ref()?;
+        if !route.op.client_certificate {
+            return None;
+        }
+        let ids = self.identities();
+        let agent = bearer
+            .and_then(|b| ids.agents_by_token.get(b).cloned())
+            .or_else(|| path_agent(route).map(str::to_owned))?;
+        ids.clients.get(&agent).cloned()
+    }
+
+    /// How the deployment authenticates agents: probed at the run's start
+    /// on an https deployment; `bearer` over plain HTTP and on the local
+    /// target's main listener.
+    pub fn agent_auth(&self) -> AgentAuth {
+        self.agent_auth.get().copied().unwrap_or(AgentAuth::Bearer)
+    }
+
+    /// Enrolls one agent of the run and finds which credentials its
+    /// heartbeat needs: the certificate alone (`mtls`), the runtime token
+    /// alone (`bearer`), or both (`mtls+bearer`).
+    pub async fn probe_agent_auth(&self) -> Result<AgentAuth, String> {
+        if self.agent_tls.is_none() {
+            let _ = self.agent_auth.set(AgentAuth::Bearer);
+            return Ok(AgentAuth::Bearer);
+        }
+        let (agent, runtime, _) = self.enroll(Tenant::A).await?;
+        let route = ops::post_agent_heartbeat(&agent);
+        let presents = self.agent_client(&route, None).ok_or("the exchange issued no usable certificate")?;
+        let mut sequence = 0;
+        let mut beat = |client: reqwest::Client, bearer: Option<String>| {
+            sequence += 1;
+            let body = self.heartbeat_body(sequence);
+            let route = route.clone();
+            async move {
+                let body = body?;
+                let a = self
+                    .call_once_with(
+                        &client,
+                        &self.base,
+                        &route,
+                        bearer.as_deref(),
+                        Some((body.to_string(), "application/json")),
+                    )
+                    .await?;
+                Ok::<bool, String>(a.status == 200)
+            }
+        };
+        let auth = if beat(presents.clone(), None).await? {
+            AgentAuth::Mtls
+        } else if beat(self.http.clone(), Some(runtime.clone())).await? {
+            AgentAuth::Bearer
+        } else if beat(presents, Some(runtime)).await? {
+            AgentAuth::MtlsAndBearer
+        } else {
+            return Err(
+                "an enrolled agent's heartbeat was refused with its certificate, its runtime token and both"
+                    .into(),
+            );
+        };
+        let _ = self.agent_auth.set(auth);
+        Ok(auth)
+    }
+
+    /// Where the mutual TLS checks run, or why they cannot.
+    pub fn mtls_listener(&self) -> Result<MtlsListener, Verdict> {
+        if let (Some(base), Some(chain)) = (&self.local.mtls_base, &self.local.ca_chain_pem) {
+            return Ok(MtlsListener {
+                base: base.clone(),
+                tls: AgentTls { roots_pem: Some(chain.clone()) },
+                with_bearer: false,
+            });
+        }
+        let Some(tls) = &self.agent_tls else {
+            return Err(Verdict::Skip(
+                "the deployment serves plain HTTP: no client certificate can be presented".into(),
+            ));
+        };
+        match self.agent_auth() {
+            AgentAuth::Bearer => Err(Verdict::Skip(
+                "the deployment authenticates agents by runtime token alone (ONEPROTECT_AGENT_AUTH=bearer)"
+                    .into(),
+            )),
+            auth => Ok(MtlsListener {
+                base: self.base.clone(),
+                tls: tls.clone(),
+                with_bearer: auth == AgentAuth::MtlsAndBearer,
+            }),
+        }
     }
 
     /// Sends one request as it is and returns the status, headers and body
@@ -410,8 +615,19 @@ impl Ctx {
         bearer: Option<&str>,
         body: Option<(String, &str)>,
     ) -> Result<(u16, Vec<(String, String)>, String), String> {
+        self.send_with(&self.http, method, url, bearer, body).await
+    }
+
+    async fn send_with(
+        &self,
+        client: &reqwest::Client,
+        method: &str,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<(String, &str)>,
+    ) -> Result<(u16, Vec<(String, String)>, String), String> {
         let method: reqwest::Method = method.parse().map_err(|_| format!("bad method {method}"))?;
-        let mut req = self.http.request(method.clone(), url);
+        let mut req = client.request(method.clone(), url);
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
@@ -420,7 +636,7 @@ impl Ctx {
         }
         let request = req.build().map_err(|e| crate::preflight::describe(&e))?;
         let request_headers = header_list(request.headers());
-        let resp = self.http.execute(request).await.map_err(|e| crate::preflight::describe(&e))?;
+        let resp = client.execute(request).await.map_err(|e| crate::preflight::describe(&e))?;
         let status = resp.status().as_u16();
         let response_headers = header_list(resp.headers());
         let text =
@@ -479,7 +695,7 @@ impl Ctx {
 
     /// A well-formed exchange body for `token`: a fresh key's CSR and nonce.
     pub fn exchange_body(&self, token: &str) -> Result<Value, String> {
-        let csr = p256_csr();
+        let csr = self.csr();
         let nonce = crate::random_nonce();
         self.remember(&nonce);
         self.remember(pem_body(&csr));
@@ -522,7 +738,13 @@ impl Ctx {
     }
 
     pub async fn heartbeat(&self, agent: &str, bearer: &str, sequence: u64) -> Result<Answer, String> {
-        let body = typed(types::AgentHeartbeatTelemetryRequest {
+        let body = self.heartbeat_body(sequence)?;
+        self.call(&ops::post_agent_heartbeat(agent), Some(bearer), Some(&body)).await
+    }
+
+    /// A minimal heartbeat of this run's hostname.
+    fn heartbeat_body(&self, sequence: u64) -> Result<Value, String> {
+        typed(types::AgentHeartbeatTelemetryRequest {
             sequence,
             collected_at: chrono::Utc::now(),
             hostname: fit("the hostname", self.hostname())?,
@@ -537,8 +759,7 @@ impl Ctx {
             uptime_seconds: None,
             disks: Vec::new(),
             network_interfaces: Vec::new(),
-        })?;
-        self.call(&ops::post_agent_heartbeat(agent), Some(bearer), Some(&body)).await
+        })
     }
 
     /// Remembers where every list of both tenants ends before the run
@@ -718,9 +939,21 @@ pub fn check_against_contract(operation: &str, status: u16, body: &Value) -> Res
 }
 
 pub fn p256_csr() -> String {
+    p256_key_and_csr().1
+}
+
+/// A fresh P-256 key (PKCS#8 PEM) and its CSR (PEM).
+pub fn p256_key_and_csr() -> (String, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key generation");
     let params = rcgen::CertificateParams::new(vec!["conformance.local".to_owned()]).expect("params");
-    params.serialize_request(&key).expect("csr").pem().expect("pem")
+    (key.serialize_pem(), params.serialize_request(&key).expect("csr").pem().expect("pem"))
+}
+
+/// The agent id an agent operation's path names (`/api/v1/agents/{agent_id}/…`).
+fn path_agent(route: &Route) -> Option<&str> {
+    let mut segments = route.path.split('/');
+    segments.find(|s| *s == "agents")?;
+    segments.next().filter(|s| !s.is_empty())
 }
 
 /// The base64 body of a PEM block.

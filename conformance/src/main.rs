@@ -185,14 +185,20 @@ async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String>
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(oneprotect_conformance::ctx::REQUEST_TIMEOUT)
                 .tls_info(true);
+            let mut roots_pem = None;
             if let Some(ca) = &args.ca_bundle {
                 let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem)
                     .map_err(|e| format!("{}: {e}", ca.display()))?;
                 http = http.tls_certs_only(certs);
+                roots_pem = Some(String::from_utf8_lossy(&pem).into_owned());
             }
             let http = http.build().map_err(|e| e.to_string())?;
             let mut ctx = Ctx::new(&base, http, a, b, LocalPowers::default());
+            // Over https, agent calls present the enrolled agent's certificate.
+            if base.starts_with("https://") {
+                ctx.agent_tls = Some(oneprotect_conformance::ctx::AgentTls { roots_pem });
+            }
             ctx.allow_waits = args.allow_waits;
             ctx.nats = args.nats_url.clone().map(|url| oneprotect_conformance::nats::NatsTarget {
                 url,

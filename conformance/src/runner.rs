@@ -58,6 +58,16 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
     {
         run_errors.push(format!("before the checks: {e}"));
     }
+    let mut notes = Vec::new();
+    if target == Target::Http && ctx.agent_tls.is_some() {
+        match ctx.probe_agent_auth().await {
+            Ok(auth) => notes.push(format!(
+                "the deployment authenticates agents by {} (found with one enrolled agent's heartbeats); agent calls present the agent's certificate",
+                auth.as_str()
+            )),
+            Err(e) => run_errors.push(format!("finding how the deployment authenticates agents: {e}")),
+        }
+    }
     ctx.take_exchanges();
     // Against a deployment, checks that wait in real time start first and
     // run beside the others, so the run lasts about as long as its longest
@@ -105,15 +115,13 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
     // targets have objects to revoke.
     let cleanup_failures = if target == Target::Agent { Vec::new() } else { ctx.cleanup().await };
     let throttling = ctx.throttling();
-    let notes = if throttling.answers > 0 {
-        vec![format!(
+    if throttling.answers > 0 {
+        notes.push(format!(
             "the deployment answered 429 rate_limited {} time(s); the run waited {} s in all, as Retry-After asked, and sent those requests again",
             throttling.answers,
             throttling.waited.as_secs()
-        )]
-    } else {
-        Vec::new()
-    };
+        ));
+    }
     ctx.take_exchanges();
     Report {
         run_id: ctx.run_id.clone(),

@@ -94,7 +94,7 @@ pub async fn rotation_grace(ctx: &Ctx) -> Checked {
     let (agent, old, _) = ctx.enroll(Tenant::A).await?;
     let nonce = crate::random_nonce();
     ctx.remember(&nonce);
-    let body = serde_json::json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
+    let body = serde_json::json!({"csr_pem": ctx.csr(), "nonce": nonce});
     let rotated = ctx.call(&ops::rotate_agent_certificate(&agent), Some(&old), Some(&body)).await?;
     ensure(rotated.status == 200, "rotation refused")?;
     let new = rotated.body["runtime_token"]["token"].as_str().unwrap_or_default().to_owned();

@@ -161,6 +161,10 @@ pub async fn credential_before_body(ctx: &Ctx) -> Checked {
     {
         let route = op.route(|_| id.clone());
         let (bearer, expected) = match op.security {
+            // Where agents authenticate by certificate, the missing one is judged first.
+            Some("agentRuntimeBearer") if op.client_certificate && ctx.agent_auth().needs_certificate() => {
+                (NOT_A_CREDENTIAL_RUNTIME, ProblemCode::Unauthenticated)
+            }
             Some("agentRuntimeBearer") => (NOT_A_CREDENTIAL_RUNTIME, ProblemCode::RuntimeTokenInvalid),
             _ => (NOT_A_CREDENTIAL_ADMIN, ProblemCode::Unauthenticated),
         };
@@ -228,7 +232,19 @@ pub async fn forged_admin(ctx: &Ctx) -> Checked {
     )
 }
 
+/// Checks whose premise is that the runtime token is the agent's
+/// credential do not apply where the certificate alone is.
+fn runtime_token_is_a_credential(ctx: &Ctx) -> Checked {
+    match ctx.agent_auth() {
+        crate::ctx::AgentAuth::Mtls => Err(Verdict::Skip(
+            "the deployment authenticates agents by their certificate alone (ONEPROTECT_AGENT_AUTH=mtls): a runtime token is no credential there".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn tampered_runtime(ctx: &Ctx) -> Checked {
+    runtime_token_is_a_credential(ctx)?;
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     let parts: Vec<&str> = runtime.split('.').collect();
     ensure(parts.len() == 5, "runtime tokens have five parts")?;
@@ -269,6 +285,7 @@ pub async fn wrong_scope(ctx: &Ctx) -> Checked {
 }
 
 pub async fn admin_at_agent(ctx: &Ctx) -> Checked {
+    runtime_token_is_a_credential(ctx)?;
     let (agent, _, _) = ctx.enroll(Tenant::A).await?;
     expect_problem(
         &ctx.heartbeat(&agent, ctx.admin(Tenant::A), 1).await?,
@@ -286,7 +303,7 @@ pub async fn revoked_identity(ctx: &Ctx) -> Checked {
     ensure(r.status == 200 && r.body["status"] == "revoked", "revocation failed")?;
     expect_problem(&ctx.heartbeat(&agent, &runtime, 2).await?, 403, ProblemCode::IdentityRevoked)?;
     let nonce = crate::random_nonce();
-    let body = json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
+    let body = json!({"csr_pem": ctx.csr(), "nonce": nonce});
     expect_problem(
         &ctx.call(&ops::rotate_agent_certificate(&agent), Some(&runtime), Some(&body)).await?,
         403,

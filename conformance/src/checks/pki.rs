@@ -28,21 +28,21 @@ pub(super) const CHECKS: &[Check] = &[
     check!(
         "fail-closed.mtls-agent-calls-require-the-certificate",
         FailClosed,
-        LOCAL,
-        "behind the platform's own TLS listener under ONEPROTECT_AGENT_AUTH=mtls, a heartbeat with the agent's certificate is accepted and one with only its runtime token is 401 unauthenticated",
+        BOTH,
+        "where agents authenticate by certificate (ONEPROTECT_AGENT_AUTH=mtls or mtls+bearer), a heartbeat with the agent's certificate is accepted and one with only its runtime token is 401 unauthenticated",
         mtls_requires_certificate
     ),
     check!(
         "fail-closed.mtls-certificate-bound-to-its-agent",
         FailClosed,
-        LOCAL,
+        BOTH,
         "agent A's certificate on agent B's path is 403 actor_mismatch, and a self-signed certificate naming agent A never reaches the API",
         mtls_bound_to_agent
     ),
     check!(
         "fail-closed.mtls-revoked-certificate-refused",
         FailClosed,
-        LOCAL,
+        BOTH,
         "after revocation the next heartbeat with the identity's certificate is 403 identity_revoked",
         mtls_revoked
     ),
@@ -65,6 +65,7 @@ pub(super) const CHECKS: &[Check] = &[
 /// An agent enrolled with a key the check keeps, and its mTLS client.
 struct CertifiedAgent {
     id: String,
+    tenant_id: String,
     token: String,
     identity_pem: String,
     tls: reqwest::Client,
@@ -72,14 +73,7 @@ struct CertifiedAgent {
 }
 
 fn tls_client(ctx: &Ctx, identity: Option<&str>) -> Result<reqwest::Client, Verdict> {
-    let chain = ctx.needs("the platform's mutual TLS listener", &ctx.local.ca_chain_pem)?;
-    let mut builder = reqwest::Client::builder()
-        .timeout(crate::ctx::REQUEST_TIMEOUT)
-        .tls_certs_only([reqwest::Certificate::from_pem(chain.as_bytes()).map_err(|e| e.to_string())?]);
-    if let Some(pem) = identity {
-        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?);
-    }
-    Ok(builder.build().map_err(|e| e.to_string())?)
+    Ok(ctx.mtls_listener()?.tls.client(identity)?)
 }
 
 fn key_and_csr() -> Result<(String, String), String> {
@@ -108,6 +102,7 @@ async fn certified_agent(ctx: &Ctx, tenant: Tenant) -> Result<CertifiedAgent, Ve
     ctx.remember(&key);
     Ok(CertifiedAgent {
         id: a.body["agent"]["agent_id"].as_str().ok_or("no agent id")?.to_owned(),
+        tenant_id: a.body["agent"]["tenant_id"].as_str().ok_or("no tenant id")?.to_owned(),
         token: a.body["runtime_token"]["token"].as_str().ok_or("no runtime token")?.to_owned(),
         tls: tls_client(ctx, Some(&identity_pem))?,
         identity_pem,
@@ -124,7 +119,7 @@ async fn mtls_heartbeat(
     bearer: Option<&str>,
     sequence: u64,
 ) -> Result<Result<(u16, String), String>, Verdict> {
-    let base = ctx.needs("the platform's mutual TLS listener", &ctx.local.mtls_base)?;
+    let base = ctx.mtls_listener()?.base;
     let body = json!({"sequence": sequence, "collected_at": chrono::Utc::now(), "hostname": ctx.hostname(), "agent_version": "conformance"});
     let mut req = client.post(format!("{base}{}", ops::post_agent_heartbeat(agent).path)).json(&body);
     if let Some(b) = bearer {
@@ -148,14 +143,22 @@ fn expect(answer: Result<(u16, String), String>, status: u16, code: &str) -> Che
     }
 }
 
+/// The runtime token an agent sends beside its certificate: only where the
+/// deployment wants both (`mtls+bearer`).
+fn beside(ctx: &Ctx, agent: &CertifiedAgent) -> Result<Option<String>, Verdict> {
+    Ok(ctx.mtls_listener()?.with_bearer.then(|| agent.token.clone()))
+}
+
 pub async fn mtls_requires_certificate(ctx: &Ctx) -> Checked {
+    ctx.mtls_listener()?;
     let a = certified_agent(ctx, Tenant::A).await?;
-    expect(mtls_heartbeat(ctx, &a.tls, &a.id, None, 1).await?, 200, "")?;
+    expect(mtls_heartbeat(ctx, &a.tls, &a.id, beside(ctx, &a)?.as_deref(), 1).await?, 200, "")?;
     let plain = tls_client(ctx, None)?;
     expect(mtls_heartbeat(ctx, &plain, &a.id, Some(&a.token), 2).await?, 401, "unauthenticated")
 }
 
 pub async fn mtls_bound_to_agent(ctx: &Ctx) -> Checked {
+    ctx.mtls_listener()?;
     let a = certified_agent(ctx, Tenant::A).await?;
     let b = certified_agent(ctx, Tenant::A).await?;
     expect(mtls_heartbeat(ctx, &a.tls, &b.id, None, 1).await?, 403, "actor_mismatch")?;
@@ -165,7 +168,7 @@ pub async fn mtls_bound_to_agent(ctx: &Ctx) -> Checked {
     let uri = format!(
         "spiffe://{}/tenant/{}/agent/{}",
         oneprotect_server::pki::DEFAULT_TRUST_DOMAIN,
-        crate::local::TENANT_A,
+        a.tenant_id,
         a.id
     );
     params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().map_err(|_| "IA5".to_owned())?)];
@@ -175,19 +178,19 @@ pub async fn mtls_bound_to_agent(ctx: &Ctx) -> Checked {
     match mtls_heartbeat(ctx, &forger, &a.id, None, 2).await? {
         Err(_) => Ok(()),
         Ok((s, c)) => Err(Verdict::Fail(format!("a self-signed certificate reached the API: {s} {c}"))),
-    }?;
-    let _ = a.identity_pem;
-    Ok(())
+    }
 }
 
 pub async fn mtls_revoked(ctx: &Ctx) -> Checked {
+    ctx.mtls_listener()?;
     let a = certified_agent(ctx, Tenant::A).await?;
-    expect(mtls_heartbeat(ctx, &a.tls, &a.id, None, 1).await?, 200, "")?;
+    let bearer = beside(ctx, &a)?;
+    expect(mtls_heartbeat(ctx, &a.tls, &a.id, bearer.as_deref(), 1).await?, 200, "")?;
     let r = ctx
         .call(&ops::revoke_agent(&a.id), Some(ctx.admin(Tenant::A)), Some(&json!({"reason": "conformance"})))
         .await?;
     ensure(r.status == 200, format!("revocation answered {}", r.status))?;
-    expect(mtls_heartbeat(ctx, &a.tls, &a.id, None, 2).await?, 403, "identity_revoked")
+    expect(mtls_heartbeat(ctx, &a.tls, &a.id, bearer.as_deref(), 2).await?, 403, "identity_revoked")
 }
 
 pub async fn mtls_superseded(ctx: &Ctx) -> Checked {

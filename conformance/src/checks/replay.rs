@@ -95,7 +95,7 @@ pub async fn rotation_nonce(ctx: &Ctx) -> Checked {
     let (agent, runtime, _) = ctx.enroll(Tenant::A).await?;
     let nonce = crate::random_nonce();
     ctx.remember(&nonce);
-    let body = json!({"csr_pem": crate::ctx::p256_csr(), "nonce": nonce});
+    let body = json!({"csr_pem": ctx.csr(), "nonce": nonce});
     let route = ops::rotate_agent_certificate(&agent);
     let rotated = ctx.call(&route, Some(&runtime), Some(&body)).await?;
     ensure(rotated.status == 200, format!("rotation {} {}", rotated.status, rotated.code()))?;

@@ -70,11 +70,8 @@ impl NatsServer {
             assert!(Instant::now() < deadline, "nats-server wrote no ports file within 20 s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        self.port = listening
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("the ports file names a port");
+        self.port =
+            listening.rsplit(':').next().and_then(|p| p.parse().ok()).expect("the ports file names a port");
     }
 
     /// Stops the server gracefully (what it acknowledged is on disk).
