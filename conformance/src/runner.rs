@@ -62,8 +62,9 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
     if target == Target::Http && ctx.agent_tls.is_some() {
         match ctx.probe_agent_auth().await {
             Ok(auth) => notes.push(format!(
-                "the deployment authenticates agents by {} (found with one enrolled agent's heartbeats); agent calls present the agent's certificate",
-                auth.as_str()
+                "the deployment authenticates agents by {} (found with one enrolled agent's heartbeats){}",
+                auth.as_str(),
+                if auth.needs_certificate() { "; agent calls present the agent's certificate" } else { "" }
             )),
             Err(e) => run_errors.push(format!("finding how the deployment authenticates agents: {e}")),
         }
