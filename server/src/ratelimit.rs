@@ -6,7 +6,10 @@
 //! sees a token id (viewers and events carry it) cannot lock its holder out
 //! from another address. A slot is taken *before* the work, atomically, and
 //! given back when the exchange succeeds, so a burst of parallel failures
-//! cannot run past the limit while earlier ones are still in flight.
+//! cannot run past the limit while earlier ones are still in flight. Slots
+//! in flight are counted apart from failures: a key filled only by attempts
+//! in flight (a fleet enrolling at once behind one address) is told to
+//! retry in a second, one filled by failures to wait for the window's end.
 //!
 //! One process keeps its counters in memory ([`RateLimiter`]); replicas on
 //! one PostgreSQL database keep them in the store ([`ExchangeLimiter::Shared`]),
@@ -29,7 +32,16 @@ const SWEEP_THRESHOLD: usize = 65_536;
 pub struct RateLimiter {
     window: Duration,
     limit: u32,
-    state: Mutex<HashMap<String, (DateTime<Utc>, u32)>>,
+    state: Mutex<HashMap<String, Window>>,
+}
+
+/// One key's current window: when it started, the failures counted in it
+/// and the attempts still in flight that took a slot in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: DateTime<Utc>,
+    pub failures: u32,
+    pub in_flight: u32,
 }
 
 /// A slot taken on every key of one attempt; [`RateLimiter::settle`] keeps it
@@ -69,26 +81,23 @@ impl RateLimiter {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() > SWEEP_THRESHOLD {
             let window = self.window;
-            state.retain(|_, (start, count)| *start + window > now || *count == 0);
+            state.retain(|_, w| w.start + window > now || w.in_flight > 0);
         }
         let current: Vec<_> = keys.iter().map(|k| state.get(k).copied()).collect();
         let taken = take_slots(&current, self.limit, self.window, now)?;
         for (key, entry) in keys.iter().zip(&taken) {
             state.insert(key.clone(), *entry);
         }
-        Ok(Permit { keys: keys.to_vec(), window_starts: taken.iter().map(|(start, _)| *start).collect() })
+        Ok(Permit { keys: keys.to_vec(), window_starts: taken.iter().map(|w| w.start).collect() })
     }
 
-    /// A failed attempt keeps its slots; a successful one gives them back
-    /// (in the window they were taken in; a later window starts clean anyway).
+    /// A failed attempt turns its slots into failures; a successful one
+    /// gives them back (`settle_slot`).
     pub fn settle(&self, permit: Permit, failed: bool) {
-        if failed {
-            return;
-        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (key, start) in permit.keys.iter().zip(&permit.window_starts) {
             if let Some(entry) = state.get_mut(key) {
-                *entry = give_back(*entry, *start);
+                *entry = settle_slot(*entry, *start, failed);
             }
         }
     }
@@ -99,21 +108,25 @@ impl RateLimiter {
     }
 }
 
-/// The rule, for one attempt: given each key's current window (its start
-/// and the slots taken in it), either every key's window after taking one
-/// slot on each, or the seconds to wait when any key has no slot left. A
-/// window that has ended starts again at `now`.
+/// The rule, for one attempt: given each key's current window, either
+/// every key's window after taking one slot on each, or the seconds to
+/// wait when any key has no slot left (failures and attempts in flight both
+/// hold slots). A key full of failures waits for its window's end; one
+/// that is full only because attempts are still in flight, a second (a
+/// slot frees as soon as one of them ends). A window that has ended starts
+/// again at `now`.
 pub fn take_slots(
-    current: &[Option<(DateTime<Utc>, u32)>],
+    current: &[Option<Window>],
     limit: u32,
     window: Duration,
     now: DateTime<Utc>,
-) -> Result<Vec<(DateTime<Utc>, u32)>, u32> {
+) -> Result<Vec<Window>, u32> {
     let mut wait = 0i64;
-    for (start, count) in current.iter().flatten() {
-        let end = *start + window;
-        if now < end && *count >= limit {
-            wait = wait.max((end - now).num_seconds().max(1));
+    for w in current.iter().flatten() {
+        let end = w.start + window;
+        if now < end && w.failures.saturating_add(w.in_flight) >= limit {
+            let until = if w.failures >= limit { (end - now).num_seconds().max(1) } else { 1 };
+            wait = wait.max(until);
         }
     }
     if wait > 0 {
@@ -122,16 +135,24 @@ pub fn take_slots(
     Ok(current
         .iter()
         .map(|entry| match entry {
-            Some((start, count)) if *start + window > now => (*start, count.saturating_add(1)),
-            _ => (now, 1),
+            Some(w) if w.start + window > now => Window { in_flight: w.in_flight.saturating_add(1), ..*w },
+            _ => Window { start: now, failures: 0, in_flight: 1 },
         })
         .collect())
 }
 
-/// A key's window after a success gives back the slot it took in the
-/// window starting at `taken_in` (a later window is left as it is).
-pub fn give_back(current: (DateTime<Utc>, u32), taken_in: DateTime<Utc>) -> (DateTime<Utc>, u32) {
-    if current.0 == taken_in { (current.0, current.1.saturating_sub(1)) } else { current }
+/// A key's window once an attempt that took a slot in the window starting
+/// at `taken_in` ended: the slot is given back, and counted as a failure if
+/// the attempt failed. A later window is left as it is (it starts clean).
+pub fn settle_slot(current: Window, taken_in: DateTime<Utc>, failed: bool) -> Window {
+    if current.start != taken_in {
+        return current;
+    }
+    Window {
+        start: current.start,
+        failures: current.failures.saturating_add(u32::from(failed)),
+        in_flight: current.in_flight.saturating_sub(1),
+    }
 }
 
 /// Where the counters live: in this process, or in the store every
@@ -173,18 +194,16 @@ impl ExchangeLimiter {
         }
     }
 
-    /// [`RateLimiter::settle`]. A slot the store could not give back stays
-    /// taken: the error costs the caller budget, never the limit strength.
+    /// [`RateLimiter::settle`]. A slot the store could not settle stays in
+    /// flight until its window ends: the error costs the caller budget,
+    /// never the limit strength.
     pub async fn settle(&self, permit: Permit, failed: bool) {
         match self {
             Self::Process(limiter) => limiter.settle(permit, failed),
             Self::Shared { store, .. } => {
-                if failed {
-                    return;
-                }
-                let returned: Vec<_> = permit.keys.into_iter().zip(permit.window_starts).collect();
-                if let Err(e) = store.return_failure_slots(&returned).await {
-                    tracing::warn!(error = %e, "could not give back an exchange's rate-limit slot");
+                let slots: Vec<_> = permit.keys.into_iter().zip(permit.window_starts).collect();
+                if let Err(e) = store.settle_failure_slots(&slots, failed).await {
+                    tracing::warn!(error = %e, "could not settle an exchange's rate-limit slot");
                 }
             }
         }
@@ -250,6 +269,29 @@ mod tests {
         for p in permits {
             limiter.settle(p, true);
         }
+    }
+
+    #[test]
+    fn a_key_full_of_attempts_in_flight_is_retried_in_a_second_and_one_full_of_failures_at_the_window_end() {
+        let limiter = RateLimiter::new(3, Duration::seconds(60));
+        let keys = vec!["src:192.0.2.9".to_owned()];
+        let in_flight: Vec<_> = (0..3).map(|_| limiter.acquire(&keys, t0()).expect("a slot")).collect();
+        assert_eq!(limiter.acquire(&keys, t0()).map(|_| ()), Err(1), "three in flight: retry in a second");
+        let mut in_flight = in_flight.into_iter();
+        limiter.settle(in_flight.next().expect("permit"), false);
+        assert!(
+            limiter.acquire(&keys, t0()).map(|p| limiter.settle(p, false)).is_ok(),
+            "a success frees a slot"
+        );
+        for p in in_flight {
+            limiter.settle(p, true);
+        }
+        fail(&limiter, &keys, t0() + Duration::seconds(5)).expect("the third failure");
+        assert_eq!(
+            limiter.acquire(&keys, t0() + Duration::seconds(10)).map(|_| ()),
+            Err(50),
+            "three failures: wait for the window's end"
+        );
     }
 
     #[test]

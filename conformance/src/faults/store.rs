@@ -236,11 +236,12 @@ impl Store for FaultyStore {
     ) -> StoreResult<Result<Vec<chrono::DateTime<chrono::Utc>>, u32>> {
         self.inner.take_failure_slots(keys, limit, window, now).await
     }
-    async fn return_failure_slots(
+    async fn settle_failure_slots(
         &self,
         slots: &[(String, chrono::DateTime<chrono::Utc>)],
+        failed: bool,
     ) -> StoreResult<()> {
-        self.inner.return_failure_slots(slots).await
+        self.inner.settle_failure_slots(slots, failed).await
     }
     async fn claim_unpublished_events(
         &self,

@@ -6,6 +6,7 @@
 CREATE TABLE exchange_failure_windows (
     key TEXT PRIMARY KEY,
     window_start TIMESTAMPTZ NOT NULL,
-    slots INTEGER NOT NULL CHECK (slots >= 0)
+    failures INTEGER NOT NULL CHECK (failures >= 0),
+    in_flight INTEGER NOT NULL CHECK (in_flight >= 0)
 );
 CREATE INDEX exchange_failure_windows_start ON exchange_failure_windows (window_start);

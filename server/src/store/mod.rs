@@ -156,8 +156,9 @@ pub trait Store: Send + Sync + 'static {
         window: chrono::Duration,
         now: DateTime<Utc>,
     ) -> StoreResult<Result<Vec<DateTime<Utc>>, u32>>;
-    /// Gives back the slots a successful exchange took (`ratelimit::give_back`).
-    async fn return_failure_slots(&self, slots: &[(String, DateTime<Utc>)]) -> StoreResult<()>;
+    /// Settles the slots an exchange took (`ratelimit::settle_slot`): given
+    /// back, and counted as failures when it failed.
+    async fn settle_failure_slots(&self, slots: &[(String, DateTime<Utc>)], failed: bool) -> StoreResult<()>;
 
     /// Claims up to `limit` events not yet published, oldest first, for
     /// the relay. On PostgreSQL one replica's relay holds the claim at a

@@ -769,8 +769,8 @@ impl Store for PgStore {
         // Rows are created and then locked in key order, so concurrent
         // attempts on the same keys queue instead of deadlocking.
         sqlx::query(
-            "INSERT INTO exchange_failure_windows (key, window_start, slots) \
-             SELECT k, $2, 0 FROM unnest($1::text[]) AS k ORDER BY k ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO exchange_failure_windows (key, window_start, failures, in_flight) \
+             SELECT k, $2, 0, 0 FROM unnest($1::text[]) AS k ORDER BY k ON CONFLICT (key) DO NOTHING",
         )
         .bind(&sorted)
         .bind(now)
@@ -778,7 +778,8 @@ impl Store for PgStore {
         .await
         .map_err(backend)?;
         let rows = sqlx::query(
-            "SELECT key, window_start, slots FROM exchange_failure_windows WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+            "SELECT key, window_start, failures, in_flight FROM exchange_failure_windows \
+             WHERE key = ANY($1) ORDER BY key FOR UPDATE",
         )
         .bind(&sorted)
         .fetch_all(&mut *tx)
@@ -787,9 +788,17 @@ impl Store for PgStore {
         let mut locked = std::collections::HashMap::with_capacity(rows.len());
         for r in &rows {
             let key: String = r.try_get("key").map_err(backend)?;
-            let start: DateTime<Utc> = r.try_get("window_start").map_err(backend)?;
-            let slots: i32 = r.try_get("slots").map_err(backend)?;
-            locked.insert(key, (start, u32::try_from(slots).unwrap_or(0)));
+            let count = |column: &str| -> StoreResult<u32> {
+                Ok(u32::try_from(r.try_get::<i32, _>(column).map_err(backend)?).unwrap_or(0))
+            };
+            locked.insert(
+                key,
+                crate::ratelimit::Window {
+                    start: r.try_get("window_start").map_err(backend)?,
+                    failures: count("failures")?,
+                    in_flight: count("in_flight")?,
+                },
+            );
         }
         let current: Vec<_> = keys.iter().map(|k| locked.get(k).copied()).collect();
         let taken = match crate::ratelimit::take_slots(&current, limit, window, now) {
@@ -799,15 +808,19 @@ impl Store for PgStore {
                 return Ok(Err(wait));
             }
         };
-        let starts: Vec<DateTime<Utc>> = taken.iter().map(|(start, _)| *start).collect();
-        let slots: Vec<i32> = taken.iter().map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX)).collect();
+        let starts: Vec<DateTime<Utc>> = taken.iter().map(|w| w.start).collect();
+        let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        let failures: Vec<i32> = taken.iter().map(|w| int(w.failures)).collect();
+        let in_flight: Vec<i32> = taken.iter().map(|w| int(w.in_flight)).collect();
         sqlx::query(
-            "UPDATE exchange_failure_windows w SET window_start = t.start, slots = t.slots \
-             FROM unnest($1::text[], $2::timestamptz[], $3::int[]) AS t(key, start, slots) WHERE w.key = t.key",
+            "UPDATE exchange_failure_windows w SET window_start = t.start, failures = t.failures, in_flight = t.in_flight \
+             FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[]) AS t(key, start, failures, in_flight) \
+             WHERE w.key = t.key",
         )
         .bind(keys)
         .bind(&starts)
-        .bind(&slots)
+        .bind(&failures)
+        .bind(&in_flight)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -815,17 +828,19 @@ impl Store for PgStore {
         Ok(Ok(starts))
     }
 
-    async fn return_failure_slots(&self, slots: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
+    async fn settle_failure_slots(&self, slots: &[(String, DateTime<Utc>)], failed: bool) -> StoreResult<()> {
         let keys: Vec<&str> = slots.iter().map(|(k, _)| k.as_str()).collect();
         let starts: Vec<DateTime<Utc>> = slots.iter().map(|(_, s)| *s).collect();
-        // `ratelimit::give_back`: only a slot of the window it was taken in.
+        // `ratelimit::settle_slot`: only a slot of the window it was taken in.
         sqlx::query(
-            "UPDATE exchange_failure_windows w SET slots = w.slots - 1 \
+            "UPDATE exchange_failure_windows w \
+             SET in_flight = GREATEST(w.in_flight - 1, 0), failures = w.failures + CASE WHEN $3 THEN 1 ELSE 0 END \
              FROM unnest($1::text[], $2::timestamptz[]) AS t(key, start) \
-             WHERE w.key = t.key AND w.window_start = t.start AND w.slots > 0",
+             WHERE w.key = t.key AND w.window_start = t.start",
         )
         .bind(&keys)
         .bind(&starts)
+        .bind(failed)
         .execute(&self.pool)
         .await
         .map_err(backend)?;

@@ -596,7 +596,11 @@ impl Store for SqliteStore {
         Err(StoreError::Backend("the SQLite store keeps no shared failure counters".into()))
     }
 
-    async fn return_failure_slots(&self, _slots: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
+    async fn settle_failure_slots(
+        &self,
+        _slots: &[(String, DateTime<Utc>)],
+        _failed: bool,
+    ) -> StoreResult<()> {
         Err(StoreError::Backend("the SQLite store keeps no shared failure counters".into()))
     }
 
