@@ -80,8 +80,11 @@ impl RateLimiter {
     pub fn acquire(&self, keys: &[String], now: DateTime<Utc>) -> Result<Permit, u32> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() > SWEEP_THRESHOLD {
+            // An ended window holds nothing: the next attempt starts a new
+            // one, and a settle that finds no entry has nothing to give back
+            // (an attempt whose request was dropped never settles).
             let window = self.window;
-            state.retain(|_, w| w.start + window > now || w.in_flight > 0);
+            state.retain(|_, w| w.start + window > now);
         }
         let current: Vec<_> = keys.iter().map(|k| state.get(k).copied()).collect();
         let taken = take_slots(&current, self.limit, self.window, now)?;
@@ -225,7 +228,10 @@ mod tests {
     #[test]
     fn past_the_sweep_threshold_expired_windows_are_dropped_and_live_ones_kept() {
         let limiter = RateLimiter::new(3, Duration::seconds(60));
-        for i in 0..=SWEEP_THRESHOLD {
+        // An attempt whose request was dropped mid-exchange never settles.
+        let abandoned = limiter.acquire(&["src:abandoned".to_owned()], t0()).expect("a slot");
+        drop(abandoned);
+        for i in 0..SWEEP_THRESHOLD {
             fail(&limiter, &[format!("src:old-{i}")], t0()).expect("under the limit");
         }
         let live = vec!["src:live".to_owned()];
@@ -237,7 +243,8 @@ mod tests {
             SWEEP_THRESHOLD + 2,
             "nothing is swept below the threshold's next write"
         );
-        // Exactly one window after the old failures: they have expired.
+        // Exactly one window after the old failures: they have expired,
+        // and so has the abandoned attempt's slot.
         fail(&limiter, &["src:new".to_owned()], t0() + Duration::seconds(60)).expect("new key");
         assert_eq!(limiter.tracked_keys(), 2, "only the live key and the new one remain");
         assert_eq!(
