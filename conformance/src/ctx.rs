@@ -81,15 +81,22 @@ pub struct AgentTls {
 }
 
 impl AgentTls {
-    /// A client trusting the roots, presenting `identity` (certificate and
-    /// key, PEM) when given.
-    pub fn client(&self, identity: Option<&str>) -> Result<reqwest::Client, String> {
+    /// How the harness speaks to a deployment: no redirects followed,
+    /// every request bounded, the deployment verified with the roots.
+    pub fn builder(&self) -> Result<reqwest::ClientBuilder, String> {
         let mut builder =
             reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(REQUEST_TIMEOUT);
         if let Some(pem) = &self.roots_pem {
             let roots = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?;
             builder = builder.tls_certs_only(roots);
         }
+        Ok(builder)
+    }
+
+    /// A client trusting the roots, presenting `identity` (certificate and
+    /// key, PEM) when given.
+    pub fn client(&self, identity: Option<&str>) -> Result<reqwest::Client, String> {
+        let mut builder = self.builder()?;
         if let Some(pem) = identity {
             builder =
                 builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?);
@@ -133,8 +140,6 @@ pub fn real_sleeper() -> Sleeper {
     Arc::new(|d| Box::pin(tokio::time::sleep(d)))
 }
 
-/// The most a run waits for one `Retry-After`, and how often it retries a
-/// rate-limited request before it reports the 429 as the answer.
 /// The most one request may take, connection and body included: a
 /// deployment that never answers fails the check that asked, never hangs
 /// the run.
@@ -148,6 +153,8 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// still running after this long is stuck.
 pub const LOCAL_CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The most a run waits for one `Retry-After`, and how often it retries a
+/// rate-limited request before it reports the 429 as the answer.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 pub const RATE_LIMIT_RETRIES: usize = 3;
 /// Bounds on reading one list to its end.
@@ -462,7 +469,7 @@ impl Ctx {
     ) -> Result<Answer, String> {
         let operation = route.operation_id();
         let url = format!("{base}{}", route.path);
-        let request_json = body.as_ref().and_then(|(text, _)| serde_json::from_str::<Value>(text).ok());
+        let csr = self.certifying(route, body.as_ref());
         let (status, headers, text) = self
             .send_with(client, route.method(), &url, bearer, body)
             .await
@@ -473,7 +480,9 @@ impl Ctx {
         if status == 429 && retry_after.is_none() {
             return Err(format!("{operation}: 429 without Retry-After"));
         }
-        self.learn(route, request_json.as_ref(), status, &body);
+        if let Some(csr) = csr {
+            self.learn(route, &csr, status, &body);
+        }
         Ok(Answer { status, body, retry_after })
     }
 
@@ -489,10 +498,24 @@ impl Ctx {
         self.identities.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// After an exchange (201) or a rotation (200) on a TLS deployment:
-    /// the agent's client now presents the certificate just issued, and its
-    /// new runtime token names it.
-    fn learn(&self, route: &Route, request: Option<&Value>, status: u16, answer: &Value) {
+    /// The CSR an exchange or rotation on a TLS deployment asks to certify
+    /// (other requests are not parsed).
+    fn certifying(&self, route: &Route, body: Option<&(String, &str)>) -> Option<String> {
+        self.agent_tls.as_ref()?;
+        if !matches!(
+            route.op.id,
+            contract::OperationId::ExchangeEnrollmentToken | contract::OperationId::RotateAgentCertificate
+        ) {
+            return None;
+        }
+        let request: Value = serde_json::from_str(&body?.0).ok()?;
+        request["csr_pem"].as_str().map(str::to_owned)
+    }
+
+    /// After an exchange (201) or a rotation (200) of `csr`: the agent's
+    /// client now presents the certificate just issued, and its new runtime
+    /// token names it.
+    fn learn(&self, route: &Route, csr: &str, status: u16, answer: &Value) {
         let Some(tls) = &self.agent_tls else { return };
         let agent = match (route.op.id, status) {
             (contract::OperationId::ExchangeEnrollmentToken, 201) => answer["agent"]["agent_id"].as_str(),
@@ -504,7 +527,7 @@ impl Ctx {
         if let Some(token) = answer["runtime_token"]["token"].as_str() {
             ids.agents_by_token.insert(token.to_owned(), agent.to_owned());
         }
-        let key = request.and_then(|r| r["csr_pem"].as_str()).and_then(|csr| ids.keys.remove(csr));
+        let key = ids.keys.remove(csr);
         if let Some(client) = key.and_then(|key| tls.client(Some(&format!("{certificate}{key}"))).ok()) {
             ids.clients.insert(agent.to_owned(), client);
         }
@@ -536,9 +559,9 @@ impl Ctx {
     /// Enrolls one agent of the run and finds which credentials its
     /// heartbeat needs: the certificate alone (`mtls`), the runtime token
     /// alone (`bearer`), or both (`mtls+bearer`).
+    /// Over plain HTTP there is nothing to find: agents can only send tokens.
     pub async fn probe_agent_auth(&self) -> Result<AgentAuth, String> {
         if self.agent_tls.is_none() {
-            let _ = self.agent_auth.set(AgentAuth::Bearer);
             return Ok(AgentAuth::Bearer);
         }
         let (agent, runtime, _) = self.enroll(Tenant::A).await?;

@@ -394,10 +394,7 @@ pub async fn start_full(
     ctx.allow_waits = true;
     ctx.check_timeout = crate::ctx::LOCAL_CHECK_TIMEOUT;
     let mut servers = vec![main, second, third];
-    let launched = match events {
-        true => Some(crate::nats::OwnNats::launch().await),
-        false => None,
-    };
+    let launched = if events { Some(crate::nats::OwnNats::launch().await) } else { None };
     let nats = match launched {
         Some(Ok(nats)) => {
             let config = oneprotect_server::relay::RelayConfig::new(&nats.url);

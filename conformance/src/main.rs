@@ -181,23 +181,24 @@ async fn build_ctx(args: &RunArgs, target: TargetArg) -> Result<Running, String>
             preflight::parse_base_url(&base)?;
             let a = secret(args.admin_token_a.clone(), args.admin_token_a_file.clone(), "admin-token-a")?;
             let b = secret(args.admin_token_b.clone(), args.admin_token_b_file.clone(), "admin-token-b")?;
-            let mut http = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(oneprotect_conformance::ctx::REQUEST_TIMEOUT)
-                .tls_info(true);
-            let mut roots_pem = None;
-            if let Some(ca) = &args.ca_bundle {
-                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-                http = http.tls_certs_only(certs);
-                roots_pem = Some(String::from_utf8_lossy(&pem).into_owned());
-            }
-            let http = http.build().map_err(|e| e.to_string())?;
+            let roots_pem = match &args.ca_bundle {
+                Some(ca) => Some(std::fs::read_to_string(ca).map_err(|e| format!("{}: {e}", ca.display()))?),
+                None => None,
+            };
+            let tls = oneprotect_conformance::ctx::AgentTls { roots_pem };
+            let http = tls
+                .builder()
+                .map_err(|e| {
+                    let path = args.ca_bundle.as_deref().unwrap_or(std::path::Path::new("--ca-bundle"));
+                    format!("{}: {e}", path.display())
+                })?
+                .tls_info(true)
+                .build()
+                .map_err(|e| e.to_string())?;
             let mut ctx = Ctx::new(&base, http, a, b, LocalPowers::default());
             // Over https, agent calls present the enrolled agent's certificate.
             if base.starts_with("https://") {
-                ctx.agent_tls = Some(oneprotect_conformance::ctx::AgentTls { roots_pem });
+                ctx.agent_tls = Some(tls);
             }
             ctx.allow_waits = args.allow_waits;
             ctx.nats = args.nats_url.clone().map(|url| oneprotect_conformance::nats::NatsTarget {

@@ -60,6 +60,7 @@ pub async fn run(ctx: &Ctx, target: Target, checks: &[&Check], progress: bool) -
     }
     let mut notes = Vec::new();
     if target == Target::Http && ctx.agent_tls.is_some() {
+        // Only over TLS can agents present certificates: the policy is probed there.
         match ctx.probe_agent_auth().await {
             Ok(auth) => notes.push(format!(
                 "the deployment authenticates agents by {} (found with one enrolled agent's heartbeats){}",

@@ -154,10 +154,8 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let duration = Duration::from_secs(cli.seconds).min(MAX_DURATION);
-    let launched = match cli.events {
-        true => Some(oneprotect_conformance::bench_events::OwnNats::launch().await),
-        false => None,
-    };
+    let launched =
+        if cli.events { Some(oneprotect_conformance::bench_events::OwnNats::launch().await) } else { None };
     let nats = match launched.transpose() {
         Ok(n) => n,
         Err(e) => {

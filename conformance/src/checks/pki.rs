@@ -76,17 +76,8 @@ fn tls_client(ctx: &Ctx, identity: Option<&str>) -> Result<reqwest::Client, Verd
     Ok(ctx.mtls_listener()?.tls.client(identity)?)
 }
 
-fn key_and_csr() -> Result<(String, String), String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(|e| e.to_string())?;
-    Ok((key.serialize_pem(), csr))
-}
-
 async fn certified_agent(ctx: &Ctx, tenant: Tenant) -> Result<CertifiedAgent, Verdict> {
-    let (key, csr) = key_and_csr()?;
+    let (key, csr) = crate::ctx::p256_key_and_csr();
     let (secret, _) = ctx.issue_token(tenant, 1).await?;
     let mut body = ctx.exchange_body(&secret)?;
     body["csr_pem"] = Value::String(csr);
@@ -197,7 +188,7 @@ pub async fn mtls_superseded(ctx: &Ctx) -> Checked {
     let clock = ctx.needs("the platform clock", &ctx.local.clock)?;
     let base = ctx.needs("the platform's mutual TLS listener", &ctx.local.mtls_base)?;
     let old = certified_agent(ctx, Tenant::A).await?;
-    let (key, csr) = key_and_csr()?;
+    let (key, csr) = crate::ctx::p256_key_and_csr();
     let nonce = crate::random_nonce();
     ctx.remember(&nonce);
     let resp = old
